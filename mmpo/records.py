@@ -1,0 +1,336 @@
+"""The preference record: the one contract between builders and the trainer, plus SFT samples.
+
+One JSON object per line. Records are validated on read: unknown keys, missing fields, wrong types
+and missing media are errors that name the file, the line and the field. Chat templating happens
+only when a record becomes model input (`mmpo.models.inputs`), never here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SCHEMA_VERSION = 1
+MEDIA_TYPES = ("image", "video")
+
+
+class RecordError(ValueError):
+    """A bad line in a record file; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    """One augmentation applied on the fly, deterministically: `mmpo.media.augment(media, spec)`.
+
+    Attributes:
+        op: name in `mmpo.media.AUGMENTATIONS` (e.g. "frame_shuffle", "mdpo_crop").
+        params: op parameters (e.g. {"keep": 0.5}).
+        seed: the op's own seed, so the same spec always gives the same pixels.
+    """
+
+    op: str
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {"op": self.op, "params": dict(self.params), "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """A preference pair.
+
+    Attributes:
+        id: stable hash of media + prompt + chosen + rejected (+ rejected media/bag), see `make_id`.
+        media: paths relative to the media root (one image, or one video; several for multi-image).
+        media_type: "image" or "video".
+        prompt: plain user text, no chat template and no media placeholder.
+        chosen: preferred answer text.
+        rejected: dispreferred answer text (equal to `chosen` for conditional-media pairs).
+        rejected_media: media for the rejected side when the rejection is different media, same text.
+        rejected_bag: PaMi-VDPO: K augmentation specs applied to `media` on the fly for the rejected side.
+        weight: optional per-pair loss weight.
+        scores: per-scorer numbers (e.g. {"clip": .., "gen": .., "fused": .., "delta": ..}).
+        source: the builder that made the pair.
+        meta: free-form extra information (ground-truth answer for guidance terms goes in meta["gt"]).
+        schema_version: record schema version.
+    """
+
+    id: str
+    media: tuple[str, ...]
+    media_type: str
+    prompt: str
+    chosen: str
+    rejected: str
+    rejected_media: tuple[str, ...] | None = None
+    rejected_bag: tuple[AugSpec, ...] | None = None
+    weight: float | None = None
+    scores: dict = field(default_factory=dict)
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "media": list(self.media),
+            "media_type": self.media_type,
+            "prompt": self.prompt,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+        }
+        if self.rejected_media is not None:
+            out["rejected_media"] = list(self.rejected_media)
+        if self.rejected_bag is not None:
+            out["rejected_bag"] = [s.to_json() for s in self.rejected_bag]
+        if self.weight is not None:
+            out["weight"] = self.weight
+        out.update(scores=dict(self.scores), source=self.source, meta=dict(self.meta))
+        out["schema_version"] = self.schema_version
+        return out
+
+
+@dataclass(frozen=True)
+class SFTRecord:
+    """A supervised sample (media, prompt, answer): the input of SFT, the augment builder and VDPO.
+
+    Attributes:
+        id: stable hash (see `make_id`).
+        media: paths relative to the media root.
+        media_type: "image" or "video".
+        prompt: plain user text.
+        answer: target answer text.
+        meta: free-form extra information.
+    """
+
+    id: str
+    media: tuple[str, ...]
+    media_type: str
+    prompt: str
+    answer: str
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "media": list(self.media), "media_type": self.media_type,
+                "prompt": self.prompt, "answer": self.answer, "meta": dict(self.meta)}
+
+
+def make_id(*parts: Any) -> str:
+    """Stable 16-hex-digit id from any JSON-serialisable parts (order matters)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pair_id(media, prompt, chosen, rejected, rejected_media=None, rejected_bag=None) -> str:
+    """The id a pair gets from its content; builders call this so rebuilt pairs keep their ids."""
+    bag = [s.to_json() if isinstance(s, AugSpec) else s for s in (rejected_bag or [])]
+    return make_id(list(media), prompt, chosen, rejected, list(rejected_media or []), bag)
+
+
+# -- validation -------------------------------------------------------------------------------
+
+_PAIR_FIELDS = {f.name for f in dataclasses.fields(PairRecord)}
+_SFT_FIELDS = {f.name for f in dataclasses.fields(SFTRecord)}
+_PAIR_REQUIRED = ("media", "media_type", "prompt", "chosen", "rejected")
+_SFT_REQUIRED = ("media", "media_type", "prompt", "answer")
+
+
+def _fail(where: str, field_name: str | None, msg: str) -> RecordError:
+    return RecordError(f"{where}: {'field ' + repr(field_name) + ': ' if field_name else ''}{msg}")
+
+
+def _media_list(value: Any, where: str, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise _fail(where, name, "expected a non-empty list of relative paths")
+    return tuple(value)
+
+
+def resolve_media(root: str | Path, rel: str) -> Path:
+    """Resolve `rel` under `root`; paths may not escape the root (no `..`, no absolute paths)."""
+    root = Path(root).resolve()
+    path = (root / rel).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"media path {rel!r} escapes the media root {str(root)!r}")
+    return path
+
+
+def _check_media(paths: tuple[str, ...], media_root: str | Path | None, where: str, name: str) -> None:
+    if media_root is None:
+        return
+    for rel in paths:
+        try:
+            full = resolve_media(media_root, rel)
+        except ValueError as exc:
+            raise _fail(where, name, str(exc)) from None
+        if not full.is_file():
+            raise _fail(where, name, f"missing media file {str(full)!r}")
+
+
+def _check_str(obj: dict, name: str, where: str, allow_empty: bool = False) -> None:
+    v = obj.get(name)
+    if not isinstance(v, str):
+        raise _fail(where, name, f"expected a string, got {type(v).__name__}")
+    if not allow_empty and not v.strip():
+        raise _fail(where, name, "must not be empty")
+
+
+def _check_common(obj: Any, fields: set, required: tuple, where: str) -> dict:
+    if not isinstance(obj, dict):
+        raise _fail(where, None, f"expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - fields)
+    if unknown:
+        raise _fail(where, unknown[0], f"unknown key (valid: {sorted(fields)})")
+    for name in required:
+        if name not in obj:
+            raise _fail(where, name, "missing")
+    if obj["media_type"] not in MEDIA_TYPES:
+        raise _fail(where, "media_type", f"expected one of {MEDIA_TYPES}, got {obj['media_type']!r}")
+    return obj
+
+
+def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | None = None) -> PairRecord:
+    """Validate one decoded JSON object and build a PairRecord; errors name `where` and the field."""
+    _check_common(obj, _PAIR_FIELDS, _PAIR_REQUIRED, where)
+    media = _media_list(obj["media"], where, "media")
+    _check_media(media, media_root, where, "media")
+    _check_str(obj, "prompt", where)
+    _check_str(obj, "chosen", where)
+    _check_str(obj, "rejected", where)
+    rejected_media = None
+    if obj.get("rejected_media") is not None:
+        rejected_media = _media_list(obj["rejected_media"], where, "rejected_media")
+        _check_media(rejected_media, media_root, where, "rejected_media")
+    bag = None
+    if obj.get("rejected_bag") is not None:
+        raw = obj["rejected_bag"]
+        if not isinstance(raw, list) or not raw:
+            raise _fail(where, "rejected_bag", "expected a non-empty list of {op, params, seed}")
+        specs = []
+        for i, s in enumerate(raw):
+            if not isinstance(s, dict) or not isinstance(s.get("op"), str) or set(s) - {"op", "params", "seed"}:
+                raise _fail(where, f"rejected_bag[{i}]", "expected {op: str, params: dict, seed: int}")
+            if not isinstance(s.get("params", {}), dict) or not isinstance(s.get("seed", 0), int):
+                raise _fail(where, f"rejected_bag[{i}]", "params must be a dict and seed an int")
+            specs.append(AugSpec(s["op"], dict(s.get("params", {})), int(s.get("seed", 0))))
+        bag = tuple(specs)
+    weight = obj.get("weight")
+    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
+        raise _fail(where, "weight", f"expected a number, got {weight!r}")
+    for name in ("scores", "meta"):
+        if not isinstance(obj.get(name, {}), dict):
+            raise _fail(where, name, "expected an object")
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise _fail(where, "schema_version", f"unsupported version {version!r} (this mmpo reads {SCHEMA_VERSION})")
+    rid = obj.get("id") or pair_id(media, obj["prompt"], obj["chosen"], obj["rejected"], rejected_media, bag)
+    return PairRecord(
+        id=str(rid), media=media, media_type=obj["media_type"], prompt=obj["prompt"], chosen=obj["chosen"],
+        rejected=obj["rejected"], rejected_media=rejected_media, rejected_bag=bag,
+        weight=None if weight is None else float(weight), scores=dict(obj.get("scores", {})),
+        source=str(obj.get("source", "")), meta=dict(obj.get("meta", {})), schema_version=version,
+    )
+
+
+def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | None = None) -> SFTRecord:
+    """Validate one decoded JSON object and build an SFTRecord."""
+    _check_common(obj, _SFT_FIELDS, _SFT_REQUIRED, where)
+    media = _media_list(obj["media"], where, "media")
+    _check_media(media, media_root, where, "media")
+    _check_str(obj, "prompt", where)
+    _check_str(obj, "answer", where)
+    if not isinstance(obj.get("meta", {}), dict):
+        raise _fail(where, "meta", "expected an object")
+    rid = obj.get("id") or make_id(list(media), obj["prompt"], obj["answer"])
+    return SFTRecord(str(rid), media, obj["media_type"], obj["prompt"], obj["answer"], dict(obj.get("meta", {})))
+
+
+# -- files ------------------------------------------------------------------------------------
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield (where, decoded object) for each non-blank line; `where` is "file:line"."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_pairs(path: str | Path, media_root: str | Path | None = None) -> list[PairRecord]:
+    """Read and validate a pair JSONL file (media checked to exist when `media_root` is given)."""
+    return [pair_from_json(obj, where, media_root) for where, obj in iter_jsonl(path)]
+
+
+def read_sft(path: str | Path, media_root: str | Path | None = None) -> list[SFTRecord]:
+    """Read and validate an SFT JSONL file."""
+    return [sft_from_json(obj, where, media_root) for where, obj in iter_jsonl(path)]
+
+
+def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) -> int:
+    """Write records (anything with `to_json()`, or dicts) one per line; returns the count.
+
+    Appends are flushed and fsynced so a killed builder loses at most the line being written.
+    """
+    n = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a" if append else "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json() if hasattr(r, "to_json") else r, ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
+    return n
+
+
+def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[dict]:
+    """Rows in the column layout TRL's DPO trainer reads: prompt / chosen / rejected / images.
+
+    Images are given as absolute paths (TRL's vision collator accepts PIL images or paths via a
+    `datasets.Image` cast); video pairs keep the `images` column name so TRL skips tokenisation.
+    """
+    rows = []
+    for r in records:
+        placeholder = "<image>" if r.media_type == "image" else "<video>"
+        rows.append({
+            "prompt": f"{placeholder}{r.prompt}",
+            "chosen": r.chosen,
+            "rejected": r.rejected,
+            "images": [str(resolve_media(media_root, m)) for m in r.media],
+            "id": r.id,
+        })
+    return rows
+
+
+def to_trl_dataset(records: Iterable[PairRecord], media_root: str | Path):
+    """A `datasets.Dataset` with TRL's DPO columns (images decoded lazily by `datasets.Image`)."""
+    import datasets
+
+    records = list(records)
+    ds = datasets.Dataset.from_list(to_trl_rows(records, media_root))
+    if records and all(r.media_type == "image" for r in records):
+        ds = ds.cast_column("images", datasets.Sequence(datasets.Image()))
+    return ds
+
+
+def write_manifest(out_dir: str | Path, counts: dict, config: dict, seed: int, skipped: list | None = None,
+                   **extra: Any) -> Path:
+    """Write `manifest.json` next to a built set: counts per kind, skipped items, config, seed, version."""
+    from mmpo import __version__
+
+    path = Path(out_dir) / "manifest.json"
+    body = {"mmpo_version": __version__, "schema_version": SCHEMA_VERSION, "seed": seed, "counts": counts,
+            "skipped": skipped or [], "config": config, **extra}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2, default=str))
+    tmp.replace(path)
+    return path
