@@ -79,6 +79,11 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return dict(value)
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -174,3 +179,94 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
 def save(cfg: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (into a run directory)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft)
+    media_root: str = ""  # folder the records' media paths are relative to ("" = the JSONL's folder)
+    eval: str = ""  # optional held-out pair file for the periodic evaluation hook
+    max_length: int = 2048  # prompt (media tokens included) + answer; longer samples error or skip
+    on_bad_record: str = "error"  # error | skip (bad lines, missing media, too long: counted and logged)
+    num_workers: int = 0  # DataLoader worker processes decoding and augmenting media
+    shuffle: bool = True  # reshuffle each epoch (seeded by seed + epoch, so resume is exact)
+
+
+@dataclass
+class LossTerm:
+    name: str = "dpo"  # a key of mmpo.losses.LOSSES
+    weight: float = 1.0  # the term's weight in the explicit weighted sum
+    params: dict = field(default_factory=dict)  # the loss class's hyperparameters (e.g. beta)
+
+
+@dataclass
+class PamiConfig:
+    js_top_k: int = 0  # top-k truncation of the vocabulary for the JS distance (0 = full vocabulary)
+
+
+@dataclass
+class MultiRoundConfig:
+    num_rounds: int = 3  # rounds of merge -> fresh LoRA -> reference refresh -> regenerate -> train
+    steps_per_round: int = 1000  # optimizer steps per round (mrDPO: ~1,000)
+    generator: str = "sample_rank"  # how pairs are regenerated on-policy each round
+    num_samples: int = 4  # answers sampled per prompt when regenerating pairs
+    temperature: float = 1.0  # sampling temperature for regeneration
+    max_new_tokens: int = 32  # generation length for regeneration
+    scorer: str = "exact"  # scorer that ranks sampled answers (exact = the SFT answer as ground truth)
+    min_gap: float = 0.0  # keep best-vs-worst pairs whose score gap exceeds this
+    gt_weight: float = 0.1  # weight of the NLL guidance term on the ground-truth answer (mrDPO gdpo)
+    rebirth: bool = False  # after the rounds, SFT the pre-DPO model on the final model's answers
+    rebirth_steps: int = 100  # SFT steps for rebirth tuning
+
+
+@dataclass
+class DistillConfig:
+    teacher: ModelConfig = field(default_factory=ModelConfig)  # the teacher (same tokenizer as the student)
+    mimic_steps: int = 100  # steps of mimic distillation (token-level forward KL on answer tokens)
+    mimic_data: str = ""  # SFT JSONL for mimic distillation ("" = data.train's SFT file if stage data is SFT)
+    mimic_nll_weight: float = 0.0  # add the student's own NLL (LLaVA-MoD kd_lm) with this weight
+    preference_steps: int = 100  # steps of preference distillation (DPO with the teacher as reference)
+    preference_loss: str = "dpo"  # dpo | kto_pair | dpkd
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "dpo"  # dpo | sft | multi_round | distill
+    output_dir: str = "runs/train"  # run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/
+    seed: int = 0  # seeds torch, numpy, python and the data order
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy (and, with adapters off, the reference)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapter settings (lora.enabled false = full fine-tune)
+    data: DataConfig = field(default_factory=DataConfig)  # training data
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])  # summed terms (ignored by stage sft)
+    lr: float = 2e-5  # peak learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.03  # linear warm-up share of the steps, then cosine decay to 0
+    max_steps: int = 0  # optimizer steps (0 = derive from epochs)
+    epochs: float = 1.0  # passes over the data when max_steps is 0
+    batch_size: int = 4  # pairs (or SFT samples) per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    optimizer: str = "adamw"  # adamw | adamw_8bit (bitsandbytes, CUDA)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA; fp32 on CPU)
+    gradient_checkpointing: bool = False  # recompute activations in backward
+    shared_prefix: bool = True  # one packed forward per pair when chosen/rejected share media and prompt
+    precompute_reference: bool = False  # reference log-probs computed once before training and cached
+    log_every: int = 1  # log metrics every N optimizer steps
+    save_every: int = 0  # checkpoint every N steps (0 = at the end only)
+    eval_every: int = 0  # run the evaluation hook every N steps (0 = never)
+    tensorboard: bool = False  # also write tensorboard event files
+    progress: bool = True  # tqdm progress bar
+    pami: PamiConfig = field(default_factory=PamiConfig)  # PaMi-VDPO bag scoring
+    multi_round: MultiRoundConfig = field(default_factory=MultiRoundConfig)  # stage multi_round
+    distill: DistillConfig = field(default_factory=DistillConfig)  # stage distill
+
+    def __post_init__(self):
+        if self.stage not in ("dpo", "sft", "multi_round", "distill"):
+            raise ConfigError(f"stage: expected dpo | sft | multi_round | distill, got {self.stage!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
+        if self.data.on_bad_record not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_record: expected error | skip, got {self.data.on_bad_record!r}")
+
+
+CONFIG_TYPES["train"] = TrainConfig

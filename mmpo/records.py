@@ -253,17 +253,26 @@ def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | None
 
 # -- files ------------------------------------------------------------------------------------
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """Yield (where, decoded object) for each non-blank line; `where` is "file:line"."""
+def decode_line(line: str, where: str) -> Any:
+    """json.loads one line, raising RecordError that names `where` ("file:line")."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[str, str]]:
+    """Yield ("file:line", text) for each non-blank line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield (where, decoded object) for each non-blank line; `where` is "file:line"."""
+    for where, line in iter_lines(path):
+        yield where, decode_line(line, where)
 
 
 def read_pairs(path: str | Path, media_root: str | Path | None = None) -> list[PairRecord]:
