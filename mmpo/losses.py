@@ -1,0 +1,705 @@
+"""Preference losses: one small class per loss, a plain `LOSSES` dict, and the PaMi prompt-aware distance.
+
+Every loss takes one `LossInputs` (sequence log-probs summed over answer tokens, shape [B], plus
+optional per-pair tensors) and returns `(scalar loss, metrics)`. The trainer reads `requires` to know
+which extra forward passes to run ("reference", "corrupt", "bag", "gt") and sums `weight * term`
+over the `loss: [{name, weight, params}]` entries of the train config (`build_loss_terms`).
+
+Reduction rule (all losses): `mean_i(w_i * l_i)`, with w_i = 1 when `weight` is None. A plain mean,
+not sum(w*l)/sum(w), so a pair weight scales that pair's gradient and splitting a batch into equal
+micro-batches gives the same loss and gradient (TRL's "gradient accumulation 1x8 == 8x1"
+invariant). Losses that drop samples (beta-DPO's filter, PaMi's empty bags) average over the kept
+samples instead, as their reference code does.
+
+Metrics are detached python floats. `rewards/*` use the loss's unscaled beta, as TRL and the
+DA-DPO / beta-DPO code log them. The math and its provenance are in METHODS.md (§0-§6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from mmpo.config import ConfigError, from_dict
+
+_LOG2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """Everything a loss may need for one batch of B pairs (log-probs are sums over answer tokens).
+
+    Fields:
+        policy_chosen, policy_rejected: [B] log pi(y_w|x), log pi(y_l|x) (with grad).
+        ref_chosen, ref_rejected: [B] the same under the reference policy (no grad) or None.
+        chosen_tokens, rejected_tokens: [B] answer-token counts (IPO, SFT normalisation).
+        weight: [B] per-pair weight or None (= 1).
+        score_delta: [B] s(y_w) - s(y_l) from the data (DA-DPO score, VideoSAVi CLIP score) or None.
+        policy_corrupt, ref_corrupt: [B] log-prob of the chosen answer under corrupted media (mDPO).
+        bag_policy, bag_ref, bag_distance: [B, K] per augmented clip: policy / reference log-prob
+            of the same answer, prompt-aware distance d_k (PaMi-VDPO).
+        bag_mask: [B, K] bool, False for padding instances; None = all valid.
+        gt_logps, gt_tokens: [B] log-prob / token count of the ground-truth answer (mrDPO gdpo).
+        progress: fraction of training done, 0..1 (PaMi close-to-far schedule).
+    """
+
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    chosen_tokens: torch.Tensor | None = None
+    rejected_tokens: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
+    score_delta: torch.Tensor | None = None
+    policy_corrupt: torch.Tensor | None = None
+    ref_corrupt: torch.Tensor | None = None
+    bag_policy: torch.Tensor | None = None
+    bag_ref: torch.Tensor | None = None
+    bag_distance: torch.Tensor | None = None
+    bag_mask: torch.Tensor | None = None
+    gt_logps: torch.Tensor | None = None
+    gt_tokens: torch.Tensor | None = None
+    progress: float = 0.0
+
+    @property
+    def chosen_logratios(self) -> torch.Tensor:
+        """log pi(y_w) - log pi_ref(y_w); the reference counts as 0 when absent (reference-free)."""
+        return self.policy_chosen - (0.0 if self.ref_chosen is None else self.ref_chosen)
+
+    @property
+    def rejected_logratios(self) -> torch.Tensor:
+        """log pi(y_l) - log pi_ref(y_l); the reference counts as 0 when absent."""
+        return self.policy_rejected - (0.0 if self.ref_rejected is None else self.ref_rejected)
+
+    @property
+    def margin(self) -> torch.Tensor:
+        """h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]  (METHODS §0)."""
+        return self.chosen_logratios - self.rejected_logratios
+
+
+# Which LossInputs fields each requirement name promises (checked before every call).
+_REQUIRED_FIELDS = {
+    "reference": ("ref_chosen", "ref_rejected"),
+    "corrupt": ("policy_corrupt", "ref_corrupt"),
+    "bag": ("bag_policy", "bag_ref", "bag_distance"),
+    "gt": ("gt_logps", "gt_tokens"),
+}
+
+
+def _check(loss: Any, x: LossInputs, fields: tuple[str, ...] = (), pairwise: bool = True) -> None:
+    """Raise ValueError naming the loss and the missing fields, if any required input is None.
+
+    `pairwise=False` is for chosen-only losses (mDPO terms, PaMi), which never read ref_rejected.
+    """
+    needed = [f for req in sorted(loss.requires) for f in _REQUIRED_FIELDS[req]] + list(fields)
+    if not pairwise:
+        needed = [f for f in needed if f != "ref_rejected"]
+    missing = [f for f in needed if getattr(x, f) is None]
+    if missing:
+        raise ValueError(f"{type(loss).__name__} needs LossInputs field(s) {missing}; got None")
+
+
+def _reduce(losses: torch.Tensor, weight: torch.Tensor | None, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """mean(w * l) over the batch, or over the kept samples when `keep` is given (see module doc)."""
+    w = torch.ones_like(losses) if weight is None else weight.to(losses.dtype)
+    if keep is None:
+        return (w * losses).mean()
+    k = keep.to(losses.dtype)
+    # torch.where, not multiplication: a dropped sample's loss may be inf/nan and 0*nan = nan.
+    return torch.where(keep, w * losses, torch.zeros_like(losses)).sum() / k.sum().clamp(min=1.0)
+
+
+def _reward_metrics(beta: float, chosen_lr: torch.Tensor, rejected_lr: torch.Tensor) -> dict[str, float]:
+    """TRL's logged rewards: beta * log-ratio (detached), their margin and the pair accuracy."""
+    rc, rr = beta * chosen_lr.detach().float(), beta * rejected_lr.detach().float()
+    return {
+        "rewards/chosen": rc.mean().item(),
+        "rewards/rejected": rr.mean().item(),
+        "rewards/margins": (rc - rr).mean().item(),
+        "rewards/accuracies": (rc > rr).float().mean().item(),
+    }
+
+
+def _check_beta(beta: float) -> None:
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+
+
+# --------------------------------------------------------------------------- PaMi distance + schedule
+
+
+def _js_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """JS(p || q) per row of [N, V] logits, in log space (natural log, so 0 <= JS <= log 2)."""
+    p_logits, q_logits = p_logits.float(), q_logits.float()
+    if top_k is not None and top_k < p_logits.shape[-1]:
+        # Union of p's and q's top-k tokens (duplicates from q masked out), then renormalise on it:
+        # the tail mass both distributions agree is negligible carries almost no divergence.
+        ip, iq = p_logits.topk(top_k, dim=-1).indices, q_logits.topk(top_k, dim=-1).indices
+        dup = (iq.unsqueeze(-1) == ip.unsqueeze(-2)).any(-1)
+        drop = torch.cat([torch.zeros_like(dup), dup], dim=-1)
+        idx = torch.cat([ip, iq], dim=-1)
+        p_logits = p_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
+        q_logits = q_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
+    lp, lq = F.log_softmax(p_logits, dim=-1), F.log_softmax(q_logits, dim=-1)
+    lm = torch.logaddexp(lp, lq) - _LOG2  # log of the mixture m = (p + q) / 2
+
+    def kl_to_m(la: torch.Tensor) -> torch.Tensor:
+        # 0 * log 0 = 0: tokens with zero probability (masked duplicates, -inf logits) add nothing.
+        return torch.where(torch.isfinite(la), la.exp() * (la - lm), torch.zeros_like(la)).sum(-1)
+
+    return (0.5 * (kl_to_m(lp) + kl_to_m(lq))).clamp(min=0.0)
+
+
+def js_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    mask: torch.Tensor,
+    top_k: int | None = None,
+    chunk: int = 512,
+) -> torch.Tensor:
+    """PaMi-VDPO prompt-aware distance: mean over answer tokens of JS(p_t || q_t) (METHODS §1 step 2).
+
+    p_t / q_t are the next-token distributions of the same model on the original / augmented clip
+    with the answer teacher-forced. Only positions where `mask` is true are computed, `chunk` rows
+    at a time, so the float32 copies stay small even with a 150k vocabulary. Call it under no_grad.
+
+    Args:
+        p_logits: [B, T, V] logits on the original media.
+        q_logits: [B, T, V] logits on the augmented media (same answer positions).
+        mask: [B, T] true on answer tokens.
+        top_k: if set, compare on the union of both top-k token sets, renormalised (for speed).
+        chunk: answer positions processed per step.
+
+    Returns:
+        [B] float32 mean JS per sample, in nats (0 for identical inputs, at most log 2); 0 for a
+        sample without answer tokens.
+    """
+    b, t, v = p_logits.shape
+    flat_mask = mask.reshape(-1).bool()
+    rows = flat_mask.nonzero().squeeze(1)
+    p_flat, q_flat = p_logits.reshape(b * t, v), q_logits.reshape(b * t, v)
+    total = torch.zeros(b, dtype=torch.float32, device=p_logits.device)
+    for part in rows.split(chunk):
+        js = _js_rows(p_flat[part], q_flat[part], top_k)
+        total.index_add_(0, part // t, js)
+    return total / mask.reshape(b, t).sum(1).clamp(min=1).to(torch.float32)
+
+
+def pami_tau(progress: float, tau_start: float = 10.0, tau_end: float = 0.01, anneal_until: float = 0.5) -> float:
+    """Close-to-far temperature [RECONSTRUCTION, METHODS §1 step 5].
+
+    log tau moves linearly from log(tau_start) to log(tau_end) while progress goes 0 -> anneal_until;
+    after that the selection is a hard argmax, returned as tau = 0.0.
+
+    Args:
+        progress: fraction of training done (clipped to >= 0).
+        tau_start: temperature at progress 0 (large: near-uniform over the bag, "close").
+        tau_end: temperature at progress == anneal_until (small: near-argmax, "far").
+        anneal_until: progress after which the hard argmax is used.
+
+    Returns:
+        The temperature, or 0.0 meaning "hard argmax".
+    """
+    progress = max(progress, 0.0)
+    if anneal_until <= 0 or progress > anneal_until:
+        return 0.0
+    frac = progress / anneal_until
+    return math.exp(math.log(tau_start) + frac * (math.log(tau_end) - math.log(tau_start)))
+
+
+# --------------------------------------------------------------------------- pairwise DPO family
+
+
+@dataclass
+class DPOLoss:
+    """DPO, sigmoid form. Rafailov et al., arXiv 2305.18290, Eq. 7 (METHODS §0).
+
+    l_i = -log sigmoid(beta * h_i),  h = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)].
+    Confirmed (paper; TRL loss_type="sigmoid").
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = -F.logsigmoid(self.beta * x.margin)
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+
+
+@dataclass
+class CDPOLoss:
+    """Conservative DPO (label smoothing). Mitchell, "A note on DPO with noisy preferences" (cDPO);
+    TRL loss_type="sigmoid" with label_smoothing (METHODS §6.2).
+
+    l_i = (1 - eps) * -log sigmoid(beta h_i) + eps * -log sigmoid(-beta h_i),  0 <= eps <= 0.5.
+    Confirmed (TRL code). eps = 0 is DPO.
+    """
+
+    beta: float = 0.1
+    eps: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+        if not 0.0 <= self.eps <= 0.5:
+            raise ValueError(f"eps must be in [0, 0.5], got {self.eps}")
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        z = self.beta * x.margin
+        losses = -(1 - self.eps) * F.logsigmoid(z) - self.eps * F.logsigmoid(-z)
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+
+
+@dataclass
+class RobustDPOLoss:
+    """rDPO, unbiased under random label flips at rate eps. Chowdhury et al., arXiv 2403.00409;
+    TRL loss_type="robust" (METHODS §6.2).
+
+    l_i = [(1 - eps) * -log sigmoid(beta h_i) - eps * -log sigmoid(-beta h_i)] / (1 - 2 eps),
+    0 <= eps < 0.5. Confirmed (TRL code). eps = 0 is DPO.
+    """
+
+    beta: float = 0.1
+    eps: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+        if not 0.0 <= self.eps < 0.5:
+            raise ValueError(f"eps must be in [0, 0.5), got {self.eps}")
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        z = self.beta * x.margin
+        losses = (-(1 - self.eps) * F.logsigmoid(z) + self.eps * F.logsigmoid(-z)) / (1 - 2 * self.eps)
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+
+
+@dataclass
+class IPOLoss:
+    """IPO. Azar et al., arXiv 2310.12036, Eq. 17 with tau = beta; TRL loss_type="ipo" (METHODS §6.3).
+
+    l_i = (h_bar_i - 1 / (2 beta))^2, where h_bar uses per-token averaged log-probs:
+    h_bar = (pc - rc) / n_w - (pr - rr) / n_l. The length normalisation is TRL's (its source says it
+    was confirmed with the IPO authors). Rewards are logged from the normalised ratios, as TRL does.
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, ("chosen_tokens", "rejected_tokens"))
+        chosen = x.chosen_logratios / x.chosen_tokens.clamp(min=1)
+        rejected = x.rejected_logratios / x.rejected_tokens.clamp(min=1)
+        losses = (chosen - rejected - 1.0 / (2.0 * self.beta)) ** 2
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, chosen, rejected)
+
+
+@dataclass
+class HingeLoss:
+    """SLiC-HF hinge. Zhao et al., arXiv 2305.10425; TRL loss_type="hinge".
+
+    l_i = max(0, 1 - beta * h_i). Confirmed (TRL code).
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = torch.relu(1 - self.beta * x.margin)
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+
+
+@dataclass
+class DADPOLoss:
+    """DA-DPO, difficulty-aware per-pair beta. Qiu et al., arXiv 2601.00623; code Artanic30/DA-DPO
+    llava/train/da_dpo.py (METHODS §3).
+
+    beta_i = beta * alpha * (1 + |score_delta_i|);  l_i = -log sigmoid(beta_i * h_i).
+    Confirmed from the released code (the fused difficulty score itself is built offline by
+    data_builders/difficulty.py). Rewards are logged with the unscaled beta, as the code does.
+    """
+
+    beta: float = 0.1
+    alpha: float = 1.0
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, ("score_delta",))
+        beta_i = self.beta * self.alpha * (1 + x.score_delta.abs())
+        losses = -F.logsigmoid(beta_i * x.margin)
+        metrics = _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        metrics["dadpo/beta_mean"] = beta_i.detach().float().mean().item()
+        return _reduce(losses, x.weight), metrics
+
+
+@dataclass
+class ClipDPOLoss:
+    """VideoSAVi v1 "CLIP-adjusted DPO". Kulkarni & Fazli, arXiv 2412.00624 v1 (METHODS §2).
+
+    RECONSTRUCTION (the v1 paper body was not available; only the name of the loss is confirmed):
+      form="scale":  l_i = -log sigmoid(beta * (1 + gamma * score_delta_i) * h_i)   (default)
+      form="margin": l_i = -log sigmoid(beta * h_i - gamma_m * score_delta_i)
+    score_delta = s_clip(y_w) - s_clip(y_l) >= 0 (the builder drops pairs where it is negative).
+    The scale form mirrors how DA-DPO's code injects a CLIP-based score. gamma = 0 is DPO.
+    """
+
+    beta: float = 0.1
+    gamma: float = 1.0
+    form: str = "scale"
+    gamma_m: float = 1.0
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+        if self.form not in ("scale", "margin"):
+            raise ValueError(f"form must be 'scale' or 'margin', got {self.form!r}")
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, ("score_delta",))
+        if self.form == "scale":
+            logits = self.beta * (1 + self.gamma * x.score_delta) * x.margin
+        else:
+            logits = self.beta * x.margin - self.gamma_m * x.score_delta
+        losses = -F.logsigmoid(logits)
+        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+
+
+@dataclass
+class BetaDPOLoss:
+    """beta-DPO, batch-level dynamic beta with data filtering. Wu et al., arXiv 2407.08639;
+    code junkangwu/beta-DPO trainers.py (METHODS §6.1).
+
+    Per call, following the code's order: (1) EMA update (momentum 0.9, from zero, no bias
+    correction) of M0 = mean(h) and sigma = std(h) with this batch; (2) keep n = N * (1 - rho)
+    pairs sampled without replacement with p_i ∝ exp(-(h_i - M0)^2 / (2 sigma^2)); (3)
+    beta_b = max(beta * (1 + a * (mean_kept h - M0)), 1e-3), detached; (4) loss = mean over kept
+    of -log sigmoid(beta_b * h_i). Confirmed from the code, except: sampling uses the Gumbel-top-k
+    trick (the same distribution as torch.multinomial without replacement, but it cannot fail when
+    weights underflow to 0), seeded from `seed + calls` so runs are deterministic; single-process
+    statistics (the code all-gathers h across ranks). M0, sigma and the call counter are state:
+    save them with `state_dict()` and restore with `load_state_dict()`. a = 0, rho = 0 is DPO.
+    """
+
+    beta: float = 0.1
+    a: float = 0.6
+    rho: float = 0.2
+    momentum: float = 0.9
+    seed: int = 0
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+        if not 0.0 <= self.rho < 1.0:
+            raise ValueError(f"rho must be in [0, 1), got {self.rho}")
+        self.gap_mean, self.gap_std, self.calls = 0.0, 0.0, 0
+
+    def state_dict(self) -> dict[str, float | int]:
+        """Running statistics and call counter (for checkpoints)."""
+        return {"gap_mean": self.gap_mean, "gap_std": self.gap_std, "calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        """Restore what `state_dict` returned."""
+        self.gap_mean, self.gap_std = float(state["gap_mean"]), float(state["gap_std"])
+        self.calls = int(state["calls"])
+
+    def _update_stats(self, gap: torch.Tensor) -> None:
+        # torch.std is unbiased (as in the code); one pair has no spread, so count it as 0.
+        batch_std = gap.std().item() if gap.numel() > 1 else 0.0
+        m = self.momentum
+        self.gap_mean = m * self.gap_mean + (1 - m) * gap.mean().item()
+        self.gap_std = m * self.gap_std + (1 - m) * batch_std
+
+    def _keep_mask(self, gap: torch.Tensor) -> torch.Tensor:
+        n = gap.numel()
+        n_keep = max(1, int(n * (1 - self.rho)))
+        if n_keep >= n:
+            return torch.ones_like(gap, dtype=torch.bool)
+        sigma = max(self.gap_std, 1e-12)
+        log_w = (-0.5 * ((gap.double().cpu() - self.gap_mean) / sigma) ** 2).float()
+        gen = torch.Generator().manual_seed(self.seed + self.calls)
+        u = torch.rand(n, generator=gen).clamp(1e-20, 1 - 1e-7)
+        keys = log_w - torch.log(-torch.log(u))  # Gumbel-top-k = sampling without replacement
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[keys.topk(n_keep).indices] = True
+        return keep.to(gap.device)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        h = x.margin
+        gap = h.detach().float()
+        self._update_stats(gap)
+        keep = self._keep_mask(gap)
+        self.calls += 1
+        beta_b = max(self.beta * (1 + self.a * (gap[keep].mean().item() - self.gap_mean)), 1e-3)
+        losses = -F.logsigmoid(beta_b * h)
+        metrics = _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        metrics.update({
+            "beta_dpo/beta": beta_b,
+            "beta_dpo/gap_mean": self.gap_mean,
+            "beta_dpo/gap_std": self.gap_std,
+            "beta_dpo/kept_fraction": keep.float().mean().item(),
+        })
+        return _reduce(losses, x.weight, keep), metrics
+
+
+@dataclass
+class KTOPairLoss:
+    """Paired KTO as in TRL's former loss_type="kto_pair" (HALOs/KTO, Ethayarajh et al.,
+    arXiv 2402.01306, Eq. 7), the default of LLaVA-MoD's preference-distillation script
+    (shufangxun/LLaVA-MoD llavamod/train/dpo_trainer.py; METHODS §5).
+
+    chosen_KL = clamp(mean_i(pc - rc), min=0), rejected_KL = clamp(mean_i(pr - rr), min=0) (not
+    detached, as in TRL); losses = cat(1 - sigmoid(beta*(rho_w - rejected_KL)),
+    1 - sigmoid(beta*(chosen_KL - rho_l))) over 2B entries, each KL estimated from the other half.
+    Confirmed (TRL code). Each pair's weight applies to both of its entries.
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        rho_w, rho_l = x.chosen_logratios, x.rejected_logratios
+        chosen_kl, rejected_kl = rho_w.mean().clamp(min=0), rho_l.mean().clamp(min=0)
+        losses = torch.cat([
+            1 - torch.sigmoid(self.beta * (rho_w - rejected_kl)),
+            1 - torch.sigmoid(self.beta * (chosen_kl - rho_l)),
+        ])
+        weight = None if x.weight is None else torch.cat([x.weight, x.weight])
+        metrics = _reward_metrics(self.beta, rho_w, rho_l)
+        metrics.update({"kto/chosen_kl": chosen_kl.item(), "kto/rejected_kl": rejected_kl.item()})
+        return _reduce(losses, weight), metrics
+
+
+# --------------------------------------------------------------------------- regularisers, mDPO, PaMi
+
+
+@dataclass
+class SFTLoss:
+    """Token-averaged NLL regulariser (METHODS §6.4), added to a preference term with its own weight.
+
+    target="chosen": l_i = -log pi(y_w|x) / n_w   (RPO, Pang et al., arXiv 2404.19733; TRL rpo_alpha.
+        TRL averages over all tokens of the batch; here per pair, then the batch mean.)
+    target="gt":     l_i = -log pi(y_gt|x) / n_gt (mrDPO "gdpo", arXiv 2410.06682; code
+        bytedance/video-SALMONN-2: the CE is on the ground-truth caption, weight 0.1). Requires "gt".
+    No reference model is needed (requires is per instance: {"gt"} only for target="gt").
+    """
+
+    target: str = "chosen"
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.target not in ("chosen", "gt"):
+            raise ValueError(f"target must be 'chosen' or 'gt', got {self.target!r}")
+        if self.target == "gt":
+            self.requires = frozenset({"gt"})  # instance attribute shadows the class default
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.target == "gt":
+            _check(self, x)
+            logps, tokens = x.gt_logps, x.gt_tokens
+        else:
+            _check(self, x, ("chosen_tokens",))
+            logps, tokens = x.policy_chosen, x.chosen_tokens
+        losses = -logps / tokens.clamp(min=1)
+        return _reduce(losses, x.weight), {f"sft/nll_{self.target}": losses.detach().float().mean().item()}
+
+
+@dataclass
+class MDPOConditionalLoss:
+    """mDPO conditional (image) preference term. Wang et al., arXiv 2406.11839; code luka-group/mDPO
+    mdpo_trainer.py (METHODS §6.6).
+
+    l_i = -log sigmoid(beta * ([pc - rc] - [p_corrupt - r_corrupt])): the same chosen answer under the
+    original media is preferred over it under corrupted media. Confirmed (code). With a video
+    augmentation as the corruption this is single-clip VDPO (METHODS §1).
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference", "corrupt"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, pairwise=False)
+        corrupt_lr = x.policy_corrupt - x.ref_corrupt
+        h_img = x.chosen_logratios - corrupt_lr
+        losses = -F.logsigmoid(self.beta * h_img)
+        metrics = {
+            "mdpo/img_margin": self.beta * h_img.detach().float().mean().item(),
+            "mdpo/img_accuracy": (h_img.detach() > 0).float().mean().item(),
+        }
+        return _reduce(losses, x.weight), metrics
+
+
+@dataclass
+class MDPOAnchorLoss:
+    """mDPO reward anchor. Wang et al., arXiv 2406.11839; code luka-group/mDPO (METHODS §6.6).
+
+    l_i = -log sigmoid(beta * (pc - rc) - delta), delta = 0: keeps the chosen reward positive.
+    Confirmed (code).
+    """
+
+    beta: float = 0.1
+    delta: float = 0.0
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, pairwise=False)
+        z = self.beta * x.chosen_logratios - self.delta
+        losses = -F.logsigmoid(z)
+        return _reduce(losses, x.weight), {"mdpo/anchor_reward": z.detach().float().mean().item()}
+
+
+@dataclass
+class PaMiLoss:
+    """PaMi-VDPO multi-instance video preference. Ding et al., arXiv 2504.05810 (METHODS §1).
+
+    Confirmed: chosen = (v, y), rejected = (T_k(v), y) with the same answer; a bag of augmented
+    clips; close-to-far selection; prompt-aware JS distance from the model itself.
+    RECONSTRUCTION (no code or paper body): per instance h_k = [pc - rc] - [bag_policy_k - bag_ref_k];
+    instances with bag_distance < delta_min or bag_mask False are false rejections and dropped;
+    w_k = softmax over kept k of d_k / tau(progress) (`pami_tau`; hard argmax after anneal_until),
+    detached; mil_reduce="weighted_loss": l = sum_k w_k * -log sigmoid(beta h_k), or
+    "weighted_logit": l = -log sigmoid(beta * sum_k w_k h_k). A sample whose bag is empty after the
+    guard is left out of the batch mean. K = 1 equals single-clip VDPO (= mdpo_conditional).
+    policy_rejected / ref_rejected are not used.
+    """
+
+    beta: float = 0.1
+    tau_start: float = 10.0
+    tau_end: float = 0.01
+    anneal_until: float = 0.5
+    delta_min: float = 1e-3
+    mil_reduce: str = "weighted_loss"
+    requires: ClassVar[frozenset[str]] = frozenset({"reference", "bag"})
+
+    def __post_init__(self) -> None:
+        _check_beta(self.beta)
+        if self.mil_reduce not in ("weighted_loss", "weighted_logit"):
+            raise ValueError(f"mil_reduce must be 'weighted_loss' or 'weighted_logit', got {self.mil_reduce!r}")
+        if not (self.tau_start > 0 and self.tau_end > 0):
+            raise ValueError("tau_start and tau_end must be > 0")
+
+    def instance_weights(self, distance: torch.Tensor, kept: torch.Tensor, progress: float) -> torch.Tensor:
+        """[B, K] close-to-far weights (rows sum to 1 over kept instances, 0 for an empty bag).
+
+        Args:
+            distance: [B, K] prompt-aware distances d_k.
+            kept: [B, K] bool, instances that passed the guard.
+            progress: fraction of training done.
+
+        Returns:
+            Detached weights.
+        """
+        d = distance.detach().float().masked_fill(~kept, float("-inf"))
+        tau = pami_tau(progress, self.tau_start, self.tau_end, self.anneal_until)
+        if tau == 0.0:
+            w = F.one_hot(d.argmax(dim=1), d.shape[1]).float()
+        else:
+            w = torch.softmax(d / tau, dim=1)
+        return torch.where(kept, torch.nan_to_num(w, nan=0.0), torch.zeros_like(w))
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, pairwise=False)
+        kept = x.bag_distance >= self.delta_min
+        if x.bag_mask is not None:
+            kept = kept & x.bag_mask.bool()
+        valid = kept.any(dim=1)
+        w = self.instance_weights(x.bag_distance, kept, x.progress).to(x.bag_policy.dtype)
+        # Zero dropped instances before they enter the loss: padding may hold garbage log-probs.
+        h = x.chosen_logratios.unsqueeze(1) - (x.bag_policy - x.bag_ref)
+        h = torch.where(kept, h, torch.zeros_like(h))
+        if self.mil_reduce == "weighted_loss":
+            losses = (w * -F.logsigmoid(self.beta * h)).sum(dim=1)
+        else:
+            losses = -F.logsigmoid(self.beta * (w * h).sum(dim=1))
+        n_inst = x.bag_mask.bool().sum() if x.bag_mask is not None else torch.tensor(kept.numel())
+        metrics = {
+            "pami/tau": pami_tau(x.progress, self.tau_start, self.tau_end, self.anneal_until),
+            "pami/kept_fraction": (kept.sum() / n_inst.clamp(min=1)).item(),
+            "pami/empty_fraction": (~valid).float().mean().item(),
+            "pami/margin": self.beta * (w * h.detach()).sum(1)[valid].float().mean().nan_to_num(0.0).item(),
+            "pami/w_max": w.max(dim=1).values[valid].float().mean().nan_to_num(0.0).item(),
+        }
+        return _reduce(losses, x.weight, valid), metrics
+
+
+# --------------------------------------------------------------------------- registry and config
+
+
+LOSSES: dict[str, type] = {
+    "dpo": DPOLoss, "cdpo": CDPOLoss, "robust": RobustDPOLoss, "ipo": IPOLoss, "hinge": HingeLoss,
+    "dadpo": DADPOLoss, "clip_dpo": ClipDPOLoss, "beta_dpo": BetaDPOLoss, "kto_pair": KTOPairLoss,
+    "sft": SFTLoss, "mdpo_conditional": MDPOConditionalLoss, "mdpo_anchor": MDPOAnchorLoss, "pami": PaMiLoss,
+}
+
+
+def build_loss_terms(specs: list[dict], where: str = "loss") -> list[tuple[float, Any]]:
+    """Build the weighted loss terms of a train config (`loss: [{name, weight, params}]`).
+
+    Args:
+        specs: entries with `name` (a LOSSES key), optional `weight` (default 1.0) and `params`
+            (the loss dataclass's fields).
+        where: prefix for error messages (e.g. "train.yaml: loss").
+
+    Returns:
+        [(weight, loss object)] in config order; the trainer sums weight * loss(inputs).
+
+    Raises:
+        ConfigError: unknown loss name, unknown or mistyped parameter, invalid value.
+    """
+    terms = []
+    for i, spec in enumerate(specs):
+        at = f"{where}[{i}]"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{at}: expected a mapping {{name, weight, params}}, got {spec!r}")
+        extra = sorted(set(spec) - {"name", "weight", "params"})
+        if extra:
+            raise ConfigError(f"{at}: unknown key(s) {extra}; valid keys: ['name', 'params', 'weight']")
+        name = spec.get("name")
+        if name not in LOSSES:
+            raise ConfigError(f"{at}: unknown loss {name!r}; valid names: {sorted(LOSSES)}")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ConfigError(f"{at}.weight: expected a number, got {weight!r}")
+        try:
+            loss = from_dict(LOSSES[name], dict(spec.get("params") or {}), f"{at}.params ({name})")
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"{at}.params ({name}): {exc}") from None
+        terms.append((float(weight), loss))
+    return terms
+
+
+def requires_of(terms: list[tuple[float, Any]]) -> set[str]:
+    """Union of what the terms need ("reference", "corrupt", "bag", "gt"): which passes to run."""
+    return set().union(*(loss.requires for _, loss in terms)) if terms else set()
