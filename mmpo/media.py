@@ -136,6 +136,10 @@ def _load_frames(files: Sequence[str | Path], num_frames: int, where: str) -> np
     return np.stack(frames)
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
 def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
                fps: float | None = None) -> np.ndarray:
     """Decode a video with decord and sample frames.
@@ -165,15 +169,18 @@ def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
     try:
         # One decoding thread: data loaders already parallelise over workers (2-core CI machines).
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        total = len(reader)
-        if total == 0:
-            raise MediaError(f"{path}: video has zero frames")
-        idx = sample_indices(total, num_frames, fps, reader.get_avg_fps())
-        frames = reader.get_batch(idx.tolist()).asnumpy()
-    except MediaError:
-        raise
+        total, video_fps = len(reader), float(reader.get_avg_fps())
     except Exception as exc:  # decord raises RuntimeError or DECORDError for broken/truncated files
-        raise MediaError(f"{path}: unreadable or truncated video ({str(exc).splitlines()[0][:200]})") from exc
+        raise MediaError(f"{path}: unreadable or truncated video ({_first_line(exc)})") from exc
+    if total == 0:
+        raise MediaError(f"{path}: video has zero frames")
+    if fps is not None and not video_fps > 0:
+        raise MediaError(f"{path}: unknown frame rate, cannot sample at {fps} fps (use fps=None)")
+    idx = sample_indices(total, num_frames, fps, video_fps)
+    try:
+        frames = reader.get_batch(idx.tolist()).asnumpy()
+    except Exception as exc:  # the header promised frames the stream does not hold
+        raise MediaError(f"{path}: truncated or corrupt video, decoding frames failed ({_first_line(exc)})") from exc
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) != len(idx):
         # decord 0.6.0 returns malformed frames for 16/48-px widths (shared ENVIRONMENT notes §2a).
         raise MediaError(f"{path}: decoder returned malformed frames of shape {frames.shape}")
@@ -269,7 +276,11 @@ def _check_video(video: np.ndarray, op: str) -> np.ndarray:
 # -- temporal ops (videos only) ------------------------------------------------------------------
 
 def frame_shuffle(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random permutation of the frames (PaMi-VDPO pool, METHODS.md §1); never the identity if T > 1."""
+    """Random permutation of the frames (PaMi-VDPO pool, METHODS.md §1); never the identity if T > 1.
+
+    Returns:
+        New (T, H, W, 3) uint8 video; the input is not modified.
+    """
     t = len(_check_video(video, "frame_shuffle"))
     order = rng.permutation(t)
     if t > 1 and np.array_equal(order, np.arange(t)):
@@ -278,7 +289,11 @@ def frame_shuffle(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def temporal_reverse(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Play the clip backwards (PaMi-VDPO pool, METHODS.md §1). Deterministic; `rng` is unused."""
+    """Play the clip backwards (PaMi-VDPO pool, METHODS.md §1). Deterministic; `rng` is unused.
+
+    Returns:
+        New (T, H, W, 3) uint8 video; the input is not modified.
+    """
     return _check_video(video, "temporal_reverse")[::-1].copy()
 
 
@@ -287,6 +302,9 @@ def frame_drop(video: np.ndarray, rng: np.random.Generator, drop: float = 0.5) -
 
     Args:
         drop: fraction of frames to drop (at least one, at most T - 1).
+
+    Returns:
+        New (T, H, W, 3) uint8 video; the input is not modified.
     """
     t = len(_check_video(video, "frame_drop"))
     if t < 2:
@@ -305,6 +323,9 @@ def segment_swap(video: np.ndarray, rng: np.random.Generator, segments: int = 4)
 
     Args:
         segments: number of chunks (capped at T).
+
+    Returns:
+        New (T, H, W, 3) uint8 video; the input is not modified.
     """
     t = len(_check_video(video, "segment_swap"))
     n = min(int(segments), t)
@@ -321,6 +342,9 @@ def freeze(video: np.ndarray, rng: np.random.Generator, span: float = 0.5) -> np
 
     Args:
         span: fraction of the clip to freeze (at least two frames).
+
+    Returns:
+        New (T, H, W, 3) uint8 video; the input is not modified.
     """
     t = len(_check_video(video, "freeze"))
     length = int(min(t, max(2, round(span * t))))
@@ -339,6 +363,9 @@ def spatial_crop(frames: np.ndarray, rng: np.random.Generator, scale: float = 0.
 
     Args:
         scale: kept area fraction in (0, 1].
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     _, h, w, _ = frames.shape
     side = math.sqrt(min(max(float(scale), 1e-4), 1.0))
@@ -355,6 +382,9 @@ def mdpo_crop(frames: np.ndarray, rng: np.random.Generator, scale: Sequence[floa
     Args:
         scale: range of the kept area fraction.
         ratio: range of the crop aspect ratio (torchvision's default).
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     _, h, w, _ = frames.shape
     return _crop_resize(frames, _rrc_box(h, w, rng, scale, ratio))
@@ -365,6 +395,9 @@ def gaussian_noise(frames: np.ndarray, rng: np.random.Generator, std: float = 25
 
     Args:
         std: noise standard deviation in grey levels (0..255 scale).
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     noise = rng.standard_normal(frames.shape, dtype=np.float32) * np.float32(std)
     return np.clip(frames.astype(np.float32) + noise, 0, 255).round().astype(np.uint8)
@@ -375,6 +408,9 @@ def gaussian_blur(frames: np.ndarray, rng: np.random.Generator, radius: float = 
 
     Args:
         radius: blur standard deviation in pixels.
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     blur = ImageFilter.GaussianBlur(radius=float(radius))
     return np.stack([np.asarray(Image.fromarray(f).filter(blur)) for f in frames])
@@ -395,6 +431,9 @@ def color_jitter(frames: np.ndarray, rng: np.random.Generator, brightness: float
         brightness: brightness strength (0 = off).
         contrast: contrast strength (0 = off).
         saturation: saturation strength (0 = off).
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     b, c, s = (rng.uniform(max(0.0, 1 - v), 1 + v) for v in (brightness, contrast, saturation))
     x = frames.astype(np.float32) * np.float32(b)
@@ -419,6 +458,9 @@ def region_mask(frames: np.ndarray, rng: np.random.Generator, box: Sequence[floa
         box: explicit [x0, y0, x1, y1] or None for a random box.
         scale: area fraction of the random box.
         fill: "grey" or "mean" (per-frame mean colour, so no new colour enters the scene).
+
+    Returns:
+        New (T, H, W, 3) uint8 frames (a PIL image in, a PIL image out via `AUGMENTATIONS`).
     """
     _, h, w, _ = frames.shape
     if box is None:
@@ -486,8 +528,8 @@ def augment(media: Image.Image | np.ndarray, spec: AugSpec) -> Image.Image | np.
         raise ValueError(f"augmentation {spec.op!r} does not apply to {kind} (valid: {list(allowed)})")
     if not is_image:
         _check_video(media, spec.op)
-        if media.dtype != np.uint8:
-            raise ValueError(f"{spec.op}: expected a uint8 video, got {media.dtype}")
+        if media.dtype != np.uint8 or len(media) == 0:
+            raise ValueError(f"{spec.op}: expected a non-empty uint8 video, got {media.dtype} {media.shape}")
     _check_params(spec.op, spec.params)
     rng = np.random.default_rng(spec.seed)
     return AUGMENTATIONS[spec.op](media, rng, **spec.params)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,7 +111,8 @@ def test_model_can_be_trained_contrastively(scorer, video):
         loss = F.cross_entropy(logits, torch.arange(2))
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
-        assert grads and all(g is not None for g in grads[:5]) and any(g.abs().sum() > 0 for g in grads if g is not None)
+        assert grads and all(g is not None for g in grads)
+        assert model.visual.conv1.weight.grad.abs().sum() > 0 and model.token_embedding.weight.grad.abs().sum() > 0
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()

@@ -6,8 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmpo.media import (AUGMENTATIONS, IMAGE_OPS, VIDEO_OPS, MediaError, _rrc_box, augment, load_image,
-                        load_media, load_video, sample_indices)
+from mmpo.media import (
+    AUGMENTATIONS,
+    IMAGE_OPS,
+    VIDEO_OPS,
+    MediaError,
+    _rrc_box,
+    augment,
+    load_image,
+    load_media,
+    load_video,
+    sample_indices,
+)
 from mmpo.records import AugSpec
 from tests.videos import make_frames, write_clip
 
@@ -244,3 +254,39 @@ def test_load_media_resolves_under_root(tmp_path, clip_file, image):
             load_media(tmp_path / "root", [rel], "image")
     with pytest.raises(ValueError, match="media_type"):
         load_media(tmp_path, ["img.png"], "audio")
+
+
+class _FakeReader:
+    """Stands in for decord.VideoReader: a header with `n` frames that cannot be decoded."""
+
+    def __init__(self, n: int, fps: float = 8.0):
+        self.n, self.fps = n, fps
+
+    def __len__(self):
+        return self.n
+
+    def get_avg_fps(self):
+        return self.fps
+
+    def get_batch(self, idx):
+        raise RuntimeError("Check failed: frame decode error\nmore detail")
+
+
+@pytest.mark.parametrize("reader, message", [
+    (_FakeReader(0), "zero frames"),
+    (_FakeReader(8), "decoding frames failed"),
+])
+def test_zero_frame_and_undecodable_videos(monkeypatch, clip_file, reader, message):
+    import decord
+
+    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: reader)
+    with pytest.raises(MediaError, match=rf"clip\.mp4: .*{message}"):
+        load_video(clip_file, num_frames=4)
+
+
+def test_fps_sampling_needs_a_frame_rate(monkeypatch, clip_file):
+    import decord
+
+    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: _FakeReader(8, fps=0.0))
+    with pytest.raises(MediaError, match="unknown frame rate"):
+        load_video(clip_file, fps=2)
