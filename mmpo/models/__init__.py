@@ -1,0 +1,39 @@
+"""LLaVA-family models: tiny offline checkpoints, loading (4-bit, LoRA, reference mode) and model inputs."""
+
+from mmpo.models.inputs import (
+    IGNORE_INDEX,
+    encode_answers,
+    encode_prompts,
+    join_prompt_answer,
+    media_keys,
+    position_ids_from_mask,
+    prompt_text,
+)
+from mmpo.models.loading import (
+    add_lora,
+    base_model,
+    family_of,
+    has_adapter,
+    load_model,
+    reference_mode,
+    resolve_device,
+    set_full_finetune,
+    supports_video,
+)
+from mmpo.models.tiny import (
+    FAMILIES,
+    VIDEO_FAMILIES,
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    make_model_main,
+    make_tiny_model,
+)
+
+__all__ = [
+    "FAMILIES", "VIDEO_FAMILIES", "IGNORE_INDEX",
+    "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
+    "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
+    "resolve_device", "set_full_finetune",
+    "prompt_text", "encode_prompts", "encode_answers", "join_prompt_answer", "media_keys", "position_ids_from_mask",
+]

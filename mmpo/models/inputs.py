@@ -1,0 +1,147 @@
+"""Turn prompts, media and answers into model inputs for every LLaVA family.
+
+Layout (the same one TRL's DPO collator builds before `flush_left`):
+
+    prompt (LEFT-padded, BOS, chat template, media placeholders expanded by the processor)
+    + answer (RIGHT-padded, no special tokens, EOS appended)
+
+Example with B=2, pad=0, BOS=2, EOS=3 (media tokens omitted):
+
+    prompt ids  [[0, 2, 7, 8], [2, 7, 8, 9]]     mask [[0,1,1,1],[1,1,1,1]]
+    answer ids  [[5, 3, 0],    [5, 6, 3]]        mask [[1,1,0],[1,1,1]]
+    joined ids  [[0,2,7,8,5,3,0], [2,7,8,9,5,6,3]]
+    positions   [[0,0,1,2,3,4,4], [0,1,2,3,4,5,6]]    = (mask.cumsum(-1) - 1).clamp(min=0)
+    labels      [[-100,-100,-100,-100,5,3,-100], [-100,-100,-100,-100,5,6,3]]
+
+Position ids are passed explicitly so a left-padded row gets the same positions (hence the same
+logits) as the unpadded example; `tests/test_models.py` checks this for every family.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
+TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids")
+MEDIA_TYPES = ("image", "video")
+
+
+def prompt_text(processor, prompt: str, media_type: str | None) -> str:
+    """One user turn with one media part (placeholder) and the prompt text, plus the generation prompt.
+
+    Args:
+        processor: a checkpoint's processor (carries the chat template).
+        prompt: the question / instruction text.
+        media_type: "image", "video" or None (text only).
+
+    Returns:
+        The templated text, e.g. "USER: <image>\\nis there a cat ? ASSISTANT:".
+    """
+    content = [{"type": "text", "text": prompt}]
+    if media_type is not None:
+        if media_type not in MEDIA_TYPES:
+            raise ValueError(f"media_type must be one of {MEDIA_TYPES} or None, got {media_type!r}")
+        content.insert(0, {"type": media_type})
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _as_media_list(media, media_type: str) -> list:
+    """Processors want a list of PIL images, or a list of (T,H,W,3) uint8 arrays for videos."""
+    items = list(media)
+    if media_type == "video":
+        items = [np.asarray(v) for v in items]
+        bad = [i for i, v in enumerate(items) if v.ndim != 4 or v.shape[-1] != 3]
+        if bad:
+            raise ValueError(f"videos must be uint8 arrays (T,H,W,3); item {bad[0]} has shape {items[bad[0]].shape}")
+    return items
+
+
+def encode_prompts(processor, prompts: list[str], media, media_type: str | None) -> dict:
+    """Tokenise prompts with their media, LEFT-padded.
+
+    Args:
+        processor: a checkpoint's processor.
+        prompts: B prompt texts (templated here with `prompt_text`).
+        media: B PIL images or B uint8 (T,H,W,3) arrays (one per prompt); None for text only.
+        media_type: "image", "video" or None.
+
+    Returns:
+        dict with input_ids [B,Lp], attention_mask [B,Lp] and the media tensors the processor made
+        (pixel_values [+ image_sizes] for images, pixel_values_videos for videos).
+    """
+    if media is not None and len(media) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(media)} media items")
+    texts = [prompt_text(processor, p, media_type if media is not None else None) for p in prompts]
+    kwargs = {}
+    if media is not None:
+        key = "images" if media_type == "image" else "videos"
+        kwargs[key] = _as_media_list(media, media_type)
+        if media_type == "image" and type(processor).__name__ == "VideoLlavaProcessor":
+            # Video-LLaVA's image processor still defaults to the deprecated `pixel_values_images` key
+            kwargs["return_legacy_image_output"] = False
+    batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+    batch = dict(batch)
+    batch.pop("token_type_ids", None)
+    if "pixel_values_images" in batch:  # older Video-LLaVA processors; the model takes `pixel_values`
+        batch["pixel_values"] = batch.pop("pixel_values_images")
+    return batch
+
+
+def encode_answers(processor, answers: list[str], add_eos: bool = True) -> dict:
+    """Tokenise answers without special tokens (no BOS), append EOS, RIGHT-pad.
+
+    Args:
+        processor: a processor or a tokenizer.
+        answers: B answer texts.
+        add_eos: append the EOS token id (the model learns to stop).
+
+    Returns:
+        dict with input_ids [B,La] (padded with pad_token_id) and attention_mask [B,La].
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    rows = tok(list(answers), add_special_tokens=False)["input_ids"]
+    if add_eos:
+        rows = [r + [tok.eos_token_id] for r in rows]
+    width = max((len(r) for r in rows), default=0)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def media_keys(batch: dict) -> list[str]:
+    """Keys of `batch` that are media tensors (pixel_values, image_sizes, pixel_values_videos, ...)."""
+    return [k for k in batch if k not in TEXT_KEYS]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip padding: cumsum(mask) - 1, clamped at 0 for leading pads (TRL / HF generate)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def join_prompt_answer(prompt_batch: dict, answer_batch: dict) -> dict:
+    """One plain model input: prompt + answer, explicit positions, labels on answer tokens only.
+
+    Args:
+        prompt_batch: output of `encode_prompts` (left-padded).
+        answer_batch: output of `encode_answers` (right-padded), same batch size.
+
+    Returns:
+        dict with input_ids, attention_mask, position_ids, labels [B, Lp+La] and the prompt's media tensors.
+    """
+    p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
+    a_ids, a_mask = answer_batch["input_ids"], answer_batch["attention_mask"]
+    if p_ids.shape[0] != a_ids.shape[0]:
+        raise ValueError(f"prompt batch has {p_ids.shape[0]} rows, answer batch {a_ids.shape[0]}")
+    a_ids, a_mask = a_ids.to(p_ids.device), a_mask.to(p_ids.device)
+    mask = torch.cat([p_mask, a_mask], dim=1)
+    labels = torch.cat([torch.full_like(p_ids, IGNORE_INDEX), a_ids.masked_fill(a_mask == 0, IGNORE_INDEX)], dim=1)
+    out = {"input_ids": torch.cat([p_ids, a_ids], dim=1), "attention_mask": mask,
+           "position_ids": position_ids_from_mask(mask), "labels": labels}
+    out.update({k: prompt_batch[k] for k in media_keys(prompt_batch)})
+    return out

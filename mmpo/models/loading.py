@@ -1,0 +1,195 @@
+"""Load any LLaVA-family checkpoint from a local folder: dtype, device, 4-bit NF4, LoRA, reference mode.
+
+The reference policy is the same model with its adapters disabled (`reference_mode`), never a second
+copy of the weights (torchtune `disable_adapter`, TRL `use_adapter`; STYLE.md principle 12).
+Library facts used here are measured in ENVIRONMENT.md §2c (bitsandbytes on CPU) and §2e (peft).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from mmpo.config import LoraConfig, ModelConfig
+from mmpo.models.tiny import FAMILIES, VIDEO_FAMILIES
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Modules that stay in full precision under 4-bit and are frozen in full fine-tuning, per family.
+# transformers 5 needs FULL prefixes in llm_int8_skip_modules: a bare "vision_tower" left the CLIP
+# linears quantised (ENVIRONMENT.md §2c gotcha 2).
+VISION_MODULES = {
+    "llava": ["model.vision_tower"],
+    "llava_next": ["model.vision_tower"],
+    "llava_next_video": ["model.vision_tower", "model.vision_resampler"],
+    "video_llava": ["model.image_tower", "model.video_tower"],
+    "llava_onevision": ["model.vision_tower"],
+}
+PROJECTOR = "multi_modal_projector"
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda if available else cpu; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_folder(path: str, what: str) -> Path:
+    """Local folders only (never a hub id): a missing folder is an error that names it."""
+    folder = Path(path)
+    if not path or not folder.is_dir():
+        raise FileNotFoundError(f"{what} folder not found: {path!r} (models load from local folders only; "
+                                f"write a tiny one with `mmpo make-model --family llava --out DIR`)")
+    return folder
+
+
+def _family_of_config(config) -> str:
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        raise ValueError(f"unsupported model type {family!r}; supported families: {FAMILIES}")
+    return family
+
+
+def _quantization_config(family: str, device: torch.device):
+    """NF4 + double quantisation; vision tower, projector and lm_head stay unquantised (QLoRA recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        # bf16 compute on GPU; the CPU 4-bit kernels were measured in fp32 (ENVIRONMENT.md §2c)
+        bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+        llm_int8_skip_modules=VISION_MODULES[family] + [f"model.{PROJECTOR}", "lm_head"])
+
+
+def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool = False):
+    """Load model and processor from `cfg.path`, optionally 4-bit, with an adapter or a fresh LoRA.
+
+    Args:
+        cfg: model config (path, adapter, dtype, device, load_in_4bit, trust_remote_code, attn_implementation).
+        lora: LoRA settings used when `trainable` (a fresh adapter if enabled; full fine-tuning of the
+            language model if disabled or None).
+        trainable: prepare the model for training (4-bit prep, trainable params, train mode); otherwise
+            all parameters are frozen and the model is in eval mode.
+
+    Returns:
+        (model, processor). The model is a `peft.PeftModel` when an adapter is loaded or added.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    folder = _check_folder(cfg.path, "model")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
+    device = resolve_device(cfg.device)
+    common = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+    family = _family_of_config(AutoConfig.from_pretrained(folder, **common))
+    kwargs = dict(dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, **common)
+    if cfg.load_in_4bit:
+        kwargs.update(quantization_config=_quantization_config(family, device), device_map={"": str(device)})
+    model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
+    if not cfg.load_in_4bit:
+        model = model.to(device)
+    processor = AutoProcessor.from_pretrained(folder, **common)
+    model = _attach_trainable(model, cfg, lora, trainable)
+    return model, processor
+
+
+def _attach_trainable(model, cfg: ModelConfig, lora: LoraConfig | None, trainable: bool):
+    """Adapter / LoRA / full fine-tuning set-up, or frozen eval mode."""
+    if cfg.load_in_4bit and trainable:
+        from peft import prepare_model_for_kbit_training
+
+        # casts norms to fp32 and enables input grads; checkpointing is the trainer's choice
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.adapter:
+        from peft import PeftModel
+
+        adapter = _check_folder(cfg.adapter, "adapter")
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+    elif trainable and lora is not None and lora.enabled:
+        model = add_lora(model, lora)
+    elif trainable:
+        if cfg.load_in_4bit:
+            raise ValueError("full fine-tuning of a 4-bit model is not possible; enable LoRA (lora.enabled=true)")
+        set_full_finetune(model, train_projector=bool(lora and lora.train_projector))
+    if not trainable:
+        model.requires_grad_(False)
+        return model.eval()
+    return model.train()
+
+
+def set_full_finetune(model, train_projector: bool = False):
+    """Full fine-tuning: the language model (+ lm_head) trains, the vision tower stays frozen.
+
+    Args:
+        model: a plain (non-PEFT) LLaVA-family model.
+        train_projector: also train the multimodal projector.
+
+    Returns:
+        The same model.
+    """
+    family = family_of(model)
+    frozen = tuple(VISION_MODULES[family]) + (() if train_projector else (f"model.{PROJECTOR}",))
+    for name, param in model.named_parameters():
+        param.requires_grad_(not name.startswith(frozen))
+    return model
+
+
+def add_lora(model, lora: LoraConfig):
+    """Wrap the model with a fresh LoRA adapter on the language model's linear layers.
+
+    Args:
+        model: a LLaVA-family model (plain or 4-bit prepared).
+        lora: rank, alpha, dropout, target regex (language model only; the vision tower also has
+            q/k/v_proj, ENVIRONMENT.md §2e), and whether the projector trains too.
+
+    Returns:
+        A `peft.PeftModel`. With `train_projector`, the projector is a full-weight `modules_to_save`
+        copy, so the adapter-disabled reference keeps the original projector.
+    """
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=lora.target_modules,
+                              modules_to_save=[PROJECTOR] if lora.train_projector else None)
+    return get_peft_model(model, peft_cfg)
+
+
+def has_adapter(model) -> bool:
+    """True for a peft model (an adapter that can be disabled)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def reference_mode(model):
+    """Context manager: the policy with its adapters disabled is the reference policy.
+
+    Args:
+        model: a `peft.PeftModel` (from `add_lora` or a loaded adapter).
+
+    Yields:
+        The same model, adapters disabled until the block exits.
+    """
+    if not has_adapter(model):
+        raise ValueError(f"reference_mode needs a model with a LoRA/PEFT adapter, got {type(model).__name__}; "
+                         "with full fine-tuning keep a separate frozen reference model instead")
+    with model.disable_adapter():
+        yield model
+
+
+def base_model(model):
+    """The underlying transformers model (unwraps peft)."""
+    return model.get_base_model() if has_adapter(model) else model
+
+
+def family_of(model) -> str:
+    """The model's family name, one of FAMILIES (from `config.model_type`)."""
+    return _family_of_config(base_model(model).config)
+
+
+def supports_video(model) -> bool:
+    """True if the model's family takes video input (`pixel_values_videos`)."""
+    return family_of(model) in VIDEO_FAMILIES
