@@ -1,0 +1,14 @@
+"""Benchmarks: one module per benchmark (pure-Python scoring) and the EVALUATORS registry.
+
+`EVALUATORS[name](questions_or_data_path, answers_path, ...)` scores a finished answers file; see
+`eval.pope.score_answers_file` and `eval.videohallucer.score_answers_file`. Running a model on a
+benchmark (generate / logits modes) lives in `eval/runner.py`, which builds on these functions.
+"""
+
+from eval import pope, videohallucer
+
+EVALUATORS = {
+    "pope": pope.score_answers_file,
+    "videohallucer": videohallucer.score_answers_file,
+}
+# Model runners (eval/runner.py) register here, e.g. RUNNERS = {"pope": runner.run_pope, ...}.

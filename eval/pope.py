@@ -1,0 +1,370 @@
+"""POPE (Polling-based Object Probing Evaluation): question files, answer parsers, metrics.
+
+Matches the reference scorers described in shared BENCHMARKS.md §1:
+- question files: AoiDragon/POPE `output/coco/*.json` (JSON Lines despite the name) and
+  `output/seem/*/*.json` (one JSON array); the legacy 2,910-question random file of commit e3e3926
+  (used by LLaVA-1.5, with its "imange" typos kept verbatim) reads like any other file;
+- parsers: the official `evaluate.py`, lmms-eval `tasks/pope/utils.py`, VLMEvalKit `YOrN_Extraction`;
+- metrics: `evaluate.py` (positive class = yes; yes_ratio over *predictions*).
+
+Pure Python on purpose (no torch): the runner (`eval/runner.py`) produces `PopePrediction`s and calls
+`score_predictions`; `mmpo eval pope --questions Q --answers A` calls `score_answers_file`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SPLITS = ("random", "popular", "adversarial")
+# Text appended to the question before it is sent to the model (BENCHMARKS.md §1.3).
+PROMPT_SUFFIXES = {
+    "official": "",  # AoiDragon/POPE README, HA-DPO pope_eval.py: the bare question
+    "llava": "\nAnswer the question using a single word or phrase.",  # LLaVA scripts/v1_5/eval/pope.sh
+    "lmms_2024": "\nAnswer the question with 'yes' or 'no'.",  # lmms-eval commit 5eacae27
+}
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    """One POPE question.
+
+    Attributes:
+        question_id: id from the file (int in the official files; starts at 1 per split file).
+        image: image file name (COCO val2014 name, or a bare GQA id).
+        text: the question, verbatim (legacy files keep "imange").
+        label: "yes" / "no" (lower-cased), or None for label-free files such as llava_pope_test.jsonl.
+        split: "random" / "popular" / "adversarial" (or "" when unknown).
+    """
+
+    question_id: int | str
+    image: str
+    text: str
+    label: str | None
+    split: str = ""
+
+    def prompt(self, suffix: str = "") -> str:
+        """The text sent to the model: the question plus a harness suffix (see PROMPT_SUFFIXES)."""
+        return self.text + suffix
+
+
+@dataclass(frozen=True)
+class PopePrediction:
+    """A model's answer to one question; `to_json` is the official answer-file line.
+
+    Attributes:
+        question_id: id of the answered question.
+        answer: raw model output (generate mode) or "yes"/"no" (logits mode).
+        split: split of the question ("" if unknown).
+        margin: logits mode only: logit("yes") - logit("no") at the first answer token.
+    """
+
+    question_id: int | str
+    answer: str
+    split: str = ""
+    margin: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) pairs from a JSONL file or a JSON array (line = line of the item start)."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        # Approximate line of each item: JSON arrays here are pretty-printed one object per "{" line.
+        starts = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith("{")]
+        lines = starts if len(starts) == len(items) else [1] * len(items)
+        return list(zip(lines, items))
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+    return out
+
+
+def _split_from_name(path: Path) -> str:
+    m = re.search(r"(random|popular|adversarial)", path.name)
+    return m.group(1) if m else ""
+
+
+def read_questions(path: str | Path, split: str | None = None, require_label: bool = True) -> list[PopeQuestion]:
+    """Read a POPE question file in either official layout.
+
+    Args:
+        path: JSONL (`coco_pope_*.json`, `llava_pope_test.jsonl`) or JSON array (`*_pope_seem_*.json`).
+        split: split name for every question; default: the record's `category`, else the file name.
+        require_label: raise when a record has no `label` (set False for label-free prompt files).
+
+    Returns:
+        Questions in file order.
+
+    Raises:
+        ValueError: naming `file:line` for invalid JSON, missing keys or a label other than yes/no.
+    """
+    path = Path(path)
+    default_split = split if split is not None else _split_from_name(path)
+    out = []
+    for line, rec in _records(path):
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{line}: expected a JSON object, got {type(rec).__name__}")
+        for key in ("question_id", "image", "text") + (("label",) if require_label else ()):
+            if key not in rec:
+                raise ValueError(f"{path}:{line}: field '{key}': missing")
+        label = rec.get("label")
+        if label is not None:
+            label = str(label).strip().lower()  # POPEv2 uses "Yes"/"No"
+            if label not in ("yes", "no"):
+                raise ValueError(f"{path}:{line}: field 'label': expected yes/no, got {rec['label']!r}")
+        qsplit = split if split is not None else rec.get("category", default_split)
+        out.append(PopeQuestion(rec["question_id"], rec["image"], rec["text"], label, qsplit))
+    return out
+
+
+def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: bool = False) -> list[PopePrediction]:
+    """Read a model-answer JSONL file and align it with `questions`.
+
+    The answer is under `answer` (official README layout) or `text` (LLaVA `model_vqa_loader` output).
+    If every line has a `question_id`, answers are matched by id; otherwise by position, which requires
+    the same count: `evaluate.py` zips by position, and AoiDragon/POPE#17 shows a 2,910-answer file
+    silently misaligned against the 3,000-label file.
+
+    Args:
+        path: answers JSONL.
+        questions: the questions the answers belong to (ids must be unique for id matching).
+        allow_extra: ignore answers whose id is not among `questions` (e.g. LLaVA's 8,910-line file).
+
+    Returns:
+        One prediction per question, in question order.
+
+    Raises:
+        ValueError: naming `file:line` for a missing answer field, duplicate or unknown ids, missing
+            answers, or a count mismatch in positional mode.
+    """
+    path = Path(path)
+    rows = []
+    for line, rec in _records(path):
+        key = "answer" if "answer" in rec else "text" if "text" in rec else None
+        if key is None:
+            raise ValueError(f"{path}:{line}: field 'answer' (or 'text'): missing")
+        rows.append((line, rec.get("question_id"), str(rec[key]), rec.get("margin")))
+    by_id = rows and all(qid is not None for _, qid, _, _ in rows)
+    if not by_id:
+        if len(rows) != len(questions):
+            raise ValueError(
+                f"{path}: {len(rows)} answers without question_id for {len(questions)} questions; positional "
+                "matching needs equal counts (AoiDragon/POPE#17: a 2,910-answer file against 3,000 labels)")
+        return [PopePrediction(q.question_id, a, q.split, m) for q, (_, _, a, m) in zip(questions, rows)]
+    wanted = {str(q.question_id) for q in questions}
+    if len(wanted) != len(questions):
+        raise ValueError(f"{path}: question ids are not unique; answers cannot be matched by id")
+    answers: dict[str, tuple[str, float | None]] = {}
+    for line, qid, a, m in rows:
+        if str(qid) in answers:
+            raise ValueError(f"{path}:{line}: question_id {qid!r} answered twice")
+        if str(qid) not in wanted:
+            if allow_extra:
+                continue
+            raise ValueError(f"{path}:{line}: question_id {qid!r} is not in the question file")
+        answers[str(qid)] = (a, m)
+    missing = [q.question_id for q in questions if str(q.question_id) not in answers]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} questions have no answer (first ids: {missing[:5]})")
+    matched = [(q, answers[str(q.question_id)]) for q in questions]
+    return [PopePrediction(q.question_id, a, q.split, m) for q, (a, m) in matched]
+
+
+# ---------------------------------------------------------------- parsers
+
+
+def parse_official(text: str) -> str:
+    """AoiDragon/POPE `evaluate.py` (= LLaVA `llava/eval/eval_pope.py`); never "unknown".
+
+    First sentence (split on '.'), commas removed, split on single spaces; "no" if a token is exactly
+    `No`, `no` or `not`, else "yes" (so "", "NO", "Nope" and "No\\nThe ..." all count as yes).
+    """
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
+
+
+def parse_lmms(text: str) -> str:
+    """lmms-eval `tasks/pope/utils.py::pope_process_results`: exact match of `lower().strip()`."""
+    pred = text.lower().strip()
+    return pred if pred in ("yes", "no") else "unknown"
+
+
+_VLM_PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
+              "?", "!"]
+_VLM_COMMA = re.compile(r"(\d)(,)(\d)")
+# VLMEvalKit's pattern is literally '(?!<=\d)(\.)(?!\d)' (a look-ahead, not a look-behind): every '.' not
+# followed by a digit is removed. Kept verbatim.
+_VLM_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+
+
+def _vlm_process_punctuation(text: str) -> str:
+    """VLMEvalKit `vlmeval/smp/misc.py::process_punctuation`, verbatim behaviour."""
+    out = text
+    for p in _VLM_PUNCT:
+        if (p + " " in text or " " + p in text) or _VLM_COMMA.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    # The reference passes re.UNICODE (=32) as the *count* argument of sub(): at most 32 periods go.
+    return _VLM_PERIOD.sub("", out, 32)
+
+
+def parse_vlmevalkit(text: str) -> str:
+    """VLMEvalKit `vlmeval/dataset/utils/yorn.py::YOrN_Extraction` (exact_matching, no LLM judge).
+
+    Lower-case, strip punctuation, split on whitespace; yes if 'yes' in words and 'no' not, no if the
+    reverse, else unknown.
+    """
+    words = _vlm_process_punctuation(text.lower()).split()
+    if "yes" in words and "no" not in words:
+        return "yes"
+    if "yes" not in words and "no" in words:
+        return "no"
+    return "unknown"
+
+
+PARSERS = {"official": parse_official, "lmms": parse_lmms, "vlmevalkit": parse_vlmevalkit}
+# How each reference counts "unknown": lmms-eval scores it wrong and drops it from precision/recall
+# (neither TP, FP nor FN); VLMEvalKit scores it wrong and maps it to predicted-No in F1 (POPE_rating).
+UNKNOWN_AS_NO = {"official": False, "lmms": False, "vlmevalkit": True}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0  # lmms-eval / VLMEvalKit guard; evaluate.py would divide by zero
+
+
+def metrics_from_counts(c: dict, unknown_as_no: bool = False) -> dict:
+    """Accuracy/P/R/F1/yes-ratio from counts tp, fp, tn, fn, unknown, unknown_yes, n.
+
+    tp/fp/tn/fn count only yes/no predictions; `unknown_yes` = unknowns whose label is yes. Unknowns
+    are always wrong in accuracy; with `unknown_as_no` they are false negatives when the label is yes.
+    """
+    fn = c["fn"] + (c["unknown_yes"] if unknown_as_no else 0)
+    p = _ratio(c["tp"], c["tp"] + c["fp"])
+    r = _ratio(c["tp"], c["tp"] + fn)
+    return {"accuracy": _ratio(c["tp"] + c["tn"], c["n"]), "precision": p, "recall": r,
+            "f1": _ratio(2 * p * r, p + r),
+            # Share of PREDICTED yes over all N (evaluate.py). lmms-eval's pope_aggregate_yes_ratio
+            # counts ground-truth yes instead, so it always reads 0.5 on balanced files.
+            "yes_ratio": _ratio(c["tp"] + c["fp"], c["n"])}
+
+
+def score(labels: list[str], preds: list[str], parser: str = "official") -> dict:
+    """Score parsed predictions against labels (positive class = yes).
+
+    Args:
+        labels: "yes"/"no" per question.
+        preds: "yes"/"no"/"unknown" per question (the output of `PARSERS[parser]`).
+        parser: which reference's unknown rule applies (see UNKNOWN_AS_NO).
+
+    Returns:
+        accuracy, precision, recall, f1, yes_ratio, tp, fp, tn, fn, unknown, unknown_yes, n, parser.
+    """
+    if len(labels) != len(preds):
+        raise ValueError(f"{len(labels)} labels but {len(preds)} predictions")
+    c = dict.fromkeys(("tp", "fp", "tn", "fn", "unknown", "unknown_yes"), 0)
+    for i, (y, p) in enumerate(zip(labels, preds)):
+        if y not in ("yes", "no") or p not in ("yes", "no", "unknown"):
+            raise ValueError(f"item {i}: label {y!r} / prediction {p!r} not in yes/no(/unknown)")
+        if p == "unknown":
+            c["unknown"] += 1
+            c["unknown_yes"] += y == "yes"
+        else:
+            c[{("yes", "yes"): "tp", ("yes", "no"): "fp", ("no", "no"): "tn", ("no", "yes"): "fn"}[p, y]] += 1
+    c["n"] = len(labels)
+    return {**metrics_from_counts(c, UNKNOWN_AS_NO[parser]), **c, "parser": parser}
+
+
+def aggregate(per_split: dict[str, dict]) -> dict:
+    """Combine per-split results (each from `score`/`score_predictions`, same parser).
+
+    Top-level accuracy/precision/recall/f1/yes_ratio are means over splits: the mean of split F1s is
+    LLaVA-1.5's "POPE" column (haotian-liu/LLaVA#626). `pooled` recomputes them on summed counts, as
+    lmms-eval's `pope` task does over all 9,000 questions.
+
+    Returns:
+        dict with the mean metrics, `pooled`, `splits`, `aggregation`, and the shared metadata.
+    """
+    if not per_split:
+        raise ValueError("no splits to aggregate")
+    parsers = {r["parser"] for r in per_split.values()}
+    if len(parsers) != 1:
+        raise ValueError(f"splits scored with different parsers: {sorted(parsers)}")
+    keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    counts = {k: sum(r[k] for r in per_split.values()) for k in ("tp", "fp", "tn", "fn", "unknown", "unknown_yes", "n")}
+    parser = parsers.pop()
+    first = next(iter(per_split.values()))
+    return {**{k: sum(r[k] for r in per_split.values()) / len(per_split) for k in keys},
+            "aggregation": "mean_of_splits", "parser": parser, "prompt_suffix": first.get("prompt_suffix"),
+            "question_files": {s: r.get("question_file") for s, r in per_split.items()},
+            "pooled": {**metrics_from_counts(counts, UNKNOWN_AS_NO[parser]), **counts, "aggregation": "pooled"},
+            "splits": per_split}
+
+
+def score_predictions(questions: list[PopeQuestion], preds: list[PopePrediction], parser: str = "official",
+                      prompt_suffix: str | None = None, question_file: str | Path | None = None) -> dict:
+    """Parse and score predictions for one split, recording how the number was made.
+
+    Args:
+        questions: labelled questions of one split.
+        preds: predictions aligned with `questions` (same order).
+        parser: key of PARSERS.
+        prompt_suffix: the suffix the model saw (None = not recorded).
+        question_file: the file the questions came from (its name is recorded with the count).
+
+    Returns:
+        `score` output plus prompt_suffix, question_file {name, count}, aggregation and split.
+    """
+    if parser not in PARSERS:
+        raise ValueError(f"unknown parser {parser!r}; choose from {sorted(PARSERS)}")
+    for q, p in zip(questions, preds):
+        if str(q.question_id) != str(p.question_id):
+            raise ValueError(f"prediction for id {p.question_id!r} is aligned with question {q.question_id!r}")
+    result = score([q.label for q in questions], [PARSERS[parser](p.answer) for p in preds], parser)
+    splits = sorted({q.split for q in questions})
+    return {**result, "prompt_suffix": prompt_suffix, "aggregation": "single_split", "split": ",".join(splits),
+            "question_file": {"name": Path(question_file).name if question_file else None, "count": len(questions)}}
+
+
+def score_answers_file(questions_path: str | Path, answers_path: str | Path, parser: str = "official",
+                       prompt_suffix: str | None = None) -> dict:
+    """Score an answers file (`mmpo eval pope --questions Q --answers A --parser P`).
+
+    A question file holding several splits (a `category` field, as in llava_pope_test.jsonl) is scored
+    per split and combined with `aggregate`.
+
+    Returns:
+        one split's result, or the `aggregate` of several.
+    """
+    questions = read_questions(questions_path)
+    preds = read_answers(answers_path, questions)
+    splits = list(dict.fromkeys(q.split for q in questions))
+    if len(splits) == 1:
+        return score_predictions(questions, preds, parser, prompt_suffix, questions_path)
+    per_split = {}
+    for s in splits:
+        idx = [i for i, q in enumerate(questions) if q.split == s]
+        per_split[s] = score_predictions([questions[i] for i in idx], [preds[i] for i in idx], parser,
+                                         prompt_suffix, questions_path)
+    return aggregate(per_split)

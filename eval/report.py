@@ -1,0 +1,152 @@
+"""Write evaluation outputs: metrics.json, a markdown report, and PNG plots (matplotlib, Agg backend).
+
+Inputs are the plain dicts returned by `eval.pope` (one split from `score_predictions`, or several from
+`aggregate`) and by `eval.videohallucer` (`{category: score_category(...)}` plus optional "overall").
+matplotlib is imported inside the plot functions so scoring never needs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+VH_KEYS = ("basic_accuracy", "hallucinated_accuracy", "pair_accuracy")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: CI and GPU boxes have no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pope_splits(result: dict) -> dict[str, dict]:
+    """{split: result} for a single-split or aggregated POPE result."""
+    return result["splits"] if "splits" in result else {result.get("split") or "all": result}
+
+
+def write_metrics(path: str | Path, result: dict) -> Path:
+    """metrics.json: the result dict as is (plain top-level keys such as accuracy/f1 or pair_accuracy)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    return path
+
+
+def pope_markdown(result: dict) -> str:
+    """Markdown table: one row per split (+ mean and pooled rows), metrics in %, and the provenance."""
+    head = "| split | " + " | ".join(POPE_KEYS) + " | TP | FP | TN | FN | unknown | N |"
+    rows = [head, "|" + "---|" * (len(POPE_KEYS) + 7)]
+
+    def row(name: str, r: dict) -> str:
+        counts = " | ".join(str(r.get(k, "")) for k in ("tp", "fp", "tn", "fn", "unknown", "n"))
+        return f"| {name} | " + " | ".join(f"{100 * r[k]:.2f}" for k in POPE_KEYS) + f" | {counts} |"
+
+    for name, r in pope_splits(result).items():
+        rows.append(row(name, r))
+    if "splits" in result:
+        rows.append(row("**mean of splits**", result))
+        rows.append(row("pooled", result["pooled"]))
+    files = result.get("question_files") or {"": result.get("question_file")}
+    prov = [f"- parser: `{result.get('parser')}`", f"- prompt suffix: `{result.get('prompt_suffix')!r}`",
+            f"- aggregation: `{result.get('aggregation')}`"]
+    prov += [f"- question file {k}: `{v}`".replace("  ", " ") for k, v in files.items()]
+    return "# POPE\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov) + "\n"
+
+
+def videohallucer_markdown(results: dict[str, dict]) -> str:
+    """Markdown table: one row per category (+ overall), accuracies in %, and bias scores when present."""
+    rows = ["| category | pairs | basic | hallucinated | pair | yes diff | fp ratio |", "|---|---|---|---|---|---|---|"]
+    for cat, r in results.items():
+        if cat == "overall":
+            continue
+        bias = r.get("bias", {})
+        extra = [f"{bias[k]:.3f}" if k in bias else "" for k in ("ydp", "fpr")]
+        rows.append(f"| {cat} | {r['n_pairs']} | " + " | ".join(f"{100 * r[k]:.1f}" for k in VH_KEYS)
+                    + " | " + " | ".join(extra) + " |")
+    if "overall" in results:
+        o = results["overall"]
+        rows.append("| **overall** | | " + " | ".join(f"{100 * o[k]:.1f}" for k in VH_KEYS) + " | | |")
+    return "# VideoHallucer\n\n" + "\n".join(rows) + "\n"
+
+
+def plot_pope_splits(result: dict, path: str | Path) -> Path:
+    """Bar chart of F1 and yes-ratio per split (the yes-ratio shows a model's bias toward "yes")."""
+    plt = _pyplot()
+    splits = pope_splits(result)
+    names = list(splits)
+    x = range(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.2))
+    ax.bar([i - 0.2 for i in x], [splits[n]["f1"] for n in names], 0.4, label="F1")
+    ax.bar([i + 0.2 for i in x], [splits[n]["yes_ratio"] for n in names], 0.4, label="yes ratio")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")  # balanced files: an unbiased model answers yes half the time
+    ax.set_xticks(list(x), names)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    return _save(fig, plt, path)
+
+
+def plot_pope_confusion(result: dict, path: str | Path) -> Path:
+    """Stacked bars per split: TP, FN (label yes) and FP, TN (label no), plus unknowns."""
+    plt = _pyplot()
+    splits = pope_splits(result)
+    names = list(splits)
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 3.2))
+    bottom = [0] * len(names)
+    for key in ("tp", "fn", "fp", "tn", "unknown"):
+        vals = [splits[n][key] for n in names]
+        ax.bar(names, vals, bottom=bottom, label=key.upper())
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("questions")
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
+
+
+def plot_videohallucer(results: dict[str, dict], path: str | Path) -> Path:
+    """Grouped bars per category: basic, hallucinated and pair accuracy."""
+    plt = _pyplot()
+    names = [c for c in results if c != "overall"] + (["overall"] if "overall" in results else [])
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.2))
+    for j, key in enumerate(VH_KEYS):
+        ax.bar([i + (j - 1) * 0.27 for i in range(len(names))], [results[c][key] for c in names], 0.27, label=key)
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    return _save(fig, plt, path)
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_pope_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json, report.md, pope_splits.png and pope_confusion.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(pope_markdown(result), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
+            "splits_plot": plot_pope_splits(result, out / "pope_splits.png"),
+            "confusion_plot": plot_pope_confusion(result, out / "pope_confusion.png")}
+
+
+def write_videohallucer_report(out_dir: str | Path, results: dict[str, dict]) -> dict[str, Path]:
+    """metrics.json (plain overall keys at the top level, per category under "categories"), report.md,
+    videohallucer.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cats = {c: r for c, r in results.items() if c != "overall"}
+    metrics = {**results.get("overall", {}), "categories": cats}
+    (out / "report.md").write_text(videohallucer_markdown(results), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", metrics), "report": out / "report.md",
+            "plot": plot_videohallucer(results, out / "videohallucer.png")}
+
+
+REPORTS = {"pope": write_pope_report, "videohallucer": write_videohallucer_report}
