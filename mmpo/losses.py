@@ -1,18 +1,14 @@
 """Preference losses: one small class per loss, a plain `LOSSES` dict, and the PaMi prompt-aware distance.
 
-Every loss takes one `LossInputs` (sequence log-probs summed over answer tokens, shape [B], plus
-optional per-pair tensors) and returns `(scalar loss, metrics)`. The trainer reads `requires` to know
-which extra forward passes to run ("reference", "corrupt", "bag", "gt") and sums `weight * term`
-over the `loss: [{name, weight, params}]` entries of the train config (`build_loss_terms`).
+Every loss maps one `LossInputs` (answer log-probs summed over tokens, [B], plus optional per-pair
+tensors) to `(scalar loss, metrics)`. The trainer reads `requires` to know which extra forward passes
+to run and sums `weight * term` over the config's `loss: [{name, weight, params}]` (`build_loss_terms`).
 
-Reduction rule (all losses): `mean_i(w_i * l_i)`, with w_i = 1 when `weight` is None. A plain mean,
-not sum(w*l)/sum(w), so a pair weight scales that pair's gradient and splitting a batch into equal
-micro-batches gives the same loss and gradient (TRL's "gradient accumulation 1x8 == 8x1"
-invariant). Losses that drop samples (beta-DPO's filter, PaMi's empty bags) average over the kept
-samples instead, as their reference code does.
-
-Metrics are detached python floats. `rewards/*` use the loss's unscaled beta, as TRL and the
-DA-DPO / beta-DPO code log them. The math and its provenance are in METHODS.md (§0-§6).
+Reduction: `mean_i(w_i * l_i)` (w = 1 when `weight` is None), not sum(w*l)/sum(w), so a weight scales
+its pair's gradient and equal micro-batches give the full-batch loss and gradient (TRL's "gradient
+accumulation 1x8 == 8x1" invariant). Losses that drop samples (beta-DPO's filter, PaMi's empty bags)
+average over the kept ones, as their reference code does. Metrics are detached floats; `rewards/*`
+use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: METHODS.md §0-§6.
 """
 
 from __future__ import annotations
@@ -31,39 +27,26 @@ _LOG2 = math.log(2.0)
 
 @dataclass(frozen=True)
 class LossInputs:
-    """Everything a loss may need for one batch of B pairs (log-probs are sums over answer tokens).
+    """Everything a loss may need for one batch of B pairs. Log-probs are sums over answer tokens;
+    policy ones carry grad, reference ones don't. Optional fields are None when not computed."""
 
-    Fields:
-        policy_chosen, policy_rejected: [B] log pi(y_w|x), log pi(y_l|x) (with grad).
-        ref_chosen, ref_rejected: [B] the same under the reference policy (no grad) or None.
-        chosen_tokens, rejected_tokens: [B] answer-token counts (IPO, SFT normalisation).
-        weight: [B] per-pair weight or None (= 1).
-        score_delta: [B] s(y_w) - s(y_l) from the data (DA-DPO score, VideoSAVi CLIP score) or None.
-        policy_corrupt, ref_corrupt: [B] log-prob of the chosen answer under corrupted media (mDPO).
-        bag_policy, bag_ref, bag_distance: [B, K] per augmented clip: policy / reference log-prob
-            of the same answer, prompt-aware distance d_k (PaMi-VDPO).
-        bag_mask: [B, K] bool, False for padding instances; None = all valid.
-        gt_logps, gt_tokens: [B] log-prob / token count of the ground-truth answer (mrDPO gdpo).
-        progress: fraction of training done, 0..1 (PaMi close-to-far schedule).
-    """
-
-    policy_chosen: torch.Tensor
-    policy_rejected: torch.Tensor
-    ref_chosen: torch.Tensor | None = None
-    ref_rejected: torch.Tensor | None = None
-    chosen_tokens: torch.Tensor | None = None
-    rejected_tokens: torch.Tensor | None = None
-    weight: torch.Tensor | None = None
-    score_delta: torch.Tensor | None = None
-    policy_corrupt: torch.Tensor | None = None
-    ref_corrupt: torch.Tensor | None = None
-    bag_policy: torch.Tensor | None = None
-    bag_ref: torch.Tensor | None = None
-    bag_distance: torch.Tensor | None = None
-    bag_mask: torch.Tensor | None = None
-    gt_logps: torch.Tensor | None = None
-    gt_tokens: torch.Tensor | None = None
-    progress: float = 0.0
+    policy_chosen: torch.Tensor  # [B] log pi(y_w|x)
+    policy_rejected: torch.Tensor  # [B] log pi(y_l|x)
+    ref_chosen: torch.Tensor | None = None  # [B] log pi_ref(y_w|x)
+    ref_rejected: torch.Tensor | None = None  # [B] log pi_ref(y_l|x)
+    chosen_tokens: torch.Tensor | None = None  # [B] answer-token counts (IPO, SFT normalisation)
+    rejected_tokens: torch.Tensor | None = None  # [B]
+    weight: torch.Tensor | None = None  # [B] per-pair weight (None = 1)
+    score_delta: torch.Tensor | None = None  # [B] s(y_w) - s(y_l) from the data (DA-DPO, VideoSAVi CLIP)
+    policy_corrupt: torch.Tensor | None = None  # [B] log pi(y_w | corrupted media) (mDPO)
+    ref_corrupt: torch.Tensor | None = None  # [B] log pi_ref(y_w | corrupted media)
+    bag_policy: torch.Tensor | None = None  # [B, K] log pi(y | augmented clip k) (PaMi-VDPO)
+    bag_ref: torch.Tensor | None = None  # [B, K] log pi_ref(y | augmented clip k)
+    bag_distance: torch.Tensor | None = None  # [B, K] prompt-aware distance d_k (js_divergence)
+    bag_mask: torch.Tensor | None = None  # [B, K] bool, False on padding instances (None = all valid)
+    gt_logps: torch.Tensor | None = None  # [B] log pi(y_gt|x), ground-truth answer (mrDPO gdpo)
+    gt_tokens: torch.Tensor | None = None  # [B] its token count
+    progress: float = 0.0  # fraction of training done, 0..1 (PaMi close-to-far schedule)
 
     @property
     def chosen_logratios(self) -> torch.Tensor:
@@ -82,19 +65,13 @@ class LossInputs:
 
 
 # Which LossInputs fields each requirement name promises (checked before every call).
-_REQUIRED_FIELDS = {
-    "reference": ("ref_chosen", "ref_rejected"),
-    "corrupt": ("policy_corrupt", "ref_corrupt"),
-    "bag": ("bag_policy", "bag_ref", "bag_distance"),
-    "gt": ("gt_logps", "gt_tokens"),
-}
+_REQUIRED_FIELDS = {"reference": ("ref_chosen", "ref_rejected"), "corrupt": ("policy_corrupt", "ref_corrupt"),
+                    "bag": ("bag_policy", "bag_ref", "bag_distance"), "gt": ("gt_logps", "gt_tokens")}
 
 
 def _check(loss: Any, x: LossInputs, fields: tuple[str, ...] = (), pairwise: bool = True) -> None:
-    """Raise ValueError naming the loss and the missing fields, if any required input is None.
-
-    `pairwise=False` is for chosen-only losses (mDPO terms, PaMi), which never read ref_rejected.
-    """
+    """Raise ValueError naming the loss and any missing input (pairwise=False: ref_rejected unused)."""
+    _check_beta(getattr(loss, "beta", 1.0))
     needed = [f for req in sorted(loss.requires) for f in _REQUIRED_FIELDS[req]] + list(fields)
     if not pairwise:
         needed = [f for f in needed if f != "ref_rejected"]
@@ -108,28 +85,24 @@ def _reduce(losses: torch.Tensor, weight: torch.Tensor | None, keep: torch.Tenso
     w = torch.ones_like(losses) if weight is None else weight.to(losses.dtype)
     if keep is None:
         return (w * losses).mean()
-    k = keep.to(losses.dtype)
     # torch.where, not multiplication: a dropped sample's loss may be inf/nan and 0*nan = nan.
-    return torch.where(keep, w * losses, torch.zeros_like(losses)).sum() / k.sum().clamp(min=1.0)
+    return torch.where(keep, w * losses, torch.zeros_like(losses)).sum() / keep.sum().clamp(min=1)
 
 
-def _reward_metrics(beta: float, chosen_lr: torch.Tensor, rejected_lr: torch.Tensor) -> dict[str, float]:
-    """TRL's logged rewards: beta * log-ratio (detached), their margin and the pair accuracy."""
-    rc, rr = beta * chosen_lr.detach().float(), beta * rejected_lr.detach().float()
-    return {
-        "rewards/chosen": rc.mean().item(),
-        "rewards/rejected": rr.mean().item(),
-        "rewards/margins": (rc - rr).mean().item(),
-        "rewards/accuracies": (rc > rr).float().mean().item(),
-    }
+def _pair_rewards(beta: float, x: LossInputs, per_token: bool = False) -> dict[str, float]:
+    """TRL's logged rewards: beta * log-ratio (detached; per token for IPO), margin, pair accuracy."""
+    rc, rr = x.chosen_logratios.detach().float(), x.rejected_logratios.detach().float()
+    if per_token:
+        rc, rr = rc / x.chosen_tokens.clamp(min=1), rr / x.rejected_tokens.clamp(min=1)
+    rc, rr = beta * rc, beta * rr
+    return {"rewards/chosen": rc.mean().item(), "rewards/rejected": rr.mean().item(),
+            "rewards/margins": (rc - rr).mean().item(), "rewards/accuracies": (rc > rr).float().mean().item()}
 
 
 def _check_beta(beta: float) -> None:
+    """beta is a temperature: it must be positive (a negative one would reverse the preference)."""
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-
-
-# --------------------------------------------------------------------------- PaMi distance + schedule
 
 
 def _js_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
@@ -140,8 +113,7 @@ def _js_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, top_k: int | None) 
         # the tail mass both distributions agree is negligible carries almost no divergence.
         ip, iq = p_logits.topk(top_k, dim=-1).indices, q_logits.topk(top_k, dim=-1).indices
         dup = (iq.unsqueeze(-1) == ip.unsqueeze(-2)).any(-1)
-        drop = torch.cat([torch.zeros_like(dup), dup], dim=-1)
-        idx = torch.cat([ip, iq], dim=-1)
+        drop, idx = torch.cat([torch.zeros_like(dup), dup], dim=-1), torch.cat([ip, iq], dim=-1)
         p_logits = p_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
         q_logits = q_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
     lp, lq = F.log_softmax(p_logits, dim=-1), F.log_softmax(q_logits, dim=-1)
@@ -154,18 +126,13 @@ def _js_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, top_k: int | None) 
     return (0.5 * (kl_to_m(lp) + kl_to_m(lq))).clamp(min=0.0)
 
 
-def js_divergence(
-    p_logits: torch.Tensor,
-    q_logits: torch.Tensor,
-    mask: torch.Tensor,
-    top_k: int | None = None,
-    chunk: int = 512,
-) -> torch.Tensor:
-    """PaMi-VDPO prompt-aware distance: mean over answer tokens of JS(p_t || q_t) (METHODS §1 step 2).
+def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor,
+                  top_k: int | None = None, chunk: int = 512) -> torch.Tensor:
+    """PaMi-VDPO prompt-aware distance d: mean over answer tokens of JS(p_t || q_t) (METHODS §1 step 2).
 
-    p_t / q_t are the next-token distributions of the same model on the original / augmented clip
-    with the answer teacher-forced. Only positions where `mask` is true are computed, `chunk` rows
-    at a time, so the float32 copies stay small even with a 150k vocabulary. Call it under no_grad.
+    p_t / q_t: next-token distributions of the same model on the original / augmented clip, answer
+    teacher-forced. Only masked positions are computed, `chunk` at a time, so the float32 copies stay
+    small with a 150k vocabulary. Call it under no_grad.
 
     Args:
         p_logits: [B, T, V] logits on the original media.
@@ -175,25 +142,20 @@ def js_divergence(
         chunk: answer positions processed per step.
 
     Returns:
-        [B] float32 mean JS per sample, in nats (0 for identical inputs, at most log 2); 0 for a
-        sample without answer tokens.
+        [B] float32 mean JS in nats (0 for identical inputs, at most log 2; 0 without answer tokens).
     """
     b, t, v = p_logits.shape
-    flat_mask = mask.reshape(-1).bool()
-    rows = flat_mask.nonzero().squeeze(1)
+    rows = mask.reshape(-1).bool().nonzero().squeeze(1)
     p_flat, q_flat = p_logits.reshape(b * t, v), q_logits.reshape(b * t, v)
     total = torch.zeros(b, dtype=torch.float32, device=p_logits.device)
-    for part in rows.split(chunk):
-        js = _js_rows(p_flat[part], q_flat[part], top_k)
-        total.index_add_(0, part // t, js)
+    for part in rows.split(chunk):  # row r of the flat view belongs to sample r // t
+        total.index_add_(0, part // t, _js_rows(p_flat[part], q_flat[part], top_k))
     return total / mask.reshape(b, t).sum(1).clamp(min=1).to(torch.float32)
 
 
 def pami_tau(progress: float, tau_start: float = 10.0, tau_end: float = 0.01, anneal_until: float = 0.5) -> float:
-    """Close-to-far temperature [RECONSTRUCTION, METHODS §1 step 5].
-
-    log tau moves linearly from log(tau_start) to log(tau_end) while progress goes 0 -> anneal_until;
-    after that the selection is a hard argmax, returned as tau = 0.0.
+    """Close-to-far temperature [RECONSTRUCTION, METHODS §1 step 5]: log tau linear from log(tau_start)
+    to log(tau_end) while progress goes 0 -> anneal_until, then a hard argmax (returned as 0.0).
 
     Args:
         progress: fraction of training done (clipped to >= 0).
@@ -211,36 +173,27 @@ def pami_tau(progress: float, tau_start: float = 10.0, tau_end: float = 0.01, an
     return math.exp(math.log(tau_start) + frac * (math.log(tau_end) - math.log(tau_start)))
 
 
-# --------------------------------------------------------------------------- pairwise DPO family
-
-
 @dataclass
 class DPOLoss:
-    """DPO, sigmoid form. Rafailov et al., arXiv 2305.18290, Eq. 7 (METHODS §0).
+    """DPO (sigmoid). Rafailov et al., arXiv 2305.18290, Eq. 7; confirmed (TRL loss_type="sigmoid").
 
     l_i = -log sigmoid(beta * h_i),  h = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)].
-    Confirmed (paper; TRL loss_type="sigmoid").
     """
 
     beta: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
-        losses = -F.logsigmoid(self.beta * x.margin)
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        return _reduce(-F.logsigmoid(self.beta * x.margin), x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
 class CDPOLoss:
-    """Conservative DPO (label smoothing). Mitchell, "A note on DPO with noisy preferences" (cDPO);
-    TRL loss_type="sigmoid" with label_smoothing (METHODS §6.2).
+    """cDPO, label smoothing (Mitchell, "A note on DPO with noisy preferences"); confirmed (TRL
+    loss_type="sigmoid" with label_smoothing; METHODS §6.2). eps = 0 is DPO.
 
     l_i = (1 - eps) * -log sigmoid(beta h_i) + eps * -log sigmoid(-beta h_i),  0 <= eps <= 0.5.
-    Confirmed (TRL code). eps = 0 is DPO.
     """
 
     beta: float = 0.1
@@ -248,7 +201,6 @@ class CDPOLoss:
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
         if not 0.0 <= self.eps <= 0.5:
             raise ValueError(f"eps must be in [0, 0.5], got {self.eps}")
 
@@ -256,16 +208,15 @@ class CDPOLoss:
         _check(self, x)
         z = self.beta * x.margin
         losses = -(1 - self.eps) * F.logsigmoid(z) - self.eps * F.logsigmoid(-z)
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
 class RobustDPOLoss:
-    """rDPO, unbiased under random label flips at rate eps. Chowdhury et al., arXiv 2403.00409;
-    TRL loss_type="robust" (METHODS §6.2).
+    """rDPO, unbiased under label flips at rate eps. Chowdhury et al., arXiv 2403.00409; confirmed
+    (TRL loss_type="robust"; METHODS §6.2). eps = 0 is DPO.
 
-    l_i = [(1 - eps) * -log sigmoid(beta h_i) - eps * -log sigmoid(-beta h_i)] / (1 - 2 eps),
-    0 <= eps < 0.5. Confirmed (TRL code). eps = 0 is DPO.
+    l_i = [(1 - eps) * -log sigmoid(beta h_i) - eps * -log sigmoid(-beta h_i)] / (1 - 2 eps), eps < 0.5.
     """
 
     beta: float = 0.1
@@ -273,7 +224,6 @@ class RobustDPOLoss:
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
         if not 0.0 <= self.eps < 0.5:
             raise ValueError(f"eps must be in [0, 0.5), got {self.eps}")
 
@@ -281,7 +231,7 @@ class RobustDPOLoss:
         _check(self, x)
         z = self.beta * x.margin
         losses = (-(1 - self.eps) * F.logsigmoid(z) + self.eps * F.logsigmoid(-z)) / (1 - 2 * self.eps)
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
@@ -296,58 +246,47 @@ class IPOLoss:
     beta: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, ("chosen_tokens", "rejected_tokens"))
         chosen = x.chosen_logratios / x.chosen_tokens.clamp(min=1)
         rejected = x.rejected_logratios / x.rejected_tokens.clamp(min=1)
         losses = (chosen - rejected - 1.0 / (2.0 * self.beta)) ** 2
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, chosen, rejected)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x, per_token=True)
 
 
 @dataclass
 class HingeLoss:
-    """SLiC-HF hinge. Zhao et al., arXiv 2305.10425; TRL loss_type="hinge".
+    """SLiC-HF hinge. Zhao et al., arXiv 2305.10425; confirmed (TRL loss_type="hinge").
 
-    l_i = max(0, 1 - beta * h_i). Confirmed (TRL code).
+    l_i = max(0, 1 - beta * h_i).
     """
 
     beta: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
-        losses = torch.relu(1 - self.beta * x.margin)
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        return _reduce(torch.relu(1 - self.beta * x.margin), x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
 class DADPOLoss:
-    """DA-DPO, difficulty-aware per-pair beta. Qiu et al., arXiv 2601.00623; code Artanic30/DA-DPO
-    llava/train/da_dpo.py (METHODS §3).
+    """DA-DPO, difficulty-aware per-pair beta. Qiu et al., arXiv 2601.00623; confirmed from the code
+    (Artanic30/DA-DPO llava/train/da_dpo.py; METHODS §3). Rewards log the unscaled beta, as it does.
 
     beta_i = beta * alpha * (1 + |score_delta_i|);  l_i = -log sigmoid(beta_i * h_i).
-    Confirmed from the released code (the fused difficulty score itself is built offline by
-    data_builders/difficulty.py). Rewards are logged with the unscaled beta, as the code does.
+    score_delta is the fused difficulty score gap, built offline (data_builders/difficulty.py).
     """
 
     beta: float = 0.1
     alpha: float = 1.0
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, ("score_delta",))
         beta_i = self.beta * self.alpha * (1 + x.score_delta.abs())
         losses = -F.logsigmoid(beta_i * x.margin)
-        metrics = _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        metrics = _pair_rewards(self.beta, x)
         metrics["dadpo/beta_mean"] = beta_i.detach().float().mean().item()
         return _reduce(losses, x.weight), metrics
 
@@ -370,7 +309,6 @@ class ClipDPOLoss:
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
         if self.form not in ("scale", "margin"):
             raise ValueError(f"form must be 'scale' or 'margin', got {self.form!r}")
 
@@ -381,23 +319,21 @@ class ClipDPOLoss:
         else:
             logits = self.beta * x.margin - self.gamma_m * x.score_delta
         losses = -F.logsigmoid(logits)
-        return _reduce(losses, x.weight), _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
 class BetaDPOLoss:
-    """beta-DPO, batch-level dynamic beta with data filtering. Wu et al., arXiv 2407.08639;
-    code junkangwu/beta-DPO trainers.py (METHODS §6.1).
+    """beta-DPO, dynamic batch beta + data filter. Wu et al., arXiv 2407.08639; code junkangwu/beta-DPO
+    trainers.py (METHODS §6.1). a = 0, rho = 0 is DPO.
 
-    Per call, following the code's order: (1) EMA update (momentum 0.9, from zero, no bias
-    correction) of M0 = mean(h) and sigma = std(h) with this batch; (2) keep n = N * (1 - rho)
-    pairs sampled without replacement with p_i ∝ exp(-(h_i - M0)^2 / (2 sigma^2)); (3)
-    beta_b = max(beta * (1 + a * (mean_kept h - M0)), 1e-3), detached; (4) loss = mean over kept
-    of -log sigmoid(beta_b * h_i). Confirmed from the code, except: sampling uses the Gumbel-top-k
-    trick (the same distribution as torch.multinomial without replacement, but it cannot fail when
-    weights underflow to 0), seeded from `seed + calls` so runs are deterministic; single-process
-    statistics (the code all-gathers h across ranks). M0, sigma and the call counter are state:
-    save them with `state_dict()` and restore with `load_state_dict()`. a = 0, rho = 0 is DPO.
+    Per call, in the code's order: (1) EMA (momentum 0.9, from 0, no bias correction) of M0 = mean(h),
+    sigma = std(h) with this batch; (2) keep N*(1 - rho) pairs sampled without replacement with
+    p_i ∝ exp(-(h_i - M0)^2 / (2 sigma^2)); (3) beta_b = max(beta * (1 + a*(mean_kept h - M0)), 1e-3),
+    detached; (4) mean over kept of -log sigmoid(beta_b * h_i). Confirmed (code), except: Gumbel-top-k
+    sampling (the multinomial's distribution, but it cannot fail when weights underflow), seeded by
+    `seed + calls` for determinism, and single-process statistics (the code all-gathers h). M0, sigma
+    and the call counter are state: checkpoint them with `state_dict()` / `load_state_dict()`.
     """
 
     beta: float = 0.1
@@ -408,13 +344,12 @@ class BetaDPOLoss:
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
         if not 0.0 <= self.rho < 1.0:
             raise ValueError(f"rho must be in [0, 1), got {self.rho}")
         self.gap_mean, self.gap_std, self.calls = 0.0, 0.0, 0
 
     def state_dict(self) -> dict[str, float | int]:
-        """Running statistics and call counter (for checkpoints)."""
+        """Running statistics and call counter, for checkpoints."""
         return {"gap_mean": self.gap_mean, "gap_std": self.gap_std, "calls": self.calls}
 
     def load_state_dict(self, state: dict[str, float | int]) -> None:
@@ -432,13 +367,12 @@ class BetaDPOLoss:
     def _keep_mask(self, gap: torch.Tensor) -> torch.Tensor:
         n = gap.numel()
         n_keep = max(1, int(n * (1 - self.rho)))
-        if n_keep >= n:
+        if n_keep >= n:  # rho = 0: keep all (and draw no random numbers)
             return torch.ones_like(gap, dtype=torch.bool)
-        sigma = max(self.gap_std, 1e-12)
-        log_w = (-0.5 * ((gap.double().cpu() - self.gap_mean) / sigma) ** 2).float()
-        gen = torch.Generator().manual_seed(self.seed + self.calls)
-        u = torch.rand(n, generator=gen).clamp(1e-20, 1 - 1e-7)
-        keys = log_w - torch.log(-torch.log(u))  # Gumbel-top-k = sampling without replacement
+        log_w = -0.5 * ((gap.double().cpu() - self.gap_mean) / max(self.gap_std, 1e-12)) ** 2
+        log_w = log_w - log_w.max()  # so the Gumbel noise is not lost next to a huge common offset
+        u = torch.rand(n, generator=torch.Generator().manual_seed(self.seed + self.calls), dtype=torch.float64)
+        keys = log_w - torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))  # Gumbel-top-k sampling
         keep = torch.zeros(n, dtype=torch.bool)
         keep[keys.topk(n_keep).indices] = True
         return keep.to(gap.device)
@@ -446,39 +380,29 @@ class BetaDPOLoss:
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
         h = x.margin
-        gap = h.detach().float()
-        self._update_stats(gap)
+        self._update_stats(gap := h.detach().float())
         keep = self._keep_mask(gap)
         self.calls += 1
         beta_b = max(self.beta * (1 + self.a * (gap[keep].mean().item() - self.gap_mean)), 1e-3)
         losses = -F.logsigmoid(beta_b * h)
-        metrics = _reward_metrics(self.beta, x.chosen_logratios, x.rejected_logratios)
-        metrics.update({
-            "beta_dpo/beta": beta_b,
-            "beta_dpo/gap_mean": self.gap_mean,
-            "beta_dpo/gap_std": self.gap_std,
-            "beta_dpo/kept_fraction": keep.float().mean().item(),
-        })
+        metrics = _pair_rewards(self.beta, x)
+        metrics.update({"beta_dpo/beta": beta_b, "beta_dpo/gap_mean": self.gap_mean,
+                        "beta_dpo/gap_std": self.gap_std, "beta_dpo/kept_fraction": keep.float().mean().item()})
         return _reduce(losses, x.weight, keep), metrics
 
 
 @dataclass
 class KTOPairLoss:
-    """Paired KTO as in TRL's former loss_type="kto_pair" (HALOs/KTO, Ethayarajh et al.,
-    arXiv 2402.01306, Eq. 7), the default of LLaVA-MoD's preference-distillation script
-    (shufangxun/LLaVA-MoD llavamod/train/dpo_trainer.py; METHODS §5).
+    """Paired KTO, TRL's former loss_type="kto_pair" (KTO, arXiv 2402.01306, Eq. 7); the default of
+    LLaVA-MoD's preference distillation (shufangxun/LLaVA-MoD dpo_trainer.py; METHODS §5). Confirmed.
 
-    chosen_KL = clamp(mean_i(pc - rc), min=0), rejected_KL = clamp(mean_i(pr - rr), min=0) (not
-    detached, as in TRL); losses = cat(1 - sigmoid(beta*(rho_w - rejected_KL)),
-    1 - sigmoid(beta*(chosen_KL - rho_l))) over 2B entries, each KL estimated from the other half.
-    Confirmed (TRL code). Each pair's weight applies to both of its entries.
+    chosen_KL = clamp(mean(pc - rc), 0), rejected_KL = clamp(mean(pr - rr), 0), not detached (as TRL);
+    l = cat(1 - sigmoid(beta*(rho_w - rejected_KL)), 1 - sigmoid(beta*(chosen_KL - rho_l))) over 2B
+    entries, each KL from the other half. A pair's weight applies to both of its entries.
     """
 
     beta: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
-
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
@@ -489,12 +413,9 @@ class KTOPairLoss:
             1 - torch.sigmoid(self.beta * (chosen_kl - rho_l)),
         ])
         weight = None if x.weight is None else torch.cat([x.weight, x.weight])
-        metrics = _reward_metrics(self.beta, rho_w, rho_l)
+        metrics = _pair_rewards(self.beta, x)
         metrics.update({"kto/chosen_kl": chosen_kl.item(), "kto/rejected_kl": rejected_kl.item()})
         return _reduce(losses, weight), metrics
-
-
-# --------------------------------------------------------------------------- regularisers, mDPO, PaMi
 
 
 @dataclass
@@ -541,35 +462,25 @@ class MDPOConditionalLoss:
     beta: float = 0.1
     requires: ClassVar[frozenset[str]] = frozenset({"reference", "corrupt"})
 
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
-
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, pairwise=False)
-        corrupt_lr = x.policy_corrupt - x.ref_corrupt
-        h_img = x.chosen_logratios - corrupt_lr
+        h_img = x.chosen_logratios - (x.policy_corrupt - x.ref_corrupt)
         losses = -F.logsigmoid(self.beta * h_img)
-        metrics = {
-            "mdpo/img_margin": self.beta * h_img.detach().float().mean().item(),
-            "mdpo/img_accuracy": (h_img.detach() > 0).float().mean().item(),
-        }
+        metrics = {"mdpo/img_margin": self.beta * h_img.detach().float().mean().item(),
+                   "mdpo/img_accuracy": (h_img.detach() > 0).float().mean().item()}
         return _reduce(losses, x.weight), metrics
 
 
 @dataclass
 class MDPOAnchorLoss:
-    """mDPO reward anchor. Wang et al., arXiv 2406.11839; code luka-group/mDPO (METHODS §6.6).
+    """mDPO reward anchor. Wang et al., arXiv 2406.11839; confirmed (code luka-group/mDPO, METHODS §6.6).
 
     l_i = -log sigmoid(beta * (pc - rc) - delta), delta = 0: keeps the chosen reward positive.
-    Confirmed (code).
     """
 
     beta: float = 0.1
     delta: float = 0.0
     requires: ClassVar[frozenset[str]] = frozenset({"reference"})
-
-    def __post_init__(self) -> None:
-        _check_beta(self.beta)
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, pairwise=False)
@@ -589,8 +500,7 @@ class PaMiLoss:
     w_k = softmax over kept k of d_k / tau(progress) (`pami_tau`; hard argmax after anneal_until),
     detached; mil_reduce="weighted_loss": l = sum_k w_k * -log sigmoid(beta h_k), or
     "weighted_logit": l = -log sigmoid(beta * sum_k w_k h_k). A sample whose bag is empty after the
-    guard is left out of the batch mean. K = 1 equals single-clip VDPO (= mdpo_conditional).
-    policy_rejected / ref_rejected are not used.
+    guard is left out of the batch mean. K = 1 is single-clip VDPO (= mdpo_conditional). *_rejected unused.
     """
 
     beta: float = 0.1
@@ -602,23 +512,13 @@ class PaMiLoss:
     requires: ClassVar[frozenset[str]] = frozenset({"reference", "bag"})
 
     def __post_init__(self) -> None:
-        _check_beta(self.beta)
         if self.mil_reduce not in ("weighted_loss", "weighted_logit"):
             raise ValueError(f"mil_reduce must be 'weighted_loss' or 'weighted_logit', got {self.mil_reduce!r}")
         if not (self.tau_start > 0 and self.tau_end > 0):
             raise ValueError("tau_start and tau_end must be > 0")
 
-    def instance_weights(self, distance: torch.Tensor, kept: torch.Tensor, progress: float) -> torch.Tensor:
-        """[B, K] close-to-far weights (rows sum to 1 over kept instances, 0 for an empty bag).
-
-        Args:
-            distance: [B, K] prompt-aware distances d_k.
-            kept: [B, K] bool, instances that passed the guard.
-            progress: fraction of training done.
-
-        Returns:
-            Detached weights.
-        """
+    def _weights(self, distance: torch.Tensor, kept: torch.Tensor, progress: float) -> torch.Tensor:
+        """Detached [B, K] close-to-far weights: rows sum to 1 over kept instances, 0 for an empty bag."""
         d = distance.detach().float().masked_fill(~kept, float("-inf"))
         tau = pami_tau(progress, self.tau_start, self.tau_end, self.anneal_until)
         if tau == 0.0:
@@ -633,7 +533,7 @@ class PaMiLoss:
         if x.bag_mask is not None:
             kept = kept & x.bag_mask.bool()
         valid = kept.any(dim=1)
-        w = self.instance_weights(x.bag_distance, kept, x.progress).to(x.bag_policy.dtype)
+        w = self._weights(x.bag_distance, kept, x.progress).to(x.bag_policy.dtype)
         # Zero dropped instances before they enter the loss: padding may hold garbage log-probs.
         h = x.chosen_logratios.unsqueeze(1) - (x.bag_policy - x.bag_ref)
         h = torch.where(kept, h, torch.zeros_like(h))
@@ -641,18 +541,14 @@ class PaMiLoss:
             losses = (w * -F.logsigmoid(self.beta * h)).sum(dim=1)
         else:
             losses = -F.logsigmoid(self.beta * (w * h).sum(dim=1))
-        n_inst = x.bag_mask.bool().sum() if x.bag_mask is not None else torch.tensor(kept.numel())
-        metrics = {
-            "pami/tau": pami_tau(x.progress, self.tau_start, self.tau_end, self.anneal_until),
-            "pami/kept_fraction": (kept.sum() / n_inst.clamp(min=1)).item(),
-            "pami/empty_fraction": (~valid).float().mean().item(),
-            "pami/margin": self.beta * (w * h.detach()).sum(1)[valid].float().mean().nan_to_num(0.0).item(),
-            "pami/w_max": w.max(dim=1).values[valid].float().mean().nan_to_num(0.0).item(),
-        }
+        n_inst = kept.numel() if x.bag_mask is None else max(int(x.bag_mask.sum()), 1)
+        n_valid = max(int(valid.sum()), 1)
+        metrics = {"pami/tau": pami_tau(x.progress, self.tau_start, self.tau_end, self.anneal_until),
+                   "pami/kept_fraction": kept.sum().item() / n_inst,
+                   "pami/empty_fraction": 1 - valid.sum().item() / len(valid),
+                   "pami/margin": self.beta * (w * h.detach()).sum(1).sum().item() / n_valid,  # 0 rows for empty bags
+                   "pami/w_max": w.max(dim=1).values.sum().item() / n_valid}
         return _reduce(losses, x.weight, valid), metrics
-
-
-# --------------------------------------------------------------------------- registry and config
 
 
 LOSSES: dict[str, type] = {
@@ -685,17 +581,16 @@ def build_loss_terms(specs: list[dict], where: str = "loss") -> list[tuple[float
         if extra:
             raise ConfigError(f"{at}: unknown key(s) {extra}; valid keys: ['name', 'params', 'weight']")
         name = spec.get("name")
-        if name not in LOSSES:
+        if not isinstance(name, str) or name not in LOSSES:
             raise ConfigError(f"{at}: unknown loss {name!r}; valid names: {sorted(LOSSES)}")
         weight = spec.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ConfigError(f"{at}.weight: expected a number, got {weight!r}")
-        try:
+        try:  # from_dict names unknown/mistyped keys; __post_init__ checks values (ValueError)
             loss = from_dict(LOSSES[name], dict(spec.get("params") or {}), f"{at}.params ({name})")
-        except ConfigError:
-            raise
+            _check_beta(getattr(loss, "beta", 1.0))
         except ValueError as exc:
-            raise ConfigError(f"{at}.params ({name}): {exc}") from None
+            raise exc if isinstance(exc, ConfigError) else ConfigError(f"{at}.params ({name}): {exc}") from None
         terms.append((float(weight), loss))
     return terms
 

@@ -352,6 +352,15 @@ def test_grad_accumulation_halves_equal_full_batch():
     assert torch.allclose(acc_grad, full_grad)
 
 
+def test_margin_properties_and_reference_free_view():
+    """h = (pc - rc) - (pr - rr) = (-1 + 2) - (-3 + 2) = 2; without a reference the ratios are the raw
+    log-probs (reference-free view): h = -1 - (-3) = 2 as well here, but chosen_logratios = -1."""
+    x = two_pairs()
+    assert x.margin.tolist() == [2.0, -1.0]
+    free = LossInputs(t(-1.0), t(-3.0))
+    assert free.chosen_logratios.item() == -1.0 and free.margin.item() == 2.0
+
+
 def test_missing_reference_is_a_clear_error():
     with pytest.raises(ValueError, match=r"DPOLoss needs .*ref_chosen"):
         LOSSES["dpo"]()(LossInputs(t(-1.0), t(-2.0)))
@@ -379,6 +388,8 @@ def test_build_loss_terms_and_requires():
     ({"name": "robust", "params": {"eps": 0.5}}, "eps must be"),
     ({"name": "dpo", "weight": "x"}, "weight"),
     ({"name": "dpo", "wieght": 1}, "unknown key"),
+    ({"name": "ipo", "params": {"beta": 0.0}}, "beta must be > 0"),
+    ({"name": "pami", "params": {"mil_reduce": "max"}}, "mil_reduce"),
 ])
 def test_build_loss_terms_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
