@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from videos import make_frames
 
 from mmpo.clip import CONFIG_NAME, WEIGHTS_NAME, load_clip, make_tiny_clip
 from mmpo.media import augment
 from mmpo.records import AugSpec
-from tests.videos import make_frames
 
 
 @pytest.fixture(scope="module")

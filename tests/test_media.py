@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from videos import make_frames, write_clip
 
 from mmpo.media import (
     AUGMENTATIONS,
@@ -19,7 +20,6 @@ from mmpo.media import (
     sample_indices,
 )
 from mmpo.records import AugSpec
-from tests.videos import make_frames, write_clip
 
 # Ops that ignore their rng; every other op must depend on the seed.
 DETERMINISTIC_OPS = {"temporal_reverse", "gaussian_blur"}

@@ -1,8 +1,8 @@
 """Write real, small test clips with PyAV (libx264), so tests decode them with decord like real data.
 
-Used by tests and by other engineers' fixtures:
+Used by tests and by other engineers' fixtures (pytest puts tests/ on sys.path, like `helpers`):
 
-    from tests.videos import make_frames, write_clip
+    from videos import make_frames, write_clip
     frames = make_frames(T=8, H=64, W=64, seed=0)      # (T,H,W,3) uint8 with visible moving content
     write_clip(tmp_path / "clip.mp4", frames, fps=8)
 
