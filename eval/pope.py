@@ -186,6 +186,25 @@ def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: b
     return [PopePrediction(q.question_id, a, q.split, m) for q, (a, m) in matched]
 
 
+def write_answers(path: str | Path, preds: list[PopePrediction], append: bool = False) -> Path:
+    """Write predictions as an official answers JSONL (`question_id`, `answer`, ...), readable by `read_answers`.
+
+    Args:
+        path: output file (parent folders are created).
+        preds: predictions to write.
+        append: add to an existing file (resumable runs) instead of replacing it.
+
+    Returns:
+        the path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if append else "w", encoding="utf-8") as f:
+        for p in preds:
+            f.write(json.dumps(p.to_json()) + "\n")
+    return path
+
+
 # ---------------------------------------------------------------- parsers
 
 
@@ -301,7 +320,8 @@ def aggregate(per_split: dict[str, dict]) -> dict:
 
     Top-level accuracy/precision/recall/f1/yes_ratio are means over splits: the mean of split F1s is
     LLaVA-1.5's "POPE" column (haotian-liu/LLaVA#626). `pooled` recomputes them on summed counts, as
-    lmms-eval's `pope` task does over all 9,000 questions.
+    lmms-eval's `pope` task does over all 9,000 questions (and VLMEvalKit's "Overall" row over its
+    exploded rows).
 
     Returns:
         dict with the mean metrics, `pooled`, `splits`, `aggregation`, and the shared metadata.

@@ -23,6 +23,10 @@ Differences from the reference, all deliberate:
   `template.replace("a", "an")` bug ("Is there an umbrella in the imange?").
 - Object lists are de-duplicated (first occurrence kept), so no question repeats within an image.
 - An image with no possible negative raises instead of looping forever.
+
+Checked once (scratch script, not committed): with `tie_break="first_seen", legacy_typo=True` the
+output equals a line-by-line port of the reference `main.py`/`utils.py` seeded the same way, for 20
+seeds x 3 splits on a random 60-image ground truth.
 """
 
 from __future__ import annotations

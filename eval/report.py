@@ -50,10 +50,11 @@ def pope_markdown(result: dict) -> str:
     if "splits" in result:
         rows.append(row("**mean of splits**", result))
         rows.append(row("pooled", result["pooled"]))
-    files = result.get("question_files") or {"": result.get("question_file")}
+    files = result.get("question_files") or {result.get("split") or "all": result.get("question_file")}
     prov = [f"- parser: `{result.get('parser')}`", f"- prompt suffix: `{result.get('prompt_suffix')!r}`",
             f"- aggregation: `{result.get('aggregation')}`"]
-    prov += [f"- question file {k}: `{v}`".replace("  ", " ") for k, v in files.items()]
+    prov += [f"- question file ({k}): `{(v or {}).get('name')}`, {(v or {}).get('count')} questions"
+             for k, v in files.items()]
     return "# POPE\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov) + "\n"
 
 
@@ -86,6 +87,7 @@ def plot_pope_splits(result: dict, path: str | Path) -> Path:
     ax.set_xticks(list(x), names)
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
+    ax.set_title(f"POPE per split (parser: {result.get('parser')})", fontsize=9)
     return _save(fig, plt, path)
 
 
@@ -101,7 +103,8 @@ def plot_pope_confusion(result: dict, path: str | Path) -> Path:
         ax.bar(names, vals, bottom=bottom, label=key.upper())
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_ylabel("questions")
-    ax.legend(fontsize=7)
+    ax.set_title("POPE confusion counts", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, plt, path)
 
 
@@ -114,6 +117,7 @@ def plot_videohallucer(results: dict[str, dict], path: str | Path) -> Path:
         ax.bar([i + (j - 1) * 0.27 for i in range(len(names))], [results[c][key] for c in names], 0.27, label=key)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
     ax.set_ylim(0, 1)
+    ax.set_title("VideoHallucer accuracy per category", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, plt, path)
 

@@ -131,6 +131,14 @@ def to_reference_layout(pairs: list[VHPair], preds: list[VHPrediction]) -> list[
     return out
 
 
+def write_results(path: str | Path, pairs: list[VHPair], preds: list[VHPrediction]) -> Path:
+    """Write the reference results file (indent 4, like `evaluate`), readable by `score_answers_file`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_reference_layout(pairs, preds), indent=4) + "\n", encoding="utf-8")
+    return path
+
+
 def read_predictions(path: str | Path) -> list[VHPrediction]:
     """The `predict` strings of a results file in the reference layout."""
     path = Path(path)
@@ -241,8 +249,11 @@ def score_answers_file(data_path: str | Path, answers_path: str | Path, category
     answered = read_pairs(answers_path, pairs[0].category if pairs else category)
     if len(answered) != len(pairs):
         raise ValueError(f"{answers_path}: {len(answered)} pairs, but {data_path} has {len(pairs)}")
+    def key(q: VHQuestion) -> tuple:
+        return q.video, q.question, q.answer
+
     for i, (p, a) in enumerate(zip(pairs, answered)):
-        if (p.basic, p.hallucination) != (a.basic, a.hallucination):
+        if (key(p.basic), key(p.hallucination)) != (key(a.basic), key(a.hallucination)):
             raise ValueError(f"{answers_path}: pair {i} differs from {data_path} pair {i}")
     preds = read_predictions(answers_path)
     result = score_category(pairs, preds)

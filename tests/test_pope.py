@@ -20,6 +20,7 @@ from eval.pope import (
     score,
     score_answers_file,
     score_predictions,
+    write_answers,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -153,6 +154,16 @@ def test_answers_matched_by_id_or_position(tmp_path):
 
 
 @needs_samples
+def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
+    questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
+    preds = [PopePrediction(q.question_id, "yes" if i % 3 else "no", q.split, margin=0.5 - i)
+             for i, q in enumerate(questions)]
+    path = write_answers(tmp_path / "run" / "predictions.jsonl", preds[:4])
+    write_answers(path, preds[4:], append=True)  # a resumed run appends
+    assert read_answers(path, questions) == preds
+
+
+@needs_samples
 def test_answer_count_and_id_errors(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     nine = _write_jsonl(tmp_path / "nine.jsonl", [{"answer": "yes"}] * 9)
@@ -193,12 +204,14 @@ def test_report_files(tmp_path):
     from eval.report import write_pope_report
 
     rnd = read_questions(SAMPLES / "pope_random_sample.jsonl")
-    r = score_predictions(rnd, [PopePrediction(q.question_id, ANSWERS[q.question_id]) for q in rnd], "official", "")
+    preds = [PopePrediction(q.question_id, ANSWERS[q.question_id]) for q in rnd]
+    r = score_predictions(rnd, preds, "official", "", SAMPLES / "pope_random_sample.jsonl")
     out = write_pope_report(tmp_path, aggregate({"random": r, "popular": r}))
     metrics = json.loads(out["metrics"].read_text())
     assert metrics["f1"] == pytest.approx(2 / 3) and metrics["yes_ratio"] == pytest.approx(0.7)
     md = out["report"].read_text()
     assert "| random | 60.00 | 57.14 | 80.00 | 66.67 | 70.00 | 4 | 3 | 2 | 1 | 0 | 10 |" in md
     assert "- parser: `official`" in md
+    assert "- question file (random): `pope_random_sample.jsonl`, 10 questions" in md
     for key in ("splits_plot", "confusion_plot"):
         assert out[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,6 +19,7 @@ from eval.videohallucer import (
     read_pairs,
     score_category,
     to_reference_layout,
+    write_results,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
@@ -133,7 +134,8 @@ def test_score_answers_file_reference_layout(tmp_path):
     assert r["data_file"] == data.name
     fact = tmp_path / "factual.json"  # explanation survives the round trip
     fpairs = read_pairs(sample("external_factual"))
-    fact.write_text(json.dumps(to_reference_layout(fpairs, [VHPrediction("yes", "no")] * 6)))
+    write_results(fact, fpairs, [VHPrediction("yes", "no")] * 6)
+    assert json.loads(fact.read_text())[0]["hallucination"]["explanation"] == fpairs[0].hallucination.explanation
     assert EVALUATORS["videohallucer"](sample("external_factual"), fact)["pair_accuracy"] == 1.0
     answers.write_text(json.dumps(layout[:5]))
     with pytest.raises(ValueError, match="5 pairs, but"):
