@@ -228,3 +228,25 @@ def test_7b_config_has_published_shape_without_weights(tmp_path):
     assert len(proc.tokenizer) == 32000
     batch = encode_prompts(proc, ["what is this ?"], [Image.new("RGB", (50, 40))], "image")
     assert (batch["input_ids"] == proc.tokenizer.convert_tokens_to_ids("<image>")).sum() == 576
+
+
+def test_image_size_keeps_16_tokens_and_cli_entry(tmp_path, capsys):
+    from mmpo.models import make_model_main
+
+    path = make_model_main("llava", "tiny", tmp_path / "llava64")
+    assert "llava (tiny" in capsys.readouterr().out
+    assert family_of(load_model(ModelConfig(path=str(path), device="cpu"))[0]) == "llava"
+    small = make_tiny_model("llava", tmp_path / "llava64b", image_size=64)
+    model64, proc64 = load_model(ModelConfig(path=str(small), device="cpu"))
+    assert model64.config.vision_config.image_size == 64 and model64.config.vision_config.patch_size == 16
+    batch = encode_prompts(proc64, ["is there a cat ?"], [Image.new("RGB", (64, 64))], "image")
+    assert batch["pixel_values"].shape[-1] == 64
+    assert (batch["input_ids"] == model64.config.image_token_id).sum() == 16
+
+
+def test_text_only_prompts(loaded):
+    model, proc = loaded["llava"]
+    batch = encode_prompts(proc, ["hello", "is there a cat ?"], None, None)
+    assert media_keys(batch) == [] and batch["input_ids"][:, -1].eq(proc.tokenizer.convert_tokens_to_ids(":")).all()
+    with torch.no_grad():
+        assert model(**batch).logits.shape[:2] == batch["input_ids"].shape

@@ -148,7 +148,8 @@ def add_lora(model, lora: LoraConfig):
         A `peft.PeftModel`. With `train_projector`, the projector is a full-weight `modules_to_save`
         copy, so the adapter-disabled reference keeps the original projector.
     """
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=lora.target_modules,
