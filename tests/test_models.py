@@ -250,3 +250,18 @@ def test_text_only_prompts(loaded):
     assert media_keys(batch) == [] and batch["input_ids"][:, -1].eq(proc.tokenizer.convert_tokens_to_ids(":")).all()
     with torch.no_grad():
         assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_saved_adapter_reloads_through_config(ckpts, tmp_path):
+    cfg = ModelConfig(path=str(ckpts["llava"]), device="cpu")
+    model, proc = load_model(cfg, LoraConfig(r=4, alpha=8, train_projector=True), trainable=True)
+    _perturb_lora(model)
+    with torch.no_grad():  # the projector copy (modules_to_save) must travel with the adapter too
+        model.base_model.model.model.multi_modal_projector.modules_to_save["default"].linear_1.bias.add_(1.0)
+    model.save_pretrained(tmp_path / "adapter")
+    inputs = {k: v for k, v in _batch(proc, "llava", "image").items() if k != "labels"}
+    reloaded, _ = load_model(ModelConfig(path=cfg.path, device="cpu", adapter=str(tmp_path / "adapter")))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, model(**inputs).logits, atol=1e-6, rtol=0)
+    assert not any(p.requires_grad for p in reloaded.parameters())  # trainable=False freezes everything
