@@ -1,0 +1,562 @@
+"""A procedural world of coloured shapes, with exact ground truth and a controllable co-occurrence prior.
+
+Images: white canvases with shapes of 8 classes placed on a grid (one object per cell). Some classes come
+in pairs (A, B): whenever one of a pair is drawn, its partner is added with probability `co_prob`. A model
+trained on such data can learn the shortcut "A seen -> say B is there", which is the object hallucination
+that POPE's adversarial split measures (Li et al. 2023, arXiv 2305.10355: negatives are the objects that
+co-occur most with the ones present). Difficulty knobs (object size, pixel noise, occlusion of partners)
+weaken the visual evidence so the prior wins more often.
+
+Videos: objects that appear, move and disappear, with per-frame tracks and appear/disappear events.
+
+Outputs of `build_world(cfg, out_dir)`:
+    images/{train,test}_NNNNN.png, annotations.json (COCO instances, test split: what the POPE question
+    builder reads), annotations_train.json, scenes.json (object lists + render seeds, for counterfactual
+    re-renders), videos/NNNNN.mp4, video_events.json, sft.jsonl, sft_video.jsonl,
+    videohallucer/{object_relation,temporal}.json, world.json (config, vocabulary `words`, file list).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmpo.records import SFTRecord, make_id, write_jsonl
+
+CLASSES = ["circle", "square", "triangle", "cross", "bar", "ring", "dot", "frame"]
+PAIRS = [["circle", "square"], ["triangle", "cross"], ["bar", "ring"], ["dot", "frame"]]
+COLOURS = {"red": (220, 40, 40), "green": (40, 160, 60), "blue": (50, 80, 220),
+           "yellow": (225, 195, 20), "purple": (140, 60, 180), "orange": (240, 130, 20)}
+OCCLUDER_RGB = (128, 128, 128)
+
+# Question templates. The image one is POPE's default template (AoiDragon/POPE main.py --template); the
+# video ones follow VideoHallucer's object_relation / temporal questions (BENCHMARKS.md §2.1).
+IMAGE_Q = "Is there a {} in the image?"
+VIDEO_Q = "Is there a {} in the video?"
+ORDER_Q = "Does the {} appear before the {}?"
+CAPTION_Q = "Describe the image."
+PUNCTUATION = ["?", ".", ",", "'"]
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0  # master seed: every image, video and question derives from it
+    image_size: int = 64  # square image side in pixels
+    n_images: int = 2000  # training images
+    n_test_images: int = 300  # held-out images (annotations.json, the POPE source)
+    n_videos: int = 40  # videos
+    classes: list[str] = field(default_factory=lambda: list(CLASSES))  # shape classes (subset of CLASSES)
+    pairs: list[list[str]] = field(default_factory=lambda: [list(p) for p in PAIRS])  # co-occurring pairs
+    co_prob: float = 0.9  # P(partner added | one of a pair drawn), training images and videos
+    test_co_prob: float = 0.5  # the same for held-out images (lower: more partner-absent cases to ask about)
+    min_objects: int = 1  # objects drawn before partners are added
+    max_objects: int = 2
+    size_range: list[int] = field(default_factory=lambda: [14, 20])  # object side in pixels [min, max]
+    noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale)
+    occlusion: float = 0.0  # P(a partner object is half covered by a grey occluder)
+    frames: int = 8  # frames per video (>= 8)
+    video_width: int = 64  # >= 64: decord 0.6.0 mangles 16/48-px-wide frames (ENVIRONMENT.md §2a)
+    video_height: int = 64
+    fps: int = 4
+    qa_per_image: int = 4  # yes/no questions per training image (half yes, half no when possible)
+    qa_partner_frac: float = 0.0  # fraction of QA negatives that are an absent partner (when one exists)
+    caption_frac: float = 0.5  # P(a training image also gets a caption record)
+
+
+# -- scenes ------------------------------------------------------------------------------------------
+
+def partner_of(cls: str, cfg: WorldConfig) -> str | None:
+    """The co-occurring partner of `cls` under `cfg.pairs` (pairs are symmetric), or None."""
+    for a, b in cfg.pairs:
+        if cls == a:
+            return b
+        if cls == b:
+            return a
+    return None
+
+
+def _grid(cfg: WorldConfig, width: int, height: int) -> tuple[int, int, int]:
+    """Cells per row/column and the cell side: one object per cell keeps objects apart."""
+    cell = cfg.size_range[1] + 4
+    return max(1, width // cell), max(1, height // cell), cell
+
+
+def _make_object(cls: str, cell_xy: tuple[int, int], cell: int, cfg: WorldConfig, rng) -> dict:
+    size = int(rng.integers(cfg.size_range[0], cfg.size_range[1] + 1))
+    cx, cy = cell_xy
+    x = cx * cell + int(rng.integers(0, cell - size + 1))
+    y = cy * cell + int(rng.integers(0, cell - size + 1))
+    return {"cls": cls, "colour": str(rng.choice(list(COLOURS))), "size": size, "x": x, "y": y, "occluder": None}
+
+
+def sample_scene(cfg: WorldConfig, rng: np.random.Generator, co_prob: float | None = None) -> list[dict]:
+    """Draw one image's objects: primaries, then partners with probability `co_prob`.
+
+    Args:
+        cfg: world config.
+        rng: numpy Generator (consumed).
+        co_prob: partner probability (default `cfg.co_prob`).
+
+    Returns:
+        List of object dicts {cls, colour, size, x, y, occluder}; classes are distinct.
+    """
+    co_prob = cfg.co_prob if co_prob is None else co_prob
+    nx, ny, cell = _grid(cfg, cfg.image_size, cfg.image_size)
+    k = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    classes = [str(c) for c in rng.choice(cfg.classes, size=min(k, len(cfg.classes)), replace=False)]
+    for cls in list(classes):
+        mate = partner_of(cls, cfg)
+        if mate is not None and mate not in classes and mate in cfg.classes and rng.random() < co_prob:
+            classes.append(mate)
+    cells = [(int(i) % nx, int(i) // nx) for i in rng.permutation(nx * ny)]
+    primaries = set(classes[:k])
+    objects = []
+    for cls, cxy in zip(classes, cells):  # more classes than cells: the last ones are dropped
+        obj = _make_object(cls, cxy, cell, cfg, rng)
+        if cls not in primaries and rng.random() < cfg.occlusion:
+            # cover one half (left/right/top/bottom) of the partner: its evidence gets weaker, not gone
+            s, side = obj["size"], int(rng.integers(4))
+            h = s // 2
+            obj["occluder"] = [[obj["x"], obj["y"], h, s], [obj["x"] + s - h, obj["y"], h, s],
+                               [obj["x"], obj["y"], s, h], [obj["x"], obj["y"] + s - h, s, h]][side]
+        objects.append(obj)
+    return objects
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+def shape_mask(obj: dict, width: int, height: int) -> np.ndarray:
+    """Boolean mask (H, W) of one shape drawn at its box (x, y, size)."""
+    img = Image.new("L", (width, height), 0)
+    d = ImageDraw.Draw(img)
+    x, y, s = obj["x"], obj["y"], obj["size"]
+    x1, y1 = x + s - 1, y + s - 1
+    t = max(2, s // 5)  # stroke width of outlined shapes
+    cls = obj["cls"]
+    if cls == "circle":
+        d.ellipse([x, y, x1, y1], fill=255)
+    elif cls == "square":
+        d.rectangle([x, y, x1, y1], fill=255)
+    elif cls == "triangle":
+        d.polygon([(x + s / 2, y), (x1, y1), (x, y1)], fill=255)
+    elif cls == "cross":
+        a = s // 3
+        d.rectangle([x + a, y, x1 - a, y1], fill=255)
+        d.rectangle([x, y + a, x1, y1 - a], fill=255)
+    elif cls == "bar":
+        a = s // 3
+        d.rectangle([x, y + a, x1, y1 - a], fill=255)
+    elif cls == "ring":
+        d.ellipse([x, y, x1, y1], outline=255, width=t)
+    elif cls == "dot":
+        q = s // 4
+        d.ellipse([x + q, y + q, x1 - q, y1 - q], fill=255)
+    elif cls == "frame":
+        d.rectangle([x, y, x1, y1], outline=255, width=t)
+    else:
+        raise ValueError(f"unknown shape class {cls!r}")
+    return np.asarray(img) > 0
+
+
+def paint(objects: list[dict], width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw objects in order on white; returns (rgb uint8 (H,W,3), owner map (H,W) int, -1 = background/occluder)."""
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    owner = np.full((height, width), -1, dtype=np.int64)
+    for i, obj in enumerate(objects):
+        m = shape_mask(obj, width, height)
+        canvas[m] = COLOURS[obj["colour"]]
+        owner[m] = i
+    for obj in objects:  # occluders go on top of every shape
+        if obj.get("occluder"):
+            ox, oy, ow, oh = obj["occluder"]
+            canvas[oy:oy + oh, ox:ox + ow] = OCCLUDER_RGB
+            owner[oy:oy + oh, ox:ox + ow] = -1
+    return canvas, owner
+
+
+def _add_noise(canvas: np.ndarray, cfg: WorldConfig, rng: np.random.Generator) -> np.ndarray:
+    # Noise is always drawn (even at std 0) so the rng advances identically whatever the knob is, and a
+    # re-render of the same scene minus one object gets exactly the same noise (a clean counterfactual).
+    z = rng.standard_normal(canvas.shape)
+    return np.clip(canvas.astype(np.float64) + cfg.noise * z, 0, 255).astype(np.uint8)
+
+
+def render_scene(objects: list[dict], cfg: WorldConfig, rng: np.random.Generator,
+                 size: tuple[int, int] | None = None) -> Image.Image:
+    """Render a scene deterministically: same objects + same rng state -> same pixels.
+
+    Dropping an object and rendering with a fresh rng of the same seed gives the counterfactual image
+    (everything else, noise included, identical).
+
+    Args:
+        objects: object dicts from `sample_scene`.
+        cfg: world config (noise level, default size).
+        rng: numpy Generator for the pixel noise.
+        size: (width, height); default (image_size, image_size).
+
+    Returns:
+        RGB PIL image.
+    """
+    w, h = size or (cfg.image_size, cfg.image_size)
+    canvas, _ = paint(objects, w, h)
+    return Image.fromarray(_add_noise(canvas, cfg, rng), "RGB")
+
+
+def visible_boxes(objects: list[dict], width: int, height: int) -> list[tuple[list[int], int] | None]:
+    """Per object: ([x, y, w, h] tight box of its visible pixels, visible area), or None if fully hidden."""
+    _, owner = paint(objects, width, height)
+    out = []
+    for i in range(len(objects)):
+        ys, xs = np.nonzero(owner == i)
+        if len(xs) == 0:
+            out.append(None)
+            continue
+        x0, y0 = int(xs.min()), int(ys.min())
+        out.append(([x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1], int(len(xs))))
+    return out
+
+
+def _scene_seed(cfg: WorldConfig, split: str, index: int) -> int:
+    # one independent stream per (world seed, split, item): items can be regenerated one by one
+    return int(np.random.SeedSequence([cfg.seed, {"train": 0, "test": 1, "video": 2}[split], index])
+               .generate_state(1)[0])
+
+
+# -- image world -------------------------------------------------------------------------------------
+
+def make_scenes(cfg: WorldConfig, split: str) -> list[dict]:
+    """All scenes of a split: [{file, seed, objects}], deterministic under `cfg.seed`."""
+    n, co = (cfg.n_images, cfg.co_prob) if split == "train" else (cfg.n_test_images, cfg.test_co_prob)
+    scenes = []
+    for i in range(n):
+        seed = _scene_seed(cfg, split, i)
+        objects = sample_scene(cfg, np.random.default_rng(seed), co_prob=co)
+        scenes.append({"file": f"images/{split}_{i:05d}.png", "seed": seed, "objects": objects})
+    return scenes
+
+
+def render_image(scene: dict, cfg: WorldConfig, drop: str | None = None) -> Image.Image:
+    """Render a stored scene; `drop` names a class to remove (the counterfactual for DPO pairs)."""
+    objs = [o for o in scene["objects"] if o["cls"] != drop]
+    # the noise stream is seeded apart from the layout stream, so it does not depend on the objects
+    return render_scene(objs, cfg, np.random.default_rng([scene["seed"], 1]))
+
+
+def coco_annotations(scenes: list[dict], cfg: WorldConfig) -> dict:
+    """COCO instance-format dict (images, annotations with bbox/category_id/area/id, categories)."""
+    cat_id = {c: i + 1 for i, c in enumerate(cfg.classes)}
+    images, anns = [], []
+    for img_id, sc in enumerate(scenes, start=1):
+        images.append({"id": img_id, "file_name": sc["file"], "width": cfg.image_size, "height": cfg.image_size})
+        for obj, vis in zip(sc["objects"], visible_boxes(sc["objects"], cfg.image_size, cfg.image_size)):
+            if vis is None:
+                continue
+            bbox, area = vis
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[obj["cls"]],
+                         "bbox": bbox, "area": area, "iscrowd": 0, "colour": obj["colour"],
+                         "occluded": obj["occluder"] is not None})
+    cats = [{"id": i, "name": c, "supercategory": "shape"} for c, i in cat_id.items()]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def make_image_world(cfg: WorldConfig, out_dir: str | Path) -> dict:
+    """Render train and test images and write annotations (COCO) and scenes.json.
+
+    Args:
+        cfg: world config.
+        out_dir: output folder (created).
+
+    Returns:
+        {"train": scenes, "test": scenes}.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    splits = {s: make_scenes(cfg, s) for s in ("train", "test")}
+    for scenes in splits.values():
+        for sc in scenes:
+            render_image(sc, cfg).save(out / sc["file"])
+    (out / "annotations.json").write_text(json.dumps(coco_annotations(splits["test"], cfg)))
+    (out / "annotations_train.json").write_text(json.dumps(coco_annotations(splits["train"], cfg)))
+    (out / "scenes.json").write_text(json.dumps(splits))
+    return splits
+
+
+# -- video world -------------------------------------------------------------------------------------
+
+def sample_video(cfg: WorldConfig, rng: np.random.Generator) -> list[dict]:
+    """Objects of one video with distinct classes and distinct appearance frames.
+
+    Returns:
+        [{cls, colour, size, start: [x, y], end: [x, y], appear, disappear}] where the object is visible
+        on frames appear <= t < disappear and moves linearly from start to end.
+    """
+    T, W, H = cfg.frames, cfg.video_width, cfg.video_height
+    k = int(rng.integers(max(2, cfg.min_objects), max(2, cfg.max_objects) + 1))
+    classes = [str(c) for c in rng.choice(cfg.classes, size=min(k, len(cfg.classes)), replace=False)]
+    for cls in list(classes):
+        mate = partner_of(cls, cfg)
+        if mate is not None and mate not in classes and mate in cfg.classes and rng.random() < cfg.co_prob:
+            classes.append(mate)
+    classes = classes[:max(1, T // 2)]
+    appears = sorted(int(a) for a in rng.choice(np.arange(1, T // 2 + 1), size=len(classes) - 1, replace=False))
+    appears = [0] + appears  # the first object is there from the start; the others enter one by one
+    objs = []
+    for cls, a in zip(classes, [int(v) for v in rng.permutation(appears)]):
+        s = int(rng.integers(cfg.size_range[0], cfg.size_range[1] + 1))
+        start = [int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))]
+        end = [int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))]
+        gone = int(rng.integers(a + 2, T + 1)) if rng.random() < 0.5 and a + 2 < T else T
+        objs.append({"cls": cls, "colour": str(rng.choice(list(COLOURS))), "size": s, "start": start,
+                     "end": end, "appear": a, "disappear": gone})
+    return objs
+
+
+def _at_frame(obj: dict, t: int) -> dict:
+    span = max(1, obj["disappear"] - 1 - obj["appear"])
+    f = (t - obj["appear"]) / span
+    x = int(round(obj["start"][0] + f * (obj["end"][0] - obj["start"][0])))
+    y = int(round(obj["start"][1] + f * (obj["end"][1] - obj["start"][1])))
+    return {"cls": obj["cls"], "colour": obj["colour"], "size": obj["size"], "x": x, "y": y, "occluder": None}
+
+
+def render_video(objs: list[dict], cfg: WorldConfig, seed: int) -> tuple[np.ndarray, dict]:
+    """Frames (T,H,W,3) uint8 and ground truth {objects: [{cls, colour, track}], events, order}."""
+    rng = np.random.default_rng([seed, 1])
+    W, H = cfg.video_width, cfg.video_height
+    frames, tracks = [], {i: [] for i in range(len(objs))}
+    for t in range(cfg.frames):
+        live = [i for i, o in enumerate(objs) if o["appear"] <= t < o["disappear"]]
+        scene = [_at_frame(objs[i], t) for i in live]
+        frames.append(np.asarray(render_scene(scene, cfg, rng, size=(W, H))))
+        # the track is where the object is (its own mask), even when another object hides part of it
+        for i, obj, vis in zip(live, scene, visible_boxes(scene, W, H)):
+            ys, xs = np.nonzero(shape_mask(obj, W, H))
+            box = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1]
+            tracks[i].append({"frame": t, "bbox": box, "visible_area": vis[1] if vis else 0})
+    events = []
+    for i, o in enumerate(objs):
+        events.append({"type": "appear", "object": i, "frame": o["appear"]})
+        if o["disappear"] < cfg.frames:
+            events.append({"type": "disappear", "object": i, "frame": o["disappear"]})
+    events.sort(key=lambda e: (e["frame"], e["object"]))
+    order = [objs[i]["cls"] for i in sorted(range(len(objs)), key=lambda i: objs[i]["appear"])]
+    gt = {"objects": [{"cls": o["cls"], "colour": o["colour"], "track": tracks[i]} for i, o in enumerate(objs)],
+          "events": events, "order": order}
+    return np.stack(frames), gt
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 4, crf: int = 10) -> Path:
+    """Encode (T,H,W,3) uint8 frames as H.264 yuv420p mp4 with PyAV (same settings as tests/videos.py)."""
+    import av  # lazy: only the video world needs it
+
+    _, h, w, _ = frames.shape
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():  # flush the encoder
+            container.mux(packet)
+    return Path(path)
+
+
+def make_video_world(cfg: WorldConfig, out_dir: str | Path) -> list[dict]:
+    """Render videos/*.mp4 and write video_events.json (tracks, events, order per video).
+
+    Args:
+        cfg: world config (frames >= 8, width >= 64, even sizes).
+        out_dir: output folder.
+
+    Returns:
+        Ground truth per video: [{video, objects, events, order}].
+    """
+    if cfg.frames < 8 or cfg.video_width < 64 or cfg.video_width % 2 or cfg.video_height % 2:
+        raise ValueError(f"video world: need frames >= 8 and even sizes with width >= 64, got "
+                         f"{cfg.frames} frames {cfg.video_width}x{cfg.video_height}")
+    out = Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    gts = []
+    for i in range(cfg.n_videos):
+        seed = _scene_seed(cfg, "video", i)
+        frames, gt = render_video(sample_video(cfg, np.random.default_rng(seed)), cfg, seed)
+        rel = f"videos/{i:05d}.mp4"
+        write_mp4(out / rel, frames, fps=cfg.fps)
+        gts.append({"video": rel, **gt})
+    (out / "video_events.json").write_text(json.dumps(gts))
+    return gts
+
+
+# -- text: SFT and VideoHallucer pairs ----------------------------------------------------------------
+
+def caption(objects: list[dict], cfg: WorldConfig) -> str:
+    """'There is a red circle with a blue square, and a green bar.' Pairs are named together, so captions
+    repeat the co-occurrence the way real captions repeat "a fork with a knife"."""
+    done, parts = set(), []
+    for o in objects:
+        if o["cls"] in done:
+            continue
+        phrase = f"a {o['colour']} {o['cls']}"
+        mate = next((m for m in objects if m["cls"] == partner_of(o["cls"], cfg) and m["cls"] not in done), None)
+        done.add(o["cls"])
+        if mate is not None:
+            phrase += f" with a {mate['colour']} {mate['cls']}"
+            done.add(mate["cls"])
+        parts.append(phrase)
+    return "There is " + ", and ".join(parts) + "."
+
+
+def qa_for(present: list[str], cfg: WorldConfig, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """Yes/no questions for one item: (object, answer, negative kind) with kind in {"", "partner", "random"}.
+
+    Negatives are absent partners with probability `qa_partner_frac`, otherwise absent non-partners, so a
+    small `qa_partner_frac` leaves the co-occurrence shortcut almost never contradicted in training.
+    """
+    absent = [c for c in cfg.classes if c not in present]
+    partners = [c for c in absent if any(partner_of(p, cfg) == c for p in present)]
+    others = [c for c in absent if c not in partners]
+    n_pos = min(len(present), max(1, cfg.qa_per_image // 2))
+    out = [(str(c), "yes", "") for c in rng.choice(present, size=n_pos, replace=False)]
+    for _ in range(cfg.qa_per_image - n_pos):
+        pool, kind = (partners, "partner") if partners and rng.random() < cfg.qa_partner_frac else (others, "random")
+        if not pool:
+            pool, kind = (partners or others), ("partner" if partners else "random")
+        if not pool:
+            break
+        out.append((str(rng.choice(pool)), "no", kind))
+    return out
+
+
+def write_sft(scenes: list[dict], cfg: WorldConfig, path: str | Path) -> int:
+    """Write SFT JSONL (mmpo.records.SFTRecord) for image scenes: captions and yes/no QA.
+
+    Args:
+        scenes: training scenes (from `make_scenes(cfg, "train")`).
+        cfg: world config (qa_per_image, qa_partner_frac, caption_frac).
+        path: output .jsonl.
+
+    Returns:
+        Number of records written.
+    """
+    rng = np.random.default_rng([cfg.seed, 3])
+    recs = []
+    for sc in scenes:
+        media = (sc["file"],)
+        present = [o["cls"] for o in sc["objects"]]
+        for obj, ans, kind in qa_for(present, cfg, rng):
+            q = IMAGE_Q.format(obj)
+            recs.append(SFTRecord(make_id(list(media), q, ans), media, "image", q, ans,
+                                  {"kind": "qa", "object": obj, "negative": kind}))
+        if rng.random() < cfg.caption_frac:
+            cap = caption(sc["objects"], cfg)
+            recs.append(SFTRecord(make_id(list(media), CAPTION_Q, cap), media, "image", CAPTION_Q, cap,
+                                  {"kind": "caption"}))
+    return write_jsonl(path, recs)
+
+
+def write_sft_video(gts: list[dict], cfg: WorldConfig, path: str | Path) -> int:
+    """Write video SFT JSONL: presence QA and appearance-order questions per video."""
+    rng = np.random.default_rng([cfg.seed, 4])
+    recs = []
+    for gt in gts:
+        media = (gt["video"],)
+        qas = [(VIDEO_Q.format(o), a) for o, a, _ in qa_for(gt["order"], cfg, rng)]
+        if len(gt["order"]) >= 2:
+            i, j = sorted(int(v) for v in rng.choice(len(gt["order"]), size=2, replace=False))
+            first, second = gt["order"][i], gt["order"][j]
+            qas.append(ORDER_Q.format(*((first, second) if rng.random() < 0.5 else (second, first))))
+            qas[-1] = (qas[-1], "yes" if qas[-1] == ORDER_Q.format(first, second) else "no")
+        for q, a in qas:
+            recs.append(SFTRecord(make_id(list(media), q, a), media, "video", q, a, {"kind": "qa"}))
+    return write_jsonl(path, recs)
+
+
+def _vh(video: str, q: str, a: str) -> dict:
+    return {"video": Path(video).name, "question": q, "answer": a}
+
+
+def write_videohallucer(gts: list[dict], cfg: WorldConfig, out_dir: str | Path) -> dict[str, int]:
+    """VideoHallucer-format pair files (BENCHMARKS.md §2.1) from the video ground truth.
+
+    object_relation/object_relation.json: basic = a present object (yes), hallucination = its absent
+    co-occurring partner (no; an absent non-partner when the partner is there); type "subject" when the
+    present object is the first to appear, else "object".
+    temporal/temporal.json: basic "Does the X appear before the Y?" (true order, yes), hallucination with
+    X and Y swapped (no); type "temporal_relative". `video` is the bare file name, as in the reference.
+
+    Returns:
+        Pair counts per category.
+    """
+    rng = np.random.default_rng([cfg.seed, 5])
+    rel, tmp = [], []
+    for gt in gts:
+        order, vid = gt["order"], gt["video"]
+        absent = [c for c in cfg.classes if c not in order]
+        if absent:
+            obj = str(rng.choice(order))
+            mate = partner_of(obj, cfg)
+            neg = mate if mate in absent else str(rng.choice(absent))
+            rel.append({"basic": _vh(vid, VIDEO_Q.format(obj), "yes"),
+                        "hallucination": _vh(vid, VIDEO_Q.format(neg), "no"),
+                        "type": "subject" if obj == order[0] else "object"})
+        if len(order) >= 2:
+            i, j = sorted(int(v) for v in rng.choice(len(order), size=2, replace=False))
+            tmp.append({"basic": _vh(vid, ORDER_Q.format(order[i], order[j]), "yes"),
+                        "hallucination": _vh(vid, ORDER_Q.format(order[j], order[i]), "no"),
+                        "type": "temporal_relative"})
+    counts = {}
+    for name, pairs in (("object_relation", rel), ("temporal", tmp)):
+        d = Path(out_dir) / name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{name}.json").write_text(json.dumps(pairs, indent=4))  # reference files: indent 4
+        counts[name] = len(pairs)
+    return counts
+
+
+def world_words(cfg: WorldConfig) -> list[str]:
+    """Every word the world's prompts, answers and captions use, plus punctuation, for a word-level tokenizer."""
+    texts = [IMAGE_Q, VIDEO_Q, ORDER_Q, CAPTION_Q, "There is a with and", "yes no Yes No",
+             "Answer the question using a single word or phrase 'yes' or 'no'"]
+    words = {w for t in texts for w in t.replace("{}", " ").replace("?", " ").replace(".", " ")
+             .replace(",", " ").replace("'", " ").split()}
+    words |= set(cfg.classes) | set(COLOURS)
+    return sorted(words) + PUNCTUATION
+
+
+def build_world(cfg: WorldConfig, out_dir: str | Path, videos: bool = True) -> dict:
+    """Write the whole world (images, annotations, videos, SFT, VideoHallucer pairs, world.json).
+
+    Args:
+        cfg: world config.
+        out_dir: output folder.
+        videos: also build the video world (slower: PyAV encoding).
+
+    Returns:
+        The world.json dict: {config, words, classes, pairs, files, counts}.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = make_image_world(cfg, out)
+    counts = {"train_images": len(splits["train"]), "test_images": len(splits["test"]),
+              "sft": write_sft(splits["train"], cfg, out / "sft.jsonl")}
+    files = {"annotations": "annotations.json", "annotations_train": "annotations_train.json",
+             "scenes": "scenes.json", "sft": "sft.jsonl"}
+    if videos and cfg.n_videos > 0:
+        gts = make_video_world(cfg, out)
+        counts["videos"] = len(gts)
+        counts["sft_video"] = write_sft_video(gts, cfg, out / "sft_video.jsonl")
+        counts.update({f"videohallucer_{k}": v for k, v in write_videohallucer(gts, cfg, out / "videohallucer").items()})
+        files.update(video_events="video_events.json", sft_video="sft_video.jsonl",
+                     videohallucer_object_relation="videohallucer/object_relation/object_relation.json",
+                     videohallucer_temporal="videohallucer/temporal/temporal.json")
+    info = {"config": dataclasses.asdict(cfg), "words": world_words(cfg), "classes": list(cfg.classes),
+            "pairs": [list(p) for p in cfg.pairs], "files": files, "counts": counts,
+            "image_question": IMAGE_Q, "video_question": VIDEO_Q, "order_question": ORDER_Q}
+    (out / "world.json").write_text(json.dumps(info, indent=2))
+    return info
