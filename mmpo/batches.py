@@ -1,0 +1,195 @@
+"""From records to model tensors: reading training files leniently and collating pairs / SFT samples.
+
+A collated pair batch is a plain dict (the trainer's only input format):
+
+    {"ids": [B record ids],
+     "prompt":   encode_prompts(...)   # left-padded prompt + media tensors, shared by chosen and rejected
+     "chosen":   encode_answers(...),  # right-padded answer tokens
+     "rejected": encode_answers(...),
+     "rejected_prompt": ...            # only when some pair's rejection is different media
+     "corrupt_prompt":  ...            # only if a loss requires "corrupt" (mDPO): chosen answer, corrupted media
+     "bag_prompts": [K prompt batches], "bag_mask": [B, K] bool   # only if a loss requires "bag" (PaMi)
+     "gt": encode_answers(meta["gt"])  # only if a loss requires "gt" (mrDPO guidance)
+     "weight": [B], "score_delta": [B] or None, "skipped": [(id, reason)]}
+
+Worked example: two image pairs, no extra requirements ->
+    prompt.input_ids [2, Lp] (16 image tokens each), chosen.input_ids [2, Lc], rejected.input_ids [2, Lr],
+    weight tensor([1., 1.]), score_delta None.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmpo.media import MediaError, augment, load_media
+from mmpo.models import encode_answers, encode_prompts
+from mmpo.records import (AugSpec, PairRecord, RecordError, SFTRecord, decode_line, iter_lines, pair_from_json,
+                          sft_from_json)
+
+log = logging.getLogger(__name__)
+
+
+def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: str) -> tuple[list, list]:
+    """Read a pair ("pair") or SFT ("sft") JSONL; bad lines raise, or are skipped and returned.
+
+    Args:
+        path: the JSONL file.
+        media_root: folder media paths are relative to (media existence is checked).
+        kind: "pair" or "sft".
+        on_bad: "error" (raise RecordError naming file:line:field) or "skip".
+
+    Returns:
+        (records, skipped) where skipped is a list of "file:line: reason" strings.
+    """
+    parse = pair_from_json if kind == "pair" else sft_from_json
+    records, skipped = [], []
+    for where, line in iter_lines(path):
+        try:
+            records.append(parse(decode_line(line, where), where, media_root))
+        except RecordError as exc:
+            if on_bad == "error":
+                raise
+            skipped.append(str(exc))
+            log.warning("skipping %s", exc)
+    return records, skipped
+
+
+def default_corruption(record: PairRecord) -> AugSpec:
+    """mDPO's corruption: keep 1-20% of the image (RandomResizedCrop, luka-group/mDPO); seeded by the id."""
+    seed = int(record.id[:8], 16) if all(c in "0123456789abcdef" for c in record.id[:8]) else hash(record.id) % 2**31
+    return AugSpec("mdpo_crop" if record.media_type == "image" else "spatial_crop", {}, seed)
+
+
+@dataclass
+class PairCollator:
+    """Turns a list of PairRecords into the batch dict described in the module docstring."""
+
+    processor: object
+    media_root: str
+    num_frames: int = 8
+    max_length: int = 2048
+    on_bad: str = "error"
+    requires: frozenset = field(default_factory=frozenset)
+
+    def _media(self, rec: PairRecord, rels=None):
+        return load_media(self.media_root, rels or rec.media, rec.media_type, self.num_frames)
+
+    def _too_long(self, batch: dict, recs: list[PairRecord]) -> list[tuple[str, str]]:
+        plen = batch["prompt"]["attention_mask"].sum(-1)
+        alen = torch.maximum(batch["chosen"]["attention_mask"].sum(-1), batch["rejected"]["attention_mask"].sum(-1))
+        return [(r.id, f"prompt+answer has {int(p + a)} tokens > max_length {self.max_length}")
+                for r, p, a in zip(recs, plen, alen) if p + a > self.max_length]
+
+    def __call__(self, recs: list[PairRecord]) -> dict:
+        skipped: list[tuple[str, str]] = []
+        while True:
+            batch, media_errors = self._encode(recs)
+            too_long = self._too_long(batch, recs) if batch else []
+            bad = media_errors + too_long
+            if not bad:
+                break
+            if self.on_bad == "error":
+                raise ValueError(f"record {bad[0][0]}: {bad[0][1]}")
+            skipped += bad
+            bad_ids = {b[0] for b in bad}
+            recs = [r for r in recs if r.id not in bad_ids]
+            if not recs:
+                return {"ids": [], "skipped": skipped}
+        batch["skipped"] = skipped
+        return batch
+
+    def _encode(self, recs: list[PairRecord]) -> tuple[dict, list]:
+        media, errors = [], []
+        for r in recs:
+            try:
+                media.append(self._media(r))
+            except MediaError as exc:
+                errors.append((r.id, str(exc)))
+        if errors:
+            return {}, errors
+        kinds = {r.media_type for r in recs}
+        if len(kinds) > 1:
+            raise ValueError("a batch mixes images and videos; sort or split the pair file by media_type")
+        mtype = recs[0].media_type
+        prompts = [r.prompt for r in recs]
+        batch = {
+            "ids": [r.id for r in recs],
+            "prompt": encode_prompts(self.processor, prompts, media, mtype),
+            "chosen": encode_answers(self.processor, [r.chosen for r in recs]),
+            "rejected": encode_answers(self.processor, [r.rejected for r in recs]),
+            "weight": torch.tensor([1.0 if r.weight is None else r.weight for r in recs]),
+            "score_delta": None,
+        }
+        if any("delta" in r.scores for r in recs):
+            batch["score_delta"] = torch.tensor([float(r.scores.get("delta", 0.0)) for r in recs])
+        if any(r.rejected_media for r in recs):
+            rej = [self._media(r, r.rejected_media) if r.rejected_media else m for r, m in zip(recs, media)]
+            batch["rejected_prompt"] = encode_prompts(self.processor, prompts, rej, mtype)
+        if "corrupt" in self.requires:
+            # A pair that names rejected media (a counterfactual image/clip) uses it as the corruption.
+            cor = [self._media(r, r.rejected_media) if r.rejected_media else augment(m, default_corruption(r))
+                   for r, m in zip(recs, media)]
+            batch["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
+        if "bag" in self.requires:
+            batch.update(self._bag(recs, media, prompts, mtype))
+        if "gt" in self.requires:
+            batch["gt"] = encode_answers(self.processor, [str(r.meta.get("gt") or r.chosen) for r in recs])
+        return batch, []
+
+    def _bag(self, recs, media, prompts, mtype) -> dict:
+        k = max(len(r.rejected_bag or ()) for r in recs)
+        if k == 0:
+            raise ValueError(f"record {recs[0].id}: a bag loss needs rejected_bag specs (build with `mmpo build augment`)")
+        bag_prompts, mask = [], torch.zeros(len(recs), k, dtype=torch.bool)
+        for j in range(k):
+            clips = []
+            for i, (r, m) in enumerate(zip(recs, media)):
+                bag = r.rejected_bag or ()
+                if j < len(bag):
+                    clips.append(augment(m, bag[j]))
+                    mask[i, j] = True
+                else:  # padding instance: any valid media, masked out of the loss
+                    clips.append(m)
+            bag_prompts.append(encode_prompts(self.processor, prompts, clips, mtype))
+        return {"bag_prompts": bag_prompts, "bag_mask": mask}
+
+
+@dataclass
+class SFTCollator:
+    """Turns SFTRecords into {"ids", "prompt", "answer", "skipped"} for answer-only NLL training."""
+
+    processor: object
+    media_root: str
+    num_frames: int = 8
+    max_length: int = 2048
+    on_bad: str = "error"
+
+    def __call__(self, recs: list[SFTRecord]) -> dict:
+        skipped, keep, media = [], [], []
+        for r in recs:
+            try:
+                media.append(load_media(self.media_root, r.media, r.media_type, self.num_frames))
+                keep.append(r)
+            except MediaError as exc:
+                if self.on_bad == "error":
+                    raise
+                skipped.append((r.id, str(exc)))
+        if not keep:
+            return {"ids": [], "skipped": skipped}
+        mtype = keep[0].media_type
+        prompt = encode_prompts(self.processor, [r.prompt for r in keep], media, mtype)
+        answer = encode_answers(self.processor, [r.answer for r in keep])
+        lengths = prompt["attention_mask"].sum(-1) + answer["attention_mask"].sum(-1)
+        if (lengths > self.max_length).any():
+            i = int((lengths > self.max_length).nonzero()[0])
+            msg = f"prompt+answer has {int(lengths[i])} tokens > max_length {self.max_length}"
+            if self.on_bad == "error":
+                raise ValueError(f"record {keep[i].id}: {msg}")
+            ok = [j for j in range(len(keep)) if lengths[j] <= self.max_length]
+            skipped += [(keep[j].id, msg) for j in range(len(keep)) if j not in ok]
+            return self([keep[j] for j in ok]) | {"skipped": skipped} if ok else {"ids": [], "skipped": skipped}
+        return {"ids": [r.id for r in keep], "prompt": prompt, "answer": answer, "skipped": skipped}

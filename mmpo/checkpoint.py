@@ -1,0 +1,99 @@
+"""Atomic training checkpoints with everything exact resume needs.
+
+A checkpoint is a folder `checkpoints/step-N/` holding `state.pt`: the trainable parameters (LoRA
+weights, or every trainable weight for full fine-tuning), optimizer and scheduler states, the RNG
+states of python / numpy / torch (and CUDA), the loss terms' own states (beta-DPO's running
+statistics), and the data position (the global micro-batch index; the data order is a pure function
+of seed and epoch, so the position is all the sampler needs). It is written to a temporary folder and
+renamed into place, then `checkpoints/latest` is replaced atomically, so a run killed at any moment
+leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The parameters that training changes (requires_grad), by name, on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
+    """Write `run_dir/checkpoints/step-{step}` atomically and point `latest` at it.
+
+    Args:
+        run_dir: the run directory.
+        step: optimizer steps done.
+        model: the policy (trainable parameters are saved).
+        optimizer: its state is saved.
+        scheduler: its state is saved.
+        extra: anything else to restore (data position, loss states, counters).
+
+    Returns:
+        The checkpoint folder.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save({"step": step, "params": trainable_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}, tmp / "state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(final.name)
+    os.replace(pointer, root / "latest")
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `checkpoints/latest` points at, or None for a fresh run."""
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if (path / "state.pt").is_file() else None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> tuple[int, dict]:
+    """Restore parameters, optimizer, scheduler and RNG from a checkpoint folder.
+
+    Returns:
+        (step, extra) as saved.
+    """
+    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    params = dict(model.named_parameters())
+    missing = [n for n in state["params"] if n not in params]
+    if missing:
+        raise ValueError(f"{path}: checkpoint has parameters the model lacks, e.g. {missing[0]!r}")
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state["step"], state["extra"]

@@ -1,0 +1,460 @@
+"""The training loop: DPO-family preference optimisation and SFT for LLaVA-style models.
+
+One loop (`train`) reads top to bottom: set up, resume, then for each optimizer step accumulate
+micro-batches, clip, guard against NaN, step, log, evaluate, checkpoint. What a step computes is a
+`batch_loss` function chosen by the stage (`preference_loss` for DPO variants, `sft_loss` for SFT);
+schedules (multi-round, distillation) call `train` with their own model, reference or batch_loss
+instead of copying the loop.
+
+The reference policy is the policy with its LoRA adapters disabled (never a second copy of the
+weights), or log-probs precomputed once and cached next to the data (`precompute_reference`), or a
+teacher passed in by the distillation schedule. Reference-free losses (SFT alone) skip it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmpo import config as cfgmod
+from mmpo.batches import PairCollator, SFTCollator, read_records
+from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpo.config import TrainConfig
+from mmpo.logprobs import answer_logps, packed_logps, plain_logps
+from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
+from mmpo.metrics import MetricLogger
+from mmpo.models import load_model, reference_mode
+from mmpo.models.loading import has_adapter
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- forward passes
+
+def to_device(obj, device):
+    """Move every tensor in a nested dict/list to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    return obj
+
+
+def pair_logps(model, batch: dict, requires: set, shared_prefix: bool) -> dict[str, torch.Tensor]:
+    """All answer log-probs a step needs from one model (policy or reference).
+
+    Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
+    `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
+    clip) and `gt`, `gt_tokens` (ground-truth answer).
+    """
+    extra = [batch["gt"]] if "gt" in requires else []
+    if shared_prefix and "rejected_prompt" not in batch:
+        # chosen, rejected (and gt) share the media and prompt: encode them once.
+        outs = packed_logps(model, batch["prompt"], [batch["chosen"], batch["rejected"], *extra])
+    else:
+        outs = [plain_logps(model, batch["prompt"], batch["chosen"]),
+                plain_logps(model, batch.get("rejected_prompt", batch["prompt"]), batch["rejected"])]
+        outs += [plain_logps(model, batch["prompt"], a) for a in extra]
+    res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
+    if "gt" in requires:
+        res["gt"], res["gt_tokens"] = outs[2]
+    if "corrupt" in requires:
+        res["corrupt"] = plain_logps(model, batch["corrupt_prompt"], batch["chosen"])[0]
+    if "bag" in requires:
+        res["bag"] = torch.stack([plain_logps(model, p, batch["chosen"])[0] for p in batch["bag_prompts"]], 1)
+    return res
+
+
+class PolicyLogps(torch.nn.Module):
+    """Wraps the policy so that one `forward` computes every log-prob of a step.
+
+    DDP expects exactly one forward per backward; the shared-prefix, corrupt and bag passes are all
+    inside this one call, so `accelerate` can wrap it for multi-GPU training unchanged.
+    """
+
+    def __init__(self, model, requires: set, shared_prefix: bool):
+        super().__init__()
+        self.model, self.requires, self.shared_prefix = model, requires, shared_prefix
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return pair_logps(self.model, batch, self.requires, self.shared_prefix)
+
+
+class AnswerLogps(torch.nn.Module):
+    """SFT's step module: summed answer log-probs and token counts of `batch["answer"]`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return plain_logps(self.model, batch["prompt"], batch["answer"])
+
+
+def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable[[dict], dict]:
+    """Reference = the same model with its adapters disabled, no grad.
+
+    Without an adapter (full fine-tuning) this is only valid before the first update, i.e. for the
+    precomputed-reference pass; `train` enforces that.
+    """
+    def reference(batch: dict) -> dict:
+        with torch.no_grad(), (reference_mode(model) if has_adapter(model) else contextlib.nullcontext()):
+            return pair_logps(model, batch, requires, shared_prefix)
+    return reference
+
+
+def answer_logits(model, prompt_batch: dict, answer_batch: dict) -> torch.Tensor:
+    """[B, La, V] logits that predict each answer token (for the PaMi-VDPO JS distance)."""
+    from mmpo.models import join_prompt_answer, media_keys
+
+    joined = join_prompt_answer(prompt_batch, answer_batch)
+    out = model(input_ids=joined["input_ids"], attention_mask=joined["attention_mask"],
+                position_ids=joined["position_ids"], logits_to_keep=answer_batch["input_ids"].shape[1] + 1,
+                use_cache=False, **{k: joined[k] for k in media_keys(joined)})
+    return out.logits[:, :-1]
+
+
+@torch.no_grad()
+def bag_distances(model, batch: dict, top_k: int) -> torch.Tensor:
+    """PaMi-VDPO prompt-aware distance d_k = mean_t JS(p(.|v) || p(.|v_k)) under the current policy."""
+    base = answer_logits(model, batch["prompt"], batch["chosen"])
+    mask = batch["chosen"]["attention_mask"]
+    return torch.stack([js_divergence(base, answer_logits(model, p, batch["chosen"]), mask, top_k or None)
+                        for p in batch["bag_prompts"]], 1)
+
+
+# ----------------------------------------------------------------------------- reference cache
+
+def fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def model_fingerprint(model_cfg) -> str:
+    """Changes whenever the reference model's weights or numerics would: path, adapter, dtype, 4-bit."""
+    files = sorted(Path(model_cfg.path).glob("*.safetensors")) if model_cfg.path else []
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    adapter = sorted((f.name, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")) if model_cfg.adapter else []
+    return fingerprint(cfgmod.to_dict(model_cfg), stats, adapter)
+
+
+def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
+    """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
+    if cache_path.is_file():
+        return torch.load(cache_path, weights_only=False)
+    table: dict[str, dict] = {}
+    for batch in tqdm(loader, desc="reference log-probs", leave=False):
+        if not batch["ids"]:
+            continue
+        out = reference(batch)
+        for i, rid in enumerate(batch["ids"]):
+            table[rid] = {k: v[i].detach().cpu() for k, v in out.items()}
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp")
+    torch.save(table, tmp)
+    tmp.replace(cache_path)
+    return table
+
+
+def cached_reference(table: dict[str, dict], device) -> Callable[[dict], dict]:
+    def reference(batch: dict) -> dict:
+        rows = [table[rid] for rid in batch["ids"]]
+        return {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
+    return reference
+
+
+# ----------------------------------------------------------------------------- step losses
+
+def preference_loss(terms, step_module, reference, requires: set, top_k: int = 0):
+    """batch_loss for DPO-family stages: policy + reference log-probs -> weighted sum of loss terms."""
+    def batch_loss(batch: dict, progress: float):
+        pol = step_module(batch)
+        ref = reference(batch) if "reference" in requires else {}
+        inputs = LossInputs(
+            policy_chosen=pol["chosen"], policy_rejected=pol["rejected"],
+            ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"),
+            chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"],
+            weight=batch["weight"], score_delta=batch.get("score_delta"),
+            policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
+            bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.get("bag_mask"),
+            bag_distance=bag_distances(_unwrap(step_module).model, batch, top_k) if "bag" in requires else None,
+            gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
+        total, metrics = 0.0, {}
+        for weight, term in terms:
+            value, m = term(inputs)
+            total = total + weight * value
+            metrics.update(m)
+        metrics["logps/chosen"] = (pol["chosen"] / pol["chosen_tokens"].clamp(min=1)).mean().item()
+        metrics["logps/rejected"] = (pol["rejected"] / pol["rejected_tokens"].clamp(min=1)).mean().item()
+        return total, metrics
+    return batch_loss
+
+
+def sft_loss(step_module):
+    """batch_loss for SFT: token-averaged NLL of the answer (prompt and media tokens masked)."""
+    def batch_loss(batch: dict, progress: float):
+        logp, count = step_module(batch)
+        loss = -logp.sum() / count.sum().clamp(min=1)
+        return loss, {"sft/nll": loss.item()}
+    return batch_loss
+
+
+def _unwrap(module):
+    return getattr(module, "module", module)
+
+
+# ----------------------------------------------------------------------------- data order
+
+def micro_batches(n: int, batch_size: int, seed: int, start: int, total: int, shuffle: bool,
+                  world: int = 1, rank: int = 0):
+    """Record indices of micro-batches `start` .. `total - 1`; the order is a pure function of seed and epoch.
+
+    Each epoch is a seeded permutation cut into `n // (batch_size * world)` full batches (the tail is
+    dropped, so every micro-batch has the same size and accumulation 1x8 equals 8x1). Rank r of
+    `world` processes takes every world-th batch.
+    """
+    per_epoch = max(n // (batch_size * world), 1)
+    for g in range(start, total):
+        epoch, pos = divmod(g, per_epoch)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)) if shuffle
+                 else torch.arange(n)).tolist()
+        first = (pos * world + rank) * batch_size
+        yield [order[(first + i) % n] for i in range(batch_size)]
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style dataset over precomputed micro-batch index lists (so workers can decode in parallel)."""
+
+    def __init__(self, records, index_lists, collate):
+        self.records, self.index_lists, self.collate = records, list(index_lists), collate
+
+    def __len__(self):
+        return len(self.index_lists)
+
+    def __getitem__(self, i):
+        return self.collate([self.records[j] for j in self.index_lists[i]])
+
+
+def make_loader(records, collate, batch_size, seed, start, total, shuffle, workers, world=1, rank=0):
+    idx = micro_batches(len(records), batch_size, seed, start, total, shuffle, world, rank)
+    return torch.utils.data.DataLoader(_Batches(records, idx, collate), batch_size=None, shuffle=False,
+                                       num_workers=workers, persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    if cfg.optimizer == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "adamw":
+        raise cfgmod.ConfigError(f"optimizer: expected adamw | adamw_8bit, got {cfg.optimizer!r}")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warm-up then cosine decay to 0 (the schedule of TRL/LLaVA DPO scripts)."""
+    warmup = int(math.ceil(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def autocast(precision: str, device: torch.device):
+    if device.type == "cuda" and precision in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def resolve_media_root(cfg: TrainConfig) -> str:
+    return cfg.data.media_root or str(Path(cfg.data.train).resolve().parent)
+
+
+def batch_tokens(batch: dict) -> int:
+    n = int(batch["prompt"]["attention_mask"].sum())
+    for key in ("chosen", "rejected", "answer"):
+        if key in batch:
+            n += int(batch[key]["attention_mask"].sum())
+    return n
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | None = None,
+          batch_loss: Callable | None = None, eval_hook: Callable | None = None) -> Path:
+    """Train a model as `cfg` says and write the run directory.
+
+    Args:
+        cfg: the resolved training config.
+        model, processor: an already loaded policy (schedules pass merged models); loaded from
+            `cfg.model` / `cfg.lora` when None.
+        reference: callable(batch) -> reference log-probs; default: adapters disabled, or the
+            precomputed cache when `cfg.precompute_reference`.
+        batch_loss: callable(batch, progress) -> (loss, metrics); default from the stage.
+        eval_hook: callable(model, processor, step) -> metrics, run every `cfg.eval_every` steps.
+
+    Returns:
+        The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
+    """
+    from accelerate import Accelerator
+
+    run_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfgmod.save(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.seed + rank)
+    if model is None:
+        model, processor = load_model(cfg.model, cfg.lora, trainable=True)
+    device = next(model.parameters()).device
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+
+    # Data: records are validated on read (file:line:field errors, or counted skips).
+    sft = cfg.stage == "sft"
+    media_root = resolve_media_root(cfg)
+    records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
+    if not records:
+        raise ValueError(f"{cfg.data.train}: no usable records ({len(skipped)} skipped)")
+    terms = [] if sft else build_loss_terms([cfgmod.to_dict(t) for t in cfg.loss], "loss")
+    requires = requires_of(terms)
+    common = dict(processor=processor, media_root=media_root, num_frames=cfg.model.num_frames,
+                  max_length=cfg.data.max_length, on_bad=cfg.data.on_bad_record)
+    collate = SFTCollator(**common) if sft else PairCollator(**common, requires=frozenset(requires))
+    per_epoch = max(len(records) // (cfg.batch_size * world), 1)
+    total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
+
+    # The step function, the reference, the optimizer: one forward per backward for DDP.
+    step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
+    if world > 1:
+        step_module = accelerator.prepare(step_module)
+    if batch_loss is None and not sft and "reference" in requires and reference is None:
+        if cfg.precompute_reference:
+            key = fingerprint(file_digest(cfg.data.train), model_fingerprint(cfg.model), sorted(requires),
+                              cfg.data.max_length, cfg.model.num_frames, cfg.shared_prefix)
+            cache = Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
+            reference = cached_reference(precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
+                                                              _all_batches(records, collate, cfg.batch_size), cache),
+                                         device)
+        elif not has_adapter(model):
+            raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
+                                     "reference: set precompute_reference: true")
+        else:
+            reference = adapter_reference(model, requires, cfg.shared_prefix)
+    if batch_loss is None:
+        batch_loss = sft_loss(step_module) if sft else preference_loss(terms, step_module, reference, requires,
+                                                                        cfg.pami.js_top_k)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(cfg, params)
+    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
+
+    # Resume: parameters, optimizer, scheduler, RNG, loss states and the data position.
+    step, counters = 0, {"skipped_records": len(skipped), "skipped_in_batches": 0, "nonfinite_steps": 0}
+    last = latest_checkpoint(run_dir)
+    if last is not None:
+        step, extra = load_checkpoint(last, model, optimizer, scheduler)
+        counters = extra["counters"]
+        for (_, term), state in zip(terms, extra.get("loss_states", [])):
+            if state is not None and hasattr(term, "load_state_dict"):
+                term.load_state_dict(state)
+        log.info("resumed from %s at step %d", last, step)
+
+    logger = MetricLogger(run_dir, cfg.tensorboard, enabled=is_main)
+    loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
+                         total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, world, rank)
+    batches = iter(loader)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.stage}]", disable=not (cfg.progress and is_main))
+    model.train()
+    while step < total_steps:
+        # -- accumulate gradients over grad_accum micro-batches
+        finite = True
+        for micro in range(cfg.grad_accum):
+            batch = to_device(next(batches), device)
+            counters["skipped_in_batches"] += len(batch["skipped"])
+            if not batch["ids"]:
+                continue
+            sync = micro == cfg.grad_accum - 1 or world == 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(step_module)), \
+                    autocast(cfg.precision, device):
+                loss, metrics = batch_loss(batch, step / total_steps)
+                if not torch.isfinite(loss):
+                    finite = False  # NaN/inf guard: skip this whole optimizer step
+                    continue
+                (loss / cfg.grad_accum).backward()
+            logger.add({"loss": loss.item(), **metrics}, pairs=len(batch["ids"]), tokens=batch_tokens(batch))
+
+        # -- clip, guard, step
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+        if finite and torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            counters["nonfinite_steps"] += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped", step)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        # -- log, evaluate, checkpoint
+        if step % cfg.log_every == 0 or step == total_steps:
+            row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
+            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+        if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and is_main:
+            model.eval()
+            logger.flush(step, {f"eval/{k}": v for k, v in eval_hook(model, processor, step).items()})
+            model.train()
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main:
+            save_checkpoint(run_dir, step, model, optimizer, scheduler, {
+                "counters": counters, "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]})
+        accelerator.wait_for_everyone()
+    bar.close()
+    logger.close()
+    if is_main:
+        save_final(model, processor, run_dir)
+        (run_dir / "summary.json").write_text(json.dumps({"steps": step, **counters}, indent=2))
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _all_batches(records, collate, batch_size):
+    """Every record once, in file order (for the reference pre-pass)."""
+    for i in range(0, len(records), batch_size):
+        yield collate(records[i:i + batch_size])
+
+
+def save_final(model, processor, run_dir: Path) -> Path:
+    """The final adapter in PEFT format (`adapter/`), or the full model (`model/`), with the processor."""
+    out = run_dir / ("adapter" if has_adapter(model) else "model")
+    model.save_pretrained(out)
+    if processor is not None:
+        processor.save_pretrained(out)
+    return out

@@ -1,0 +1,60 @@
+"""Small fixtures shared by tests: tiny models on disk, random images, toy pair files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmpo.records import PairRecord, SFTRecord, pair_id, write_jsonl
+
+COLORS = ["red", "green", "blue", "yellow"]
+_MODEL_CACHE: dict[tuple, Path] = {}
+
+
+def tiny_model(family: str, root: Path, **kwargs) -> Path:
+    """A tiny checkpoint of `family`, built once per test session and reused."""
+    from mmpo.models import make_tiny_model
+
+    key = (family, tuple(sorted(kwargs.items())))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = make_tiny_model(family, root / f"{family}-{len(_MODEL_CACHE)}", **kwargs)
+    return _MODEL_CACHE[key]
+
+
+def color_image(color: str, size: int = 32, seed: int = 0) -> Image.Image:
+    """A square of `color` on noise: a learnable signal for toy preference pairs."""
+    rgb = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}[color]
+    arr = (np.random.default_rng(seed).random((size, size, 3)) * 60).astype("uint8")
+    arr[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = rgb
+    return Image.fromarray(arr)
+
+
+def toy_pairs(root: Path, n: int = 16, name: str = "pairs.jsonl") -> Path:
+    """Image pairs "what color is the square ?": chosen = the true colour, rejected = another colour."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    recs = []
+    for i in range(n):
+        color, wrong = COLORS[i % 4], COLORS[(i + 1) % 4]
+        rel = f"img/{i}.png"
+        color_image(color, seed=i).save(root / rel)
+        prompt = "what color is the square ?"
+        recs.append(PairRecord(id=pair_id([rel], prompt, color, wrong), media=(rel,), media_type="image",
+                               prompt=prompt, chosen=color, rejected=wrong, meta={"gt": color},
+                               scores={"delta": 0.25 * (i % 3)}))
+    write_jsonl(root / name, recs)
+    return root / name
+
+
+def toy_sft(root: Path, n: int = 16, name: str = "sft.jsonl") -> Path:
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    recs = []
+    for i in range(n):
+        color = COLORS[i % 4]
+        rel = f"img/s{i}.png"
+        color_image(color, seed=100 + i).save(root / rel)
+        recs.append(SFTRecord(id=f"s{i}", media=(rel,), media_type="image", prompt="what color is the square ?",
+                              answer=color))
+    write_jsonl(root / name, recs)
+    return root / name

@@ -1,0 +1,181 @@
+"""The training loop on a tiny LLaVA: learning, exact resume, accumulation invariance, bad data, references."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mmpo.config import TrainConfig, load
+from mmpo.metrics import read_metrics
+from mmpo.records import write_jsonl
+from mmpo.trainer import train
+
+from helpers import tiny_model, toy_pairs, toy_sft
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    return {"root": root, "model": tiny_model("llava", root), "pairs": toy_pairs(root / "data"),
+            "sft": toy_sft(root / "data")}
+
+
+def _cfg(world, out, *overrides):
+    return load(TrainConfig, None, [f"model.path={world['model']}", f"data.train={world['pairs']}",
+                                    f"output_dir={out}", "progress=false", "lora.r=4", "lr=5e-3",
+                                    "warmup_ratio=0", "batch_size=4", *overrides])
+
+
+def _lora(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_dpo_changes_every_lora_parameter_and_learns(world, tmp_path):
+    from mmpo.models import load_model
+
+    cfg = _cfg(world, tmp_path / "run", "max_steps=24")
+    model, processor = load_model(cfg.model, cfg.lora, trainable=True)
+    with torch.no_grad():  # peft starts lora_B at zero; record the start
+        before = _lora(model)
+    train(cfg, model=model, processor=processor)
+    after = _lora(model)
+    unchanged = [n for n in before if torch.equal(before[n], after[n])]
+    assert not unchanged, f"parameters not updated: {unchanged[:3]}"
+    rows = read_metrics(tmp_path / "run")
+    assert rows[0]["rewards/accuracies"] <= 0.5
+    assert sum(r["rewards/accuracies"] for r in rows[-4:]) / 4 >= 0.9
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "pairs_per_s", "peak_mem_gb"):
+        assert key in rows[-1]
+
+
+def test_final_adapter_loads_with_peft(world, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    train(_cfg(world, tmp_path / "run", "max_steps=2"))
+    base = AutoModelForImageTextToText.from_pretrained(world["model"])
+    model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(world, tmp_path):
+    whole = _cfg(world, tmp_path / "whole", "max_steps=6", "save_every=2")
+    train(whole)
+
+    def crash_at_5(model, processor, step):
+        if step == 5:
+            raise Crash("killed")
+        return {}
+
+    broken = _cfg(world, tmp_path / "broken", "max_steps=6", "save_every=2", "eval_every=1")
+    with pytest.raises(Crash):
+        train(broken, eval_hook=crash_at_5)
+    train(_cfg(world, tmp_path / "broken", "max_steps=6", "save_every=2"))  # resumes from step 4
+
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "whole")}
+    resumed = [r for r in read_metrics(tmp_path / "broken") if "loss" in r]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 5, 6]  # step 5 ran twice: before the crash and after
+    for r in resumed:
+        assert r["loss"] == pytest.approx(losses[r["step"]], abs=1e-6)
+    from safetensors.torch import load_file
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_gradient_accumulation_1x8_equals_8x1(world, tmp_path):
+    from safetensors.torch import load_file
+
+    train(_cfg(world, tmp_path / "a", "max_steps=2", "batch_size=8", "grad_accum=1"))
+    train(_cfg(world, tmp_path / "b", "max_steps=2", "batch_size=1", "grad_accum=8"))
+    for x, y in zip(read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)
+    # Adam divides by sqrt(v): float-rounding differences in near-zero gradients grow to ~1e-5 in weights.
+    a = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=5e-5) for k in a)
+
+
+def test_precomputed_reference_equals_adapter_reference(world, tmp_path):
+    train(_cfg(world, tmp_path / "live", "max_steps=3"))
+    train(_cfg(world, tmp_path / "cached", "max_steps=3", "precompute_reference=true"))
+    live, cached = read_metrics(tmp_path / "live"), read_metrics(tmp_path / "cached")
+    for x, y in zip(live, cached):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        assert x["rewards/margins"] == pytest.approx(y["rewards/margins"], abs=1e-5)
+    assert list(world["pairs"].parent.glob("pairs.jsonl.refcache/*.pt"))
+
+
+def test_bad_records_error_or_are_counted(world, tmp_path):
+    lines = world["pairs"].read_text().splitlines()
+    bad = json.loads(lines[0])
+    bad["media"] = ["img/missing.png"]
+    path = world["pairs"].parent / "bad.jsonl"
+    path.write_text("\n".join([json.dumps(bad)] + lines[1:]) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'media': missing media file"):
+        train(_cfg(world, tmp_path / "e", "max_steps=1", f"data.train={path}"))
+    train(_cfg(world, tmp_path / "s", "max_steps=1", f"data.train={path}", "data.on_bad_record=skip"))
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["skipped_records"] == 1
+
+    with pytest.raises(ValueError, match=r"max_length"):
+        train(_cfg(world, tmp_path / "l", "max_steps=1", "data.max_length=10"))
+    train(_cfg(world, tmp_path / "l2", "max_steps=1", "data.max_length=10", "data.on_bad_record=skip"))
+    assert json.loads((tmp_path / "l2" / "summary.json").read_text())["skipped_in_batches"] >= 4
+
+    empty = json.loads(lines[0])
+    empty["chosen"] = " "
+    path.write_text(json.dumps(empty) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'chosen': must not be empty"):
+        train(_cfg(world, tmp_path / "x", "max_steps=1", f"data.train={path}"))
+
+
+@pytest.mark.parametrize("loss", [
+    "[{name: dadpo, params: {beta: 0.1}}]",
+    "[{name: dpo}, {name: mdpo_conditional}, {name: mdpo_anchor}]",
+    "[{name: ipo}, {name: sft, weight: 0.1, params: {target: gt}}]",
+    "[{name: beta_dpo}]",
+])
+def test_loss_variants_train(world, tmp_path, loss):
+    train(_cfg(world, tmp_path / "r", "max_steps=2", f"loss={loss}"))
+    rows = read_metrics(tmp_path / "r")
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_pami_bag_trains_on_video(tmp_path_factory, tmp_path):
+    import numpy as np
+
+    from mmpo.records import AugSpec, PairRecord
+    from videos import make_frames, write_clip
+
+    root = tmp_path_factory.mktemp("pami")
+    model = tiny_model("llava_next_video", root)
+    (root / "v").mkdir()
+    recs = []
+    for i in range(4):
+        write_clip(root / "v" / f"{i}.mp4", make_frames(T=8, H=64, W=64, seed=i))
+        bag = (AugSpec("temporal_reverse"), AugSpec("frame_shuffle", {}, i), AugSpec("gaussian_noise", {"std": 60.0}, i))
+        recs.append(PairRecord(id=f"v{i}", media=(f"v/{i}.mp4",), media_type="video", prompt="describe the video .",
+                               chosen="a square moves", rejected="a square moves", rejected_bag=bag))
+    write_jsonl(root / "pairs.jsonl", recs)
+    cfg = load(TrainConfig, None, [f"model.path={model}", f"data.train={root / 'pairs.jsonl'}", f"output_dir={tmp_path}",
+                                   "progress=false", "lora.r=4", "max_steps=2", "batch_size=2", "model.num_frames=4",
+                                   "loss=[{name: pami, params: {delta_min: 0.0}}]"])
+    train(cfg)
+    rows = read_metrics(tmp_path)
+    assert all(np.isfinite(r["loss"]) for r in rows) and "pami/tau" in rows[0]
+
+
+def test_sft_stage_lowers_nll(world, tmp_path):
+    train(_cfg(world, tmp_path / "sft", "stage=sft", f"data.train={world['sft']}", "max_steps=15", "lr=1e-2"))
+    rows = read_metrics(tmp_path / "sft")
+    assert rows[-1]["sft/nll"] < rows[0]["sft/nll"] - 0.5
+    shutil.rmtree(tmp_path / "sft")
