@@ -1,5 +1,6 @@
 """LLaVA-family models: tiny offline checkpoints, loading (4-bit, LoRA, reference mode) and model inputs."""
 
+from mmpo.models.generate import generate_answers
 from mmpo.models.inputs import (
     IGNORE_INDEX,
     encode_answers,
@@ -35,5 +36,5 @@ __all__ = [
     "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
     "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
     "resolve_device", "set_full_finetune",
-    "prompt_text", "encode_prompts", "encode_answers", "join_prompt_answer", "media_keys", "position_ids_from_mask",
+    "generate_answers", "prompt_text", "encode_prompts", "encode_answers", "join_prompt_answer", "media_keys", "position_ids_from_mask",
 ]
