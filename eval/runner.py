@@ -1,0 +1,566 @@
+"""Run a model on POPE / VideoHallucer: answer every question, save resumable predictions, score, report.
+
+Two answer modes (shared DESIGN.md "Evaluation"):
+- `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report).
+- `logits`: one forward per question; the answer is "yes" if score(yes) > score(no) at the first answer
+  position, where score(w) = logsumexp of the logits of the first token of each case variant of w
+  ("Yes", "yes") that the tokenizer has as a distinct, known token. The softmax normaliser cancels in the
+  difference, so `margin` = score(yes) - score(no) is a log-odds between the two answers.
+
+Prefix reuse (logits mode): questions that share a media item (POPE: 6 per image per split, the same
+images in all splits) encode media + chat-template text up to the question ONCE; the KV cache is
+repeated along the batch and every question's suffix continues from it with explicit positions. The
+split point comes from templating a sentinel prompt, so it follows any family's chat template; if the
+tokens of prefix + suffix differ from the tokens of the whole prompt (a tokenizer merging across the
+boundary) that media item falls back to the plain path, so answers never change.
+
+Outputs under `out_dir`: predictions.jsonl (appended per batch; a rerun skips answered ids), run.json
+(the settings; a rerun with different ones is refused), metrics.json, report.md and plots (eval/report.py),
+plus the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<category>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from eval import pope, pope_build, report, videohallucer
+from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.media import load_image, load_video
+from mmpo.models import encode_prompts, generate_answers, load_model, media_keys, position_ids_from_mask, prompt_text
+
+MODES = ("generate", "logits")
+SENTINEL = "\x00MMPO_QUESTION\x00"  # never appears in a chat template, so the split point is unambiguous
+YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
+
+
+def _check_choice(key: str, value: str, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {' | '.join(choices)}, got {value!r}")
+
+
+@dataclass
+class PopeEvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # model (+ adapter) to evaluate
+    questions: list[str] = field(default_factory=list)  # question files (one per split) or one folder of them
+    image_root: str = ""  # folder holding the question files' images (COCO val2014)
+    out_dir: str = "runs/eval/pope"  # predictions.jsonl, metrics.json, report.md, plots
+    mode: str = "generate"  # generate (published protocol) | logits (yes/no token scores, fast)
+    parser: str = "official"  # official | lmms | vlmevalkit (eval.pope.PARSERS)
+    prompt_suffix: str = ""  # "" = official POPE (bare question) | llava | lmms_2024 | any literal text
+    batch_size: int = 8  # questions per forward / generate call
+    max_new_tokens: int = 16  # generate mode: answer length cap
+    prefix_reuse: bool = True  # logits mode: encode each image + template prefix once (KV cache)
+    limit: int = 0  # first N questions per split (0 = all); the training-time hook uses this
+
+    def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("parser", self.parser, tuple(pope.PARSERS))
+
+
+@dataclass
+class VideoHallucerEvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)  # model; frames per video = model.num_frames
+    data_dir: str = ""  # videohallucer_datasets/ (reference layout: <category>/<category>.json + videos/)
+    files: list[str] = field(default_factory=list)  # or: category files (used instead of data_dir)
+    video_root: str = ""  # "" = the `videos/` folder next to each category file; else one flat folder
+    categories: list[str] = field(default_factory=lambda: list(videohallucer.CATEGORIES))  # with data_dir
+    out_dir: str = "runs/eval/videohallucer"  # predictions.jsonl, results/, metrics.json, report.md
+    mode: str = "generate"  # generate | logits
+    batch_size: int = 4  # questions per forward / generate call
+    max_new_tokens: int = 16  # generate mode: answer length cap
+    prefix_reuse: bool = True  # logits mode: encode each video + template prefix once
+    limit: int = 0  # first N pairs per category (0 = all)
+
+    def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question to answer: `key` identifies it in predictions.jsonl, `media` is a file path."""
+
+    key: tuple
+    media: str
+    prompt: str
+
+
+# ---------------------------------------------------------------- scoring "yes" vs "no"
+
+
+def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
+    """First token id of each case variant, de-duplicated; unknown tokens are dropped.
+
+    Llama's SentencePiece has distinct "▁Yes"/"▁yes"; the tiny word-level tokenizer lower-cases, so both
+    map to one id. Taking logsumexp over the variants scores the answer, not one spelling of it.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    ids = []
+    for word in variants:
+        first = tok(word, add_special_tokens=False)["input_ids"][:1]
+        if first and first[0] != tok.unk_token_id and first[0] not in ids:
+            ids.append(first[0])
+    if not ids:
+        raise ValueError(f"none of {variants} is a known token of this tokenizer")
+    return ids
+
+
+def yes_no_margin(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
+    """[B, V] next-token logits -> [B] logsumexp(yes variants) - logsumexp(no variants), in float32."""
+    logits = logits.float()
+    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def margins_plain(model, processor, prompts: list[str], media: list, media_type: str, ids: tuple) -> list[float]:
+    """Margins with one left-padded forward over full prompts (the reference path)."""
+    dev = _device(model)
+    batch = {k: v.to(dev) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=position_ids_from_mask(batch["attention_mask"]), logits_to_keep=1, use_cache=False,
+                **{k: batch[k] for k in media_keys(batch)})
+    return yes_no_margin(out.logits[:, -1], *ids).tolist()
+
+
+def split_template(processor, media_type: str) -> tuple[str, str]:
+    """(text before the question, text after it) of the family's templated prompt, via a sentinel."""
+    text = prompt_text(processor, SENTINEL, media_type)
+    if text.count(SENTINEL) != 1:
+        raise ValueError("the chat template does not contain the prompt exactly once")
+    head, tail = text.split(SENTINEL)
+    return head, tail
+
+
+def _encode_prefix(processor, head: str, medium, media_type: str) -> dict:
+    """Processor call on the templated head with its media (what `encode_prompts` does for full prompts)."""
+    kwargs = {"images" if media_type == "image" else "videos": [medium]}
+    if media_type == "image" and type(processor).__name__ == "VideoLlavaProcessor":
+        kwargs["return_legacy_image_output"] = False  # as in mmpo.models.inputs.encode_prompts
+    batch = dict(processor(text=[head], return_tensors="pt", **kwargs))
+    batch.pop("token_type_ids", None)
+    if "pixel_values_images" in batch:
+        batch["pixel_values"] = batch.pop("pixel_values_images")
+    return batch
+
+
+def _suffix_ids(processor, head: str, tail: str, prompts: list[str]) -> list[list[int]] | None:
+    """Token ids each prompt adds after the head, or None if tokenising in two parts changes any token."""
+    tok = processor.tokenizer
+    head_ids = tok(head)["input_ids"]
+    out = []
+    for p in prompts:
+        full = tok(head + p + tail)["input_ids"]
+        if full[:len(head_ids)] != head_ids or len(full) == len(head_ids):
+            return None
+        out.append(full[len(head_ids):])
+    return out
+
+
+@torch.no_grad()
+def margins_shared(model, processor, prompts: list[str], medium, media_type: str, ids: tuple,
+                   batch_size: int) -> list[float] | None:
+    """Margins for many prompts on ONE media item, continuing from a cached prefix.
+
+    Layout per chunk of B questions (prefix of P tokens, no padding; suffixes right-padded to S):
+        cache    : prefix K/V repeated B times                  [B, heads, P, d]
+        input    : suffix ids                                   [B, S]
+        mask     : [1]*P + suffix mask                          [B, P+S]
+        positions: P + arange(S)  (what the plain path gives the same tokens)
+        logit    : at each row's last real suffix token
+
+    Returns:
+        one margin per prompt, or None when the tokens do not split cleanly (caller uses the plain path).
+    """
+    head, tail = split_template(processor, media_type)
+    suffixes = _suffix_ids(processor, head, tail, prompts)
+    if suffixes is None:
+        return None
+    dev = _device(model)
+    prefix = {k: v.to(dev) for k, v in _encode_prefix(processor, head, medium, media_type).items()}
+    n_prefix = prefix["input_ids"].shape[1]
+    out = model(input_ids=prefix["input_ids"], attention_mask=prefix["attention_mask"],
+                position_ids=position_ids_from_mask(prefix["attention_mask"]), use_cache=True, logits_to_keep=1,
+                **{k: prefix[k] for k in media_keys(prefix)})
+    cache, margins = out.past_key_values, []
+    pad = processor.tokenizer.pad_token_id or 0
+    for start in range(0, len(suffixes), batch_size):
+        rows = suffixes[start:start + batch_size]
+        width = max(len(r) for r in rows)
+        ids_t = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
+        mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long, device=dev)
+        mask[:, :n_prefix] = 1
+        for i, r in enumerate(rows):
+            ids_t[i, :len(r)] = torch.tensor(r, device=dev)
+            mask[i, n_prefix:n_prefix + len(r)] = 1
+        chunk_cache = copy.deepcopy(cache)  # the forward appends to the cache in place
+        chunk_cache.batch_repeat_interleave(len(rows))
+        pos = (n_prefix + torch.arange(width, device=dev)).expand(len(rows), -1)
+        logits = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, past_key_values=chunk_cache,
+                       use_cache=True).logits
+        last = torch.tensor([len(r) - 1 for r in rows], device=dev)
+        margins += yes_no_margin(logits[torch.arange(len(rows), device=dev), last], *ids).tolist()
+    return margins
+
+
+# ---------------------------------------------------------------- answering items
+
+
+def answer_items(model, processor, items: list[Item], media_type: str, load_fn, *, mode: str, batch_size: int,
+                 max_new_tokens: int = 16, prefix_reuse: bool = False, on_batch=None) -> dict:
+    """Answer items in `mode`; returns {key: (answer, margin | None)} and calls on_batch(list) as it goes.
+
+    Args:
+        model: LLaVA-family model or PeftModel (eval mode).
+        processor: its processor.
+        items: questions with their media paths.
+        media_type: "image" or "video".
+        load_fn: path -> PIL image or (T,H,W,3) array.
+        mode: "generate" or "logits".
+        batch_size: questions per call.
+        max_new_tokens: generate mode cap.
+        prefix_reuse: logits mode: group by media and reuse the encoded prefix.
+        on_batch: called with [(key, answer, margin)] after each batch (resumable writing).
+
+    Returns:
+        {item.key: (answer, margin)}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    ids = (answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS))
+    results: dict = {}
+
+    def emit(batch_items: list[Item], answers: list[str], margins: list) -> None:
+        rows = [(it.key, a, m) for it, a, m in zip(batch_items, answers, margins)]
+        results.update({k: (a, m) for k, a, m in rows})
+        if on_batch is not None:
+            on_batch(rows)
+
+    if mode == "logits" and prefix_reuse:
+        groups: dict[str, list[Item]] = {}
+        for it in items:
+            groups.setdefault(it.media, []).append(it)
+        for path, group in groups.items():
+            medium = load_fn(path)
+            m = margins_shared(model, processor, [it.prompt for it in group], medium, media_type, ids, batch_size)
+            if m is None:  # tokens do not split at the question: plain path for this media item
+                m = [x for s in range(0, len(group), batch_size) for x in margins_plain(
+                    model, processor, [it.prompt for it in group[s:s + batch_size]],
+                    [medium] * len(group[s:s + batch_size]), media_type, ids)]
+            emit(group, ["yes" if x > 0 else "no" for x in m], m)
+        return results
+    cache: dict[str, object] = {}
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        media = [cache[it.media] if it.media in cache else cache.setdefault(it.media, load_fn(it.media)) for it in chunk]
+        cache = {it.media: cache[it.media] for it in chunk}  # keep only this batch's media (memory)
+        prompts = [it.prompt for it in chunk]
+        if mode == "logits":
+            m = margins_plain(model, processor, prompts, media, media_type, ids)
+            emit(chunk, ["yes" if x > 0 else "no" for x in m], m)
+        else:
+            out = generate_answers(model, processor, prompts, media, media_type, max_new_tokens=max_new_tokens)
+            emit(chunk, [o[0] for o in out], [None] * len(chunk))
+    return results
+
+
+# ---------------------------------------------------------------- resumable predictions
+
+
+def _load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, dict]:
+    """Rows of predictions.jsonl by key; a torn last line (killed mid-write) is dropped and the file fixed."""
+    if not path.exists():
+        return {}
+    rows, good = {}, []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ValueError(f"{path}:{n}: invalid JSON") from None
+        rows[tuple(str(rec[k]) for k in key_fields)] = rec
+        good.append(line)
+    if len(good) != len(lines):
+        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    return rows
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+
+
+def _check_run(out: Path, settings: dict) -> None:
+    """run.json records the settings; resuming predictions made under other settings would mix them."""
+    path = out / "run.json"
+    if path.exists() and (out / "predictions.jsonl").exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{out}: existing predictions were made with other settings ({diff}); "
+                             "use another out_dir or delete predictions.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- POPE
+
+
+def pope_suffix(value: str) -> str:
+    """A PROMPT_SUFFIXES name ("llava", "lmms_2024", "official") or the literal suffix text."""
+    return pope.PROMPT_SUFFIXES.get(value, value)
+
+
+def pope_question_files(paths: list[str]) -> list[Path]:
+    """Question files from the config: listed files, or the *.json / *.jsonl files of one folder."""
+    files = []
+    for p in map(Path, paths):
+        files += sorted(list(p.glob("*.json")) + list(p.glob("*.jsonl"))) if p.is_dir() else [p]
+    if not files:
+        raise ValueError(f"no POPE question files in {paths}")
+    return files
+
+
+def load_pope_questions(cfg: PopeEvalConfig) -> dict[str, tuple[Path, list[pope.PopeQuestion]]]:
+    """{split: (file, questions)} with `cfg.limit` applied per split."""
+    out = {}
+    for f in pope_question_files(cfg.questions):
+        qs = pope.read_questions(f)
+        for split in dict.fromkeys(q.split for q in qs):
+            sub = [q for q in qs if q.split == split]
+            name = split or f.stem
+            if name in out:
+                raise ValueError(f"{f}: split {name!r} already read from {out[name][0]}")
+            out[name] = (f, sub[:cfg.limit] if cfg.limit else sub)
+    return out
+
+
+def _pope_items(cfg: PopeEvalConfig, splits: dict, done: dict) -> list[Item]:
+    """Unanswered questions; sorted by image so a batch shares images (first-seen order kept)."""
+    suffix = pope_suffix(cfg.prompt_suffix)
+    items = [Item((split, str(q.question_id)), str(Path(cfg.image_root) / q.image), q.prompt(suffix))
+             for split, (_, qs) in splits.items() for q in qs if (split, str(q.question_id)) not in done]
+    order = {m: i for i, m in reversed(list(enumerate(it.media for it in items)))}
+    return sorted(items, key=lambda it: order[it.media])
+
+
+def score_pope(cfg: PopeEvalConfig, splits: dict, answers: dict) -> dict:
+    """Per-split `score_predictions` (+ `aggregate` when several splits) from {(split, qid): (answer, margin)}."""
+    per_split = {}
+    for split, (f, qs) in splits.items():
+        preds = [_pope_prediction(q, split, answers) for q in qs]
+        per_split[split] = pope.score_predictions(qs, preds, cfg.parser, pope_suffix(cfg.prompt_suffix), f)
+    result = per_split[next(iter(per_split))] if len(per_split) == 1 else pope.aggregate(per_split)
+    return {**result, "mode": cfg.mode}
+
+
+def _pope_prediction(q: pope.PopeQuestion, split: str, answers: dict) -> pope.PopePrediction:
+    answer, margin = answers[(split, str(q.question_id))]
+    return pope.PopePrediction(q.question_id, answer, split, margin)
+
+
+def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
+    """Evaluate a model on POPE; resumable (see module docstring).
+
+    Args:
+        cfg: the evaluation config.
+        model: optional already-loaded model (else `load_model(cfg.model)`).
+        processor: its processor.
+
+    Returns:
+        the metrics written to metrics.json (one split's result, or `aggregate` of several).
+    """
+    out = Path(cfg.out_dir)
+    splits = load_pope_questions(cfg)
+    _check_run(out, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix), "model": cfg.model.path,
+                     "adapter": cfg.model.adapter, "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
+    pred_path = out / "predictions.jsonl"
+    done = {k: (r["answer"], r.get("margin")) for k, r in _load_predictions(pred_path, ("split", "question_id")).items()}
+    items = _pope_items(cfg, splits, done)
+    if items:
+        if model is None:
+            model, processor = load_model(cfg.model)
+
+        def write(rows):
+            _append_rows(pred_path, [pope.PopePrediction(qid, a, split, m).to_json() for (split, qid), a, m in rows])
+
+        done.update(answer_items(model, processor, items, "image", load_image, mode=cfg.mode, batch_size=cfg.batch_size,
+                                 max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=write))
+    for split, (_, qs) in splits.items():  # official answer files, readable by `mmpo eval pope --answers`
+        pope.write_answers(out / f"answers_{split}.jsonl",
+                           [_pope_prediction(q, split, done) for q in qs])
+    metrics = score_pope(cfg, splits, done)
+    report.write_pope_report(out, metrics)
+    return metrics
+
+
+def make_pope_hook(cfg: PopeEvalConfig):
+    """A trainer eval hook: `hook(model, processor, step) -> {"pope/<split>/f1": ..., ...}` on `cfg.limit` questions.
+
+    Nothing is written to disk; questions are read once. The model may be a PeftModel.
+    """
+    splits = load_pope_questions(cfg)
+
+    def hook(model, processor, step: int) -> dict:
+        items = _pope_items(cfg, splits, {})
+        answers = answer_items(model, processor, items, "image", load_image, mode=cfg.mode, batch_size=cfg.batch_size,
+                               max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse)
+        result = score_pope(cfg, splits, answers)
+        return {f"pope/{s}/{k}": r[k] for s, r in report.pope_splits(result).items()
+                for k in ("f1", "accuracy", "yes_ratio")}
+
+    return hook
+
+
+# ---------------------------------------------------------------- VideoHallucer
+
+
+def vh_category_files(cfg: VideoHallucerEvalConfig) -> list[Path]:
+    """Category files: `files`, else `<data_dir>/<category>/<category>.json` for each configured category."""
+    if cfg.files:
+        return [Path(f) for f in cfg.files]
+    if not cfg.data_dir:
+        raise ValueError("set data_dir (reference layout) or files (category JSON files)")
+    return [Path(cfg.data_dir) / c / f"{c}.json" for c in cfg.categories]
+
+
+def _vh_video(cfg: VideoHallucerEvalConfig, data_file: Path, video: str) -> str:
+    return str(Path(cfg.video_root) / video if cfg.video_root else data_file.parent / "videos" / video)
+
+
+def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) -> dict:
+    """Evaluate a video model on VideoHallucer (each question asked on its own video with PROMPT_SUFFIX).
+
+    Args:
+        cfg: the evaluation config.
+        model: optional already-loaded model (else `load_model(cfg.model)`).
+        processor: its processor.
+
+    Returns:
+        {category: score_category(+bias)} plus "overall" (mean over published categories present).
+    """
+    out = Path(cfg.out_dir)
+    _check_run(out, {"mode": cfg.mode, "model": cfg.model.path, "adapter": cfg.model.adapter,
+                     "num_frames": cfg.model.num_frames,
+                     "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
+    data = {}
+    for f in vh_category_files(cfg):
+        pairs = videohallucer.read_pairs(f)
+        data[pairs[0].category if pairs else f.stem] = (f, pairs[:cfg.limit] if cfg.limit else pairs)
+    pred_path = out / "predictions.jsonl"
+    done = {k: (r["answer"], r.get("margin"))
+            for k, r in _load_predictions(pred_path, ("category", "pair", "side")).items()}
+    items = [Item((cat, str(i), side), _vh_video(cfg, f, getattr(p, side).video), getattr(p, side).prompt())
+             for cat, (f, pairs) in data.items() for i, p in enumerate(pairs)
+             for side in ("basic", "hallucination") if (cat, str(i), side) not in done]
+    if items:
+        if model is None:
+            model, processor = load_model(cfg.model)
+
+        def write(rows):
+            _append_rows(pred_path, [{"category": c, "pair": int(i), "side": s, "answer": a,
+                                      **({"margin": m} if m is not None else {})} for (c, i, s), a, m in rows])
+
+        def load_fn(path):
+            return load_video(path, num_frames=cfg.model.num_frames)
+
+        done.update(answer_items(model, processor, items, "video", load_fn, mode=cfg.mode, batch_size=cfg.batch_size,
+                                 max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=write))
+    results = {}
+    for cat, (f, pairs) in data.items():
+        preds = [videohallucer.VHPrediction(done[(cat, str(i), "basic")][0], done[(cat, str(i), "hallucination")][0])
+                 for i in range(len(pairs))]
+        videohallucer.write_results(out / "results" / f"{cat}.json", pairs, preds)  # the reference layout
+        res = videohallucer.score_category(pairs, preds)
+        if all((p.basic.answer, p.hallucination.answer) == ("yes", "no") for p in pairs):
+            res["bias"] = videohallucer.bias_scores(pairs, preds)
+        results[cat] = {**res, "mode": cfg.mode, "data_file": f.name}
+    if any(c in results for c in videohallucer.CATEGORIES):
+        results["overall"] = videohallucer.overall(results)
+    report.write_videohallucer_report(out, results)
+    return results
+
+
+# ---------------------------------------------------------------- command line (called by mmpo/cli.py)
+
+
+def _print_metrics(metrics: dict, out: str | None) -> None:
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+
+
+def cli_pope(args: list[str]) -> int:
+    """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
+    p = argparse.ArgumentParser(prog="mmpo eval pope")
+    p.add_argument("--questions", help="question file (score an existing answers file)")
+    p.add_argument("--answers", help="answers JSONL to score")
+    p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
+    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--config", help="eval YAML (configs/eval/pope_*.yaml): run a model")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
+    a = p.parse_args(args)
+    if a.config:
+        cfg = load(PopeEvalConfig, a.config, a.overrides)
+        m = run_pope(cfg)
+        print(f"POPE ({cfg.mode}, parser {cfg.parser}): F1 {m['f1']:.4f} acc {m['accuracy']:.4f} "
+              f"yes_ratio {m['yes_ratio']:.4f}; report in {cfg.out_dir}")
+        return 0
+    if not (a.questions and a.answers):
+        p.error("give --questions and --answers (score a file) or --config (run a model)")
+    _print_metrics(pope.score_answers_file(a.questions, a.answers, a.parser), a.out)
+    return 0
+
+
+def cli_videohallucer(args: list[str]) -> int:
+    """`mmpo eval videohallucer --data CATEGORY.json --answers A [--out M.json]` or `--config F [key=value ...]`."""
+    p = argparse.ArgumentParser(prog="mmpo eval videohallucer")
+    p.add_argument("--data", help="category data file (score an existing results file)")
+    p.add_argument("--answers", help="results file in the reference layout (pairs with 'predict')")
+    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--config", help="eval YAML (configs/eval/videohallucer.yaml): run a model")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
+    a = p.parse_args(args)
+    if a.config:
+        cfg = load(VideoHallucerEvalConfig, a.config, a.overrides)
+        res = run_videohallucer(cfg)
+        for cat, r in res.items():
+            print(f"{cat}: pair accuracy {r['pair_accuracy']:.4f}")
+        print(f"report in {cfg.out_dir}")
+        return 0
+    if not (a.data and a.answers):
+        p.error("give --data and --answers (score a file) or --config (run a model)")
+    _print_metrics(videohallucer.score_answers_file(a.data, a.answers), a.out)
+    return 0
+
+
+def cli_pope_build(args: list[str]) -> int:
+    """`mmpo eval pope-build --annotations COCO.json --out DIR [--seed S --num-images N --sample-num 3]`."""
+    p = argparse.ArgumentParser(prog="mmpo eval pope-build")
+    p.add_argument("--annotations", required=True, help="COCO instances JSON or ground-truth JSONL")
+    p.add_argument("--out", required=True, help="output folder for the three split files")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=500, help="images sampled (reference default 500)")
+    p.add_argument("--sample-num", type=int, default=3, help="positive (and negative) questions per image")
+    p.add_argument("--dataset", default="coco", help="file-name prefix")
+    a = p.parse_args(args)
+    files = pope_build.build_files(a.annotations, a.out, a.dataset, seed=a.seed, img_num=a.num_images,
+                                   sample_num=a.sample_num)
+    for split, path in files.items():
+        print(f"{split}: {path}")
+    return 0
+

@@ -1,0 +1,223 @@
+"""eval/runner.py on tiny models: logits vs generate agreement, prefix reuse = plain path, resume, reports,
+VideoHallucer in the reference layout, the trainer hook, the CLI functions and the shipped eval configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import COLORS, color_image, tiny_model
+from videos import make_frames, write_clip
+
+from eval import pope, runner, videohallucer
+from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.logprobs import plain_logps
+from mmpo.models import add_lora, encode_answers, encode_prompts, load_model
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
+
+
+def _question(color: str) -> str:
+    return f"is there a {color} square in the image ?"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """4 colour images, two POPE splits (4 questions per image each), and a tiny llava briefly fine-tuned
+    to answer "yes"/"no" + EOS, so greedy generation gives clean answers."""
+    root = tmp_path_factory.mktemp("pope")
+    (root / "img").mkdir()
+    for i, c in enumerate(COLORS):
+        color_image(c, seed=i).save(root / "img" / f"{c}.png")
+    for split, shift in (("random", 1), ("adversarial", 2)):
+        lines, qid = [], 1
+        for c in COLORS:
+            for other in (c, COLORS[(COLORS.index(c) + shift) % 4], c, COLORS[(COLORS.index(c) + 3) % 4]):
+                lines.append({"question_id": qid, "image": f"{c}.png", "text": _question(other),
+                              "label": "yes" if other == c else "no"})
+                qid += 1
+        (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    model, proc = load_model(ModelConfig(path=str(tiny_model("llava", root)), device="cpu"), trainable=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(25):  # a few steps: the model learns the answer format, not necessarily the colours
+        q = [COLORS[(step + k) % 4] for k in range(4)]
+        imgs = [color_image(COLORS[(step + k + (k % 2)) % 4], seed=k) for k in range(4)]
+        ans = ["yes" if k % 2 == 0 else "no" for k in range(4)]
+        lp, _ = plain_logps(model, encode_prompts(proc, [_question(c) for c in q], imgs, "image"),
+                            encode_answers(proc, ans))
+        opt.zero_grad()
+        (-lp.mean()).backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+    model.save_pretrained(root / "tuned")
+    proc.save_pretrained(root / "tuned")
+    return {"root": root, "model": model, "processor": proc, "model_dir": str(root / "tuned")}
+
+
+def _cfg(world, out: str, **kw) -> runner.PopeEvalConfig:
+    root = world["root"]
+    return runner.PopeEvalConfig(model=ModelConfig(path=world["model_dir"], device="cpu"),
+                                 questions=[str(root / "coco_pope_random.json"), str(root / "coco_pope_adversarial.json")],
+                                 image_root=str(root / "img"), out_dir=str(root / out), **kw)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_logits_agree_with_clean_generations(world):
+    gen = runner.run_pope(_cfg(world, "gen", mode="generate", max_new_tokens=4), world["model"], world["processor"])
+    logit = runner.run_pope(_cfg(world, "logit", mode="logits"), world["model"], world["processor"])
+    assert gen["mode"] == "generate" and logit["mode"] == "logits"
+    by_key = {(r["split"], r["question_id"]): r for r in _rows(world["root"] / "logit" / "predictions.jsonl")}
+    clean = 0
+    for r in _rows(world["root"] / "gen" / "predictions.jsonl"):
+        if pope.parse_lmms(r["answer"]) != "unknown":  # exactly "yes" / "no"
+            clean += 1
+            other = by_key[(r["split"], r["question_id"])]
+            assert other["answer"] == r["answer"].strip().lower(), (r, other)
+    assert clean >= 1
+    assert all(isinstance(r["margin"], float) for r in by_key.values())
+
+
+def test_prefix_reuse_equals_plain_path(world):
+    cfg = _cfg(world, "unused")
+    items = runner._pope_items(cfg, runner.load_pope_questions(cfg), {})
+    kw = dict(mode="logits", batch_size=3)
+    args = (world["model"], world["processor"], items, "image", runner.load_image)
+    plain = runner.answer_items(*args, prefix_reuse=False, **kw)
+    shared = runner.answer_items(*args, prefix_reuse=True, **kw)
+    assert plain.keys() == shared.keys() and len(plain) == 32
+    for k in plain:
+        assert plain[k][0] == shared[k][0]
+        assert shared[k][1] == pytest.approx(plain[k][1], abs=1e-4)
+
+
+def test_margin_uses_logsumexp_over_case_variants():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    want = torch.logsumexp(torch.tensor([1.0, 2.0]), 0) - torch.tensor(3.0)
+    assert runner.yes_no_margin(logits, [1, 2], [3]).item() == pytest.approx(want.item())
+
+
+def test_resume_skips_answered_and_never_duplicates(world):
+    out = world["root"] / "resume"
+    runner.run_pope(_cfg(world, "resume", mode="logits", limit=3), world["model"], world["processor"])
+    rows = _rows(out / "predictions.jsonl")
+    assert len(rows) == 6  # 3 per split
+    # Tamper with a stored answer: a resumed run must reuse it, not recompute it.
+    first = rows[0]
+    flipped = "no" if first["answer"] == "yes" else "yes"
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**first, "answer": flipped})
+    (out / "predictions.jsonl").write_text("\n".join(lines) + "\n" + '{"question_id": 9')  # + a torn last line
+    runner.run_pope(_cfg(world, "resume", mode="logits"), world["model"], world["processor"])
+    rows = _rows(out / "predictions.jsonl")
+    keys = [(r["split"], r["question_id"]) for r in rows]
+    assert len(rows) == 32 and len(set(keys)) == 32
+    assert rows[0]["answer"] == flipped
+    runner.run_pope(_cfg(world, "resume", mode="logits"), world["model"], world["processor"])
+    assert len(_rows(out / "predictions.jsonl")) == 32
+    with pytest.raises(ValueError, match="other settings"):
+        runner.run_pope(_cfg(world, "resume", mode="generate"), world["model"], world["processor"])
+
+
+def test_metrics_report_and_answer_files(world):
+    m = runner.run_pope(_cfg(world, "full", mode="logits", prompt_suffix="llava"), world["model"], world["processor"])
+    out = world["root"] / "full"
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("f1", "accuracy", "precision", "recall", "yes_ratio", "pooled", "splits", "parser", "mode"):
+        assert key in saved
+    assert set(saved["splits"]) == {"random", "adversarial"} and saved["pooled"]["n"] == 32
+    assert saved["prompt_suffix"] == pope.PROMPT_SUFFIXES["llava"]
+    assert (out / "report.md").exists() and (out / "pope_splits.png").stat().st_size > 0
+    again = pope.score_answers_file(world["root"] / "coco_pope_random.json", out / "answers_random.jsonl")
+    assert again["f1"] == pytest.approx(m["splits"]["random"]["f1"])
+
+
+def test_training_hook_on_peft_model(world):
+    hook = runner.make_pope_hook(_cfg(world, "hook", mode="logits", limit=4))
+    plain = hook(world["model"], world["processor"], 0)
+    assert set(plain) == {f"pope/{s}/{k}" for s in ("random", "adversarial") for k in ("f1", "accuracy", "yes_ratio")}
+    assert not (world["root"] / "hook").exists()
+    peft = add_lora(world["model"], __import__("mmpo.config", fromlist=["LoraConfig"]).LoraConfig(r=4))
+    peft.eval()
+    try:
+        assert hook(peft, world["processor"], 1) == pytest.approx(plain)  # fresh LoRA: B = 0, same answers
+    finally:
+        peft.unload()
+
+
+def test_videohallucer_run_reference_layout(tmp_path):
+    data = tmp_path / "vh" / "object_relation"
+    (data / "videos").mkdir(parents=True)
+    for i in range(2):
+        write_clip(data / "videos" / f"clip{i}.mp4", make_frames(T=4, H=64, W=64, seed=i), fps=4)
+    pairs = [{"basic": {"video": f"clip{i}.mp4", "question": "is there a square in the video ?", "answer": "yes"},
+              "hallucination": {"video": f"clip{i}.mp4", "question": "is there a cat in the video ?", "answer": "no"},
+              "type": "object"} for i in range(2)]
+    (data / "object_relation.json").write_text(json.dumps(pairs, indent=4))
+    model_dir = tiny_model("llava_next_video", tmp_path)
+    cfg = runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
+                                         data_dir=str(tmp_path / "vh"), categories=["object_relation"],
+                                         out_dir=str(tmp_path / "out"), mode="logits", batch_size=2)
+    res = runner.run_videohallucer(cfg)
+    assert res["object_relation"]["n_pairs"] == 2 and "bias" in res["object_relation"]
+    assert res["overall"]["categories"] == ["object_relation"]
+    rows = _rows(tmp_path / "out" / "predictions.jsonl")
+    assert len(rows) == 4 and {r["answer"] for r in rows} <= {"yes", "no"}
+    scored = videohallucer.score_answers_file(data / "object_relation.json", tmp_path / "out" / "results" / "object_relation.json")
+    assert scored["pair_accuracy"] == res["object_relation"]["pair_accuracy"]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "pair_accuracy" in metrics and "object_relation" in metrics["categories"]
+
+
+def test_cli_scoring_and_build(tmp_path, capsys):
+    qs = [{"question_id": i, "image": "a.jpg", "text": "Is there a cat in the image?", "label": lab}
+          for i, lab in enumerate(["yes", "no", "yes", "no"], 1)]
+    (tmp_path / "q.json").write_text("".join(json.dumps(q) + "\n" for q in qs))
+    answers = ["Yes, there is.", "No.", "no", "yes"]  # official parser: yes, no, no, yes -> TP 1, TN 1, FN 1, FP 1
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"question_id": i, "answer": a}) + "\n"
+                                              for i, a in enumerate(answers, 1)))
+    assert runner.cli_pope(["--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.jsonl"),
+                            "--out", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert (m["tp"], m["tn"], m["fp"], m["fn"], m["accuracy"]) == (1, 1, 1, 1, 0.5)
+    assert '"f1"' in capsys.readouterr().out
+
+    pairs = [{"basic": {"video": "v.mp4", "question": "q?", "answer": "yes", "predict": "Yes."},
+              "hallucination": {"video": "v.mp4", "question": "h?", "answer": "no", "predict": "Yes."}}]
+    (tmp_path / "temporal.json").write_text(json.dumps([{k: {kk: vv for kk, vv in v.items() if kk != "predict"}
+                                                         for k, v in pairs[0].items()}]))
+    (tmp_path / "res_temporal.json").write_text(json.dumps(pairs))
+    assert runner.cli_videohallucer(["--data", str(tmp_path / "temporal.json"), "--answers",
+                                     str(tmp_path / "res_temporal.json"), "--out", str(tmp_path / "vh.json")]) == 0
+    vh = json.loads((tmp_path / "vh.json").read_text())
+    assert (vh["basic_accuracy"], vh["hallucinated_accuracy"], vh["pair_accuracy"]) == (1.0, 0.0, 0.0)
+
+    coco = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(6)],
+            "categories": [{"id": j, "name": n} for j, n in enumerate(["cat", "dog", "car", "tree", "cup", "bus"])],
+            "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": (i + j) % 6} for i in range(6) for j in range(3)]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert runner.cli_pope_build(["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
+                                  "--num-images", "4", "--seed", "1"]) == 0
+    for split in pope.SPLITS:
+        assert len(pope.read_questions(tmp_path / "pope" / f"coco_pope_{split}.json")) == 4 * 6
+    with pytest.raises(SystemExit):
+        runner.cli_pope(["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
+
+
+@pytest.mark.parametrize("name,cls", [("pope_logits", runner.PopeEvalConfig), ("pope_generate", runner.PopeEvalConfig),
+                                      ("videohallucer", runner.VideoHallucerEvalConfig)])
+def test_shipped_configs_load(name, cls):
+    path = CONFIGS / f"{name}.yaml"
+    assert path.read_text().startswith(f"# mmpo eval {name.split('_')[0]} --config configs/eval/{name}.yaml")
+    cfg = load(cls, path, ["model.path=/x"])
+    assert cfg.model.path == "/x" and cfg.mode in runner.MODES
+
+
+def test_config_rejects_unknown_mode():
+    with pytest.raises(ConfigError, match="mode"):
+        load(runner.PopeEvalConfig, None, ["mode=beam"])
