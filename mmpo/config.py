@@ -217,6 +217,8 @@ class MultiRoundConfig:
     gt_weight: float = 0.1  # weight of the NLL guidance term on the ground-truth answer (mrDPO gdpo)
     rebirth: bool = False  # after the rounds, SFT the pre-DPO model on the final model's answers
     rebirth_steps: int = 100  # SFT steps for rebirth tuning
+    gt_fallback: bool = True  # chosen = the ground-truth answer when no sample scores as well as it
+    save_merged: bool = True  # also save the final merged model to output_dir/model (one folder for eval)
 
 
 @dataclass
@@ -227,6 +229,9 @@ class DistillConfig:
     mimic_nll_weight: float = 0.0  # add the student's own NLL (LLaVA-MoD kd_lm) with this weight
     preference_steps: int = 100  # steps of preference distillation (DPO with the teacher as reference)
     preference_loss: str = "dpo"  # dpo | kto_pair | dpkd
+    preference_data: str = ""  # pair JSONL for preference distillation (required if preference_steps > 0)
+    beta: float = 0.1  # beta of the preference distillation loss
+    dpkd_ratio: float = 0.5  # DPKD k: total = (1 - k) * CE(gold) + k * L_DPKD (LMOps dpkd kd_ratio)
 
 
 @dataclass
