@@ -42,10 +42,11 @@ def world(tmp_path_factory):
     model, proc = load_model(ModelConfig(path=str(tiny_model("llava", root)), device="cpu"), trainable=True)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
-    for step in range(25):  # a few steps: the model learns the answer format, not necessarily the colours
+    for step in range(25):
+        # A text-only rule (yes for red/green questions) is learnt in a few steps and gives both answers.
         q = [COLORS[(step + k) % 4] for k in range(4)]
-        imgs = [color_image(COLORS[(step + k + (k % 2)) % 4], seed=k) for k in range(4)]
-        ans = ["yes" if k % 2 == 0 else "no" for k in range(4)]
+        imgs = [color_image(COLORS[(step + 2 * k) % 4], seed=k) for k in range(4)]
+        ans = ["yes" if c in ("red", "green") else "no" for c in q]
         lp, _ = plain_logps(model, encode_prompts(proc, [_question(c) for c in q], imgs, "image"),
                             encode_answers(proc, ans))
         opt.zero_grad()
@@ -80,6 +81,7 @@ def test_logits_agree_with_clean_generations(world):
             other = by_key[(r["split"], r["question_id"])]
             assert other["answer"] == r["answer"].strip().lower(), (r, other)
     assert clean >= 1
+    assert {r["answer"] for r in by_key.values()} == {"yes", "no"}  # both signs of the margin are exercised
     assert all(isinstance(r["margin"], float) for r in by_key.values())
 
 
