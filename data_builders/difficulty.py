@@ -1,0 +1,216 @@
+"""Difficulty builder (DA-DPO, METHODS.md §3): pairs -> the same pairs with difficulty scores.
+
+Two scorers per response [RECONSTRUCTION of the unreleased estimation scripts]:
+- contrastive: CLIP cosine(image or frames, response text), long answers averaged by sentence
+  (`ClipScorer.frame_text_similarity`);
+- generative: length-normalised log-likelihood under a VLM, g(y) = log p(y|v,q) / |y|
+  (`mmpo.logprobs.plain_logps`, batched).
+Distribution-aware voting (`vote`): each scorer's margins m = s(y_w) - s(y_l) are standardised over the
+whole set, z = (m - mu) / sigma (optionally Phi(z)), and fused with weights proportional to each
+scorer's agreement with the preference labels (share of pairs with m > 0). The fused margin is written
+as `scores["delta"]`, which the DA-DPO loss reads (Artanic30/DA-DPO llava/train/da_dpo.py:
+w = alpha * (1 + |delta|)); `write_weight` also stores that w in `weight`.
+
+Scoring is resumable (raw scores go to `raw_scores.jsonl` with its own done-index); the fused pairs
+need statistics of the whole set, so `pairs.jsonl` is written in one go at the end (tmp + rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from data_builders.common import ResumableWriter, finish, fsync_text, media_root_of, progress
+from mmpo.config import ModelConfig
+from mmpo.media import MediaError, load_media
+from mmpo.records import PairRecord, read_pairs
+
+RAW_FILE = "raw_scores.jsonl"
+SCORERS = ("clip", "gen")
+
+
+@dataclass
+class DifficultyConfig:
+    in_pairs: str = ""  # pair JSONL to score (any builder's output, or external pairs)
+    media_root: str = ""  # folder the pair media paths are relative to ("" = the pair file's folder)
+    out_dir: str = "data/difficulty"  # output folder: pairs.jsonl, manifest.json, raw_scores.jsonl, plots
+    seed: int = 0  # recorded in the manifest (scoring is deterministic)
+    clip_model: str = ""  # open_clip checkpoint for the contrastive score (DA-DPO: ViT-L/14-336)
+    clip_device: str = "cpu"  # device of the CLIP scorer
+    model: ModelConfig = field(default_factory=ModelConfig)  # VLM for the generative score (e.g. base LLaVA-1.5)
+    batch_size: int = 8  # pairs per generative scoring batch
+    use_phi: bool = False  # fuse Phi(z) (Gaussian CDF) instead of z
+    write_weight: bool = False  # also set weight = alpha * (1 + |delta|) (DA-DPO's per-pair beta scale)
+    alpha: float = 1.0  # DA-DPO db_alpha (used by write_weight)
+    plots: bool = True  # write clip_margin.png, gen_margin.png, fused.png
+    fresh: bool = False  # discard an earlier partial scoring run instead of resuming it
+    progress: bool = True  # tqdm progress bar
+
+
+def vote(margins: dict[str, np.ndarray], use_phi: bool = False) -> tuple[dict, dict, np.ndarray]:
+    """Distribution-aware voting [RECONSTRUCTION, METHODS §3].
+
+    Args:
+        margins: scorer name -> per-pair margins s(y_w) - s(y_l), all of the same length N.
+        use_phi: map z through the standard normal CDF before fusing.
+
+    Returns:
+        (weights {name: w_k}, summing to 1 and proportional to each scorer's agreement with the labels;
+         z-scores {name: [N]}; fused [N] = sum_k w_k * z_k (or Phi(z_k))).
+    """
+    agree = {k: float(np.mean(m > 0)) if len(m) else 0.0 for k, m in margins.items()}
+    total = sum(agree.values())
+    # No scorer agrees with any label: fall back to equal votes rather than dividing by zero.
+    weights = {k: (a / total if total > 0 else 1.0 / len(agree)) for k, a in agree.items()}
+    z = {}
+    for k, m in margins.items():
+        sigma = float(np.std(m)) if len(m) else 0.0
+        z[k] = (m - np.mean(m)) / sigma if sigma > 0 else np.zeros_like(m)  # a constant scorer carries no signal
+    fused = np.zeros(len(next(iter(margins.values())))) if margins else np.zeros(0)
+    for k in margins:
+        part = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in z[k]]) if use_phi else z[k]
+        fused = fused + weights[k] * part
+    return weights, z, fused
+
+
+def _media_pair(rec: PairRecord, root: Path, num_frames: int):
+    """Media of the chosen and rejected side (a conditional-media pair has its own rejected media)."""
+    chosen = load_media(root, rec.media, rec.media_type, num_frames)
+    rejected = load_media(root, rec.rejected_media, rec.media_type, num_frames) if rec.rejected_media else chosen
+    return chosen, rejected
+
+
+def gen_scores(model, processor, batch: list, media_type: str) -> list[tuple[float, float]]:
+    """Length-normalised log-likelihoods (chosen, rejected) for a batch of (record, media_w, media_l)."""
+    import torch
+
+    from mmpo.logprobs import plain_logps
+    from mmpo.models import encode_answers, encode_prompts
+
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        sides = []
+        for side in (0, 1):
+            prompts = [r.prompt for r, *_ in batch]
+            media = [m[side] for _, *m in batch]
+            answers = [r.chosen if side == 0 else r.rejected for r, *_ in batch]
+            pb = {k: v.to(device) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
+            ab = {k: v.to(device) for k, v in encode_answers(processor, answers).items()}
+            s, n = plain_logps(model, pb, ab)
+            sides.append((s / n.clamp_min(1)).float().cpu().tolist())
+        out = list(zip(sides[0], sides[1]))
+    return out
+
+
+def score_batch(batch: list, clip, model, processor) -> list[dict]:
+    """Raw scores of a batch of (record, media_w, media_l) sharing one media type."""
+    gens = gen_scores(model, processor, batch, batch[0][0].media_type) if model is not None else [(0.0, 0.0)] * len(batch)
+    rows = []
+    for (rec, mw, ml), (gw, gl) in zip(batch, gens):
+        row = {"id": rec.id, "gen_chosen": round(gw, 6), "gen_rejected": round(gl, 6)}
+        if clip is not None:
+            cw = float(clip.frame_text_similarity(mw, [rec.chosen])[0])
+            cl = float(clip.frame_text_similarity(ml, [rec.rejected])[0])
+            row.update(clip_chosen=round(cw, 6), clip_rejected=round(cl, 6))
+        rows.append(row)
+    return rows
+
+
+def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
+    """Score every not-yet-scored pair in batches; bad media are skipped and recorded."""
+    todo = [r for r in records if not writer.is_done(r.id)]
+    n_done = 0
+    for start in progress(range(0, len(todo), cfg.batch_size), -(-len(todo) // cfg.batch_size), cfg.progress, "difficulty"):
+        groups: dict[str, list] = {}
+        for rec in todo[start:start + cfg.batch_size]:
+            try:
+                groups.setdefault(rec.media_type, []).append((rec, *_media_pair(rec, root, cfg.model.num_frames)))
+            except (MediaError, OSError) as exc:
+                writer.commit(rec.id, [], {}, skipped=str(exc).splitlines()[0][:300])
+        for batch in groups.values():
+            for row in score_batch(batch, clip, model, processor):
+                writer.commit(row["id"], [row], {"scored": 1})
+                n_done += 1
+                if on_record is not None:
+                    on_record(n_done)
+
+
+def fuse(records: list[PairRecord], raw: dict[str, dict], cfg: DifficultyConfig) -> tuple[list[PairRecord], dict]:
+    """Attach voted difficulty scores (and optionally weights) to every scored pair."""
+    recs = [r for r in records if r.id in raw]
+    used = [k for k in SCORERS if all(f"{k}_chosen" in raw[r.id] for r in recs)] if recs else []
+    margins = {k: np.array([raw[r.id][f"{k}_chosen"] - raw[r.id][f"{k}_rejected"] for r in recs]) for k in used}
+    weights, z, fused = vote(margins, cfg.use_phi) if margins else ({}, {}, np.zeros(len(recs)))
+    out = []
+    for i, r in enumerate(recs):
+        scores = {**r.scores, **{k: v for k, v in raw[r.id].items() if k != "id"}}
+        scores.update({f"{k}_z": round(float(z[k][i]), 6) for k in used})
+        scores.update(fused=round(float(fused[i]), 6), delta=round(float(fused[i]), 6))
+        weight = cfg.alpha * (1 + abs(float(fused[i]))) if cfg.write_weight else r.weight
+        out.append(dataclasses.replace(r, scores=scores, weight=weight))
+    agreement = {k: float(np.mean(m > 0)) for k, m in margins.items()}
+    return out, {"vote_weights": weights, "agreement": agreement, "margins": margins, "fused": fused}
+
+
+def plot(stats: dict, out_dir: Path) -> list[str]:
+    """Histograms of each scorer's margins and the fused score (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {f"{k}_margin": v for k, v in stats["margins"].items()} | {"fused": stats["fused"]}
+    names = []
+    for name, values in series.items():
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.hist(values, bins=min(30, max(5, len(values) // 2)))
+        ax.set_title(f"{name} (n={len(values)})")
+        ax.set_xlabel("chosen - rejected" if name != "fused" else "fused z margin")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}.png")
+        plt.close(fig)
+        names.append(f"{name}.png")
+    return names
+
+
+def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None) -> Path:
+    """Score a pair file with DA-DPO difficulty (resumable) and write the re-scored pairs.
+
+    Args:
+        cfg: builder config (at least one of clip_model / model.path).
+        on_record: called with the count of pairs scored so far (tests simulate crashes with it).
+
+    Returns:
+        The output folder (pairs.jsonl, manifest.json, raw_scores.jsonl, *.png).
+    """
+    if not cfg.clip_model and not cfg.model.path:
+        raise ValueError("difficulty: set clip_model and/or model.path (no scorer configured)")
+    root = media_root_of(cfg.media_root, cfg.in_pairs)
+    records = read_pairs(cfg.in_pairs)
+    writer = ResumableWriter(cfg.out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
+    clip = model = processor = None
+    if any(not writer.is_done(r.id) for r in records):
+        if cfg.clip_model:
+            from mmpo.clip import load_clip
+
+            clip = load_clip(cfg.clip_model, cfg.clip_device)
+        if cfg.model.path:
+            from mmpo.models import load_model
+
+            model, processor = load_model(cfg.model)
+    _score_all(cfg, records, root, writer, clip, model, processor, on_record)
+    raw = {json.loads(x)["id"]: json.loads(x) for x in writer.pairs_path.read_text().splitlines() if x.strip()}
+    pairs, stats = fuse(records, raw, cfg)
+    out_dir = Path(cfg.out_dir)
+    fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
+    plots = plot(stats, out_dir) if cfg.plots and pairs else []
+    writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows
+    return finish(writer, cfg, len(records), builder="difficulty", vote_weights=stats["vote_weights"],
+                  agreement=stats["agreement"], plots=plots)

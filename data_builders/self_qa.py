@@ -1,0 +1,284 @@
+"""Self-QA builder (VideoSAVi, METHODS.md §2): the model questions, answers and judges itself.
+
+Preset `videosavi_v1` [paper v1; selection rules RECONSTRUCTION]: per video/image the model writes
+questions from What/Why/How/temporal templates, samples one answer per temperature, scores each
+answer with a rubric prompt (relevance, accuracy, temporal grounding, clarity; 1-10 each), and CLIP
+scores each answer against the frames. Pair: chosen = best judged, rejected = worst judged, kept when
+the judge gap is >= `min_gap` AND the CLIP order agrees (s_clip(y_w) >= s_clip(y_l)).
+`scores["delta"] = s_clip(y_w) - s_clip(y_l)` feeds the CLIP-adjusted DPO loss.
+
+Preset `critique_refine` [paper v2/v3]: initial answer a0, self-critique c, refined answer a1;
+pair (a1 > a0).
+
+The generator and the judge are plain callables `fn(prompts, media, temperature, seed) -> list[str]`,
+so tests can run the real tiny model as generator with a fake judge (`build(..., judge=...)`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from data_builders.common import BadInput, ResumableWriter, finish, media_root_of, progress
+from mmpo.config import ModelConfig
+from mmpo.media import MediaError, load_media
+from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft
+
+PRESETS = ("videosavi_v1", "critique_refine")
+CRITERIA = ("relevance", "accuracy", "temporal_grounding", "clarity")
+# kind -> (instruction that asks the model for a question, fallback question if it writes nothing)
+QUESTION_TEMPLATES = {
+    "what": ("Write one question starting with What about this {m}.", "What is shown in the {m} ?"),
+    "why": ("Write one question starting with Why about this {m}.", "Why does the scene in the {m} look this way ?"),
+    "how": ("Write one question starting with How about this {m}.", "How do the objects in the {m} move ?"),
+    "temporal": ("Write one question about what happens first and what happens after in this {m}.",
+                 "What happens first and what happens after in the {m} ?"),
+}
+JUDGE_PROMPT = ("Rate the answer to the question about the {m}. Question: {q} Answer: {a} "
+                "Give four scores from 1 to 10 as 'Relevance: n, Accuracy: n, Temporal grounding: n, Clarity: n'.")
+CRITIQUE_PROMPT = ("Question: {q} Answer: {a} Check the answer against the {m}: list factual errors, "
+                   "hallucinated objects or events, and omissions.")
+REFINE_PROMPT = "Question: {q} First answer: {a} Critique: {c} Write a corrected answer to the question."
+
+Generate = Callable[[list, list, float, int], list]
+
+
+@dataclass
+class SelfQAConfig:
+    in_sft: str = ""  # SFT JSONL whose media are questioned (prompt/answer unused; ids drive resume)
+    media_root: str = ""  # folder the media paths are relative to ("" = the input file's folder)
+    out_dir: str = "data/self_qa"  # output folder: pairs.jsonl, manifest.json, done.txt (resumable)
+    seed: int = 0  # sampling seed (each item and temperature derive their own)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model that asks, answers and judges
+    preset: str = "videosavi_v1"  # videosavi_v1 (sample + judge) | critique_refine (v2: a1 > a0)
+    question_kinds: list[str] = field(default_factory=lambda: ["what", "why", "how", "temporal"])  # templates
+    questions_per_item: int = 2  # questions asked per video/image (template kinds in rotation)
+    temperatures: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8, 1.0])  # one answer each (v1)
+    max_new_tokens: int = 48  # answer / question / critique length cap
+    judge_max_new_tokens: int = 48  # judge output length cap
+    min_gap: float = 1.0  # minimum judge-score gap between chosen and rejected (METHODS §2)
+    clip_model: str = ""  # open_clip checkpoint for the CLIP check ("" = off: no order check, no delta)
+    clip_floor: float = -1.0  # optional absolute floor s_clip(y_w) >= clip_floor (-1 = off)
+    fresh: bool = False  # discard an earlier partial build instead of resuming it
+    progress: bool = True  # tqdm progress bar
+
+
+# -- judge parsing --------------------------------------------------------------------------------
+
+_NAMES = {"relevance": r"relevan(?:ce|t)", "accuracy": r"accura(?:cy|te)",
+          "temporal_grounding": r"temporal[\s_-]*(?:grounding)?", "clarity": r"clarity|clear"}
+_NUM = r"(\d+(?:\.\d+)?)"
+# name, optional quote/parenthetical ("(1-10)"), separator, optional quote, number, optional "/10"
+_NAMED = {k: re.compile(rf"\b(?:{v})\b[\"']?\s*(?:\([^)]*\))?\s*(?:[:=]|is|-)?\s*[\"']?\s*{_NUM}\s*(?:/\s*10)?", re.I)
+          for k, v in _NAMES.items()}
+_ANY_NAME = re.compile("|".join(rf"\b(?:{v})\b" for v in _NAMES.values()), re.I)
+
+
+def parse_judgement(text: str) -> dict[str, float] | None:
+    """Parse four rubric scores (1-10) from a judge's free text [RECONSTRUCTION of VideoSAVi v1].
+
+    Accepts "Relevance: 7", "relevance=7/10", JSON-ish `{"relevance": 7, ...}`, "Temporal grounding
+    (1-10): 6", or, when no criterion is named, exactly four bare numbers in rubric order ("7 8 6 9",
+    "7/10, 8/10, 6/10, 9/10"). Anything else is unparsable.
+
+    Args:
+        text: the judge model's output.
+
+    Returns:
+        {criterion: score} for the four CRITERIA, or None when a score is missing or outside 1-10.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None
+    if _ANY_NAME.search(text):
+        scores = {}
+        for k, pat in _NAMED.items():
+            m = pat.search(text)
+            if m is None:
+                return None  # a named rubric with a criterion missing
+            scores[k] = float(m.group(1))
+    else:
+        bare = re.sub(r"\s*/\s*10\b", "", text)  # "7/10" -> "7": the denominator is not a score
+        values = [float(v) for v in re.findall(r"(?<![\d.])\d+(?:\.\d+)?(?!\d)", bare)]
+        if len(values) != len(CRITERIA):
+            return None
+        scores = dict(zip(CRITERIA, values))
+    if not all(1.0 <= v <= 10.0 for v in scores.values()):
+        return None
+    return scores
+
+
+def judge_score(scores: dict[str, float]) -> float:
+    """S_judge(y): mean of the four criteria (METHODS §2)."""
+    return sum(scores[k] for k in CRITERIA) / len(CRITERIA)
+
+
+# -- pipeline -------------------------------------------------------------------------------------
+
+def model_generator(model, processor, media_type: str, max_new_tokens: int) -> Generate:
+    """Wrap `mmpo.models.generate_answers` as a `fn(prompts, media, temperature, seed) -> list[str]`."""
+    from mmpo.models import generate_answers
+
+    def generate(prompts: list, media: list, temperature: float, seed: int) -> list:
+        out = generate_answers(model, processor, prompts, media, media_type, num_samples=1,
+                               temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        return [o[0] for o in out]
+
+    return generate
+
+
+def ask_questions(cfg: SelfQAConfig, item_index: int, media, word: str, generate: Generate) -> tuple[list, int]:
+    """Questions for one item (greedy), with the template's fallback when the model writes nothing."""
+    kinds = [cfg.question_kinds[(item_index + j) % len(cfg.question_kinds)] for j in range(cfg.questions_per_item)]
+    asked = generate([QUESTION_TEMPLATES[k][0].format(m=word) for k in kinds], [media] * len(kinds), 0.0, cfg.seed)
+    questions, fallbacks = [], 0
+    for k, q in zip(kinds, asked):
+        if not q.strip():
+            q, fallbacks = QUESTION_TEMPLATES[k][1].format(m=word), fallbacks + 1
+        questions.append(q.strip())
+    return questions, fallbacks
+
+
+def select_pair(answers: list[str], judged: list, clip: list[float] | None, cfg: SelfQAConfig) -> tuple[dict | None, str]:
+    """VideoSAVi v1 selection [RECONSTRUCTION]: best vs worst judged, gap >= min_gap, CLIP order agrees.
+
+    Returns:
+        (pair dict with chosen/rejected/scores, "") or (None, reason counted in the manifest).
+    """
+    valid = [i for i, j in enumerate(judged) if j is not None and answers[i].strip()]
+    if len(valid) < 2:
+        return None, "too_few_judged"
+    s = {i: judge_score(judged[i]) for i in valid}
+    w, l = max(valid, key=lambda i: s[i]), min(valid, key=lambda i: s[i])
+    if s[w] - s[l] < cfg.min_gap or answers[w] == answers[l]:
+        return None, "judge_gap_small"
+    scores = {"judge_chosen": s[w], "judge_rejected": s[l]}
+    if clip is not None:
+        if clip[w] < clip[l]:
+            return None, "clip_disagrees"
+        if cfg.clip_floor > -1 and clip[w] < cfg.clip_floor:
+            return None, "clip_below_floor"
+        scores.update(clip_chosen=clip[w], clip_rejected=clip[l], delta=clip[w] - clip[l])
+    return {"chosen": answers[w], "rejected": answers[l], "scores": scores}, ""
+
+
+def _v1(cfg, q, media, word, seed, generate, judge, clip_fn, counts) -> dict | None:
+    answers = [generate([q], [media], t, seed + i)[0] for i, t in enumerate(cfg.temperatures)]
+    texts = judge([JUDGE_PROMPT.format(m=word, q=q, a=a) for a in answers], [media] * len(answers), 0.0, seed)
+    judged = [parse_judgement(t) for t in texts]
+    counts["answers"] += len(answers)
+    counts["judge_unparsable"] += sum(j is None for j in judged)
+    clip = clip_fn(media, answers) if clip_fn is not None else None
+    pair, reason = select_pair(answers, judged, clip, cfg)
+    if reason:
+        counts[f"dropped_{reason}"] += 1
+    return pair
+
+
+def _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts) -> dict | None:
+    a0 = generate([q], [media], 0.0, seed)[0]
+    c = generate([CRITIQUE_PROMPT.format(m=word, q=q, a=a0)], [media], 0.0, seed)[0]
+    a1 = generate([REFINE_PROMPT.format(q=q, a=a0, c=c)], [media], 0.0, seed)[0]
+    counts["answers"] += 2
+    if not a0.strip() or not a1.strip() or a0 == a1:
+        counts["dropped_refine_unchanged"] += 1
+        return None
+    scores = {}
+    if clip_fn is not None:
+        c1, c0 = clip_fn(media, [a1, a0])
+        scores = {"clip_chosen": c1, "clip_rejected": c0, "delta": c1 - c0}
+    return {"chosen": a1, "rejected": a0, "scores": scores, "meta": {"critique": c}}
+
+
+def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate: Generate, judge: Generate,
+                 clip_fn) -> tuple[list[PairRecord], dict]:
+    """All pairs of one video/image.
+
+    Args:
+        cfg: builder config.
+        index: the item's position in the input (rotates the question templates).
+        rec: the input record (media paths, id).
+        media: decoded media (PIL image or (T,H,W,3) frames).
+        generate: question/answer generator `fn(prompts, media, temperature, seed) -> list[str]`.
+        judge: the rubric judge, same signature (the model itself in production).
+        clip_fn: `fn(media, texts) -> list[float]` CLIP scores, or None.
+
+    Returns:
+        (pairs, per-item counters).
+    """
+    from collections import Counter
+
+    counts: Counter = Counter()
+    word = rec.media_type
+    questions, counts["question_fallback"] = ask_questions(cfg, index, media, word, generate)
+    pairs = []
+    for j, q in enumerate(questions):
+        seed = cfg.seed * 100_003 + index * 101 + j * 11
+        if cfg.preset == "critique_refine":
+            pair = _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts)
+        else:
+            pair = _v1(cfg, q, media, word, seed, generate, judge, clip_fn, counts)
+        if pair is None:
+            continue
+        pairs.append(PairRecord(
+            id=pair_id(rec.media, q, pair["chosen"], pair["rejected"]), media=rec.media, media_type=rec.media_type,
+            prompt=q, chosen=pair["chosen"], rejected=pair["rejected"], scores=pair["scores"],
+            source=f"self_qa/{cfg.preset}", meta={"input_id": rec.id, **pair.get("meta", {})}))
+    counts["pairs"] = len(pairs)
+    return pairs, dict(counts)
+
+
+def _clip_fn(cfg: SelfQAConfig):
+    if not cfg.clip_model:
+        return None
+    from mmpo.clip import load_clip
+
+    scorer = load_clip(cfg.clip_model, "cpu")
+    return lambda media, texts: [round(float(x), 6) for x in scorer.frame_text_similarity(media, texts)]
+
+
+def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Generate | None = None,
+          on_record: Callable[[int], None] | None = None) -> Path:
+    """Build self-QA preference pairs (resumable).
+
+    Args:
+        cfg: builder config.
+        generate: override of the generator (default: the model of `cfg.model`).
+        judge: override of the judge (default: the same model, greedy, `judge_max_new_tokens`).
+        on_record: called with the count of items committed so far (tests simulate crashes with it).
+
+    Returns:
+        The output folder.
+    """
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"self_qa: unknown preset {cfg.preset!r} (valid: {PRESETS})")
+    unknown = [k for k in cfg.question_kinds if k not in QUESTION_TEMPLATES]
+    if unknown or not cfg.question_kinds:
+        raise ValueError(f"self_qa: question_kinds {unknown or '[]'} invalid (valid: {sorted(QUESTION_TEMPLATES)})")
+    root = media_root_of(cfg.media_root, cfg.in_sft)
+    records = read_sft(cfg.in_sft)
+    writer = ResumableWriter(cfg.out_dir, fresh=cfg.fresh)
+    todo = [(i, r) for i, r in enumerate(records) if not writer.is_done(r.id)]
+    gens: dict = {}
+    if todo and (generate is None or judge is None):
+        from mmpo.models import load_model
+
+        model, processor = load_model(cfg.model)
+        for mt in {r.media_type for _, r in todo}:
+            gens[mt] = (model_generator(model, processor, mt, cfg.max_new_tokens),
+                        model_generator(model, processor, mt, cfg.judge_max_new_tokens))
+    clip_fn = _clip_fn(cfg) if todo else None
+    for n, (i, rec) in enumerate(progress(todo, len(todo), cfg.progress, "self_qa"), 1):
+        try:
+            media = load_media(root, rec.media, rec.media_type, cfg.model.num_frames)
+        except (MediaError, OSError) as exc:
+            writer.commit(rec.id, [], {}, skipped=str(BadInput(str(exc).splitlines()[0][:300])))
+        else:
+            g = generate or gens[rec.media_type][0]
+            jd = judge or gens[rec.media_type][1]
+            pairs, counts = process_item(cfg, i, rec, media, g, jd, clip_fn)
+            writer.commit(rec.id, pairs, counts)
+        if on_record is not None:
+            on_record(n)
+    return finish(writer, cfg, len(records), builder="self_qa", preset=cfg.preset)

@@ -1,0 +1,239 @@
+"""Builders end to end on tiny media, models and CLIP: outputs validate and train, specs are
+deterministic, the prefilter and the judge parser work, voting follows agreement, resume is exact,
+bad media are skipped and counted."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_builders import BUILDERS
+from data_builders.augment import AugmentConfig, sample_specs
+from data_builders.augment import build as build_augment
+from data_builders.difficulty import DifficultyConfig, vote
+from data_builders.difficulty import build as build_difficulty
+from data_builders.self_qa import SelfQAConfig, parse_judgement
+from data_builders.self_qa import build as build_self_qa
+from mmpo.config import TrainConfig, load
+from mmpo.metrics import read_metrics
+from mmpo.records import SFTRecord, read_pairs, write_jsonl
+from mmpo.trainer import train
+
+from helpers import tiny_model, toy_pairs, toy_sft
+from videos import make_frames, write_clip
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "build"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from mmpo.clip import make_tiny_clip
+
+    root = tmp_path_factory.mktemp("builders")
+    (root / "v").mkdir()
+    recs = []
+    for i in range(4):
+        write_clip(root / "v" / f"{i}.mp4", make_frames(T=8, H=64, W=64, seed=i))
+        recs.append(SFTRecord(f"v{i}", (f"v/{i}.mp4",), "video", "describe the video .", "a square moves right"))
+    (root / "v" / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 20)  # truncated mp4
+    recs.insert(2, SFTRecord("bad", ("v/bad.mp4",), "video", "describe the video .", "a square moves right"))
+    write_jsonl(root / "video_sft.jsonl", recs)
+    return {"root": root, "video_sft": root / "video_sft.jsonl", "clip": make_tiny_clip(root / "clip"),
+            "image_sft": toy_sft(root, n=6), "image_pairs": toy_pairs(root, n=8),
+            "video_model": tiny_model("llava_next_video", root), "image_model": tiny_model("llava", root)}
+
+
+def _train(world, model, pairs, out, loss, *extra):
+    cfg = load(TrainConfig, None, [f"model.path={model}", f"data.train={pairs}", f"output_dir={out}", "progress=false",
+                                   f"data.media_root={world['root']}",
+                                   "lora.r=4", "max_steps=2", "batch_size=2", "model.num_frames=4", f"loss={loss}", *extra])
+    train(cfg)
+    rows = read_metrics(out)
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def _aug_cfg(world, out, *extra):
+    return load(AugmentConfig, None, [f"in_sft={world['video_sft']}", f"out_dir={out}", "progress=false", *extra])
+
+
+# -- augment --------------------------------------------------------------------------------------
+
+def test_augment_video_end_to_end_skips_bad_clip_and_trains(world, tmp_path):
+    out = build_augment(_aug_cfg(world, tmp_path / "aug", f"clip_model={world['clip']}", "max_similarity=0.99999"))
+    pairs = read_pairs(out / "pairs.jsonl", media_root=world["root"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(pairs) == 4 and manifest["counts"]["skipped"] == 1 and manifest["counts"]["inputs"] == 5
+    assert manifest["skipped"][0]["id"] == "bad" and "bad.mp4" in manifest["skipped"][0]["reason"]
+    for p in pairs:
+        assert p.chosen == p.rejected and p.rejected_bag and len(p.scores["clip_sim"]) == len(p.rejected_bag)
+    _train(world, world["video_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: pami, params: {delta_min: 0.0}}]")
+
+
+def test_augment_specs_are_deterministic_per_seed_and_record():
+    cfg = AugmentConfig(seed=3)
+    a, b = sample_specs(cfg, "rec1", "video"), sample_specs(cfg, "rec1", "video")
+    assert a == b and len(a) == 4 and len({s.op for s in a}) == 4
+    assert sample_specs(cfg, "rec2", "video") != a
+    assert sample_specs(AugmentConfig(seed=4), "rec1", "video") != a
+    assert all(s.op in cfg.image_ops for s in sample_specs(cfg, "rec1", "image"))
+
+
+def test_prefilter_drops_identity_like_augmentation(world, tmp_path):
+    out = build_augment(_aug_cfg(world, tmp_path / "a", f"clip_model={world['clip']}", "max_similarity=0.99999",
+                                 "video_ops=[gaussian_noise, temporal_reverse]", "num_candidates=2",
+                                 "op_params={gaussian_noise: {std: 0.0}}"))
+    pairs = read_pairs(out / "pairs.jsonl")
+    assert len(pairs) == 4
+    for p in pairs:  # the zero-noise copy is pixel-identical (similarity 1.0); the reversal survives
+        assert [s.op for s in p.rejected_bag] == ["temporal_reverse"]
+        assert p.scores["clip_sim_dropped"][0] > 0.99999 > p.scores["clip_sim"][0]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["candidates_dropped"] == 4
+
+
+def test_augment_image_materialize_writes_rejected_media_and_trains(world, tmp_path):
+    root = world["root"]
+    cfg = load(AugmentConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={root / 'mat'}", "progress=false",
+                                     "materialize=true", "fresh=true"])
+    out = build_augment(cfg)
+    pairs = read_pairs(out / "pairs.jsonl", media_root=root)
+    assert len(pairs) == 6 and all(p.rejected_media and p.rejected_bag is None for p in pairs)
+    _train(world, world["image_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: mdpo_conditional}]")
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _crash_after(n):
+    def hook(i):
+        if i == n:
+            raise Crash("killed")
+    return hook
+
+
+def test_augment_kill_and_resume_equals_uninterrupted(world, tmp_path):
+    whole = build_augment(_aug_cfg(world, tmp_path / "whole", "num_workers=2"))
+    with pytest.raises(Crash):
+        build_augment(_aug_cfg(world, tmp_path / "broken", "num_workers=2"), on_record=_crash_after(2))
+    # a crash between writing pairs and marking done: the pair is on disk, the id is not in done.txt
+    done = (tmp_path / "broken" / "done.txt").read_text().splitlines()
+    (tmp_path / "broken" / "done.txt").write_text("\n".join(done[:-1]) + "\n")
+    with open(tmp_path / "broken" / "pairs.jsonl", "a") as f:
+        f.write('{"id": "torn')  # and a half-written line
+    resumed = build_augment(_aug_cfg(world, tmp_path / "broken"))
+    assert (resumed / "pairs.jsonl").read_text() == (whole / "pairs.jsonl").read_text()
+    counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in (whole, resumed)]
+    assert counts[0] == counts[1]
+
+
+# -- self_qa --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("Relevance: 7, Accuracy: 8, Temporal grounding: 6, Clarity: 9", [7, 8, 6, 9]),
+    ("relevance=7/10 accuracy=8/10 temporal_grounding=6/10 clarity=10/10", [7, 8, 6, 10]),
+    ('{"relevance": 7, "accuracy": 8.5, "temporal_grounding": 6, "clarity": 9}', [7, 8.5, 6, 9]),
+    ("Relevance (1-10): 3\nAccuracy (1-10): 4\nTemporal (1-10): 5\nClarity (1-10): 6", [3, 4, 5, 6]),
+    ("7 8 6 9", [7, 8, 6, 9]),
+    ("7/10, 8/10, 6/10, 10/10.", [7, 8, 6, 10]),
+    ("Relevance: 7, Accuracy: 8, Clarity: 9", None),               # a criterion missing
+    ("Relevance: 11, Accuracy: 8, Temporal: 6, Clarity: 9", None),  # out of range
+    ("Relevance: 0 Accuracy: 8 Temporal grounding: 6 Clarity: 9", None),
+    ("7 8 6", None), ("1 2 3 4 5", None), ("the square is red", None), ("", None),
+])
+def test_judge_parser(text, expected):
+    got = parse_judgement(text)
+    assert (got if got is None else list(got.values())) == expected
+
+
+def _fake_judge(prompts, media, temperature, seed):
+    """Parsable rubric text: longer answers score higher, so the ranking is deterministic."""
+    outs = []
+    for p in prompts:
+        answer = p.split("Answer:")[1].split("Give four")[0]
+        s = min(10, 1 + len(answer.split()))
+        outs.append(f"Relevance: {s}, Accuracy: {s}, Temporal grounding: {s}, Clarity: {s}" if s != 3 else "garbage")
+    return outs
+
+
+def test_self_qa_video_with_fake_judge_end_to_end(world, tmp_path):
+    cfg = load(SelfQAConfig, None, [f"in_sft={world['video_sft']}", f"out_dir={tmp_path / 'sq'}", "progress=false",
+                                    f"model.path={world['video_model']}", "model.num_frames=4", "max_new_tokens=8",
+                                    "questions_per_item=2", "temperatures=[0.7, 1.0, 1.3, 1.6]", "min_gap=0"])
+    out = build_self_qa(cfg, judge=_fake_judge)
+    pairs = read_pairs(out / "pairs.jsonl", media_root=world["root"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert c["answers"] == 4 * 2 * 4 and c["skipped"] == 1 and pairs
+    assert len(pairs) + sum(v for k, v in c.items() if k.startswith("dropped_")) == 8
+    for p in pairs:
+        assert p.scores["judge_chosen"] > p.scores["judge_rejected"] and p.chosen != p.rejected
+        assert len(p.chosen.split()) > len(p.rejected.split())
+    _train(world, world["video_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: dpo}]")
+
+
+def test_self_qa_clip_order_must_agree(world, tmp_path):
+    clip = lambda media, texts: [-len(t) for t in texts]  # noqa: E731  CLIP prefers the shorter answer
+    from data_builders.self_qa import select_pair
+
+    cfg = SelfQAConfig(min_gap=1.0)
+    judged = [parse_judgement(f"{s} {s} {s} {s}") for s in (2, 9, 5)]
+    answers = ["a", "a red square moves", "a square"]
+    assert select_pair(answers, judged, clip(None, answers), cfg) == (None, "clip_disagrees")
+    pair, _ = select_pair(answers, judged, [0.1, 0.3, 0.2], cfg)
+    assert pair["chosen"] == answers[1] and pair["rejected"] == "a" and pair["scores"]["delta"] == pytest.approx(0.2)
+    judged_close = [parse_judgement(f"{s} {s} {s} {s}") for s in (5, 5.5, 5)]
+    assert select_pair(answers, judged_close, None, cfg) == (None, "judge_gap_small")
+
+
+# -- difficulty -----------------------------------------------------------------------------------
+
+def test_vote_weights_follow_agreement():
+    rng = np.random.default_rng(0)
+    n = 1000
+    good = np.where(np.arange(n) < 900, 1.0, -1.0) * rng.uniform(0.5, 1.5, n)    # agrees on 90%
+    coin = np.where(np.arange(n) % 2 == 0, 1.0, -1.0) * rng.uniform(0.5, 1.5, n)  # agrees on 50%
+    weights, z, fused = vote({"clip": good, "gen": coin})
+    assert weights["clip"] == pytest.approx(0.9 / 1.4) and weights["gen"] == pytest.approx(0.5 / 1.4)
+    assert abs(z["clip"].mean()) < 1e-9 and z["clip"].std() == pytest.approx(1.0)
+    assert np.allclose(fused, weights["clip"] * z["clip"] + weights["gen"] * z["gen"])
+    _, _, phi = vote({"clip": good, "gen": coin}, use_phi=True)
+    assert ((phi > 0) & (phi < 1)).all()
+
+
+def test_difficulty_image_end_to_end_resumes_and_trains(world, tmp_path):
+    root = world["root"]
+    # a missing image: skipped and named in the manifest, never fatal
+    lines = world["image_pairs"].read_text().splitlines()
+    bad = json.loads(lines[0]) | {"id": "missing", "media": ["img/nope.png"]}
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("\n".join(lines + [json.dumps(bad)]) + "\n")
+    args = [f"in_pairs={src}", f"media_root={root}", f"clip_model={world['clip']}", f"model.path={world['image_model']}",
+            "batch_size=3", "progress=false", "write_weight=true"]
+    whole = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'whole'}"]))
+    with pytest.raises(Crash):
+        build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]), on_record=_crash_after(4))
+    resumed = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]))
+    assert (resumed / "pairs.jsonl").read_text() == (whole / "pairs.jsonl").read_text()
+    pairs = read_pairs(whole / "pairs.jsonl", media_root=root)
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert len(pairs) == 8 and manifest["skipped"][0]["id"] == "missing"
+    assert sum(manifest["vote_weights"].values()) == pytest.approx(1.0)
+    for p in pairs:
+        s = p.scores
+        assert s["delta"] == s["fused"] and p.weight == pytest.approx(1 + abs(s["delta"]))
+        assert s["fused"] == pytest.approx(sum(manifest["vote_weights"][k] * s[f"{k}_z"] for k in ("clip", "gen")), abs=1e-5)
+    assert all((whole / f).is_file() for f in ("clip_margin.png", "gen_margin.png", "fused.png"))
+    _train(world, world["image_model"], whole / "pairs.jsonl", tmp_path / "run", "[{name: dadpo}]")
+
+
+# -- configs --------------------------------------------------------------------------------------
+
+def test_every_shipped_build_config_loads_with_its_builder_class():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        name = next(k for k in BUILDERS if path.stem.startswith(k))
+        load(BUILDERS[name][0], path)
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# mmpo build ") and f"--config configs/build/{path.name}" in first
