@@ -163,17 +163,25 @@ def select_pair(answers: list[str], judged: list, clip: list[float] | None, cfg:
     return {"chosen": answers[w], "rejected": answers[l], "scores": scores}, ""
 
 
-def _v1(cfg, q, media, word, seed, generate, judge, clip_fn, counts) -> dict | None:
-    answers = [generate([q], [media], t, seed + i)[0] for i, t in enumerate(cfg.temperatures)]
-    texts = judge([JUDGE_PROMPT.format(m=word, q=q, a=a) for a in answers], [media] * len(answers), 0.0, seed)
-    judged = [parse_judgement(t) for t in texts]
-    counts["answers"] += len(answers)
-    counts["judge_unparsable"] += sum(j is None for j in judged)
-    clip = clip_fn(media, answers) if clip_fn is not None else None
-    pair, reason = select_pair(answers, judged, clip, cfg)
-    if reason:
-        counts[f"dropped_{reason}"] += 1
-    return pair
+def _v1(cfg, questions, media, word, seed, generate, judge, clip_fn, counts) -> list[dict | None]:
+    """One answer per (question, temperature), batched over questions; one batched judge call."""
+    nq = len(questions)
+    by_temp = [generate(questions, [media] * nq, t, seed + i) for i, t in enumerate(cfg.temperatures)]
+    answers = [[by_temp[i][j] for i in range(len(cfg.temperatures))] for j in range(nq)]
+    prompts = [JUDGE_PROMPT.format(m=word, q=q, a=a) for q, ans in zip(questions, answers) for a in ans]
+    texts = judge(prompts, [media] * len(prompts), 0.0, seed)
+    k = len(cfg.temperatures)
+    pairs = []
+    for j, ans in enumerate(answers):
+        judged = [parse_judgement(t) for t in texts[j * k:(j + 1) * k]]
+        counts["answers"] += len(ans)
+        counts["judge_unparsable"] += sum(x is None for x in judged)
+        clip = clip_fn(media, ans) if clip_fn is not None else None
+        pair, reason = select_pair(ans, judged, clip, cfg)
+        if reason:
+            counts[f"dropped_{reason}"] += 1
+        pairs.append(pair)
+    return pairs
 
 
 def _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts) -> dict | None:
@@ -212,13 +220,14 @@ def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate:
     counts: Counter = Counter()
     word = rec.media_type
     questions, counts["question_fallback"] = ask_questions(cfg, index, media, word, generate)
+    seed = cfg.seed * 100_003 + index * 101
+    if cfg.preset == "critique_refine":
+        found = [_critique_refine(cfg, q, media, word, seed + 11 * j, generate, clip_fn, counts)
+                 for j, q in enumerate(questions)]
+    else:
+        found = _v1(cfg, questions, media, word, seed, generate, judge, clip_fn, counts)
     pairs = []
-    for j, q in enumerate(questions):
-        seed = cfg.seed * 100_003 + index * 101 + j * 11
-        if cfg.preset == "critique_refine":
-            pair = _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts)
-        else:
-            pair = _v1(cfg, q, media, word, seed, generate, judge, clip_fn, counts)
+    for q, pair in zip(questions, found):
         if pair is None:
             continue
         pairs.append(PairRecord(

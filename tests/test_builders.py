@@ -186,6 +186,19 @@ def test_self_qa_clip_order_must_agree(world, tmp_path):
     assert select_pair(answers, judged_close, None, cfg) == (None, "judge_gap_small")
 
 
+def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
+    def fake(prompts, media, temperature, seed):
+        return [("better answer : " + p.split("First answer:")[1].split("Critique:")[0].strip()) if "First answer:" in p
+                else "the critique" if "Check the answer" in p else "a first answer" for p in prompts]
+
+    cfg = load(SelfQAConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={tmp_path / 'cr'}", "progress=false",
+                                    "preset=critique_refine", "questions_per_item=1"])
+    pairs = read_pairs(build_self_qa(cfg, generate=fake, judge=fake) / "pairs.jsonl", media_root=world["root"])
+    assert len(pairs) == 6
+    assert all(p.chosen == "better answer : a first answer" and p.rejected == "a first answer" for p in pairs)
+    assert all(p.meta["critique"] == "the critique" for p in pairs)
+
+
 # -- difficulty -----------------------------------------------------------------------------------
 
 def test_vote_weights_follow_agreement():
