@@ -89,9 +89,18 @@ def _done(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+def _is_main() -> bool:
+    """Rank 0 (or a single process): the one that writes shared files under `accelerate launch`."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _write_atomic(path: Path, records: list) -> None:
-    """Write a JSONL file under a temporary name and rename it, so an existing file is always complete."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a JSONL file under a temporary name and rename it, so an existing file is always complete.
+
+    The temporary name is per process: under `accelerate launch` every rank generates the same pairs
+    (same seed, same model) and may write them; each rename is atomic, so readers never see half a file.
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     write_jsonl(tmp, records)
     os.replace(tmp, path)
 
@@ -207,11 +216,13 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
              if (p := rank_pair(rec, s, scorer, mr.min_gap, mr.gt_fallback)) is not None]
     if not pairs:
         raise ValueError(f"round {round_no}: no pair had a score gap above multi_round.min_gap={mr.min_gap} "
-                         f"({len(records)} prompts, {mr.num_samples} samples each); lower min_gap or enable gt_fallback")
+                         f"({len(records)} prompts, {mr.num_samples} samples each); "
+                         "lower min_gap or enable gt_fallback")
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs),
-                                 "chosen_is_gt": sum(p.meta["chosen_is_gt"] for p in pairs)},
-                   cfgmod.to_dict(mr), cfg.seed, round=round_no)
+    if _is_main():
+        write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs),
+                                     "chosen_is_gt": sum(p.meta["chosen_is_gt"] for p in pairs)},
+                       cfgmod.to_dict(mr), cfg.seed, round=round_no)
     _write_atomic(path, pairs)
     return path
 
@@ -265,8 +276,12 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     records = read_sft(cfg.data.train, resolve_media_root(cfg))
     rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
     start = next((i for i, d in enumerate(rounds) if not _done(d)), len(rounds))
+    merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
+    if start == len(rounds) and merged_saved and (not mr.rebirth or _done(out / "rebirth")):
+        return out  # everything finished before
     # State at the start of the first unfinished round: the base with finished rounds merged in order.
     model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:start]])
+    policy = None
     for i in range(start, len(rounds)):
         pairs = round_pairs(model, processor, cfg, records, i + 1, score, rounds[i] / "pairs.jsonl")
         policy = _fresh_lora(model, cfg, salt=i + 1)
@@ -275,41 +290,50 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
         train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
         model = policy.merge_and_unload()  # the next round's reference
         model.requires_grad_(False)
-    if mr.save_merged and not (out / "model" / "config.json").is_file():
+    if not merged_saved and _is_main():
         model.save_pretrained(out / "model")
         processor.save_pretrained(out / "model")
-    if mr.rebirth:
-        rebirth(cfg, model, processor, records)
+    if mr.rebirth and not _done(out / "rebirth"):
+        data = rebirth_data(cfg, model, processor, records)
+        del model, policy  # free the final model before the pre-DPO one is loaded
+        rebirth(cfg, data)
     return out
 
 
-def rebirth(cfg: TrainConfig, final_model, processor, records: list[SFTRecord]) -> Path:
+def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTRecord]) -> Path:
+    """The final model's greedy answers to every training prompt, as `rebirth/sft.jsonl` (reused if present).
+
+    Greedy decoding, as the published caption evaluation; empty answers are left out.
+    """
+    data = Path(cfg.output_dir) / "rebirth" / "sft.jsonl"
+    if data.is_file():
+        return data
+    answers = generate_for(final_model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
+                           batch_size=cfg.batch_size, num_samples=1, temperature=0.0,
+                           max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed)
+    sft = [SFTRecord(r.id, r.media, r.media_type, r.prompt, a[0], {"gt": r.answer})
+           for r, a in zip(records, answers) if a[0].strip()]
+    if not sft:
+        raise ValueError("rebirth: the final model gave only empty answers")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(data, sft)
+    return data
+
+
+def rebirth(cfg: TrainConfig, data: Path) -> Path:
     """Rebirth tuning (mrDPO, arXiv 2410.06682 v1): SFT the pre-DPO model on the final model's answers.
 
-    The final model answers every training prompt greedily (the published decoding for captions); a
-    fresh LoRA on the original base (cfg.model, its adapter merged) is trained on them for
-    `multi_round.rebirth_steps` steps into `rebirth/`.
+    A fresh LoRA on the original base (cfg.model, its adapter merged) is trained on `data`
+    (`rebirth_data`) for `multi_round.rebirth_steps` steps into `rebirth/`. The paper mixes these
+    captions with the model's other SFT data; here that mixing is left to the caller (concatenate files).
 
     Returns:
         The rebirth run directory.
     """
-    run_dir = Path(cfg.output_dir) / "rebirth"
-    if _done(run_dir):
-        return run_dir
-    data = run_dir / "sft.jsonl"
-    if not data.is_file():
-        answers = generate_for(final_model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
-                               batch_size=cfg.batch_size, num_samples=1, temperature=0.0,
-                               max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed)
-        sft = [SFTRecord(r.id, r.media, r.media_type, r.prompt, a[0], {"gt": r.answer})
-               for r, a in zip(records, answers) if a[0].strip()]
-        if not sft:
-            raise ValueError("rebirth: the final model gave only empty answers")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(data, sft)
     base, processor = load_merged(cfg.model)
-    rcfg = _derived(cfg, stage="sft", output_dir=str(run_dir), max_steps=cfg.multi_round.rebirth_steps,
-                    data_train=str(data), data_media_root=resolve_media_root(cfg))
+    rcfg = _derived(cfg, stage="sft", output_dir=str(Path(cfg.output_dir) / "rebirth"),
+                    max_steps=cfg.multi_round.rebirth_steps, data_train=str(data),
+                    data_media_root=resolve_media_root(cfg))
     return train(rcfg, model=_fresh_lora(base, cfg, salt=0), processor=processor)
 
 
@@ -436,6 +460,10 @@ def _check_distill(cfg: TrainConfig) -> str:
         raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
     if d.preference_steps > 0 and not d.preference_data:
         raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (d.mimic_steps > 0 or d.preference_loss == "dpkd"):
+        # The mimic and DPKD batch losses call the student directly, not through the trainer's DDP-wrapped
+        # step module, so gradients would not be averaged across processes.
+        raise ConfigError("stage distill: the mimic stage and dpkd run on one process only (no accelerate launch)")
     if not 0.0 <= d.dpkd_ratio <= 1.0:
         raise ConfigError(f"distill.dpkd_ratio: expected 0..1, got {d.dpkd_ratio}")
     mimic_data = d.mimic_data or cfg.data.train

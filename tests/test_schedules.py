@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo.batches import PairCollator, SFTCollator
 from mmpo.config import ConfigError, ModelConfig, TrainConfig, load
@@ -15,8 +16,6 @@ from mmpo.metrics import read_metrics
 from mmpo.models import encode_answers, reference_mode
 from mmpo.records import read_pairs, read_sft
 from mmpo.schedules import SCORERS, generate_for, load_merged, rank_pair, run_distill, run_multi_round
-
-from helpers import tiny_model, toy_pairs, toy_sft
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -191,6 +190,31 @@ def test_mimic_then_preference_distillation(world, tmp_path):
     assert len(rows) == 2 and "rewards/margins" in rows[0]
     assert (tmp_path / "preference" / "adapter" / "adapter_model.safetensors").is_file()
     assert load(TrainConfig, tmp_path / "preference" / "config.yaml").data.train == str(world["pairs"])
+
+
+def test_distillation_resumes_inside_the_preference_stage(world, tmp_path):
+    from safetensors.torch import load_file
+
+    run_distill(_distill_cfg(world, tmp_path / "whole", "save_every=1"))
+    calls = []
+
+    def crash(model, processor, step):
+        calls.append(step)
+        if len(calls) == 6:  # mimic has 4 steps; this is preference step 2 (last checkpoint: step 1)
+            raise Crash("killed")
+        return {}
+
+    with pytest.raises(Crash):
+        run_distill(_distill_cfg(world, tmp_path / "broken", "save_every=1", "eval_every=1"), eval_hook=crash)
+    assert (tmp_path / "broken" / "mimic" / "summary.json").is_file()
+    run_distill(_distill_cfg(world, tmp_path / "broken", "save_every=1"))
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "whole" / "preference")}
+    resumed = [r for r in read_metrics(tmp_path / "broken" / "preference") if "loss" in r]
+    assert [r["step"] for r in resumed] == [1, 2, 2]
+    assert all(r["loss"] == pytest.approx(losses[r["step"]], abs=1e-6) for r in resumed)
+    a = load_file(tmp_path / "whole" / "preference" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "preference" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def _hand_batch(world):
