@@ -11,4 +11,5 @@ EVALUATORS = {
     "pope": pope.score_answers_file,
     "videohallucer": videohallucer.score_answers_file,
 }
-# Model runners (eval/runner.py) register here, e.g. RUNNERS = {"pope": runner.run_pope, ...}.
+# Model runners: `eval.runner.RUNNERS` = {name: (config class, run function)}. Not imported here, so
+# `import eval` (scoring answer files) stays free of torch / transformers.

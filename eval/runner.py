@@ -493,6 +493,9 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
     return results
 
 
+RUNNERS = {"pope": (PopeEvalConfig, run_pope), "videohallucer": (VideoHallucerEvalConfig, run_videohallucer)}
+
+
 # ---------------------------------------------------------------- command line (called by mmpo/cli.py)
 
 
