@@ -67,7 +67,8 @@ def tune_tiny(model, processor, images: dict, steps: int) -> None:
         colors = [COLORS[(step + k) % 4] for k in range(4)]
         prompts = [f"is there a {c} square in the image ?" for c in colors]
         answers = ["yes" if c in ("red", "green") else "no" for c in colors]
-        lp, _ = plain_logps(model, encode_prompts(processor, prompts, imgs, "image"), encode_answers(processor, answers))
+        batch = encode_prompts(processor, prompts, imgs, "image")
+        lp, _ = plain_logps(model, batch, encode_answers(processor, answers))
         opt.zero_grad()
         (-lp.mean()).backward()
         opt.step()
@@ -133,7 +134,8 @@ def main() -> None:
     agree = sum(results["generate"][k][0].strip().lower() == results["logits"][k][0] for k in clean)
     same = sum(results["logits"][k][0] == results["logits+prefix"][k][0] for k in results["logits"])
     diff = max(abs(results["logits"][k][1] - results["logits+prefix"][k][1]) for k in results["logits"])
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()} CPU, 1 thread"
+    cpu = f"{platform.processor() or platform.machine()} CPU, 1 thread"
+    device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
     print(f"\n### eval_speed {datetime.date.today()} ({args.family} {args.size}, {device}; torch {torch.__version__}, "
           f"transformers {__import__('transformers').__version__})\n")
     print(f"{args.images} images x 6 questions x 3 splits = {n} questions, batch {args.batch_size}, "

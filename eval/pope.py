@@ -18,6 +18,14 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS etc.)
+    PARSERS,
+    UNKNOWN_AS_NO,
+    parse_lmms,
+    parse_official,
+    parse_vlmevalkit,
+)
+
 SPLITS = ("random", "popular", "adversarial")
 # Text appended to the question before it is sent to the model (BENCHMARKS.md §1.3).
 PROMPT_SUFFIXES = {
@@ -203,67 +211,6 @@ def write_answers(path: str | Path, preds: list[PopePrediction], append: bool = 
         for p in preds:
             f.write(json.dumps(p.to_json()) + "\n")
     return path
-
-
-# ---------------------------------------------------------------- parsers
-
-
-def parse_official(text: str) -> str:
-    """AoiDragon/POPE `evaluate.py` (= LLaVA `llava/eval/eval_pope.py`); never "unknown".
-
-    First sentence (split on '.'), commas removed, split on single spaces; "no" if a token is exactly
-    `No`, `no` or `not`, else "yes" (so "", "NO", "Nope" and "No\\nThe ..." all count as yes).
-    """
-    if "." in text:
-        text = text.split(".")[0]
-    words = text.replace(",", "").split(" ")
-    return "no" if ("No" in words or "not" in words or "no" in words) else "yes"
-
-
-def parse_lmms(text: str) -> str:
-    """lmms-eval `tasks/pope/utils.py::pope_process_results`: exact match of `lower().strip()`."""
-    pred = text.lower().strip()
-    return pred if pred in ("yes", "no") else "unknown"
-
-
-_VLM_PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-              "?", "!"]
-_VLM_COMMA = re.compile(r"(\d)(,)(\d)")
-# VLMEvalKit's pattern is literally '(?!<=\d)(\.)(?!\d)' (a look-ahead, not a look-behind): every '.' not
-# followed by a digit is removed. Kept verbatim.
-_VLM_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-
-
-def _vlm_process_punctuation(text: str) -> str:
-    """VLMEvalKit `vlmeval/smp/misc.py::process_punctuation`, verbatim behaviour."""
-    out = text
-    for p in _VLM_PUNCT:
-        if (p + " " in text or " " + p in text) or _VLM_COMMA.search(text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    # The reference passes re.UNICODE (=32) as the *count* argument of sub(): at most 32 periods go.
-    return _VLM_PERIOD.sub("", out, 32)
-
-
-def parse_vlmevalkit(text: str) -> str:
-    """VLMEvalKit `vlmeval/dataset/utils/yorn.py::YOrN_Extraction` (exact_matching, no LLM judge).
-
-    Lower-case, strip punctuation, split on whitespace; yes if 'yes' in words and 'no' not, no if the
-    reverse, else unknown.
-    """
-    words = _vlm_process_punctuation(text.lower()).split()
-    if "yes" in words and "no" not in words:
-        return "yes"
-    if "yes" not in words and "no" in words:
-        return "no"
-    return "unknown"
-
-
-PARSERS = {"official": parse_official, "lmms": parse_lmms, "vlmevalkit": parse_vlmevalkit}
-# How each reference counts "unknown": lmms-eval scores it wrong and drops it from precision/recall
-# (neither TP, FP nor FN); VLMEvalKit scores it wrong and maps it to predicted-No in F1 (POPE_rating).
-UNKNOWN_AS_NO = {"official": False, "lmms": False, "vlmevalkit": True}
 
 
 # ---------------------------------------------------------------- metrics

@@ -260,7 +260,10 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
     cache: dict[str, object] = {}
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
-        media = [cache[it.media] if it.media in cache else cache.setdefault(it.media, load_fn(it.media)) for it in chunk]
+        for it in chunk:
+            if it.media not in cache:
+                cache[it.media] = load_fn(it.media)
+        media = [cache[it.media] for it in chunk]
         cache = {it.media: cache[it.media] for it in chunk}  # keep only this batch's media (memory)
         prompts = [it.prompt for it in chunk]
         if mode == "logits":
@@ -385,9 +388,11 @@ def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
     out = Path(cfg.out_dir)
     splits = load_pope_questions(cfg)
     _check_run(out, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix), "model": cfg.model.path,
-                     "adapter": cfg.model.adapter, "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
+                     "adapter": cfg.model.adapter,
+                     "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
     pred_path = out / "predictions.jsonl"
-    done = {k: (r["answer"], r.get("margin")) for k, r in _load_predictions(pred_path, ("split", "question_id")).items()}
+    stored = _load_predictions(pred_path, ("split", "question_id"))
+    done = {k: (r["answer"], r.get("margin")) for k, r in stored.items()}
     items = _pope_items(cfg, splits, done)
     if items:
         if model is None:

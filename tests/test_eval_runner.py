@@ -12,7 +12,7 @@ from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
 from eval import pope, runner, videohallucer
-from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model
 
@@ -61,7 +61,7 @@ def world(tmp_path_factory):
 def _cfg(world, out: str, **kw) -> runner.PopeEvalConfig:
     root = world["root"]
     return runner.PopeEvalConfig(model=ModelConfig(path=world["model_dir"], device="cpu"),
-                                 questions=[str(root / "coco_pope_random.json"), str(root / "coco_pope_adversarial.json")],
+                                 questions=[str(root / f"coco_pope_{s}.json") for s in ("random", "adversarial")],
                                  image_root=str(root / "img"), out_dir=str(root / out), **kw)
 
 
@@ -144,7 +144,7 @@ def test_training_hook_on_peft_model(world):
     plain = hook(world["model"], world["processor"], 0)
     assert set(plain) == {f"pope/{s}/{k}" for s in ("random", "adversarial") for k in ("f1", "accuracy", "yes_ratio")}
     assert not (world["root"] / "hook").exists()
-    peft = add_lora(world["model"], __import__("mmpo.config", fromlist=["LoraConfig"]).LoraConfig(r=4))
+    peft = add_lora(world["model"], LoraConfig(r=4))
     peft.eval()
     try:
         assert hook(peft, world["processor"], 1) == pytest.approx(plain)  # fresh LoRA: B = 0, same answers
@@ -170,7 +170,8 @@ def test_videohallucer_run_reference_layout(tmp_path):
     assert res["overall"]["categories"] == ["object_relation"]
     rows = _rows(tmp_path / "out" / "predictions.jsonl")
     assert len(rows) == 4 and {r["answer"] for r in rows} <= {"yes", "no"}
-    scored = videohallucer.score_answers_file(data / "object_relation.json", tmp_path / "out" / "results" / "object_relation.json")
+    results_file = tmp_path / "out" / "results" / "object_relation.json"
+    scored = videohallucer.score_answers_file(data / "object_relation.json", results_file)
     assert scored["pair_accuracy"] == res["object_relation"]["pair_accuracy"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "pair_accuracy" in metrics and "object_relation" in metrics["categories"]
@@ -201,7 +202,8 @@ def test_cli_scoring_and_build(tmp_path, capsys):
 
     coco = {"images": [{"id": i, "file_name": f"{i}.jpg"} for i in range(6)],
             "categories": [{"id": j, "name": n} for j, n in enumerate(["cat", "dog", "car", "tree", "cup", "bus"])],
-            "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": (i + j) % 6} for i in range(6) for j in range(3)]}
+            "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": (i + j) % 6}
+                            for i in range(6) for j in range(3)]}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     assert runner.cli_pope_build(["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
                                   "--num-images", "4", "--seed", "1"]) == 0
