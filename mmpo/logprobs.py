@@ -23,6 +23,9 @@ from torch.utils.checkpoint import checkpoint
 from mmpo.models.inputs import join_prompt_answer, media_keys
 
 LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to B x 128 x V
+# Recompute a chunk in backward only when its fp32 copy is big (>= 16 MiB); below that, storing it costs
+# less than the recomputation (tiny CPU models: benchmarks/LOG.md, 2026-11-23).
+RECOMPUTE_MIN_ELEMENTS = 2**22
 
 
 def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOF
     Args:
         logits: [B, T, V] scores, `logits[:, t]` predicts `targets[:, t]` (any float dtype).
         targets: [B, T] token ids (masked positions may hold any valid id).
-        chunk: positions per chunk; each chunk is recomputed in backward instead of stored in fp32.
+        chunk: positions per chunk; a large chunk is recomputed in backward instead of stored in fp32.
 
     Returns:
         [B, T] float32 log-probabilities.
@@ -45,7 +48,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOF
     pieces = []
     for start in range(0, logits.shape[1], chunk):
         lg, tg = logits[:, start:start + chunk], targets[:, start:start + chunk]
-        if torch.is_grad_enabled() and lg.requires_grad:
+        if torch.is_grad_enabled() and lg.requires_grad and lg.numel() >= RECOMPUTE_MIN_ELEMENTS:
             pieces.append(checkpoint(_chunk_logps, lg, tg, use_reentrant=False))
         else:
             pieces.append(_chunk_logps(lg, tg))
