@@ -225,3 +225,14 @@ def _embed(v, x):
     t = v.conv1(x).flatten(2).transpose(1, 2)
     cls = v.class_embedding.expand(t.shape[0], 1, -1)
     return torch.cat([cls, t], 1) + v.positional_embedding
+
+
+def test_partner_scale_and_class_colours():
+    cfg = small_cfg(co_prob=1.0, min_objects=1, max_objects=1, partner_scale=0.5, n_images=50)
+    for sc in W.make_scenes(cfg, "train"):
+        primary, partner = sc["objects"]
+        assert primary["size"] >= cfg.size_range[0]
+        assert partner["size"] <= round(cfg.size_range[1] * 0.5)
+        assert all(o["colour"] == W.CLASS_COLOURS[o["cls"]] for o in sc["objects"])
+    rnd = W.make_scenes(dataclasses.replace(cfg, colour_mode="random"), "train")
+    assert any(o["colour"] != W.CLASS_COLOURS[o["cls"]] for sc in rnd for o in sc["objects"])
