@@ -1,0 +1,35 @@
+"""The reduced demo end to end: every stage writes its files, and the reported numbers come from predictions."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage(tmp_path):
+    import data_builders
+    import eval as evaluators
+    import eval.pope_build  # noqa: F401  (the pipeline uses these submodules)
+    import eval.runner  # noqa: F401
+
+    from eval import pope
+    from mmpo.demo import pipeline
+
+    result = pipeline.run(tmp_path, builders=data_builders.BUILDERS, evaluators=evaluators, quick=True)
+    for rel in ("world/annotations.json", "world/sft.jsonl", "models/llava/config.json", "models/clip",
+                "world/pope/coco_pope_adversarial.json", "eval/sft/predictions.jsonl", "pairs/difficulty/pairs.jsonl",
+                "pairs/augment/pairs.jsonl", "report.md", "pope_f1.png", "training_curves.png", "results.json"):
+        assert (tmp_path / rel).exists(), rel
+    for method in pipeline.METHODS:
+        assert (tmp_path / "runs" / f"{method.name.lower().replace('-', '')}_seed0" / "adapter").is_dir()
+
+    # the "before" numbers are exactly what the official scorer gives on the written answers
+    for split, metrics in result["before"].items():
+        qs = pope.read_questions(tmp_path / "world" / "pope" / f"coco_pope_{split}.json")
+        rescored = pope.score_answers_file(tmp_path / "world" / "pope" / f"coco_pope_{split}.json",
+                                           tmp_path / "eval" / "sft" / f"answers_{split}.jsonl")
+        assert rescored["f1"] == pytest.approx(metrics["f1"]) and rescored["n"] == len(qs)
+    report = (tmp_path / "report.md").read_text()
+    assert "SFT (before)" in report and all(m.name in report for m in pipeline.METHODS)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["after"]) == {m.name for m in pipeline.METHODS}
