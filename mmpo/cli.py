@@ -91,9 +91,13 @@ def cmd_demo(args) -> int:
         from mmpo.demo import pipeline
     except ImportError as exc:  # pragma: no cover - only before the demo lands
         raise RuntimeError(f"the demo is not built yet ({exc})") from None
-    import data_builders
-    import eval as evaluators
+    import importlib
 
+    import data_builders
+
+    for name in ("eval.runner", "eval.pope_build"):  # the submodules the demo uses
+        importlib.import_module(name)
+    evaluators = importlib.import_module("eval")
     pipeline.run(Path(args.out), builders=data_builders.BUILDERS, evaluators=evaluators, quick=args.quick,
                  from_scratch=args.from_scratch, seeds=args.seeds)
     return 0
