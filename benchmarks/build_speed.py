@@ -16,16 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test-clip writer
 
 
 def write_clips(root: Path, n: int, size: int, frames: int) -> Path:
     """n clips of moving squares, plus the SFT file that points at them."""
-    from mmpo.records import SFTRecord, write_jsonl
     from videos import make_frames, write_clip
+
+    from mmpo.records import SFTRecord, write_jsonl
 
     (root / "v").mkdir(parents=True, exist_ok=True)
     recs = []

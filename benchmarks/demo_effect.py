@@ -54,7 +54,7 @@ def main() -> None:
     table = "\n".join([
         f"## {datetime.date.today()} — demo_effect ({platform.machine()}, {os.cpu_count()} cores, torch "
         f"{torch.__version__}, 1 thread, {args.seeds} seeds)", "",
-        f"SFT: " + ", ".join(f"{s} F1 {100 * m['f1']:.1f}" for s, m in before.items())
+        "SFT: " + ", ".join(f"{s} F1 {100 * m['f1']:.1f}" for s, m in before.items())
         + f", adversarial yes-ratio {before['adversarial']['yes_ratio']:.3f} (gap {headline['sft_gap_f1']:.1f}).", "",
         "| method | adversarial F1 gain (mean ± std) | " + " | ".join(f"{s} F1" for s in before) + " |",
         "|---|---|" + "---|" * len(before), *rows, ""])

@@ -308,7 +308,8 @@ def variants_for(spec: dict) -> dict[str, dict]:
     out = {"trl": dict(base, tool="trl"), "mmpo": dict(base, tool="mmpo")}
     for lever in LEVERS:
         out[f"mmpo {'-' if base[lever] else '+'}{lever}"] = dict(base, tool="mmpo", **{lever: not base[lever]})
-    out[f"trl {'-' if spec['gc'] else '+'}gradient_checkpointing"] = dict(base, tool="trl", gradient_checkpointing=not spec["gc"])
+    flipped = f"trl {'-' if spec['gc'] else '+'}gradient_checkpointing"
+    out[flipped] = dict(base, tool="trl", gradient_checkpointing=not spec["gc"])
     return out
 
 

@@ -32,7 +32,7 @@ torch.set_num_threads(1)  # ENVIRONMENT.md "Threads": 2 threads on the busy 2-co
 
 from mmpo.demo import video_models as vm  # noqa: E402
 from mmpo.demo.world import WorldConfig, build_world  # noqa: E402
-from mmpo.records import PairRecord, make_id, pair_id, read_sft, write_jsonl  # noqa: E402
+from mmpo.records import PairRecord, pair_id, read_sft, write_jsonl  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -46,6 +46,7 @@ def parse_args(argv=None):
     a("--steps", type=int, default=vm.SFT_STEPS), a("--lr", type=float, default=vm.SFT_LR)
     a("--batch", type=int, default=vm.SFT_BATCH), a("--train-tower", action="store_true")
     a("--clip-steps", type=int, default=vm.CLIP_STEPS), a("--feature-layer", type=int, default=None)
+    a("--no-captions", action="store_true")
     a("--sft", default="", help="tag of an earlier SFT run to start the preference stage from")
     a("--pref", default="", choices=["", "pami", "vdpo", "dpo_gt", "pami+dpo"])
     a("--pref-steps", type=int, default=vm.PAMI_STEPS), a("--pref-lr", type=float, default=vm.PAMI_LR)
@@ -156,7 +157,8 @@ def main(argv=None) -> dict:
         t0 = time.time()
         model_dir = vm.train_video_model(wdir, out, seed=args.seed, steps=args.steps, lr=args.lr,
                                          batch_size=args.batch, train_tower=args.train_tower,
-                                         clip_steps=args.clip_steps, feature_layer=args.feature_layer)
+                                         clip_steps=args.clip_steps, feature_layer=args.feature_layer,
+                                         captions=not args.no_captions)
         res["sft_s"] = round(time.time() - t0, 1)
         rows = [json.loads(line) for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
         res["sft_loss"] = [round(r["loss"], 4) for r in rows]

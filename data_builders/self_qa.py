@@ -150,17 +150,17 @@ def select_pair(answers: list[str], judged: list, clip: list[float] | None, cfg:
     if len(valid) < 2:
         return None, "too_few_judged"
     s = {i: judge_score(judged[i]) for i in valid}
-    w, l = max(valid, key=lambda i: s[i]), min(valid, key=lambda i: s[i])
-    if s[w] - s[l] < cfg.min_gap or answers[w] == answers[l]:
+    w, lo = max(valid, key=lambda i: s[i]), min(valid, key=lambda i: s[i])
+    if s[w] - s[lo] < cfg.min_gap or answers[w] == answers[lo]:
         return None, "judge_gap_small"
-    scores = {"judge_chosen": s[w], "judge_rejected": s[l]}
+    scores = {"judge_chosen": s[w], "judge_rejected": s[lo]}
     if clip is not None:
-        if clip[w] < clip[l]:
+        if clip[w] < clip[lo]:
             return None, "clip_disagrees"
         if cfg.clip_floor > -1 and clip[w] < cfg.clip_floor:
             return None, "clip_below_floor"
-        scores.update(clip_chosen=clip[w], clip_rejected=clip[l], delta=clip[w] - clip[l])
-    return {"chosen": answers[w], "rejected": answers[l], "scores": scores}, ""
+        scores.update(clip_chosen=clip[w], clip_rejected=clip[lo], delta=clip[w] - clip[lo])
+    return {"chosen": answers[w], "rejected": answers[lo], "scores": scores}, ""
 
 
 def _v1(cfg, questions, media, word, seed, generate, judge, clip_fn, counts) -> list[dict | None]:

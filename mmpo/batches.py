@@ -27,8 +27,16 @@ import torch
 
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
-from mmpo.records import (AugSpec, PairRecord, RecordError, SFTRecord, decode_line, iter_lines, pair_from_json,
-                          sft_from_json)
+from mmpo.records import (
+    AugSpec,
+    PairRecord,
+    RecordError,
+    SFTRecord,
+    decode_line,
+    iter_lines,
+    pair_from_json,
+    sft_from_json,
+)
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,6 @@ def _build_parser(p: argparse.ArgumentParser) -> None:
 def cmd_build(args) -> int:
     """Build a preference set from raw media with one of the BUILDERS."""
     from data_builders import BUILDERS
-
     from mmpo.config import load
 
     if args.name not in BUILDERS:

@@ -30,7 +30,7 @@ from mmpo import config as cfgmod
 from mmpo.batches import PairCollator, SFTCollator, read_records
 from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
-from mmpo.logprobs import answer_logps, packed_logps, plain_logps
+from mmpo.logprobs import packed_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model, reference_mode

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_model, toy_pairs, toy_sft
+from videos import make_frames, write_clip
 
 from data_builders import BUILDERS
 from data_builders.augment import AugmentConfig, sample_specs
@@ -19,9 +21,6 @@ from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
 from mmpo.records import SFTRecord, read_pairs, write_jsonl
 from mmpo.trainer import train
-
-from helpers import tiny_model, toy_pairs, toy_sft
-from videos import make_frames, write_clip
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "build"
 

@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo import config as cfgmod
 from mmpo.cli import COMMANDS, config_class_for, main
-
-from helpers import tiny_model, toy_pairs, toy_sft
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))

@@ -11,7 +11,6 @@ def test_quick_demo_runs_every_stage(tmp_path):
     import eval as evaluators
     import eval.pope_build  # noqa: F401  (the pipeline uses these submodules)
     import eval.runner  # noqa: F401
-
     from eval import pope
     from mmpo.demo import pipeline
 

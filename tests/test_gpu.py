@@ -2,12 +2,11 @@
 
 import pytest
 import torch
+from helpers import tiny_model, toy_pairs
 
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
 from mmpo.trainer import train
-
-from helpers import tiny_model, toy_pairs
 
 pytestmark = pytest.mark.gpu
 

@@ -3,12 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import color_image, tiny_model
 
 from mmpo.config import LoraConfig, ModelConfig
 from mmpo.logprobs import block_mask, packed_logps, plain_logps, token_logps
 from mmpo.models import encode_answers, encode_prompts, load_model
-
-from helpers import color_image, tiny_model
 
 
 def test_token_logps_matches_log_softmax_and_its_gradient():

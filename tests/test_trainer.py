@@ -5,13 +5,12 @@ import shutil
 
 import pytest
 import torch
+from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
 from mmpo.records import write_jsonl
 from mmpo.trainer import train
-
-from helpers import tiny_model, toy_pairs, toy_sft
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +151,9 @@ def test_loss_variants_train(world, tmp_path, loss):
 
 def test_pami_bag_trains_on_video(tmp_path_factory, tmp_path):
     import numpy as np
+    from videos import make_frames, write_clip
 
     from mmpo.records import AugSpec, PairRecord
-    from videos import make_frames, write_clip
 
     root = tmp_path_factory.mktemp("pami")
     model = tiny_model("llava_next_video", root)

@@ -42,6 +42,8 @@ FEATURE_LAYER = -3
 # as LLaVA-1.5's SFT did with its short-answer instruction.
 VH_SUFFIX = "\nAnswer the question using 'yes' or 'no'."
 
+CAPTION_Q = "Describe the video."
+CAPTIONS = True  # add one caption record per video to the SFT data (see `suffixed_sft`)
 CLIP_STEPS = 150  # contrastive steps on video frames (0 = keep the factory's random tower)
 SFT_STEPS = 500
 SFT_LR = 1e-3
@@ -90,9 +92,35 @@ def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int =
     return out / "videohallucer"
 
 
-def suffixed_sft(world_dir: str | Path, out_path: str | Path, suffix: str = VH_SUFFIX) -> Path:
-    """Copy of the world's sft_video.jsonl with `suffix` appended to each prompt (media paths kept)."""
-    recs = [dataclasses.replace(r, prompt=r.prompt + suffix) for r in read_sft(Path(world_dir) / "sft_video.jsonl")]
+def suffixed_sft(world_dir: str | Path, out_path: str | Path, suffix: str = VH_SUFFIX,
+                 captions: bool = CAPTIONS) -> Path:
+    """The world's sft_video.jsonl with `suffix` on each yes/no prompt, plus one caption record per video.
+
+    Captions ("Describe the video." -> "There is a red circle with a blue square, and ...") put a loss on
+    every object word of a video, the dense alignment signal of LLaVA's first stage (Liu et al. 2023,
+    arXiv 2304.08485 §4.2: projector pre-training on image-caption pairs); the yes/no answers alone are
+    one token each.
+
+    Args:
+        world_dir: world folder (sft_video.jsonl, video_events.json, world.json).
+        out_path: output JSONL.
+        suffix: appended to every yes/no prompt (VideoHallucer's evaluation suffix).
+        captions: add the caption records.
+
+    Returns:
+        `out_path`.
+    """
+    from mmpo.demo.world import caption
+    from mmpo.records import SFTRecord, make_id
+
+    world = Path(world_dir)
+    recs = [dataclasses.replace(r, prompt=r.prompt + suffix) for r in read_sft(world / "sft_video.jsonl")]
+    if captions:
+        cfg = world_config(world)
+        for gt in json.loads((world / "video_events.json").read_text()):
+            text = caption(gt["objects"], cfg)
+            recs.append(SFTRecord(make_id([gt["video"]], CAPTION_Q, text), (gt["video"],), "video", CAPTION_Q,
+                                  text, {"kind": "caption"}))
     write_jsonl(out_path, recs)
     return Path(out_path)
 
@@ -211,7 +239,7 @@ def sft_config(model_dir: str | Path, data: str | Path, out_dir: str | Path, med
 def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0, steps: int = SFT_STEPS,
                       words: list[str] | None = None, lr: float = SFT_LR, batch_size: int = SFT_BATCH,
                       train_tower: bool = False, clip_steps: int = CLIP_STEPS,
-                      feature_layer: int | None = None) -> Path:
+                      feature_layer: int | None = None, captions: bool = CAPTIONS) -> Path:
     """Build and SFT the tiny video LLaVA on the world's video QA.
 
     Args:
@@ -225,6 +253,7 @@ def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0,
         train_tower: also train the vision tower (default frozen, as LLaVA's SFT).
         clip_steps: contrastive CLIP pretraining steps on the world's frames (0 = random tower).
         feature_layer: tower layer for the projector (default: -1 with a pretrained CLIP, else FEATURE_LAYER).
+        captions: add caption records to the SFT data.
 
     Returns:
         The trained checkpoint folder (`out_dir/sft/model`), loadable by `mmpo.models.load_model`.
@@ -238,7 +267,7 @@ def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0,
     if feature_layer is None:
         feature_layer = -1 if visual is not None else FEATURE_LAYER
     init = make_video_model(out / "init", words, seed=seed, visual=visual, feature_layer=feature_layer)
-    data = suffixed_sft(world, out / "sft_video_vh.jsonl")
+    data = suffixed_sft(world, out / "sft_video_vh.jsonl", captions=captions)
     cfg = sft_config(init, data, out / "sft", world, seed, steps, lr, batch_size)
     model, processor = load_model(cfg.model, cfg.lora, trainable=True)
     if train_tower:
