@@ -89,6 +89,8 @@ def gt_pairs(sft_path: Path, out: Path) -> Path:
     """Plain DPO pairs from SFT QA: chosen = the true yes/no answer, rejected = the other one, same video."""
     recs = []
     for r in read_sft(sft_path):
+        if r.answer not in ("yes", "no"):
+            continue  # captions have no single wrong answer
         wrong = {"yes": "no", "no": "yes"}[r.answer]
         recs.append(PairRecord(id=pair_id(list(r.media), r.prompt, r.answer, wrong), media=r.media,
                                media_type=r.media_type, prompt=r.prompt, chosen=r.answer, rejected=wrong))
@@ -119,11 +121,7 @@ def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
     elif args.pref == "pami+dpo":
         # one file: bag pairs carry chosen = rejected; the dpo term needs chosen != rejected, so each
         # record gets rejected = the wrong answer and its bag (pami ignores *_rejected, METHODS §1)
-        rows = [json.loads(line) for line in bag.read_text().splitlines()]
-        for row in rows:
-            row["rejected"] = {"yes": "no", "no": "yes"}[row["chosen"]]
-        pairs = out / "pami_dpo_pairs.jsonl"
-        pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        pairs = vm.with_wrong_answers(bag, out / "pami_dpo_pairs.jsonl")
     res = {"pairs_s": round(time.time() - t0, 1)}
     t0 = time.time()
     adapter = vm.train_pami(model_dir, pairs, out / "pref", wdir, seed=args.seed, steps=args.pref_steps,

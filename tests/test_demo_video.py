@@ -37,7 +37,7 @@ def test_suffix_is_videohallucers():
 def test_sft_checkpoint_loads_and_loss_falls(sft):
     out, model_dir = sft
     rows = [json.loads(line) for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) >= 3 and rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    assert len(rows) >= 3 and rows[-1]["loss"] < 0.75 * rows[0]["loss"]
     model, _ = load_model(ModelConfig(path=str(model_dir), device="cpu"))
     assert model.config.vision_feature_layer == -1  # pretrained CLIP tower: its last layer
     assert model.config.video_seq_length == vm.NUM_FRAMES * (vm.IMAGE_SIZE // (vm.IMAGE_SIZE // 4)) ** 2 // 4
@@ -65,7 +65,10 @@ def test_pami_pairs_and_training_write_an_adapter(world, sft, tmp_path):
                                lambda **kw: build(AugmentConfig(**kw)), num_candidates=2)
     pairs = read_pairs(pairs_path, world)
     assert pairs and all(p.chosen == p.rejected and len(p.rejected_bag) == 2 for p in pairs)
-    adapter = vm.train_pami(model_dir, pairs_path, tmp_path / "pref", world, steps=2, lr=1e-3)
+    both = read_pairs(vm.with_wrong_answers(pairs_path, tmp_path / "both.jsonl"), world)
+    assert both and len(both) < len(pairs)  # caption pairs dropped
+    assert all({p.chosen, p.rejected} == {"yes", "no"} and len(p.rejected_bag) == 2 for p in both)
+    adapter = vm.train_pami(model_dir, tmp_path / "both.jsonl", tmp_path / "pref", world, steps=2, lr=1e-3)
     assert (adapter / "adapter_config.json").exists()
     rows = [json.loads(line) for line in (tmp_path / "pref" / "metrics.jsonl").read_text().splitlines()]
-    assert "pami/kept_fraction" in rows[-1]
+    assert "pami/kept_fraction" in rows[-1] and "rewards/margins" in rows[-1]  # both terms of PAMI_LOSS ran
