@@ -45,8 +45,11 @@ def test_sft_checkpoint_loads_and_loss_falls(sft):
     init, _ = load_model(ModelConfig(path=str(out / "init"), device="cpu"))
     for a, b in zip(model.model.vision_tower.parameters(), init.model.vision_tower.parameters()):
         assert torch.equal(a, b)
-    prompts = [json.loads(line)["prompt"] for line in (out / "sft_video_vh.jsonl").read_text().splitlines()]
-    assert prompts and all(p.endswith(vm.VH_SUFFIX) for p in prompts)
+    rows = [json.loads(line) for line in (out / "sft_video_vh.jsonl").read_text().splitlines()]
+    qa = [r["prompt"] for r in rows if r["answer"] in ("yes", "no")]
+    caps = [r for r in rows if r["prompt"] == vm.CAPTION_Q]
+    assert qa and all(p.endswith(vm.VH_SUFFIX) for p in qa)
+    assert len(caps) == 6 and all(r["answer"].startswith("There is") for r in caps)  # one caption per video
 
 
 def test_eval_world_is_held_out(world, tmp_path):
