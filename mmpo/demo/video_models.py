@@ -7,9 +7,11 @@ because mmpo core never imports `data_builders` or `eval`):
    so the evaluation never sees training videos and many hallucination questions ask about an absent
    co-occurring partner (the training world adds partners with probability `co_prob` ~0.95, so its own
    VideoHallucer file has almost no absent partners to ask about).
-2. `train_video_model`: tiny `llava_next_video` from the model factory, SFT (mmpo trainer, stage sft) of
-   the language model + projector on `sft_video.jsonl` with VideoHallucer's answer suffix; the random
-   vision tower stays frozen and the LLaVA reads its *patch-embedding* layer (see FEATURE_LAYER).
+2. `train_video_model`: a tiny CLIP pretrained contrastively on the world's frames (`pretrain_clip`), put
+   into a tiny `llava_next_video` from the model factory (`clip_to_hf.attach_tower`, frozen), then SFT
+   (mmpo trainer, stage sft) of the language model + projector on `sft_video.jsonl` with VideoHallucer's
+   answer suffix plus one caption per video (`suffixed_sft`). With `clip_steps=0` the factory's random
+   tower is kept and the LLaVA reads its patch-embedding layer (FEATURE_LAYER).
 3. `pami_pairs`: conditional pairs for PaMi-VDPO (chosen = rejected = the SFT answer, rejected media = a
    bag of K augmented clips) through the augmentation builder handed in by the caller.
 4. `train_pami`: PaMi-VDPO (mmpo loss "pami", LoRA on the language model, reference = adapter off).
