@@ -17,7 +17,8 @@ def test_quick_demo_runs_every_stage(tmp_path):
     result = pipeline.run(tmp_path, builders=data_builders.BUILDERS, evaluators=evaluators, quick=True)
     for rel in ("world/annotations.json", "world/sft.jsonl", "models/llava/config.json", "models/clip",
                 "world/pope/coco_pope_adversarial.json", "eval/sft/predictions.jsonl", "pairs/difficulty/pairs.jsonl",
-                "pairs/augment/pairs.jsonl", "report.md", "pope_f1.png", "training_curves.png", "results.json"):
+                "pairs/augment/pairs.jsonl", "pairs/video_pami_dpo.jsonl", "runs/pami_seed0/adapter",
+                "eval/video_sft/metrics.json", "report.md", "pope_f1.png", "training_curves.png", "results.json"):
         assert (tmp_path / rel).exists(), rel
     for method in pipeline.METHODS:
         assert (tmp_path / "runs" / f"{method.name.lower().replace('-', '')}_seed0" / "adapter").is_dir()
@@ -30,5 +31,6 @@ def test_quick_demo_runs_every_stage(tmp_path):
         assert rescored["f1"] == pytest.approx(metrics["f1"]) and rescored["n"] == len(qs)
     report = (tmp_path / "report.md").read_text()
     assert "SFT (before)" in report and all(m.name in report for m in pipeline.METHODS)
+    assert "PaMi-VDPO" in report and 0.0 <= result["video"]["before"]["overall"]["pair_accuracy"] <= 1.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["after"]) == {m.name for m in pipeline.METHODS}
