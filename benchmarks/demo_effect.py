@@ -40,7 +40,8 @@ def main() -> None:
     from mmpo.demo import pipeline
 
     result = pipeline.run(Path(args.out), builders=data_builders.BUILDERS, evaluators=importlib.import_module("eval"),
-                          from_scratch=args.from_scratch, seeds=args.seeds)
+                          from_scratch=args.from_scratch, seeds=args.seeds,
+                          methods=tuple(m.name for m in pipeline.METHODS))
     before, after = result["before"], result["after"]
     headline = {"sft_gap_f1": round(100 * (before["random"]["f1"] - before["adversarial"]["f1"]), 2),
                 "sft_adv_yes_ratio": round(before["adversarial"]["yes_ratio"], 3)}

@@ -82,6 +82,7 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true", help="retrain the world models instead of the shipped ones")
     p.add_argument("--quick", action="store_true", help="a reduced demo (the end-to-end test)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (the report gives mean and std)")
+    p.add_argument("--methods", default="", help="image methods, comma-separated (default DPO,DA-DPO; also mDPO)")
     p.add_argument("--no-video", action="store_true", help="skip the video part (PaMi-VDPO on VideoHallucer-style pairs)")
 
 
@@ -99,7 +100,8 @@ def cmd_demo(args) -> int:
         importlib.import_module(name)
     evaluators = importlib.import_module("eval")
     pipeline.run(Path(args.out), builders=data_builders.BUILDERS, evaluators=evaluators, quick=args.quick,
-                 from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video)
+                 from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video,
+                 methods=tuple(m for m in args.methods.split(",") if m) or None)
     return 0
 
 
