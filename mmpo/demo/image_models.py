@@ -129,14 +129,10 @@ def _encode(processor, prompt: str, answer: str, n_img: int) -> tuple[list[int],
 
     tok = processor.tokenizer
     ids = tok(prompt_text(processor, prompt, "image"))["input_ids"]
-    k = ids.index(model_image_token(tok))
-    ids = ids[:k] + [ids[k]] * n_img + ids[k + 1:]
+    k = ids.index(tok.convert_tokens_to_ids("<image>"))
+    ids = ids[:k] + [ids[k]] * n_img + ids[k + 1:]  # the processor's expansion of the image placeholder
     n_prompt = len(ids)
     return ids + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], n_prompt
-
-
-def model_image_token(tok) -> int:
-    return tok.convert_tokens_to_ids("<image>")
 
 
 def sft_cached(model, processor, sft_path: Path, world_dir: Path, steps: int = SFT_STEPS, seed: int = 0,

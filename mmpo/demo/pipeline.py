@@ -109,13 +109,13 @@ def world_models(out: Path, settings: DemoSettings, world_dir: Path, from_scratc
 def pope_files(evaluators, world_dir: Path, seed: int) -> list[str]:
     """POPE splits built from the held-out annotations by the reference procedure (2 objects per image)."""
     ann = json.loads((world_dir / "annotations.json").read_text())
-    eligible = len({a["image_id"] for a in ann["annotations"]})
     files = evaluators.pope_build.build_files(world_dir / "annotations.json", world_dir / "pope", sample_num=2,
-                                              img_num=_eligible(ann, 2) or eligible, seed=seed)
+                                              img_num=_eligible(ann, 2), seed=seed)
     return [str(p) for p in files.values()]
 
 
 def _eligible(ann: dict, k: int) -> int:
+    """Images with at least k distinct objects (POPE asks k objects per image; all of them are used)."""
     counts: dict[int, set] = {}
     for a in ann["annotations"]:
         counts.setdefault(a["image_id"], set()).add(a["category_id"])
