@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(1)  # DEMO-NOTES: 2 threads on the busy 2-core box made steps ~4x slower
 
+from mmpo.demo.image_models import cache_features, lm_logits  # noqa: E402  (the demo's own, so the probe measures it)
 from mmpo.demo.world import WorldConfig, build_world, caption, render_image  # noqa: E402
 from mmpo.records import read_sft  # noqa: E402
 
@@ -82,31 +83,11 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
     if args.no_clip_pretrain or args.clip_steps == 0:
         stats["clip_s"] = round(time.time() - t0, 1)
         return model.visual.eval(), stats
-    model.train()
-    # The 49408 x 64 BPE embedding table is 94% of the parameters and made a step ~3x slower (dense
-    # grads + AdamW over it); the world uses ~40 of its rows, whose random vectors are already distinct.
-    model.token_embedding.weight.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.clip_lr, weight_decay=0.1)
-    g = torch.Generator().manual_seed(args.seed)
-    for step in range(args.clip_steps):
-        lr = args.clip_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / args.clip_steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        idx = torch.randint(len(scenes), (args.clip_batch,), generator=g)
-        fi = model.encode_image(images[idx], normalize=True)
-        ft = model.encode_text(texts[idx], normalize=True)
-        logits = model.logit_scale.exp() * fi @ ft.t()
-        # identical captions in a batch are true matches too: use a soft target over equal captions
-        same = (texts[idx][:, None, :] == texts[idx][None, :, :]).all(-1).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.t().log_softmax(1)).sum(1).mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 100 == 0 or step == args.clip_steps - 1:
-            acc = (logits.argmax(1) == torch.arange(len(idx))).float().mean().item()
-            print(f"clip step {step} loss {loss.item():.3f} i2t acc {acc:.2f}", flush=True)
-    stats.update(clip_s=round(time.time() - t0, 1), clip_loss=round(loss.item(), 3))
+    from mmpo.clip import contrastive_train
+
+    loss = contrastive_train(model, images, texts, args.clip_steps, lr=args.clip_lr, batch_size=args.clip_batch,
+                             seed=args.seed, log=lambda line: print(line, flush=True))
+    stats.update(clip_s=round(time.time() - t0, 1), clip_loss=round(loss, 3))
     if args.clip_cache:
         torch.save(model.state_dict(), args.clip_cache)
     return model.visual.eval(), stats
@@ -131,18 +112,6 @@ def make_llava(visual, words, out: Path, args):
     return model, processor
 
 
-@torch.no_grad()
-def cache_features(model, processor, pil_images, bs: int = 256) -> torch.Tensor:
-    """Features the LLaVA's projector sees: tower hidden state at vision_feature_layer (CLS dropped if "default")."""
-    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
-    skip = 1 if model.config.vision_feature_select_strategy == "default" else 0
-    feats = []
-    for i in range(0, len(pil_images), bs):
-        pv = processor.image_processor(pil_images[i:i + bs], return_tensors="pt")["pixel_values"]
-        feats.append(tower(pixel_values=pv, output_hidden_states=True).hidden_states[layer][:, skip:])
-    return torch.cat(feats)
-
-
 def encode(processor, prompt: str, answer: str | None, n_img: int) -> tuple[list[int], int]:
     """Token ids of the templated prompt (+ answer + EOS) with the image token expanded; returns (ids, prompt len)."""
     from mmpo.models.inputs import prompt_text
@@ -156,16 +125,6 @@ def encode(processor, prompt: str, answer: str | None, n_img: int) -> tuple[list
     if answer is not None:
         ids = ids + tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return ids, n_prompt
-
-
-def lm_logits(model, ids, attn, feats):
-    """LLaVA forward from cached patch features: image-token embeddings <- projector(features)."""
-    emb = model.get_input_embeddings()(ids)
-    img = (ids == model.config.image_token_id).unsqueeze(-1)
-    emb = emb.masked_scatter(img, model.model.multi_modal_projector(feats).to(emb.dtype))
-    pos = (attn.cumsum(1) - 1).clamp(min=0)
-    h = model.model.language_model(inputs_embeds=emb, attention_mask=attn, position_ids=pos).last_hidden_state
-    return model.lm_head(h)
 
 
 def pad(seqs, value):

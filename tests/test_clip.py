@@ -121,3 +121,23 @@ def test_model_can_be_trained_contrastively(scorer, video):
 def test_load_clip_rejects_a_folder_without_config(tmp_path):
     with pytest.raises(FileNotFoundError, match=CONFIG_NAME):
         load_clip(tmp_path)
+
+
+def test_contrastive_train_lowers_the_loss(tmp_path):
+    """Two kinds of images with two captions: 40 InfoNCE steps must pull matching pairs together."""
+    import numpy as np
+    from PIL import Image
+
+    from mmpo.clip import contrastive_train, load_clip, make_tiny_clip
+
+    scorer = load_clip(make_tiny_clip(tmp_path / "c", seed=0, image_size=64))
+    red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)
+    red[..., 0], blue[..., 2] = 220, 220
+    images = [Image.fromarray(red), Image.fromarray(blue)] * 8
+    pixels = torch.stack([scorer.preprocess(im) for im in images])
+    tokens = scorer.tokenizer(["a red image", "a blue image"] * 8)
+    first = contrastive_train(scorer.model, pixels, tokens, steps=1, batch_size=16, seed=0)
+    last = contrastive_train(scorer.model, pixels, tokens, steps=40, lr=3e-3, batch_size=16, seed=0)
+    assert last < first - 0.1
+    sims = scorer.frame_text_similarity(np.stack([red]), ["a red image", "a blue image"])
+    assert sims[0] > sims[1]

@@ -29,6 +29,7 @@ SFT_STEPS, SFT_LR, SFT_BATCH = 700, 1e-3, 64
 
 
 def _cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay (the SFT schedule)."""
     return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
@@ -47,34 +48,13 @@ def pretrain_clip(scenes: list[dict], cfg: WorldConfig, out_dir: Path, steps: in
     Returns:
         `out_dir`.
     """
-    from mmpo.clip import _save_weights, load_clip, make_tiny_clip
+    from mmpo.clip import _save_weights, contrastive_train, load_clip, make_tiny_clip
 
     scorer = load_clip(make_tiny_clip(out_dir, seed=seed, image_size=cfg.image_size))
-    model = scorer.model.train()
+    model = scorer.model
     images = torch.stack([scorer.preprocess(render_image(sc, cfg)) for sc in scenes])
     texts = scorer.tokenizer([caption(sc["objects"], cfg) for sc in scenes])
-    # The 49408 x 64 BPE table is 94% of the parameters and tripled the step time; the world uses ~40 rows.
-    model.token_embedding.weight.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=CLIP_LR, weight_decay=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _cosine_lr(CLIP_LR, step, steps, 30)
-        idx = torch.randint(len(scenes), (CLIP_BATCH,), generator=gen)
-        fi = model.encode_image(images[idx], normalize=True)
-        ft = model.encode_text(texts[idx], normalize=True)
-        logits = model.logit_scale.exp() * fi @ ft.t()
-        # identical captions in one batch are true matches too: a soft target over equal captions
-        same = (texts[idx][:, None, :] == texts[idx][None, :, :]).all(-1).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = -0.5 * ((target * logits.log_softmax(1)).sum(1).mean() + (target * logits.t().log_softmax(1)).sum(1).mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"  clip step {step + 1}/{steps} loss {loss.item():.3f}")
-    model.eval()
+    contrastive_train(model, images, texts, steps, lr=CLIP_LR, batch_size=CLIP_BATCH, seed=seed, log=log)
     _save_weights(model, Path(out_dir))
     return Path(out_dir)
 

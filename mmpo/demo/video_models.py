@@ -200,34 +200,15 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, steps: int = CLIP_
     Returns:
         The open_clip `VisionTransformer` (eval mode), ready for `clip_to_hf.attach_tower`.
     """
-    import math
-
     import torch
 
-    from mmpo.clip import load_clip, make_tiny_clip
+    from mmpo.clip import contrastive_train, load_clip, make_tiny_clip
 
     scorer = load_clip(make_tiny_clip(out_dir, seed=seed, image_size=IMAGE_SIZE))
-    model = scorer.model.train()
+    model = scorer.model
     images, captions = frame_captions(world_dir)
     pix = torch.stack([scorer.preprocess(im) for im in images])
-    toks = scorer.tokenizer(captions)
-    model.token_embedding.weight.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        idx = torch.randint(len(images), (batch_size,), generator=gen)
-        fi = model.encode_image(pix[idx], normalize=True)
-        ft = model.encode_text(toks[idx], normalize=True)
-        logits = model.logit_scale.exp() * fi @ ft.t()
-        same = (toks[idx][:, None, :] == toks[idx][None, :, :]).all(-1).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean()
-                      - (target * logits.t().log_softmax(1)).sum(1).mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    contrastive_train(model, pix, scorer.tokenizer(captions), steps, lr=lr, batch_size=batch_size, seed=seed)
     return model.visual.eval()
 
 
