@@ -75,26 +75,35 @@ def _model_media(batch: dict) -> dict:
     return {k: batch[k] for k in media_keys(batch)}
 
 
-def plain_logps(model, prompt_batch: dict, answer_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(model, prompt_batch: dict, answer_batch: dict) -> torch.Tensor:
+    """[B, La, V] logits that predict each answer token, from the ordinary one-row-per-answer layout.
+
+    Only the last prompt position and the answer (minus its final token) go through the lm_head: these
+    predict exactly the answer tokens, and the lm_head never runs on the hundreds of media tokens.
+    """
+    batch = join_prompt_answer(prompt_batch, answer_batch)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=answer_batch["input_ids"].shape[1] + 1,
+                use_cache=False, **_model_media(batch))
+    return out.logits[:, :-1]
+
+
+def plain_logps(model, prompt_batch: dict, answer_batch: dict, keep_logits: bool = False) -> tuple:
     """Answer log-probs from the ordinary layout: one row per (media, prompt, answer).
 
     Args:
         model: a LLaVA-family model (or PeftModel around one).
         prompt_batch: `mmpo.models.encode_prompts` output (left-padded, with media tensors).
         answer_batch: `mmpo.models.encode_answers` output (right-padded).
+        keep_logits: also return the [B, La, V] logits that predict the answer tokens (PaMi's JS distance
+            reuses them instead of a second forward).
 
     Returns:
-        (sum_logps [B], n_tokens [B]).
+        (sum_logps [B], n_tokens [B]) (+ logits when `keep_logits`).
     """
-    batch = join_prompt_answer(prompt_batch, answer_batch)
-    n_answer = answer_batch["input_ids"].shape[1]
-    # Keep logits for the last prompt position and the answer (minus its final token): these predict
-    # exactly the answer tokens. The lm_head never runs on the hundreds of media tokens.
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=n_answer + 1, use_cache=False,
-                **_model_media(batch))
-    logits = out.logits[:, :-1]
-    return answer_logps(logits, answer_batch["input_ids"], answer_batch["attention_mask"])
+    logits = answer_logits(model, prompt_batch, answer_batch)
+    logps = answer_logps(logits, answer_batch["input_ids"], answer_batch["attention_mask"])
+    return (*logps, logits) if keep_logits else logps
 
 
 def block_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -130,7 +139,7 @@ def _attn_implementation(model) -> str:
     return impl or getattr(config, "_attn_implementation", "sdpa") or "sdpa"
 
 
-def packed_logps(model, prompt_batch: dict, answer_batches: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_logits: bool = False) -> list[tuple]:
     """Answer log-probs for several answers per prompt from ONE row per prompt (shared prefix).
 
     Layout per row: `[left-padded prompt (Lp) | answer_1 (L1, right-padded) | answer_2 (L2) | ...]`.
@@ -147,9 +156,10 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict]) -> list[
         model: a LLaVA-family model (or PeftModel around one).
         prompt_batch: `encode_prompts` output (left-padded).
         answer_batches: one `encode_answers` output per answer set, each [B, L_j].
+        keep_logits: also return each answer's [B, L_j, V] predicting logits.
 
     Returns:
-        One (sum_logps [B], n_tokens [B]) per answer batch, equal to `plain_logps` on the same data.
+        One (sum_logps [B], n_tokens [B]) (+ logits) per answer batch, equal to `plain_logps` on the same data.
     """
     p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
     bsz, n_prompt = p_ids.shape
@@ -177,6 +187,7 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict]) -> list[
         length = ans["input_ids"].shape[1]
         # predictor of answer token t: last prompt position for t = 0, else the answer's own token t - 1
         idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + length - 1)]).to(device)
-        results.append(answer_logps(logits[:, idx], ans["input_ids"].to(device), ans["attention_mask"].to(device)))
+        logps = answer_logps(logits[:, idx], ans["input_ids"].to(device), ans["attention_mask"].to(device))
+        results.append((*logps, logits[:, idx]) if keep_logits else logps)
         start += length
     return results

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 
 from mmpo import config as cfgmod
 from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
+from mmpo.logprobs import answer_logits
 from mmpo.media import load_media
 from mmpo.models import add_lora, generate_answers, has_adapter, load_model
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_jsonl, write_manifest
-from mmpo.trainer import answer_logits, pair_logps, resolve_media_root, train
+from mmpo.trainer import pair_logps, resolve_media_root, train
 
 log = logging.getLogger(__name__)
 

@@ -52,28 +52,35 @@ def to_device(obj, device):
     return obj
 
 
-def pair_logps(model, batch: dict, requires: set, shared_prefix: bool) -> dict[str, torch.Tensor]:
+def pair_logps(model, batch: dict, requires: set, shared_prefix: bool, js_logits: bool = False) -> dict:
     """All answer log-probs a step needs from one model (policy or reference).
 
     Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
     `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
-    clip) and `gt`, `gt_tokens` (ground-truth answer).
+    clip) and `gt`, `gt_tokens` (ground-truth answer). With `js_logits` (the policy's PaMi pass) also the
+    detached answer logits on the original media (`js_base`) and on each bag clip (`js_bag`), so the
+    prompt-aware distances need no forward of their own.
     """
+    keep = js_logits and "bag" in requires
     extra = [batch["gt"]] if "gt" in requires else []
     if shared_prefix and "rejected_prompt" not in batch:
         # chosen, rejected (and gt) share the media and prompt: encode them once.
-        outs = packed_logps(model, batch["prompt"], [batch["chosen"], batch["rejected"], *extra])
+        outs = packed_logps(model, batch["prompt"], [batch["chosen"], batch["rejected"], *extra], keep_logits=keep)
     else:
-        outs = [plain_logps(model, batch["prompt"], batch["chosen"]),
-                plain_logps(model, batch.get("rejected_prompt", batch["prompt"]), batch["rejected"])]
-        outs += [plain_logps(model, batch["prompt"], a) for a in extra]
+        outs = [plain_logps(model, batch["prompt"], batch["chosen"], keep_logits=keep),
+                plain_logps(model, batch.get("rejected_prompt", batch["prompt"]), batch["rejected"], keep_logits=keep)]
+        outs += [plain_logps(model, batch["prompt"], a, keep_logits=keep) for a in extra]
     res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
     if "gt" in requires:
-        res["gt"], res["gt_tokens"] = outs[2]
+        res["gt"], res["gt_tokens"] = outs[2][:2]
     if "corrupt" in requires:
         res["corrupt"] = plain_logps(model, batch["corrupt_prompt"], batch["chosen"])[0]
     if "bag" in requires:
-        res["bag"] = torch.stack([plain_logps(model, p, batch["chosen"])[0] for p in batch["bag_prompts"]], 1)
+        bag = [plain_logps(model, p, batch["chosen"], keep_logits=keep) for p in batch["bag_prompts"]]
+        res["bag"] = torch.stack([b[0] for b in bag], 1)
+        if keep:
+            res["js_base"] = outs[0][2].detach()
+            res["js_bag"] = [b[2].detach() for b in bag]
     return res
 
 
@@ -88,8 +95,8 @@ class PolicyLogps(torch.nn.Module):
         super().__init__()
         self.model, self.requires, self.shared_prefix = model, requires, shared_prefix
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        return pair_logps(self.model, batch, self.requires, self.shared_prefix)
+    def forward(self, batch: dict) -> dict:
+        return pair_logps(self.model, batch, self.requires, self.shared_prefix, js_logits=True)
 
 
 class AnswerLogps(torch.nn.Module):
@@ -151,24 +158,13 @@ def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable[[di
     return reference
 
 
-def answer_logits(model, prompt_batch: dict, answer_batch: dict) -> torch.Tensor:
-    """[B, La, V] logits that predict each answer token (for the PaMi-VDPO JS distance)."""
-    from mmpo.models import join_prompt_answer, media_keys
-
-    joined = join_prompt_answer(prompt_batch, answer_batch)
-    out = model(input_ids=joined["input_ids"], attention_mask=joined["attention_mask"],
-                position_ids=joined["position_ids"], logits_to_keep=answer_batch["input_ids"].shape[1] + 1,
-                use_cache=False, **{k: joined[k] for k in media_keys(joined)})
-    return out.logits[:, :-1]
-
-
 @torch.no_grad()
-def bag_distances(model, batch: dict, top_k: int) -> torch.Tensor:
-    """PaMi-VDPO prompt-aware distance d_k = mean_t JS(p(.|v) || p(.|v_k)) under the current policy."""
-    base = answer_logits(model, batch["prompt"], batch["chosen"])
-    mask = batch["chosen"]["attention_mask"]
-    return torch.stack([js_divergence(base, answer_logits(model, p, batch["chosen"]), mask, top_k or None)
-                        for p in batch["bag_prompts"]], 1)
+def bag_distances(pol: dict, mask: torch.Tensor, top_k: int) -> torch.Tensor:
+    """PaMi-VDPO prompt-aware distance d_k = mean_t JS(p(.|v) || p(.|v_k)) under the current policy.
+
+    Computed from the policy's own logits of this step (detached), so it costs no extra forward.
+    """
+    return torch.stack([js_divergence(pol["js_base"], q, mask, top_k or None) for q in pol["js_bag"]], 1)
 
 
 # ----------------------------------------------------------------------------- reference cache
@@ -228,7 +224,7 @@ def preference_loss(terms, step_module, reference, requires: set, top_k: int = 0
             weight=batch["weight"], score_delta=batch.get("score_delta"),
             policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
             bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.get("bag_mask"),
-            bag_distance=bag_distances(_unwrap(step_module).model, batch, top_k) if "bag" in requires else None,
+            bag_distance=bag_distances(pol, batch["chosen"]["attention_mask"], top_k) if "bag" in requires else None,
             gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
         total, metrics = 0.0, {}
         for weight, term in terms:
@@ -248,10 +244,6 @@ def sft_loss(step_module):
         loss = -logp.sum() / count.sum().clamp(min=1)
         return loss, {"sft/nll": loss.item()}
     return batch_loss
-
-
-def _unwrap(module):
-    return getattr(module, "module", module)
 
 
 # ----------------------------------------------------------------------------- data order

@@ -178,3 +178,30 @@ def test_sft_stage_lowers_nll(world, tmp_path):
     rows = read_metrics(tmp_path / "sft")
     assert rows[-1]["sft/nll"] < rows[0]["sft/nll"] - 0.5
     shutil.rmtree(tmp_path / "sft")
+
+
+def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
+    """The JS distances reuse the policy's own answer logits; a separate no-grad pass gives the same numbers."""
+    import dataclasses
+
+    from mmpo.batches import PairCollator
+    from mmpo.config import LoraConfig, ModelConfig
+    from mmpo.logprobs import answer_logits
+    from mmpo.losses import js_divergence
+    from mmpo.models import load_model
+    from mmpo.records import AugSpec, read_pairs
+    from mmpo.trainer import bag_distances, pair_logps
+
+    model, processor = load_model(ModelConfig(path=str(world["model"])), LoraConfig(r=4), trainable=True)
+    bag = (AugSpec("mdpo_crop", {}, 1), AugSpec("gaussian_noise", {"std": 80.0}, 2))
+    recs = [dataclasses.replace(r, rejected_bag=bag) for r in read_pairs(world["pairs"])[:3]]
+    batch = PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"bag", "reference"}))(recs)
+    pol = pair_logps(model, batch, {"bag", "reference"}, shared_prefix=True, js_logits=True)
+    mask = batch["chosen"]["attention_mask"]
+    ours = bag_distances(pol, mask, top_k=0)
+    with torch.no_grad():
+        base = answer_logits(model, batch["prompt"], batch["chosen"])
+        separate = torch.stack([js_divergence(base, answer_logits(model, p, batch["chosen"]), mask)
+                                for p in batch["bag_prompts"]], 1)
+    assert ours.shape == (3, 2) and (ours > 0).all()
+    assert torch.allclose(ours, separate, atol=1e-5)
