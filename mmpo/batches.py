@@ -19,6 +19,7 @@ Worked example: two image pairs, no extra requirements ->
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,9 @@ def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: st
 
 def default_corruption(record: PairRecord) -> AugSpec:
     """mDPO's corruption: keep 1-20% of the image (RandomResizedCrop, luka-group/mDPO); seeded by the id."""
-    seed = int(record.id[:8], 16) if all(c in "0123456789abcdef" for c in record.id[:8]) else hash(record.id) % 2**31
+    # sha256, not hash(): str hashes are salted per process, which would make the corruption differ between
+    # runs and DataLoader workers (and break exact resume).
+    seed = int(hashlib.sha256(record.id.encode()).hexdigest()[:8], 16)
     return AugSpec("mdpo_crop" if record.media_type == "image" else "spatial_crop", {}, seed)
 
 
