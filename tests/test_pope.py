@@ -5,9 +5,9 @@ Sample files are verbatim excerpts of AoiDragon/POPE (shared/samples, see BENCHM
 
 import json
 from fractions import Fraction as F
-from pathlib import Path
 
 import pytest
+from helpers import SAMPLES  # noqa: E402
 
 from eval import EVALUATORS
 from eval.pope import (
@@ -23,7 +23,6 @@ from eval.pope import (
     write_answers,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
 # Reference result of each parser on tricky answers (worked from the reference code, BENCHMARKS.md §1.4).

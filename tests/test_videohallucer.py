@@ -4,9 +4,9 @@ Samples are verbatim pairs of patrick-tssn/VideoHallucer @ae4c2f2 (shared/sample
 """
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import SAMPLES  # noqa: E402
 
 from eval import EVALUATORS
 from eval.videohallucer import (
@@ -22,7 +22,6 @@ from eval.videohallucer import (
     write_results,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
 
