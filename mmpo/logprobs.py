@@ -5,54 +5,72 @@ Two ways to get them, checked equal by the tests:
 - `plain_logps`: one row per (media, prompt, answer), the layout every trainer uses. Chosen and rejected
   rows each carry a full copy of the image tokens (576 for LLaVA-1.5), so a pair encodes its media twice
   (and TRL does it twice more for the reference).
-- `packed_logps`: one row per pair, `[prompt | answer_1 | ... | answer_n]`, with a block attention mask
-  so every answer sees the prompt but not the other answers, and position ids that restart at the end
-  of the prompt for each answer. The media and prompt are encoded once for all answers. It is one
+- `packed_logps`: one row per pair, `[prompt | answer_1 | ... | answer_n]` (`packed_inputs`), with a block
+  attention mask so every answer sees the prompt but not the other answers, and position ids that restart
+  at the end of the prompt for each answer. The media and prompt are encoded once for all answers. It is one
   ordinary forward, so gradient checkpointing and DDP work unchanged (a KV-cache prefix would not:
   transformers turns the cache off under gradient checkpointing).
 
 Logits are computed only at answer positions (`logits_to_keep`), and the log-softmax over the vocabulary
-runs in chunks that are recomputed in backward, so no fp32 copy of all logits is ever alive.
+runs in chunks with a hand-written backward (`ChunkedTokenLogps`), so no fp32 copy of all logits is ever alive.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from mmpo.models.inputs import join_prompt_answer, media_keys
 
 LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to B x 128 x V
-# Recompute a chunk in backward only when its fp32 copy is big (>= 16 MiB); below that, storing it costs
-# less than the recomputation (tiny CPU models: benchmarks/LOG.md, 2026-11-23).
-RECOMPUTE_MIN_ELEMENTS = 2**22
 
 
-def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+class ChunkedTokenLogps(torch.autograd.Function):
+    """log p(target) = logit[target] - logsumexp(logits), chunk by chunk over positions, in fp32.
+
+    Forward saves only the logits themselves (in their own dtype); backward recomputes the softmax per chunk
+    and writes d logp / d logits = onehot(target) - softmax straight into one gradient tensor of the logits'
+    dtype. So no [B, T, V] fp32 tensor ever exists (a plain `log_softmax(logits.float())` keeps one for
+    backward), and, unlike slicing the logits and checkpointing each slice (this module's first version),
+    no full-size gradient is allocated per chunk. Cost at V = 32k on CPU: 1.2x a plain log_softmax, from
+    2.6x for the sliced version (benchmarks/LOG.md, 2026-11-23).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 when the logits are
+        lse = torch.empty(targets.shape, dtype=work, device=logits.device)
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(work)
+        for s in range(0, logits.shape[1], chunk):
+            lse[:, s:s + chunk] = torch.logsumexp(logits[:, s:s + chunk].to(work), dim=-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.chunk = chunk
+        return picked - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets = ctx.saved_tensors
+        work = torch.promote_types(logits.dtype, torch.float32)
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[1], ctx.chunk):
+            g = grad_out[:, s:s + ctx.chunk].to(work).unsqueeze(-1)
+            d = torch.softmax(logits[:, s:s + ctx.chunk].to(work), dim=-1).mul_(-g)
+            d.scatter_add_(-1, targets[:, s:s + ctx.chunk].unsqueeze(-1), g)
+            grad[:, s:s + ctx.chunk] = d
+        return grad, None, None
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOFTMAX_CHUNK) -> torch.Tensor:
-    """Per-token log p(target) from logits, chunked over positions.
+    """Per-token log p(target) from logits (`ChunkedTokenLogps`).
 
     Args:
         logits: [B, T, V] scores, `logits[:, t]` predicts `targets[:, t]` (any float dtype).
         targets: [B, T] token ids (masked positions may hold any valid id).
-        chunk: positions per chunk; a large chunk is recomputed in backward instead of stored in fp32.
+        chunk: positions per chunk (bounds the fp32 working set to B x chunk x V).
 
     Returns:
         [B, T] float32 log-probabilities.
     """
-    pieces = []
-    for start in range(0, logits.shape[1], chunk):
-        lg, tg = logits[:, start:start + chunk], targets[:, start:start + chunk]
-        if torch.is_grad_enabled() and lg.requires_grad and lg.numel() >= RECOMPUTE_MIN_ELEMENTS:
-            pieces.append(checkpoint(_chunk_logps, lg, tg, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(lg, tg))
-    return torch.cat(pieces, dim=1) if pieces else logits.new_zeros(targets.shape, dtype=torch.float32)
+    return ChunkedTokenLogps.apply(logits, targets, chunk)
 
 
 def answer_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,18 +157,51 @@ def _attn_implementation(model) -> str:
     return impl or getattr(config, "_attn_implementation", "sdpa") or "sdpa"
 
 
-def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_logits: bool = False) -> list[tuple]:
-    """Answer log-probs for several answers per prompt from ONE row per prompt (shared prefix).
+def packed_inputs(model, prompt_batch: dict, segment_batches: list[dict]) -> dict:
+    """Model inputs for ONE row per prompt: `[left-padded prompt | segment_1 | segment_2 | ...]`.
 
-    Layout per row: `[left-padded prompt (Lp) | answer_1 (L1, right-padded) | answer_2 (L2) | ...]`.
-    Position ids continue from the prompt's length for every answer, so each answer sees exactly the
-    positions it would have in its own plain row.
+    Each segment (an answer when training, a question when evaluating) sees the prompt and itself but not
+    the other segments (`block_mask`), and its position ids continue from the prompt's length, so it gets
+    exactly the positions and logits it would have in its own plain row. The media and prompt are
+    encoded once for all segments.
 
-    Worked example (prompt of 3 real tokens after 1 pad, answers "a b" and "c"):
+    Worked example (prompt of 3 real tokens after 1 pad, segments "a b" and "c"):
         tokens    : [pad p1 p2 p3 | a  b  | c ]
         segments  : [ 0   0  0  0 | 1  1  | 2 ]
         positions : [ 0   0  1  2 | 3  4  | 3 ]
-        logits used for answer 1: positions of p3, a -> predict a, b; for answer 2: p3 -> predicts c.
+
+    Args:
+        model: the model the inputs are for (its attention implementation picks a boolean or additive mask).
+        prompt_batch: `encode_prompts` output (left-padded, with media tensors).
+        segment_batches: one {input_ids, attention_mask} [B, L_j] per segment, right-padded; a row may
+            have an empty (all-padding) segment.
+
+    Returns:
+        input_ids, attention_mask [B, 1, T, T], position_ids and the prompt's media tensors.
+    """
+    p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
+    device = p_ids.device
+    prompt_len = p_mask.sum(-1, keepdim=True)
+    ids, masks, segs, poss = [p_ids], [p_mask], [torch.zeros_like(p_ids)], [(p_mask.cumsum(-1) - 1).clamp(min=0)]
+    for j, seg in enumerate(segment_batches, start=1):
+        s_ids, s_mask = seg["input_ids"].to(device), seg["attention_mask"].to(device)
+        ids.append(s_ids)
+        masks.append(s_mask)
+        segs.append(torch.full_like(s_ids, j))
+        poss.append(prompt_len + torch.arange(s_ids.shape[1], device=device)[None])
+    input_ids, valid = torch.cat(ids, 1), torch.cat(masks, 1).bool()
+    float_dtype = None if _attn_implementation(model) == "sdpa" else next(model.parameters()).dtype
+    if float_dtype is not None and not float_dtype.is_floating_point:  # 4-bit weights: use compute dtype
+        float_dtype = torch.float32
+    return {"input_ids": input_ids, "attention_mask": block_mask(torch.cat(segs, 1), valid, float_dtype),
+            "position_ids": torch.cat(poss, 1), **_model_media(prompt_batch)}
+
+
+def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_logits: bool = False) -> list[tuple]:
+    """Answer log-probs for several answers per prompt from ONE row per prompt (shared prefix).
+
+    Layout: `packed_inputs` with the answers as segments. Logits are kept from the last prompt position
+    on; the predictor of answer token t is the last prompt position for t = 0, else the answer's token t - 1.
 
     Args:
         model: a LLaVA-family model (or PeftModel around one).
@@ -161,31 +212,13 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_log
     Returns:
         One (sum_logps [B], n_tokens [B]) (+ logits) per answer batch, equal to `plain_logps` on the same data.
     """
-    p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
-    bsz, n_prompt = p_ids.shape
-    device = p_ids.device
-    prompt_len = p_mask.sum(-1, keepdim=True)
-    ids, masks, segs, poss = [p_ids], [p_mask], [torch.zeros_like(p_ids)], [(p_mask.cumsum(-1) - 1).clamp(min=0)]
-    for j, ans in enumerate(answer_batches, start=1):
-        a_ids, a_mask = ans["input_ids"].to(device), ans["attention_mask"].to(device)
-        ids.append(a_ids)
-        masks.append(a_mask)
-        segs.append(torch.full_like(a_ids, j))
-        poss.append(prompt_len + torch.arange(a_ids.shape[1], device=device)[None])
-    input_ids, valid = torch.cat(ids, 1), torch.cat(masks, 1).bool()
-    impl = _attn_implementation(model)
-    float_dtype = None if impl == "sdpa" else next(model.parameters()).dtype
-    if float_dtype is not None and not float_dtype.is_floating_point:  # 4-bit weights: use compute dtype
-        float_dtype = torch.float32
-    mask4d = block_mask(torch.cat(segs, 1), valid, float_dtype)
-    # Logits from the last prompt position onwards: every answer token's predictor is in that range.
-    out = model(input_ids=input_ids, attention_mask=mask4d, position_ids=torch.cat(poss, 1),
-                logits_to_keep=input_ids.shape[1] - n_prompt + 1, use_cache=False, **_model_media(prompt_batch))
-    logits = out.logits  # [B, 1 + sum L_j, V]; index 0 is the last prompt position
+    inputs = packed_inputs(model, prompt_batch, answer_batches)
+    n_answer = sum(a["input_ids"].shape[1] for a in answer_batches)
+    logits = model(**inputs, logits_to_keep=n_answer + 1, use_cache=False).logits  # [B, 1 + sum L_j, V]
+    device = logits.device
     results, start = [], 1
     for ans in answer_batches:
         length = ans["input_ids"].shape[1]
-        # predictor of answer token t: last prompt position for t = 0, else the answer's own token t - 1
         idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + length - 1)]).to(device)
         logps = answer_logps(logits[:, idx], ans["input_ids"].to(device), ans["attention_mask"].to(device))
         results.append((*logps, logits[:, idx]) if keep_logits else logps)

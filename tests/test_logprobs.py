@@ -22,6 +22,17 @@ def test_token_logps_matches_log_softmax_and_its_gradient():
     assert torch.allclose(g1, g2, atol=1e-6)
 
 
+def test_chunked_logps_gradient_is_exact_in_double_and_keeps_bf16():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (2, 7))
+    assert torch.autograd.gradcheck(lambda x: token_logps(x, targets, chunk=3), (logits,))
+    half = torch.randn(2, 5, 9, dtype=torch.bfloat16, requires_grad=True)
+    out = token_logps(half, torch.randint(0, 9, (2, 5)), chunk=2)
+    out.sum().backward()
+    assert out.dtype == torch.float32 and half.grad.dtype == torch.bfloat16
+
+
 def test_block_mask_keeps_answers_apart():
     """Prompt [pad p p] + answer1 [a a] + answer2 [b]: b must see the prompt and itself, never a."""
     seg = torch.tensor([[0, 0, 0, 1, 1, 2]])
