@@ -10,8 +10,12 @@ few steps on a text-only rule (yes for questions about red/green); agreement is 
 generations that are exactly "yes"/"no". 7B-shaped models (random weights, CUDA only) skip the tuning;
 agreement is then reported over whatever clean answers there are (often none).
 
+The tiny model's default layout is 16 tokens per image, where per-call overhead dominates; `--layout llava15`
+keeps tiny widths but LLaVA-1.5's sequence layout (336 px, patch 14: 576 image tokens), where the cost of
+re-encoding an image for every question shows as it does on a 7B model.
+
 Usage:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py --device cpu --family llava
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eval_speed.py --device cpu --family llava [--layout llava15]
     .venv/bin/python benchmarks/eval_speed.py --device cuda --size 7b --images 20
 Prints a markdown table and, last, one JSON line of headline figures.
 """
@@ -37,7 +41,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from eval import pope  # noqa: E402
-from eval.runner import Item, answer_items  # noqa: E402
+from eval.answering import Item, answer_items  # noqa: E402
 from mmpo.config import ModelConfig  # noqa: E402
 from mmpo.logprobs import plain_logps  # noqa: E402
 from mmpo.models import build_model, encode_answers, encode_prompts, load_model, make_tiny_model  # noqa: E402
@@ -79,7 +83,8 @@ def load(args, workdir: Path):
     """(model, processor) for the requested family/size/device."""
     from transformers import AutoProcessor
 
-    mdir = make_tiny_model(args.family, workdir / args.family, size=args.size)
+    layout = dict(image_size=336, patch_size=14) if args.layout == "llava15" else {}
+    mdir = make_tiny_model(args.family, workdir / args.family, size=args.size, **layout)
     if args.size == "7b":
         if args.device != "cuda":
             raise SystemExit("--size 7b needs --device cuda")
@@ -103,6 +108,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--family", default="llava")
     p.add_argument("--size", default="tiny", choices=["tiny", "7b"])
+    p.add_argument("--layout", default="tiny", choices=["tiny", "llava15"],
+                   help="tiny model's sequence layout: tiny (32 px, 16 image tokens) or llava15 (336 px, patch 14: "
+                        "LLaVA-1.5's 576 image tokens with tiny widths)")
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=18)
     p.add_argument("--max-new-tokens", type=int, default=4)
@@ -136,8 +144,9 @@ def main() -> None:
     diff = max(abs(results["logits"][k][1] - results["logits+prefix"][k][1]) for k in results["logits"])
     cpu = f"{platform.processor() or platform.machine()} CPU, 1 thread"
     device = torch.cuda.get_device_name() if args.device == "cuda" else cpu
-    print(f"\n### eval_speed {datetime.date.today()} ({args.family} {args.size}, {device}; torch {torch.__version__}, "
-          f"transformers {__import__('transformers').__version__})\n")
+    tokens = getattr(model.config, "image_seq_length", "?")
+    print(f"\n### eval_speed {datetime.date.today()} ({args.family} {args.size}, {tokens} image tokens, {device}; "
+          f"torch {torch.__version__}, transformers {__import__('transformers').__version__})\n")
     print(f"{args.images} images x 6 questions x 3 splits = {n} questions, batch {args.batch_size}, "
           f"generate max_new_tokens {args.max_new_tokens}, fastest of {args.repeats} runs\n")
     print("| path | seconds | questions/s | speed-up vs generate |\n|---|---:|---:|---:|")
@@ -145,7 +154,8 @@ def main() -> None:
         print(f"| {name} | {secs[name]:.2f} | {n / secs[name]:.1f} | {secs['generate'] / secs[name]:.1f}x |")
     print(f"\nclean yes/no generations: {len(clean)}/{n}; logits agree on {agree}/{len(clean)}; "
           f"prefix reuse = plain logits on {same}/{n} answers (max margin diff {diff:.2e})\n")
-    print(json.dumps({"family": args.family, "size": args.size, "device": args.device, "questions": n,
+    print(json.dumps({"family": args.family, "size": args.size, "layout": args.layout, "device": args.device,
+                      "questions": n, "batch_size": args.batch_size,
                       "logits_prefix_vs_generate_speedup": round(secs["generate"] / secs["logits+prefix"], 2),
                       "logits_prefix_vs_logits_speedup": round(secs["logits"] / secs["logits+prefix"], 2),
                       "agreement": round(agree / len(clean), 4) if clean else None, "n_clean": len(clean),

@@ -2,7 +2,7 @@
 
 `EVALUATORS[name](questions_or_data_path, answers_path, ...)` scores a finished answers file; see
 `eval.pope.score_answers_file` and `eval.videohallucer.score_answers_file`. Running a model on a
-benchmark (generate / logits modes) lives in `eval/runner.py`, which builds on these functions.
+benchmark lives in `eval/runner.py` (answering itself, generate / logits modes, in `eval/answering.py`).
 """
 
 from eval import pope, videohallucer

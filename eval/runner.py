@@ -1,18 +1,6 @@
 """Run a model on POPE / VideoHallucer: answer every question, save resumable predictions, score, report.
 
-Two answer modes (shared DESIGN.md "Evaluation"):
-- `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report).
-- `logits`: one forward per question; the answer is "yes" if score(yes) > score(no) at the first answer
-  position, where score(w) = logsumexp of the logits of the first token of each case variant of w
-  ("Yes", "yes") that the tokenizer has as a distinct, known token. The softmax normaliser cancels in the
-  difference, so `margin` = score(yes) - score(no) is a log-odds between the two answers.
-
-Prefix reuse (logits mode): questions that share a media item (POPE: 6 per image per split, the same
-images in all splits) encode media + chat-template text up to the question ONCE; the KV cache is
-repeated along the batch and every question's suffix continues from it with explicit positions. The
-split point comes from templating a sentinel prompt, so it follows any family's chat template; if the
-tokens of prefix + suffix differ from the tokens of the whole prompt (a tokenizer merging across the
-boundary) that media item falls back to the plain path, so answers never change.
+How each question is answered (generate / logits, prefix reuse): `eval/answering.py`.
 
 Outputs under `out_dir`: predictions.jsonl (appended per batch; a rerun skips answered ids), run.json
 (the settings; a rerun with different ones is refused), metrics.json, report.md and plots (eval/report.py),
@@ -22,21 +10,15 @@ plus the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<c
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from eval import pope, pope_build, report, videohallucer
+from eval.answering import MODES, Item, answer_items
 from mmpo.config import ConfigError, ModelConfig, load
 from mmpo.media import load_image, load_video
-from mmpo.models import encode_prompts, generate_answers, load_model, media_keys, position_ids_from_mask, prompt_text
-
-MODES = ("generate", "logits")
-SENTINEL = "\x00MMPO_QUESTION\x00"  # never appears in a chat template, so the split point is unambiguous
-YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
+from mmpo.models import load_model
 
 
 def _check_choice(key: str, value: str, choices: tuple) -> None:
@@ -55,7 +37,7 @@ class PopeEvalConfig:
     prompt_suffix: str = ""  # "" = official POPE (bare question) | llava | lmms_2024 | any literal text
     batch_size: int = 8  # questions per forward / generate call
     max_new_tokens: int = 16  # generate mode: answer length cap
-    prefix_reuse: bool = True  # logits mode: encode each image + template prefix once (KV cache)
+    prefix_reuse: bool = True  # logits mode: encode each image + template prefix once (packed rows)
     limit: int = 0  # first N questions per split (0 = all); the training-time hook uses this
 
     def __post_init__(self):
@@ -79,200 +61,6 @@ class VideoHallucerEvalConfig:
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
-
-
-@dataclass(frozen=True)
-class Item:
-    """One question to answer: `key` identifies it in predictions.jsonl, `media` is a file path."""
-
-    key: tuple
-    media: str
-    prompt: str
-
-
-# ---------------------------------------------------------------- scoring "yes" vs "no"
-
-
-def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
-    """First token id of each case variant, de-duplicated; unknown tokens are dropped.
-
-    Llama's SentencePiece has distinct "▁Yes"/"▁yes"; the tiny word-level tokenizer lower-cases, so both
-    map to one id. Taking logsumexp over the variants scores the answer, not one spelling of it.
-    """
-    tok = getattr(processor, "tokenizer", processor)
-    ids = []
-    for word in variants:
-        first = tok(word, add_special_tokens=False)["input_ids"][:1]
-        if first and first[0] != tok.unk_token_id and first[0] not in ids:
-            ids.append(first[0])
-    if not ids:
-        raise ValueError(f"none of {variants} is a known token of this tokenizer")
-    return ids
-
-
-def yes_no_margin(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
-    """[B, V] next-token logits -> [B] logsumexp(yes variants) - logsumexp(no variants), in float32."""
-    logits = logits.float()
-    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def margins_plain(model, processor, prompts: list[str], media: list, media_type: str, ids: tuple) -> list[float]:
-    """Margins with one left-padded forward over full prompts (the reference path)."""
-    dev = _device(model)
-    batch = {k: v.to(dev) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=position_ids_from_mask(batch["attention_mask"]), logits_to_keep=1, use_cache=False,
-                **{k: batch[k] for k in media_keys(batch)})
-    return yes_no_margin(out.logits[:, -1], *ids).tolist()
-
-
-def split_template(processor, media_type: str) -> tuple[str, str]:
-    """(text before the question, text after it) of the family's templated prompt, via a sentinel."""
-    text = prompt_text(processor, SENTINEL, media_type)
-    if text.count(SENTINEL) != 1:
-        raise ValueError("the chat template does not contain the prompt exactly once")
-    head, tail = text.split(SENTINEL)
-    return head, tail
-
-
-def _encode_prefix(processor, head: str, medium, media_type: str) -> dict:
-    """Processor call on the templated head with its media (what `encode_prompts` does for full prompts)."""
-    kwargs = {"images" if media_type == "image" else "videos": [medium]}
-    if media_type == "image" and type(processor).__name__ == "VideoLlavaProcessor":
-        kwargs["return_legacy_image_output"] = False  # as in mmpo.models.inputs.encode_prompts
-    batch = dict(processor(text=[head], return_tensors="pt", **kwargs))
-    batch.pop("token_type_ids", None)
-    if "pixel_values_images" in batch:
-        batch["pixel_values"] = batch.pop("pixel_values_images")
-    return batch
-
-
-def _suffix_ids(processor, head: str, tail: str, prompts: list[str]) -> list[list[int]] | None:
-    """Token ids each prompt adds after the head, or None if tokenising in two parts changes any token."""
-    tok = processor.tokenizer
-    head_ids = tok(head)["input_ids"]
-    out = []
-    for p in prompts:
-        full = tok(head + p + tail)["input_ids"]
-        if full[:len(head_ids)] != head_ids or len(full) == len(head_ids):
-            return None
-        out.append(full[len(head_ids):])
-    return out
-
-
-@torch.no_grad()
-def margins_shared(model, processor, prompts: list[str], medium, media_type: str, ids: tuple,
-                   batch_size: int) -> list[float] | None:
-    """Margins for many prompts on ONE media item, continuing from a cached prefix.
-
-    Layout per chunk of B questions (prefix of P tokens, no padding; suffixes right-padded to S):
-        cache    : prefix K/V repeated B times                  [B, heads, P, d]
-        input    : suffix ids                                   [B, S]
-        mask     : [1]*P + suffix mask                          [B, P+S]
-        positions: P + arange(S)  (what the plain path gives the same tokens)
-        logit    : at each row's last real suffix token
-
-    Returns:
-        one margin per prompt, or None when the tokens do not split cleanly (caller uses the plain path).
-    """
-    head, tail = split_template(processor, media_type)
-    suffixes = _suffix_ids(processor, head, tail, prompts)
-    if suffixes is None:
-        return None
-    dev = _device(model)
-    prefix = {k: v.to(dev) for k, v in _encode_prefix(processor, head, medium, media_type).items()}
-    n_prefix = prefix["input_ids"].shape[1]
-    out = model(input_ids=prefix["input_ids"], attention_mask=prefix["attention_mask"],
-                position_ids=position_ids_from_mask(prefix["attention_mask"]), use_cache=True, logits_to_keep=1,
-                **{k: prefix[k] for k in media_keys(prefix)})
-    cache, margins = out.past_key_values, []
-    pad = processor.tokenizer.pad_token_id or 0
-    for start in range(0, len(suffixes), batch_size):
-        rows = suffixes[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids_t = torch.full((len(rows), width), pad, dtype=torch.long, device=dev)
-        mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long, device=dev)
-        mask[:, :n_prefix] = 1
-        for i, r in enumerate(rows):
-            ids_t[i, :len(r)] = torch.tensor(r, device=dev)
-            mask[i, n_prefix:n_prefix + len(r)] = 1
-        chunk_cache = copy.deepcopy(cache)  # the forward appends to the cache in place
-        chunk_cache.batch_repeat_interleave(len(rows))
-        pos = (n_prefix + torch.arange(width, device=dev)).expand(len(rows), -1)
-        logits = model(input_ids=ids_t, attention_mask=mask, position_ids=pos, past_key_values=chunk_cache,
-                       use_cache=True).logits
-        last = torch.tensor([len(r) - 1 for r in rows], device=dev)
-        margins += yes_no_margin(logits[torch.arange(len(rows), device=dev), last], *ids).tolist()
-    return margins
-
-
-# ---------------------------------------------------------------- answering items
-
-
-def answer_items(model, processor, items: list[Item], media_type: str, load_fn, *, mode: str, batch_size: int,
-                 max_new_tokens: int = 16, prefix_reuse: bool = False, on_batch=None) -> dict:
-    """Answer items in `mode`; returns {key: (answer, margin | None)} and calls on_batch(list) as it goes.
-
-    Args:
-        model: LLaVA-family model or PeftModel (eval mode).
-        processor: its processor.
-        items: questions with their media paths.
-        media_type: "image" or "video".
-        load_fn: path -> PIL image or (T,H,W,3) array.
-        mode: "generate" or "logits".
-        batch_size: questions per call.
-        max_new_tokens: generate mode cap.
-        prefix_reuse: logits mode: group by media and reuse the encoded prefix.
-        on_batch: called with [(key, answer, margin)] after each batch (resumable writing).
-
-    Returns:
-        {item.key: (answer, margin)}.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    ids = (answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS))
-    results: dict = {}
-
-    def emit(batch_items: list[Item], answers: list[str], margins: list) -> None:
-        rows = [(it.key, a, m) for it, a, m in zip(batch_items, answers, margins)]
-        results.update({k: (a, m) for k, a, m in rows})
-        if on_batch is not None:
-            on_batch(rows)
-
-    if mode == "logits" and prefix_reuse:
-        groups: dict[str, list[Item]] = {}
-        for it in items:
-            groups.setdefault(it.media, []).append(it)
-        for path, group in groups.items():
-            medium = load_fn(path)
-            m = margins_shared(model, processor, [it.prompt for it in group], medium, media_type, ids, batch_size)
-            if m is None:  # tokens do not split at the question: plain path for this media item
-                m = [x for s in range(0, len(group), batch_size) for x in margins_plain(
-                    model, processor, [it.prompt for it in group[s:s + batch_size]],
-                    [medium] * len(group[s:s + batch_size]), media_type, ids)]
-            emit(group, ["yes" if x > 0 else "no" for x in m], m)
-        return results
-    cache: dict[str, object] = {}
-    for s in range(0, len(items), batch_size):
-        chunk = items[s:s + batch_size]
-        for it in chunk:
-            if it.media not in cache:
-                cache[it.media] = load_fn(it.media)
-        media = [cache[it.media] for it in chunk]
-        cache = {it.media: cache[it.media] for it in chunk}  # keep only this batch's media (memory)
-        prompts = [it.prompt for it in chunk]
-        if mode == "logits":
-            m = margins_plain(model, processor, prompts, media, media_type, ids)
-            emit(chunk, ["yes" if x > 0 else "no" for x in m], m)
-        else:
-            out = generate_answers(model, processor, prompts, media, media_type, max_new_tokens=max_new_tokens)
-            emit(chunk, [o[0] for o in out], [None] * len(chunk))
-    return results
 
 
 # ---------------------------------------------------------------- resumable predictions

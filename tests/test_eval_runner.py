@@ -11,7 +11,7 @@ import torch
 from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
-from eval import pope, runner, videohallucer
+from eval import answering, pope, runner, videohallucer
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model
@@ -85,23 +85,39 @@ def test_logits_agree_with_clean_generations(world):
     assert all(isinstance(r["margin"], float) for r in by_key.values())
 
 
-def test_prefix_reuse_equals_plain_path(world):
+@pytest.mark.parametrize("batch_size", [3, 20])  # 20: several images per packed forward
+def test_prefix_reuse_equals_plain_path(world, batch_size):
     cfg = _cfg(world, "unused")
     items = runner._pope_items(cfg, runner.load_pope_questions(cfg), {})
-    kw = dict(mode="logits", batch_size=3)
+    kw = dict(mode="logits", batch_size=batch_size)
     args = (world["model"], world["processor"], items, "image", runner.load_image)
-    plain = runner.answer_items(*args, prefix_reuse=False, **kw)
-    shared = runner.answer_items(*args, prefix_reuse=True, **kw)
+    plain = answering.answer_items(*args, prefix_reuse=False, **kw)
+    shared = answering.answer_items(*args, prefix_reuse=True, **kw)
     assert plain.keys() == shared.keys() and len(plain) == 32
     for k in plain:
         assert plain[k][0] == shared[k][0]
         assert shared[k][1] == pytest.approx(plain[k][1], abs=1e-4)
 
 
+def test_packed_questions_of_different_lengths_equal_plain_path(world):
+    """Rows with different question counts and lengths in one forward: padding must not leak into answers."""
+    root = world["root"] / "img"
+    texts = ["is there a red square ?", "is there a big green square in the image ?", "red ?",
+             "is there a blue or a yellow square in the middle of the image ?"]
+    items = [answering.Item((i, j), str(root / f"{c}.png"), texts[(i + j) % 4])
+             for i, c in enumerate(COLORS) for j in range(i + 1)]  # 1, 2, 3, 4 questions per image
+    args = (world["model"], world["processor"], items, "image", runner.load_image)
+    plain = answering.answer_items(*args, mode="logits", batch_size=10)
+    shared = answering.answer_items(*args, mode="logits", batch_size=10, prefix_reuse=True)
+    assert plain.keys() == shared.keys() and len(plain) == 10
+    for k in plain:
+        assert shared[k][1] == pytest.approx(plain[k][1], abs=1e-4)
+
+
 def test_margin_uses_logsumexp_over_case_variants():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     want = torch.logsumexp(torch.tensor([1.0, 2.0]), 0) - torch.tensor(3.0)
-    assert runner.yes_no_margin(logits, [1, 2], [3]).item() == pytest.approx(want.item())
+    assert answering.yes_no_margin(logits, [1, 2], [3]).item() == pytest.approx(want.item())
 
 
 def test_resume_skips_answered_and_never_duplicates(world):
@@ -219,7 +235,7 @@ def test_shipped_configs_load(name, cls):
     path = CONFIGS / f"{name}.yaml"
     assert path.read_text().startswith(f"# mmpo eval {name.split('_')[0]} --config configs/eval/{name}.yaml")
     cfg = load(cls, path, ["model.path=/x"])
-    assert cfg.model.path == "/x" and cfg.mode in runner.MODES
+    assert cfg.model.path == "/x" and cfg.mode in answering.MODES
 
 
 def test_config_rejects_unknown_mode():

@@ -5,6 +5,7 @@ from mmpo.models.inputs import (
     IGNORE_INDEX,
     encode_answers,
     encode_prompts,
+    encode_templated,
     join_prompt_answer,
     media_keys,
     position_ids_from_mask,
@@ -36,6 +37,6 @@ __all__ = [
     "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
     "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
     "resolve_device", "set_full_finetune",
-    "generate_answers", "prompt_text", "encode_prompts", "encode_answers", "join_prompt_answer", "media_keys",
-    "position_ids_from_mask",
+    "generate_answers", "prompt_text", "encode_prompts", "encode_templated", "encode_answers", "join_prompt_answer",
+    "media_keys", "position_ids_from_mask",
 ]

@@ -71,9 +71,14 @@ def encode_prompts(processor, prompts: list[str], media, media_type: str | None)
         dict with input_ids [B,Lp], attention_mask [B,Lp] and the media tensors the processor made
         (pixel_values [+ image_sizes] for images, pixel_values_videos for videos).
     """
-    if media is not None and len(media) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(media)} media items")
     texts = [prompt_text(processor, p, media_type if media is not None else None) for p in prompts]
+    return encode_templated(processor, texts, media, media_type)
+
+
+def encode_templated(processor, texts: list[str], media, media_type: str | None) -> dict:
+    """`encode_prompts` for texts that are already templated (e.g. the part of a prompt before the question)."""
+    if media is not None and len(media) != len(texts):
+        raise ValueError(f"{len(texts)} prompts but {len(media)} media items")
     kwargs = {}
     if media is not None:
         key = "images" if media_type == "image" else "videos"

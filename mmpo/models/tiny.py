@@ -134,16 +134,18 @@ def _vision_config(family: str, size: str, image_size: int, patch: int):
     return CLIPVisionConfig(**shape)
 
 
-def _sizes(family: str, size: str, image_size: int | None, num_frames: int | None) -> tuple[int, int, int]:
-    """(image px, patch px, frames). Tiny: patch = image/4 so every image is 16 base tokens."""
+def _sizes(family: str, size: str, image_size: int | None, num_frames: int | None,
+           patch_size: int | None = None) -> tuple[int, int, int]:
+    """(image px, patch px, frames). Tiny: patch = image/4 (16 base tokens per image) unless given."""
     if size == "7b":
         img = {"video_llava": 224, "llava_onevision": 384}.get(family, 336)
         frames = {"llava_next_video": 32}.get(family, 8)
         return img, 14, num_frames or frames
     img = image_size or 32
-    if img % 4:
-        raise ValueError(f"image_size must be a multiple of 4, got {img}")
-    return img, img // 4, num_frames or (8 if family == "video_llava" else 4)
+    patch = patch_size or img // 4
+    if img % patch or (patch_size is None and img % 4):
+        raise ValueError(f"image_size {img} must be a multiple of the patch size ({patch_size or 'image_size / 4'})")
+    return img, patch, num_frames or (8 if family == "video_llava" else 4)
 
 
 def _image_kwargs(img: int) -> dict:
@@ -209,7 +211,8 @@ def _pinpoints(family: str, size: str, img: int):
 
 
 def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: int = 0,
-                    image_size: int | None = None, num_frames: int | None = None) -> Path:
+                    image_size: int | None = None, num_frames: int | None = None,
+                    patch_size: int | None = None) -> Path:
     """Write an offline checkpoint folder (config, tokenizer, processor with chat template; weights if tiny).
 
     Args:
@@ -221,6 +224,8 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
         seed: torch seed for the random weights.
         image_size: tiny image side in px (multiple of 4; patch = image_size / 4 -> 16 tokens). Default 32.
         num_frames: frames per video the config's video_seq_length assumes.
+        patch_size: tiny patch side in px (default image_size / 4). image_size=336, patch_size=14 gives
+            LLaVA-1.5's 576 image tokens with tiny widths (the real sequence layout, fast on a CPU).
 
     Returns:
         The checkpoint folder.
@@ -231,7 +236,7 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    img, patch, frames = _sizes(family, size, image_size, num_frames)
+    img, patch, frames = _sizes(family, size, image_size, num_frames, patch_size)
     tok = build_tokenizer(words, vocab_size=VOCAB_7B.get(family, 32000) if size == "7b" else None)
     pinpoints = _pinpoints(family, size, img)
     proc = _processor(family, tok, img, patch, pinpoints)

@@ -1,0 +1,225 @@
+"""Answer yes/no questions about images and videos, in batches: the model-facing half of evaluation.
+
+Two answer modes (shared DESIGN.md "Evaluation"):
+- `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report).
+- `logits`: one forward per question; the answer is "yes" if score(yes) > score(no) at the first answer
+  position, where score(w) = logsumexp of the logits of the first token of each case variant of w
+  ("Yes", "yes") that the tokenizer has as a distinct, known token. The softmax normaliser cancels in the
+  difference, so `margin` = score(yes) - score(no) is a log-odds between the two answers.
+
+Prefix reuse (logits mode): questions that share a media item (POPE: 6 per image per split, the same
+images in all splits) encode media + chat-template text up to the question ONCE: one row per media item
+holds `[head | question 1 | question 2 | ...]` with a block attention mask (the training's shared-prefix
+layout, `mmpo.logprobs.packed_inputs`), several media items per forward, `batch_size` questions in all. The
+split point comes from templating a sentinel prompt, so it follows any family's chat template; if the
+tokens of prefix + suffix differ from the tokens of the whole prompt (a tokenizer merging across the
+boundary) that media item falls back to the plain path, so answers never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmpo.logprobs import packed_inputs
+from mmpo.models import encode_prompts, encode_templated, generate_answers, media_keys, position_ids_from_mask, prompt_text
+
+MODES = ("generate", "logits")
+SENTINEL = "\x00MMPO_QUESTION\x00"  # never appears in a chat template, so the split point is unambiguous
+YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question to answer: `key` identifies it in predictions.jsonl, `media` is a file path."""
+
+    key: tuple
+    media: str
+    prompt: str
+
+
+# ---------------------------------------------------------------- scoring "yes" vs "no"
+
+
+def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
+    """First token id of each case variant, de-duplicated; unknown tokens are dropped.
+
+    Llama's SentencePiece has distinct "▁Yes"/"▁yes"; the tiny word-level tokenizer lower-cases, so both
+    map to one id. Taking logsumexp over the variants scores the answer, not one spelling of it.
+    """
+    tok = getattr(processor, "tokenizer", processor)
+    ids = []
+    for word in variants:
+        first = tok(word, add_special_tokens=False)["input_ids"][:1]
+        if first and first[0] != tok.unk_token_id and first[0] not in ids:
+            ids.append(first[0])
+    if not ids:
+        raise ValueError(f"none of {variants} is a known token of this tokenizer")
+    return ids
+
+
+def yes_no_margin(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
+    """[B, V] next-token logits -> [B] logsumexp(yes variants) - logsumexp(no variants), in float32."""
+    logits = logits.float()
+    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def margins_plain(model, processor, prompts: list[str], media: list, media_type: str, ids: tuple) -> list[float]:
+    """Margins with one left-padded forward over full prompts (the reference path)."""
+    dev = _device(model)
+    batch = {k: v.to(dev) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=position_ids_from_mask(batch["attention_mask"]), logits_to_keep=1, use_cache=False,
+                **{k: batch[k] for k in media_keys(batch)})
+    return yes_no_margin(out.logits[:, -1], *ids).tolist()
+
+
+def split_template(processor, media_type: str) -> tuple[str, str]:
+    """(text before the question, text after it) of the family's templated prompt, via a sentinel."""
+    text = prompt_text(processor, SENTINEL, media_type)
+    if text.count(SENTINEL) != 1:
+        raise ValueError("the chat template does not contain the prompt exactly once")
+    head, tail = text.split(SENTINEL)
+    return head, tail
+
+
+def suffix_ids(processor, head: str, tail: str, prompts: list[str]) -> list[list[int] | None]:
+    """Token ids each prompt adds after the head; None where tokenising in two parts changes a token."""
+    tok = processor.tokenizer
+    head_ids = tok(head)["input_ids"]
+    out = []
+    for full in tok([head + p + tail for p in prompts])["input_ids"]:
+        clean = full[:len(head_ids)] == head_ids and len(full) > len(head_ids)
+        out.append(full[len(head_ids):] if clean else None)
+    return out
+
+
+def _right_padded(rows: list[list[int]], pad: int) -> dict:
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@torch.no_grad()
+def margins_packed(model, processor, head: str, media: list, suffixes: list[list[list[int]]], media_type: str,
+                   ids: tuple) -> list[list[float]]:
+    """Margins for many questions per media item, each media item and template head encoded ONCE.
+
+    One forward, one row per media item, `mmpo.logprobs.packed_inputs` layout with the question suffixes as
+    segments: `[head + media i | question i1 | question i2 | ...]`; every question sees the head and itself
+    with the positions of its plain row, so its answer logits equal the plain path's. Only the logits at
+    each question's last token reach the lm_head.
+
+    Args:
+        head: templated text before the question (`split_template`).
+        media: N media items.
+        suffixes: per media item, the token ids of each of its questions after the head (`suffix_ids`).
+
+    Returns:
+        per media item, one margin per question.
+    """
+    dev = _device(model)
+    prefix = {k: v.to(dev) for k, v in encode_templated(processor, [head] * len(media), media, media_type).items()}
+    pad = processor.tokenizer.pad_token_id or 0
+    n_seg = max(len(s) for s in suffixes)
+    segments = [_right_padded([s[j] if j < len(s) else [] for s in suffixes], pad) for j in range(n_seg)]
+    # column of each question's last token in the packed row (empty segments: any column, ignored)
+    starts = torch.tensor([0] + [seg["input_ids"].shape[1] for seg in segments]).cumsum(0)[:-1]
+    last = torch.tensor([[starts[j] + max(len(s[j]), 1) - 1 if j < len(s) else 0 for j in range(n_seg)]
+                         for s in suffixes]) + prefix["input_ids"].shape[1]
+    logits = model(**packed_inputs(model, prefix, segments), logits_to_keep=last.to(dev), use_cache=False).logits
+    margins = yes_no_margin(logits.flatten(0, 1), *ids).view(len(media), n_seg).tolist()
+    return [row[:len(s)] for row, s in zip(margins, suffixes)]
+
+
+# ---------------------------------------------------------------- answering items
+
+
+def _packed_forwards(items: list[Item], batch_size: int) -> list[list[tuple[str, list[Item]]]]:
+    """Group questions by media item (pieces of <= batch_size), then pieces into forwards of <= batch_size questions."""
+    by_media: dict[str, list[Item]] = {}
+    for it in items:
+        by_media.setdefault(it.media, []).append(it)
+    pieces = [(path, group[s:s + batch_size]) for path, group in by_media.items()
+              for s in range(0, len(group), batch_size)]
+    forwards, count = [], batch_size
+    for piece in pieces:
+        if count + len(piece[1]) > batch_size:
+            forwards.append([])
+            count = 0
+        forwards[-1].append(piece)
+        count += len(piece[1])
+    return forwards
+
+
+def answer_items(model, processor, items: list[Item], media_type: str, load_fn, *, mode: str, batch_size: int,
+                 max_new_tokens: int = 16, prefix_reuse: bool = False, on_batch=None) -> dict:
+    """Answer items in `mode`; returns {key: (answer, margin | None)} and calls on_batch(list) as it goes.
+
+    Args:
+        model: LLaVA-family model or PeftModel (eval mode).
+        processor: its processor.
+        items: questions with their media paths.
+        media_type: "image" or "video".
+        load_fn: path -> PIL image or (T,H,W,3) array.
+        mode: "generate" or "logits".
+        batch_size: questions per forward / generate call.
+        max_new_tokens: generate mode cap.
+        prefix_reuse: logits mode: one packed row per media item (`margins_packed`).
+        on_batch: called with [(key, answer, margin)] after each batch (resumable writing).
+
+    Returns:
+        {item.key: (answer, margin)}.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    ids = (answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS))
+    results: dict = {}
+
+    def emit(batch_items: list[Item], answers: list[str], margins: list) -> None:
+        rows = [(it.key, a, m) for it, a, m in zip(batch_items, answers, margins)]
+        results.update({k: (a, m) for k, a, m in rows})
+        if on_batch is not None:
+            on_batch(rows)
+
+    def emit_margins(batch_items: list[Item], margins: list[float]) -> None:
+        emit(batch_items, ["yes" if x > 0 else "no" for x in margins], margins)
+
+    if mode == "logits" and prefix_reuse:
+        head, tail = split_template(processor, media_type)
+        for units in _packed_forwards(items, batch_size):
+            media = [load_fn(path) for path, _ in units]
+            suffixes = [suffix_ids(processor, head, tail, [it.prompt for it in group]) for _, group in units]
+            packable = [i for i, s in enumerate(suffixes) if None not in s]
+            if packable:
+                packed = margins_packed(model, processor, head, [media[i] for i in packable],
+                                        [suffixes[i] for i in packable], media_type, ids)
+                for i, m in zip(packable, packed):
+                    emit_margins(units[i][1], m)
+            for i in sorted(set(range(len(units))) - set(packable)):  # tokens do not split at the question
+                group = units[i][1]
+                emit_margins(group, margins_plain(model, processor, [it.prompt for it in group],
+                                                  [media[i]] * len(group), media_type, ids))
+        return results
+    loaded: dict[str, object] = {}
+    for s in range(0, len(items), batch_size):
+        chunk = items[s:s + batch_size]
+        # keep only this batch's media in memory, loading each file once
+        loaded = {it.media: loaded[it.media] if it.media in loaded else load_fn(it.media) for it in chunk}
+        media, prompts = [loaded[it.media] for it in chunk], [it.prompt for it in chunk]
+        if mode == "logits":
+            emit_margins(chunk, margins_plain(model, processor, prompts, media, media_type, ids))
+        else:
+            out = generate_answers(model, processor, prompts, media, media_type, max_new_tokens=max_new_tokens)
+            emit(chunk, [o[0] for o in out], [None] * len(chunk))
+    return results
