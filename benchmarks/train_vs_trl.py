@@ -17,7 +17,8 @@ mmpo lever variants (each flips one setting of the baseline): shared-prefix forw
 reference log-probs, gradient checkpointing, chunked log-softmax (off = one fp32 log_softmax over the
 full [B, T, V] logits, as a plain trainer would).
 
-Configurations: `tiny` (CPU, tiny LLaVA with 64 image tokens), and for a GPU `llava7b` (LLaVA-1.5-7B
+Configurations: `tiny` (CPU, tiny LLaVA with 64 image tokens), `llava15_cpu` (CPU, tiny widths in
+LLaVA-1.5's sequence layout: 576 image tokens, ~50 prompt and ~150 answer tokens), and for a GPU `llava7b` (LLaVA-1.5-7B
 shapes, random init, bf16 LoRA r=64 on all language-model linears, gradient checkpointing, 576 image
 tokens, ~50 prompt / ~150 answer tokens), `llava7b_qlora` (the same in NF4 4-bit) and `video7b`
 (LLaVA-NeXT-Video-7B shapes, 8 frames). Weights are created on the GPU by `build_model`, saved once to a
@@ -59,6 +60,10 @@ LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_p
 CONFIGS = {
     "tiny": dict(family="llava", size="tiny", image_size=32, patch=4, frames=1, prompt_words=(8, 14),
                  answer_words=(10, 30), pairs=64, batch=4, lora_r=8, precision="fp32", qlora=False, gc=False),
+    # tiny widths, LLaVA-1.5's sequence layout: 576 image tokens (336 px, patch 14), ~50 prompt, ~150 answer
+    "llava15_cpu": dict(family="llava", size="tiny", image_size=336, patch=14, frames=1, prompt_words=(35, 45),
+                        answer_words=(130, 170), pairs=32, batch=4, lora_r=8, precision="fp32", qlora=False,
+                        gc=False),
     "llava7b": dict(family="llava", size="7b", frames=1, prompt_words=(35, 45), answer_words=(130, 170),
                     pairs=64, batch=4, lora_r=64, precision="bf16", qlora=False, gc=True),
     "llava7b_qlora": dict(family="llava", size="7b", frames=1, prompt_words=(35, 45), answer_words=(130, 170),
@@ -73,24 +78,14 @@ LEVERS = ("shared_prefix", "precompute_reference", "gradient_checkpointing", "ch
 
 def make_checkpoint(spec: dict, work: Path, device: str) -> Path:
     """A checkpoint folder with weights: tiny from the factory (more image tokens), 7B built on the GPU."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-
     from mmpo.models import build_model, make_tiny_model
 
     out = work / f"{spec['family']}-{spec['size']}"
     if (out / "done").exists():
         return out
     if spec["size"] == "tiny":
-        make_tiny_model(spec["family"], out, image_size=spec["image_size"])
-        # The factory fixes 16 image tokens; a smaller patch gives a realistic media:answer ratio.
-        cfg = AutoConfig.from_pretrained(out)
-        cfg.vision_config.patch_size = spec["patch"]
-        cfg.image_seq_length = (spec["image_size"] // spec["patch"]) ** 2
-        torch.manual_seed(0)
-        AutoModelForImageTextToText.from_config(cfg).save_pretrained(out)
-        proc = AutoProcessor.from_pretrained(out)
-        proc.patch_size = spec["patch"]
-        proc.save_pretrained(out)
+        # a smaller patch than the factory's default gives a realistic media:answer token ratio
+        make_tiny_model(spec["family"], out, image_size=spec["image_size"], patch_size=spec["patch"])
     else:
         make_tiny_model(spec["family"], out, size="7b", num_frames=spec["frames"])
         torch.manual_seed(0)
