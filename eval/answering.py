@@ -24,6 +24,7 @@ import torch
 
 from mmpo.logprobs import packed_inputs
 from mmpo.models import encode_prompts, encode_templated, generate_answers, media_keys, position_ids_from_mask, prompt_text
+from mmpo.models.inputs import right_pad
 
 MODES = ("generate", "logits")
 SENTINEL = "\x00MMPO_QUESTION\x00"  # never appears in a chat template, so the split point is unambiguous
@@ -100,16 +101,6 @@ def suffix_ids(processor, head: str, tail: str, prompts: list[str]) -> list[list
     return out
 
 
-def _right_padded(rows: list[list[int]], pad: int) -> dict:
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 @torch.no_grad()
 def margins_packed(model, processor, head: str, media: list, suffixes: list[list[list[int]]], media_type: str,
                    ids: tuple) -> list[list[float]]:
@@ -132,7 +123,7 @@ def margins_packed(model, processor, head: str, media: list, suffixes: list[list
     prefix = {k: v.to(dev) for k, v in encode_templated(processor, [head] * len(media), media, media_type).items()}
     pad = processor.tokenizer.pad_token_id or 0
     n_seg = max(len(s) for s in suffixes)
-    segments = [_right_padded([s[j] if j < len(s) else [] for s in suffixes], pad) for j in range(n_seg)]
+    segments = [right_pad([s[j] if j < len(s) else [] for s in suffixes], pad) for j in range(n_seg)]
     # column of each question's last token in the packed row (empty segments: any column, ignored)
     starts = torch.tensor([0] + [seg["input_ids"].shape[1] for seg in segments]).cumsum(0)[:-1]
     last = torch.tensor([[starts[j] + max(len(s[j]), 1) - 1 if j < len(s) else 0 for j in range(n_seg)]

@@ -109,8 +109,12 @@ def encode_answers(processor, answers: list[str], add_eos: bool = True) -> dict:
     rows = tok(list(answers), add_special_tokens=False)["input_ids"]
     if add_eos:
         rows = [r + [tok.eos_token_id] for r in rows]
+    return right_pad(rows, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
+def right_pad(rows: list[list[int]], pad: int) -> dict:
+    """Token id lists -> {input_ids, attention_mask} [B, longest], right-padded with `pad`."""
     width = max((len(r) for r in rows), default=0)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
