@@ -10,24 +10,24 @@ the judge gap is >= `min_gap` AND the CLIP order agrees (s_clip(y_w) >= s_clip(y
 Preset `critique_refine` [paper v2/v3]: initial answer a0, self-critique c, refined answer a1;
 pair (a1 > a0).
 
-The generator and the judge are plain callables `fn(prompts, media, temperature, seed) -> list[str]`,
-so tests can run the real tiny model as generator with a fake judge (`build(..., judge=...)`).
+The generator is a plain callable `fn(prompts, media, temperature, seed) -> list[str]` and the judge a
+`data_builders.judging.Judge` (`rubric`: the model writes scores; `yes_no`: its yes/no logits), so tests can
+run the real tiny model as generator with a fake judge (`build(..., judge=...)`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from data_builders.common import BadInput, ResumableWriter, finish, media_root_of, progress
+from data_builders.judging import JUDGES, Judge, rubric_judge, yes_no_judge
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft
 
 PRESETS = ("videosavi_v1", "critique_refine")
-CRITERIA = ("relevance", "accuracy", "temporal_grounding", "clarity")
 # kind -> (instruction that asks the model for a question, fallback question if it writes nothing)
 QUESTION_TEMPLATES = {
     "what": ("Write one question starting with What about this {m}.", "What is shown in the {m} ?"),
@@ -36,8 +36,6 @@ QUESTION_TEMPLATES = {
     "temporal": ("Write one question about what happens first and what happens after in this {m}.",
                  "What happens first and what happens after in the {m} ?"),
 }
-JUDGE_PROMPT = ("Rate the answer to the question about the {m}. Question: {q} Answer: {a} "
-                "Give four scores from 1 to 10 as 'Relevance: n, Accuracy: n, Temporal grounding: n, Clarity: n'.")
 CRITIQUE_PROMPT = ("Question: {q} Answer: {a} Check the answer against the {m}: list factual errors, "
                    "hallucinated objects or events, and omissions.")
 REFINE_PROMPT = "Question: {q} First answer: {a} Critique: {c} Write a corrected answer to the question."
@@ -57,61 +55,13 @@ class SelfQAConfig:
     questions_per_item: int = 2  # questions asked per video/image (template kinds in rotation)
     temperatures: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8, 1.0])  # one answer each (v1)
     max_new_tokens: int = 48  # answer / question / critique length cap
-    judge_max_new_tokens: int = 48  # judge output length cap
+    judge: str = "rubric"  # rubric (writes 4 scores, VideoSAVi v1) | yes_no (P(yes) to "is this answer correct?")
+    judge_max_new_tokens: int = 48  # rubric judge output length cap
     min_gap: float = 1.0  # minimum judge-score gap between chosen and rejected (METHODS §2)
     clip_model: str = ""  # open_clip checkpoint for the CLIP check ("" = off: no order check, no delta)
     clip_floor: float = -1.0  # optional absolute floor s_clip(y_w) >= clip_floor (-1 = off)
     fresh: bool = False  # discard an earlier partial build instead of resuming it
     progress: bool = True  # tqdm progress bar
-
-
-# -- judge parsing --------------------------------------------------------------------------------
-
-_NAMES = {"relevance": r"relevan(?:ce|t)", "accuracy": r"accura(?:cy|te)",
-          "temporal_grounding": r"temporal[\s_-]*(?:grounding)?", "clarity": r"clarity|clear"}
-_NUM = r"(\d+(?:\.\d+)?)"
-# name, optional quote/parenthetical ("(1-10)"), separator, optional quote, number, optional "/10"
-_NAMED = {k: re.compile(rf"\b(?:{v})\b[\"']?\s*(?:\([^)]*\))?\s*(?:[:=]|is|-)?\s*[\"']?\s*{_NUM}\s*(?:/\s*10)?", re.I)
-          for k, v in _NAMES.items()}
-_ANY_NAME = re.compile("|".join(rf"\b(?:{v})\b" for v in _NAMES.values()), re.I)
-
-
-def parse_judgement(text: str) -> dict[str, float] | None:
-    """Parse four rubric scores (1-10) from a judge's free text [RECONSTRUCTION of VideoSAVi v1].
-
-    Accepts "Relevance: 7", "relevance=7/10", JSON-ish `{"relevance": 7, ...}`, "Temporal grounding
-    (1-10): 6", or, when no criterion is named, exactly four bare numbers in rubric order ("7 8 6 9",
-    "7/10, 8/10, 6/10, 9/10"). Anything else is unparsable.
-
-    Args:
-        text: the judge model's output.
-
-    Returns:
-        {criterion: score} for the four CRITERIA, or None when a score is missing or outside 1-10.
-    """
-    if not isinstance(text, str) or not text.strip():
-        return None
-    if _ANY_NAME.search(text):
-        scores = {}
-        for k, pat in _NAMED.items():
-            m = pat.search(text)
-            if m is None:
-                return None  # a named rubric with a criterion missing
-            scores[k] = float(m.group(1))
-    else:
-        bare = re.sub(r"\s*/\s*10\b", "", text)  # "7/10" -> "7": the denominator is not a score
-        values = [float(v) for v in re.findall(r"(?<![\d.])\d+(?:\.\d+)?(?!\d)", bare)]
-        if len(values) != len(CRITERIA):
-            return None
-        scores = dict(zip(CRITERIA, values))
-    if not all(1.0 <= v <= 10.0 for v in scores.values()):
-        return None
-    return scores
-
-
-def judge_score(scores: dict[str, float]) -> float:
-    """S_judge(y): mean of the four criteria (METHODS §2)."""
-    return sum(scores[k] for k in CRITERIA) / len(CRITERIA)
 
 
 # -- pipeline -------------------------------------------------------------------------------------
@@ -143,13 +93,15 @@ def ask_questions(cfg: SelfQAConfig, item_index: int, media, word: str, generate
 def select_pair(answers: list[str], judged: list, clip: list[float] | None, cfg: SelfQAConfig) -> tuple[dict | None, str]:
     """VideoSAVi v1 selection [RECONSTRUCTION]: best vs worst judged, gap >= min_gap, CLIP order agrees.
 
+    `judged` holds S_judge per answer (None = unusable judgement).
+
     Returns:
         (pair dict with chosen/rejected/scores, "") or (None, reason counted in the manifest).
     """
     valid = [i for i, j in enumerate(judged) if j is not None and answers[i].strip()]
     if len(valid) < 2:
         return None, "too_few_judged"
-    s = {i: judge_score(judged[i]) for i in valid}
+    s = {i: judged[i] for i in valid}
     w, lo = max(valid, key=lambda i: s[i]), min(valid, key=lambda i: s[i])
     if s[w] - s[lo] < cfg.min_gap or answers[w] == answers[lo]:
         return None, "judge_gap_small"
@@ -168,12 +120,11 @@ def _v1(cfg, questions, media, word, seed, generate, judge, clip_fn, counts) -> 
     nq = len(questions)
     by_temp = [generate(questions, [media] * nq, t, seed + i) for i, t in enumerate(cfg.temperatures)]
     answers = [[by_temp[i][j] for i in range(len(cfg.temperatures))] for j in range(nq)]
-    prompts = [JUDGE_PROMPT.format(m=word, q=q, a=a) for q, ans in zip(questions, answers) for a in ans]
-    texts = judge(prompts, [media] * len(prompts), 0.0, seed)
+    scores = judge([(q, a) for q, ans in zip(questions, answers) for a in ans], media, word)
     k = len(cfg.temperatures)
     pairs = []
     for j, ans in enumerate(answers):
-        judged = [parse_judgement(t) for t in texts[j * k:(j + 1) * k]]
+        judged = scores[j * k:(j + 1) * k]
         counts["answers"] += len(ans)
         counts["judge_unparsable"] += sum(x is None for x in judged)
         clip = clip_fn(media, ans) if clip_fn is not None else None
@@ -199,7 +150,7 @@ def _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts) -> di
     return {"chosen": a1, "rejected": a0, "scores": scores, "meta": {"critique": c}}
 
 
-def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate: Generate, judge: Generate,
+def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate: Generate, judge: Judge | None,
                  clip_fn) -> tuple[list[PairRecord], dict]:
     """All pairs of one video/image.
 
@@ -209,7 +160,7 @@ def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate:
         rec: the input record (media paths, id).
         media: decoded media (PIL image or (T,H,W,3) frames).
         generate: question/answer generator `fn(prompts, media, temperature, seed) -> list[str]`.
-        judge: the rubric judge, same signature (the model itself in production).
+        judge: S_judge per (question, answer) (`data_builders.judging`); unused by critique_refine.
         clip_fn: `fn(media, texts) -> list[float]` CLIP scores, or None.
 
     Returns:
@@ -247,14 +198,14 @@ def _clip_fn(cfg: SelfQAConfig):
     return lambda media, texts: [round(float(x), 6) for x in scorer.frame_text_similarity(media, texts)]
 
 
-def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Generate | None = None,
+def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge | None = None,
           on_record: Callable[[int], None] | None = None) -> Path:
     """Build self-QA preference pairs (resumable).
 
     Args:
         cfg: builder config.
         generate: override of the generator (default: the model of `cfg.model`).
-        judge: override of the judge (default: the same model, greedy, `judge_max_new_tokens`).
+        judge: override of the judge (default: the same model, as `cfg.judge` says).
         on_record: called with the count of items committed so far (tests simulate crashes with it).
 
     Returns:
@@ -265,18 +216,21 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Generat
     unknown = [k for k in cfg.question_kinds if k not in QUESTION_TEMPLATES]
     if unknown or not cfg.question_kinds:
         raise ValueError(f"self_qa: question_kinds {unknown or '[]'} invalid (valid: {sorted(QUESTION_TEMPLATES)})")
+    if cfg.judge not in JUDGES:
+        raise ValueError(f"self_qa: unknown judge {cfg.judge!r} (valid: {JUDGES})")
     root = media_root_of(cfg.media_root, cfg.in_sft)
     records = read_sft(cfg.in_sft)
     writer = ResumableWriter(cfg.out_dir, fresh=cfg.fresh)
     todo = [(i, r) for i, r in enumerate(records) if not writer.is_done(r.id)]
-    gens: dict = {}
-    if todo and (generate is None or judge is None):
+    gens: dict = {}  # media type -> (generator, judge) of the model itself
+    if todo and (generate is None or (judge is None and cfg.preset == "videosavi_v1")):
         from mmpo.models import load_model
 
         model, processor = load_model(cfg.model)
         for mt in {r.media_type for _, r in todo}:
             gens[mt] = (model_generator(model, processor, mt, cfg.max_new_tokens),
-                        model_generator(model, processor, mt, cfg.judge_max_new_tokens))
+                        yes_no_judge(model, processor, mt) if cfg.judge == "yes_no" else
+                        rubric_judge(model_generator(model, processor, mt, cfg.judge_max_new_tokens)))
     clip_fn = _clip_fn(cfg) if todo else None
     for n, (i, rec) in enumerate(progress(todo, len(todo), cfg.progress, "self_qa"), 1):
         try:
@@ -285,7 +239,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Generat
             writer.commit(rec.id, [], {}, skipped=str(BadInput(str(exc).splitlines()[0][:300])))
         else:
             g = generate or gens[rec.media_type][0]
-            jd = judge or gens[rec.media_type][1]
+            jd = judge or gens.get(rec.media_type, (None, None))[1]
             pairs, counts = process_item(cfg, i, rec, media, g, jd, clip_fn)
             writer.commit(rec.id, pairs, counts)
         if on_record is not None:

@@ -15,7 +15,8 @@ from data_builders.augment import AugmentConfig, sample_specs
 from data_builders.augment import build as build_augment
 from data_builders.difficulty import DifficultyConfig, vote
 from data_builders.difficulty import build as build_difficulty
-from data_builders.self_qa import SelfQAConfig, parse_judgement
+from data_builders.judging import parse_judgement, rubric_judge, yes_no_score
+from data_builders.self_qa import SelfQAConfig
 from data_builders.self_qa import build as build_self_qa
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
@@ -159,7 +160,7 @@ def test_self_qa_video_with_fake_judge_end_to_end(world, tmp_path):
     cfg = load(SelfQAConfig, None, [f"in_sft={world['video_sft']}", f"out_dir={tmp_path / 'sq'}", "progress=false",
                                     f"model.path={world['video_model']}", "model.num_frames=4", "max_new_tokens=8",
                                     "questions_per_item=2", "temperatures=[0.7, 1.0, 1.3, 1.6]", "min_gap=0"])
-    out = build_self_qa(cfg, judge=_fake_judge)
+    out = build_self_qa(cfg, judge=rubric_judge(_fake_judge))
     pairs = read_pairs(out / "pairs.jsonl", media_root=world["root"])
     manifest = json.loads((out / "manifest.json").read_text())
     c = manifest["counts"]
@@ -176,13 +177,26 @@ def test_self_qa_clip_order_must_agree(world, tmp_path):
     from data_builders.self_qa import select_pair
 
     cfg = SelfQAConfig(min_gap=1.0)
-    judged = [parse_judgement(f"{s} {s} {s} {s}") for s in (2, 9, 5)]
+    judged = [2.0, 9.0, 5.0]
     answers = ["a", "a red square moves", "a square"]
     assert select_pair(answers, judged, clip(None, answers), cfg) == (None, "clip_disagrees")
     pair, _ = select_pair(answers, judged, [0.1, 0.3, 0.2], cfg)
     assert pair["chosen"] == answers[1] and pair["rejected"] == "a" and pair["scores"]["delta"] == pytest.approx(0.2)
-    judged_close = [parse_judgement(f"{s} {s} {s} {s}") for s in (5, 5.5, 5)]
+    judged_close = [5.0, 5.5, 5.0]
     assert select_pair(answers, judged_close, None, cfg) == (None, "judge_gap_small")
+
+
+def test_yes_no_judge_scores_from_the_models_logits(world, tmp_path):
+    """The real tiny model as generator and yes/no judge: no judgement is unparsable, scores lie in 1-10."""
+    assert yes_no_score(0.0) == 5.5 and yes_no_score(50.0) == pytest.approx(10.0) and yes_no_score(-50.0) == 1.0
+    cfg = load(SelfQAConfig, None, [f"in_sft={world['video_sft']}", f"out_dir={tmp_path / 'yn'}", "progress=false",
+                                    f"model.path={world['video_model']}", "model.num_frames=4", "max_new_tokens=6",
+                                    "questions_per_item=1", "temperatures=[0.7, 1.3]", "min_gap=0", "judge=yes_no"])
+    out = build_self_qa(cfg)
+    c = json.loads((out / "manifest.json").read_text())["counts"]
+    assert c["answers"] == 4 * 2 and c.get("judge_unparsable", 0) == 0
+    for p in read_pairs(out / "pairs.jsonl", media_root=world["root"]):
+        assert 1.0 <= p.scores["judge_rejected"] <= p.scores["judge_chosen"] <= 10.0
 
 
 def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
@@ -192,7 +206,7 @@ def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
 
     cfg = load(SelfQAConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={tmp_path / 'cr'}", "progress=false",
                                     "preset=critique_refine", "questions_per_item=1"])
-    pairs = read_pairs(build_self_qa(cfg, generate=fake, judge=fake) / "pairs.jsonl", media_root=world["root"])
+    pairs = read_pairs(build_self_qa(cfg, generate=fake) / "pairs.jsonl", media_root=world["root"])
     assert len(pairs) == 6
     assert all(p.chosen == "better answer : a first answer" and p.rejected == "a first answer" for p in pairs)
     assert all(p.meta["critique"] == "the critique" for p in pairs)
