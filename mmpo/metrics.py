@@ -23,11 +23,18 @@ def peak_memory_gb() -> float:
 
 
 class MetricLogger:
-    """Averages metrics over the micro-batches of a step and appends them to `metrics.jsonl`."""
+    """Averages metrics over the micro-batches of a step and appends them to `metrics.jsonl`.
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False, enabled: bool = True):
+    `start_step` is the step training (re)starts from: rows logged after it by an interrupted run (or all
+    rows of an earlier run, when starting at 0) are dropped, so a resumed run logs each step exactly once.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False, enabled: bool = True, start_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        if enabled and self.path.exists():
+            kept = [row for row in _rows(self.path) if row.get("step", 0) <= start_step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.writer = None
@@ -71,7 +78,18 @@ class MetricLogger:
             self.writer.close()
 
 
+def _rows(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a torn last line (killed mid-write) is dropped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """All rows of a run's metrics.jsonl."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _rows(path) if path.exists() else []
