@@ -14,7 +14,6 @@ teacher passed in by the distillation schedule. Reference-free losses (SFT alone
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from mmpo.logprobs import packed_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model, reference_mode
-from mmpo.models.loading import has_adapter
+from mmpo.models.loading import file_digest, fingerprint, has_adapter, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -168,22 +167,6 @@ def bag_distances(pol: dict, mask: torch.Tensor, top_k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- reference cache
-
-def fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
-def model_fingerprint(model_cfg) -> str:
-    """Changes whenever the reference model's weights or numerics would: path, adapter, dtype, 4-bit."""
-    files = sorted(Path(model_cfg.path).glob("*.safetensors")) if model_cfg.path else []
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    adapter = sorted((f.name, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")) if model_cfg.adapter else []
-    return fingerprint(cfgmod.to_dict(model_cfg), stats, adapter)
-
 
 def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
     """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
@@ -416,7 +399,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                 term.load_state_dict(state)
         log.info("resumed from %s at step %d", last, step)
 
-    logger = MetricLogger(run_dir, cfg.tensorboard, enabled=is_main)
+    logger = MetricLogger(run_dir, cfg.tensorboard, enabled=is_main, start_step=step)
     loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
                          total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, world, rank)
     batches = iter(loader)

@@ -140,6 +140,13 @@ def test_resume_skips_answered_and_never_duplicates(world):
     assert len(_rows(out / "predictions.jsonl")) == 32
     with pytest.raises(ValueError, match="other settings"):
         runner.run_pope(_cfg(world, "resume", mode="generate"), world["model"], world["processor"])
+    # new weights under the same path (a retrained model): the old answers are not theirs
+    import os
+
+    weights = next(Path(world["model_dir"]).glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match="weights"):
+        runner.run_pope(_cfg(world, "resume", mode="logits"), world["model"], world["processor"])
 
 
 def test_metrics_report_and_answer_files(world):

@@ -8,11 +8,13 @@ Library facts used here are measured in ENVIRONMENT.md §2c (bitsandbytes on CPU
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from pathlib import Path
 
 import torch
 
-from mmpo.config import LoraConfig, ModelConfig
+from mmpo.config import LoraConfig, ModelConfig, to_dict
 from mmpo.models.tiny import FAMILIES, VIDEO_FAMILIES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -194,3 +196,21 @@ def family_of(model) -> str:
 def supports_video(model) -> bool:
     """True if the model's family takes video input (`pixel_values_videos`)."""
     return family_of(model) in VIDEO_FAMILIES
+
+
+def fingerprint(*parts) -> str:
+    """A short stable hash of JSON-able parts (cache keys, run identities)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def model_fingerprint(model_cfg) -> str:
+    """Changes whenever the reference model's weights or numerics would: path, adapter, dtype, 4-bit."""
+    files = sorted(Path(model_cfg.path).glob("*.safetensors")) if model_cfg.path else []
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    adapter = sorted((f.name, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")) if model_cfg.adapter else []
+    return fingerprint(to_dict(model_cfg), stats, adapter)
