@@ -18,6 +18,7 @@ The core may not import `data_builders` or `eval`; the CLI passes them in (`buil
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 from mmpo.demo.world import WorldConfig, build_world
 
 ASSETS = Path(__file__).parent / "assets"
+RUN_FOLDERS = ("world", "models", "runs", "eval", "pairs", "video")  # what `run` writes under `out`, besides the report
 
 
 @dataclass
@@ -171,9 +173,11 @@ def self_qa_stage(out: Path, builders: dict, model_dir: Path, clip_dir: Path, sf
                   n_videos: int) -> dict:
     """VideoSAVi self-QA with the video model as asker, answerer and judge; returns the builder's counts.
 
-    A tiny model trained on yes/no questions and captions writes poor questions and judgements, so few
-    judgements parse and few pairs survive: the stage shows the builder working on real media end to end and
-    reports what it kept; no method trains on these pairs here.
+    A tiny model trained on yes/no questions and captions writes poor questions and cannot write the rubric
+    (32/32 rubric judgements were unparsable), so the demo uses the yes/no judge (P(yes) to "is this answer
+    correct?"); its scores barely separate the answers (spread ~0.1 on 1-10), so min_gap is 0 and CLIP's order
+    check does the filtering. The stage shows the builder working on real media end to end and reports what it
+    kept; no method trains on these pairs here.
     """
     from mmpo.config import from_dict
     from mmpo.demo import video_models as vm
@@ -190,7 +194,7 @@ def self_qa_stage(out: Path, builders: dict, model_dir: Path, clip_dir: Path, sf
         "in_sft": str(out / "video" / "self_qa_input.jsonl"), "media_root": str(world_dir),
         "out_dir": str(out / "pairs" / "video_self_qa"), "clip_model": str(clip_dir), "questions_per_item": 1,
         "model": {"path": str(model_dir), "num_frames": vm.NUM_FRAMES}, "max_new_tokens": 12,
-        "judge_max_new_tokens": 24, "progress": False, "fresh": True}))
+        "judge": "yes_no", "min_gap": 0.0, "progress": False, "fresh": True}))
     return json.loads((folder / "manifest.json").read_text())["counts"]
 
 
@@ -274,8 +278,9 @@ def video_report_lines(video: dict) -> list[str]:
               "cannot read temporal order, so temporal augmentations cannot teach it."]
     if video.get("self_qa"):
         counts = ", ".join(f"{k} {v}" for k, v in video["self_qa"].items())
-        lines += ["", f"Self-QA (VideoSAVi builder, the video model asking, answering and judging itself): {counts}. "
-                  "A tiny model's judgements rarely parse, so few pairs survive; nothing trains on them here."]
+        lines += ["", f"Self-QA (VideoSAVi builder, the video model asking, answering and judging itself with the "
+                  f"yes/no judge, CLIP order check): {counts}. The tiny model's questions are poor and its "
+                  "judgements barely separate its answers; nothing trains on these pairs here."]
     return lines
 
 
@@ -392,6 +397,8 @@ def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch
         raise ValueError(f"unknown demo method(s) {sorted(unknown)}; choose from {[m.name for m in METHODS]}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in RUN_FOLDERS:  # a rerun starts clean: resumed builds/evals of older code would show old numbers
+        shutil.rmtree(out / stale, ignore_errors=True)
     timer = Timer()
     with timer("world: images, videos, annotations, SFT data"):
         world_dir = out / "world"
