@@ -1,8 +1,8 @@
 """Benchmark: POPE answering speed of the three runner paths on the same model and questions.
 
-Paths (eval/runner.py): `generate` (greedy, the published protocol), `logits` (one forward per question,
-yes-vs-no token scores) and `logits+prefix` (each image + template prefix encoded once, KV cache
-repeated over that image's questions). The question set mimics POPE: N images x 6 questions x 3 splits,
+Paths (eval/answering.py): `generate` (greedy, the published protocol), `logits` (one forward per batch of
+full prompts, yes-vs-no token scores) and `logits+prefix` (each image + template head encoded once: one packed
+row `[head | q1 | q2 | ...]` per image). The question set mimics POPE: N images x 6 questions x 3 splits,
 the same images in every split (shared BENCHMARKS.md §1.1), so an image carries 18 questions.
 
 A random tiny model rarely answers a clean "yes"/"no", so by default the tiny model is first tuned for a

@@ -2,7 +2,7 @@
 
 Forward + backward of sum(log p(target)) for [batch, positions, vocab] logits; prints time and the fp32
 working set each needs (plain: a full [B, T, V] fp32 log_softmax output kept for backward; chunked: one
-[B, chunk, V] fp32 chunk at a time). The last line is a JSON object.
+[B, chunk, V] fp32 chunk and its softmax at a time in backward). The last line is a JSON object.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/logsoftmax_speed.py --device cpu
@@ -61,7 +61,7 @@ def main() -> None:
         t_plain = best_time(plain, logits, targets, args.repeats)
         t_chunk = best_time(token_logps, logits, targets, args.repeats)
         mib_plain = args.batch * args.positions * v * 4 / 2**20
-        mib_chunk = args.batch * min(args.positions, LOGSOFTMAX_CHUNK) * v * 4 / 2**20
+        mib_chunk = 2 * args.batch * min(args.positions, LOGSOFTMAX_CHUNK) * v * 4 / 2**20  # chunk + its softmax
         print(f"| {v} | {t_plain * 1e3:.1f} | {t_chunk * 1e3:.1f} | {t_chunk / t_plain:.2f} | {mib_plain:.0f} "
               f"| {mib_chunk:.0f} |")
         out[v] = {"plain_ms": round(t_plain * 1e3, 2), "chunked_ms": round(t_chunk * 1e3, 2)}

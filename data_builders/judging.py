@@ -5,7 +5,7 @@ Two judges, both the model judging itself:
   accuracy, temporal grounding, clarity) in free text; `parse_judgement` reads them, S_judge = their mean,
   unparsable text = None (counted and dropped).
 - `yes_no` [mmpo extension, not from the paper]: the model is asked whether the answer is correct and
-  S_judge = 1 + 9 P(yes | yes or no), read from the next-token logits (`eval.answering`'s yes/no margin).
+  S_judge = 1 + 9 P(yes | yes or no), read from the next-token logits (`mmpo.models.scoring`).
   It never fails to parse, so small models that cannot follow the rubric format still rank their answers.
 """
 
@@ -70,9 +70,11 @@ def judge_score(scores: dict[str, float]) -> float:
     return sum(scores[k] for k in CRITERIA) / len(CRITERIA)
 
 
-def yes_no_score(margin: float) -> float:
-    """S_judge from a yes-vs-no log-odds: 1 + 9 * sigmoid(margin), on the rubric's 1-10 scale."""
-    return 1.0 + 9.0 / (1.0 + math.exp(-margin))
+def yes_no_score(margin: float) -> float | None:
+    """S_judge from a yes-vs-no log-odds: 1 + 9 * sigmoid(margin), on the rubric's 1-10 scale (None if NaN)."""
+    if math.isnan(margin):
+        return None
+    return 1.0 + 9.0 / (1.0 + math.exp(-min(max(margin, -50.0), 50.0)))  # clamped: exp overflows past ~709
 
 
 def rubric_judge(generate) -> Judge:
@@ -85,14 +87,17 @@ def rubric_judge(generate) -> Judge:
     return judge
 
 
-def yes_no_judge(model, processor, media_type: str) -> Judge:
+def yes_no_judge(model, processor, media_type: str, batch_size: int = 8) -> Judge:
     """A `Judge` from the model's yes/no logits for YES_NO_PROMPT (one forward for all answers)."""
-    from eval.answering import NO_VARIANTS, YES_VARIANTS, answer_token_ids, margins_plain
+    from mmpo.models.scoring import margins_plain, yes_no_ids
 
-    ids = (answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS))
+    ids = yes_no_ids(processor)
 
     def judge(qa: list[tuple[str, str]], media, word: str) -> list[float | None]:
         prompts = [YES_NO_PROMPT.format(m=word, q=q, a=a) for q, a in qa]
-        return [yes_no_score(m) for m in margins_plain(model, processor, prompts, [media] * len(qa), media_type, ids)]
+        margins = [m for s in range(0, len(prompts), batch_size)  # bounded memory: a video per prompt
+                   for m in margins_plain(model, processor, prompts[s:s + batch_size],
+                                          [media] * len(prompts[s:s + batch_size]), media_type, ids)]
+        return [yes_no_score(m) for m in margins]
 
     return judge

@@ -228,9 +228,11 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
 
         model, processor = load_model(cfg.model)
         for mt in {r.media_type for _, r in todo}:
-            gens[mt] = (model_generator(model, processor, mt, cfg.max_new_tokens),
-                        yes_no_judge(model, processor, mt) if cfg.judge == "yes_no" else
-                        rubric_judge(model_generator(model, processor, mt, cfg.judge_max_new_tokens)))
+            own_judge = None  # critique_refine has no judge
+            if cfg.preset == "videosavi_v1":
+                own_judge = yes_no_judge(model, processor, mt) if cfg.judge == "yes_no" else \
+                    rubric_judge(model_generator(model, processor, mt, cfg.judge_max_new_tokens))
+            gens[mt] = (model_generator(model, processor, mt, cfg.max_new_tokens), own_judge)
     clip_fn = _clip_fn(cfg) if todo else None
     for n, (i, rec) in enumerate(progress(todo, len(todo), cfg.progress, "self_qa"), 1):
         try:

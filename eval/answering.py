@@ -2,10 +2,8 @@
 
 Two answer modes (shared DESIGN.md "Evaluation"):
 - `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report).
-- `logits`: one forward per question; the answer is "yes" if score(yes) > score(no) at the first answer
-  position, where score(w) = logsumexp of the logits of the first token of each case variant of w
-  ("Yes", "yes") that the tokenizer has as a distinct, known token. The softmax normaliser cancels in the
-  difference, so `margin` = score(yes) - score(no) is a log-odds between the two answers.
+- `logits`: one forward per batch of questions; the answer is "yes" if score(yes) > score(no) at the first
+  answer position (`mmpo.models.scoring`: `margin` = score(yes) - score(no), a log-odds between the answers).
 
 Prefix reuse (logits mode): questions that share a media item (POPE: 6 per image per split, the same
 images in all splits) encode media + chat-template text up to the question ONCE: one row per media item
@@ -22,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mmpo.logprobs import packed_inputs
-from mmpo.models import encode_prompts, encode_templated, generate_answers, media_keys, position_ids_from_mask, prompt_text
+from mmpo.logprobs import packed_inputs, supports_packing
+from mmpo.models import encode_templated, generate_answers, prompt_text
 from mmpo.models.inputs import right_pad
+from mmpo.models.scoring import margins_plain, yes_no_ids, yes_no_margin
 
 MODES = ("generate", "logits")
 SENTINEL = "\x00MMPO_QUESTION\x00"  # never appears in a chat template, so the split point is unambiguous
-YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
 
 
 @dataclass(frozen=True)
@@ -38,47 +36,6 @@ class Item:
     key: tuple
     media: str
     prompt: str
-
-
-# ---------------------------------------------------------------- scoring "yes" vs "no"
-
-
-def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
-    """First token id of each case variant, de-duplicated; unknown tokens are dropped.
-
-    Llama's SentencePiece has distinct "▁Yes"/"▁yes"; the tiny word-level tokenizer lower-cases, so both
-    map to one id. Taking logsumexp over the variants scores the answer, not one spelling of it.
-    """
-    tok = getattr(processor, "tokenizer", processor)
-    ids = []
-    for word in variants:
-        first = tok(word, add_special_tokens=False)["input_ids"][:1]
-        if first and first[0] != tok.unk_token_id and first[0] not in ids:
-            ids.append(first[0])
-    if not ids:
-        raise ValueError(f"none of {variants} is a known token of this tokenizer")
-    return ids
-
-
-def yes_no_margin(logits: torch.Tensor, yes_ids: list[int], no_ids: list[int]) -> torch.Tensor:
-    """[B, V] next-token logits -> [B] logsumexp(yes variants) - logsumexp(no variants), in float32."""
-    logits = logits.float()
-    return torch.logsumexp(logits[:, yes_ids], -1) - torch.logsumexp(logits[:, no_ids], -1)
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def margins_plain(model, processor, prompts: list[str], media: list, media_type: str, ids: tuple) -> list[float]:
-    """Margins with one left-padded forward over full prompts (the reference path)."""
-    dev = _device(model)
-    batch = {k: v.to(dev) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=position_ids_from_mask(batch["attention_mask"]), logits_to_keep=1, use_cache=False,
-                **{k: batch[k] for k in media_keys(batch)})
-    return yes_no_margin(out.logits[:, -1], *ids).tolist()
 
 
 def split_template(processor, media_type: str) -> tuple[str, str]:
@@ -99,6 +56,10 @@ def suffix_ids(processor, head: str, tail: str, prompts: list[str]) -> list[list
         clean = full[:len(head_ids)] == head_ids and len(full) > len(head_ids)
         out.append(full[len(head_ids):] if clean else None)
     return out
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -174,7 +135,7 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    ids = (answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS))
+    ids = yes_no_ids(processor)
     results: dict = {}
 
     def emit(batch_items: list[Item], answers: list[str], margins: list) -> None:
@@ -186,7 +147,7 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
     def emit_margins(batch_items: list[Item], margins: list[float]) -> None:
         emit(batch_items, ["yes" if x > 0 else "no" for x in margins], margins)
 
-    if mode == "logits" and prefix_reuse:
+    if mode == "logits" and prefix_reuse and supports_packing(model):  # else (flash attention): plain path
         head, tail = split_template(processor, media_type)
         for units in _packed_forwards(items, batch_size):
             media = [load_fn(path) for path, _ in units]

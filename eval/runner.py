@@ -20,7 +20,7 @@ from eval.answering import MODES, Item, answer_items
 from mmpo.config import ConfigError, ModelConfig, load
 from mmpo.media import load_image, load_video
 from mmpo.models import load_model
-from mmpo.models.loading import model_fingerprint
+from mmpo.models.loading import weights_fingerprint
 
 
 def _check_choice(key: str, value: str, choices: tuple) -> None:
@@ -178,7 +178,7 @@ def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
     out = Path(cfg.out_dir)
     splits = load_pope_questions(cfg)
     _check_run(out, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix), "model": cfg.model.path,
-                     "adapter": cfg.model.adapter, "weights": model_fingerprint(cfg.model),
+                     "adapter": cfg.model.adapter, "weights": weights_fingerprint(cfg.model),
                      "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
     pred_path = out / "predictions.jsonl"
     stored = _load_predictions(pred_path, ("split", "question_id"))
@@ -248,7 +248,7 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
     """
     out = Path(cfg.out_dir)
     _check_run(out, {"mode": cfg.mode, "model": cfg.model.path, "adapter": cfg.model.adapter,
-                     "weights": model_fingerprint(cfg.model), "num_frames": cfg.model.num_frames,
+                     "weights": weights_fingerprint(cfg.model), "num_frames": cfg.model.num_frames,
                      "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
     data = {}
     for f in vh_category_files(cfg):

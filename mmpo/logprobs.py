@@ -21,7 +21,7 @@ import torch
 
 from mmpo.models.inputs import join_prompt_answer, media_keys
 
-LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to B x 128 x V
+LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to ~2 x B x 128 x V
 
 
 class ChunkedTokenLogps(torch.autograd.Function):
@@ -53,7 +53,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
         grad = torch.empty_like(logits)
         for s in range(0, logits.shape[1], ctx.chunk):
             g = grad_out[:, s:s + ctx.chunk].to(work).unsqueeze(-1)
-            d = torch.softmax(logits[:, s:s + ctx.chunk].to(work), dim=-1).mul_(-g)
+            d = torch.softmax(logits[:, s:s + ctx.chunk], dim=-1, dtype=work).mul_(-g)
             d.scatter_add_(-1, targets[:, s:s + ctx.chunk].unsqueeze(-1), g)
             grad[:, s:s + ctx.chunk] = d
         return grad, None, None
@@ -65,10 +65,10 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOF
     Args:
         logits: [B, T, V] scores, `logits[:, t]` predicts `targets[:, t]` (any float dtype).
         targets: [B, T] token ids (masked positions may hold any valid id).
-        chunk: positions per chunk (bounds the fp32 working set to B x chunk x V).
+        chunk: positions per chunk (bounds the fp32 working set to about 2 x B x chunk x V in backward).
 
     Returns:
-        [B, T] float32 log-probabilities.
+        [B, T] log-probabilities in float32 (float64 for float64 logits).
     """
     return ChunkedTokenLogps.apply(logits, targets, chunk)
 
@@ -157,6 +157,11 @@ def _attn_implementation(model) -> str:
     return impl or getattr(config, "_attn_implementation", "sdpa") or "sdpa"
 
 
+def supports_packing(model) -> bool:
+    """Packed rows need a 4D attention mask: SDPA and eager take one; flash-attention kernels do not."""
+    return _attn_implementation(model) in ("sdpa", "eager")
+
+
 def packed_inputs(model, prompt_batch: dict, segment_batches: list[dict]) -> dict:
     """Model inputs for ONE row per prompt: `[left-padded prompt | segment_1 | segment_2 | ...]`.
 
@@ -179,6 +184,9 @@ def packed_inputs(model, prompt_batch: dict, segment_batches: list[dict]) -> dic
     Returns:
         input_ids, attention_mask [B, 1, T, T], position_ids and the prompt's media tensors.
     """
+    if not supports_packing(model):
+        raise ValueError(f"shared-prefix packing needs sdpa or eager attention, not {_attn_implementation(model)!r}: "
+                         "set model.attn_implementation: sdpa, or shared_prefix: false")
     p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
     device = p_ids.device
     prompt_len = p_mask.sum(-1, keepdim=True)
@@ -220,7 +228,8 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_log
     for ans in answer_batches:
         length = ans["input_ids"].shape[1]
         idx = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(start, start + length - 1)]).to(device)
-        logps = answer_logps(logits[:, idx], ans["input_ids"].to(device), ans["attention_mask"].to(device))
-        results.append((*logps, logits[:, idx]) if keep_logits else logps)
+        predicting = logits[:, idx]
+        logps = answer_logps(predicting, ans["input_ids"].to(device), ans["attention_mask"].to(device))
+        results.append((*logps, predicting) if keep_logits else logps)
         start += length
     return results

@@ -79,7 +79,7 @@ class MetricLogger:
 
 
 def _rows(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a torn last line (killed mid-write) is dropped."""
+    """Rows of a metrics.jsonl; unreadable lines (a torn last line of a killed run) are dropped."""
     rows = []
     for line in path.read_text().splitlines():
         try:

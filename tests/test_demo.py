@@ -34,3 +34,20 @@ def test_quick_demo_runs_every_stage(tmp_path):
     assert "PaMi-VDPO" in report and 0.0 <= result["video"]["before"]["overall"]["pair_accuracy"] <= 1.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["after"]) == {m.name for m in pipeline.METHODS}
+
+
+def test_demo_output_folder_is_cleaned_only_when_it_is_a_demo_folder(tmp_path):
+    from mmpo.demo.pipeline import prepare_out
+
+    foreign = tmp_path / "mine"
+    (foreign / "eval").mkdir(parents=True)
+    (foreign / "eval" / "keep.py").write_text("x")
+    with pytest.raises(ValueError, match="no earlier demo output"):
+        prepare_out(foreign)
+    assert (foreign / "eval" / "keep.py").exists()
+
+    demo = prepare_out(tmp_path / "demo")  # new folder: marked as a demo folder
+    (demo / "eval" / "old").mkdir(parents=True)
+    (demo / "notes.txt").write_text("user file")
+    prepare_out(demo)
+    assert not (demo / "eval").exists() and (demo / "notes.txt").exists()

@@ -14,7 +14,7 @@ from videos import make_frames, write_clip
 from eval import answering, pope, runner, videohallucer
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
-from mmpo.models import add_lora, encode_answers, encode_prompts, load_model
+from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
 
@@ -117,7 +117,7 @@ def test_packed_questions_of_different_lengths_equal_plain_path(world):
 def test_margin_uses_logsumexp_over_case_variants():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     want = torch.logsumexp(torch.tensor([1.0, 2.0]), 0) - torch.tensor(3.0)
-    assert answering.yes_no_margin(logits, [1, 2], [3]).item() == pytest.approx(want.item())
+    assert scoring.yes_no_margin(logits, [1, 2], [3]).item() == pytest.approx(want.item())
 
 
 def test_resume_skips_answered_and_never_duplicates(world):

@@ -373,6 +373,23 @@ def write_report(out: Path, before: dict, after: dict[str, list[dict]], curves: 
     return path
 
 
+def prepare_out(out: Path) -> Path:
+    """Create `out`, or clean a previous demo's run folders in it; refuse a folder the demo did not make.
+
+    A rerun starts clean because resumed builds and evaluations made by older code would show old numbers.
+    Only folders in a directory marked as a demo output (`.mmpo-demo`, or a previous run's results.json)
+    are deleted, so `--out` pointing at anything else never loses files.
+    """
+    marker = out / ".mmpo-demo"
+    if out.is_dir() and any(out.iterdir()) and not (marker.exists() or (out / "results.json").exists()):
+        raise ValueError(f"{out} is not empty and holds no earlier demo output; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    for stale in RUN_FOLDERS:
+        shutil.rmtree(out / stale, ignore_errors=True)
+    return out
+
+
 def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch: bool = False,
         seeds: int = 1, video: bool = True, methods: tuple | None = None) -> dict:
     """Run the demo into `out`; returns {"before", "after", "report"}.
@@ -395,10 +412,7 @@ def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch
     unknown = set(settings.methods) - {m.name for m in METHODS}
     if unknown:
         raise ValueError(f"unknown demo method(s) {sorted(unknown)}; choose from {[m.name for m in METHODS]}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in RUN_FOLDERS:  # a rerun starts clean: resumed builds/evals of older code would show old numbers
-        shutil.rmtree(out / stale, ignore_errors=True)
+    out = prepare_out(Path(out))
     timer = Timer()
     with timer("world: images, videos, annotations, SFT data"):
         world_dir = out / "world"

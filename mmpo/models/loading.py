@@ -208,9 +208,15 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def model_fingerprint(model_cfg) -> str:
-    """Changes whenever the reference model's weights or numerics would: path, adapter, dtype, 4-bit."""
+def weights_fingerprint(model_cfg) -> str:
+    """Changes when the weights or their numerics would: weight and adapter files (size, mtime), dtype, 4-bit."""
     files = sorted(Path(model_cfg.path).glob("*.safetensors")) if model_cfg.path else []
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    adapter = sorted((f.name, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")) if model_cfg.adapter else []
-    return fingerprint(to_dict(model_cfg), stats, adapter)
+    adapter = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")
+                     if f.is_file()) if model_cfg.adapter else []
+    return fingerprint(stats, adapter, model_cfg.dtype, model_cfg.load_in_4bit)
+
+
+def model_fingerprint(model_cfg) -> str:
+    """`weights_fingerprint` plus every other model setting (paths, frames, attention): a cache key."""
+    return fingerprint(to_dict(model_cfg), weights_fingerprint(model_cfg))
