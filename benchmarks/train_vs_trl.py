@@ -40,6 +40,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -199,7 +200,11 @@ def logsoftmax_mode(chunked: bool):
 
 
 def run_mmpo(env: dict, variant: dict, steps: int, out: Path) -> list[float]:
-    """Train `steps` optimizer steps with mmpo; returns the per-step seconds from metrics.jsonl."""
+    """Train `steps` optimizer steps with mmpo; returns the per-step seconds from metrics.jsonl.
+
+    The reference pre-pass (precompute_reference) runs before step 1, so it is not in the step times; its
+    seconds are left in `env["last_prepass_s"]` and reported separately.
+    """
     from mmpo.config import TrainConfig, load
     from mmpo.metrics import read_metrics
     from mmpo.trainer import train
@@ -214,8 +219,10 @@ def run_mmpo(env: dict, variant: dict, steps: int, out: Path) -> list[float]:
         f"batch_size={spec['batch']}", f"max_steps={steps}", "lr=1e-4", "warmup_ratio=0", "log_every=1",
         "progress=false", f"precision={spec['precision']}", "loss=[{name: dpo, params: {beta: 0.1}}]",
         *(f"{k}={str(variant[k]).lower()}" for k in LEVERS if k != "chunked_logsoftmax")])
+    shutil.rmtree(str(env["pairs"]) + ".refcache", ignore_errors=True)  # every run pays its own pre-pass
     with logsoftmax_mode(variant["chunked_logsoftmax"]):
         run_dir = train(cfg)
+    env["last_prepass_s"] = json.loads((run_dir / "summary.json").read_text())["reference_prepass_s"]
     return [spec["batch"] / row["pairs_per_s"] for row in read_metrics(run_dir)]
 
 
@@ -315,6 +322,7 @@ def measure_once(env: dict, variant: dict, steps: int, out: Path) -> tuple[list[
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    env["last_prepass_s"] = 0.0
     times = (run_mmpo if variant["tool"] == "mmpo" else run_trl)(env, variant, steps, out)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     gc.collect()
@@ -357,11 +365,13 @@ def bench_config(config: str, args) -> dict:
         variants = {k: v for k, v in variants.items() if k in args.only}
     times = {name: [] for name in variants}
     peaks = {name: [] for name in variants}
+    prepass = {name: [] for name in variants}
     for rnd in range(args.rounds):
         for name, variant in variants.items():  # alternating: every round runs every variant once
             t, p = measure_once(env, variant, args.warmup + args.steps, env["work"] / f"run-{rnd}-{name.replace(' ', '_')}")
             times[name] += t[args.warmup:]
             peaks[name] += [p] if p is not None else []
+            prepass[name].append(env["last_prepass_s"])
             print(f"[{config}] round {rnd} {name}: median step {statistics.median(t[args.warmup:]) * 1e3:.1f} ms",
                   flush=True)
     peak_flops = measured_peak_flops(args.device)
@@ -370,7 +380,10 @@ def bench_config(config: str, args) -> dict:
         step = statistics.median(times[name])
         useful = dpo_step_useful_flops(env["model_cfg"], spec["batch"], stats["media"], stats["prompt"],
                                        stats["chosen"], stats["rejected"], spec["frames"], reference=True)["total"]
-        rows[name] = dict(step_ms=step * 1e3, pairs_per_s=spec["batch"] / step,
+        pre = statistics.median(prepass[name])
+        # one epoch of the whole pair set, the reference pre-pass included: what a single-epoch run sees
+        epoch = spec["pairs"] / (spec["pairs"] * step / spec["batch"] + pre)
+        rows[name] = dict(step_ms=step * 1e3, pairs_per_s=spec["batch"] / step, prepass_s=pre, epoch_pairs_per_s=epoch,
                           tokens_per_s=spec["batch"] * stats["plain_tokens_per_pair"] / step,
                           step_ms_iqr=_iqr(times[name]), n_steps=len(times[name]),
                           peak_gib=max(peaks[name]) if peaks[name] else
@@ -388,14 +401,17 @@ def _iqr(xs: list[float]) -> float:
 def print_table(res: dict) -> None:
     print(f"\n## {res['config']}  (tokens per pair: {json.dumps({k: round(v, 1) for k, v in res['stats'].items()})}; "
           f"measured peak {res['peak_tflops']:.3f} TFLOP/s)")
-    print("| variant | step ms (IQR) | pairs/s | tokens/s | peak mem GiB | useful TFLOP/s | utilisation | vs TRL |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | step ms (IQR) | pairs/s | pre-pass s | 1-epoch pairs/s | tokens/s | peak mem GiB | useful TFLOP/s "
+          "| utilisation | vs TRL | 1 epoch vs TRL |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     trl = res["rows"].get("trl", {}).get("pairs_per_s")
     for name, r in res["rows"].items():
         mem = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.3f}"
         ratio = f"{r['pairs_per_s'] / trl:.2f}x" if trl else "-"
-        print(f"| {name} | {r['step_ms']:.1f} ({r['step_ms_iqr']:.1f}) | {r['pairs_per_s']:.1f} | {r['tokens_per_s']:.0f} "
-              f"| {mem} | {r['useful_tflops']:.4f} | {r['utilisation']:.1%} | {ratio} |")
+        epoch_ratio = f"{r['epoch_pairs_per_s'] / res['rows']['trl']['epoch_pairs_per_s']:.2f}x" if trl else "-"
+        print(f"| {name} | {r['step_ms']:.1f} ({r['step_ms_iqr']:.1f}) | {r['pairs_per_s']:.1f} | {r['prepass_s']:.1f} "
+              f"| {r['epoch_pairs_per_s']:.1f} | {r['tokens_per_s']:.0f} | {mem} | {r['useful_tflops']:.4f} "
+              f"| {r['utilisation']:.1%} | {ratio} | {epoch_ratio} |")
 
 
 def main(argv=None) -> None:
@@ -428,6 +444,7 @@ def main(argv=None) -> None:
     for res in results:
         rows = res["rows"]
         headline[res["config"]] = {name: {"pairs_per_s": round(r["pairs_per_s"], 2),
+                                          "epoch_pairs_per_s": round(r["epoch_pairs_per_s"], 2),
                                           "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 3),
                                           "utilisation": round(r["utilisation"], 4)} for name, r in rows.items()}
         headline[res["config"]]["mmpo_vs_trl"] = None if res["ratio"] is None else round(res["ratio"], 2)

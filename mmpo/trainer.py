@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -368,14 +369,20 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
     if world > 1:
         step_module = accelerator.prepare(step_module)
+    prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
         if cfg.precompute_reference:
             key = fingerprint(file_digest(cfg.data.train), model_fingerprint(cfg.model), sorted(requires),
                               cfg.data.max_length, cfg.model.num_frames, cfg.shared_prefix)
             cache = Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
-            reference = cached_reference(precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
-                                                              _all_batches(records, collate, cfg.batch_size), cache),
-                                         device)
+            started = time.perf_counter()
+            table = None
+            if is_main:  # one pass on the main process; the others wait for its file (no duplicate work or writes)
+                table = precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
+                                             _all_batches(records, collate, cfg.batch_size), cache)
+            accelerator.wait_for_everyone()
+            reference = cached_reference(table if table is not None else torch.load(cache, weights_only=False), device)
+            prepass_s = time.perf_counter() - started
         elif not has_adapter(model):
             raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
                                      "reference: set precompute_reference: true")
@@ -451,7 +458,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     logger.close()
     if is_main:
         save_final(model, processor, run_dir)
-        (run_dir / "summary.json").write_text(json.dumps({"steps": step, **counters}, indent=2))
+        (run_dir / "summary.json").write_text(json.dumps({"steps": step, **counters, "reference_prepass_s": prepass_s},
+                                                         indent=2))
     accelerator.wait_for_everyone()
     return run_dir
 

@@ -11,14 +11,16 @@ from helpers import tiny_model, toy_pairs
 
 
 @pytest.mark.slow
-def test_two_process_training_keeps_ranks_in_sync(tmp_path):
+@pytest.mark.parametrize("precompute", ["false", "true"])  # true: rank 0 precomputes, rank 1 waits and reads
+def test_two_process_training_keeps_ranks_in_sync(tmp_path, precompute):
     model = tiny_model("llava", tmp_path)
     pairs = toy_pairs(tmp_path / "data")
     launcher = Path(sys.executable).parent / "accelerate"
     cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(Path(__file__).parent / "ddp_train.py"),
            str(tmp_path), f"model.path={model}", f"data.train={pairs}", f"output_dir={tmp_path / 'run'}",
-           "progress=false", "lora.r=4", "lr=5e-3", "max_steps=3", "batch_size=2"]
+           "progress=false", "lora.r=4", "lr=5e-3", "max_steps=3", "batch_size=2",
+           f"precompute_reference={precompute}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
