@@ -274,7 +274,8 @@ def video_report_lines(video: dict) -> list[str]:
         "pair_accuracy"]
     verdict = "did not help" if gain <= 0 else "changed little" if gain < 0.03 else "helped"
     lines += ["", f"PaMi-VDPO {verdict} here: overall pair accuracy {gain:+.3f}. On this tiny model the effect "
-              "is within seed noise (3 seeds in benchmarks/LOG.md, video probe: +0.018 ± 0.012), and the model "
+              "is within seed noise (3 seeds each: +0.018 ± 0.012 in the video probe, -0.004 ± 0.029 in "
+              "benchmarks/demo_effect.py; benchmarks/RESULTS.md), and the model "
               "cannot read temporal order, so temporal augmentations cannot teach it."]
     if video.get("self_qa"):
         counts = ", ".join(f"{k} {v}" for k, v in video["self_qa"].items())
