@@ -65,6 +65,11 @@ CONFIGS = {
     "llava15_cpu": dict(family="llava", size="tiny", image_size=336, patch=14, frames=1, prompt_words=(35, 45),
                         answer_words=(130, 170), pairs=32, batch=4, lora_r=8, precision="fp32", qlora=False,
                         gc=False),
+    # CPU smoke runs of the GPU configurations' code paths (video collator, 4-bit loading); not speed claims
+    "video_tiny": dict(family="llava_next_video", size="tiny", image_size=32, patch=4, frames=4, prompt_words=(8, 14),
+                       answer_words=(10, 30), pairs=16, batch=2, lora_r=8, precision="fp32", qlora=False, gc=False),
+    "qlora_tiny": dict(family="llava", size="tiny", image_size=32, patch=4, frames=1, prompt_words=(8, 14),
+                       answer_words=(10, 30), pairs=16, batch=4, lora_r=8, precision="fp32", qlora=True, gc=False),
     "llava7b": dict(family="llava", size="7b", frames=1, prompt_words=(35, 45), answer_words=(130, 170),
                     pairs=64, batch=4, lora_r=64, precision="bf16", qlora=False, gc=True),
     "llava7b_qlora": dict(family="llava", size="7b", frames=1, prompt_words=(35, 45), answer_words=(130, 170),
@@ -235,7 +240,7 @@ def _trl_model(env: dict):
         skip = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
         kwargs.update(device_map={"": env["device"]}, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip))
+            bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=skip))  # = mmpo's: bf16 on GPU, fp32 CPU
     model = AutoModelForImageTextToText.from_pretrained(env["model"], **kwargs)
     return model if spec["qlora"] else model.to(env["device"])
 
