@@ -85,9 +85,9 @@ def margins_packed(model, processor, head: str, media: list, suffixes: list[list
     pad = processor.tokenizer.pad_token_id or 0
     n_seg = max(len(s) for s in suffixes)
     segments = [right_pad([s[j] if j < len(s) else [] for s in suffixes], pad) for j in range(n_seg)]
-    # column of each question's last token in the packed row (empty segments: any column, ignored)
+    # column of each question's last token in the packed row (a row's missing segments: column 0, dropped below)
     starts = torch.tensor([0] + [seg["input_ids"].shape[1] for seg in segments]).cumsum(0)[:-1]
-    last = torch.tensor([[starts[j] + max(len(s[j]), 1) - 1 if j < len(s) else 0 for j in range(n_seg)]
+    last = torch.tensor([[starts[j] + len(s[j]) - 1 if j < len(s) else 0 for j in range(n_seg)]
                          for s in suffixes]) + prefix["input_ids"].shape[1]
     logits = model(**packed_inputs(model, prefix, segments), logits_to_keep=last.to(dev), use_cache=False).logits
     margins = yes_no_margin(logits.flatten(0, 1), *ids).view(len(media), n_seg).tolist()
@@ -104,7 +104,7 @@ def _packed_forwards(items: list[Item], batch_size: int) -> list[list[tuple[str,
         by_media.setdefault(it.media, []).append(it)
     pieces = [(path, group[s:s + batch_size]) for path, group in by_media.items()
               for s in range(0, len(group), batch_size)]
-    forwards, count = [], batch_size
+    forwards, count = [], batch_size  # count starts "full" so the first piece opens a forward
     for piece in pieces:
         if count + len(piece[1]) > batch_size:
             forwards.append([])
@@ -112,6 +112,25 @@ def _packed_forwards(items: list[Item], batch_size: int) -> list[list[tuple[str,
         forwards[-1].append(piece)
         count += len(piece[1])
     return forwards
+
+
+def _answer_packed(model, processor, items: list[Item], media_type: str, load_fn, batch_size: int, ids: tuple,
+                   emit_margins) -> None:
+    """Logits mode with prefix reuse: `margins_packed` per forward; the plain path where tokens do not split."""
+    head, tail = split_template(processor, media_type)
+    for units in _packed_forwards(items, batch_size):
+        media = [load_fn(path) for path, _ in units]
+        suffixes = [suffix_ids(processor, head, tail, [it.prompt for it in group]) for _, group in units]
+        packable = [i for i, s in enumerate(suffixes) if None not in s]
+        if packable:
+            packed = margins_packed(model, processor, head, [media[i] for i in packable],
+                                    [suffixes[i] for i in packable], media_type, ids)
+            for i, m in zip(packable, packed):
+                emit_margins(units[i][1], m)
+        for i in sorted(set(range(len(units))) - set(packable)):
+            group = units[i][1]
+            emit_margins(group, margins_plain(model, processor, [it.prompt for it in group], [media[i]] * len(group),
+                                              media_type, ids))
 
 
 def answer_items(model, processor, items: list[Item], media_type: str, load_fn, *, mode: str, batch_size: int,
@@ -148,20 +167,7 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
         emit(batch_items, ["yes" if x > 0 else "no" for x in margins], margins)
 
     if mode == "logits" and prefix_reuse and supports_packing(model):  # else (flash attention): plain path
-        head, tail = split_template(processor, media_type)
-        for units in _packed_forwards(items, batch_size):
-            media = [load_fn(path) for path, _ in units]
-            suffixes = [suffix_ids(processor, head, tail, [it.prompt for it in group]) for _, group in units]
-            packable = [i for i, s in enumerate(suffixes) if None not in s]
-            if packable:
-                packed = margins_packed(model, processor, head, [media[i] for i in packable],
-                                        [suffixes[i] for i in packable], media_type, ids)
-                for i, m in zip(packable, packed):
-                    emit_margins(units[i][1], m)
-            for i in sorted(set(range(len(units))) - set(packable)):  # tokens do not split at the question
-                group = units[i][1]
-                emit_margins(group, margins_plain(model, processor, [it.prompt for it in group],
-                                                  [media[i]] * len(group), media_type, ids))
+        _answer_packed(model, processor, items, media_type, load_fn, batch_size, ids, emit_margins)
         return results
     loaded: dict[str, object] = {}
     for s in range(0, len(items), batch_size):
