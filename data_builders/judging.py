@@ -18,7 +18,7 @@ from typing import Callable
 CRITERIA = ("relevance", "accuracy", "temporal_grounding", "clarity")
 RUBRIC_PROMPT = ("Rate the answer to the question about the {m}. Question: {q} Answer: {a} "
                  "Give four scores from 1 to 10 as 'Relevance: n, Accuracy: n, Temporal grounding: n, Clarity: n'.")
-YES_NO_PROMPT = "Question: {q} Answer: {a} Is this answer correct for the {m} ? Answer yes or no."
+YES_NO_PROMPT = "Question: {q} Answer: {a} Is this answer correct for the {m}? Answer yes or no."
 JUDGES = ("rubric", "yes_no")
 # (question, answer) pairs about one media item, the media, its word ("video"/"image") -> S_judge or None each
 Judge = Callable[[list, object, str], list]
@@ -88,7 +88,7 @@ def rubric_judge(generate) -> Judge:
 
 
 def yes_no_judge(model, processor, media_type: str, batch_size: int = 8) -> Judge:
-    """A `Judge` from the model's yes/no logits for YES_NO_PROMPT (one forward for all answers)."""
+    """A `Judge` from the model's yes/no logits for YES_NO_PROMPT (forwards of `batch_size` prompts)."""
     from mmpo.models.scoring import margins_plain, yes_no_ids
 
     ids = yes_no_ids(processor)
