@@ -248,3 +248,23 @@ def test_shipped_configs_load(name, cls):
 def test_config_rejects_unknown_mode():
     with pytest.raises(ConfigError, match="mode"):
         load(runner.PopeEvalConfig, None, ["mode=beam"])
+
+
+@pytest.mark.parametrize("family,media_type", [("llava_next", "image"), ("video_llava", "image"),
+                                               ("llava_onevision", "image"), ("llava_next_video", "video"),
+                                               ("video_llava", "video")])
+def test_packed_answers_equal_plain_for_every_family(tmp_path, family, media_type):
+    """Random tiny models (margins are arbitrary but must agree): packed rows == plain rows for each family."""
+    model, proc = load_model(ModelConfig(path=str(tiny_model(family, tmp_path)), device="cpu"))
+    if media_type == "image":
+        media = {c: color_image(c, seed=i) for i, c in enumerate(COLORS[:3])}
+    else:
+        frames = 8 if family == "video_llava" else 4
+        media = {c: make_frames(T=frames, H=32, W=32, seed=i) for i, c in enumerate(COLORS[:3])}
+    items = [answering.Item((c, j), c, _question(COLORS[j])) for c in media for j in range(2 + COLORS.index(c) % 2)]
+    args = (model, proc, items, media_type, media.__getitem__)
+    plain = answering.answer_items(*args, mode="logits", batch_size=8)
+    packed = answering.answer_items(*args, mode="logits", batch_size=8, prefix_reuse=True)
+    assert plain.keys() == packed.keys()
+    for k in plain:
+        assert packed[k][1] == pytest.approx(plain[k][1], abs=1e-4), k
