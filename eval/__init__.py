@@ -1,14 +1,14 @@
 """Benchmarks: one module per benchmark (pure-Python scoring) and the EVALUATORS registry.
 
 `EVALUATORS[name](questions_or_data_path, answers_path, ...)` scores a finished answers file; see
-`eval.pope.score_answers_file` and `eval.videohallucer.score_answers_file`. Running a model on a
+`eval.pope_metrics.score_answers_file` and `eval.videohallucer.score_answers_file`. Running a model on a
 benchmark lives in `eval/runner.py` (answering itself, generate / logits modes, in `eval/answering.py`).
 """
 
-from eval import pope, videohallucer
+from eval import pope_metrics, videohallucer
 
 EVALUATORS = {
-    "pope": pope.score_answers_file,
+    "pope": pope_metrics.score_answers_file,
     "videohallucer": videohallucer.score_answers_file,
 }
 # Model runners: `eval.runner.RUNNERS` = {name: (config class, run function)}. Not imported here, so

@@ -1,6 +1,6 @@
 """Write evaluation outputs: metrics.json, a markdown report, and PNG plots (matplotlib, Agg backend).
 
-Inputs are the plain dicts returned by `eval.pope` (one split from `score_predictions`, or several from
+Inputs are the plain dicts returned by `eval.pope_metrics` (one split from `score_predictions`, or several from
 `aggregate`) and by `eval.videohallucer` (`{category: score_category(...)}` plus optional "overall").
 matplotlib is imported inside the plot functions so scoring never needs it.
 """

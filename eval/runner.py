@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval import pope, pope_build, report, videohallucer
+from eval import pope, pope_build, pope_metrics, report, videohallucer
 from eval.answering import MODES, Item, answer_items
 from mmpo.config import ConfigError, ModelConfig, load
 from mmpo.media import load_image, load_video
@@ -154,8 +154,8 @@ def score_pope(cfg: PopeEvalConfig, splits: dict, answers: dict) -> dict:
     per_split = {}
     for split, (f, qs) in splits.items():
         preds = [_pope_prediction(q, split, answers) for q in qs]
-        per_split[split] = pope.score_predictions(qs, preds, cfg.parser, pope_suffix(cfg.prompt_suffix), f)
-    result = per_split[next(iter(per_split))] if len(per_split) == 1 else pope.aggregate(per_split)
+        per_split[split] = pope_metrics.score_predictions(qs, preds, cfg.parser, pope_suffix(cfg.prompt_suffix), f)
+    result = per_split[next(iter(per_split))] if len(per_split) == 1 else pope_metrics.aggregate(per_split)
     return {**result, "mode": cfg.mode}
 
 
@@ -320,7 +320,7 @@ def cli_pope(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(pope.score_answers_file(a.questions, a.answers, a.parser), a.out)
+    _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser), a.out)
     return 0
 
 

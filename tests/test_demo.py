@@ -11,7 +11,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
     import eval as evaluators
     import eval.pope_build  # noqa: F401  (the pipeline uses these submodules)
     import eval.runner  # noqa: F401
-    from eval import pope
+    from eval import pope, pope_metrics
     from mmpo.demo import pipeline
 
     result = pipeline.run(tmp_path, builders=data_builders.BUILDERS, evaluators=evaluators, quick=True)
@@ -26,7 +26,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
     # the "before" numbers are exactly what the official scorer gives on the written answers
     for split, metrics in result["before"].items():
         qs = pope.read_questions(tmp_path / "world" / "pope" / f"coco_pope_{split}.json")
-        rescored = pope.score_answers_file(tmp_path / "world" / "pope" / f"coco_pope_{split}.json",
+        rescored = pope_metrics.score_answers_file(tmp_path / "world" / "pope" / f"coco_pope_{split}.json",
                                            tmp_path / "eval" / "sft" / f"answers_{split}.jsonl")
         assert rescored["f1"] == pytest.approx(metrics["f1"]) and rescored["n"] == len(qs)
     report = (tmp_path / "report.md").read_text()

@@ -11,7 +11,7 @@ import torch
 from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
-from eval import answering, pope, runner, videohallucer
+from eval import answering, pope, pope_metrics, runner, videohallucer
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
@@ -158,7 +158,7 @@ def test_metrics_report_and_answer_files(world):
     assert set(saved["splits"]) == {"random", "adversarial"} and saved["pooled"]["n"] == 32
     assert saved["prompt_suffix"] == pope.PROMPT_SUFFIXES["llava"]
     assert (out / "report.md").exists() and (out / "pope_splits.png").stat().st_size > 0
-    again = pope.score_answers_file(world["root"] / "coco_pope_random.json", out / "answers_random.jsonl")
+    again = pope_metrics.score_answers_file(world["root"] / "coco_pope_random.json", out / "answers_random.jsonl")
     assert again["f1"] == pytest.approx(m["splits"]["random"]["f1"])
 
 

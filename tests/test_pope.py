@@ -14,14 +14,11 @@ from eval.pope import (
     PARSERS,
     PROMPT_SUFFIXES,
     PopePrediction,
-    aggregate,
     read_answers,
     read_questions,
-    score,
-    score_answers_file,
-    score_predictions,
     write_answers,
 )
+from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
 
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
