@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval import pope, pope_build, pope_metrics, report, videohallucer
+from eval import pope, pope_build, pope_metrics, report, videohallucer, videohallucer_metrics
 from eval.answering import MODES, Item, answer_items
 from mmpo.config import ConfigError, ModelConfig, load
 from mmpo.media import load_image, load_video
@@ -278,12 +278,12 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
         preds = [videohallucer.VHPrediction(done[(cat, str(i), "basic")][0], done[(cat, str(i), "hallucination")][0])
                  for i in range(len(pairs))]
         videohallucer.write_results(out / "results" / f"{cat}.json", pairs, preds)  # the reference layout
-        res = videohallucer.score_category(pairs, preds)
+        res = videohallucer_metrics.score_category(pairs, preds)
         if all((p.basic.answer, p.hallucination.answer) == ("yes", "no") for p in pairs):
-            res["bias"] = videohallucer.bias_scores(pairs, preds)
+            res["bias"] = videohallucer_metrics.bias_scores(pairs, preds)
         results[cat] = {**res, "mode": cfg.mode, "data_file": f.name}
     if any(c in results for c in videohallucer.CATEGORIES):
-        results["overall"] = videohallucer.overall(results)
+        results["overall"] = videohallucer_metrics.overall(results)
     report.write_videohallucer_report(out, results)
     return results
 
@@ -342,7 +342,7 @@ def cli_videohallucer(args: list[str]) -> int:
         return 0
     if not (a.data and a.answers):
         p.error("give --data and --answers (score a file) or --config (run a model)")
-    _print_metrics(videohallucer.score_answers_file(a.data, a.answers), a.out)
+    _print_metrics(videohallucer_metrics.score_answers_file(a.data, a.answers), a.out)
     return 0
 
 

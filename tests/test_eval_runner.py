@@ -11,7 +11,7 @@ import torch
 from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
-from eval import answering, pope, pope_metrics, runner, videohallucer
+from eval import answering, pope, pope_metrics, runner, videohallucer_metrics
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
@@ -194,7 +194,7 @@ def test_videohallucer_run_reference_layout(tmp_path):
     rows = _rows(tmp_path / "out" / "predictions.jsonl")
     assert len(rows) == 4 and {r["answer"] for r in rows} <= {"yes", "no"}
     results_file = tmp_path / "out" / "results" / "object_relation.json"
-    scored = videohallucer.score_answers_file(data / "object_relation.json", results_file)
+    scored = videohallucer_metrics.score_answers_file(data / "object_relation.json", results_file)
     assert scored["pair_accuracy"] == res["object_relation"]["pair_accuracy"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "pair_accuracy" in metrics and "object_relation" in metrics["categories"]

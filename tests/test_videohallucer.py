@@ -9,18 +9,8 @@ import pytest
 from helpers import SAMPLES  # noqa: E402
 
 from eval import EVALUATORS
-from eval.videohallucer import (
-    CATEGORIES,
-    VHPrediction,
-    bias_scores,
-    fact_score,
-    hit,
-    overall,
-    read_pairs,
-    score_category,
-    to_reference_layout,
-    write_results,
-)
+from eval.videohallucer import CATEGORIES, VHPrediction, read_pairs, to_reference_layout, write_results
+from eval.videohallucer_metrics import bias_scores, fact_score, hit, overall, score_category
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
