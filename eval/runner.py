@@ -10,14 +10,13 @@ plus the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<c
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval import pope, pope_build, pope_metrics, report, videohallucer, videohallucer_metrics
+from eval import pope, pope_metrics, report, videohallucer, videohallucer_metrics
 from eval.answering import MODES, Item, answer_items
-from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.config import ConfigError, ModelConfig
 from mmpo.media import load_image, load_video
 from mmpo.models import load_model
 from mmpo.models.loading import weights_fingerprint
@@ -289,76 +288,3 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
 
 
 RUNNERS = {"pope": (PopeEvalConfig, run_pope), "videohallucer": (VideoHallucerEvalConfig, run_videohallucer)}
-
-
-# ---------------------------------------------------------------- command line (called by mmpo/cli.py)
-
-
-def _print_metrics(metrics: dict, out: str | None) -> None:
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
-
-
-def cli_pope(args: list[str]) -> int:
-    """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
-    p = argparse.ArgumentParser(prog="mmpo eval pope")
-    p.add_argument("--questions", help="question file (score an existing answers file)")
-    p.add_argument("--answers", help="answers JSONL to score")
-    p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
-    p.add_argument("--out", help="write the metrics JSON here")
-    p.add_argument("--config", help="eval YAML (configs/eval/pope_*.yaml): run a model")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
-    a = p.parse_args(args)
-    if a.config:
-        cfg = load(PopeEvalConfig, a.config, a.overrides)
-        m = run_pope(cfg)
-        print(f"POPE ({cfg.mode}, parser {cfg.parser}): F1 {m['f1']:.4f} acc {m['accuracy']:.4f} "
-              f"yes_ratio {m['yes_ratio']:.4f}; report in {cfg.out_dir}")
-        return 0
-    if not (a.questions and a.answers):
-        p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser), a.out)
-    return 0
-
-
-def cli_videohallucer(args: list[str]) -> int:
-    """`mmpo eval videohallucer --data CATEGORY.json --answers A [--out M.json]` or `--config F [key=value ...]`."""
-    p = argparse.ArgumentParser(prog="mmpo eval videohallucer")
-    p.add_argument("--data", help="category data file (score an existing results file)")
-    p.add_argument("--answers", help="results file in the reference layout (pairs with 'predict')")
-    p.add_argument("--out", help="write the metrics JSON here")
-    p.add_argument("--config", help="eval YAML (configs/eval/videohallucer.yaml): run a model")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
-    a = p.parse_args(args)
-    if a.config:
-        cfg = load(VideoHallucerEvalConfig, a.config, a.overrides)
-        res = run_videohallucer(cfg)
-        for cat, r in res.items():
-            print(f"{cat}: pair accuracy {r['pair_accuracy']:.4f}")
-        print(f"report in {cfg.out_dir}")
-        return 0
-    if not (a.data and a.answers):
-        p.error("give --data and --answers (score a file) or --config (run a model)")
-    _print_metrics(videohallucer_metrics.score_answers_file(a.data, a.answers), a.out)
-    return 0
-
-
-def cli_pope_build(args: list[str]) -> int:
-    """`mmpo eval pope-build --annotations COCO.json --out DIR [--seed S --num-images N --sample-num 3]`."""
-    p = argparse.ArgumentParser(prog="mmpo eval pope-build")
-    p.add_argument("--annotations", required=True, help="COCO instances JSON or ground-truth JSONL")
-    p.add_argument("--out", required=True, help="output folder for the three split files")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-images", type=int, default=500, help="images sampled (reference default 500)")
-    p.add_argument("--sample-num", type=int, default=3, help="positive (and negative) questions per image")
-    p.add_argument("--dataset", default="coco", help="file-name prefix")
-    a = p.parse_args(args)
-    files = pope_build.build_files(a.annotations, a.out, a.dataset, seed=a.seed, img_num=a.num_images,
-                                   sample_num=a.sample_num)
-    for split, path in files.items():
-        print(f"{split}: {path}")
-    return 0
-

@@ -68,10 +68,10 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args) -> int:
     """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer."""
-    from eval import runner
+    from eval import cli as eval_cli
 
-    commands = {"pope": runner.cli_pope, "videohallucer": runner.cli_videohallucer,
-                "pope-build": runner.cli_pope_build}
+    commands = {"pope": eval_cli.cli_pope, "videohallucer": eval_cli.cli_videohallucer,
+                "pope-build": eval_cli.cli_pope_build}
     if args.benchmark not in commands:
         raise ValueError(f"unknown benchmark {args.benchmark!r}; choose from {sorted(commands)}")
     return commands[args.benchmark](args.rest)

@@ -12,6 +12,7 @@ from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
 from eval import answering, pope, pope_metrics, runner, videohallucer_metrics
+from eval import cli as eval_cli
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
@@ -207,7 +208,7 @@ def test_cli_scoring_and_build(tmp_path, capsys):
     answers = ["Yes, there is.", "No.", "no", "yes"]  # official parser: yes, no, no, yes -> TP 1, TN 1, FN 1, FP 1
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"question_id": i, "answer": a}) + "\n"
                                               for i, a in enumerate(answers, 1)))
-    assert runner.cli_pope(["--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.jsonl"),
+    assert eval_cli.cli_pope(["--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.jsonl"),
                             "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["tp"], m["tn"], m["fp"], m["fn"], m["accuracy"]) == (1, 1, 1, 1, 0.5)
@@ -218,7 +219,7 @@ def test_cli_scoring_and_build(tmp_path, capsys):
     (tmp_path / "temporal.json").write_text(json.dumps([{k: {kk: vv for kk, vv in v.items() if kk != "predict"}
                                                          for k, v in pairs[0].items()}]))
     (tmp_path / "res_temporal.json").write_text(json.dumps(pairs))
-    assert runner.cli_videohallucer(["--data", str(tmp_path / "temporal.json"), "--answers",
+    assert eval_cli.cli_videohallucer(["--data", str(tmp_path / "temporal.json"), "--answers",
                                      str(tmp_path / "res_temporal.json"), "--out", str(tmp_path / "vh.json")]) == 0
     vh = json.loads((tmp_path / "vh.json").read_text())
     assert (vh["basic_accuracy"], vh["hallucinated_accuracy"], vh["pair_accuracy"]) == (1.0, 0.0, 0.0)
@@ -228,12 +229,12 @@ def test_cli_scoring_and_build(tmp_path, capsys):
             "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": (i + j) % 6}
                             for i in range(6) for j in range(3)]}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    assert runner.cli_pope_build(["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
+    assert eval_cli.cli_pope_build(["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
                                   "--num-images", "4", "--seed", "1"]) == 0
     for split in pope.SPLITS:
         assert len(pope.read_questions(tmp_path / "pope" / f"coco_pope_{split}.json")) == 4 * 6
     with pytest.raises(SystemExit):
-        runner.cli_pope(["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
+        eval_cli.cli_pope(["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
 
 
 @pytest.mark.parametrize("name,cls", [("pope_logits", runner.PopeEvalConfig), ("pope_generate", runner.PopeEvalConfig),
