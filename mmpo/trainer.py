@@ -338,6 +338,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
 
     run_dir = Path(cfg.output_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    check_distributed(str(accelerator.distributed_type))
     is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -462,6 +463,14 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                                                          indent=2))
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def check_distributed(kind: str) -> None:
+    """One process or DDP only. Under FSDP / DeepSpeed the LoRA weights and optimizer states are sharded, and
+    the adapter saving, checkpoints and adapter-off reference here do not gather them (never run: no GPUs)."""
+    if kind.split(".")[-1] in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+        raise cfgmod.ConfigError(f"accelerate {kind}: mmpo trains in one process or with DDP "
+                                 "(configs/accelerate/ddp.yaml); LoRA on a 7B model fits one GPU per process")
 
 
 def _all_batches(records, collate, batch_size):

@@ -30,3 +30,16 @@ def test_two_process_training_keeps_ranks_in_sync(tmp_path, precompute):
     for name, value in ranks[0]["sums"].items():
         assert value == pytest.approx(ranks[1]["sums"][name], abs=1e-6), name
     assert any(abs(v) > 0 for n, v in ranks[0]["sums"].items() if "lora_B" in n)  # it trained
+
+
+def test_sharded_launchers_are_refused_with_a_clear_error():
+    from accelerate.utils import DistributedType
+
+    from mmpo.config import ConfigError
+    from mmpo.trainer import check_distributed
+
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        check_distributed(str(kind))
+    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ConfigError, match="DDP"):
+            check_distributed(str(kind))
