@@ -6,15 +6,16 @@ export TRANSFORMERS_OFFLINE := 1
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test setup lint clean
+.PHONY: demo test setup lint lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	# torch/torchvision first and pinned: the machine's pip constraint caps them, and the CUDA build is
-	# what torchvision and open_clip need (see shared ENVIRONMENT notes).
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q "pip==26.3"
+	# Exact versions from the lock (torch 2.14.1 / torchvision 0.29.1 among them: the machine's pip constraint
+	# caps them, and torchvision and open_clip need that CUDA build; see shared ENVIRONMENT notes). The project
+	# itself goes in without dependencies and without build isolation, so the locked setuptools builds it.
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -24,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15
+
+lock: $(STAMP)  # refresh requirements.lock after changing pyproject.toml's dependencies
+	$(PY) tools/lock.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -291,8 +291,8 @@ def run_trl(env: dict, variant: dict, steps: int, out: Path) -> list[float]:
     gc_on = variant["gradient_checkpointing"]
     args = DPOConfig(output_dir=str(out), per_device_train_batch_size=spec["batch"], max_steps=steps,
                      learning_rate=1e-4, beta=0.1, max_length=None, use_cpu=env["device"] == "cpu",
-                     bf16=spec["precision"] == "bf16", gradient_checkpointing=gc_on,
-                     gradient_checkpointing_kwargs={"use_reentrant": False} if gc_on else None,
+                     bf16=spec["precision"] == "bf16", activation_checkpointing=gc_on,
+                     activation_checkpointing_kwargs={"use_reentrant": False} if gc_on else None,
                      report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=True, seed=0,
                      lr_scheduler_type="constant")
     peft_cfg = LoraConfig(r=spec["lora_r"], lora_alpha=2 * spec["lora_r"], lora_dropout=0.0,

@@ -317,4 +317,4 @@ def contrastive_train(model, pixels: torch.Tensor, tokens: torch.Tensor, steps: 
         if log is not None and (step % 50 == 0 or step == steps - 1):
             log(f"  clip step {step + 1}/{steps} loss {loss.item():.3f}")
     model.eval()
-    return float(loss)
+    return loss.item()

@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         model, processor = load_model(cfg.model, cfg.lora, trainable=True)
     device = next(model.parameters()).device
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
 

@@ -43,7 +43,7 @@ def test_sft_checkpoint_loads_and_loss_falls(sft):
     assert model.config.video_seq_length == vm.NUM_FRAMES * (vm.IMAGE_SIZE // (vm.IMAGE_SIZE // 4)) ** 2 // 4
     # the tower stayed frozen: equal to the random init
     init, _ = load_model(ModelConfig(path=str(out / "init"), device="cpu"))
-    for a, b in zip(model.model.vision_tower.parameters(), init.model.vision_tower.parameters()):
+    for a, b in zip(model.model.vision_tower.parameters(), init.model.vision_tower.parameters(), strict=True):
         assert torch.equal(a, b)
     rows = [json.loads(line) for line in (out / "sft_video_vh.jsonl").read_text().splitlines()]
     qa = [r["prompt"] for r in rows if r["answer"] in ("yes", "no")]

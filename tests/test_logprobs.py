@@ -75,10 +75,10 @@ def test_packed_equals_plain_values_and_gradients(tmp_path_factory, family, medi
     loss_packed = packed[0][0].sum() - 0.5 * packed[1][0].sum()
     g_packed = torch.autograd.grad(loss_packed, params)
 
-    for (a, na), (b, nb) in zip(plain, packed):
+    for (a, na), (b, nb) in zip(plain, packed, strict=True):
         assert torch.equal(na, nb)
         assert torch.allclose(a, b, atol=1e-4), (a, b)
-    for a, b in zip(g_plain, g_packed):
+    for a, b in zip(g_plain, g_packed, strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
 
 
@@ -106,7 +106,7 @@ def test_answer_logps_equal_trl(tmp_path_factory):
     rows = [{"images": [im], "prompt": bos + prompt_text(processor, p, "image"), "chosen": c + eos, "rejected": r + eos}
             for im, p, c, r in zip(images, prompts, chosen, rejected)]
     args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), per_device_train_batch_size=3, max_length=None,
-                     use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no")
+                     use_cpu=True, bf16=False, activation_checkpointing=False, report_to="none", save_strategy="no")
     trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=processor)
     batch = trainer.data_collator(list(trainer.train_dataset))

@@ -127,7 +127,7 @@ def test_resume_inside_round_2_reproduces_the_uninterrupted_run(world, mr_run, t
     for name in ("round-2/adapter", "rebirth/adapter"):
         a = load_file(whole / name / "adapter_model.safetensors")
         b = load_file(tmp_path / name / "adapter_model.safetensors")
-        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def test_guidance_term_is_the_ground_truth_nll_not_the_chosen_one(world, tmp_path):
@@ -214,7 +214,7 @@ def test_distillation_resumes_inside_the_preference_stage(world, tmp_path):
     assert all(r["loss"] == pytest.approx(losses[r["step"]], abs=1e-6) for r in resumed)
     a = load_file(tmp_path / "whole" / "preference" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "broken" / "preference" / "adapter" / "adapter_model.safetensors")
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
 def _hand_batch(world):

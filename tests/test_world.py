@@ -31,7 +31,7 @@ def test_same_seed_same_world_other_seed_differs(tmp_path):
     a, b, c = small_cfg(n_videos=0, noise=12.0), small_cfg(n_videos=0, noise=12.0), small_cfg(n_videos=0, noise=12.0, seed=4)
     sa, sb, sc = W.make_scenes(a, "train"), W.make_scenes(b, "train"), W.make_scenes(c, "train")
     assert sa == sb and sa != sc
-    for x, y in zip(sa[:5], sb[:5]):
+    for x, y in zip(sa[:5], sb[:5], strict=True):
         assert np.array_equal(np.asarray(W.render_image(x, a)), np.asarray(W.render_image(y, b)))
     W.write_sft(sa, a, tmp_path / "a.jsonl")
     W.write_sft(sb, b, tmp_path / "b.jsonl")
@@ -198,7 +198,7 @@ def test_clip_to_hf_hidden_states_match():
         out = hf(pixel_values=x, output_hidden_states=True)
     for h in hooks:
         h.remove()
-    for ours, theirs in zip(out.hidden_states[1:], caught):
+    for ours, theirs in zip(out.hidden_states[1:], caught, strict=True):
         assert torch.allclose(ours, theirs, atol=1e-5)
     proj = convert_state_dict(v)["visual_projection.weight"]
     assert torch.allclose(out.pooler_output @ proj.t(), pooled, atol=1e-5)
