@@ -174,9 +174,26 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse argv; `key=value` overrides may stand anywhere after the command (before or after `--config`).
+
+    argparse fills a trailing `nargs="*"` positional from the first run of positionals only, so
+    `build augment --config F key=value` would leave `key=value` unrecognised; such leftovers are
+    collected here instead.
+    """
+    parser = make_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
