@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from data_builders.common import ResumableWriter, finish, fsync_text, media_root_of, progress
+from data_builders.common import ResumableWriter, finish, fsync_text, progress
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
-from mmpo.records import PairRecord, read_pairs
+from mmpo.records import PairRecord, default_media_root, read_pairs
 
 RAW_FILE = "raw_scores.jsonl"
 SCORERS = ("clip", "gen")
@@ -38,7 +38,7 @@ SCORERS = ("clip", "gen")
 @dataclass
 class DifficultyConfig:
     in_pairs: str = ""  # pair JSONL to score (any builder's output, or external pairs)
-    media_root: str = ""  # folder the pair media paths are relative to ("" = the pair file's folder)
+    media_root: str = ""  # folder the pair media paths are under ("" = from a manifest.json beside the input, else its folder)
     out_dir: str = "data/difficulty"  # output folder: pairs.jsonl, manifest.json, raw_scores.jsonl, plots
     seed: int = 0  # recorded in the manifest (scoring is deterministic)
     clip_model: str = ""  # open_clip checkpoint for the contrastive score (DA-DPO: ViT-L/14-336)
@@ -192,7 +192,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     """
     if not cfg.clip_model and not cfg.model.path:
         raise ValueError("difficulty: set clip_model and/or model.path (no scorer configured)")
-    root = media_root_of(cfg.media_root, cfg.in_pairs)
+    root = default_media_root(cfg.in_pairs, cfg.media_root)
     records = read_pairs(cfg.in_pairs)
     writer = ResumableWriter(cfg.out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
     clip = model = processor = None
@@ -212,5 +212,5 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     plots = plot(stats, out_dir) if cfg.plots and pairs else []
     writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows
-    return finish(writer, cfg, len(records), builder="difficulty", vote_weights=stats["vote_weights"],
+    return finish(writer, cfg, len(records), root, builder="difficulty", vote_weights=stats["vote_weights"],
                   agreement=stats["agreement"], plots=plots)

@@ -3,11 +3,12 @@ deterministic, the prefilter and the judge parser work, voting follows agreement
 bad media are skipped and counted."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_model, toy_pairs, toy_sft
+from helpers import COLORS, color_image, tiny_model, toy_pairs, toy_sft
 from videos import make_frames, write_clip
 
 from data_builders import BUILDERS
@@ -18,12 +19,14 @@ from data_builders.difficulty import build as build_difficulty
 from data_builders.judging import parse_judgement, rubric_judge, yes_no_score
 from data_builders.self_qa import SelfQAConfig
 from data_builders.self_qa import build as build_self_qa
+from mmpo.cli import main
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
-from mmpo.records import SFTRecord, read_pairs, write_jsonl
+from mmpo.records import RecordError, SFTRecord, default_media_root, read_pairs, write_jsonl, write_manifest
 from mmpo.trainer import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "build"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "build"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +48,8 @@ def world(tmp_path_factory):
 
 
 def _train(world, model, pairs, out, loss, *extra):
+    """A short run on a builder's output as written: no data.media_root (the manifest says where the media are)."""
     cfg = load(TrainConfig, None, [f"model.path={model}", f"data.train={pairs}", f"output_dir={out}", "progress=false",
-                                   f"data.media_root={world['root']}",
                                    "lora.r=4", "max_steps=2", "batch_size=2", "model.num_frames=4", f"loss={loss}", *extra])
     train(cfg)
     rows = read_metrics(out)
@@ -68,6 +71,64 @@ def test_augment_video_end_to_end_skips_bad_clip_and_trains(world, tmp_path):
     for p in pairs:
         assert p.chosen == p.rejected and p.rejected_bag and len(p.scores["clip_sim"]) == len(p.rejected_bag)
     _train(world, world["video_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: pami, params: {delta_min: 0.0}}]")
+
+
+def test_cli_build_train_eval_with_no_media_root(world, tmp_path):
+    """The user's first hour: `mmpo build augment` on a mixed video + image SFT file in one folder, output in
+    another, then `mmpo train` with the shipped PaMi config and no data.media_root, then `mmpo eval pope`
+    (logits mode) on the trained adapter."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "media").mkdir(parents=True)
+    recs = []
+    for i in range(2):
+        write_clip(data / "media" / f"clip{i}.mp4", make_frames(T=8, H=64, W=64, seed=10 + i))
+        recs.append(SFTRecord(f"v{i}", (f"media/clip{i}.mp4",), "video", "describe the video .", "a square moves right"))
+        color_image(COLORS[i], seed=i).save(data / "media" / f"img{i}.png")
+        recs.append(SFTRecord(f"i{i}", (f"media/img{i}.png",), "image", "what color is the square ?", COLORS[i]))
+    write_jsonl(data / "sft.jsonl", recs)
+    assert main(["build", "augment", "--config", str(REPO / "configs/build/augment_video.yaml"),
+                 f"in_sft={data / 'sft.jsonl'}", f"out_dir={runs / 'aug'}", "num_workers=0", "progress=false"]) == 0
+    manifest = json.loads((runs / "aug" / "manifest.json").read_text())
+    assert manifest["media_root"] == "../../data" and manifest["counts"]["pairs"] == 4  # relative: moves with the tree
+
+    model = world["video_model"]  # LLaVA-NeXT-Video takes images and videos
+    assert main(["train", "--config", str(REPO / "configs/train/pami_video.yaml"), f"model.path={model}",
+                 f"data.train={runs / 'aug' / 'pairs.jsonl'}", f"output_dir={runs / 'pami'}", "model.dtype=float32",
+                 "precision=fp32", "model.num_frames=4", "lora.r=4", "grad_accum=1", "max_steps=4", "progress=false",
+                 "gradient_checkpointing=false"]) == 0
+    rows = read_metrics(runs / "pami")
+    assert len(rows) == 4 and all(np.isfinite(r["loss"]) for r in rows)
+
+    questions = data / "pope.json"
+    questions.write_text("".join(json.dumps({"question_id": q, "image": f"img{q % 2}.png", "label": "yes" if q < 2 else "no",
+                                             "text": f"is there a {COLORS[q % 2 if q < 2 else 3]} square ?"}) + "\n"
+                                 for q in range(4)))
+    assert main(["eval", "pope", "--config", str(REPO / "configs/eval/pope_logits.yaml"), f"model.path={model}",
+                 f"model.adapter={runs / 'pami' / 'adapter'}", f"questions=[{questions}]",
+                 f"image_root={data / 'media'}", f"out_dir={runs / 'pope'}", "batch_size=4"]) == 0
+    metrics = json.loads((runs / "pope" / "metrics.json").read_text())
+    assert len((runs / "pope" / "predictions.jsonl").read_text().splitlines()) == 4
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_default_media_root_explicit_then_manifest_then_folder(tmp_path):
+    media, built = tmp_path / "proj" / "media", tmp_path / "proj" / "runs" / "set"
+    media.mkdir(parents=True)
+    built.mkdir(parents=True)
+    assert default_media_root(built / "pairs.jsonl") == built  # no manifest: the file's own folder
+    write_manifest(built, {}, {}, 0, media_root=media)
+    assert default_media_root(built / "pairs.jsonl") == media
+    assert default_media_root(built / "pairs.jsonl", explicit=tmp_path) == tmp_path  # the user's value wins
+    # the whole project moved (another machine, a container mount): the relative entry follows it
+    (tmp_path / "proj").rename(tmp_path / "moved")
+    assert default_media_root(tmp_path / "moved/runs/set/pairs.jsonl") == tmp_path / "moved/media"
+    # the set folder alone moved, media left at the recorded absolute path: that one is used
+    (tmp_path / "moved").rename(tmp_path / "proj")
+    shutil.move(built, tmp_path / "elsewhere")
+    assert default_media_root(tmp_path / "elsewhere/pairs.jsonl") == media
+    (tmp_path / "elsewhere/manifest.json").write_text("{not json")
+    with pytest.raises(RecordError, match="elsewhere/manifest.json: invalid JSON"):
+        default_media_root(tmp_path / "elsewhere/pairs.jsonl")
 
 
 def test_augment_specs_are_deterministic_per_seed_and_record():
