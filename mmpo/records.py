@@ -302,18 +302,34 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
 
 
 def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[dict]:
-    """Rows in the column layout TRL's DPO trainer reads: prompt / chosen / rejected / images.
+    """Rows in TRL's conversational vision-preference layout: prompt / chosen / rejected / images (+ id).
 
-    Images are given as absolute paths (TRL's vision collator accepts PIL images or paths via a
-    `datasets.Image` cast); video pairs keep the `images` column name so TRL skips tokenisation.
+    The prompt is one user message and each answer one assistant message, so TRL's DPOTrainer renders them with
+    the model's own chat template and inserts one image placeholder per entry of `images` (absolute paths;
+    `to_trl_dataset` decodes them). Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
+    collator, and that column name makes it skip its text-only preprocessing, so a custom `data_collator` can
+    load the clips (benchmarks/train_vs_trl.py has one).
+
+    Args:
+        records: pairs whose preference is in the text (chosen != rejected on the same media).
+        media_root: the folder their media paths are relative to (see `default_media_root`).
+
+    Returns:
+        One dict per pair.
+
+    Raises:
+        ValueError: a pair whose rejection is in the media (`rejected_media` / `rejected_bag`): TRL's DPO gives
+            both answers the same media, so the pair would carry no preference at all.
     """
     rows = []
     for r in records:
-        placeholder = "<image>" if r.media_type == "image" else "<video>"
+        if r.rejected_media is not None or r.rejected_bag is not None:
+            raise ValueError(f"pair {r.id}: its rejection is in the media (rejected_media / rejected_bag); "
+                             "TRL's DPO trainer uses one media item for both answers, so it cannot train on it")
         rows.append({
-            "prompt": f"{placeholder}{r.prompt}",
-            "chosen": r.chosen,
-            "rejected": r.rejected,
+            "prompt": [{"role": "user", "content": r.prompt}],
+            "chosen": [{"role": "assistant", "content": r.chosen}],
+            "rejected": [{"role": "assistant", "content": r.rejected}],
             "images": [str(resolve_media(media_root, m)) for m in r.media],
             "id": r.id,
         })
@@ -321,7 +337,11 @@ def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[d
 
 
 def to_trl_dataset(records: Iterable[PairRecord], media_root: str | Path):
-    """A `datasets.Dataset` with TRL's DPO columns (images decoded lazily by `datasets.Image`)."""
+    """A `datasets.Dataset` of `to_trl_rows`, ready for TRL's `DPOTrainer(train_dataset=...)`.
+
+    Image paths are cast to `datasets.Image`, so images are decoded lazily, row by row, as TRL's collator
+    reads them; video paths stay strings.
+    """
     import datasets
 
     records = list(records)

@@ -2,12 +2,14 @@
 deterministic, the prefilter and the judge parser work, voting follows agreement, resume is exact,
 bad media are skipped and counted."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import COLORS, color_image, tiny_model, toy_pairs, toy_sft
 from videos import make_frames, write_clip
 
@@ -22,7 +24,16 @@ from data_builders.self_qa import build as build_self_qa
 from mmpo.cli import main
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
-from mmpo.records import RecordError, SFTRecord, default_media_root, read_pairs, write_jsonl, write_manifest
+from mmpo.records import (
+    RecordError,
+    SFTRecord,
+    default_media_root,
+    read_pairs,
+    to_trl_dataset,
+    to_trl_rows,
+    write_jsonl,
+    write_manifest,
+)
 from mmpo.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,6 +323,46 @@ def test_difficulty_image_end_to_end_resumes_and_trains(world, tmp_path):
         assert s["fused"] == pytest.approx(sum(manifest["vote_weights"][k] * s[f"{k}_z"] for k in ("clip", "gen")), abs=1e-5)
     assert all((whole / f).is_file() for f in ("clip_margin.png", "gen_margin.png", "fused.png"))
     _train(world, world["image_model"], whole / "pairs.jsonl", tmp_path / "run", "[{name: dadpo}]")
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def test_to_trl_dataset_trains_one_step_in_trls_dpo_trainer(world, tmp_path):
+    """The exported set goes into TRL's DPOTrainer as is: its chat template, one image per row, answer + EOS."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = read_pairs(world["image_pairs"])[:4]
+    proc = AutoProcessor.from_pretrained(world["image_model"])
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+                     use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, max_length=None)
+    trainer = DPOTrainer(model=AutoModelForImageTextToText.from_pretrained(world["image_model"]), args=args,
+                         train_dataset=to_trl_dataset(pairs, world["root"]), processing_class=proc,
+                         peft_config=LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape[0] == 4  # 2 pairs x (chosen, rejected), one image each
+    answers = {f"{a} </s>" for p in pairs for a in (p.chosen, p.rejected)}
+    for ids, mask, done in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]):
+        prompt = proc.tokenizer.decode(ids[mask.bool() & ~done.bool()])
+        assert prompt.startswith("user : <image>") and prompt.endswith("what color is the square ? assistant :")
+        assert proc.tokenizer.decode(ids[done.bool()]) in answers
+    before = {n: w.detach().clone() for n, w in trainer.model.named_parameters() if w.requires_grad}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert trainer.state.global_step == 1 and any(not torch.equal(w, after[n]) for n, w in before.items())
+
+
+def test_to_trl_rows_video_paths_and_refuses_media_rejections(world, tmp_path):
+    out = build_augment(_aug_cfg(world, tmp_path / "aug"))
+    bags = read_pairs(out / "pairs.jsonl")
+    with pytest.raises(ValueError, match=f"pair {bags[0].id}: its rejection is in the media"):
+        to_trl_rows(bags, world["root"])
+    video = dataclasses.replace(bags[0], rejected="a square moves left", rejected_bag=None)
+    row = to_trl_rows([video], world["root"])[0]
+    assert row["images"] == [str(world["root"] / "v" / "0.mp4")]
+    assert row["prompt"] == [{"role": "user", "content": "describe the video ."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "a square moves left"}]
 
 
 # -- configs --------------------------------------------------------------------------------------
