@@ -123,18 +123,29 @@ def score_batch(batch: list, clip, model, processor) -> list[dict]:
     return rows
 
 
+def _load_batch(batch: list[PairRecord], root: Path, num_frames: int, writer: ResumableWriter) -> dict[str, list]:
+    """Decode a batch's media, grouped by media type; a pair with bad media is left out and recorded as skipped.
+
+    The media are decoded before a pair joins its group, so a bad file never leaves an empty group behind.
+    """
+    groups: dict[str, list] = {}
+    for rec in batch:
+        try:
+            media = _media_pair(rec, root, num_frames)
+        except (MediaError, OSError) as exc:
+            if not writer.is_done(rec.id):  # a batch re-scored after a restart meets it again
+                writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {str(exc).splitlines()[0][:300]}")
+            continue
+        groups.setdefault(rec.media_type, []).append((rec, *media))
+    return groups
+
+
 def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
     """Score every not-yet-scored pair in batches; bad media are skipped and recorded."""
     todo = [r for r in records if not writer.is_done(r.id)]
     n_done = 0
     for start in progress(range(0, len(todo), cfg.batch_size), -(-len(todo) // cfg.batch_size), cfg.progress, "difficulty"):
-        groups: dict[str, list] = {}
-        for rec in todo[start:start + cfg.batch_size]:
-            try:
-                groups.setdefault(rec.media_type, []).append((rec, *_media_pair(rec, root, cfg.model.num_frames)))
-            except (MediaError, OSError) as exc:
-                writer.commit(rec.id, [], {}, skipped=str(exc).splitlines()[0][:300])
-        for batch in groups.values():
+        for batch in _load_batch(todo[start:start + cfg.batch_size], root, cfg.model.num_frames, writer).values():
             for row in score_batch(batch, clip, model, processor):
                 writer.commit(row["id"], [row], {"scored": 1})
                 n_done += 1

@@ -365,6 +365,38 @@ def test_to_trl_rows_video_paths_and_refuses_media_rejections(world, tmp_path):
     assert row["rejected"] == [{"role": "assistant", "content": "a square moves left"}]
 
 
+def _image_pair_file(folder, n, bad=()):
+    """`n` image pairs with answers of different lengths (so batches need padding), plus pairs on `bad` media."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        color_image(COLORS[i % 4], seed=i).save(folder / "img" / f"{i}.png")
+        chosen = " ".join(["the square is", "it is", "a", ""][i % 4].split() + [COLORS[i % 4]])
+        lines.append({"media": [f"img/{i}.png"], "media_type": "image", "prompt": "what color is the square ?",
+                      "chosen": chosen, "rejected": "the square is " + COLORS[(i + 1) % 4] + " and small" * (i % 3)})
+    for rel, media_type in bad:
+        lines.append({"media": [rel], "media_type": media_type, "prompt": "what is shown ?", "chosen": "a square",
+                      "rejected": "a circle"})
+    write_jsonl(folder / "pairs.jsonl", lines)
+    return folder / "pairs.jsonl"
+
+
+def test_difficulty_skips_bad_media_among_good_ones(world, tmp_path):
+    """A clip alone in its batch used to leave an empty video group behind (`list index out of range`)."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "bad.mp4").write_bytes((world["root"] / "v" / "bad.mp4").read_bytes())  # truncated mp4
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    src = _image_pair_file(tmp_path, 5, bad=[("v/bad.mp4", "video"), ("img/corrupt.png", "image")])
+    out = build_difficulty(load(DifficultyConfig, None, [f"in_pairs={src}", f"out_dir={tmp_path / 'out'}",
+                                                         f"model.path={world['video_model']}", "model.num_frames=4",
+                                                         "batch_size=4", "progress=false", "plots=false"]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == 2 and manifest["counts"]["scored"] == 5
+    assert sorted(s["reason"].split(":")[0] for s in manifest["skipped"]) == ["img/corrupt.png", "v/bad.mp4"]
+    assert len(read_pairs(out / "pairs.jsonl", media_root=tmp_path)) == 5
+
+
 # -- configs --------------------------------------------------------------------------------------
 
 def test_every_shipped_build_config_loads_with_its_builder_class():
