@@ -141,12 +141,21 @@ def _load_batch(batch: list[PairRecord], root: Path, num_frames: int, writer: Re
 
 
 def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
-    """Score every not-yet-scored pair in batches; bad media are skipped and recorded."""
-    todo = [r for r in records if not writer.is_done(r.id)]
+    """Score every not-yet-scored pair in batches; bad media are skipped and recorded.
+
+    Batches are cut by position in the input file (index // batch_size), never by what is left to do, and a
+    batch with any pair left is scored whole (only the new rows are written). A resumed build thus scores
+    every pair in the same batch, padded the same way, as an uninterrupted one: in bf16 the log-likelihoods
+    depend on the batch's padding and size, so re-cut batches would give different bytes.
+    """
+    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
+    todo = [b for b in batches if any(not writer.is_done(r.id) for r in b)]
     n_done = 0
-    for start in progress(range(0, len(todo), cfg.batch_size), -(-len(todo) // cfg.batch_size), cfg.progress, "difficulty"):
-        for batch in _load_batch(todo[start:start + cfg.batch_size], root, cfg.model.num_frames, writer).values():
-            for row in score_batch(batch, clip, model, processor):
+    for batch in progress(todo, len(todo), cfg.progress, "difficulty"):
+        for group in _load_batch(batch, root, cfg.model.num_frames, writer).values():
+            for row in score_batch(group, clip, model, processor):
+                if writer.is_done(row["id"]):  # scored before the restart (same batch, same numbers)
+                    continue
                 writer.commit(row["id"], [row], {"scored": 1})
                 n_done += 1
                 if on_record is not None:

@@ -397,6 +397,21 @@ def test_difficulty_skips_bad_media_among_good_ones(world, tmp_path):
     assert len(read_pairs(out / "pairs.jsonl", media_root=tmp_path)) == 5
 
 
+def test_difficulty_resume_is_byte_identical_in_bf16(world, tmp_path):
+    """Batches are cut by input position, and a batch cut short by a crash is re-scored whole on resume:
+    every pair is scored in the same batch, with the same padding, as in an uninterrupted run."""
+    src = _image_pair_file(tmp_path, 8)
+    args = [f"in_pairs={src}", f"model.path={world['image_model']}", "model.dtype=bfloat16", "batch_size=3",
+            "progress=false", "plots=false"]
+    whole = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'whole'}"]))
+    with pytest.raises(Crash):  # after the first pair of the second batch
+        build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]), on_record=_crash_after(4))
+    resumed = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]))
+    assert (resumed / "pairs.jsonl").read_bytes() == (whole / "pairs.jsonl").read_bytes()
+    gen = [p.scores["gen_chosen"] for p in read_pairs(whole / "pairs.jsonl")]
+    assert len(set(gen)) == 8  # real, distinct scores: the comparison is not of constants
+
+
 # -- configs --------------------------------------------------------------------------------------
 
 def test_every_shipped_build_config_loads_with_its_builder_class():
