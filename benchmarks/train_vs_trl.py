@@ -147,7 +147,12 @@ def make_pairs(spec: dict, processor, work: Path, side: int) -> Path:
 
 
 def trl_rows(pairs: Path, processor, media_type: str) -> list[dict]:
-    """TRL rows with token sequences identical to mmpo's (BOS and chat template in the prompt text)."""
+    """TRL rows with token sequences identical to mmpo's (BOS and chat template in the prompt text).
+
+    Not `mmpo.records.to_trl_rows`: its conversational rows let TRL apply the chat template, and TRL then adds no
+    BOS, so the two tools would train on different token sequences; video clips are loaded here as paths for
+    `_video_collator`, images as PIL images up front (no per-step decoding in TRL's timings).
+    """
     from PIL import Image
 
     from mmpo.models import prompt_text

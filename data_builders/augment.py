@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from data_builders.common import BadInput, ResumableWriter, finish, media_root_of, prepared_items, progress
+from data_builders.common import BadInput, ResumableWriter, finish, prepared_items, progress
 from mmpo.media import IMAGE_OPS, VIDEO_OPS, MediaError, augment, load_media
-from mmpo.records import AugSpec, PairRecord, SFTRecord, make_id, pair_id, read_sft
+from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id, read_sft
 
 # The confirmed PaMi ops first (frame shuffle, temporal reversal, crop), then our reconstruction.
 DEFAULT_VIDEO_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "segment_swap",
@@ -36,7 +36,7 @@ DEFAULT_IMAGE_OPS = ["mdpo_crop", "gaussian_noise", "gaussian_blur", "region_mas
 @dataclass
 class AugmentConfig:
     in_sft: str = ""  # SFT JSONL (media, prompt, answer) to turn into conditional-media pairs
-    media_root: str = ""  # folder the SFT media paths are relative to ("" = the SFT file's folder)
+    media_root: str = ""  # folder the SFT media paths are under ("" = from a manifest.json beside the input, else its folder)
     out_dir: str = "data/augment"  # output folder: pairs.jsonl, manifest.json, done.txt (resumable)
     seed: int = 0  # with each record id, seeds the choice of ops and each op's own seed
     num_candidates: int = 4  # K augmentation specs per sample (the PaMi bag; METHODS §1 default 4)
@@ -211,7 +211,7 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
         The output folder (pairs.jsonl, manifest.json, done.txt[, media/]).
     """
     _check_config(cfg)
-    root = media_root_of(cfg.media_root, cfg.in_sft)
+    root = default_media_root(cfg.in_sft, cfg.media_root)
     if cfg.materialize:
         _relative(Path(cfg.out_dir) / "media", root)  # fail before any work
     records = read_sft(cfg.in_sft)
@@ -233,4 +233,4 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
             writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {exc}")
         if on_record is not None:
             on_record(n)
-    return finish(writer, cfg, len(records), builder="augment")
+    return finish(writer, cfg, len(records), root, builder="augment")

@@ -30,11 +30,6 @@ class BadInput(ValueError):
     """An input item that cannot be used (bad media, unusable content); skipped, counted, never fatal."""
 
 
-def media_root_of(media_root: str, input_path: str) -> Path:
-    """The media root: `media_root` if set, else the input file's folder (like `DataConfig.media_root`)."""
-    return Path(media_root) if media_root else Path(input_path).resolve().parent
-
-
 def _valid_lines(path: Path) -> list[str]:
     """Complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off."""
     if not path.is_file():
@@ -147,12 +142,16 @@ def progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Iterab
     return tqdm(iterable, total=total, desc=desc, unit="item")
 
 
-def finish(writer: ResumableWriter, cfg: Any, n_inputs: int, **extra: Any) -> Path:
-    """Write `manifest.json` (counts per kind, skipped items, config, seed) and return the output folder."""
+def finish(writer: ResumableWriter, cfg: Any, n_inputs: int, media_root: Path, **extra: Any) -> Path:
+    """Write `manifest.json` (counts per kind, skipped items, config, seed, media root) and return the output folder.
+
+    The media root is recorded so `mmpo train` finds the set's media with no `data.media_root`.
+    """
     counts, skipped = writer.totals()
     counts["inputs"] = n_inputs
     counts["pairs"] = len(writer.pair_ids)
-    write_manifest(writer.out_dir, counts, dataclasses.asdict(cfg), getattr(cfg, "seed", 0), skipped, **extra)
+    write_manifest(writer.out_dir, counts, dataclasses.asdict(cfg), getattr(cfg, "seed", 0), skipped,
+                   media_root=media_root, **extra)
     return writer.out_dir
 
 

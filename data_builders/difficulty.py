@@ -26,10 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from data_builders.common import ResumableWriter, finish, fsync_text, media_root_of, progress
+from data_builders.common import ResumableWriter, finish, fsync_text, progress
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
-from mmpo.records import PairRecord, read_pairs
+from mmpo.records import PairRecord, default_media_root, read_pairs
 
 RAW_FILE = "raw_scores.jsonl"
 SCORERS = ("clip", "gen")
@@ -38,7 +38,7 @@ SCORERS = ("clip", "gen")
 @dataclass
 class DifficultyConfig:
     in_pairs: str = ""  # pair JSONL to score (any builder's output, or external pairs)
-    media_root: str = ""  # folder the pair media paths are relative to ("" = the pair file's folder)
+    media_root: str = ""  # folder the pair media paths are under ("" = from a manifest.json beside the input, else its folder)
     out_dir: str = "data/difficulty"  # output folder: pairs.jsonl, manifest.json, raw_scores.jsonl, plots
     seed: int = 0  # recorded in the manifest (scoring is deterministic)
     clip_model: str = ""  # open_clip checkpoint for the contrastive score (DA-DPO: ViT-L/14-336)
@@ -123,19 +123,39 @@ def score_batch(batch: list, clip, model, processor) -> list[dict]:
     return rows
 
 
+def _load_batch(batch: list[PairRecord], root: Path, num_frames: int, writer: ResumableWriter) -> dict[str, list]:
+    """Decode a batch's media, grouped by media type; a pair with bad media is left out and recorded as skipped.
+
+    The media are decoded before a pair joins its group, so a bad file never leaves an empty group behind.
+    """
+    groups: dict[str, list] = {}
+    for rec in batch:
+        try:
+            media = _media_pair(rec, root, num_frames)
+        except (MediaError, OSError) as exc:
+            if not writer.is_done(rec.id):  # a batch re-scored after a restart meets it again
+                writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {str(exc).splitlines()[0][:300]}")
+            continue
+        groups.setdefault(rec.media_type, []).append((rec, *media))
+    return groups
+
+
 def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
-    """Score every not-yet-scored pair in batches; bad media are skipped and recorded."""
-    todo = [r for r in records if not writer.is_done(r.id)]
+    """Score every not-yet-scored pair in batches; bad media are skipped and recorded.
+
+    Batches are cut by position in the input file (index // batch_size), never by what is left to do, and a
+    batch with any pair left is scored whole (only the new rows are written). A resumed build thus scores
+    every pair in the same batch, padded the same way, as an uninterrupted one: in bf16 the log-likelihoods
+    depend on the batch's padding and size, so re-cut batches would give different bytes.
+    """
+    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
+    todo = [b for b in batches if any(not writer.is_done(r.id) for r in b)]
     n_done = 0
-    for start in progress(range(0, len(todo), cfg.batch_size), -(-len(todo) // cfg.batch_size), cfg.progress, "difficulty"):
-        groups: dict[str, list] = {}
-        for rec in todo[start:start + cfg.batch_size]:
-            try:
-                groups.setdefault(rec.media_type, []).append((rec, *_media_pair(rec, root, cfg.model.num_frames)))
-            except (MediaError, OSError) as exc:
-                writer.commit(rec.id, [], {}, skipped=str(exc).splitlines()[0][:300])
-        for batch in groups.values():
-            for row in score_batch(batch, clip, model, processor):
+    for batch in progress(todo, len(todo), cfg.progress, "difficulty"):
+        for group in _load_batch(batch, root, cfg.model.num_frames, writer).values():
+            for row in score_batch(group, clip, model, processor):
+                if writer.is_done(row["id"]):  # scored before the restart (same batch, same numbers)
+                    continue
                 writer.commit(row["id"], [row], {"scored": 1})
                 n_done += 1
                 if on_record is not None:
@@ -192,7 +212,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     """
     if not cfg.clip_model and not cfg.model.path:
         raise ValueError("difficulty: set clip_model and/or model.path (no scorer configured)")
-    root = media_root_of(cfg.media_root, cfg.in_pairs)
+    root = default_media_root(cfg.in_pairs, cfg.media_root)
     records = read_pairs(cfg.in_pairs)
     writer = ResumableWriter(cfg.out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
     clip = model = processor = None
@@ -212,5 +232,5 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     plots = plot(stats, out_dir) if cfg.plots and pairs else []
     writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows
-    return finish(writer, cfg, len(records), builder="difficulty", vote_weights=stats["vote_weights"],
+    return finish(writer, cfg, len(records), root, builder="difficulty", vote_weights=stats["vote_weights"],
                   agreement=stats["agreement"], plots=plots)

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from data_builders.common import BadInput, ResumableWriter, finish, media_root_of, progress
+from data_builders.common import BadInput, ResumableWriter, finish, progress
 from data_builders.judging import JUDGES, Judge, rubric_judge, yes_no_judge
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
-from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft
+from mmpo.records import PairRecord, SFTRecord, default_media_root, pair_id, read_sft
 
 PRESETS = ("videosavi_v1", "critique_refine")
 # kind -> (instruction that asks the model for a question, fallback question if it writes nothing)
@@ -46,7 +46,7 @@ Generate = Callable[[list, list, float, int], list]
 @dataclass
 class SelfQAConfig:
     in_sft: str = ""  # SFT JSONL whose media are questioned (prompt/answer unused; ids drive resume)
-    media_root: str = ""  # folder the media paths are relative to ("" = the input file's folder)
+    media_root: str = ""  # folder the media paths are relative to ("" = from a manifest.json beside the input, else its folder)
     out_dir: str = "data/self_qa"  # output folder: pairs.jsonl, manifest.json, done.txt (resumable)
     seed: int = 0  # sampling seed (each item and temperature derive their own)
     model: ModelConfig = field(default_factory=ModelConfig)  # the model that asks, answers and judges
@@ -218,7 +218,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
         raise ValueError(f"self_qa: question_kinds {unknown or '[]'} invalid (valid: {sorted(QUESTION_TEMPLATES)})")
     if cfg.judge not in JUDGES:
         raise ValueError(f"self_qa: unknown judge {cfg.judge!r} (valid: {JUDGES})")
-    root = media_root_of(cfg.media_root, cfg.in_sft)
+    root = default_media_root(cfg.in_sft, cfg.media_root)
     records = read_sft(cfg.in_sft)
     writer = ResumableWriter(cfg.out_dir, fresh=cfg.fresh)
     todo = [(i, r) for i, r in enumerate(records) if not writer.is_done(r.id)]
@@ -246,4 +246,4 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
             writer.commit(rec.id, pairs, counts)
         if on_record is not None:
             on_record(n)
-    return finish(writer, cfg, len(records), builder="self_qa", preset=cfg.preset)
+    return finish(writer, cfg, len(records), root, builder="self_qa", preset=cfg.preset)

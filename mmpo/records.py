@@ -302,18 +302,34 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
 
 
 def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[dict]:
-    """Rows in the column layout TRL's DPO trainer reads: prompt / chosen / rejected / images.
+    """Rows in TRL's conversational vision-preference layout: prompt / chosen / rejected / images (+ id).
 
-    Images are given as absolute paths (TRL's vision collator accepts PIL images or paths via a
-    `datasets.Image` cast); video pairs keep the `images` column name so TRL skips tokenisation.
+    The prompt is one user message and each answer one assistant message, so TRL's DPOTrainer renders them with
+    the model's own chat template and inserts one image placeholder per entry of `images` (absolute paths;
+    `to_trl_dataset` decodes them). Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
+    collator, and that column name makes it skip its text-only preprocessing, so a custom `data_collator` can
+    load the clips (benchmarks/train_vs_trl.py has one).
+
+    Args:
+        records: pairs whose preference is in the text (chosen != rejected on the same media).
+        media_root: the folder their media paths are relative to (see `default_media_root`).
+
+    Returns:
+        One dict per pair.
+
+    Raises:
+        ValueError: a pair whose rejection is in the media (`rejected_media` / `rejected_bag`): TRL's DPO gives
+            both answers the same media, so the pair would carry no preference at all.
     """
     rows = []
     for r in records:
-        placeholder = "<image>" if r.media_type == "image" else "<video>"
+        if r.rejected_media is not None or r.rejected_bag is not None:
+            raise ValueError(f"pair {r.id}: its rejection is in the media (rejected_media / rejected_bag); "
+                             "TRL's DPO trainer uses one media item for both answers, so it cannot train on it")
         rows.append({
-            "prompt": f"{placeholder}{r.prompt}",
-            "chosen": r.chosen,
-            "rejected": r.rejected,
+            "prompt": [{"role": "user", "content": r.prompt}],
+            "chosen": [{"role": "assistant", "content": r.chosen}],
+            "rejected": [{"role": "assistant", "content": r.rejected}],
             "images": [str(resolve_media(media_root, m)) for m in r.media],
             "id": r.id,
         })
@@ -321,7 +337,11 @@ def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[d
 
 
 def to_trl_dataset(records: Iterable[PairRecord], media_root: str | Path):
-    """A `datasets.Dataset` with TRL's DPO columns (images decoded lazily by `datasets.Image`)."""
+    """A `datasets.Dataset` of `to_trl_rows`, ready for TRL's `DPOTrainer(train_dataset=...)`.
+
+    Image paths are cast to `datasets.Image`, so images are decoded lazily, row by row, as TRL's collator
+    reads them; video paths stay strings.
+    """
     import datasets
 
     records = list(records)
@@ -331,15 +351,79 @@ def to_trl_dataset(records: Iterable[PairRecord], media_root: str | Path):
     return ds
 
 
+MANIFEST_FILE = "manifest.json"
+
+
 def write_manifest(out_dir: str | Path, counts: dict, config: dict, seed: int, skipped: list | None = None,
-                   **extra: Any) -> Path:
-    """Write `manifest.json` next to a built set: counts per kind, skipped items, config, seed, version."""
+                   media_root: str | Path | None = None, **extra: Any) -> Path:
+    """Write `manifest.json` next to a built set: counts per kind, skipped items, config, seed, version.
+
+    Args:
+        out_dir: the set's folder.
+        counts: counters per kind.
+        config: the builder's config as a dict.
+        seed: the build's seed.
+        skipped: skipped inputs with their reasons.
+        media_root: the folder the set's media paths are relative to; recorded so the set trains with no
+            `data.media_root` (read back by `default_media_root`).
+        **extra: more top-level keys.
+
+    Returns:
+        The manifest's path.
+    """
     from mmpo import __version__
 
-    path = Path(out_dir) / "manifest.json"
+    path = Path(out_dir) / MANIFEST_FILE
     body = {"mmpo_version": __version__, "schema_version": SCHEMA_VERSION, "seed": seed, "counts": counts,
-            "skipped": skipped or [], "config": config, **extra}
+            "skipped": skipped or [], "config": config}
+    if media_root is not None:
+        root = Path(media_root).resolve()
+        # Relative first: a set and its media usually travel together (a project folder copied to a cluster,
+        # mounted in a container, renamed), and a relative path survives every such move while an absolute one
+        # breaks on any new prefix. The absolute path covers the other move: the set folder alone, media left
+        # in place. `default_media_root` tries them in that order.
+        body["media_root"] = os.path.relpath(root, Path(out_dir).resolve())
+        body["media_root_absolute"] = str(root)
+    body.update(extra)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(body, indent=2, default=str))
     tmp.replace(path)
     return path
+
+
+def _manifest_media_root(manifest: Path) -> Path | None:
+    """The media root a manifest records (relative entry if that folder exists, else the absolute one)."""
+    if not manifest.is_file():
+        return None
+    try:
+        body = json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{manifest}: invalid JSON ({exc.msg} at line {exc.lineno}); fix or delete it, "
+                          "or set the media root explicitly") from None
+    if not isinstance(body, dict) or not body.get("media_root"):
+        return None  # a manifest from before media roots were recorded, or not a builder's
+    relative = (manifest.parent / body["media_root"]).resolve()
+    absolute = body.get("media_root_absolute")
+    if not relative.is_dir() and absolute and Path(absolute).is_dir():
+        return Path(absolute)
+    return relative  # when neither exists, the missing-media error names this path
+
+
+def default_media_root(data_path: str | Path, explicit: str | Path | None = None) -> Path:
+    """The folder a record file's media paths are relative to: the one rule every reader uses.
+
+    Precedence: `explicit` (a config's `media_root`) > the media root recorded in the `manifest.json` beside
+    the file (every builder writes one, so its output trains as is) > the file's own folder.
+
+    Args:
+        data_path: a pair or SFT JSONL file.
+        explicit: a media root given by the user ("" or None = not given).
+
+    Returns:
+        The media root, absolute.
+    """
+    if explicit:
+        return Path(explicit).resolve()
+    folder = Path(data_path).resolve().parent
+    recorded = _manifest_media_root(folder / MANIFEST_FILE)
+    return recorded if recorded is not None else folder

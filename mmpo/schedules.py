@@ -39,7 +39,7 @@ from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
 from mmpo.logprobs import answer_logits
 from mmpo.media import load_media
 from mmpo.models import add_lora, generate_answers, has_adapter, load_model
-from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_jsonl, write_manifest
+from mmpo.records import PairRecord, SFTRecord, default_media_root, pair_id, read_sft, write_jsonl, write_manifest
 from mmpo.trainer import pair_logps, resolve_media_root, train
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
     if _is_main():
         write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs),
                                      "chosen_is_gt": sum(p.meta["chosen_is_gt"] for p in pairs)},
-                       cfgmod.to_dict(mr), cfg.seed, round=round_no)
+                       cfgmod.to_dict(mr), cfg.seed, media_root=resolve_media_root(cfg), round=round_no)
     _write_atomic(path, pairs)
     return path
 
@@ -430,7 +430,7 @@ def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc
     """The batch is encoded once, with the student's processor: the teacher's must encode it identically."""
     from mmpo.batches import SFTCollator
 
-    media_root = cfg.data.media_root or str(Path(data).resolve().parent)
+    media_root = str(default_media_root(data, cfg.data.media_root))
     first = read_sft(data, media_root)[:1]
     a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first)["prompt"] for p in (student_proc, teacher_proc))
     same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)

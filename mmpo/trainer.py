@@ -305,7 +305,10 @@ def autocast(precision: str, device: torch.device):
 
 
 def resolve_media_root(cfg: TrainConfig) -> str:
-    return cfg.data.media_root or str(Path(cfg.data.train).resolve().parent)
+    """The training data's media root: data.media_root > the data's manifest.json > the data file's folder."""
+    from mmpo.records import default_media_root  # the one rule shared with builders and schedules
+
+    return str(default_media_root(cfg.data.train, cfg.data.media_root))
 
 
 def batch_tokens(batch: dict) -> int:

@@ -2,12 +2,15 @@
 deterministic, the prefilter and the judge parser work, voting follows agreement, resume is exact,
 bad media are skipped and counted."""
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_model, toy_pairs, toy_sft
+import torch
+from helpers import COLORS, color_image, tiny_model, toy_pairs, toy_sft
 from videos import make_frames, write_clip
 
 from data_builders import BUILDERS
@@ -18,12 +21,23 @@ from data_builders.difficulty import build as build_difficulty
 from data_builders.judging import parse_judgement, rubric_judge, yes_no_score
 from data_builders.self_qa import SelfQAConfig
 from data_builders.self_qa import build as build_self_qa
+from mmpo.cli import main
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
-from mmpo.records import SFTRecord, read_pairs, write_jsonl
+from mmpo.records import (
+    RecordError,
+    SFTRecord,
+    default_media_root,
+    read_pairs,
+    to_trl_dataset,
+    to_trl_rows,
+    write_jsonl,
+    write_manifest,
+)
 from mmpo.trainer import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "build"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "build"
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +59,8 @@ def world(tmp_path_factory):
 
 
 def _train(world, model, pairs, out, loss, *extra):
+    """A short run on a builder's output as written: no data.media_root (the manifest says where the media are)."""
     cfg = load(TrainConfig, None, [f"model.path={model}", f"data.train={pairs}", f"output_dir={out}", "progress=false",
-                                   f"data.media_root={world['root']}",
                                    "lora.r=4", "max_steps=2", "batch_size=2", "model.num_frames=4", f"loss={loss}", *extra])
     train(cfg)
     rows = read_metrics(out)
@@ -68,6 +82,64 @@ def test_augment_video_end_to_end_skips_bad_clip_and_trains(world, tmp_path):
     for p in pairs:
         assert p.chosen == p.rejected and p.rejected_bag and len(p.scores["clip_sim"]) == len(p.rejected_bag)
     _train(world, world["video_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: pami, params: {delta_min: 0.0}}]")
+
+
+def test_cli_build_train_eval_with_no_media_root(world, tmp_path):
+    """The user's first hour: `mmpo build augment` on a mixed video + image SFT file in one folder, output in
+    another, then `mmpo train` with the shipped PaMi config and no data.media_root, then `mmpo eval pope`
+    (logits mode) on the trained adapter."""
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    (data / "media").mkdir(parents=True)
+    recs = []
+    for i in range(2):
+        write_clip(data / "media" / f"clip{i}.mp4", make_frames(T=8, H=64, W=64, seed=10 + i))
+        recs.append(SFTRecord(f"v{i}", (f"media/clip{i}.mp4",), "video", "describe the video .", "a square moves right"))
+        color_image(COLORS[i], seed=i).save(data / "media" / f"img{i}.png")
+        recs.append(SFTRecord(f"i{i}", (f"media/img{i}.png",), "image", "what color is the square ?", COLORS[i]))
+    write_jsonl(data / "sft.jsonl", recs)
+    assert main(["build", "augment", "--config", str(REPO / "configs/build/augment_video.yaml"),
+                 f"in_sft={data / 'sft.jsonl'}", f"out_dir={runs / 'aug'}", "num_workers=0", "progress=false"]) == 0
+    manifest = json.loads((runs / "aug" / "manifest.json").read_text())
+    assert manifest["media_root"] == "../../data" and manifest["counts"]["pairs"] == 4  # relative: moves with the tree
+
+    model = world["video_model"]  # LLaVA-NeXT-Video takes images and videos
+    assert main(["train", "--config", str(REPO / "configs/train/pami_video.yaml"), f"model.path={model}",
+                 f"data.train={runs / 'aug' / 'pairs.jsonl'}", f"output_dir={runs / 'pami'}", "model.dtype=float32",
+                 "precision=fp32", "model.num_frames=4", "lora.r=4", "grad_accum=1", "max_steps=4", "progress=false",
+                 "gradient_checkpointing=false"]) == 0
+    rows = read_metrics(runs / "pami")
+    assert len(rows) == 4 and all(np.isfinite(r["loss"]) for r in rows)
+
+    questions = data / "pope.json"
+    questions.write_text("".join(json.dumps({"question_id": q, "image": f"img{q % 2}.png", "label": "yes" if q < 2 else "no",
+                                             "text": f"is there a {COLORS[q % 2 if q < 2 else 3]} square ?"}) + "\n"
+                                 for q in range(4)))
+    assert main(["eval", "pope", "--config", str(REPO / "configs/eval/pope_logits.yaml"), f"model.path={model}",
+                 f"model.adapter={runs / 'pami' / 'adapter'}", f"questions=[{questions}]",
+                 f"image_root={data / 'media'}", f"out_dir={runs / 'pope'}", "batch_size=4"]) == 0
+    metrics = json.loads((runs / "pope" / "metrics.json").read_text())
+    assert len((runs / "pope" / "predictions.jsonl").read_text().splitlines()) == 4
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_default_media_root_explicit_then_manifest_then_folder(tmp_path):
+    media, built = tmp_path / "proj" / "media", tmp_path / "proj" / "runs" / "set"
+    media.mkdir(parents=True)
+    built.mkdir(parents=True)
+    assert default_media_root(built / "pairs.jsonl") == built  # no manifest: the file's own folder
+    write_manifest(built, {}, {}, 0, media_root=media)
+    assert default_media_root(built / "pairs.jsonl") == media
+    assert default_media_root(built / "pairs.jsonl", explicit=tmp_path) == tmp_path  # the user's value wins
+    # the whole project moved (another machine, a container mount): the relative entry follows it
+    (tmp_path / "proj").rename(tmp_path / "moved")
+    assert default_media_root(tmp_path / "moved/runs/set/pairs.jsonl") == tmp_path / "moved/media"
+    # the set folder alone moved, media left at the recorded absolute path: that one is used
+    (tmp_path / "moved").rename(tmp_path / "proj")
+    shutil.move(built, tmp_path / "elsewhere")
+    assert default_media_root(tmp_path / "elsewhere/pairs.jsonl") == media
+    (tmp_path / "elsewhere/manifest.json").write_text("{not json")
+    with pytest.raises(RecordError, match="elsewhere/manifest.json: invalid JSON"):
+        default_media_root(tmp_path / "elsewhere/pairs.jsonl")
 
 
 def test_augment_specs_are_deterministic_per_seed_and_record():
@@ -251,6 +323,93 @@ def test_difficulty_image_end_to_end_resumes_and_trains(world, tmp_path):
         assert s["fused"] == pytest.approx(sum(manifest["vote_weights"][k] * s[f"{k}_z"] for k in ("clip", "gen")), abs=1e-5)
     assert all((whole / f).is_file() for f in ("clip_margin.png", "gen_margin.png", "fused.png"))
     _train(world, world["image_model"], whole / "pairs.jsonl", tmp_path / "run", "[{name: dadpo}]")
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+def test_to_trl_dataset_trains_one_step_in_trls_dpo_trainer(world, tmp_path):
+    """The exported set goes into TRL's DPOTrainer as is: its chat template, one image per row, answer + EOS."""
+    from peft import LoraConfig
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = read_pairs(world["image_pairs"])[:4]
+    proc = AutoProcessor.from_pretrained(world["image_model"])
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+                     use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, max_length=None)
+    trainer = DPOTrainer(model=AutoModelForImageTextToText.from_pretrained(world["image_model"]), args=args,
+                         train_dataset=to_trl_dataset(pairs, world["root"]), processing_class=proc,
+                         peft_config=LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["pixel_values"].shape[0] == 4  # 2 pairs x (chosen, rejected), one image each
+    answers = {f"{a} </s>" for p in pairs for a in (p.chosen, p.rejected)}
+    for ids, mask, done in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]):
+        prompt = proc.tokenizer.decode(ids[mask.bool() & ~done.bool()])
+        assert prompt.startswith("user : <image>") and prompt.endswith("what color is the square ? assistant :")
+        assert proc.tokenizer.decode(ids[done.bool()]) in answers
+    before = {n: w.detach().clone() for n, w in trainer.model.named_parameters() if w.requires_grad}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert trainer.state.global_step == 1 and any(not torch.equal(w, after[n]) for n, w in before.items())
+
+
+def test_to_trl_rows_video_paths_and_refuses_media_rejections(world, tmp_path):
+    out = build_augment(_aug_cfg(world, tmp_path / "aug"))
+    bags = read_pairs(out / "pairs.jsonl")
+    with pytest.raises(ValueError, match=f"pair {bags[0].id}: its rejection is in the media"):
+        to_trl_rows(bags, world["root"])
+    video = dataclasses.replace(bags[0], rejected="a square moves left", rejected_bag=None)
+    row = to_trl_rows([video], world["root"])[0]
+    assert row["images"] == [str(world["root"] / "v" / "0.mp4")]
+    assert row["prompt"] == [{"role": "user", "content": "describe the video ."}]
+    assert row["rejected"] == [{"role": "assistant", "content": "a square moves left"}]
+
+
+def _image_pair_file(folder, n, bad=()):
+    """`n` image pairs with answers of different lengths (so batches need padding), plus pairs on `bad` media."""
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        color_image(COLORS[i % 4], seed=i).save(folder / "img" / f"{i}.png")
+        chosen = " ".join(["the square is", "it is", "a", ""][i % 4].split() + [COLORS[i % 4]])
+        lines.append({"media": [f"img/{i}.png"], "media_type": "image", "prompt": "what color is the square ?",
+                      "chosen": chosen, "rejected": "the square is " + COLORS[(i + 1) % 4] + " and small" * (i % 3)})
+    for rel, media_type in bad:
+        lines.append({"media": [rel], "media_type": media_type, "prompt": "what is shown ?", "chosen": "a square",
+                      "rejected": "a circle"})
+    write_jsonl(folder / "pairs.jsonl", lines)
+    return folder / "pairs.jsonl"
+
+
+def test_difficulty_skips_bad_media_among_good_ones(world, tmp_path):
+    """A clip alone in its batch used to leave an empty video group behind (`list index out of range`)."""
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "bad.mp4").write_bytes((world["root"] / "v" / "bad.mp4").read_bytes())  # truncated mp4
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    src = _image_pair_file(tmp_path, 5, bad=[("v/bad.mp4", "video"), ("img/corrupt.png", "image")])
+    out = build_difficulty(load(DifficultyConfig, None, [f"in_pairs={src}", f"out_dir={tmp_path / 'out'}",
+                                                         f"model.path={world['video_model']}", "model.num_frames=4",
+                                                         "batch_size=4", "progress=false", "plots=false"]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["skipped"] == 2 and manifest["counts"]["scored"] == 5
+    assert sorted(s["reason"].split(":")[0] for s in manifest["skipped"]) == ["img/corrupt.png", "v/bad.mp4"]
+    assert len(read_pairs(out / "pairs.jsonl", media_root=tmp_path)) == 5
+
+
+def test_difficulty_resume_is_byte_identical_in_bf16(world, tmp_path):
+    """Batches are cut by input position, and a batch cut short by a crash is re-scored whole on resume:
+    every pair is scored in the same batch, with the same padding, as in an uninterrupted run."""
+    src = _image_pair_file(tmp_path, 8)
+    args = [f"in_pairs={src}", f"model.path={world['image_model']}", "model.dtype=bfloat16", "batch_size=3",
+            "progress=false", "plots=false"]
+    whole = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'whole'}"]))
+    with pytest.raises(Crash):  # after the first pair of the second batch
+        build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]), on_record=_crash_after(4))
+    resumed = build_difficulty(load(DifficultyConfig, None, args + [f"out_dir={tmp_path / 'b'}"]))
+    assert (resumed / "pairs.jsonl").read_bytes() == (whole / "pairs.jsonl").read_bytes()
+    gen = [p.scores["gen_chosen"] for p in read_pairs(whole / "pairs.jsonl")]
+    assert len(set(gen)) == 8  # real, distinct scores: the comparison is not of constants
 
 
 # -- configs --------------------------------------------------------------------------------------
