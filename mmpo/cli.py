@@ -44,17 +44,8 @@ def cmd_train(args) -> int:
 
 def _build_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="builder: augment | self_qa | difficulty")
-    # The builder's own flags are parsed separately: with the name, --config and key=value overrides in one
-    # parser, argparse fills both positionals at the name and rejects the overrides after --config.
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="--config FILE (see configs/build/) and key=value overrides")
-
-
-def build_args(rest: list[str]) -> argparse.Namespace:
-    """`--config FILE` and key=value overrides, in any order (`mmpo build NAME --config F k=v`)."""
-    p = argparse.ArgumentParser(prog="mmpo build NAME")
     p.add_argument("--config", help="builder YAML (see configs/build/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    return p.parse_intermixed_args(rest)
 
 
 def cmd_build(args) -> int:
@@ -65,8 +56,7 @@ def cmd_build(args) -> int:
     if args.name not in BUILDERS:
         raise ValueError(f"unknown builder {args.name!r}; choose from {sorted(BUILDERS)}")
     config_cls, build = BUILDERS[args.name]
-    own = build_args(args.rest)
-    out = build(load(config_cls, own.config, own.overrides))
+    out = build(load(config_cls, args.config, args.overrides))
     print(f"pairs written to {out}")
     return 0
 

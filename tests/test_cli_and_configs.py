@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo import config as cfgmod
-from mmpo.cli import COMMANDS, build_args, config_class_for, main, make_parser
+from mmpo.cli import COMMANDS, config_class_for, main, parse
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
@@ -48,13 +48,17 @@ def test_config_errors_name_file_and_key(tmp_path, capsys):
     assert "mmpo: error:" in capsys.readouterr().err
 
 
-def test_build_flags_parse_in_any_order():
-    """`mmpo build NAME --config F k=v` (the order every build YAML's header shows) and overrides before --config."""
+def test_overrides_parse_in_any_order():
+    """`mmpo build NAME --config F k=v` (the order every build YAML's header shows), overrides before --config,
+    and the same for train; anything else left over is still an error."""
     for rest in (["--config", "c.yaml", "a=1", "b=2"], ["a=1", "--config", "c.yaml", "b=2"], ["a=1", "b=2"]):
-        args = make_parser().parse_args(["build", "augment", *rest])
-        own = build_args(args.rest)
-        assert args.name == "augment" and own.overrides == ["a=1", "b=2"]
-        assert own.config == ("c.yaml" if "--config" in rest else None)
+        for command in (["build", "augment"], ["train"]):
+            args = parse([*command, *rest])
+            assert args.overrides == ["a=1", "b=2"]
+            assert args.config == ("c.yaml" if "--config" in rest else None)
+    assert parse(["build", "--config", "c.yaml", "augment", "a=1"]).name == "augment"
+    with pytest.raises(SystemExit):
+        parse(["build", "augment", "--config", "c.yaml", "--bogus"])
 
 
 def test_train_command_runs_the_tiny_configs(tmp_path):
