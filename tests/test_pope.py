@@ -1,6 +1,6 @@
 """POPE reading, parsers and metrics, checked against the reference scorers on the real sample files.
 
-Sample files are verbatim excerpts of AoiDragon/POPE (shared/samples, see BENCHMARKS.md §4).
+Sample files are verbatim excerpts of AoiDragon/POPE (tests/fixtures/samples, see SOURCE.md there).
 """
 
 import json
@@ -19,8 +19,6 @@ from eval.pope import (
     write_answers,
 )
 from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
-
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
 # Reference result of each parser on tricky answers (worked from the reference code, BENCHMARKS.md §1.4).
 TRICKY = [
@@ -48,7 +46,6 @@ ANSWERS = {3: "Yes, there is a person.", 4: "No, there is no sandwich.", 5: "The
            6: "Yes", 7: "Yes", 8: "No", 9: "yes", 10: "NO", 11: "Nope", 12: ""}
 
 
-@needs_samples
 @pytest.mark.parametrize("parser,counts,expect", [
     # official: 3 TP, 4 TN, 5 FN, 6 FP, 7 TP, 8 TN, 9 TP, 10 FP ("NO"), 11 TP ("Nope"), 12 FP ("")
     ("official", dict(tp=4, fp=3, tn=2, fn=1, unknown=0, unknown_yes=0),
@@ -87,7 +84,6 @@ def test_score_rejects_bad_input():
         score(["maybe"], ["yes"])
 
 
-@needs_samples
 def test_aggregate_mean_of_split_f1_vs_pooled():
     rnd = read_questions(SAMPLES / "pope_random_sample.jsonl")
     pop = read_questions(SAMPLES / "pope_popular_sample.jsonl")
@@ -104,7 +100,6 @@ def test_aggregate_mean_of_split_f1_vs_pooled():
         aggregate({"a": r1, "b": {**r2, "parser": "lmms"}})
 
 
-@needs_samples
 def test_read_both_layouts_and_legacy_file():
     legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
     assert [q.question_id for q in legacy] == list(range(3, 13))
@@ -136,7 +131,6 @@ def _write_jsonl(path, rows):
     return path
 
 
-@needs_samples
 def test_answers_matched_by_id_or_position(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     rows = [{"question_id": q, "answer": a} for q, a in ANSWERS.items()]
@@ -149,7 +143,6 @@ def test_answers_matched_by_id_or_position(tmp_path):
     assert [(p.question_id, p.answer) for p in by_pos] == list(ANSWERS.items())
 
 
-@needs_samples
 def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     preds = [PopePrediction(q.question_id, "yes" if i % 3 else "no", q.split, margin=0.5 - i)
@@ -159,7 +152,6 @@ def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
     assert read_answers(path, questions) == preds
 
 
-@needs_samples
 def test_answer_count_and_id_errors(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     nine = _write_jsonl(tmp_path / "nine.jsonl", [{"answer": "yes"}] * 9)
@@ -178,7 +170,6 @@ def test_answer_count_and_id_errors(tmp_path):
         read_answers(missing, questions)
 
 
-@needs_samples
 def test_score_answers_file_end_to_end(tmp_path):
     answers = _write_jsonl(tmp_path / "a.jsonl", [{"question_id": q, "answer": a} for q, a in ANSWERS.items()])
     r = EVALUATORS["pope"](SAMPLES / "pope_random_sample.jsonl", answers, parser="official")
@@ -195,7 +186,6 @@ def test_score_answers_file_end_to_end(tmp_path):
     assert agg["question_files"]["random"] == {"name": "q.jsonl", "count": 10}
 
 
-@needs_samples
 def test_report_files(tmp_path):
     from eval.report import write_pope_report
 

@@ -6,11 +6,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLES  # noqa: E402
 
 from eval.pope import read_questions
 from eval.pope_build import build, build_files, build_split, load_ground_truth, question_text
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 CATS = ["person", "car", "dog", "umbrella", "apple", "bench", "kite", "oven"]
 # Objects per image in annotation order; a.jpg repeats "person" (deduplicated), f.jpg has one object (skipped).
@@ -124,11 +123,11 @@ def test_a_an_and_legacy_typo():
     assert question_text("skis") == "Is there a skis in the image?"
     assert question_text("umbrella", legacy_typo=True) == "Is there an umbrella in the imange?"
     assert question_text("skis", legacy_typo=True) == "Is there a skis in the image?"
-    if SAMPLES.is_dir():  # the typo matches the real legacy (e3e3926) file, the fix matches HEAD
-        legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
-        head = read_questions(SAMPLES / "pope_random_sample.jsonl")
-        assert legacy[8].text == question_text("umbrella", legacy_typo=True)
-        assert head[8].text == question_text("umbrella")
+    # the typo matches the real legacy (e3e3926) file, the fix matches HEAD
+    legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
+    head = read_questions(SAMPLES / "pope_random_sample.jsonl")
+    assert legacy[8].text == question_text("umbrella", legacy_typo=True)
+    assert head[8].text == question_text("umbrella")
 
 
 def test_build_files_from_ground_truth_jsonl(tmp_path):
