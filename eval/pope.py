@@ -24,6 +24,7 @@ from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS e
     parse_lmms,
     parse_official,
     parse_vlmevalkit,
+    parse_vlmevalkit_pre2025,
 )
 
 SPLITS = ("random", "popular", "adversarial")

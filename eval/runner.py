@@ -34,7 +34,7 @@ class PopeEvalConfig:
     image_root: str = ""  # folder holding the question files' images (COCO val2014)
     out_dir: str = "runs/eval/pope"  # predictions.jsonl, metrics.json, report.md, plots
     mode: str = "generate"  # generate (published protocol) | logits (yes/no token scores, fast)
-    parser: str = "official"  # official | lmms | vlmevalkit (eval.pope.PARSERS)
+    parser: str = "official"  # official | lmms | vlmevalkit | vlmevalkit_pre2025 (eval.pope.PARSERS)
     prompt_suffix: str = ""  # "" = official POPE (bare question) | llava | lmms_2024 | any literal text
     batch_size: int = 8  # questions per forward / generate call
     max_new_tokens: int = 16  # generate mode: answer length cap

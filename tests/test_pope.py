@@ -19,6 +19,7 @@ from eval.pope import (
     write_answers,
 )
 from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
+from eval.pope_parsers import _VLM_PERIOD_PRE2025, _vlm_process_punctuation
 
 # Reference result of each parser on tricky answers (worked from the reference code, BENCHMARKS.md §1.4).
 TRICKY = [
@@ -39,6 +40,46 @@ def test_parsers_match_references(text, official, lmms, vlm):
     assert PARSERS["official"](text) == official
     assert PARSERS["lmms"](text) == lmms
     assert PARSERS["vlmevalkit"](text) == vlm
+    assert PARSERS["vlmevalkit_pre2025"](text) == vlm  # the period-pattern change does not matter here
+
+
+# VLMEvalKit's period pattern: current r'(?<!\d)\.(?!\d)' vs pre-May-2025 '(?!<=\d)(\.)(?!\d)' (in effect
+# "not followed by a digit"). Output of process_punctuation on the lower-cased answer:
+PERIODS = [
+    # text,       current,   pre2025
+    ("3.Yes", "3.yes", "3yes"),  # digit before: kept now, removed before
+    ("2. Yes", "2. yes", "2 yes"),
+    ("yes 3.", "yes 3.", "yes 3"),
+    ("1.no", "1.no", "1no"),
+    ("Yes.5", "yes.5", "yes.5"),  # digit after: kept by both
+    ("No...", "no", "no"),  # no digit near: removed by both
+    ("e.g. yes", "eg yes", "eg yes"),
+]
+
+
+@pytest.mark.parametrize("text,current,pre2025", PERIODS)
+def test_vlmevalkit_period_patterns(text, current, pre2025):
+    assert _vlm_process_punctuation(text.lower()) == current
+    assert _vlm_process_punctuation(text.lower(), _VLM_PERIOD_PRE2025) == pre2025
+    # A period next to a digit stays inside a token holding that digit, which is never "yes"/"no": alone,
+    # the pattern change cannot change a parse ...
+    assert PARSERS["vlmevalkit"](text) == PARSERS["vlmevalkit_pre2025"](text)
+
+
+# ... but the reference passes re.UNICODE (= 32) as sub()'s count: only the first 32 matching periods go.
+# After 32 digit-adjacent periods (a numbered list) the old pattern has used its 32, the new one has not.
+LIST_32 = " ".join(f"{i}." for i in range(1, 33))  # "1. 2. ... 32."
+
+
+@pytest.mark.parametrize("text,current,pre2025", [
+    (LIST_32 + " Yes.", "yes", "unknown"),  # before: token "yes." survives
+    (LIST_32 + " No.", "no", "unknown"),
+    (LIST_32 + " Yes, no.", "unknown", "yes"),  # before: "no." survives, so only "yes" is a word
+    (LIST_32[:-4] + " Yes.", "yes", "yes"),  # 31 list periods: both have one left for "yes."
+])
+def test_vlmevalkit_versions_differ_after_32_periods(text, current, pre2025):
+    assert PARSERS["vlmevalkit"](text) == current
+    assert PARSERS["vlmevalkit_pre2025"](text) == pre2025
 
 
 # Hand-made answers for pope_random_sample.jsonl (ids 3..12, labels alternate yes/no starting with yes).
