@@ -26,6 +26,7 @@ from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS e
     parse_vlmevalkit,
     parse_vlmevalkit_pre2025,
 )
+from mmpo.records import jsonl_lines
 
 SPLITS = ("random", "popular", "adversarial")
 # Text appended to the question before it is sent to the model (BENCHMARKS.md §1.3).
@@ -91,11 +92,11 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         # Approximate line of each item: JSON arrays here are pretty-printed one object per "{" line.
-        starts = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith("{")]
+        starts = [i + 1 for i, line in enumerate(jsonl_lines(text)) if line.strip().startswith("{")]
         lines = starts if len(starts) == len(items) else [1] * len(items)
         return list(zip(lines, items))
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(text), 1):  # "\n" only: answers may hold U+2028 / U+0085
         if line.strip():
             try:
                 out.append((n, json.loads(line)))

@@ -20,6 +20,7 @@ from mmpo.config import ConfigError, ModelConfig
 from mmpo.media import load_image, load_video
 from mmpo.models import load_model
 from mmpo.models.loading import weights_fingerprint
+from mmpo.records import jsonl_lines
 
 
 def _check_choice(key: str, value: str, choices: tuple) -> None:
@@ -72,7 +73,7 @@ def _load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, di
     if not path.exists():
         return {}
     rows, good = {}, []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(path.read_text(encoding="utf-8"))
     for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)

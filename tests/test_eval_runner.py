@@ -150,6 +150,17 @@ def test_resume_skips_answered_and_never_duplicates(world):
         runner.run_pope(_cfg(world, "resume", mode="logits"), world["model"], world["processor"])
 
 
+def test_stored_predictions_split_on_newline_only(tmp_path):
+    """An answer holding U+2028 / U+0085 is one line; only a torn LAST line is dropped (and the file fixed)."""
+    rows = [{"split": "random", "question_id": i, "answer": f"Yes\u2028{i}\u0085"} for i in range(3)]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"split": "ran',
+                    encoding="utf-8")
+    stored = runner._load_predictions(path, ("split", "question_id"))
+    assert [stored[("random", str(i))]["answer"] for i in range(3)] == [r["answer"] for r in rows]
+    assert [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x] == rows
+
+
 def test_metrics_report_and_answer_files(world):
     m = runner.run_pope(_cfg(world, "full", mode="logits", prompt_suffix="llava"), world["model"], world["processor"])
     out = world["root"] / "full"

@@ -184,6 +184,22 @@ def test_answers_matched_by_id_or_position(tmp_path):
     assert [(p.question_id, p.answer) for p in by_pos] == list(ANSWERS.items())
 
 
+def test_answers_and_questions_holding_unicode_line_separators(tmp_path):
+    """U+2028 / U+0085 are line ends for str.splitlines() but plain characters in a JSON string."""
+    questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
+    odd = {q: a + " \u2028(really)\u0085" for q, a in ANSWERS.items()}
+    text = "".join(json.dumps({"question_id": q, "answer": a}, ensure_ascii=False) + "\n" for q, a in odd.items())
+    (tmp_path / "a.jsonl").write_text(text, encoding="utf-8")
+    assert "\u2028" in text and len(text.splitlines()) == 30  # raw in the file: 10 lines, 30 for splitlines
+    assert [p.answer for p in read_answers(tmp_path / "a.jsonl", questions)] == list(odd.values())
+    r = score_answers_file(SAMPLES / "pope_random_sample.jsonl", tmp_path / "a.jsonl", parser="official")
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (4, 3, 2, 1)  # as the plain answers: parsed text unchanged
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a\u2028cat\u0085?", "label": "yes"}] * 2
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [q.text for q in read_questions(qfile)] == [rows[0]["text"]] * 2
+
+
 def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     preds = [PopePrediction(q.question_id, "yes" if i % 3 else "no", q.split, margin=0.5 - i)
