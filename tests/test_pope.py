@@ -167,6 +167,21 @@ def test_read_questions_errors_name_file_and_line(tmp_path):
         read_questions(bad)
 
 
+def test_read_questions_keeps_images_inside_image_root(tmp_path):
+    root = tmp_path / "coco"
+    (root / "sub").mkdir(parents=True)
+    q = tmp_path / "q.jsonl"
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "t", "label": "yes"},
+            {"question_id": 2, "image": "sub/../b.jpg", "text": "t", "label": "no"}]  # stays inside: fine
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [x.image for x in read_questions(q, image_root=root)] == ["a.jpg", "sub/../b.jpg"]
+    for bad in ("../x.jpg", "sub/../../x.jpg", str(tmp_path / "x.jpg")):
+        q.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**rows[0], "image": bad}]))
+        with pytest.raises(ValueError, match=r"q\.jsonl:3: field 'image': media path .* escapes the media root"):
+            read_questions(q, image_root=root)
+        assert len(read_questions(q)) == 3  # no image_root: nothing checked (scoring an answers file)
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
