@@ -12,6 +12,9 @@ layout, `mmpo.logprobs.packed_inputs`), several media items per forward, `batch_
 split point comes from templating a sentinel prompt, so it follows any family's chat template; if the
 tokens of prefix + suffix differ from the tokens of the whole prompt (a tokenizer merging across the
 boundary) that media item falls back to the plain path, so answers never change.
+
+Unreadable media (`mmpo.media.MediaError`): raised, unless the caller passes a `bad_media` dict (the runners'
+`on_bad_media: skip`); then the file and its error are recorded there and its questions get no answer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from mmpo.logprobs import packed_inputs, supports_packing
+from mmpo.media import MediaError
 from mmpo.models import encode_templated, generate_answers, prompt_text
 from mmpo.models.inputs import right_pad
 from mmpo.models.scoring import margins_plain, yes_no_ids, yes_no_margin
@@ -114,12 +118,38 @@ def _packed_forwards(items: list[Item], batch_size: int) -> list[list[tuple[str,
     return forwards
 
 
+def load_batch(paths: list[str], load_fn, bad_media: dict | None, cache: dict | None = None) -> dict:
+    """{path: media} for `paths`, each loaded once (reused from `cache` when there).
+
+    Args:
+        paths: media paths (repeats allowed).
+        load_fn: path -> media; raises `MediaError` for a missing or unreadable file.
+        bad_media: None: a `MediaError` propagates. A dict: the error is recorded as {path: message}, the path
+            is left out of the result, and a path already recorded there is not tried again.
+        cache: media loaded for the previous batch.
+    """
+    out = {}
+    for path in dict.fromkeys(paths):
+        if cache is not None and path in cache:
+            out[path] = cache[path]
+        elif bad_media is None or path not in bad_media:
+            try:
+                out[path] = load_fn(path)
+            except MediaError as exc:
+                if bad_media is None:
+                    raise
+                bad_media[path] = str(exc)
+    return out
+
+
 def _answer_packed(model, processor, items: list[Item], media_type: str, load_fn, batch_size: int, ids: tuple,
-                   emit_margins) -> None:
+                   emit_margins, bad_media: dict | None) -> None:
     """Logits mode with prefix reuse: `margins_packed` per forward; the plain path where tokens do not split."""
     head, tail = split_template(processor, media_type)
     for units in _packed_forwards(items, batch_size):
-        media = [load_fn(path) for path, _ in units]
+        loaded = load_batch([path for path, _ in units], load_fn, bad_media)
+        units = [u for u in units if u[0] in loaded]  # skip mode: unreadable media drop out of this forward
+        media = [loaded[path] for path, _ in units]
         suffixes = [suffix_ids(processor, head, tail, [it.prompt for it in group]) for _, group in units]
         packable = [i for i, s in enumerate(suffixes) if None not in s]
         if packable:
@@ -134,7 +164,8 @@ def _answer_packed(model, processor, items: list[Item], media_type: str, load_fn
 
 
 def answer_items(model, processor, items: list[Item], media_type: str, load_fn, *, mode: str, batch_size: int,
-                 max_new_tokens: int = 16, prefix_reuse: bool = False, on_batch=None) -> dict:
+                 max_new_tokens: int = 16, prefix_reuse: bool = False, on_batch=None,
+                 bad_media: dict | None = None) -> dict:
     """Answer items in `mode`; returns {key: (answer, margin | None)} and calls on_batch(list) as it goes.
 
     Args:
@@ -148,9 +179,11 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
         max_new_tokens: generate mode cap.
         prefix_reuse: logits mode: one packed row per media item (`margins_packed`).
         on_batch: called with [(key, answer, margin)] after each batch (resumable writing).
+        bad_media: None: an unreadable media file raises `MediaError`. A dict: such files are recorded in it
+            ({path: error}, see `load_batch`) and their items left out of the result.
 
     Returns:
-        {item.key: (answer, margin)}.
+        {item.key: (answer, margin)} for every item whose media could be read.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -167,13 +200,16 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
         emit(batch_items, ["yes" if x > 0 else "no" for x in margins], margins)
 
     if mode == "logits" and prefix_reuse and supports_packing(model):  # else (flash attention): plain path
-        _answer_packed(model, processor, items, media_type, load_fn, batch_size, ids, emit_margins)
+        _answer_packed(model, processor, items, media_type, load_fn, batch_size, ids, emit_margins, bad_media)
         return results
     loaded: dict[str, object] = {}
     for s in range(0, len(items), batch_size):
         chunk = items[s:s + batch_size]
         # keep only this batch's media in memory, loading each file once
-        loaded = {it.media: loaded[it.media] if it.media in loaded else load_fn(it.media) for it in chunk}
+        loaded = load_batch([it.media for it in chunk], load_fn, bad_media, loaded)
+        chunk = [it for it in chunk if it.media in loaded]  # skip mode: unreadable media drop out
+        if not chunk:
+            continue
         media, prompts = [loaded[it.media] for it in chunk], [it.prompt for it in chunk]
         if mode == "logits":
             emit_margins(chunk, margins_plain(model, processor, prompts, media, media_type, ids))

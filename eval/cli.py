@@ -66,7 +66,12 @@ def cli_videohallucer(args: list[str]) -> int:
 
 
 def cli_pope_build(args: list[str]) -> int:
-    """`mmpo eval pope-build --annotations COCO.json --out DIR [--seed S --num-images N --sample-num 3]`."""
+    """`mmpo eval pope-build --annotations COCO.json --out DIR [--seed S --num-images N --sample-num 3]`.
+
+    `--reference` (= `--tie-break first_seen --legacy-typo`) gives the questions of the reference code, as
+    `pope_build.build(..., tie_break="first_seen", legacy_typo=True)` does; the default fixes its a/an typo
+    and breaks count ties by name (see eval/pope_build.py).
+    """
     p = argparse.ArgumentParser(prog="mmpo eval pope-build")
     p.add_argument("--annotations", required=True, help="COCO instances JSON or ground-truth JSONL")
     p.add_argument("--out", required=True, help="output folder for the three split files")
@@ -74,10 +79,19 @@ def cli_pope_build(args: list[str]) -> int:
     p.add_argument("--num-images", type=int, default=500, help="images sampled (reference default 500)")
     p.add_argument("--sample-num", type=int, default=3, help="positive (and negative) questions per image")
     p.add_argument("--dataset", default="coco", help="file-name prefix")
+    p.add_argument("--tie-break", choices=("name", "first_seen"),
+                   help="order of equal counts: name (default) or first_seen (the reference's dict order)")
+    p.add_argument("--legacy-typo", action="store_true",
+                   help='the reference\'s a/an bug: "Is there an umbrella in the imange?"')
+    p.add_argument("--reference", action="store_true",
+                   help="the reference code's rules (AoiDragon/POPE): --tie-break first_seen --legacy-typo")
     a = p.parse_args(args)
+    if a.reference and a.tie_break == "name":
+        p.error("--reference means --tie-break first_seen; drop one of them")
+    tie_break = "first_seen" if a.reference else a.tie_break or "name"
     files = pope_build.build_files(a.annotations, a.out, a.dataset, seed=a.seed, img_num=a.num_images,
-                                   sample_num=a.sample_num)
+                                   sample_num=a.sample_num, tie_break=tie_break,
+                                   legacy_typo=a.reference or a.legacy_typo)
     for split, path in files.items():
         print(f"{split}: {path}")
     return 0
-

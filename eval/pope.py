@@ -24,7 +24,9 @@ from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS e
     parse_lmms,
     parse_official,
     parse_vlmevalkit,
+    parse_vlmevalkit_pre2025,
 )
+from mmpo.records import jsonl_lines, resolve_media
 
 SPLITS = ("random", "popular", "adversarial")
 # Text appended to the question before it is sent to the model (BENCHMARKS.md §1.3).
@@ -90,11 +92,11 @@ def _records(path: Path) -> list[tuple[int, dict]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
         # Approximate line of each item: JSON arrays here are pretty-printed one object per "{" line.
-        starts = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip().startswith("{")]
+        starts = [i + 1 for i, line in enumerate(jsonl_lines(text)) if line.strip().startswith("{")]
         lines = starts if len(starts) == len(items) else [1] * len(items)
         return list(zip(lines, items))
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(text), 1):  # "\n" only: answers may hold U+2028 / U+0085
         if line.strip():
             try:
                 out.append((n, json.loads(line)))
@@ -108,19 +110,23 @@ def _split_from_name(path: Path) -> str:
     return m.group(1) if m else ""
 
 
-def read_questions(path: str | Path, split: str | None = None, require_label: bool = True) -> list[PopeQuestion]:
+def read_questions(path: str | Path, split: str | None = None, require_label: bool = True,
+                   image_root: str | Path | None = None) -> list[PopeQuestion]:
     """Read a POPE question file in either official layout.
 
     Args:
         path: JSONL (`coco_pope_*.json`, `llava_pope_test.jsonl`) or JSON array (`*_pope_seem_*.json`).
         split: split name for every question; default: the record's `category`, else the file name.
         require_label: raise when a record has no `label` (set False for label-free prompt files).
+        image_root: when given, every `image` must lie inside this folder (`mmpo.records.resolve_media`):
+            a question file cannot make the runner open `../x.jpg` or an absolute path elsewhere.
 
     Returns:
         Questions in file order.
 
     Raises:
-        ValueError: naming `file:line` for invalid JSON, missing keys or a label other than yes/no.
+        ValueError: naming `file:line` for invalid JSON, missing keys, a label other than yes/no, or an
+            image outside `image_root`.
     """
     path = Path(path)
     default_split = split if split is not None else _split_from_name(path)
@@ -136,9 +142,20 @@ def read_questions(path: str | Path, split: str | None = None, require_label: bo
             label = str(label).strip().lower()  # POPEv2 uses "Yes"/"No"
             if label not in ("yes", "no"):
                 raise ValueError(f"{path}:{line}: field 'label': expected yes/no, got {rec['label']!r}")
+        if image_root is not None:
+            _check_image(rec["image"], image_root, f"{path}:{line}")
         qsplit = split if split is not None else rec.get("category", default_split)
         out.append(PopeQuestion(rec["question_id"], rec["image"], rec["text"], label, qsplit))
     return out
+
+
+def _check_image(image, image_root: str | Path, where: str) -> None:
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"{where}: field 'image': expected a file name, got {image!r}")
+    try:
+        resolve_media(image_root, image)
+    except ValueError as e:
+        raise ValueError(f"{where}: field 'image': {e}") from None
 
 
 def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: bool = False) -> list[PopePrediction]:

@@ -38,6 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from eval.pope import SPLITS, PopeQuestion
+from mmpo.records import jsonl_lines
 
 TEMPLATE = "Is there a {} in the image?"  # main.py --template default
 
@@ -67,7 +68,7 @@ def load_ground_truth(path: str | Path) -> list[dict]:
     if isinstance(whole, dict) and ("annotations" in whole or "images" in whole):
         return _from_coco(whole, path)
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(text), 1):
         if not line.strip():
             continue
         try:

@@ -55,6 +55,10 @@ def pope_markdown(result: dict) -> str:
             f"- aggregation: `{result.get('aggregation')}`"]
     prov += [f"- question file ({k}): `{(v or {}).get('name')}`, {(v or {}).get('count')} questions"
              for k, v in files.items()]
+    if "skipped_media" in result:  # on_bad_media: skip
+        s = result["skipped_media"]
+        prov.append(f"- skipped: {s['n_questions']} questions on {s['n_files']} unreadable images "
+                    "(named in metrics.json)")
     return "# POPE\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov) + "\n"
 
 
@@ -71,6 +75,10 @@ def videohallucer_markdown(results: dict[str, dict]) -> str:
     if "overall" in results:
         o = results["overall"]
         rows.append("| **overall** | | " + " | ".join(f"{100 * o[k]:.1f}" for k in VH_KEYS) + " | | |")
+    notes = [f"- {cat}: skipped {r['skipped_media']['n_pairs']} pairs on {r['skipped_media']['n_files']} "
+             "unreadable videos (named in metrics.json)" for cat, r in results.items() if "skipped_media" in r]
+    if notes:  # on_bad_media: skip
+        rows += [""] + notes
     return "# VideoHallucer\n\n" + "\n".join(rows) + "\n"
 
 
@@ -148,6 +156,10 @@ def write_videohallucer_report(out_dir: str | Path, results: dict[str, dict]) ->
     out.mkdir(parents=True, exist_ok=True)
     cats = {c: r for c, r in results.items() if c != "overall"}
     metrics = {**results.get("overall", {}), "categories": cats}
+    skips = [r["skipped_media"] for r in cats.values() if "skipped_media" in r]
+    if skips:  # on_bad_media: skip; the per-category details stay under "categories"
+        files = {k: v for s in skips for k, v in s["files"].items()}
+        metrics["skipped_media"] = {"n_pairs": sum(s["n_pairs"] for s in skips), "n_files": len(files), "files": files}
     (out / "report.md").write_text(videohallucer_markdown(results), encoding="utf-8")
     return {"metrics": write_metrics(out / "metrics.json", metrics), "report": out / "report.md",
             "plot": plot_videohallucer(results, out / "videohallucer.png")}

@@ -6,6 +6,12 @@ Outputs under `out_dir`: predictions.jsonl (appended per batch; a rerun skips an
 settings, with a fingerprint of the weight and adapter files: a rerun with other settings, e.g. a retrained
 adapter, is refused instead of mixing two models' answers), metrics.json, report.md and plots (eval/report.py),
 plus the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<category>.json).
+
+Unreadable media (`on_bad_media`): `error` (default) stops the run at the first missing or undecodable file
+(answers so far are kept for the rerun); `skip` leaves out the questions (POPE) or pairs (VideoHallucer) on
+such files, scores the rest, and names the files with their errors under "skipped_media" in metrics.json.
+Scores with skips do not compare with published numbers over the full files. POPE image names must lie
+inside `image_root` (checked when the question files are read).
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from pathlib import Path
 from eval import pope, pope_metrics, report, videohallucer, videohallucer_metrics
 from eval.answering import MODES, Item, answer_items
 from mmpo.config import ConfigError, ModelConfig
-from mmpo.media import load_image, load_video
+from mmpo.media import MediaError, load_image, load_video
 from mmpo.models import load_model
 from mmpo.models.loading import weights_fingerprint
+from mmpo.records import jsonl_lines
+
+BAD_MEDIA = ("error", "skip")  # on_bad_media values, see the module docstring
 
 
 def _check_choice(key: str, value: str, choices: tuple) -> None:
@@ -34,16 +43,18 @@ class PopeEvalConfig:
     image_root: str = ""  # folder holding the question files' images (COCO val2014)
     out_dir: str = "runs/eval/pope"  # predictions.jsonl, metrics.json, report.md, plots
     mode: str = "generate"  # generate (published protocol) | logits (yes/no token scores, fast)
-    parser: str = "official"  # official | lmms | vlmevalkit (eval.pope.PARSERS)
+    parser: str = "official"  # official | lmms | vlmevalkit | vlmevalkit_pre2025 (eval.pope.PARSERS)
     prompt_suffix: str = ""  # "" = official POPE (bare question) | llava | lmms_2024 | any literal text
     batch_size: int = 8  # questions per forward / generate call
     max_new_tokens: int = 16  # generate mode: answer length cap
     prefix_reuse: bool = True  # logits mode: encode each image + template prefix once (packed rows)
     limit: int = 0  # first N questions per split (0 = all); the training-time hook uses this
+    on_bad_media: str = "error"  # error | skip: leave out questions on unreadable images (named in metrics.json)
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
         _check_choice("parser", self.parser, tuple(pope.PARSERS))
+        _check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
 @dataclass
@@ -59,9 +70,11 @@ class VideoHallucerEvalConfig:
     max_new_tokens: int = 16  # generate mode: answer length cap
     prefix_reuse: bool = True  # logits mode: encode each video + template prefix once
     limit: int = 0  # first N pairs per category (0 = all)
+    on_bad_media: str = "error"  # error | skip: leave out pairs with an unreadable video (named in metrics.json)
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
+        _check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
 # ---------------------------------------------------------------- resumable predictions
@@ -72,7 +85,7 @@ def _load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, di
     if not path.exists():
         return {}
     rows, good = {}, []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(path.read_text(encoding="utf-8"))
     for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
@@ -85,6 +98,21 @@ def _load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, di
     if len(good) != len(lines):
         path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
     return rows
+
+
+def _answer(cfg, model, processor, items: list[Item], media_type: str, load_fn, on_batch=None) -> tuple[dict, dict]:
+    """`answer_items` with the config's settings; returns (answers, unreadable files {path: error}).
+
+    With `on_bad_media: error` the first unreadable file raises, its message pointing to the skip option.
+    """
+    bad: dict | None = {} if cfg.on_bad_media == "skip" else None
+    try:
+        answers = answer_items(model, processor, items, media_type, load_fn, mode=cfg.mode, batch_size=cfg.batch_size,
+                               max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=on_batch,
+                               bad_media=bad)
+    except MediaError as exc:
+        raise MediaError(f"{exc} (on_bad_media: skip leaves out the questions on unreadable files)") from exc
+    return answers, bad or {}
 
 
 def _append_rows(path: Path, rows: list[dict]) -> None:
@@ -129,7 +157,7 @@ def load_pope_questions(cfg: PopeEvalConfig) -> dict[str, tuple[Path, list[pope.
     """{split: (file, questions)} with `cfg.limit` applied per split."""
     out = {}
     for f in pope_question_files(cfg.questions):
-        qs = pope.read_questions(f)
+        qs = pope.read_questions(f, image_root=cfg.image_root)  # image names may not leave image_root
         for split in dict.fromkeys(q.split for q in qs):
             sub = [q for q in qs if q.split == split]
             name = split or f.stem
@@ -158,6 +186,25 @@ def score_pope(cfg: PopeEvalConfig, splits: dict, answers: dict) -> dict:
     return {**result, "mode": cfg.mode}
 
 
+def _pope_answered(splits: dict, answers: dict, bad: dict) -> tuple[dict, dict]:
+    """Skip mode: each split's answered questions, and what was left out.
+
+    Returns:
+        ({split: (file, answered questions)}, {"n_questions", "n_files", "files": {path: error}}).
+
+    Raises:
+        ValueError: a split has no answered question (nothing to score).
+    """
+    kept, left_out = {}, 0
+    for split, (f, qs) in splits.items():
+        answered = [q for q in qs if (split, str(q.question_id)) in answers]
+        if not answered:
+            raise ValueError(f"{f}: no question of split {split!r} has a readable image (e.g. {sorted(bad)[:2]})")
+        kept[split] = (f, answered)
+        left_out += len(qs) - len(answered)
+    return kept, {"n_questions": left_out, "n_files": len(bad), "files": dict(sorted(bad.items()))}
+
+
 def _pope_prediction(q: pope.PopeQuestion, split: str, answers: dict) -> pope.PopePrediction:
     answer, margin = answers[(split, str(q.question_id))]
     return pope.PopePrediction(q.question_id, answer, split, margin)
@@ -183,6 +230,7 @@ def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
     stored = _load_predictions(pred_path, ("split", "question_id"))
     done = {k: (r["answer"], r.get("margin")) for k, r in stored.items()}
     items = _pope_items(cfg, splits, done)
+    bad: dict = {}  # unreadable image -> error (skip mode)
     if items:
         if model is None:
             model, processor = load_model(cfg.model)
@@ -190,12 +238,17 @@ def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
         def write(rows):
             _append_rows(pred_path, [pope.PopePrediction(qid, a, split, m).to_json() for (split, qid), a, m in rows])
 
-        done.update(answer_items(model, processor, items, "image", load_image, mode=cfg.mode, batch_size=cfg.batch_size,
-                                 max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=write))
+        answers, bad = _answer(cfg, model, processor, items, "image", load_image, on_batch=write)
+        done.update(answers)
+    skipped = None
+    if cfg.on_bad_media == "skip":  # score what was answered (a rerun retries the rest)
+        splits, skipped = _pope_answered(splits, done, bad)
     for split, (_, qs) in splits.items():  # official answer files, readable by `mmpo eval pope --answers`
         pope.write_answers(out / f"answers_{split}.jsonl",
                            [_pope_prediction(q, split, done) for q in qs])
     metrics = score_pope(cfg, splits, done)
+    if skipped is not None:
+        metrics["skipped_media"] = skipped
     report.write_pope_report(out, metrics)
     return metrics
 
@@ -208,10 +261,9 @@ def make_pope_hook(cfg: PopeEvalConfig):
     splits = load_pope_questions(cfg)
 
     def hook(model, processor, step: int) -> dict:
-        items = _pope_items(cfg, splits, {})
-        answers = answer_items(model, processor, items, "image", load_image, mode=cfg.mode, batch_size=cfg.batch_size,
-                               max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse)
-        result = score_pope(cfg, splits, answers)
+        answers, bad = _answer(cfg, model, processor, _pope_items(cfg, splits, {}), "image", load_image)
+        scored = _pope_answered(splits, answers, bad)[0] if cfg.on_bad_media == "skip" else splits
+        result = score_pope(cfg, scored, answers)
         return {f"pope/{s}/{k}": r[k] for s, r in report.pope_splits(result).items()
                 for k in ("f1", "accuracy", "yes_ratio")}
 
@@ -232,6 +284,31 @@ def vh_category_files(cfg: VideoHallucerEvalConfig) -> list[Path]:
 
 def _vh_video(cfg: VideoHallucerEvalConfig, data_file: Path, video: str) -> str:
     return str(Path(cfg.video_root) / video if cfg.video_root else data_file.parent / "videos" / video)
+
+
+def _vh_category(cfg: VideoHallucerEvalConfig, cat: str, f: Path, pairs: list, done: dict, bad: dict,
+                 out: Path) -> dict:
+    """Score one category from {(category, pair, side): (answer, margin)} and write its reference results file.
+
+    Skip mode: only pairs answered on both sides count (a pair is the unit of every score); the left-out pairs
+    and this category's unreadable files go under "skipped_media".
+    """
+    keep = [i for i in range(len(pairs)) if all((cat, str(i), side) in done for side in ("basic", "hallucination"))]
+    if not keep:
+        raise ValueError(f"{f}: no pair has two readable videos (e.g. {sorted(bad)[:2]})")
+    kept = [pairs[i] for i in keep]
+    preds = [videohallucer.VHPrediction(done[(cat, str(i), "basic")][0], done[(cat, str(i), "hallucination")][0])
+             for i in keep]
+    videohallucer.write_results(out / "results" / f"{cat}.json", kept, preds)  # the reference layout
+    res = videohallucer_metrics.score_category(kept, preds)
+    if all((p.basic.answer, p.hallucination.answer) == ("yes", "no") for p in pairs):
+        res["bias"] = videohallucer_metrics.bias_scores(kept, preds)
+    res = {**res, "mode": cfg.mode, "data_file": f.name}
+    if cfg.on_bad_media == "skip":
+        videos = {_vh_video(cfg, f, getattr(p, side).video) for p in pairs for side in ("basic", "hallucination")}
+        files = {v: e for v, e in sorted(bad.items()) if v in videos}
+        res["skipped_media"] = {"n_pairs": len(pairs) - len(kept), "n_files": len(files), "files": files}
+    return res
 
 
 def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) -> dict:
@@ -259,6 +336,7 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
     items = [Item((cat, str(i), side), _vh_video(cfg, f, getattr(p, side).video), getattr(p, side).prompt())
              for cat, (f, pairs) in data.items() for i, p in enumerate(pairs)
              for side in ("basic", "hallucination") if (cat, str(i), side) not in done]
+    bad: dict = {}  # unreadable video -> error (skip mode)
     if items:
         if model is None:
             model, processor = load_model(cfg.model)
@@ -270,17 +348,9 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
         def load_fn(path):
             return load_video(path, num_frames=cfg.model.num_frames)
 
-        done.update(answer_items(model, processor, items, "video", load_fn, mode=cfg.mode, batch_size=cfg.batch_size,
-                                 max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=write))
-    results = {}
-    for cat, (f, pairs) in data.items():
-        preds = [videohallucer.VHPrediction(done[(cat, str(i), "basic")][0], done[(cat, str(i), "hallucination")][0])
-                 for i in range(len(pairs))]
-        videohallucer.write_results(out / "results" / f"{cat}.json", pairs, preds)  # the reference layout
-        res = videohallucer_metrics.score_category(pairs, preds)
-        if all((p.basic.answer, p.hallucination.answer) == ("yes", "no") for p in pairs):
-            res["bias"] = videohallucer_metrics.bias_scores(pairs, preds)
-        results[cat] = {**res, "mode": cfg.mode, "data_file": f.name}
+        answers, bad = _answer(cfg, model, processor, items, "video", load_fn, on_batch=write)
+        done.update(answers)
+    results = {cat: _vh_category(cfg, cat, f, pairs, done, bad, out) for cat, (f, pairs) in data.items()}
     if any(c in results for c in videohallucer.CATEGORIES):
         results["overall"] = videohallucer_metrics.overall(results)
     report.write_videohallucer_report(out, results)

@@ -261,9 +261,23 @@ def decode_line(line: str, where: str) -> Any:
         raise RecordError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL text, split on "\n" only (a final "\n" ends the last line, like `splitlines`).
+
+    Not `str.splitlines()`: it also splits on U+2028, U+2029 and U+0085, which `json.dumps(ensure_ascii=False)`
+    leaves raw inside strings (JSON escapes only U+0000-U+001F), and on a lone "\r", which JSON allows
+    between tokens; either would cut a valid line in two. A "\r\n" line keeps its "\r" (JSON whitespace).
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield ("file:line", text) for each non-blank line."""
-    with open(path, encoding="utf-8") as f:
+    """Yield ("file:line", text) for each non-blank line, lines split on "\n" only (see `jsonl_lines`)."""
+    # newline="\n": no universal-newline mode, which would also end a line at a lone "\r".
+    with open(path, encoding="utf-8", newline="\n") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 yield f"{path}:{lineno}", line

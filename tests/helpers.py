@@ -10,8 +10,8 @@ from PIL import Image
 from mmpo.records import PairRecord, SFTRecord, pair_id, write_jsonl
 
 COLORS = ["red", "green", "blue", "yellow"]
-# verbatim benchmark excerpts: CI checks the repo out with shared/ beside it
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+# verbatim benchmark excerpts, vendored with the tests (provenance and licences: fixtures/samples/SOURCE.md)
+SAMPLES = Path(__file__).resolve().parent / "fixtures" / "samples"
 _MODEL_CACHE: dict[tuple, Path] = {}
 
 

@@ -4,6 +4,7 @@ VideoHallucer in the reference layout, the trainer hook, the CLI functions and t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from eval import answering, pope, pope_metrics, runner, videohallucer_metrics
 from eval import cli as eval_cli
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
+from mmpo.media import MediaError
 from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
@@ -150,6 +152,17 @@ def test_resume_skips_answered_and_never_duplicates(world):
         runner.run_pope(_cfg(world, "resume", mode="logits"), world["model"], world["processor"])
 
 
+def test_stored_predictions_split_on_newline_only(tmp_path):
+    """An answer holding U+2028 / U+0085 is one line; only a torn LAST line is dropped (and the file fixed)."""
+    rows = [{"split": "random", "question_id": i, "answer": f"Yes\u2028{i}\u0085"} for i in range(3)]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"split": "ran',
+                    encoding="utf-8")
+    stored = runner._load_predictions(path, ("split", "question_id"))
+    assert [stored[("random", str(i))]["answer"] for i in range(3)] == [r["answer"] for r in rows]
+    assert [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x] == rows
+
+
 def test_metrics_report_and_answer_files(world):
     m = runner.run_pope(_cfg(world, "full", mode="logits", prompt_suffix="llava"), world["model"], world["processor"])
     out = world["root"] / "full"
@@ -249,6 +262,117 @@ def test_shipped_configs_load(name, cls):
 def test_config_rejects_unknown_mode():
     with pytest.raises(ConfigError, match="mode"):
         load(runner.PopeEvalConfig, None, ["mode=beam"])
+    for cls in (runner.PopeEvalConfig, runner.VideoHallucerEvalConfig):
+        with pytest.raises(ConfigError, match="on_bad_media"):
+            load(cls, None, ["on_bad_media=ignore"])
+
+
+# ---------------------------------------------------------------- unreadable media, paths outside image_root
+
+BAD_IMAGES = ["red", "broken", "green", "missing"]  # broken.png is not an image; missing.png does not exist
+
+
+def _bad_media_cfg(world, tmp_path, out: str, **kw) -> runner.PopeEvalConfig:
+    """One split, 2 questions on each of BAD_IMAGES (ids 1-8, labels yes/no)."""
+    img = tmp_path / "img"
+    if not img.exists():
+        img.mkdir()
+        for c in ("red", "green"):
+            shutil.copy(world["root"] / "img" / f"{c}.png", img / f"{c}.png")
+        (img / "broken.png").write_bytes(b"not a png")
+        rows = [{"question_id": 2 * k + j + 1, "image": f"{name}.png", "text": _question(COLORS[j]),
+                 "label": ("yes", "no")[j]} for k, name in enumerate(BAD_IMAGES) for j in range(2)]
+        (tmp_path / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return runner.PopeEvalConfig(model=ModelConfig(path=world["model_dir"], device="cpu"),
+                                 questions=[str(tmp_path / "coco_pope_random.json")], image_root=str(img),
+                                 out_dir=str(tmp_path / out), mode="logits", batch_size=3, **kw)
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])  # packed and plain answering paths
+def test_pope_skips_unreadable_images_and_names_them(world, tmp_path, prefix_reuse):
+    cfg = _bad_media_cfg(world, tmp_path, "skip", on_bad_media="skip", prefix_reuse=prefix_reuse)
+    m = runner.run_pope(cfg, world["model"], world["processor"])
+    img = tmp_path / "img"
+    skipped = m["skipped_media"]
+    assert (skipped["n_questions"], skipped["n_files"]) == (4, 2)
+    assert set(skipped["files"]) == {str(img / "broken.png"), str(img / "missing.png")}
+    assert "unreadable image" in skipped["files"][str(img / "broken.png")]
+    assert "missing image file" in skipped["files"][str(img / "missing.png")]
+    assert m["n"] == 4 and m["question_file"]["count"] == 4  # scored over the answered questions only
+    assert json.loads((tmp_path / "skip" / "metrics.json").read_text())["skipped_media"] == skipped
+    assert "skipped: 4 questions on 2 unreadable images" in (tmp_path / "skip" / "report.md").read_text()
+    rows = _rows(tmp_path / "skip" / "predictions.jsonl")
+    assert sorted(int(r["question_id"]) for r in rows) == [1, 2, 5, 6]
+    # the answers kept are those of the same questions asked without the unreadable images
+    good = [answering.Item(("random", str(q)), str(img / f"{BAD_IMAGES[(q - 1) // 2]}.png"), _question(COLORS[(q - 1) % 2]))
+            for q in (1, 2, 5, 6)]
+    want = answering.answer_items(world["model"], world["processor"], good, "image", runner.load_image,
+                                  mode="logits", batch_size=3)
+    for r in rows:
+        assert r["margin"] == pytest.approx(want[("random", str(r["question_id"]))][1], abs=1e-4)
+
+
+def test_training_hook_skips_unreadable_images(world, tmp_path):
+    cfg = _bad_media_cfg(world, tmp_path, "hook", on_bad_media="skip")
+    got = runner.make_pope_hook(cfg)(world["model"], world["processor"], 0)
+    m = runner.run_pope(cfg, world["model"], world["processor"])
+    assert got == pytest.approx({f"pope/random/{k}": m[k] for k in ("f1", "accuracy", "yes_ratio")})
+
+
+def test_pope_unreadable_image_is_an_error_by_default(world, tmp_path):
+    cfg = _bad_media_cfg(world, tmp_path, "err")
+    with pytest.raises(MediaError, match=r"broken\.png: unreadable image .*on_bad_media: skip"):
+        runner.run_pope(cfg, world["model"], world["processor"])
+
+
+@pytest.mark.parametrize("image", ["../red.png", "sub/../../red.png", "/etc/passwd"])
+def test_pope_images_outside_image_root_are_refused(world, tmp_path, image):
+    cfg = _bad_media_cfg(world, tmp_path, "escape")
+    qfile = Path(cfg.questions[0])
+    lines = qfile.read_text().splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "image": image})
+    qfile.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"coco_pope_random\.json:3: field 'image': media path .* escapes the media root"):
+        runner.run_pope(cfg, world["model"], world["processor"])
+    assert not (tmp_path / "escape").exists()  # refused before anything ran
+
+
+def _vh_world(tmp_path) -> Path:
+    """object_relation with 3 pairs; pair 1's hallucination video is not a video."""
+    data = tmp_path / "vh" / "object_relation"
+    (data / "videos").mkdir(parents=True)
+    for i in range(2):
+        write_clip(data / "videos" / f"clip{i}.mp4", make_frames(T=4, H=64, W=64, seed=i), fps=4)
+    (data / "videos" / "broken.mp4").write_bytes(b"\x00" * 64)
+    videos = [("clip0.mp4", "clip0.mp4"), ("clip1.mp4", "broken.mp4"), ("clip1.mp4", "clip0.mp4")]
+    pairs = [{"basic": {"video": b, "question": "is there a square in the video ?", "answer": "yes"},
+              "hallucination": {"video": h, "question": "is there a cat in the video ?", "answer": "no"},
+              "type": "object"} for b, h in videos]
+    (data / "object_relation.json").write_text(json.dumps(pairs, indent=4))
+    return data
+
+
+def test_videohallucer_skips_pairs_with_unreadable_videos(tmp_path):
+    data = _vh_world(tmp_path)
+    model_dir = tiny_model("llava_next_video", tmp_path)
+
+    def cfg(out, **kw):
+        return runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
+                                              data_dir=str(tmp_path / "vh"), categories=["object_relation"],
+                                              out_dir=str(tmp_path / out), mode="logits", batch_size=2, **kw)
+
+    res = runner.run_videohallucer(cfg("skip", on_bad_media="skip"))["object_relation"]
+    broken = str(data / "videos" / "broken.mp4")
+    assert res["n_pairs"] == 2 and res["bias"]["n_pairs"] == 2
+    assert res["skipped_media"]["n_pairs"] == 1 and list(res["skipped_media"]["files"]) == [broken]
+    assert "unreadable or truncated video" in res["skipped_media"]["files"][broken]
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert metrics["skipped_media"] == {"n_pairs": 1, "n_files": 1, "files": res["skipped_media"]["files"]}
+    kept = json.loads((tmp_path / "skip" / "results" / "object_relation.json").read_text())
+    assert [p["hallucination"]["video"] for p in kept] == ["clip0.mp4", "clip0.mp4"]  # pairs 0 and 2
+    assert "object_relation: skipped 1 pairs on 1 unreadable videos" in (tmp_path / "skip" / "report.md").read_text()
+    with pytest.raises(MediaError, match=r"broken\.mp4: unreadable or truncated video"):
+        runner.run_videohallucer(cfg("err"))
 
 
 @pytest.mark.parametrize("family,media_type", [("llava_next", "image"), ("video_llava", "image"),

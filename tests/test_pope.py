@@ -1,6 +1,6 @@
 """POPE reading, parsers and metrics, checked against the reference scorers on the real sample files.
 
-Sample files are verbatim excerpts of AoiDragon/POPE (shared/samples, see BENCHMARKS.md §4).
+Sample files are verbatim excerpts of AoiDragon/POPE (tests/fixtures/samples, see SOURCE.md there).
 """
 
 import json
@@ -19,8 +19,7 @@ from eval.pope import (
     write_answers,
 )
 from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
-
-needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
+from eval.pope_parsers import _VLM_PERIOD_PRE2025, _vlm_process_punctuation
 
 # Reference result of each parser on tricky answers (worked from the reference code, BENCHMARKS.md §1.4).
 TRICKY = [
@@ -41,6 +40,46 @@ def test_parsers_match_references(text, official, lmms, vlm):
     assert PARSERS["official"](text) == official
     assert PARSERS["lmms"](text) == lmms
     assert PARSERS["vlmevalkit"](text) == vlm
+    assert PARSERS["vlmevalkit_pre2025"](text) == vlm  # the period-pattern change does not matter here
+
+
+# VLMEvalKit's period pattern: current r'(?<!\d)\.(?!\d)' vs pre-May-2025 '(?!<=\d)(\.)(?!\d)' (in effect
+# "not followed by a digit"). Output of process_punctuation on the lower-cased answer:
+PERIODS = [
+    # text,       current,   pre2025
+    ("3.Yes", "3.yes", "3yes"),  # digit before: kept now, removed before
+    ("2. Yes", "2. yes", "2 yes"),
+    ("yes 3.", "yes 3.", "yes 3"),
+    ("1.no", "1.no", "1no"),
+    ("Yes.5", "yes.5", "yes.5"),  # digit after: kept by both
+    ("No...", "no", "no"),  # no digit near: removed by both
+    ("e.g. yes", "eg yes", "eg yes"),
+]
+
+
+@pytest.mark.parametrize("text,current,pre2025", PERIODS)
+def test_vlmevalkit_period_patterns(text, current, pre2025):
+    assert _vlm_process_punctuation(text.lower()) == current
+    assert _vlm_process_punctuation(text.lower(), _VLM_PERIOD_PRE2025) == pre2025
+    # A period next to a digit stays inside a token holding that digit, which is never "yes"/"no": alone,
+    # the pattern change cannot change a parse ...
+    assert PARSERS["vlmevalkit"](text) == PARSERS["vlmevalkit_pre2025"](text)
+
+
+# ... but the reference passes re.UNICODE (= 32) as sub()'s count: only the first 32 matching periods go.
+# After 32 digit-adjacent periods (a numbered list) the old pattern has used its 32, the new one has not.
+LIST_32 = " ".join(f"{i}." for i in range(1, 33))  # "1. 2. ... 32."
+
+
+@pytest.mark.parametrize("text,current,pre2025", [
+    (LIST_32 + " Yes.", "yes", "unknown"),  # before: token "yes." survives
+    (LIST_32 + " No.", "no", "unknown"),
+    (LIST_32 + " Yes, no.", "unknown", "yes"),  # before: "no." survives, so only "yes" is a word
+    (LIST_32[:-4] + " Yes.", "yes", "yes"),  # 31 list periods: both have one left for "yes."
+])
+def test_vlmevalkit_versions_differ_after_32_periods(text, current, pre2025):
+    assert PARSERS["vlmevalkit"](text) == current
+    assert PARSERS["vlmevalkit_pre2025"](text) == pre2025
 
 
 # Hand-made answers for pope_random_sample.jsonl (ids 3..12, labels alternate yes/no starting with yes).
@@ -48,7 +87,6 @@ ANSWERS = {3: "Yes, there is a person.", 4: "No, there is no sandwich.", 5: "The
            6: "Yes", 7: "Yes", 8: "No", 9: "yes", 10: "NO", 11: "Nope", 12: ""}
 
 
-@needs_samples
 @pytest.mark.parametrize("parser,counts,expect", [
     # official: 3 TP, 4 TN, 5 FN, 6 FP, 7 TP, 8 TN, 9 TP, 10 FP ("NO"), 11 TP ("Nope"), 12 FP ("")
     ("official", dict(tp=4, fp=3, tn=2, fn=1, unknown=0, unknown_yes=0),
@@ -87,7 +125,6 @@ def test_score_rejects_bad_input():
         score(["maybe"], ["yes"])
 
 
-@needs_samples
 def test_aggregate_mean_of_split_f1_vs_pooled():
     rnd = read_questions(SAMPLES / "pope_random_sample.jsonl")
     pop = read_questions(SAMPLES / "pope_popular_sample.jsonl")
@@ -104,7 +141,6 @@ def test_aggregate_mean_of_split_f1_vs_pooled():
         aggregate({"a": r1, "b": {**r2, "parser": "lmms"}})
 
 
-@needs_samples
 def test_read_both_layouts_and_legacy_file():
     legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
     assert [q.question_id for q in legacy] == list(range(3, 13))
@@ -131,12 +167,26 @@ def test_read_questions_errors_name_file_and_line(tmp_path):
         read_questions(bad)
 
 
+def test_read_questions_keeps_images_inside_image_root(tmp_path):
+    root = tmp_path / "coco"
+    (root / "sub").mkdir(parents=True)
+    q = tmp_path / "q.jsonl"
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "t", "label": "yes"},
+            {"question_id": 2, "image": "sub/../b.jpg", "text": "t", "label": "no"}]  # stays inside: fine
+    q.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [x.image for x in read_questions(q, image_root=root)] == ["a.jpg", "sub/../b.jpg"]
+    for bad in ("../x.jpg", "sub/../../x.jpg", str(tmp_path / "x.jpg")):
+        q.write_text("".join(json.dumps(r) + "\n" for r in rows + [{**rows[0], "image": bad}]))
+        with pytest.raises(ValueError, match=r"q\.jsonl:3: field 'image': media path .* escapes the media root"):
+            read_questions(q, image_root=root)
+        assert len(read_questions(q)) == 3  # no image_root: nothing checked (scoring an answers file)
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-@needs_samples
 def test_answers_matched_by_id_or_position(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     rows = [{"question_id": q, "answer": a} for q, a in ANSWERS.items()]
@@ -149,7 +199,22 @@ def test_answers_matched_by_id_or_position(tmp_path):
     assert [(p.question_id, p.answer) for p in by_pos] == list(ANSWERS.items())
 
 
-@needs_samples
+def test_answers_and_questions_holding_unicode_line_separators(tmp_path):
+    """U+2028 / U+0085 are line ends for str.splitlines() but plain characters in a JSON string."""
+    questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
+    odd = {q: a + " \u2028(really)\u0085" for q, a in ANSWERS.items()}
+    text = "".join(json.dumps({"question_id": q, "answer": a}, ensure_ascii=False) + "\n" for q, a in odd.items())
+    (tmp_path / "a.jsonl").write_text(text, encoding="utf-8")
+    assert "\u2028" in text and len(text.splitlines()) == 30  # raw in the file: 10 lines, 30 for splitlines
+    assert [p.answer for p in read_answers(tmp_path / "a.jsonl", questions)] == list(odd.values())
+    r = score_answers_file(SAMPLES / "pope_random_sample.jsonl", tmp_path / "a.jsonl", parser="official")
+    assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (4, 3, 2, 1)  # as the plain answers: parsed text unchanged
+    rows = [{"question_id": 1, "image": "a.jpg", "text": "Is there a\u2028cat\u0085?", "label": "yes"}] * 2
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [q.text for q in read_questions(qfile)] == [rows[0]["text"]] * 2
+
+
 def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     preds = [PopePrediction(q.question_id, "yes" if i % 3 else "no", q.split, margin=0.5 - i)
@@ -159,7 +224,6 @@ def test_write_answers_round_trip_keeps_logit_margin(tmp_path):
     assert read_answers(path, questions) == preds
 
 
-@needs_samples
 def test_answer_count_and_id_errors(tmp_path):
     questions = read_questions(SAMPLES / "pope_random_sample.jsonl")
     nine = _write_jsonl(tmp_path / "nine.jsonl", [{"answer": "yes"}] * 9)
@@ -178,7 +242,6 @@ def test_answer_count_and_id_errors(tmp_path):
         read_answers(missing, questions)
 
 
-@needs_samples
 def test_score_answers_file_end_to_end(tmp_path):
     answers = _write_jsonl(tmp_path / "a.jsonl", [{"question_id": q, "answer": a} for q, a in ANSWERS.items()])
     r = EVALUATORS["pope"](SAMPLES / "pope_random_sample.jsonl", answers, parser="official")
@@ -195,7 +258,6 @@ def test_score_answers_file_end_to_end(tmp_path):
     assert agg["question_files"]["random"] == {"name": "q.jsonl", "count": 10}
 
 
-@needs_samples
 def test_report_files(tmp_path):
     from eval.report import write_pope_report
 

@@ -6,11 +6,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from helpers import SAMPLES  # noqa: E402
 
 from eval.pope import read_questions
 from eval.pope_build import build, build_files, build_split, load_ground_truth, question_text
-
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 
 CATS = ["person", "car", "dog", "umbrella", "apple", "bench", "kite", "oven"]
 # Objects per image in annotation order; a.jpg repeats "person" (deduplicated), f.jpg has one object (skipped).
@@ -124,11 +123,11 @@ def test_a_an_and_legacy_typo():
     assert question_text("skis") == "Is there a skis in the image?"
     assert question_text("umbrella", legacy_typo=True) == "Is there an umbrella in the imange?"
     assert question_text("skis", legacy_typo=True) == "Is there a skis in the image?"
-    if SAMPLES.is_dir():  # the typo matches the real legacy (e3e3926) file, the fix matches HEAD
-        legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
-        head = read_questions(SAMPLES / "pope_random_sample.jsonl")
-        assert legacy[8].text == question_text("umbrella", legacy_typo=True)
-        assert head[8].text == question_text("umbrella")
+    # the typo matches the real legacy (e3e3926) file, the fix matches HEAD
+    legacy = read_questions(SAMPLES / "pope_random_legacy2910_sample.jsonl")
+    head = read_questions(SAMPLES / "pope_random_sample.jsonl")
+    assert legacy[8].text == question_text("umbrella", legacy_typo=True)
+    assert head[8].text == question_text("umbrella")
 
 
 def test_build_files_from_ground_truth_jsonl(tmp_path):
@@ -143,3 +142,27 @@ def test_build_files_from_ground_truth_jsonl(tmp_path):
     assert back[0].question_id == 1 and back[0].split == "popular"
     with pytest.raises(ValueError, match="only 5 images have >= 3 objects"):
         build_files(gt, tmp_path / "out", img_num=6)
+
+
+REFERENCE = dict(tie_break="first_seen", legacy_typo=True)
+
+
+@pytest.mark.parametrize("flags,kwargs", [(["--reference"], REFERENCE),
+                                          (["--tie-break", "first_seen", "--legacy-typo"], REFERENCE),
+                                          (["--legacy-typo"], dict(legacy_typo=True)),
+                                          ([], {})])
+def test_cli_build_equals_api(tmp_path, flags, kwargs):
+    from eval.cli import cli_pope_build
+
+    ann = _coco(tmp_path)
+    args = ["--annotations", str(ann), "--num-images", "5", "--seed", "3"]
+    assert cli_pope_build(args + ["--out", str(tmp_path / "cli"), *flags]) == 0
+    api = build(load_ground_truth(ann), img_num=5, seed=3, **kwargs)
+    for split, questions in api.items():
+        assert read_questions(tmp_path / "cli" / f"coco_pope_{split}.json") == questions
+    if kwargs == REFERENCE:  # the options change the output: the typo, and popular's order of tied counts
+        default = build(load_ground_truth(ann), img_num=5, seed=3)
+        assert any("imange" in q.text for q in api["popular"])
+        assert [q.text.replace("imange", "image") for q in api["popular"]] != [q.text for q in default["popular"]]
+        with pytest.raises(SystemExit):
+            cli_pope_build(args + ["--out", str(tmp_path / "x"), "--reference", "--tie-break", "name"])

@@ -1,6 +1,6 @@
 """VideoHallucer reading, hit rule, pair accuracy, overall and bias scores, worked by hand on the real samples.
 
-Samples are verbatim pairs of patrick-tssn/VideoHallucer @ae4c2f2 (shared/samples, BENCHMARKS.md §4).
+Samples are verbatim pairs of patrick-tssn/VideoHallucer @ae4c2f2 (tests/fixtures/samples, see SOURCE.md there).
 """
 
 import json
@@ -11,8 +11,6 @@ from helpers import SAMPLES  # noqa: E402
 from eval import EVALUATORS
 from eval.videohallucer import CATEGORIES, VHPrediction, read_pairs, to_reference_layout, write_results
 from eval.videohallucer_metrics import bias_scores, fact_score, hit, overall, score_category
-
-pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"shared samples not checked out at {SAMPLES}")
 
 
 def sample(cat):
