@@ -153,9 +153,14 @@ def _media_list(value: Any, where: str, name: str) -> tuple[str, ...]:
 
 
 def resolve_media(root: str | Path, rel: str) -> Path:
-    """Resolve `rel` under `root`; paths may not escape the root (no `..`, no absolute paths)."""
-    root = Path(root).resolve()
-    path = (root / rel).resolve()
+    """Resolve `rel` under `root`; paths may not escape the root (no `..`, no absolute paths).
+
+    The check is on the path as written, not on symlink targets: a data file must not reach outside the
+    root, but a link the user put inside it may point anywhere (the Hugging Face cache keeps each file as
+    a link from `snapshots/` into `blobs/`).
+    """
+    root = Path(os.path.abspath(root))
+    path = Path(os.path.normpath(root / rel))
     if path != root and root not in path.parents:
         raise ValueError(f"media path {rel!r} escapes the media root {str(root)!r}")
     return path

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mmpo.records import SFTRecord, iter_jsonl, jsonl_lines, read_sft, write_jsonl
 
 # Characters str.splitlines() treats as line ends but JSON keeps raw inside strings (ensure_ascii=False).
@@ -24,3 +26,18 @@ def test_records_with_unicode_line_separators_and_a_lone_cr(tmp_path):
     path.write_text('{"a":\r1}\n{"a": 2}\r\n', encoding="utf-8", newline="")
     assert [(w.rsplit(":", 1)[1], o) for w, o in iter_jsonl(path)] == [("1", {"a": 1}), ("2", {"a": 2})]
     assert json.loads('{"a":\r1}') == {"a": 1}
+
+
+def test_media_paths_stay_under_the_root_but_links_inside_it_may_point_anywhere(tmp_path):
+    from mmpo.records import resolve_media
+
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc").write_bytes(b"x")
+    root = tmp_path / "snapshots" / "main"
+    root.mkdir(parents=True)
+    (root / "img.png").symlink_to(tmp_path / "blobs" / "abc")  # the Hugging Face cache layout
+    assert resolve_media(root, "img.png") == root / "img.png"
+    assert resolve_media(root, "sub/../img.png") == root / "img.png"
+    for rel in ("../../blobs/abc", "sub/../../main2/x.png", str(tmp_path / "blobs" / "abc")):
+        with pytest.raises(ValueError, match="escapes the media root"):
+            resolve_media(root, rel)
