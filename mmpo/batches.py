@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from mmpo.lengths import too_long_message
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
 from mmpo.records import (
@@ -82,7 +83,7 @@ class PairCollator:
     processor: object
     media_root: str
     num_frames: int = 8
-    max_length: int = 2048
+    max_length: int = 4096  # the trainer passes the resolved data.max_length
     on_bad: str = "error"
     requires: frozenset = field(default_factory=frozenset)
 
@@ -92,8 +93,8 @@ class PairCollator:
     def _too_long(self, batch: dict, recs: list[PairRecord]) -> list[tuple[str, str]]:
         plen = batch["prompt"]["attention_mask"].sum(-1)
         alen = torch.maximum(batch["chosen"]["attention_mask"].sum(-1), batch["rejected"]["attention_mask"].sum(-1))
-        return [(r.id, f"prompt+answer has {int(p + a)} tokens > max_length {self.max_length}")
-                for r, p, a in zip(recs, plen, alen) if p + a > self.max_length]
+        return [(r.id, too_long_message(r, int(p + a), self.max_length))
+                for r, p, a in zip(recs, plen, alen, strict=True) if p + a > self.max_length]
 
     def __call__(self, recs: list[PairRecord]) -> dict:
         skipped: list[tuple[str, str]] = []
@@ -104,7 +105,7 @@ class PairCollator:
             if not bad:
                 break
             if self.on_bad == "error":
-                raise ValueError(f"record {bad[0][0]}: {bad[0][1]}")
+                raise ValueError(bad[0][1])
             skipped += bad
             bad_ids = {b[0] for b in bad}
             recs = [r for r in recs if r.id not in bad_ids]
@@ -119,7 +120,7 @@ class PairCollator:
             try:
                 media.append(self._media(r))
             except MediaError as exc:
-                errors.append((r.id, str(exc)))
+                errors.append((r.id, f"{r.where or 'record ' + r.id}: {exc}"))
         if errors:
             return {}, errors
         kinds = {r.media_type for r in recs}
@@ -176,7 +177,7 @@ class SFTCollator:
     processor: object
     media_root: str
     num_frames: int = 8
-    max_length: int = 2048
+    max_length: int = 4096  # the trainer passes the resolved data.max_length
     on_bad: str = "error"
 
     def __call__(self, recs: list[SFTRecord]) -> dict:
@@ -188,19 +189,19 @@ class SFTCollator:
             except MediaError as exc:
                 if self.on_bad == "error":
                     raise
-                skipped.append((r.id, str(exc)))
+                skipped.append((r.id, f"{r.where or 'record ' + r.id}: {exc}"))
         if not keep:
             return {"ids": [], "skipped": skipped}
         mtype = keep[0].media_type
         prompt = encode_prompts(self.processor, [r.prompt for r in keep], media, mtype)
         answer = encode_answers(self.processor, [r.answer for r in keep])
-        lengths = prompt["attention_mask"].sum(-1) + answer["attention_mask"].sum(-1)
-        if (lengths > self.max_length).any():
-            i = int((lengths > self.max_length).nonzero()[0])
-            msg = f"prompt+answer has {int(lengths[i])} tokens > max_length {self.max_length}"
+        lengths = (prompt["attention_mask"].sum(-1) + answer["attention_mask"].sum(-1)).tolist()
+        too_long = [(r.id, too_long_message(r, n, self.max_length)) for r, n in zip(keep, lengths, strict=True)
+                    if n > self.max_length]
+        if too_long:
             if self.on_bad == "error":
-                raise ValueError(f"record {keep[i].id}: {msg}")
-            ok = [j for j in range(len(keep)) if lengths[j] <= self.max_length]
-            skipped += [(keep[j].id, msg) for j in range(len(keep)) if j not in ok]
-            return self([keep[j] for j in ok]) | {"skipped": skipped} if ok else {"ids": [], "skipped": skipped}
+                raise ValueError(too_long[0][1])
+            skipped += too_long
+            ok = [r for r, n in zip(keep, lengths, strict=True) if n <= self.max_length]
+            return self(ok) | {"skipped": skipped} if ok else {"ids": [], "skipped": skipped}
         return {"ids": [r.id for r in keep], "prompt": prompt, "answer": answer, "skipped": skipped}

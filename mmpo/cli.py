@@ -8,6 +8,7 @@ command functions), so the core stays importable without them. Errors print as o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -191,9 +192,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def show_progress_messages() -> None:
+    """mmpo's own INFO messages (length pre-flight, resume, skips) on stderr; libraries keep their levels."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("mmpo: %(message)s"))
+    for name in ("mmpo", "data_builders", "eval"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
+    show_progress_messages()
     try:
         return args.func(args)
     except KeyboardInterrupt:

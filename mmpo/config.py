@@ -186,7 +186,7 @@ class DataConfig:
     train: str = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft)
     media_root: str = ""  # folder the records' media paths are relative to ("" = the JSONL's folder)
     eval: str = ""  # optional held-out pair file for the periodic evaluation hook
-    max_length: int = 2048  # prompt (media tokens included) + answer; longer samples error or skip
+    max_length: int = 0  # prompt (media tokens included) + answer; longer samples error or skip (0 = the model's context)
     on_bad_record: str = "error"  # error | skip (bad lines, missing media, too long: counted and logged)
     num_workers: int = 0  # DataLoader worker processes decoding and augmenting media
     shuffle: bool = True  # reshuffle each epoch (seeded by seed + epoch, so resume is exact)

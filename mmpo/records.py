@@ -74,6 +74,7 @@ class PairRecord:
     source: str = ""
     meta: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    where: str = field(default="", compare=False, repr=False)  # "file:line" it was read from (not written)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
@@ -114,6 +115,7 @@ class SFTRecord:
     prompt: str
     answer: str
     meta: dict = field(default_factory=dict)
+    where: str = field(default="", compare=False, repr=False)  # "file:line" it was read from (not written)
 
     def to_json(self) -> dict:
         return {"id": self.id, "media": list(self.media), "media_type": self.media_type,
@@ -239,7 +241,7 @@ def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | Non
         id=str(rid), media=media, media_type=obj["media_type"], prompt=obj["prompt"], chosen=obj["chosen"],
         rejected=obj["rejected"], rejected_media=rejected_media, rejected_bag=bag,
         weight=None if weight is None else float(weight), scores=dict(obj.get("scores", {})),
-        source=str(obj.get("source", "")), meta=dict(obj.get("meta", {})), schema_version=version,
+        source=str(obj.get("source", "")), meta=dict(obj.get("meta", {})), schema_version=version, where=where,
     )
 
 
@@ -253,7 +255,8 @@ def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | None
     if not isinstance(obj.get("meta", {}), dict):
         raise _fail(where, "meta", "expected an object")
     rid = obj.get("id") or make_id(list(media), obj["prompt"], obj["answer"])
-    return SFTRecord(str(rid), media, obj["media_type"], obj["prompt"], obj["answer"], dict(obj.get("meta", {})))
+    return SFTRecord(str(rid), media, obj["media_type"], obj["prompt"], obj["answer"], dict(obj.get("meta", {})),
+                     where=where)
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from mmpo import config as cfgmod
 from mmpo.batches import PairCollator, SFTCollator, read_records
 from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
+from mmpo.lengths import preflight, resolve_max_length, too_long_message
 from mmpo.logprobs import packed_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
@@ -361,10 +362,11 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
     if not records:
         raise ValueError(f"{cfg.data.train}: no usable records ({len(skipped)} skipped)")
+    max_length = check_lengths(cfg, records, processor, media_root, model, is_main)
     terms = [] if sft else build_loss_terms([cfgmod.to_dict(t) for t in cfg.loss], "loss")
     requires = requires_of(terms)
     common = dict(processor=processor, media_root=media_root, num_frames=cfg.model.num_frames,
-                  max_length=cfg.data.max_length, on_bad=cfg.data.on_bad_record)
+                  max_length=max_length, on_bad=cfg.data.on_bad_record)
     collate = SFTCollator(**common) if sft else PairCollator(**common, requires=frozenset(requires))
     per_epoch = max(len(records) // (cfg.batch_size * world), 1)
     total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
@@ -377,7 +379,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     if batch_loss is None and not sft and "reference" in requires and reference is None:
         if cfg.precompute_reference:
             key = fingerprint(file_digest(cfg.data.train), model_fingerprint(cfg.model), sorted(requires),
-                              cfg.data.max_length, cfg.model.num_frames, cfg.shared_prefix)
+                              max_length, cfg.model.num_frames, cfg.shared_prefix)
             cache = Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
             started = time.perf_counter()
             table = None
@@ -466,6 +468,23 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                                                          indent=2))
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def check_lengths(cfg: TrainConfig, records, processor, media_root, model, is_main: bool) -> int:
+    """Resolve `data.max_length` (0 = the model's context) and measure the data against it before step 1.
+
+    With `on_bad_record: error`, a record over the limit stops the run here, naming its file and line and
+    the key to change, instead of mid-run; with `skip` the collator leaves such records out (counted).
+    """
+    limit = resolve_max_length(cfg.data.max_length, model)
+    report = preflight(records, processor, media_root, cfg.model.num_frames, limit, seed=cfg.seed)
+    if is_main:
+        log.info(report.summary())
+    if report.over and cfg.data.on_bad_record == "error":
+        rec, length = report.over[0]
+        raise ValueError(f"{too_long_message(rec, length, limit)}; {len(report.over)} of {report.checked} "
+                         "checked records are too long")
+    return limit
 
 
 def check_distributed(kind: str) -> None:
