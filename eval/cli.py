@@ -30,7 +30,7 @@ def cli_pope(args: list[str]) -> int:
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--config", help="eval YAML (configs/eval/pope_*.yaml): run a model")
     p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
-    a = p.parse_args(args)
+    a = p.parse_intermixed_args(args)
     if a.config:
         cfg = load(PopeEvalConfig, a.config, a.overrides)
         m = run_pope(cfg)
@@ -51,7 +51,7 @@ def cli_videohallucer(args: list[str]) -> int:
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--config", help="eval YAML (configs/eval/videohallucer.yaml): run a model")
     p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
-    a = p.parse_args(args)
+    a = p.parse_intermixed_args(args)
     if a.config:
         cfg = load(VideoHallucerEvalConfig, a.config, a.overrides)
         res = run_videohallucer(cfg)

@@ -1,4 +1,4 @@
-"""The `mmpo` command line: build, train, eval, demo, validate, make-model.
+"""The `mmpo` command line: build, train, eval, demo, validate, make-model, make-data.
 
 This is the only module of the core that composes `data_builders` and `eval` (lazily, inside the
 command functions), so the core stays importable without them. Errors print as one line
@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub is reachable; fail fast instead of retrying
@@ -154,6 +155,21 @@ def cmd_make_model(args) -> int:
     return 0
 
 
+def _make_data_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="folder to write the example data into")
+    p.add_argument("--seed", type=int, default=0, help="world seed")
+
+
+def cmd_make_data(args) -> int:
+    """Write a small example data set (images, videos, SFT records, pairs, COCO annotations) to try mmpo on."""
+    from mmpo.demo.pairs import write_example_data
+
+    info = write_example_data(args.out, seed=args.seed)
+    counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
+    print(f"wrote example data to {args.out}: {counts}; pairs in {info['pairs']['answers']}")
+    return 0
+
+
 COMMANDS = {  # name -> (function, argument setup)
     "build": (cmd_build, _build_parser),
     "train": (cmd_train, _train_parser),
@@ -161,6 +177,7 @@ COMMANDS = {  # name -> (function, argument setup)
     "demo": (cmd_demo, _demo_parser),
     "validate": (cmd_validate, _validate_parser),
     "make-model": (cmd_make_model, _make_model_parser),
+    "make-data": (cmd_make_data, _make_data_parser),
 }
 
 
@@ -203,10 +220,21 @@ def show_progress_messages() -> None:
             logger.setLevel(logging.INFO)
 
 
+def quiet_known_noise() -> None:
+    """Silence two messages every run prints that a user can do nothing about.
+
+    bitsandbytes logs on import that it could not fetch an optional CPU kernel from the hub (mmpo is
+    offline; 4-bit works without it), and peft 0.21 calls a transformers property deprecated in 5.24.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     show_progress_messages()
+    quiet_known_noise()
     try:
         return args.func(args)
     except KeyboardInterrupt:

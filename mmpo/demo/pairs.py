@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mmpo.demo.world import IMAGE_Q, WorldConfig, partner_of, render_image
-from mmpo.records import PairRecord, SFTRecord, pair_id, write_jsonl
+from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_jsonl
 
 
 def _absent_negative(present: list[str], cfg: WorldConfig, rng: np.random.Generator) -> str | None:
@@ -78,3 +78,28 @@ def write_world_pairs(world_dir: Path, cfg: WorldConfig, n_images: int, seed: in
               for i, sc in enumerate(scenes[:n_images])]
     write_jsonl(paths["sft_subset"], subset)
     return paths
+
+
+def write_example_data(out_dir: str | Path, seed: int = 0) -> dict:
+    """A small world to try mmpo on in a minute (`mmpo make-data`): real files in the layouts mmpo reads.
+
+    64 training images with SFT records (`sft.jsonl`) and answer pairs (`pairs_answers.jsonl`), 64 held-out
+    images with COCO instances (`annotations.json`, what `mmpo eval pope-build` reads), 8 short videos with
+    SFT records (`sft_video.jsonl`; `videos.jsonl` holds one per video, the input of the video builders) and
+    VideoHallucer-style pairs (`videohallucer/`).
+
+    Args:
+        out_dir: output folder (created).
+        seed: world seed.
+
+    Returns:
+        The world.json dict plus `pairs`: the pair files written.
+    """
+    from mmpo.demo.world import build_world
+
+    cfg = WorldConfig(seed=seed, n_images=64, n_test_images=64, n_videos=8)
+    info = build_world(cfg, out_dir, videos=True)
+    info["pairs"] = write_world_pairs(Path(out_dir), cfg, n_images=cfg.n_images, seed=seed)
+    first_per_video = {r.media: r for r in reversed(read_sft(Path(out_dir) / "sft_video.jsonl"))}
+    write_jsonl(Path(out_dir) / "videos.jsonl", sorted(first_per_video.values(), key=lambda r: r.media))
+    return info

@@ -1,0 +1,129 @@
+"""Every command the documentation shows runs as written: README.md's and the first line of every shipped config.
+
+The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
+plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
+and friends, built tiny; POPE and VideoHallucer files in their real layouts). Each command goes through the
+CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where a command's inputs exist:
+models and data first, then builders, training, evaluation.
+
+Not run here, with the reason: `make demo` (4 minutes; tests/test_demo.py runs the same pipeline in its quick
+mode), `make test` (this suite), and the multi-GPU `accelerate launch` line and ddp.yaml's header (8 GPUs;
+tests/test_ddp.py launches the same `-m mmpo` entry with 2 CPU processes).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import SAMPLES
+from videos import make_frames, write_clip
+
+from mmpo.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+NOT_RUN = ("make ", "accelerate launch", "mmpo demo")
+# the order a user follows: what a command reads exists before it runs
+STAGES = ("mmpo make-model", "mmpo make-data", "mmpo eval pope-build", "mmpo build augment", "mmpo build difficulty",
+          "mmpo build self_qa", "mmpo train", "mmpo eval", "mmpo validate")
+
+
+def readme_commands() -> list[str]:
+    """`mmpo ...` lines of README.md's code blocks (trailing comments dropped) and inline commands with arguments."""
+    text = (REPO / "README.md").read_text()
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line and not line.startswith(("#", ". ")):
+                found.append(line)
+    # inline spans with arguments; a bare `mmpo make-model` in prose names a command, it does not show one
+    found += [c for c in re.findall(r"`((?:mmpo|make|accelerate launch) [^`]+)`", text) if "--" in c or "=" in c]
+    return found
+
+
+def config_commands() -> list[str]:
+    return [p.read_text().splitlines()[0].removeprefix("# ") for p in sorted((REPO / "configs").glob("*/*.yaml"))]
+
+
+def runnable(commands: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(c for c in commands if not c.startswith(NOT_RUN)))
+    return sorted(unique, key=lambda c: next(i for i, s in enumerate(STAGES) if c.startswith(s)))
+
+
+COMMANDS = runnable(readme_commands() + config_commands())
+
+
+def test_the_documents_show_the_commands_this_test_runs():
+    every = readme_commands() + config_commands()
+    assert all(c.startswith(("mmpo ", "make ", "accelerate launch")) for c in every), every
+    assert any(c.startswith("mmpo build augment --config configs/build/augment_video.yaml") for c in COMMANDS)
+    assert "mmpo train --config configs/train/tiny_cpu.yaml" in COMMANDS
+    assert len(COMMANDS) >= 20
+
+
+def _videohallucer_datasets(root: Path) -> None:
+    """The reference layout, <category>/<category>.json + videos/, from the vendored real excerpts."""
+    from eval.videohallucer import CATEGORIES
+
+    for cat in CATEGORIES:
+        folder = root / cat
+        (folder / "videos").mkdir(parents=True)
+        shutil.copy(SAMPLES / f"videohallucer_{cat}_sample.json", folder / f"{cat}.json")
+        pairs = json.loads((folder / f"{cat}.json").read_text())
+        for i, name in enumerate(sorted({p[side]["video"] for p in pairs for side in ("basic", "hallucination")})):
+            write_clip(folder / "videos" / name, make_frames(T=8, H=64, W=64, seed=i))
+
+
+def _pope_in_reference_layout(sandbox: Path) -> None:
+    """data/pope/coco/coco_pope_<split>.json and data/coco/val2014/, as configs/eval/pope_*.yaml expect."""
+    (sandbox / "data/pope/coco").mkdir(parents=True)
+    for split in ("random", "popular", "adversarial"):
+        shutil.copy(sandbox / f"data/example/pope/coco_pope_{split}.json", sandbox / f"data/pope/coco/coco_pope_{split}.json")
+    shutil.copytree(sandbox / "data/example", sandbox / "data/coco/val2014", ignore=shutil.ignore_patterns("pope"))
+
+
+def _provide(sandbox: Path, command: str) -> None:
+    """Make what `command` reads that no documented command makes (real-layout stand-ins, built tiny)."""
+    from mmpo.clip import make_tiny_clip
+    from mmpo.models import make_tiny_model
+
+    models = {"checkpoints/llava-1.5-7b-hf": "llava", "checkpoints/llava-onevision-qwen2-7b-ov-hf": "llava_onevision",
+              "checkpoints/LLaVA-NeXT-Video-7B-hf": "llava_next_video", "checkpoints/tiny-llava-student": "llava"}
+    for path, family in models.items():
+        if path in command and not (sandbox / path).exists():
+            make_tiny_model(family, sandbox / path)
+    if "checkpoints/clip-vit-l14-336" in command and not (sandbox / "checkpoints/clip-vit-l14-336").exists():
+        make_tiny_clip(sandbox / "checkpoints/clip-vit-l14-336")
+    if "data/coco/val2014" in command and not (sandbox / "data/coco").exists():
+        _pope_in_reference_layout(sandbox)
+    if "videohallucer" in command and not (sandbox / "data/videohallucer_datasets").exists():
+        _videohallucer_datasets(sandbox / "data/videohallucer_datasets")
+    if "model.adapter=runs/dadpo_image/adapter" in command:
+        assert (sandbox / "runs/dadpo_image/adapter").is_dir()  # made by the dadpo_image command before it
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    shutil.copytree(REPO / "configs", root / "configs")
+    cwd = os.getcwd()
+    os.chdir(root)
+    yield root
+    os.chdir(cwd)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.split()[1:4]))
+def test_documented_command_runs_as_written(sandbox, command, capsys):
+    _provide(sandbox, command)
+    argv = []
+    for word in shlex.split(command)[1:]:
+        argv += sorted(glob.glob(word)) if any(ch in word for ch in "*?[") else [word]
+    assert main(argv) == 0, capsys.readouterr().err
