@@ -1,4 +1,4 @@
-"""Write real, small test clips with PyAV (libx264), so tests decode them with decord like real data.
+"""Write real, small test clips with PyAV (h264 by default), so tests decode them like real data.
 
 Used by tests and by other engineers' fixtures (pytest puts tests/ on sys.path, like `helpers`):
 
@@ -6,7 +6,9 @@ Used by tests and by other engineers' fixtures (pytest puts tests/ on sys.path, 
     frames = make_frames(T=8, H=64, W=64, seed=0)      # (T,H,W,3) uint8 with visible moving content
     write_clip(tmp_path / "clip.mp4", frames, fps=8)
 
-Width must be >= 64: decord 0.6.0 mangles 16- and 48-px-wide frames (shared ENVIRONMENT notes §2a).
+Width must be >= 64: decord 0.6.0 mangles 16-, 48- and 72-px-wide frames (shared ENVIRONMENT notes §2a;
+72 measured here). `write_clip` also writes other codecs (`ENCODERS`), display rotations, and
+`truncate_clip` cuts a clip as an interrupted download would.
 H.264 with yuv420p needs even sizes; frames are compressed lossily, so compare decoded pixels
 approximately (mean absolute difference of a few grey levels with the defaults here).
 """
@@ -48,14 +50,39 @@ def make_frames(T: int = 8, H: int = 64, W: int = 64, seed: int = 0) -> np.ndarr
     return frames
 
 
-def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10) -> Path:
-    """Encode frames as an H.264 mp4 (yuv420p) with PyAV.
+# Codec name -> (PyAV encoder, pixel format, options). The options keep decoded pixels within a few
+# grey levels of the input, so tests can compare frames to the originals.
+ENCODERS = {
+    "h264": ("libx264", "yuv420p", {"crf": "10"}),
+    "hevc": ("libx265", "yuv420p", {"crf": "10", "x265-params": "log-level=error"}),
+    "vp9": ("libvpx-vp9", "yuv420p", {"crf": "10", "b": "0"}),
+    "mpeg4": ("mpeg4", "yuv420p", {"qmin": "1", "qmax": "3"}),
+    "mjpeg": ("mjpeg", "yuvj420p", {"qmin": "1", "qmax": "3"}),
+    "av1": ("libsvtav1", "yuv420p", {"crf": "10"}),   # the only AV1 encoder in PyAV 18's wheel
+}
+
+
+def can_encode(codec: str) -> bool:
+    """Whether this PyAV build has the encoder `write_clip` uses for `codec` (wheels differ)."""
+    import av
+
+    return ENCODERS[codec][0] in av.codecs_available
+
+
+def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10, codec: str = "h264",
+               rotation: int = 0, rotate_tag: int | None = None) -> Path:
+    """Encode frames with PyAV; the container follows the file suffix (.mp4, .mkv, .webm, .avi).
 
     Args:
-        path: output file (.mp4).
+        path: output file.
         frames: np.ndarray (T, H, W, 3) uint8; H and W even, W >= 64.
         fps: frame rate written in the container.
-        crf: x264 quality (lower = closer to the input; 10 keeps test comparisons tight).
+        crf: quality for h264/hevc/vp9/av1 (lower = closer to the input; 10 keeps comparisons tight).
+        codec: a key of `ENCODERS`.
+        rotation: display rotation in degrees counter-clockwise, stored as the stream's display matrix
+            (what phones write): a player shows `np.rot90(frame, rotation // 90)`.
+        rotate_tag: write a legacy `rotate` metadata tag instead (degrees clockwise, as old ffmpeg
+            exported it; matroska keeps it as a plain tag).
 
     Returns:
         The output path.
@@ -68,14 +95,44 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10
     _, h, w, _ = frames.shape
     if w < 64 or h % 2 or w % 2:
         raise ValueError(f"frame size {w}x{h}: need even sizes and width >= 64 (decord bug)")
+    encoder, pix_fmt, options = ENCODERS[codec]
+    if "crf" in options:
+        options = {**options, "crf": str(crf)}
     path = Path(path)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        stream = container.add_stream(encoder, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        stream.options = options
+        if rotation:
+            stream.set_display_rotation(rotation)  # PyAV >= 18
+        if rotate_tag is not None:
+            stream.metadata["rotate"] = str(rotate_tag)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():  # flush the encoder
             container.mux(packet)
     return path
+
+
+def truncate_clip(path: str | Path, out: str | Path, keep: int) -> Path:
+    """Copy a clip cut off where its packet number `keep` starts, as an interrupted download would be.
+
+    The header still describes the whole clip (matroska writes its duration up front), but only the
+    first `keep` frames are in the file.
+
+    Args:
+        path: a clip written by `write_clip` (.mkv or .webm; an mp4 keeps its index at the end).
+        out: output file.
+        keep: frames to keep (packets in decode order; < the clip's frame count).
+
+    Returns:
+        The output path.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        starts = [packet.pos for packet in container.demux(video=0) if packet.size]
+    out = Path(out)
+    out.write_bytes(Path(path).read_bytes()[: starts[keep]])
+    return out
