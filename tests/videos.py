@@ -15,6 +15,10 @@ approximately (mean absolute difference of a few grey levels with the defaults h
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +100,9 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10
     if w < 64 or h % 2 or w % 2:
         raise ValueError(f"frame size {w}x{h}: need even sizes and width >= 64 (decord bug)")
     encoder, pix_fmt, options = ENCODERS[codec]
+    if encoder.startswith("libvpx") and "decord" in sys.modules:
+        return _write_in_fresh_python(path, frames, fps=fps, crf=crf, codec=codec, rotation=rotation,
+                                      rotate_tag=rotate_tag)
     if "crf" in options:
         options = {**options, "crf": str(crf)}
     path = Path(path)
@@ -113,6 +120,19 @@ def write_clip(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10
         for packet in stream.encode():  # flush the encoder
             container.mux(packet)
     return path
+
+
+def _write_in_fresh_python(path: str | Path, frames: np.ndarray, **kwargs) -> Path:
+    """`write_clip` in a new interpreter. decord loads its own libvpx with RTLD_GLOBAL, and PyAV's
+    libvpx encoders then bind to it and fail to open (avcodec_open2 returns EINVAL, measured with
+    decord 0.6.0 and PyAV 18.1). Decoding is unaffected: ffmpeg decodes VP9 with its own decoder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "frames.npy", frames)
+        script = ("import json, sys; import numpy as np; sys.path.insert(0, sys.argv[1]); import videos; "
+                  "videos.write_clip(sys.argv[2], np.load(sys.argv[3]), **json.loads(sys.argv[4]))")
+        subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(path),
+                        str(Path(tmp) / "frames.npy"), json.dumps(kwargs)], check=True, capture_output=True)
+    return Path(path)
 
 
 def truncate_clip(path: str | Path, out: str | Path, keep: int) -> Path:
