@@ -3,9 +3,10 @@
 In memory, an image is an RGB `PIL.Image.Image` and a video is an `np.ndarray` of shape (T, H, W, 3),
 dtype uint8 (docs/ARCHITECTURE.md, "Shared conventions").
 
-Decoding: images with PIL (mode conversion, EXIF orientation), videos with decord (one thread per
-reader; frame indices sampled uniformly or at a target fps). Every failure is a `MediaError` whose
-message starts with the file path.
+Decoding: images with PIL (mode conversion, EXIF orientation), videos with decord, or PyAV where
+decord fails or the video is rotated (one thread per reader; frame indices sampled uniformly or at a
+target fps; `load_video_info` says which decoder ran). Every failure, a truncated video included, is a
+`MediaError` whose message starts with the file path.
 
 Augmentations are pure functions `fn(media, rng, **params) -> media` in the plain dict
 `AUGMENTATIONS`; `augment(media, AugSpec)` seeds `rng` from the spec, so the same spec always gives
@@ -19,7 +20,9 @@ through the same code as a one-frame video.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +30,8 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from mmpo.records import AugSpec, resolve_media
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -124,25 +129,193 @@ def _frame_files(path: Path) -> list[Path]:
     return files
 
 
-def _load_frames(files: Sequence[str | Path], num_frames: int, where: str) -> np.ndarray:
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays with == is ambiguous
+class DecodedVideo:
+    """Frames sampled from a video, and how they were decoded (so callers can report it).
+
+    Attributes:
+        frames: np.ndarray (T, H, W, 3) uint8, upright (the display rotation is applied).
+        indices: source frame index of each returned frame, int64 (T,); repeats for short clips.
+        num_total: frames in the source.
+        fps: the source frame rate; None for frame folders and lists.
+        decoder: "decord", "pyav", or "images" (a frame folder or list, read with PIL).
+        rotation: degrees counter-clockwise applied to make the stored frames upright (0/90/180/270).
+    """
+
+    frames: np.ndarray
+    indices: np.ndarray
+    num_total: int
+    fps: float | None
+    decoder: str
+    rotation: int = 0
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What PyAV reads from a video file before a decoder is chosen.
+
+    Attributes:
+        claimed: frames the container says the video has; None where it does not say.
+        fps: average frame rate; None if unknown.
+        rotation: degrees counter-clockwise that turn the stored frames upright (0/90/180/270).
+        size: (height, width) of the stored frames.
+    """
+
+    claimed: int | None
+    fps: float | None
+    rotation: int
+    size: tuple[int, int]
+
+
+def _sample(where: str, total: int, num_frames: int, fps: float | None, video_fps: float | None) -> np.ndarray:
+    """`sample_indices`, with its failures turned into MediaErrors that name the file."""
+    if total == 0:
+        raise MediaError(f"{where}: video has zero frames")
+    if fps is not None and not (video_fps and video_fps > 0):
+        raise MediaError(f"{where}: unknown frame rate, cannot sample at {fps} fps (use fps=None)")
+    return sample_indices(total, num_frames, fps, video_fps)
+
+
+def _load_frames(files: Sequence[str | Path], num_frames: int, fps: float | None, where: str) -> DecodedVideo:
     """A video given as image files (a frame folder): uniform sampling only, equal frame sizes."""
     if not files:
         raise MediaError(f"{where}: empty frame list")
-    idx = sample_indices(len(files), num_frames)
+    idx = _sample(where, len(files), num_frames, fps, None)  # image files carry no frame rate
     frames = [np.asarray(load_image(files[i])) for i in idx]
     sizes = {f.shape for f in frames}
     if len(sizes) > 1:
         raise MediaError(f"{where}: frames have different sizes {sorted(sizes)}")
-    return np.stack(frames)
+    return DecodedVideo(np.stack(frames), idx, len(files), None, "images")
 
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
-               fps: float | None = None) -> np.ndarray:
-    """Decode a video with decord and sample frames.
+def _stream_fps(stream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate
+    return float(rate) if rate else None
+
+
+def _claimed_frames(container, stream) -> int | None:
+    """Frames the container says the video has: the sample count (mp4, mov, avi), else duration x fps.
+    Matroska and webm write the duration up front, so a cut file still claims its full length."""
+    if stream.frames > 0:
+        return stream.frames
+    fps = _stream_fps(stream)
+    if stream.duration is not None:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE; may include a longer audio track
+    else:
+        return None  # raw streams (.h264) say nothing
+    return round(seconds * fps) if fps else None
+
+
+def _rotation(frame, stream) -> int:
+    """Degrees counter-clockwise that turn `frame` upright: the display matrix (what phones write),
+    else a legacy `rotate` tag (clockwise; ffmpeg < 5 exported it and remuxing kept it in matroska)."""
+    degrees = float(frame.rotation)
+    tags = {key.lower(): value for key, value in stream.metadata.items()}
+    if not degrees and tags.get("rotate", "").lstrip("-").isdigit():
+        degrees = -float(tags["rotate"])
+    return round(degrees / 90) % 4 * 90  # flips and odd angles are not handled
+
+
+def _read_header(path: Path) -> _Header:
+    """Open the file with PyAV and decode its first frame: the only way PyAV exposes the rotation.
+    This costs one frame (0.5 ms for 96x64 up to 25 ms for 1280x720), not a second decode."""
+    import av  # lazy, like decord
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            claimed = _claimed_frames(container, stream)
+            first = next(container.decode(stream), None)
+            rotation = _rotation(first, stream) if first is not None else 0
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{path}: unreadable or truncated video ({_first_line(exc)})") from exc
+    if first is None:
+        raise MediaError(f"{path}: truncated or corrupt video: the container promises {claimed} frames, none decode"
+                         if claimed else f"{path}: video has zero frames")
+    return _Header(claimed, _stream_fps(stream), rotation, (first.height, first.width))
+
+
+def _check_complete(path: Path, total: int, claimed: int | None) -> None:
+    """A video holding fewer frames than its container promises was cut short: fail, rather than
+    sample the remainder (which repeats frames and drops the end without a word). A claim may
+    exceed the frames by a little without damage (edit lists, duration rounding, a slightly longer
+    audio track), so 2 frames or 5% are allowed."""
+    if claimed and claimed - total > max(2, claimed // 20):
+        raise MediaError(f"{path}: truncated video: the container promises {claimed} frames, the file holds {total}")
+
+
+def _decode_with_decord(path: Path, header: _Header, num_frames: int, fps: float | None) -> DecodedVideo:
+    """decord's random access (fast on healthy files). Raises on anything it cannot do right."""
+    import decord  # lazy: importing decord costs ~0.3 s and only video paths need it
+
+    # One decoding thread: data loaders already parallelise over workers (2-core CI machines).
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    total = len(reader)
+    _check_complete(path, total, header.claimed)
+    idx = _sample(str(path), total, num_frames, fps, header.fps)  # header fps: same indices as PyAV
+    frames = reader.get_batch(idx.tolist()).asnumpy()
+    if frames.shape != (len(idx), *header.size, 3):
+        # decord 0.6.0 mangles 16-, 48- and 72-px-wide frames (shared ENVIRONMENT notes §2a), and it
+        # rotates a rotation it finds itself (mp4 with a legacy tag that PyAV's ffmpeg ignores).
+        raise MediaError(f"{path}: decord returned frames of shape {frames.shape}")
+    return DecodedVideo(frames, idx, total, header.fps, "decord")
+
+
+def _pick_frames(container, idx: np.ndarray, rotation: int) -> list[np.ndarray]:
+    """Decode in display order up to the last wanted frame, converting only the wanted ones to RGB
+    (turned upright); a frame sampled twice (short clip) appears twice."""
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    repeats = np.bincount(idx)
+    picked: list[np.ndarray] = []
+    for i, frame in enumerate(container.decode(stream)):
+        if repeats[i]:
+            picked += [np.rot90(frame.to_ndarray(format="rgb24"), rotation // 90)] * int(repeats[i])
+        if i == idx[-1]:
+            break
+    return picked
+
+
+def _decode_with_pyav(path: Path, header: _Header, num_frames: int, fps: float | None) -> DecodedVideo:
+    """PyAV: count the frames by demuxing (cheap: no decoding), so indices are sampled from the same
+    total as decord's, then decode the wanted frames in one pass. Applies the display rotation."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            total = sum(1 for packet in container.demux(video=0) if packet.size)  # size 0: flush packet
+        _check_complete(path, total, header.claimed)
+        idx = _sample(str(path), total, num_frames, fps, header.fps)
+        with av.open(str(path)) as container:
+            picked = _pick_frames(container, idx, header.rotation)
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{path}: corrupt video, decoding frames failed ({_first_line(exc)})") from exc
+    if len(picked) < len(idx):
+        raise MediaError(f"{path}: corrupt video: {total} frames in the file, frame {idx[len(picked)]} does not decode")
+    return DecodedVideo(np.stack(picked), idx, total, header.fps, "pyav", header.rotation)
+
+
+def load_video_info(path: str | Path | Sequence[str | Path], num_frames: int = 8,
+                    fps: float | None = None) -> DecodedVideo:
+    """Decode a video, sample frames, and say how: decord where it works, else PyAV, per file.
+
+    PyAV reads the header first (frame count, frame rate, rotation). Rotated videos go to PyAV, which
+    rotates them upright: decord honours mp4 rotation but not matroska's, and its rotated output
+    meets its width bugs. Other files go to decord; if decord fails (AV1, odd widths, fewer frames
+    than it should find), PyAV decodes the file and either returns the frames or gives the reason.
+    Both decoders sample the same indices and give the same pixels (tests/test_media.py).
+
+    A short but complete video gives `num_frames` frames with repeats (uniform sampling); a video
+    holding fewer frames than its container promises is truncated and raises.
 
     Args:
         path: a video file, a folder of frame images, or a list of frame image files.
@@ -150,41 +323,46 @@ def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
         fps: sample at this many frames per second instead of uniformly (see `sample_indices`).
 
     Returns:
-        np.ndarray (T, H, W, 3) uint8.
+        DecodedVideo: the frames, their source indices, and the decoder that produced them.
 
     Raises:
         MediaError: missing, unreadable, truncated or zero-frame video (the message names the file).
     """
     if isinstance(path, (list, tuple)):
-        return _load_frames(list(path), num_frames, f"frame list starting {path[0] if path else '[]'}")
+        return _load_frames(list(path), num_frames, fps, f"frame list starting {path[0] if path else '[]'}")
     path = Path(path)
     if path.is_dir():
-        return _load_frames(_frame_files(path), num_frames, str(path))
+        return _load_frames(_frame_files(path), num_frames, fps, str(path))
     if not path.is_file():
         raise MediaError(f"{path}: missing video file")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty video file (0 bytes)")
-    import decord  # lazy: importing decord costs ~0.3 s and only video paths need it
+    header = _read_header(path)
+    if header.rotation:
+        return _decode_with_pyav(path, header, num_frames, fps)
+    try:
+        return _decode_with_decord(path, header, num_frames, fps)
+    except Exception as exc:  # DECORDError, RuntimeError, or frames we reject: PyAV decides
+        log.debug("%s: decord failed (%s); decoding with PyAV", path, _first_line(exc))
+    return _decode_with_pyav(path, header, num_frames, fps)
 
-    try:
-        # One decoding thread: data loaders already parallelise over workers (2-core CI machines).
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        total, video_fps = len(reader), float(reader.get_avg_fps())
-    except Exception as exc:  # decord raises RuntimeError or DECORDError for broken/truncated files
-        raise MediaError(f"{path}: unreadable or truncated video ({_first_line(exc)})") from exc
-    if total == 0:
-        raise MediaError(f"{path}: video has zero frames")
-    if fps is not None and not video_fps > 0:
-        raise MediaError(f"{path}: unknown frame rate, cannot sample at {fps} fps (use fps=None)")
-    idx = sample_indices(total, num_frames, fps, video_fps)
-    try:
-        frames = reader.get_batch(idx.tolist()).asnumpy()
-    except Exception as exc:  # the header promised frames the stream does not hold
-        raise MediaError(f"{path}: truncated or corrupt video, decoding frames failed ({_first_line(exc)})") from exc
-    if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) != len(idx):
-        # decord 0.6.0 returns malformed frames for 16/48-px widths (shared ENVIRONMENT notes §2a).
-        raise MediaError(f"{path}: decoder returned malformed frames of shape {frames.shape}")
-    return frames
+
+def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
+               fps: float | None = None) -> np.ndarray:
+    """Decode a video and sample frames: `load_video_info(...).frames`.
+
+    Args:
+        path: a video file, a folder of frame images, or a list of frame image files.
+        num_frames: frames to return (uniform sampling), or the cap in fps mode.
+        fps: sample at this many frames per second instead of uniformly (see `sample_indices`).
+
+    Returns:
+        np.ndarray (T, H, W, 3) uint8, upright.
+
+    Raises:
+        MediaError: missing, unreadable, truncated or zero-frame video (the message names the file).
+    """
+    return load_video_info(path, num_frames, fps).frames
 
 
 def load_media(root: str | Path, rels: str | Sequence[str], media_type: str,
