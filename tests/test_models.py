@@ -29,6 +29,7 @@ from mmpo.models import (
     reference_mode,
     supports_video,
 )
+from mmpo.models.answer_tokens import answer_ids_in_context
 from mmpo.models.real_format import REAL_FORMAT_FAMILIES
 from mmpo.models.scoring import yes_no_ids
 
@@ -107,12 +108,12 @@ def test_forward_backward_and_labels(loaded, family, media_type):
     # prompts are left-padded: the shorter prompt's row starts with padding (which row is shorter depends on
     # the family: anyres gives the 30x70 image more tokens than the 50x50 one at real-format tile sizes)
     assert sorted(batch["attention_mask"][:, 0].tolist()) == [0, 1]
-    # labels are exactly the answer tokens followed by EOS, nothing from the prompt
+    # labels are exactly the answer's tokens as they follow the prompt in the chat template, then EOS
     tok = proc.tokenizer
     for row, answer in enumerate(ANSWERS):
-        want = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         got = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
-        assert got == want and tok.decode(got[:-1]).strip() == answer
+        assert got == answer_ids_in_context(proc, answer) + [tok.eos_token_id]
+        assert tok.decode(got[:-1]).strip() == answer
     media_id = model.config.image_token_id if media_type == "image" else model.config.video_token_id
     assert (batch["input_ids"] == media_id).any()
     model.requires_grad_(True)

@@ -1,4 +1,5 @@
-"""Real-format checkpoints (`mmpo.models.real_format`) keep the published checkpoints' facts.
+"""Real-format checkpoints (`mmpo.models.real_format`) keep the published checkpoints' facts, and answer tokens
+are guarded against tokenizer settings that shift them (`mmpo.models.answer_tokens`).
 
 The family-parametrised layout tests (labels, packed == plain, yes/no ids, batched generation, 4-bit + LoRA)
 run on these checkpoints in test_models.py and test_logprobs.py.
@@ -12,13 +13,17 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import real_format_model
+from helpers import real_format_model, toy_pairs
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, LlamaTokenizer
 
+from mmpo.batches import PairCollator
+from mmpo.models import answer_tokens as guard
 from mmpo.models import encode_answers, encode_prompts, prompt_text
+from mmpo.models.answer_tokens import AnswerTokenError, check_answer_tokens
 from mmpo.models.real_format import FIXTURES, REAL_FORMAT_FAMILIES, legacy_key, make_real_format_model
 from mmpo.models.scoring import yes_no_ids
+from mmpo.records import read_pairs
 
 # the hub's tokenizer.json for llava-1.5-7b-hf (tests/fixtures/real_format/llava/SOURCE.md)
 LLAVA_TOKENIZER_SHA256 = "1a53b8e0a82f29402951898f46cda70e0dd2850086374991eff038b163090fdc"
@@ -137,3 +142,49 @@ def test_real_size_processors_token_counts(tmp_path):
         assert int((encode_prompts(proc, ["Is it?"], [image], "image")["input_ids"] == image_id).sum()) == n
     video_id = proc.tokenizer.convert_tokens_to_ids("<video>")
     assert int((encode_prompts(proc, ["Is it?"], [video], "video")["input_ids"] == video_id).sum()) == 1569
+
+
+# ---------------------------------------------------------------- the answer-token guard
+
+
+def _without_prefix_space(path):
+    """The real LLaVA-1.5 processor with its tokenizer reloaded with add_prefix_space=False (the broken setting)."""
+    proc = AutoProcessor.from_pretrained(path)
+    proc.tokenizer = LlamaTokenizer.from_pretrained(path, add_prefix_space=False)
+    assert proc.tokenizer("Yes", add_special_tokens=False)["input_ids"] == [8241]  # "Yes", not "▁Yes"
+    return proc
+
+
+@pytest.mark.parametrize("family", REAL_FORMAT_FAMILIES)
+def test_guard_passes_the_real_tokenizers(procs, family):
+    check_answer_tokens(procs[family])
+    assert encode_answers(procs[family], ["Yes"])["input_ids"][0, 0] == yes_no_ids(procs[family])[0][0]
+
+
+def test_guard_rejects_a_tokenizer_without_prefix_space(paths):
+    proc = _without_prefix_space(paths["llava"])
+    with pytest.raises(AnswerTokenError, match="add_prefix_space=False") as err:
+        encode_answers(proc, ["Yes"])
+    assert "['Yes'] [8241]" in str(err.value) and "['▁Yes'] [3869]" in str(err.value)
+    with pytest.raises(AnswerTokenError, match="add_prefix_space"):
+        yes_no_ids(proc)
+    proc.tokenizer = LlamaTokenizer.from_pretrained(paths["llava"])  # the same class with the saved settings
+    assert encode_answers(proc, ["Yes"])["input_ids"].tolist() == [[3869, 2]]
+
+
+def test_guard_stops_training_collation(paths, tmp_path):
+    pairs = toy_pairs(tmp_path, n=2)
+    collate = PairCollator(_without_prefix_space(paths["llava"]), str(tmp_path))
+    with pytest.raises(AnswerTokenError):
+        collate(read_pairs(pairs, tmp_path))
+
+
+def test_guard_checks_each_tokenizer_once(paths, monkeypatch):
+    calls = []
+    real = guard.answer_ids_in_context
+    monkeypatch.setattr(guard, "answer_ids_in_context", lambda *a: calls.append(a) or real(*a))
+    proc = AutoProcessor.from_pretrained(paths["llava"])  # a fresh tokenizer object
+    encode_answers(proc, ["Yes"])
+    encode_answers(proc, ["No"])
+    yes_no_ids(proc)
+    assert len(calls) == len(guard.PROBES)

@@ -1,5 +1,6 @@
 """LLaVA-family models: tiny and real-format offline checkpoints, loading (4-bit, LoRA, reference mode), model inputs."""
 
+from mmpo.models.answer_tokens import AnswerTokenError, check_answer_tokens
 from mmpo.models.generate import generate_answers
 from mmpo.models.inputs import (
     IGNORE_INDEX,
@@ -40,5 +41,5 @@ __all__ = [
     "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
     "resolve_device", "set_full_finetune",
     "generate_answers", "prompt_text", "encode_prompts", "encode_templated", "encode_answers", "join_prompt_answer",
-    "media_keys", "position_ids_from_mask",
+    "media_keys", "position_ids_from_mask", "check_answer_tokens", "AnswerTokenError",
 ]
