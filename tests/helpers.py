@@ -1,4 +1,4 @@
-"""Small fixtures shared by tests: tiny models on disk, random images, toy pair files."""
+"""Small fixtures shared by tests: tiny and real-format models on disk, random images, toy pair files."""
 
 from __future__ import annotations
 
@@ -23,6 +23,23 @@ def tiny_model(family: str, root: Path, **kwargs) -> Path:
     if key not in _MODEL_CACHE:
         _MODEL_CACHE[key] = make_tiny_model(family, root / f"{family}-{len(_MODEL_CACHE)}", **kwargs)
     return _MODEL_CACHE[key]
+
+
+def real_format_model(family: str, root: Path) -> Path:
+    """A shrunk checkpoint in `family`'s real hub format (`make_real_format_model`), built once per session."""
+    from mmpo.models.real_format import make_real_format_model
+
+    key = ("real-format", family)
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = make_real_format_model(family, root / f"real-{family}")
+    return _MODEL_CACHE[key]
+
+
+def checkpoint(name: str, root: Path) -> Path:
+    """A test checkpoint by name: "llava" (tiny word-level, `tiny_model`) or "real:llava" (`real_format_model`)."""
+    if name.startswith("real:"):
+        return real_format_model(name.removeprefix("real:"), root)
+    return tiny_model(name, root)
 
 
 def color_image(color: str, size: int = 32, seed: int = 0) -> Image.Image:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers import color_image, tiny_model
+from helpers import checkpoint, color_image, tiny_model
 
 from mmpo.config import LoraConfig, ModelConfig
 from mmpo.logprobs import block_mask, packed_logps, plain_logps, token_logps
@@ -56,9 +56,14 @@ def _batch(processor, family, media_type, n=3):
     return prompt, chosen, rejected
 
 
-@pytest.mark.parametrize("family,media_type", [("llava", "image"), ("llava_next_video", "video")])
+# tiny word-level checkpoints and shrunk ones in the real hub formats (`helpers.checkpoint`)
+PACKED_CASES = [("llava", "image"), ("llava_next_video", "video"), ("real:llava", "image"),
+                ("real:llava_next_video", "video"), ("real:llava_onevision", "image"), ("real:llava_onevision", "video")]
+
+
+@pytest.mark.parametrize("family,media_type", PACKED_CASES)
 def test_packed_equals_plain_values_and_gradients(tmp_path_factory, family, media_type):
-    path = tiny_model(family, tmp_path_factory.mktemp("m"))
+    path = checkpoint(family, tmp_path_factory.mktemp("m"))
     model, processor = load_model(ModelConfig(path=str(path)), LoraConfig(r=4), trainable=True)
     with torch.no_grad():  # non-zero LoRA B so the adapter matters for the gradient check
         for n, p in model.named_parameters():

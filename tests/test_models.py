@@ -1,8 +1,13 @@
-"""mmpo.models: tiny checkpoints for every family, inputs layout, padding invariance, LoRA, 4-bit, 7B shapes."""
+"""mmpo.models: tiny checkpoints for every family, inputs layout, padding invariance, LoRA, 4-bit, 7B shapes.
+
+The layout tests also run on shrunk checkpoints in the REAL hub formats ("real:<family>",
+`mmpo.models.real_format`): real tokenizers, chat templates, processors, token ids and weight-key layout.
+"""
 
 import numpy as np
 import pytest
 import torch
+from helpers import real_format_model
 from PIL import Image
 
 from mmpo.config import LoraConfig, ModelConfig
@@ -15,6 +20,7 @@ from mmpo.models import (
     encode_answers,
     encode_prompts,
     family_of,
+    generate_answers,
     join_prompt_answer,
     load_model,
     make_tiny_model,
@@ -23,8 +29,14 @@ from mmpo.models import (
     reference_mode,
     supports_video,
 )
+from mmpo.models.answer_tokens import answer_ids_in_context
+from mmpo.models.real_format import REAL_FORMAT_FAMILIES
+from mmpo.models.scoring import yes_no_ids
 
 CASES = [(f, "image") for f in FAMILIES] + [(f, "video") for f in VIDEO_FAMILIES]
+REAL = [f"real:{f}" for f in REAL_FORMAT_FAMILIES]
+REAL_CASES = [("real:llava", "image"), ("real:llava_next_video", "image"), ("real:llava_next_video", "video"),
+              ("real:llava_onevision", "image"), ("real:llava_onevision", "video")]
 PROMPTS = ["is there a red square in the image ?", "what color ?"]  # second is shorter -> left-padded
 ANSWERS = ["no", "the circle is blue"]  # first is shorter -> right-padded
 
@@ -37,9 +49,16 @@ def ckpts(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def loaded(ckpts):
-    """(model, processor) per family, frozen, eval mode."""
-    return {f: load_model(ModelConfig(path=str(p), device="cpu")) for f, p in ckpts.items()}
+def real_ckpts(tmp_path_factory):
+    """One real-format checkpoint per family ("real:llava", ...), shared with the other test modules."""
+    root = tmp_path_factory.mktemp("real")
+    return {name: real_format_model(name.removeprefix("real:"), root) for name in REAL}
+
+
+@pytest.fixture(scope="module")
+def loaded(ckpts, real_ckpts):
+    """(model, processor) per tiny family and per real-format checkpoint, frozen, eval mode."""
+    return {name: load_model(ModelConfig(path=str(p), device="cpu")) for name, p in {**ckpts, **real_ckpts}.items()}
 
 
 def _media(family, media_type, n=2):
@@ -80,20 +99,21 @@ def test_prompt_text_uses_chat_template(loaded):
     assert prompt_text(proc, "hello", None) == "USER: hello ASSISTANT:"
 
 
-@pytest.mark.parametrize("family,media_type", CASES)
+@pytest.mark.parametrize("family,media_type", CASES + REAL_CASES)
 def test_forward_backward_and_labels(loaded, family, media_type):
     model, proc = loaded[family]
     batch = _batch(proc, family, media_type)
     expected_media = {"image": "pixel_values", "video": "pixel_values_videos"}[media_type]
     assert expected_media in media_keys(batch)
-    # prompts are left-padded: the shorter prompt's row starts with padding
-    assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][0, 0] == 1
-    # labels are exactly the answer tokens followed by EOS, nothing from the prompt
+    # prompts are left-padded: the shorter prompt's row starts with padding (which row is shorter depends on
+    # the family: anyres gives the 30x70 image more tokens than the 50x50 one at real-format tile sizes)
+    assert sorted(batch["attention_mask"][:, 0].tolist()) == [0, 1]
+    # labels are exactly the answer's tokens as they follow the prompt in the chat template, then EOS
     tok = proc.tokenizer
     for row, answer in enumerate(ANSWERS):
-        want = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         got = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist()
-        assert got == want
+        assert got == answer_ids_in_context(proc, answer) + [tok.eos_token_id]
+        assert tok.decode(got[:-1]).strip() == answer
     media_id = model.config.image_token_id if media_type == "image" else model.config.video_token_id
     assert (batch["input_ids"] == media_id).any()
     model.requires_grad_(True)
@@ -107,19 +127,20 @@ def test_forward_backward_and_labels(loaded, family, media_type):
         model.requires_grad_(False)
 
 
-@pytest.mark.parametrize("family,media_type", CASES)
+@pytest.mark.parametrize("family,media_type", CASES + REAL_CASES)
 def test_left_padding_matches_unpadded_example(loaded, family, media_type):
     model, proc = loaded[family]
     media = _media(family, media_type)
     batch = _batch(proc, family, media_type, media=media)
-    single = _batch(proc, family, media_type, PROMPTS[1:], ANSWERS[1:], media=media[1:])
+    r = int(batch["attention_mask"][:, 0].argmin())  # the left-padded row
+    single = _batch(proc, family, media_type, PROMPTS[r:r + 1], ANSWERS[r:r + 1], media=media[r:r + 1])
     assert batch["input_ids"].shape[1] > single["input_ids"].shape[1]  # the row really is padded
     with torch.no_grad():
         padded = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         alone = model(**{k: v for k, v in single.items() if k != "labels"}).logits
-    got = _answer_logits(padded[1:], batch["labels"][1:])
+    got = _answer_logits(padded[r:r + 1], batch["labels"][r:r + 1])
     want = _answer_logits(alone, single["labels"])
-    assert got.shape == want.shape and got.shape[0] == len(ANSWERS[1].split()) + 1
+    assert got.shape == want.shape and got.shape[0] == len(ANSWERS[r].split()) + 1
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -205,16 +226,45 @@ def test_trainable_lora_with_projector_and_full_finetune(ckpts):
     assert not any(n.startswith(("model.vision_tower", "model.multi_modal_projector")) for n in trainable)
 
 
-def test_4bit_lora_on_cpu(ckpts):
+@pytest.mark.parametrize("name", ["llava"] + REAL)
+def test_4bit_lora_on_cpu(ckpts, real_ckpts, name):
     bnb = pytest.importorskip("bitsandbytes")
-    cfg = ModelConfig(path=str(ckpts["llava"]), device="cpu", load_in_4bit=True)
+    cfg = ModelConfig(path=str({**ckpts, **real_ckpts}[name]), device="cpu", load_in_4bit=True)
     model, proc = load_model(cfg, LoraConfig(r=4, alpha=8), trainable=True)
     linear4 = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert linear4 and all("language_model" in n for n in linear4)  # tower, projector, lm_head unquantised
-    out = model(**_batch(proc, "llava", "image"))
+    out = model(**_batch(proc, name, "image"))
     out.loss.backward()
     lora_b = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(g is not None for g in lora_b) and sum(g.abs().sum() for g in lora_b) > 0
+
+
+# The generation prompt ends where the answer begins: the Vicuna template's "ASSISTANT:" is followed by a space
+# (so SentencePiece gives "▁Yes"), OneVision's "<|im_start|>assistant\n" by the answer directly.
+ANSWER_SEPARATOR = {"real:llava_onevision": ""}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES) + REAL)
+def test_yes_no_ids_are_the_first_token_after_the_generation_prompt(loaded, name):
+    _, proc = loaded[name]
+    tok = proc.tokenizer
+    yes, no = yes_no_ids(proc)
+    head = prompt_text(proc, "is there a cat ?", "image")
+    head_ids = tok(head)["input_ids"]
+    for word, ids in (("Yes", yes), ("yes", yes), ("No", no), ("no", no)):
+        full = tok(head + ANSWER_SEPARATOR.get(name, " ") + word)["input_ids"]
+        assert full[:len(head_ids)] == head_ids  # the prompt's tokens do not change
+        assert full[len(head_ids)] in ids, (word, tok.convert_ids_to_tokens(full[len(head_ids):]))
+    assert not set(yes) & set(no)
+
+
+@pytest.mark.parametrize("family,media_type", CASES + REAL_CASES)
+def test_left_padded_batched_generation_equals_one_by_one(loaded, family, media_type):
+    model, proc = loaded[family]
+    media = _media(family, media_type)
+    batched = generate_answers(model, proc, PROMPTS, media, media_type, max_new_tokens=4)
+    alone = [generate_answers(model, proc, [p], [m], media_type, max_new_tokens=4)[0] for p, m in zip(PROMPTS, media)]
+    assert batched == alone
 
 
 def test_7b_config_has_published_shape_without_weights(tmp_path):

@@ -1,5 +1,6 @@
-"""LLaVA-family models: tiny offline checkpoints, loading (4-bit, LoRA, reference mode) and model inputs."""
+"""LLaVA-family models: tiny and real-format offline checkpoints, loading (4-bit, LoRA, reference mode), model inputs."""
 
+from mmpo.models.answer_tokens import AnswerTokenError, check_answer_tokens
 from mmpo.models.generate import generate_answers
 from mmpo.models.inputs import (
     IGNORE_INDEX,
@@ -22,6 +23,7 @@ from mmpo.models.loading import (
     set_full_finetune,
     supports_video,
 )
+from mmpo.models.real_format import REAL_FORMAT_FAMILIES, make_real_format_model
 from mmpo.models.tiny import (
     FAMILIES,
     VIDEO_FAMILIES,
@@ -35,8 +37,9 @@ from mmpo.models.tiny import (
 __all__ = [
     "FAMILIES", "VIDEO_FAMILIES", "IGNORE_INDEX",
     "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
+    "make_real_format_model", "REAL_FORMAT_FAMILIES",
     "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
     "resolve_device", "set_full_finetune",
     "generate_answers", "prompt_text", "encode_prompts", "encode_templated", "encode_answers", "join_prompt_answer",
-    "media_keys", "position_ids_from_mask",
+    "media_keys", "position_ids_from_mask", "check_answer_tokens", "AnswerTokenError",
 ]

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
+
 IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
 TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids")
 MEDIA_TYPES = ("image", "video")
@@ -97,6 +99,9 @@ def encode_templated(processor, texts: list[str], media, media_type: str | None)
 def encode_answers(processor, answers: list[str], add_eos: bool = True) -> dict:
     """Tokenise answers without special tokens (no BOS), append EOS, RIGHT-pad.
 
+    The first call per tokenizer checks that answers tokenised alone equal the tokens they get after the
+    prompt in the chat template (`check_answer_tokens`; an AnswerTokenError names the tokenizer setting).
+
     Args:
         processor: a processor or a tokenizer.
         answers: B answer texts.
@@ -106,7 +111,8 @@ def encode_answers(processor, answers: list[str], add_eos: bool = True) -> dict:
         dict with input_ids [B,La] (padded with pad_token_id) and attention_mask [B,La].
     """
     tok = getattr(processor, "tokenizer", processor)
-    rows = tok(list(answers), add_special_tokens=False)["input_ids"]
+    check_answer_tokens(processor)
+    rows = answer_token_rows(tok, answers)
     if add_eos:
         rows = [r + [tok.eos_token_id] for r in rows]
     return right_pad(rows, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mmpo.models.answer_tokens import check_answer_tokens
 from mmpo.models.inputs import encode_prompts, media_keys, position_ids_from_mask
 
 YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
@@ -50,5 +51,10 @@ def margins_plain(model, processor, prompts: list[str], media: list, media_type:
 
 
 def yes_no_ids(processor) -> tuple[list[int], list[int]]:
-    """(yes variant ids, no variant ids) for `yes_no_margin` / `margins_plain`."""
+    """(yes variant ids, no variant ids) for `yes_no_margin` / `margins_plain`.
+
+    Checks first (once per tokenizer) that "Yes"/"No" tokenised alone are the tokens that follow the prompt
+    in the chat template, so the ids are the logits the model's answer is read from (`check_answer_tokens`).
+    """
+    check_answer_tokens(processor)
     return answer_token_ids(processor, YES_VARIANTS), answer_token_ids(processor, NO_VARIANTS)
