@@ -2,7 +2,7 @@
 
 The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
 plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
-and friends, built tiny; POPE and VideoHallucer files in their real layouts). Each command goes through the
+and friends in the hub's real formats, shrunk; POPE and VideoHallucer files in their real layouts). Each command goes through the
 CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where a command's inputs exist:
 models and data first, then builders, training, evaluation.
 
@@ -93,12 +93,16 @@ def _provide(sandbox: Path, command: str) -> None:
     """Make what `command` reads that no documented command makes (real-layout stand-ins, built tiny)."""
     from mmpo.clip import make_tiny_clip
     from mmpo.models import make_tiny_model
+    from mmpo.models.real_format import make_real_format_model
 
-    models = {"checkpoints/llava-1.5-7b-hf": "llava", "checkpoints/llava-onevision-qwen2-7b-ov-hf": "llava_onevision",
-              "checkpoints/LLaVA-NeXT-Video-7B-hf": "llava_next_video", "checkpoints/tiny-llava-student": "llava"}
-    for path, family in models.items():
+    # the hub's checkpoints in their real formats (tokenizer, template, processor, weight keys), shrunk
+    hub = {"checkpoints/llava-1.5-7b-hf": "llava", "checkpoints/llava-onevision-qwen2-7b-ov-hf": "llava_onevision",
+           "checkpoints/LLaVA-NeXT-Video-7B-hf": "llava_next_video"}
+    for path, family in hub.items():
         if path in command and not (sandbox / path).exists():
-            make_tiny_model(family, sandbox / path)
+            make_real_format_model(family, sandbox / path)
+    if "checkpoints/tiny-llava-student" in command and not (sandbox / "checkpoints/tiny-llava-student").exists():
+        make_tiny_model("llava", sandbox / "checkpoints/tiny-llava-student", seed=1)
     if "checkpoints/clip-vit-l14-336" in command and not (sandbox / "checkpoints/clip-vit-l14-336").exists():
         make_tiny_clip(sandbox / "checkpoints/clip-vit-l14-336")
     if "data/coco/val2014" in command and not (sandbox / "data/coco").exists():
