@@ -10,7 +10,8 @@ A collated pair batch is a plain dict (the trainer's only input format):
      "corrupt_prompt":  ...            # only if a loss requires "corrupt" (mDPO): chosen answer, corrupted media
      "bag_prompts": [K prompt batches], "bag_mask": [B, K] bool   # only if a loss requires "bag" (PaMi)
      "gt": encode_answers(meta["gt"])  # only if a loss requires "gt" (mrDPO guidance)
-     "weight": [B], "score_delta": [B] or None, "skipped": [(id, reason)]}
+     "weight": [B], "score_delta": [B] or None,
+     "skipped": [(id, kind, message)]}  # records left out of this batch; kind: "too_long" | "bad_media"
 
 Worked example: two image pairs, no extra requirements ->
     prompt.input_ids [2, Lp] (16 image tokens each), chosen.input_ids [2, Lc], rejected.input_ids [2, Lr],
@@ -93,7 +94,7 @@ class PairCollator:
     def _too_long(self, batch: dict, recs: list[PairRecord]) -> list[tuple[str, str]]:
         plen = batch["prompt"]["attention_mask"].sum(-1)
         alen = torch.maximum(batch["chosen"]["attention_mask"].sum(-1), batch["rejected"]["attention_mask"].sum(-1))
-        return [(r.id, too_long_message(r, int(p + a), self.max_length))
+        return [(r.id, "too_long", too_long_message(r, int(p + a), self.max_length))
                 for r, p, a in zip(recs, plen, alen, strict=True) if p + a > self.max_length]
 
     def __call__(self, recs: list[PairRecord]) -> dict:
@@ -105,7 +106,7 @@ class PairCollator:
             if not bad:
                 break
             if self.on_bad == "error":
-                raise ValueError(bad[0][1])
+                raise ValueError(bad[0][2])
             skipped += bad
             bad_ids = {b[0] for b in bad}
             recs = [r for r in recs if r.id not in bad_ids]
@@ -120,7 +121,7 @@ class PairCollator:
             try:
                 media.append(self._media(r))
             except MediaError as exc:
-                errors.append((r.id, f"{r.where or 'record ' + r.id}: {exc}"))
+                errors.append((r.id, "bad_media", f"{r.where or 'record ' + r.id}: {exc}"))
         if errors:
             return {}, errors
         kinds = {r.media_type for r in recs}
@@ -189,19 +190,56 @@ class SFTCollator:
             except MediaError as exc:
                 if self.on_bad == "error":
                     raise
-                skipped.append((r.id, f"{r.where or 'record ' + r.id}: {exc}"))
+                skipped.append((r.id, "bad_media", f"{r.where or 'record ' + r.id}: {exc}"))
         if not keep:
             return {"ids": [], "skipped": skipped}
         mtype = keep[0].media_type
         prompt = encode_prompts(self.processor, [r.prompt for r in keep], media, mtype)
         answer = encode_answers(self.processor, [r.answer for r in keep])
         lengths = (prompt["attention_mask"].sum(-1) + answer["attention_mask"].sum(-1)).tolist()
-        too_long = [(r.id, too_long_message(r, n, self.max_length)) for r, n in zip(keep, lengths, strict=True)
-                    if n > self.max_length]
+        too_long = [(r.id, "too_long", too_long_message(r, n, self.max_length))
+                    for r, n in zip(keep, lengths, strict=True) if n > self.max_length]
         if too_long:
             if self.on_bad == "error":
-                raise ValueError(too_long[0][1])
+                raise ValueError(too_long[0][2])
             skipped += too_long
             ok = [r for r, n in zip(keep, lengths, strict=True) if n <= self.max_length]
             return self(ok) | {"skipped": skipped} if ok else {"ids": [], "skipped": skipped}
         return {"ids": [r.id for r in keep], "prompt": prompt, "answer": answer, "skipped": skipped}
+
+
+class SkipLedger:
+    """Records left out of training, each counted and logged once, whatever the number of epochs.
+
+    A record that is too long or has unreadable media is dropped from every batch it is drawn into; counting
+    draws would count it once per epoch, and logging each draw would repeat the same line. The ledger keeps
+    one reason per record id (it goes into checkpoints, so a resumed run keeps its counts).
+    """
+
+    def __init__(self, invalid_lines: int = 0, state: dict | None = None):
+        self.invalid_lines = invalid_lines  # lines refused on read (they have no usable id)
+        self.reasons: dict[str, tuple[str, str]] = {k: tuple(v) for k, v in (state or {}).items()}
+
+    def note(self, skipped: list[tuple[str, str, str]]) -> None:
+        for rid, kind, message in skipped:
+            if rid not in self.reasons:
+                self.reasons[rid] = (kind, message)
+                log.warning("skipping %s", message)
+
+    def merge(self, other_states: list[dict]) -> None:
+        """Add the records other processes left out (DDP ranks see different batches)."""
+        for state in other_states:
+            for rid, reason in state.items():
+                self.reasons.setdefault(rid, tuple(reason))
+
+    def state(self) -> dict:
+        return dict(self.reasons)
+
+    def total(self) -> int:
+        return self.invalid_lines + len(self.reasons)
+
+    def by_reason(self) -> dict[str, int]:
+        counts = {"invalid_line": self.invalid_lines}
+        for kind, _ in self.reasons.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts

@@ -12,6 +12,7 @@ leaves either the old or the new checkpoint, never half of one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -26,7 +27,10 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain values (numpy's key array becomes a tensor), so the safe loader reads them."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -34,7 +38,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -85,7 +90,11 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> tuple[int,
     Returns:
         (step, extra) as saved.
     """
-    state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: a checkpoint folder is a file anyone with write access could replace
+        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}/state.pt: refusing to load a checkpoint that holds more than tensors and plain "
+                         f"values: {str(exc).splitlines()[0]}") from None
     params = dict(model.named_parameters())
     missing = [n for n in state["params"] if n not in params]
     if missing:

@@ -8,6 +8,7 @@ falls back to a default (nanoGPT's unknown-key ValueError, litgpt's typed TrainA
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     num_frames: int = 8  # frames sampled per video for this model
 
+    def __post_init__(self):
+        check_range(self, num_frames=">= 1")
+
 
 @dataclass
 class LoraConfig:
@@ -42,6 +46,9 @@ class LoraConfig:
     # regex over module names: the language model's linear layers only (the vision tower has q/k/v too)
     target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
     train_projector: bool = False  # also train the multimodal projector (full weights)
+
+    def __post_init__(self):
+        check_range(self, r=">= 1", alpha="> 0", dropout="[0, 1)")
 
 
 CONFIG_TYPES: dict[str, type] = {}  # filled by modules that define top-level configs (name -> dataclass)
@@ -81,11 +88,13 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .nan / .inf parse as YAML floats; no setting means them
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -119,7 +128,27 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
     kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:  # a check in __post_init__ ("key: problem"): name the file and section too
+        raise ConfigError(f"{where}.{exc}") from None
+
+
+def check_range(cfg: Any, **rules: str) -> None:
+    """Range checks in one place: `rules` maps a field to a condition on it, e.g. lr="> 0", dropout="[0, 1)".
+
+    Conditions: "> x", ">= x", or an interval "[a, b]", "[a, b)". Raises ConfigError naming the field.
+    """
+    for name, rule in rules.items():
+        value = getattr(cfg, name)
+        if rule.startswith(("[", "(")):
+            lo, hi = (float(v) for v in rule[1:-1].split(","))
+            ok = (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
+        else:
+            op, bound = rule.split()
+            ok = value > float(bound) if op == ">" else value >= float(bound)
+        if not ok:
+            raise ConfigError(f"{name}: expected {rule.replace(' ', '')}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -191,6 +220,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes decoding and augmenting media
     shuffle: bool = True  # reshuffle each epoch (seeded by seed + epoch, so resume is exact)
 
+    def __post_init__(self):
+        check_range(self, max_length=">= 0", num_workers=">= 0")
+        if self.on_bad_record not in ("error", "skip"):
+            raise ConfigError(f"on_bad_record: expected error | skip, got {self.on_bad_record!r}")
+
 
 @dataclass
 class LossTerm:
@@ -220,6 +254,10 @@ class MultiRoundConfig:
     gt_fallback: bool = True  # chosen = the ground-truth answer when no sample scores as well as it
     save_merged: bool = True  # also save the final merged model to output_dir/model (one folder for eval)
 
+    def __post_init__(self):
+        check_range(self, num_rounds=">= 1", steps_per_round=">= 1", num_samples=">= 2", temperature="> 0",
+                    max_new_tokens=">= 1", gt_weight=">= 0", rebirth_steps=">= 0")
+
 
 @dataclass
 class DistillConfig:
@@ -232,6 +270,10 @@ class DistillConfig:
     preference_data: str = ""  # pair JSONL for preference distillation (required if preference_steps > 0)
     beta: float = 0.1  # beta of the preference distillation loss
     dpkd_ratio: float = 0.5  # DPKD k: total = (1 - k) * CE(gold) + k * L_DPKD (LMOps dpkd kd_ratio)
+
+    def __post_init__(self):
+        check_range(self, mimic_steps=">= 0", preference_steps=">= 0", beta="> 0", dpkd_ratio="[0, 1]",
+                    mimic_nll_weight=">= 0")
 
 
 @dataclass
@@ -257,10 +299,12 @@ class TrainConfig:
     shared_prefix: bool = True  # one packed forward per pair when chosen/rejected share media and prompt
     precompute_reference: bool = False  # reference log-probs computed once before training and cached
     log_every: int = 1  # log metrics every N optimizer steps
-    save_every: int = 0  # checkpoint every N steps (0 = at the end only)
+    save_every: int = 0  # checkpoint every N steps for resume (0 = never; the final adapter is always saved)
     eval_every: int = 0  # run the evaluation hook every N steps (0 = never)
     tensorboard: bool = False  # also write tensorboard event files
     progress: bool = True  # tqdm progress bar
+    max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
+    allow_config_change: bool = False  # resume a run folder whose config.yaml differs (else refused, listing the keys)
     pami: PamiConfig = field(default_factory=PamiConfig)  # PaMi-VDPO bag scoring
     multi_round: MultiRoundConfig = field(default_factory=MultiRoundConfig)  # stage multi_round
     distill: DistillConfig = field(default_factory=DistillConfig)  # stage distill
@@ -270,8 +314,14 @@ class TrainConfig:
             raise ConfigError(f"stage: expected dpo | sft | multi_round | distill, got {self.stage!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
-        if self.data.on_bad_record not in ("error", "skip"):
-            raise ConfigError(f"data.on_bad_record: expected error | skip, got {self.data.on_bad_record!r}")
+        check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
+                    batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1", save_every=">= 0",
+                    eval_every=">= 0", max_nonfinite_steps=">= 0")
+        # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
+        # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
+        from mmpo.losses import build_loss_terms
+
+        build_loss_terms([to_dict(t) for t in self.loss], "loss")
 
 
 CONFIG_TYPES["train"] = TrainConfig

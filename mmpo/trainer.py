@@ -17,17 +17,20 @@ import contextlib
 import json
 import logging
 import math
+import pickle
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
-from mmpo.batches import PairCollator, SFTCollator, read_records
+from mmpo.batches import PairCollator, SFTCollator, SkipLedger, read_records
 from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
 from mmpo.lengths import preflight, resolve_max_length, too_long_message
@@ -170,10 +173,23 @@ def bag_distances(pol: dict, mask: torch.Tensor, top_k: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- reference cache
 
+def load_reference_cache(path: Path) -> dict[str, dict]:
+    """The cached {record id: {name: tensor}}; anything but tensors and plain containers is refused.
+
+    The cache sits next to the user's data, where anyone who can write a data file can write it too: a
+    full unpickle would run whatever code such a file names.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: refusing to load a reference cache that holds more than tensors "
+                         f"(delete it to recompute): {str(exc).splitlines()[0]}") from None
+
+
 def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
     """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
     if cache_path.is_file():
-        return torch.load(cache_path, weights_only=False)
+        return load_reference_cache(cache_path)
     table: dict[str, dict] = {}
     for batch in tqdm(loader, desc="reference log-probs", leave=False):
         if not batch["ids"]:
@@ -344,6 +360,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     check_distributed(str(accelerator.distributed_type))
     is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    check_rerun(cfg, run_dir, is_main)
+    accelerator.wait_for_everyone()  # every rank has compared with the old config before it is replaced
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfgmod.save(cfg, run_dir / "config.yaml")
@@ -387,7 +405,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                 table = precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
                                              _all_batches(records, collate, cfg.batch_size), cache)
             accelerator.wait_for_everyone()
-            reference = cached_reference(table if table is not None else torch.load(cache, weights_only=False), device)
+            reference = cached_reference(table if table is not None else load_reference_cache(cache), device)
             prepass_s = time.perf_counter() - started
         elif not has_adapter(model):
             raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
@@ -401,13 +419,14 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     optimizer = make_optimizer(cfg, params)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
 
-    # Resume: parameters, optimizer, scheduler, RNG, loss states and the data position.
-    step, counters = 0, {"skipped_records": len(skipped), "skipped_in_batches": 0, "nonfinite_steps": 0}
+    # Resume: parameters, optimizer, scheduler, RNG, loss states, skipped records and the data position.
+    step, nonfinite = 0, {"nonfinite_steps": 0, "consecutive": 0}
+    skips = SkipLedger(invalid_lines=len(skipped))
     last = latest_checkpoint(run_dir)
     if last is not None:
         step, extra = load_checkpoint(last, model, optimizer, scheduler)
-        counters = extra["counters"]
-        for (_, term), state in zip(terms, extra.get("loss_states", [])):
+        nonfinite, skips = extra["nonfinite"], SkipLedger(len(skipped), extra["skips"])
+        for (_, term), state in zip(terms, extra.get("loss_states", []), strict=True):
             if state is not None and hasattr(term, "load_state_dict"):
                 term.load_state_dict(state)
         log.info("resumed from %s at step %d", last, step)
@@ -420,35 +439,52 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     model.train()
     while step < total_steps:
         # -- accumulate gradients over grad_accum micro-batches
-        finite = True
+        finite, synced = True, world == 1
         for micro in range(cfg.grad_accum):
             batch = to_device(next(batches), device)
-            counters["skipped_in_batches"] += len(batch["skipped"])
-            if not batch["ids"]:
+            skips.note(batch["skipped"])
+            # Under DDP every rank must join each synchronised backward, so a batch whose records were all
+            # skipped on one rank is skipped on all of them.
+            if not all_ranks(bool(batch["ids"]), world, device):
                 continue
-            sync = micro == cfg.grad_accum - 1 or world == 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(step_module)), \
+            last_micro = micro == cfg.grad_accum - 1
+            # no_sync: gradients of the earlier micro-batches accumulate locally; the last one all-reduces the sum.
+            with (contextlib.nullcontext() if last_micro or world == 1 else accelerator.no_sync(step_module)), \
                     autocast(cfg.precision, device):
                 loss, metrics = batch_loss(batch, step / total_steps)
-                if not torch.isfinite(loss):
-                    finite = False  # NaN/inf guard: skip this whole optimizer step
-                    continue
+                # A non-finite loss still goes through backward, so no rank leaves the others waiting in the
+                # all-reduce; the update is skipped below on every rank alike.
                 (loss / cfg.grad_accum).backward()
-            logger.add({"loss": loss.item(), **metrics}, pairs=len(batch["ids"]), tokens=batch_tokens(batch))
+            synced = synced or last_micro
+            if torch.isfinite(loss):
+                logger.add({"loss": loss.item(), **metrics}, pairs=len(batch["ids"]), tokens=batch_tokens(batch))
+            else:
+                finite = False
+        if not synced:  # the last micro-batch was skipped everywhere: average the accumulated gradients by hand
+            average_gradients(params, world)
 
         # -- clip, guard, step
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-        if finite and torch.isfinite(grad_norm):
+        if all_ranks(finite and bool(torch.isfinite(grad_norm)), world, device):
             optimizer.step()
+            nonfinite["consecutive"] = 0
         else:
-            counters["nonfinite_steps"] += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped", step)
-        scheduler.step()
+            nonfinite["nonfinite_steps"] += 1
+            nonfinite["consecutive"] += 1
+            log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
+            if cfg.max_nonfinite_steps and nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
+                raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"], last))
+        # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
+        # warns when the very first update was skipped; that order is intended here).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
 
         # -- log, evaluate, checkpoint
+        counters = {"skipped_records": skips.total(), "nonfinite_steps": nonfinite["nonfinite_steps"]}
         if step % cfg.log_every == 0 or step == total_steps:
             row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
             bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
@@ -456,16 +492,22 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             model.eval()
             logger.flush(step, {f"eval/{k}": v for k, v in eval_hook(model, processor, step).items()})
             model.train()
+        # The last step is not checkpointed: the final adapter below is what a finished run keeps.
         if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main:
+            check_finite_parameters(model, f"checkpoint at step {step}")
             save_checkpoint(run_dir, step, model, optimizer, scheduler, {
-                "counters": counters, "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]})
+                "nonfinite": nonfinite, "skips": skips.state(),
+                "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]})
         accelerator.wait_for_everyone()
     bar.close()
     logger.close()
+    skips.merge(gather_objects(skips.state(), world))
     if is_main:
+        check_finite_parameters(model, "final weights")
         save_final(model, processor, run_dir)
-        (run_dir / "summary.json").write_text(json.dumps({"steps": step, **counters, "reference_prepass_s": prepass_s},
-                                                         indent=2))
+        summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
+                   "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir
 
@@ -474,17 +516,103 @@ def check_lengths(cfg: TrainConfig, records, processor, media_root, model, is_ma
     """Resolve `data.max_length` (0 = the model's context) and measure the data against it before step 1.
 
     With `on_bad_record: error`, a record over the limit stops the run here, naming its file and line and
-    the key to change, instead of mid-run; with `skip` the collator leaves such records out (counted).
+    the key to change, instead of mid-run; with `skip` the collator leaves such records out (counted), unless
+    every record is too long (nothing would train).
     """
     limit = resolve_max_length(cfg.data.max_length, model)
     report = preflight(records, processor, media_root, cfg.model.num_frames, limit, seed=cfg.seed)
     if is_main:
         log.info(report.summary())
-    if report.over and cfg.data.on_bad_record == "error":
+    if report.over and (cfg.data.on_bad_record == "error" or len(report.over) == report.checked):
         rec, length = report.over[0]
         raise ValueError(f"{too_long_message(rec, length, limit)}; {len(report.over)} of {report.checked} "
                          "checked records are too long")
     return limit
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped: too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+def diverged_message(cfg: TrainConfig, step: int, count: int, last_checkpoint) -> str:
+    betas = [t.params["beta"] for t in cfg.loss if "beta" in t.params]
+    kept = f"the last checkpoint ({last_checkpoint}) is untouched" if last_checkpoint else "nothing was saved"
+    return (f"step {step}: {count} consecutive steps with a non-finite loss or gradient (max_nonfinite_steps="
+            f"{cfg.max_nonfinite_steps}); stopped. Likely cause: lr={cfg.lr} or the loss's beta={betas or 'default'} "
+            f"too large or too small for this model, or fp16 overflow (precision={cfg.precision}); {kept}")
+
+
+def check_finite_parameters(model, what: str) -> None:
+    """Refuse to save weights with NaN or inf in them (a run that saved them would look like it succeeded)."""
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"{what}: {len(bad)} trainable tensors hold non-finite values (e.g. {bad[0]}); "
+                               "not saved")
+
+
+def all_ranks(flag: bool, world: int, device) -> bool:
+    """True when `flag` is true on every process (one tiny all-reduce under DDP), so all ranks decide alike."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def average_gradients(params, world: int) -> None:
+    """What DDP's synchronised backward does: the mean of the ranks' gradients, on every rank."""
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+def gather_objects(obj, world: int) -> list:
+    """Every rank's `obj` (a picklable value), on every rank; [] in a single process."""
+    if world == 1:
+        return []
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def check_rerun(cfg: TrainConfig, run_dir: Path, is_main: bool = True) -> None:
+    """Refuse to resume (or overwrite) a run folder whose saved config differs from this one.
+
+    A rerun into a run's folder resumes from its last checkpoint; with another lr, loss or data it would mix
+    two runs and rewrite config.yaml with values that never ran. Settings that do not change what is computed
+    (RERUN_EXEMPT) may differ; `allow_config_change=true` accepts the rest (the old config is kept).
+    """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file() or not (latest_checkpoint(run_dir) or (run_dir / "summary.json").is_file()):
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(cfgmod.to_dict(cfg))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if saved.get(k) != now.get(k) and k.split(".")[0] not in RERUN_EXEMPT and k not in RERUN_EXEMPT)
+    if not changed:
+        return
+    listing = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+    if not cfg.allow_config_change:
+        raise cfgmod.ConfigError(f"{run_dir} holds a run made with another config ({listing}); use another "
+                                 "output_dir, or allow_config_change=true to continue it with the new values")
+    if is_main:
+        keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        saved_path.replace(keep)
+        log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir, listing, keep.name)
+
+
+# Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
+RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "tensorboard", "data.num_workers",
+                "allow_config_change", "output_dir"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) and k != "params" else {key: v})
+    return out
 
 
 def check_distributed(kind: str) -> None:

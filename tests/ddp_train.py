@@ -1,19 +1,44 @@
-"""Run by test_ddp.py under `accelerate launch` (2 CPU processes): train, then write this rank's parameter sums."""
+"""Run by test_ddp.py under `accelerate launch` (2 CPU processes): train, then write this rank's parameter sums.
+
+`POISON_RANK=r POISON_CALL=n` makes the n-th loss on rank r NaN (fault injection: one rank's step goes bad).
+"""
 
 import json
+import os
 import sys
 
 import torch
 
 torch.set_num_threads(1)
 
+import mmpo.trainer as trainer  # noqa: E402
 from mmpo.config import TrainConfig, load  # noqa: E402
 from mmpo.models import load_model  # noqa: E402
-from mmpo.trainer import train  # noqa: E402
+
+RANK = int(os.environ.get("RANK", "0"))
+
+
+def poisoned(make_loss):
+    """Wrap a batch_loss factory so that one call on one rank returns NaN."""
+    def factory(*args, **kwargs):
+        inner, calls = make_loss(*args, **kwargs), [0]
+
+        def batch_loss(batch, progress):
+            loss, metrics = inner(batch, progress)
+            calls[0] += 1
+            if RANK == int(os.environ["POISON_RANK"]) and calls[0] == int(os.environ["POISON_CALL"]):
+                loss = loss * float("nan")
+            return loss, metrics
+        return batch_loss
+    return factory
+
+
+if "POISON_RANK" in os.environ:
+    trainer.preference_loss = poisoned(trainer.preference_loss)
 
 cfg = load(TrainConfig, None, sys.argv[2:])
 model, processor = load_model(cfg.model, cfg.lora, trainable=True)
-train(cfg, model=model, processor=processor)
+trainer.train(cfg, model=model, processor=processor)
 rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 sums = {n: float(p.detach().double().sum()) for n, p in model.named_parameters() if p.requires_grad}

@@ -75,9 +75,11 @@ def test_default_limit_is_the_models_context_and_long_records_stop_before_step_1
                                          r"data.max_length=1024 \(raise data.max_length.*1 of 16 checked records"):
         train(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before step 1
-    cfg.data.on_bad_record = "skip"
+    cfg.data.on_bad_record, cfg.max_steps, cfg.epochs = "skip", 0, 3.0  # the long record is drawn in 3 epochs
     train(cfg)
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 * (16 // 4)
+    assert summary["skipped_records"] == 1 and summary["skipped_by_reason"] == {"invalid_line": 0, "too_long": 1}
 
 
 def test_large_files_are_sampled(tmp_path):

@@ -171,8 +171,8 @@ def test_bad_records_error_or_are_counted(world, tmp_path):
 
     with pytest.raises(ValueError, match=r"max_length"):
         train(_cfg(world, tmp_path / "l", "max_steps=1", "data.max_length=10"))
-    train(_cfg(world, tmp_path / "l2", "max_steps=1", "data.max_length=10", "data.on_bad_record=skip"))
-    assert json.loads((tmp_path / "l2" / "summary.json").read_text())["skipped_in_batches"] >= 4
+    with pytest.raises(ValueError, match=r"16 of 16 checked records are too long"):  # skip mode, nothing left
+        train(_cfg(world, tmp_path / "l2", "max_steps=1", "data.max_length=10", "data.on_bad_record=skip"))
 
     empty = json.loads(lines[0])
     empty["chosen"] = " "
@@ -249,3 +249,78 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
                                 for p in batch["bag_prompts"]], 1)
     assert ours.shape == (3, 2) and (ours > 0).all()
     assert torch.allclose(ours, separate, atol=1e-5)
+
+
+# -- fail loudly, lose nothing -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=.inf", r"lr: expected a finite number"),
+    ("loss=[{name: dpo, params: {beta: .nan}}]", r"beta: expected a finite number"),
+    ("lr=0", r"lr: expected >0"),
+])
+def test_non_finite_or_out_of_range_settings_are_refused_by_validate_and_train(world, tmp_path, override, message):
+    from mmpo.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model:\n  path: {world['model']}\ndata:\n  train: {world['pairs']}\n")
+    with pytest.raises(ValueError, match=message):
+        load(TrainConfig, cfg, [override])
+    assert main(["validate", str(cfg)]) == 0
+    (tmp_path / "train").mkdir()
+    bad = tmp_path / "train" / "bad.yaml"  # validate picks the schema by folder name
+    bad.write_text(cfg.read_text() + "\n".join(override.split("=", 1)[0:1]) + ": " + override.split("=", 1)[1] + "\n")
+    assert main(["validate", str(bad)]) == 1
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss=[{name: dpo, params: {beta: 1.0e+40}}]"],
+    ["loss=[{name: ipo, params: {beta: 1.0e-30}}]"],
+    ["lr=1.0e+6", "max_grad_norm=0"],
+])
+def test_diverging_runs_stop_with_an_error_and_save_nothing_non_finite(world, tmp_path, overrides, capsys):
+    from mmpo.cli import main
+
+    args = [f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={tmp_path / 'run'}",
+            "progress=false", "lora.r=4", "max_steps=8", "save_every=1", *overrides]
+    assert main(["train", *args]) == 1
+    err = capsys.readouterr().err
+    assert "consecutive steps with a non-finite loss or gradient" in err and "Likely cause" in err
+    assert not (tmp_path / "run" / "adapter").exists()
+    from mmpo.checkpoint import latest_checkpoint
+    last = latest_checkpoint(tmp_path / "run")
+    if last is not None:  # any checkpoint written holds finite numbers only
+        state = torch.load(last / "state.pt", weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_a_rerun_with_another_config_is_refused_unless_asked(world, tmp_path):
+    train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
+    with pytest.raises(ValueError, match=r"another config \(lr: 0.005 -> 0.001"):
+        train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2", "lr=1e-3"))
+    assert load(TrainConfig, tmp_path / "run" / "config.yaml").lr == 5e-3  # the config that ran is kept
+    train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=1", "log_every=2"))  # cadence only: allowed
+    train(_cfg(world, tmp_path / "run", "max_steps=6", "save_every=2", "allow_config_change=true"))
+    assert load(TrainConfig, tmp_path / "run" / "config.yaml").max_steps == 6
+    assert [p.name for p in (tmp_path / "run").glob("config.before-*.yaml")]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this ran code",))
+
+
+def test_caches_and_checkpoints_holding_pickled_objects_are_refused(world, tmp_path, capsys):
+    from mmpo.checkpoint import latest_checkpoint
+    from mmpo.trainer import load_reference_cache
+
+    cache = tmp_path / "evil.pt"
+    torch.save({"r1": {"chosen": _Payload()}}, cache)
+    with pytest.raises(ValueError, match="refusing to load a reference cache"):
+        load_reference_cache(cache)
+    train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
+    state = latest_checkpoint(tmp_path / "run") / "state.pt"
+    torch.save({"step": 2, "extra": _Payload()}, state)
+    with pytest.raises(ValueError, match="refusing to load a checkpoint"):
+        train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
+    assert "this ran code" not in capsys.readouterr().out
