@@ -1,8 +1,9 @@
 """Benchmark: reading a big pair file — peak memory and seconds before the first optimizer step.
 
-Generates N image pairs (default 848,000, about 200 MB: the size a user measured) pointing at a few real
-32 px PNGs, in a scratch folder outside the repo (default /tmp/mmpo-read-pairs), makes a tiny LLaVA there
-once, then measures each variant in a fresh child process under `/usr/bin/time -v`:
+Generates N image pairs (default 848,000, about 200 MB: the size a user measured) pointing at M real 32 px
+PNGs (default 8, so most records repeat a path; `--media N` gives every pair its own file), in a scratch
+folder outside the repo (default /tmp/mmpo-read-pairs), makes a tiny LLaVA there once, then measures each
+variant in a fresh child process under `/usr/bin/time -v`:
 
 - `read`: `mmpo.batches.read_records(...)` alone, media existence checked (what `train` does first);
 - `read-nomedia`: the same without the media check (media_root None), to show what the per-record `stat`s cost;
@@ -11,8 +12,8 @@ once, then measures each variant in a fresh child process under `/usr/bin/time -
   loading torch, the model and saving the adapter.
 
 Usage:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/read_pairs.py [--pairs 848000] [--dir /tmp/mmpo-read-pairs]
-        [--only read read-nomedia train]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/read_pairs.py [--pairs 848000] [--media 8]
+        [--dir /tmp/mmpo-read-pairs] [--only read read-nomedia train]
 Prints a markdown table and, last, one JSON line of headline figures.
 """
 
@@ -43,18 +44,20 @@ print("READ", len(records), len(skipped), time.perf_counter() - start)
 
 
 def make_images(folder: Path, n: int = 8) -> list[str]:
-    """`n` small real PNGs (a coloured square on noise); returns their paths relative to `folder`'s parent."""
+    """`n` small real PNGs (a coloured square on noise), 1000 a sub-folder; paths relative to `folder`'s parent."""
     import numpy as np
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rels = []
     for i in range(n):
-        arr = (rng.random((32, 32, 3)) * 255).astype("uint8")
-        arr[8:24, 8:24] = (40 * i % 256, 90, 200)
-        Image.fromarray(arr).save(folder / f"{i}.png")
-        rels.append(f"{folder.name}/{i}.png")
+        rel = f"{folder.name}/{i // 1000}/{i}.png"
+        if not (folder.parent / rel).is_file():
+            (folder.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+            arr = (rng.random((32, 32, 3)) * 255).astype("uint8")
+            arr[8:24, 8:24] = (40 * i % 256, 90, 200)
+            Image.fromarray(arr).save(folder.parent / rel)
+        rels.append(rel)
     return rels
 
 
@@ -75,8 +78,9 @@ def make_pairs(path: Path, n: int, media: list[str]) -> int:
 def timed(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
     """Run `cmd` under /usr/bin/time -v; wall seconds, max RSS (GiB), and seconds until `watch` exists."""
     started = time.perf_counter()
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    # cwd: `python -c` / `-m` put the working folder first on sys.path, so run in the repo being measured
+    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     first = None
     while proc.poll() is None:  # poll for the metrics file: the first optimizer step has finished
         if watch is not None and first is None and watch.exists():
@@ -114,15 +118,16 @@ def run_variant(name: str, work: Path, pairs: Path, model: Path) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=848_000)
+    ap.add_argument("--media", type=int, default=8, help="distinct image files the pairs point at")
     ap.add_argument("--dir", default="/tmp/mmpo-read-pairs", help="scratch folder (pairs, images, tiny model)")
     ap.add_argument("--only", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     args = ap.parse_args(argv)
 
     work = Path(args.dir)
     work.mkdir(parents=True, exist_ok=True)
-    pairs = work / f"pairs-{args.pairs}.jsonl"
+    pairs = work / f"pairs-{args.pairs}-{args.media}img.jsonl"
     if not pairs.is_file():  # generated once; later runs reuse it (same bytes: generation is deterministic)
-        make_pairs(pairs, args.pairs, make_images(work / "img"))
+        make_pairs(pairs, args.pairs, make_images(work / "img", args.media))
     model = work / "tiny"
     if not (model / "config.json").is_file():
         from mmpo.models import make_tiny_model
@@ -131,12 +136,12 @@ def main(argv=None) -> dict:
     size_mb = pairs.stat().st_size / 1e6
 
     rows = {name: run_variant(name, work, pairs, model) for name in args.only}
-    print(f"\n{args.pairs} pairs, {size_mb:.1f} MB ({pairs})\n")
+    print(f"\n{args.pairs} pairs on {args.media} images, {size_mb:.1f} MB ({pairs})\n")
     print("| variant | read s | first step s | wall s | max RSS GiB |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r.get('read_s', '')} | {r['first_step_s'] or ''} | {r['wall_s']} | {r['max_rss_gib']} |")
-    headline = {"pairs": args.pairs, "file_mb": round(size_mb, 1), **rows}
+    headline = {"pairs": args.pairs, "images": args.media, "file_mb": round(size_mb, 1), **rows}
     print(json.dumps(headline))
     return headline
 
