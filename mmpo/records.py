@@ -527,7 +527,9 @@ class RecordFile(Sequence):
         return f"{self.path}:{self._linenos[i]}"
 
     def _open(self):
+        """This process's open file, checked to be the bytes that were validated."""
         if self._file is None or self._pid != os.getpid():
+            self.close()  # a forked worker must not share the parent's file position
             self._file, self._pid = open(self.path, "rb"), os.getpid()
         st = os.fstat(self._file.fileno())
         if (st.st_size, st.st_mtime_ns) != self._stamp:
@@ -541,8 +543,9 @@ class RecordFile(Sequence):
         self._linenos = array("q", (self._linenos[i] for i in keep))
 
     def close(self) -> None:
-        if self._file is not None and self._pid == os.getpid():
-            self._file.close()
+        """Close this process's file (the next access opens it again)."""
+        if self._file is not None:
+            self._file.close()  # in a forked child this closes the child's copy only
         self._file = None
 
     def __getstate__(self) -> dict:
@@ -628,7 +631,8 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
             continue
         offsets.append(offset)
         linenos.append(lineno)
-        id_hashes.append(_id_hash(rec.id))
+        if kind == "pair":
+            id_hashes.append(_id_hash(rec.id))
     records = RecordFile(path, kind, offsets, linenos, hasher.hexdigest()[:16], stamp)
     if kind == "pair":
         repeats = _repeated_ids(records, id_hashes)
