@@ -21,7 +21,6 @@ Worked example: two image pairs, no extra requirements ->
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,43 +29,26 @@ import torch
 from mmpo.lengths import too_long_message
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
-from mmpo.records import (
-    AugSpec,
-    PairRecord,
-    RecordError,
-    SFTRecord,
-    decode_line,
-    iter_lines,
-    pair_from_json,
-    sft_from_json,
-)
-
-log = logging.getLogger(__name__)
+from mmpo.records import AugSpec, PairRecord, RecordFile, SFTRecord, scan_records
 
 
-def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: str) -> tuple[list, list]:
+def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: str) -> tuple[RecordFile, list]:
     """Read a pair ("pair") or SFT ("sft") JSONL; bad lines raise, or are skipped and returned.
+
+    Every line is validated before this returns (one streaming pass), but the records are not kept in memory:
+    the result is a lazy sequence that parses a record again when a batch needs it (`mmpo.records.scan_records`).
 
     Args:
         path: the JSONL file.
         media_root: folder media paths are relative to (media existence is checked).
         kind: "pair" or "sft".
-        on_bad: "error" (raise RecordError naming file:line:field) or "skip".
+        on_bad: "error" (raise RecordError naming file:line:field) or "skip" (each skip logged once).
 
     Returns:
-        (records, skipped) where skipped is a list of "file:line: reason" strings.
+        (records, skipped): records supports len(), indexing and slicing and carries the file's `digest`;
+        skipped is a list of "file:line: reason" strings.
     """
-    parse = pair_from_json if kind == "pair" else sft_from_json
-    records, skipped = [], []
-    for where, line in iter_lines(path):
-        try:
-            records.append(parse(decode_line(line, where), where, media_root))
-        except RecordError as exc:
-            if on_bad == "error":
-                raise
-            skipped.append(str(exc))
-            log.warning("skipping %s", exc)
-    return records, skipped
+    return scan_records(path, kind, media_root, on_bad)
 
 
 def default_corruption(record: PairRecord) -> AugSpec:

@@ -1,8 +1,11 @@
 """The preference record: the one contract between builders and the trainer, plus SFT samples.
 
-One JSON object per line. Records are validated on read: unknown keys, missing fields, wrong types
-and missing media are errors that name the file, the line and the field. Chat templating happens
-only when a record becomes model input (`mmpo.models.inputs`), never here.
+One JSON object per line, UTF-8 (a byte-order mark at the start is accepted). Records are validated on
+read: bytes that are not UTF-8, unknown keys, missing fields, wrong types, numbers that are not finite,
+missing media, a pair that prefers nothing and a repeated pair id are errors that name the file, the line
+and the field. Training reads through `scan_records`: one streaming pass validates every line, and only
+the byte offsets of the good lines are kept (`RecordFile` parses a record again when a batch needs it).
+Chat templating happens only when a record becomes model input (`mmpo.models.inputs`), never here.
 """
 
 from __future__ import annotations
@@ -10,10 +13,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import math
+import operator
 import os
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 MEDIA_TYPES = ("image", "video")
@@ -146,6 +159,12 @@ def _fail(where: str, field_name: str | None, msg: str) -> RecordError:
     return RecordError(f"{where}: {'field ' + repr(field_name) + ': ' if field_name else ''}{msg}")
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """repr of a bad value for an error message, cut so a huge value cannot flood the log."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _media_list(value: Any, where: str, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
@@ -168,16 +187,57 @@ def resolve_media(root: str | Path, rel: str) -> Path:
     return path
 
 
-def _check_media(paths: tuple[str, ...], media_root: str | Path | None, where: str, name: str) -> None:
-    if media_root is None:
-        return
-    for rel in paths:
+class MediaCheck:
+    """Checks that media paths name files under a root, remembering the answer for each distinct path.
+
+    Pair files name the same image or clip many times (several questions per image, several pairs per
+    question). Stat-ing the path again for every record took 57 of the 67 s spent reading 848k pairs
+    (benchmarks/RESULTS.md), so each distinct path is checked once per read. Memory stays bounded: only the
+    `max_paths` most recently used answers are kept. The rule is `resolve_media`'s.
+    """
+
+    def __init__(self, root: str | Path, max_paths: int = 65536):
+        self.root = Path(os.path.abspath(root))
+        self.max_paths = max_paths
+        self._known: OrderedDict[str, str] = OrderedDict()  # relative path -> "" (usable) or what is wrong
+
+    def problem(self, rel: str) -> str:
+        """What is wrong with media path `rel` ("" when it is a file under the root)."""
+        if rel in self._known:
+            self._known.move_to_end(rel)
+            return self._known[rel]
         try:
-            full = resolve_media(media_root, rel)
+            full = resolve_media(self.root, rel)
+            msg = "" if full.is_file() else f"missing media file {str(full)!r}"
         except ValueError as exc:
-            raise _fail(where, name, str(exc)) from None
-        if not full.is_file():
-            raise _fail(where, name, f"missing media file {str(full)!r}")
+            msg = str(exc)
+        self._known[rel] = msg
+        if len(self._known) > self.max_paths:
+            self._known.popitem(last=False)
+        return msg
+
+    def __call__(self, paths: tuple[str, ...], where: str, name: str) -> None:
+        """Raise RecordError naming `where` and field `name` for the first unusable path."""
+        for rel in paths:
+            msg = self.problem(rel)
+            if msg:
+                raise _fail(where, name, msg)
+
+
+def _media_check(media_root: str | Path | MediaCheck | None) -> MediaCheck | None:
+    if media_root is None or isinstance(media_root, MediaCheck):
+        return media_root
+    return MediaCheck(media_root)
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A JSON number that is finite. json.loads turns NaN / Infinity into floats; true / false are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _check_str(obj: dict, name: str, where: str, allow_empty: bool = False) -> None:
@@ -186,6 +246,58 @@ def _check_str(obj: dict, name: str, where: str, allow_empty: bool = False) -> N
         raise _fail(where, name, f"expected a string, got {type(v).__name__}")
     if not allow_empty and not v.strip():
         raise _fail(where, name, "must not be empty")
+
+
+def _check_optional_str(obj: dict, name: str, where: str) -> None:
+    """A string when present: a list or object would otherwise be silently turned into its repr."""
+    if name in obj and not isinstance(obj[name], str):
+        raise _fail(where, name, f"expected a string, got {type(obj[name]).__name__} {_short(obj[name])}")
+
+
+def _check_object(obj: dict, name: str, where: str) -> dict:
+    value = obj.get(name, {})
+    if not isinstance(value, dict):
+        raise _fail(where, name, f"expected an object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_weight(obj: dict, where: str) -> float | None:
+    """`weight`: absent/null, or a finite number >= 0 (a NaN weight made every step holding the pair skip)."""
+    weight = obj.get("weight")
+    if weight is None:
+        return None
+    if not _is_finite_number(weight) or weight < 0:
+        raise _fail(where, "weight", f"expected a finite number >= 0, got {_short(weight)}")
+    return float(weight)
+
+
+def _check_scores(obj: dict, where: str) -> dict:
+    """`scores`: finite numbers, or lists of them (the augment builder's `clip_sim`).
+
+    `delta` must be a single number: the CLIP-adjusted and DA-DPO losses turn it into a per-pair tensor,
+    so anything else used to pass reading and crash in the middle of a run.
+    """
+    scores = _check_object(obj, "scores", where)
+    for key, value in scores.items():
+        if _is_finite_number(value):
+            continue
+        if key != "delta" and isinstance(value, list) and all(_is_finite_number(v) for v in value):
+            continue
+        expected = "a finite number" if key == "delta" else "a finite number or a list of them"
+        raise _fail(where, f"scores.{key}", f"expected {expected}, got {_short(value)}")
+    return scores
+
+
+def _check_has_preference(obj: dict, media: tuple, rejected_media: tuple | None, bag: tuple | None,
+                          where: str) -> None:
+    """Refuse a pair that prefers nothing: the same answer on the same media gives exactly zero gradient.
+
+    Conditional-media pairs (mDPO counterfactuals, the augment builder) repeat the answer on purpose: their
+    rejection is other media, named in `rejected_media` or `rejected_bag`.
+    """
+    if obj["chosen"] == obj["rejected"] and bag is None and rejected_media in (None, media):
+        raise _fail(where, "rejected", "equals 'chosen' on the same media, so the pair prefers nothing (zero "
+                    "gradient); a conditional-media pair names its rejected media in rejected_media or rejected_bag")
 
 
 def _check_common(obj: Any, fields: set, required: tuple, where: str) -> dict:
@@ -198,68 +310,89 @@ def _check_common(obj: Any, fields: set, required: tuple, where: str) -> dict:
         if name not in obj:
             raise _fail(where, name, "missing")
     if obj["media_type"] not in MEDIA_TYPES:
-        raise _fail(where, "media_type", f"expected one of {MEDIA_TYPES}, got {obj['media_type']!r}")
+        raise _fail(where, "media_type", f"expected one of {MEDIA_TYPES}, got {_short(obj['media_type'])}")
+    _check_optional_str(obj, "id", where)
     return obj
 
 
-def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | None = None) -> PairRecord:
-    """Validate one decoded JSON object and build a PairRecord; errors name `where` and the field."""
+def _bag_specs(raw: Any, where: str) -> tuple[AugSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise _fail(where, "rejected_bag", "expected a non-empty list of {op, params, seed}")
+    specs = []
+    for i, s in enumerate(raw):
+        if not isinstance(s, dict) or not isinstance(s.get("op"), str) or set(s) - {"op", "params", "seed"}:
+            raise _fail(where, f"rejected_bag[{i}]", "expected {op: str, params: dict, seed: int}")
+        seed = s.get("seed", 0)
+        if not isinstance(s.get("params", {}), dict) or isinstance(seed, bool) or not isinstance(seed, int):
+            raise _fail(where, f"rejected_bag[{i}]", "params must be a dict and seed an int")
+        specs.append(AugSpec(s["op"], dict(s.get("params", {})), seed))
+    return tuple(specs)
+
+
+def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | MediaCheck | None = None) -> PairRecord:
+    """Validate one decoded JSON object and build a PairRecord; errors name `where` and the field.
+
+    Args:
+        obj: the decoded line.
+        where: "file:line", named in every error.
+        media_root: folder whose media files must exist, or a `MediaCheck` shared across records (its cache);
+            None: media are not checked.
+
+    Returns:
+        The record.
+
+    Raises:
+        RecordError: the first problem found.
+    """
+    check = _media_check(media_root)
     _check_common(obj, _PAIR_FIELDS, _PAIR_REQUIRED, where)
     media = _media_list(obj["media"], where, "media")
-    _check_media(media, media_root, where, "media")
+    if check is not None:
+        check(media, where, "media")
     _check_str(obj, "prompt", where)
     _check_str(obj, "chosen", where)
     _check_str(obj, "rejected", where)
     rejected_media = None
     if obj.get("rejected_media") is not None:
         rejected_media = _media_list(obj["rejected_media"], where, "rejected_media")
-        _check_media(rejected_media, media_root, where, "rejected_media")
-    bag = None
-    if obj.get("rejected_bag") is not None:
-        raw = obj["rejected_bag"]
-        if not isinstance(raw, list) or not raw:
-            raise _fail(where, "rejected_bag", "expected a non-empty list of {op, params, seed}")
-        specs = []
-        for i, s in enumerate(raw):
-            if not isinstance(s, dict) or not isinstance(s.get("op"), str) or set(s) - {"op", "params", "seed"}:
-                raise _fail(where, f"rejected_bag[{i}]", "expected {op: str, params: dict, seed: int}")
-            if not isinstance(s.get("params", {}), dict) or not isinstance(s.get("seed", 0), int):
-                raise _fail(where, f"rejected_bag[{i}]", "params must be a dict and seed an int")
-            specs.append(AugSpec(s["op"], dict(s.get("params", {})), int(s.get("seed", 0))))
-        bag = tuple(specs)
-    weight = obj.get("weight")
-    if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))):
-        raise _fail(where, "weight", f"expected a number, got {weight!r}")
-    for name in ("scores", "meta"):
-        if not isinstance(obj.get(name, {}), dict):
-            raise _fail(where, name, "expected an object")
+        if check is not None:
+            check(rejected_media, where, "rejected_media")
+    bag = _bag_specs(obj["rejected_bag"], where) if obj.get("rejected_bag") is not None else None
+    _check_has_preference(obj, media, rejected_media, bag, where)
+    weight = _check_weight(obj, where)
+    scores = _check_scores(obj, where)
+    meta = _check_object(obj, "meta", where)
+    _check_optional_str(obj, "source", where)
     version = obj.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise _fail(where, "schema_version", f"unsupported version {version!r} (this mmpo reads {SCHEMA_VERSION})")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise _fail(where, "schema_version", f"unsupported version {_short(version)} (this mmpo reads {SCHEMA_VERSION})")
     rid = obj.get("id") or pair_id(media, obj["prompt"], obj["chosen"], obj["rejected"], rejected_media, bag)
     return PairRecord(
-        id=str(rid), media=media, media_type=obj["media_type"], prompt=obj["prompt"], chosen=obj["chosen"],
-        rejected=obj["rejected"], rejected_media=rejected_media, rejected_bag=bag,
-        weight=None if weight is None else float(weight), scores=dict(obj.get("scores", {})),
-        source=str(obj.get("source", "")), meta=dict(obj.get("meta", {})), schema_version=version, where=where,
+        id=rid, media=media, media_type=obj["media_type"], prompt=obj["prompt"], chosen=obj["chosen"],
+        rejected=obj["rejected"], rejected_media=rejected_media, rejected_bag=bag, weight=weight, scores=scores,
+        source=obj.get("source", ""), meta=meta, schema_version=version, where=where,
     )
 
 
-def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | None = None) -> SFTRecord:
-    """Validate one decoded JSON object and build an SFTRecord."""
+def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | MediaCheck | None = None) -> SFTRecord:
+    """Validate one decoded JSON object and build an SFTRecord (arguments as `pair_from_json`)."""
+    check = _media_check(media_root)
     _check_common(obj, _SFT_FIELDS, _SFT_REQUIRED, where)
     media = _media_list(obj["media"], where, "media")
-    _check_media(media, media_root, where, "media")
+    if check is not None:
+        check(media, where, "media")
     _check_str(obj, "prompt", where)
     _check_str(obj, "answer", where)
-    if not isinstance(obj.get("meta", {}), dict):
-        raise _fail(where, "meta", "expected an object")
+    meta = _check_object(obj, "meta", where)
     rid = obj.get("id") or make_id(list(media), obj["prompt"], obj["answer"])
-    return SFTRecord(str(rid), media, obj["media_type"], obj["prompt"], obj["answer"], dict(obj.get("meta", {})),
-                     where=where)
+    return SFTRecord(rid, media, obj["media_type"], obj["prompt"], obj["answer"], meta, where=where)
 
 
 # -- files ------------------------------------------------------------------------------------
+
+_BOM = b"\xef\xbb\xbf"
+_PARSERS = {"pair": pair_from_json, "sft": sft_from_json}
+
 
 def decode_line(line: str, where: str) -> Any:
     """json.loads one line, raising RecordError that names `where` ("file:line")."""
@@ -282,13 +415,43 @@ def jsonl_lines(text: str) -> list[str]:
     return lines
 
 
+def decode_bytes(raw: bytes, where: str) -> str:
+    """A line's bytes as text; bytes that are not UTF-8 are a RecordError naming `where` and the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{where}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                          "record files are UTF-8 text") from None
+
+
+def iter_raw_lines(path: str | Path, hasher: Any = None) -> Iterator[tuple[int, int, bytes]]:
+    """Yield (line number, byte offset, bytes) for every line of a file, streaming.
+
+    A UTF-8 byte-order mark opening the file (Windows editors write one) is dropped: it is not part of the
+    first record, and its offset points past it.
+
+    Args:
+        path: the file.
+        hasher: a hashlib object fed every byte of the file, so the content digest comes with the same pass.
+    """
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+            if hasher is not None:
+                hasher.update(raw)
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], start + len(_BOM)
+            yield lineno, start, raw
+
+
 def iter_lines(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield ("file:line", text) for each non-blank line, lines split on "\n" only (see `jsonl_lines`)."""
-    # newline="\n": no universal-newline mode, which would also end a line at a lone "\r".
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{lineno}", line
+    """Yield ("file:line", text) for each non-blank line; RecordError at the first line that is not UTF-8."""
+    for lineno, _, raw in iter_raw_lines(path):
+        where = f"{path}:{lineno}"
+        text = decode_bytes(raw, where)
+        if text.strip():
+            yield where, text
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -297,14 +460,195 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
         yield where, decode_line(line, where)
 
 
+def _stamp(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+class RecordFile(Sequence):
+    """The validated records of a JSONL file, parsed again from disk when indexed.
+
+    It holds two integers per record (byte offset and line number) instead of the records: 13 MB instead of
+    about 0.7 GB for a 200 MB file of 848k pairs. Indexing seeks to the line and parses it again (tens of
+    microseconds, nothing next to a training step); slices give lists. A file changed since it was validated
+    is an error, not a silent mix of old offsets and new bytes.
+
+    Picklable, for DataLoader workers: the open file is not part of its state, and every process opens its
+    own (a forked worker too, so processes never share one file position).
+
+    Attributes:
+        path: the file.
+        kind: "pair" or "sft".
+        digest: sha256 of the file's bytes (16 hex digits, as `mmpo.models.loading.file_digest`), computed
+            while validating: the precomputed-reference cache key needs no second read of the file.
+    """
+
+    def __init__(self, path: str | Path, kind: str, offsets: array, linenos: array, digest: str,
+                 stamp: tuple[int, int]):
+        self.path, self.kind, self.digest = str(path), kind, digest
+        self._offsets, self._linenos, self._stamp = offsets, linenos, stamp
+        self._file, self._pid = None, None
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = operator.index(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} out of range ({len(self)} records)")
+        f = self._open()
+        f.seek(self._offsets[i])
+        where = self.where(i)
+        return _PARSERS[self.kind](decode_line(decode_bytes(f.readline(), where), where), where)
+
+    def where(self, i: int) -> str:
+        """"file:line" of record `i`."""
+        return f"{self.path}:{self._linenos[i]}"
+
+    def _open(self):
+        """This process's open file, checked to be the bytes that were validated."""
+        if self._file is None or self._pid != os.getpid():
+            self.close()  # a forked worker must not share the parent's file position
+            self._file, self._pid = open(self.path, "rb"), os.getpid()
+        st = os.fstat(self._file.fileno())
+        if (st.st_size, st.st_mtime_ns) != self._stamp:
+            raise RecordError(f"{self.path}: the file changed after it was validated; restart to read it again")
+        return self._file
+
+    def drop(self, indices: set[int]) -> None:
+        """Leave out the records at `indices` (positions in this sequence)."""
+        keep = [i for i in range(len(self)) if i not in indices]
+        self._offsets = array("q", (self._offsets[i] for i in keep))
+        self._linenos = array("q", (self._linenos[i] for i in keep))
+
+    def close(self) -> None:
+        """Close this process's file (the next access opens it again)."""
+        if self._file is not None:
+            self._file.close()  # in a forked child this closes the child's copy only
+        self._file = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def __del__(self):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"RecordFile({self.path!r}, {len(self)} {self.kind} records)"
+
+
+def _id_hash(rid: str) -> int:
+    """8 bytes standing for an id in the uniqueness check (far less memory than the id strings)."""
+    return int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=8).digest(), "little")
+
+
+def _repeated_ids(records: RecordFile, id_hashes: array) -> list[tuple[int, int, str]]:
+    """(later, first, id) for every record whose id an earlier record has, in file order.
+
+    Only 8-byte hashes of the ids were kept while validating; equal hashes are found by sorting, and only
+    those few records are read again to compare the ids themselves (a hash collision is not a repeat).
+    """
+    hashes = np.frombuffer(id_hashes, dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")  # stable: records with equal hashes stay in file order
+    ranked = hashes[order]
+    runs: dict[int, list[int]] = {}
+    for k in np.flatnonzero(ranked[1:] == ranked[:-1]):
+        runs.setdefault(int(ranked[k]), [int(order[k])]).append(int(order[k + 1]))
+    repeats = []
+    for members in runs.values():
+        first_of: dict[str, int] = {}
+        for i in members:
+            rid = records[i].id
+            if rid in first_of:
+                repeats.append((i, first_of[rid], rid))
+            else:
+                first_of[rid] = i
+    return sorted(repeats)
+
+
+def _skip_or_raise(exc: RecordError, on_bad: str, skipped: list[str]) -> None:
+    """Raise `exc`, or (on_bad "skip") log it once and count it in `skipped`."""
+    if on_bad != "skip":
+        raise exc
+    skipped.append(str(exc))
+    log.warning("skipping %s", exc)
+
+
+def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | None = None,
+                 on_bad: str = "error") -> tuple[RecordFile, list[str]]:
+    """Validate a record file in one streaming pass, keeping only where its good records are.
+
+    Every line is decoded and validated up front, so a bad line fails before training starts, naming its
+    file:line; with `on_bad="skip"` it is left out, logged once and listed in `skipped`. Pair ids must be
+    unique (the precomputed reference and the builders' resume are keyed by id): a repeat is an error naming
+    both lines, or a skip of the later one. SFT ids may repeat: nothing is keyed by them in training, and
+    a repeated sample (the demo world asks some questions twice) is just weighted twice.
+
+    Args:
+        path: the JSONL file.
+        kind: "pair" or "sft".
+        media_root: folder whose media files must exist (None: not checked).
+        on_bad: "error" (raise RecordError) or "skip".
+
+    Returns:
+        (records, skipped): a lazy `RecordFile` over the good lines (with the file's `digest`), and one
+        "file:line: reason" string per skipped line.
+    """
+    parse, check = _PARSERS[kind], _media_check(media_root)
+    hasher, offsets, linenos, id_hashes = hashlib.sha256(), array("q"), array("q"), array("Q")
+    skipped: list[str] = []
+    stamp = _stamp(path)
+    for lineno, offset, raw in iter_raw_lines(path, hasher):
+        where = f"{path}:{lineno}"
+        try:
+            text = decode_bytes(raw, where)
+            if not text.strip():
+                continue
+            rec = parse(decode_line(text, where), where, check)
+        except RecordError as exc:
+            _skip_or_raise(exc, on_bad, skipped)
+            continue
+        offsets.append(offset)
+        linenos.append(lineno)
+        if kind == "pair":
+            id_hashes.append(_id_hash(rec.id))
+    records = RecordFile(path, kind, offsets, linenos, hasher.hexdigest()[:16], stamp)
+    if kind == "pair":
+        repeats = _repeated_ids(records, id_hashes)
+        for later, first, rid in repeats:
+            _skip_or_raise(_fail(records.where(later), "id", f"{_short(rid)} is already the id of "
+                                 f"{records.where(first)}; ids must be unique"), on_bad, skipped)
+        if repeats:
+            records.drop({later for later, _, _ in repeats})
+    return records, skipped
+
+
+def _read_all(path: str | Path, kind: str, media_root: str | Path | None) -> list:
+    records, _ = scan_records(path, kind, media_root)
+    try:
+        return list(records)
+    finally:
+        records.close()
+
+
 def read_pairs(path: str | Path, media_root: str | Path | None = None) -> list[PairRecord]:
-    """Read and validate a pair JSONL file (media checked to exist when `media_root` is given)."""
-    return [pair_from_json(obj, where, media_root) for where, obj in iter_jsonl(path)]
+    """Read and validate a whole pair file into memory (media checked to exist when `media_root` is given).
+
+    For small files (builders, schedules); training streams big ones with `scan_records`.
+
+    Raises:
+        RecordError: the first bad line (file:line), or a repeated id (naming both lines).
+    """
+    return _read_all(path, "pair", media_root)
 
 
 def read_sft(path: str | Path, media_root: str | Path | None = None) -> list[SFTRecord]:
-    """Read and validate an SFT JSONL file."""
-    return [sft_from_json(obj, where, media_root) for where, obj in iter_jsonl(path)]
+    """Read and validate a whole SFT file into memory (see `read_pairs`; SFT ids may repeat)."""
+    return _read_all(path, "sft", media_root)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) -> int:

@@ -191,6 +191,24 @@ def rank_pair(record: SFTRecord, samples: list[str], scorer: Callable, min_gap: 
                       source="multi_round", meta={"gt": record.answer, "sft_id": record.id, "chosen_is_gt": is_gt})
 
 
+def unique_pairs(pairs: list[PairRecord]) -> list[PairRecord]:
+    """The pairs with each id once (first kept).
+
+    An SFT file may repeat a sample (the demo world asks some questions twice), and its repeats can rank to
+    the very same pair; pair files must have unique ids (the reference cache is keyed by them), so a repeat
+    adds nothing but a read error.
+    """
+    seen: set[str] = set()
+    out = []
+    for pair in pairs:
+        if pair.id not in seen:
+            seen.add(pair.id)
+            out.append(pair)
+    if len(out) < len(pairs):
+        log.info("dropped %d repeated pairs (repeated SFT samples gave the same pair)", len(pairs) - len(out))
+    return out
+
+
 def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], round_no: int, scorer: Callable,
                 path: Path) -> Path:
     """On-policy pairs of one round, written atomically to `path` (reused if it exists).
@@ -213,8 +231,8 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
     samples = generate_for(model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=mr.num_samples, temperature=mr.temperature,
                            max_new_tokens=mr.max_new_tokens, seed=cfg.seed * 1_000_003 + 10_007 * round_no)
-    pairs = [p for rec, s in zip(records, samples)
-             if (p := rank_pair(rec, s, scorer, mr.min_gap, mr.gt_fallback)) is not None]
+    pairs = unique_pairs([p for rec, s in zip(records, samples)
+                          if (p := rank_pair(rec, s, scorer, mr.min_gap, mr.gt_fallback)) is not None])
     if not pairs:
         raise ValueError(f"round {round_no}: no pair had a score gap above multi_round.min_gap={mr.min_gap} "
                          f"({len(records)} prompts, {mr.num_samples} samples each); "

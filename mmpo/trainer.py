@@ -38,7 +38,7 @@ from mmpo.logprobs import packed_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model, reference_mode
-from mmpo.models.loading import file_digest, fingerprint, has_adapter, model_fingerprint
+from mmpo.models.loading import fingerprint, has_adapter, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -396,7 +396,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
         if cfg.precompute_reference:
-            key = fingerprint(file_digest(cfg.data.train), model_fingerprint(cfg.model), sorted(requires),
+            key = fingerprint(records.digest, model_fingerprint(cfg.model), sorted(requires),  # digest: from the read
                               max_length, cfg.model.num_frames, cfg.shared_prefix)
             cache = Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
             started = time.perf_counter()

@@ -168,6 +168,19 @@ def test_rank_pair_picks_best_vs_worst_and_falls_back_to_the_ground_truth(world)
     assert SCORERS["token_f1"]("a red square", rec) == pytest.approx(0.5)
 
 
+def test_repeated_sft_samples_give_one_pair_in_a_round_pair_file(world, tmp_path):
+    from mmpo.models import load_model
+    from mmpo.schedules import round_pairs
+
+    cfg = _mr_cfg(world, tmp_path, "batch_size=2", "multi_round.num_samples=1", "multi_round.temperature=0",
+                  "multi_round.max_new_tokens=3")
+    model, processor = load_model(cfg.model)
+    sft = read_sft(world["sft"])[:1] * 2  # the same sample twice, side by side: greedy answers are equal
+    path = round_pairs(model, processor, cfg, sft, 1, SCORERS["exact"], tmp_path / "round-1" / "pairs.jsonl")
+    pairs = read_pairs(path)  # pair files must not repeat an id
+    assert len(pairs) == 1 and pairs[0].chosen == sft[0].answer
+
+
 # ----------------------------------------------------------------------------- distillation
 
 def _distill_cfg(world, out, *overrides):

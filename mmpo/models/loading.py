@@ -204,8 +204,12 @@ def fingerprint(*parts) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    """sha256 of a file's bytes (first 16 hex digits), read in 1 MiB blocks so a big file never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def weights_fingerprint(model_cfg) -> str:
