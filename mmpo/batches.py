@@ -21,6 +21,7 @@ Worked example: two image pairs, no extra requirements ->
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from mmpo.lengths import too_long_message
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
 from mmpo.records import AugSpec, PairRecord, RecordFile, SFTRecord, scan_records
+
+log = logging.getLogger(__name__)
 
 
 def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: str) -> tuple[RecordFile, list]:

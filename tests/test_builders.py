@@ -336,7 +336,8 @@ def test_to_trl_dataset_trains_one_step_in_trls_dpo_trainer(world, tmp_path):
     pairs = read_pairs(world["image_pairs"])[:4]
     proc = AutoProcessor.from_pretrained(world["image_model"])
     args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
-                     use_cpu=True, activation_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True, max_length=None)
+                     use_cpu=True, activation_checkpointing=False, report_to="none", save_strategy="no",
+                     disable_tqdm=True, max_length=None)
     trainer = DPOTrainer(model=AutoModelForImageTextToText.from_pretrained(world["image_model"]), args=args,
                          train_dataset=to_trl_dataset(pairs, world["root"]), processing_class=proc,
                          peft_config=LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)"))

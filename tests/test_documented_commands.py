@@ -2,9 +2,9 @@
 
 The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
 plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
-and friends in the hub's real formats, shrunk; POPE and VideoHallucer files in their real layouts). Each command goes through the
-CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where a command's inputs exist:
-models and data first, then builders, training, evaluation.
+and friends in the hub's real formats, shrunk; POPE and VideoHallucer files in their real layouts). Each
+command goes through the CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where
+a command's inputs exist: models and data first, then builders, training, evaluation.
 
 Not run here, with the reason: `make demo` (4 minutes; tests/test_demo.py runs the same pipeline in its quick
 mode), `make test` (this suite), and the multi-GPU `accelerate launch` line and ddp.yaml's header (8 GPUs;
