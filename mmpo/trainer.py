@@ -30,7 +30,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
-from mmpo.batches import PairCollator, SFTCollator, SkipLedger, read_records
+from mmpo.batches import PairCollator, SFTCollator, SkipLedger, all_batches, make_loader, read_records
 from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
 from mmpo.lengths import preflight, resolve_max_length, too_long_message
@@ -247,44 +247,6 @@ def sft_loss(step_module):
     return batch_loss
 
 
-# ----------------------------------------------------------------------------- data order
-
-def micro_batches(n: int, batch_size: int, seed: int, start: int, total: int, shuffle: bool,
-                  world: int = 1, rank: int = 0):
-    """Record indices of micro-batches `start` .. `total - 1`; the order is a pure function of seed and epoch.
-
-    Each epoch is a seeded permutation cut into `n // (batch_size * world)` full batches (the tail is
-    dropped, so every micro-batch has the same size and accumulation 1x8 equals 8x1). Rank r of
-    `world` processes takes every world-th batch.
-    """
-    per_epoch = max(n // (batch_size * world), 1)
-    for g in range(start, total):
-        epoch, pos = divmod(g, per_epoch)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)) if shuffle
-                 else torch.arange(n)).tolist()
-        first = (pos * world + rank) * batch_size
-        yield [order[(first + i) % n] for i in range(batch_size)]
-
-
-class _Batches(torch.utils.data.Dataset):
-    """Map-style dataset over precomputed micro-batch index lists (so workers can decode in parallel)."""
-
-    def __init__(self, records, index_lists, collate):
-        self.records, self.index_lists, self.collate = records, list(index_lists), collate
-
-    def __len__(self):
-        return len(self.index_lists)
-
-    def __getitem__(self, i):
-        return self.collate([self.records[j] for j in self.index_lists[i]])
-
-
-def make_loader(records, collate, batch_size, seed, start, total, shuffle, workers, world=1, rank=0):
-    idx = micro_batches(len(records), batch_size, seed, start, total, shuffle, world, rank)
-    return torch.utils.data.DataLoader(_Batches(records, idx, collate), batch_size=None, shuffle=False,
-                                       num_workers=workers, persistent_workers=False)
-
-
 # ----------------------------------------------------------------------------- set-up helpers
 
 def seed_everything(seed: int) -> None:
@@ -403,7 +365,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             table = None
             if is_main:  # one pass on the main process; the others wait for its file (no duplicate work or writes)
                 table = precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
-                                             _all_batches(records, collate, cfg.batch_size), cache)
+                                             all_batches(records, collate, cfg.batch_size), cache)
             accelerator.wait_for_everyone()
             reference = cached_reference(table if table is not None else load_reference_cache(cache), device)
             prepass_s = time.perf_counter() - started
@@ -621,12 +583,6 @@ def check_distributed(kind: str) -> None:
     if kind.split(".")[-1] in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
         raise cfgmod.ConfigError(f"accelerate {kind}: mmpo trains in one process or with DDP "
                                  "(configs/accelerate/ddp.yaml); LoRA on a 7B model fits one GPU per process")
-
-
-def _all_batches(records, collate, batch_size):
-    """Every record once, in file order (for the reference pre-pass)."""
-    for i in range(0, len(records), batch_size):
-        yield collate(records[i:i + batch_size])
 
 
 def save_final(model, processor, run_dir: Path) -> Path:
