@@ -209,3 +209,22 @@ def test_eventhallusion_rejects_bad_files(tmp_path):
         eventhallusion.read_questions(bad)
     with pytest.raises(ValueError, match="cannot tell the split"):
         eventhallusion.read_questions(SAMPLES / "amber_annotations_sample.json")
+
+
+def test_cli_scores_each_benchmark(tmp_path, capsys):
+    from mmpo.cli import main
+
+    answers = _amber_answers(tmp_path)
+    assert main(["eval", "amber", "--questions", str(SAMPLES / "amber_query_discriminative_sample.json"),
+                 "--annotations", str(SAMPLES / "amber_annotations_sample.json"), "--answers", str(answers),
+                 "--out", str(tmp_path / "amber.json")]) == 0
+    assert json.loads((tmp_path / "amber.json").read_text())["overall"]["f1"] == 53.9
+    caps = _captions(tmp_path, [{"image_id": 632, "caption": "A bird on a toilet seat."}])
+    assert main(["eval", "chair", "--annotations", str(SAMPLES / "chair_coco_instances_sample.json"),
+                 "--answers", str(caps), "--lemmatizer", "table", "--out", str(tmp_path / "chair.json")]) == 0
+    saved = json.loads((tmp_path / "chair.json").read_text())
+    assert saved["chair_i"] == 0.0 and saved["captions"][0]["mentioned"] == [["bird", "bird"], ["toilet", "toilet"]]
+    assert '"captions"' not in capsys.readouterr().out  # the per-caption details go to the file only
+    assert main(["eval", "eventhallusion", "--questions", str(SAMPLES / "amber_annotations_sample.json"),
+                 "--answers", str(answers)]) == 1  # not a question file: one error line
+    assert "cannot tell the split" in capsys.readouterr().err
