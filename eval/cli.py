@@ -95,3 +95,50 @@ def cli_pope_build(args: list[str]) -> int:
     for split, path in files.items():
         print(f"{split}: {path}")
     return 0
+
+
+def cli_chair(args: list[str]) -> int:
+    """`mmpo eval chair --annotations GT --answers A [--captions C] [--lemmatizer auto|table|nltk] [--out M.json]`."""
+    from eval import chair
+
+    p = argparse.ArgumentParser(prog="mmpo eval chair")
+    p.add_argument("--annotations", required=True, help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
+    p.add_argument("--captions", help="COCO captions JSON: ground truth also from reference captions (as the original)")
+    p.add_argument("--answers", required=True, help="captions JSONL to score: image_id + caption")
+    p.add_argument("--lemmatizer", default="auto", choices=("auto", "table", "nltk"),
+                   help="auto: NLTK's reference pipeline where its data is installed, else the offline table")
+    p.add_argument("--out", help="write the metrics JSON here")
+    a = p.parse_intermixed_args(args)
+    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer)
+    _print_metrics({k: v for k, v in m.items() if k != "captions"}, None)
+    if a.out:  # the file keeps the per-caption details
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(m, indent=2) + "\n")
+    return 0
+
+
+def cli_amber(args: list[str]) -> int:
+    """`mmpo eval amber --questions QUERY.json --annotations annotations.json --answers R.json [--out M.json]`."""
+    from eval import amber
+
+    p = argparse.ArgumentParser(prog="mmpo eval amber")
+    p.add_argument("--questions", required=True, help="AMBER data/query/query_discriminative*.json")
+    p.add_argument("--annotations", required=True, help="AMBER data/annotations.json")
+    p.add_argument("--answers", required=True, help='[{"id", "response"}] (inference.py --inference_data)')
+    p.add_argument("--out", help="write the metrics JSON here")
+    a = p.parse_intermixed_args(args)
+    _print_metrics(amber.score_answers_file(a.questions, a.annotations, a.answers), a.out)
+    return 0
+
+
+def cli_eventhallusion(args: list[str]) -> int:
+    """`mmpo eval eventhallusion --questions F [F ...] --answers PREDICTIONS.json [--out M.json]`."""
+    from eval import eventhallusion
+
+    p = argparse.ArgumentParser(prog="mmpo eval eventhallusion")
+    p.add_argument("--questions", nargs="+", required=True, help="questions/<split>_questions.json files")
+    p.add_argument("--answers", required=True, help="predictions JSON in the reference layout (eval.py --input_file)")
+    p.add_argument("--out", help="write the metrics JSON here")
+    a = p.parse_intermixed_args(args)
+    _print_metrics(eventhallusion.score_answers_file(a.questions, a.answers), a.out)
+    return 0

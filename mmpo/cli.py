@@ -64,16 +64,17 @@ def cmd_build(args) -> int:
 
 
 def _eval_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", help="pope | videohallucer | pope-build")
+    p.add_argument("benchmark", help="pope | videohallucer | chair | amber | eventhallusion | pope-build")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags (--help for them)")
 
 
 def cmd_eval(args) -> int:
-    """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer."""
+    """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer / CHAIR / AMBER / EventHallusion."""
     from eval import cli as eval_cli
 
     commands = {"pope": eval_cli.cli_pope, "videohallucer": eval_cli.cli_videohallucer,
-                "pope-build": eval_cli.cli_pope_build}
+                "chair": eval_cli.cli_chair, "amber": eval_cli.cli_amber,
+                "eventhallusion": eval_cli.cli_eventhallusion, "pope-build": eval_cli.cli_pope_build}
     if args.benchmark not in commands:
         raise ValueError(f"unknown benchmark {args.benchmark!r}; choose from {sorted(commands)}")
     return commands[args.benchmark](args.rest)

@@ -89,6 +89,38 @@ def _pope_in_reference_layout(sandbox: Path) -> None:
     shutil.copytree(sandbox / "data/example", sandbox / "data/coco/val2014", ignore=shutil.ignore_patterns("pope"))
 
 
+def _answered_benchmarks(sandbox: Path, command: str) -> None:
+    """CHAIR / AMBER / EventHallusion files in their reference layouts (vendored samples) plus answers to score.
+
+    mmpo scores these from answers files; the answers stand in for a model's (written here, as a user's would be).
+    """
+    if "data/chair/" in command and not (sandbox / "data/chair").exists():
+        (sandbox / "data/chair").mkdir(parents=True)
+        shutil.copy(SAMPLES / "chair_coco_instances_sample.json", sandbox / "data/chair/instances_val2014.json")
+        shutil.copy(SAMPLES / "chair_coco_captions_sample.json", sandbox / "data/chair/captions_val2014.json")
+        rows = [{"image_id": 139, "caption": "A man rides a motorcycle next to a dog."},
+                {"image_id": 285, "caption": "Wine glasses on a dining table."}]
+        (sandbox / "data/chair/answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if "data/amber/" in command and not (sandbox / "data/amber").exists():
+        (sandbox / "data/amber/data/query").mkdir(parents=True)
+        shutil.copy(SAMPLES / "amber_annotations_sample.json", sandbox / "data/amber/data/annotations.json")
+        query = sandbox / "data/amber/data/query/query_discriminative.json"
+        shutil.copy(SAMPLES / "amber_query_discriminative_sample.json", query)
+        answers = [{"id": q["id"], "response": "No"} for q in json.loads(query.read_text())]
+        (sandbox / "data/amber/answers.json").write_text(json.dumps(answers))
+    if "data/eventhallusion/" in command and not (sandbox / "data/eventhallusion").exists():
+        from eval import eventhallusion
+
+        (sandbox / "data/eventhallusion/questions").mkdir(parents=True)
+        files = {}
+        for split in eventhallusion.SPLITS:
+            files[split] = sandbox / f"data/eventhallusion/questions/{split}_questions.json"
+            shutil.copy(SAMPLES / f"eventhallusion_{split}_questions_sample.json", files[split])
+        keys = [q.key for f in files.values() for q in eventhallusion.read_questions(f)]
+        eventhallusion.write_predictions(sandbox / "data/eventhallusion/predictions.json", files,
+                                         {k: "No." for k in keys})
+
+
 def _provide(sandbox: Path, command: str) -> None:
     """Make what `command` reads that no documented command makes (real-layout stand-ins, built tiny)."""
     from mmpo.clip import make_tiny_clip
@@ -109,6 +141,7 @@ def _provide(sandbox: Path, command: str) -> None:
         _pope_in_reference_layout(sandbox)
     if "videohallucer" in command and not (sandbox / "data/videohallucer_datasets").exists():
         _videohallucer_datasets(sandbox / "data/videohallucer_datasets")
+    _answered_benchmarks(sandbox, command)
     if "model.adapter=runs/dadpo_image/adapter" in command:
         assert (sandbox / "runs/dadpo_image/adapter").is_dir()  # made by the dadpo_image command before it
 
