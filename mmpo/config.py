@@ -244,7 +244,7 @@ class MultiRoundConfig:
     steps_per_round: int = 1000  # optimizer steps per round (mrDPO: ~1,000)
     generator: str = "sample_rank"  # how pairs are regenerated on-policy each round
     num_samples: int = 4  # answers sampled per prompt when regenerating pairs
-    temperature: float = 1.0  # sampling temperature for regeneration
+    temperature: float = 1.0  # sampling temperature for regeneration (0 = greedy)
     max_new_tokens: int = 32  # generation length for regeneration
     scorer: str = "exact"  # scorer that ranks sampled answers (exact = the SFT answer as ground truth)
     min_gap: float = 0.0  # keep best-vs-worst pairs whose score gap exceeds this
@@ -255,7 +255,7 @@ class MultiRoundConfig:
     save_merged: bool = True  # also save the final merged model to output_dir/model (one folder for eval)
 
     def __post_init__(self):
-        check_range(self, num_rounds=">= 1", steps_per_round=">= 1", num_samples=">= 2", temperature="> 0",
+        check_range(self, num_rounds=">= 1", steps_per_round=">= 1", num_samples=">= 1", temperature=">= 0",
                     max_new_tokens=">= 1", gt_weight=">= 0", rebirth_steps=">= 0")
 
 
