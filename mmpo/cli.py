@@ -28,14 +28,21 @@ def cmd_train(args) -> int:
     from mmpo.config import TrainConfig, load
 
     cfg = load(TrainConfig, args.config, args.overrides)
+    hook = None
+    if cfg.eval_every and not cfg.eval_config:
+        raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+    if cfg.eval_config:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
+        from eval.runner import PopeEvalConfig, make_pope_hook
+
+        hook = make_pope_hook(load(PopeEvalConfig, cfg.eval_config))
     if cfg.stage in ("sft", "dpo"):
         from mmpo.trainer import train
 
-        out = train(cfg)
+        out = train(cfg, eval_hook=hook)
     else:
         from mmpo import schedules
 
-        out = {"multi_round": schedules.run_multi_round, "distill": schedules.run_distill}[cfg.stage](cfg)
+        out = {"multi_round": schedules.run_multi_round, "distill": schedules.run_distill}[cfg.stage](cfg, eval_hook=hook)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():  # without this, gloo runs sometimes abort at exit
@@ -91,11 +98,9 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args) -> int:
     """The whole build -> train -> evaluate loop on the built-in synthetic world."""
-    try:
-        from mmpo.demo import pipeline
-    except ImportError as exc:  # pragma: no cover - only before the demo lands
-        raise RuntimeError(f"the demo is not built yet ({exc})") from None
     import importlib
+
+    from mmpo.demo import pipeline
 
     import data_builders
 

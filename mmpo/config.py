@@ -51,9 +51,6 @@ class LoraConfig:
         check_range(self, r=">= 1", alpha="> 0", dropout="[0, 1)")
 
 
-CONFIG_TYPES: dict[str, type] = {}  # filled by modules that define top-level configs (name -> dataclass)
-
-
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
     """Return `value` converted to `annotation`, or raise ConfigError naming `where`."""
     origin = typing.get_origin(annotation)
@@ -214,7 +211,6 @@ def save(cfg: Any, path: str | Path) -> None:
 class DataConfig:
     train: str = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft)
     media_root: str = ""  # folder the records' media paths are relative to ("" = the JSONL's folder)
-    eval: str = ""  # optional held-out pair file for the periodic evaluation hook
     max_length: int = 0  # prompt (media tokens included) + answer; longer samples error or skip (0 = the model's context)
     on_bad_record: str = "error"  # error | skip (bad lines, missing media, too long: counted and logged)
     num_workers: int = 0  # DataLoader worker processes decoding and augmenting media
@@ -242,7 +238,6 @@ class PamiConfig:
 class MultiRoundConfig:
     num_rounds: int = 3  # rounds of merge -> fresh LoRA -> reference refresh -> regenerate -> train
     steps_per_round: int = 1000  # optimizer steps per round (mrDPO: ~1,000)
-    generator: str = "sample_rank"  # how pairs are regenerated on-policy each round
     num_samples: int = 4  # answers sampled per prompt when regenerating pairs
     temperature: float = 1.0  # sampling temperature for regeneration (0 = greedy)
     max_new_tokens: int = 32  # generation length for regeneration
@@ -300,7 +295,8 @@ class TrainConfig:
     precompute_reference: bool = False  # reference log-probs computed once before training and cached
     log_every: int = 1  # log metrics every N optimizer steps
     save_every: int = 0  # checkpoint every N steps for resume (0 = never; the final adapter is always saved)
-    eval_every: int = 0  # run the evaluation hook every N steps (0 = never)
+    eval_every: int = 0  # evaluate the policy every N steps (0 = never); `mmpo train` runs eval_config
+    eval_config: str = ""  # a POPE eval YAML (configs/eval/pope_*.yaml; `limit` questions per split) for eval_every
     tensorboard: bool = False  # also write tensorboard event files
     progress: bool = True  # tqdm progress bar
     max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
@@ -323,5 +319,3 @@ class TrainConfig:
 
         build_loss_terms([to_dict(t) for t in self.loss], "loss")
 
-
-CONFIG_TYPES["train"] = TrainConfig

@@ -259,8 +259,6 @@ def _check_multi_round(cfg: TrainConfig) -> None:
     mr = cfg.multi_round
     if not cfg.lora.enabled:
         raise ConfigError("stage multi_round merges a LoRA each round: set lora.enabled: true")
-    if mr.generator != "sample_rank":
-        raise ConfigError(f"multi_round.generator: expected sample_rank, got {mr.generator!r}")
     if mr.num_rounds < 1 or mr.steps_per_round < 1 or mr.num_samples < 1:
         raise ConfigError("multi_round: num_rounds, steps_per_round and num_samples must be >= 1")
 

@@ -1,6 +1,7 @@
 """CLI surface, every shipped YAML, config errors, and the layering rule (core never imports builders/eval)."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,25 @@ def test_every_module_imports_and_has_a_docstring():
         name = ".".join(p.relative_to(REPO).with_suffix("").parts).replace(".__init__", "")
         module = importlib.import_module(name)
         assert module.__doc__, f"{name} has no module docstring"
+
+
+def test_train_with_a_periodic_pope_evaluation(tmp_path):
+    """eval_every + eval_config: `mmpo train` evaluates the policy on POPE questions into metrics.jsonl."""
+    from mmpo.metrics import read_metrics
+
+    model = tiny_model("llava", tmp_path)
+    pairs = toy_pairs(tmp_path / "d")
+    questions = tmp_path / "d" / "coco_pope_random.json"
+    questions.write_text("".join(json.dumps({"question_id": i, "image": f"img/{i}.png", "label": label,
+                                             "text": "is the square red ?"}) + "\n"
+                                 for i, label in enumerate(["yes", "no", "no", "no"])))
+    eval_cfg = tmp_path / "pope.yaml"
+    eval_cfg.write_text(f"model:\n  path: {model}\nquestions: [{questions}]\nimage_root: {tmp_path / 'd'}\n"
+                        f"mode: logits\nlimit: 4\nout_dir: {tmp_path / 'unused'}\n")
+    args = ["train", "--config", str(REPO / "configs/train/tiny_cpu.yaml"), f"model.path={model}",
+            f"data.train={pairs}", f"output_dir={tmp_path / 'run'}", "max_steps=4", "eval_every=2"]
+    assert main(args) == 1  # eval_every without eval_config is refused
+    assert main([*args, f"eval_config={eval_cfg}"]) == 0
+    evals = [r for r in read_metrics(tmp_path / "run") if "eval/pope/random/f1" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert not (tmp_path / "unused").exists()  # the hook writes nothing of its own
