@@ -39,10 +39,14 @@ def cmd_train(args) -> int:
         from mmpo.trainer import train
 
         out = train(cfg, eval_hook=hook)
-    else:
-        from mmpo import schedules
+    elif cfg.stage == "multi_round":
+        from mmpo.multi_round import run_multi_round
 
-        out = {"multi_round": schedules.run_multi_round, "distill": schedules.run_distill}[cfg.stage](cfg, eval_hook=hook)
+        out = run_multi_round(cfg, eval_hook=hook)
+    else:
+        from mmpo.distill import run_distill
+
+        out = run_distill(cfg, eval_hook=hook)
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():  # without this, gloo runs sometimes abort at exit
@@ -100,9 +104,8 @@ def cmd_demo(args) -> int:
     """The whole build -> train -> evaluate loop on the built-in synthetic world."""
     import importlib
 
-    from mmpo.demo import pipeline
-
     import data_builders
+    from mmpo.demo import pipeline
 
     for name in ("eval.runner", "eval.pope_build"):  # the submodules the demo uses
         importlib.import_module(name)

@@ -59,6 +59,43 @@ class ChunkedTokenLogps(torch.autograd.Function):
         return grad, None, None
 
 
+class ChunkedForwardKL(torch.autograd.Function):
+    """Per-position KL(p_T || p_S) = sum_v p_T (log p_T - log p_S), chunk by chunk in fp32.
+
+    Like `ChunkedTokenLogps`: forward saves the two logit tensors in their own dtype, backward recomputes
+    per chunk and writes d KL / d student logits = softmax(student) - p_T into one gradient tensor. The
+    teacher gets no gradient. No [B, T, V] fp32 tensor is ever alive.
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, chunk: int) -> torch.Tensor:
+        work = torch.promote_types(student.dtype, torch.float32)
+        kl = torch.empty(student.shape[:-1], dtype=work, device=student.device)
+        for s in range(0, student.shape[1], chunk):
+            log_s = torch.log_softmax(student[:, s:s + chunk].to(work), dim=-1)
+            log_t = torch.log_softmax(teacher[:, s:s + chunk].to(work), dim=-1)
+            kl[:, s:s + chunk] = (log_t.exp() * (log_t - log_s)).sum(-1)
+        ctx.save_for_backward(student, teacher)
+        ctx.chunk = chunk
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        student, teacher = ctx.saved_tensors
+        work = torch.promote_types(student.dtype, torch.float32)
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+        for s in range(0, student.shape[1], ctx.chunk):
+            d = torch.softmax(student[:, s:s + ctx.chunk], dim=-1, dtype=work)
+            d.sub_(torch.softmax(teacher[:, s:s + ctx.chunk], dim=-1, dtype=work))
+            grad[:, s:s + ctx.chunk] = d.mul_(grad_out[:, s:s + ctx.chunk].to(work).unsqueeze(-1))
+        return grad, None, None
+
+
+def token_forward_kl(student: torch.Tensor, teacher: torch.Tensor, chunk: int = LOGSOFTMAX_CHUNK) -> torch.Tensor:
+    """[B, T] KL(p_teacher || p_student) per position from [B, T, V] logits of the same vocabulary."""
+    return ChunkedForwardKL.apply(student, teacher.detach(), chunk)
+
+
 def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOFTMAX_CHUNK) -> torch.Tensor:
     """Per-token log p(target) from logits (`ChunkedTokenLogps`).
 

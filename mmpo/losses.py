@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mmpo.config import ConfigError, from_dict
+from mmpo.logprobs import token_forward_kl, token_logps
 
 _LOG2 = math.log(2.0)
 
@@ -151,6 +152,58 @@ def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Te
     for part in rows.split(chunk):  # row r of the flat view belongs to sample r // t
         total.index_add_(0, part // t, _js_rows(p_flat[part], q_flat[part], top_k))
     return total / mask.reshape(b, t).sum(1).clamp(min=1).to(torch.float32)
+
+
+# -- distillation (token level: they need both models' logits, so they are batch losses, not LOSSES terms) --
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over positions where `mask` is 1 (0 when there are none)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def shared_vocab(student_logits: torch.Tensor, teacher_logits: torch.Tensor):
+    """Both cut to the common vocabulary size (padded embedding rows; LLaVA-MoD truncates the same way)."""
+    v = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    return student_logits[..., :v], teacher_logits[..., :v]
+
+
+def mimic_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mimic distillation (LLaVA-MoD, arXiv 2408.15881; METHODS §5): the mean over answer tokens of
+
+        KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v))
+
+    (shufangxun/LLaVA-MoD align_trainer.py `only_kd`, response tokens only, no temperature), chunked
+    (`mmpo.logprobs.token_forward_kl`).
+    """
+    s, t = shared_vocab(student_logits, teacher_logits)
+    return masked_mean(token_forward_kl(s, t), mask)
+
+
+def dpkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor,
+         beta: float, kd_ratio: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPKD (arXiv 2406.19774; microsoft/LMOps dpkd; METHODS §6.5) with teacher forcing on the gold answer y.
+
+    At each answer position, y_t = argmax p_T and y_s = argmax p_S (no gradient through the argmax), and
+
+        h_t = [log p_S(y_t) - log p_S(y_s)] - [log p_T(y_t) - log p_T(y_s)]
+        L_DPKD = mean_t -log sigmoid(beta h_t),   total = (1 - k) CE(y) + k L_DPKD
+
+    (the lm_coef pre-training term is not used). Every log-probability is a chunked token log-prob
+    (`mmpo.logprobs.token_logps`), so no [B, T, V] fp32 log-softmax is built.
+
+    Returns:
+        (total loss, metrics: dpkd/loss, dpkd/ce, dpkd/margin).
+    """
+    s, t = shared_vocab(student_logits, teacher_logits)
+    y_t, y_s = t.argmax(-1), s.detach().argmax(-1)
+    with torch.no_grad():
+        teacher_gap = token_logps(t, y_t) - token_logps(t, y_s)
+    h = token_logps(s, y_t) - token_logps(s, y_s) - teacher_gap
+    l_dpkd = masked_mean(-F.logsigmoid(beta * h), mask)
+    ce = -masked_mean(token_logps(s, gold), mask)
+    total = (1 - kd_ratio) * ce + kd_ratio * l_dpkd
+    return total, {"dpkd/loss": l_dpkd.item(), "dpkd/ce": ce.item(), "dpkd/margin": masked_mean(h, mask).item()}
 
 
 def pami_tau(progress: float, tau_start: float = 10.0, tau_end: float = 0.01, anneal_until: float = 0.5) -> float:

@@ -546,7 +546,7 @@ def check_rerun(cfg: TrainConfig, run_dir: Path, is_main: bool = True) -> None:
     (RERUN_EXEMPT) may differ; `allow_config_change=true` accepts the rest (the old config is kept).
     """
     saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file() or not (latest_checkpoint(run_dir) or (run_dir / "summary.json").is_file()):
+    if not saved_path.is_file() or not has_results(run_dir):
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
     now = _flatten(cfgmod.to_dict(cfg))
@@ -562,6 +562,12 @@ def check_rerun(cfg: TrainConfig, run_dir: Path, is_main: bool = True) -> None:
         keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
         saved_path.replace(keep)
         log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir, listing, keep.name)
+
+
+def has_results(run_dir: Path) -> bool:
+    """A run folder holds work a rerun would continue or replace: a checkpoint or a finished run, in it or in
+    a sub-run (a schedule's rounds and stages)."""
+    return any(run_dir.glob("**/checkpoints/latest")) or any(run_dir.glob("**/summary.json"))
 
 
 # Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).

@@ -394,3 +394,47 @@ def test_build_loss_terms_and_requires():
 def test_build_loss_terms_errors(spec, message):
     with pytest.raises(ConfigError, match=message):
         build_loss_terms([spec])
+
+
+# -- distillation maths -----------------------------------------------------------------------------------
+
+def test_chunked_forward_kl_equals_the_plain_formula_and_its_gradient():
+    from mmpo.logprobs import token_forward_kl
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(2, 5, 7, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.randn(2, 5, 7, dtype=torch.float64, generator=gen)
+    log_s, log_t = torch.log_softmax(s, -1), torch.log_softmax(t, -1)
+    plain = (log_t.exp() * (log_t - log_s)).sum(-1)
+    assert torch.allclose(token_forward_kl(s, t, chunk=2), plain)
+    assert torch.autograd.gradcheck(lambda x: token_forward_kl(x, t, chunk=2), (s,))
+    assert torch.allclose(token_forward_kl(t.clone(), t), torch.zeros(2, 5, dtype=torch.float64), atol=1e-12)
+
+
+def test_mimic_kl_works_a_two_token_example_and_ignores_padding():
+    from mmpo.losses import mimic_kl
+
+    # teacher p_T = (0.5, 0.5), student p_S = (0.8, 0.2) on the one real token: KL = 0.5 ln(0.5/0.8) + 0.5 ln(0.5/0.2)
+    s = torch.tensor([[[math.log(0.8), math.log(0.2)], [9.0, -9.0]]])
+    t = torch.tensor([[[0.0, 0.0], [-9.0, 9.0]]])
+    want = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)
+    assert mimic_kl(s, t, torch.tensor([[1, 0]])).item() == pytest.approx(want, rel=1e-6)
+    # a longer student vocabulary (padded embedding rows) is cut to the teacher's
+    padded = torch.cat([s, torch.full((1, 2, 3), -1e4)], -1)
+    assert mimic_kl(padded, t, torch.tensor([[1, 0]])).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_dpkd_works_its_equation_on_one_token():
+    from mmpo.losses import dpkd
+
+    # one answer token, vocabulary of 3. Teacher prefers token 0, student token 1.
+    s = torch.log(torch.tensor([[[0.2, 0.7, 0.1]]]))
+    t = torch.log(torch.tensor([[[0.6, 0.3, 0.1]]]))
+    gold, mask, beta, k = torch.tensor([[2]]), torch.tensor([[1]]), 0.5, 0.25
+    h = (math.log(0.2) - math.log(0.7)) - (math.log(0.6) - math.log(0.3))  # y_t = 0, y_s = 1
+    l_dpkd = -math.log(1 / (1 + math.exp(-beta * h)))
+    ce = -math.log(0.1)
+    total, metrics = dpkd(s, t, gold, mask, beta, k)
+    assert metrics["dpkd/margin"] == pytest.approx(h, rel=1e-5)
+    assert metrics["dpkd/loss"] == pytest.approx(l_dpkd, rel=1e-5)
+    assert total.item() == pytest.approx((1 - k) * ce + k * l_dpkd, rel=1e-5)

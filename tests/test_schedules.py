@@ -11,11 +11,13 @@ from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo.batches import PairCollator, SFTCollator
 from mmpo.config import ConfigError, ModelConfig, TrainConfig, load
+from mmpo.distill import run_distill
 from mmpo.logprobs import plain_logps
 from mmpo.metrics import read_metrics
 from mmpo.models import encode_answers, reference_mode
+from mmpo.multi_round import SCORERS, rank_pair, run_multi_round
 from mmpo.records import read_pairs, read_sft
-from mmpo.schedules import SCORERS, generate_for, load_merged, rank_pair, run_distill, run_multi_round
+from mmpo.schedules import generate_for, load_merged
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 
@@ -170,7 +172,7 @@ def test_rank_pair_picks_best_vs_worst_and_falls_back_to_the_ground_truth(world)
 
 def test_repeated_sft_samples_give_one_pair_in_a_round_pair_file(world, tmp_path):
     from mmpo.models import load_model
-    from mmpo.schedules import round_pairs
+    from mmpo.multi_round import round_pairs
 
     cfg = _mr_cfg(world, tmp_path, "batch_size=2", "multi_round.num_samples=1", "multi_round.temperature=0",
                   "multi_round.max_new_tokens=3")

@@ -1,0 +1,175 @@
+"""Distillation (LLaVA-MoD, arXiv 2408.15881; code shufangxun/LLaVA-MoD; METHODS.md §5, §6.5): a mimic stage
+(token-level forward KL(p_T || p_S) on answer tokens, `mimic/`), then a preference stage with the TEACHER as the
+reference (`preference/`): dpo | kto_pair | dpkd. The KL and DPKD maths live in `mmpo.losses`; this module
+wires them to the two models and runs both stages through `mmpo.trainer.train`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mmpo import config as cfgmod
+from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
+from mmpo.logprobs import answer_logits, token_logps
+from mmpo.losses import dpkd, masked_mean, mimic_kl
+from mmpo.models import load_model
+from mmpo.records import default_media_root, read_sft
+from mmpo.schedules import derived_config, finished
+from mmpo.trainer import check_rerun, pair_logps, train
+
+
+def check_vocab(student: ModelConfig, teacher: ModelConfig) -> None:
+    """Raise ConfigError unless both tokenizers have the same vocabulary (token -> id)."""
+    from transformers import AutoTokenizer
+
+    def vocab(m: ModelConfig) -> dict:
+        return AutoTokenizer.from_pretrained(m.path, local_files_only=True,
+                                             trust_remote_code=m.trust_remote_code).get_vocab()
+
+    a, b = vocab(student), vocab(teacher)
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()), key=str)[:3]
+        raise ConfigError(f"distillation needs one vocabulary: student {student.path!r} ({len(a)} tokens) and "
+                          f"teacher {teacher.path!r} ({len(b)} tokens) differ, e.g. {diff}")
+
+
+def mimic_loss(student, teacher, nll_weight: float) -> Callable:
+    """batch_loss of the mimic stage on SFT batches: `mmpo.losses.mimic_kl` (+ nll_weight * the student's NLL,
+    LLaVA-MoD `kd_lm`)."""
+    def batch_loss(batch: dict, progress: float):
+        answer = batch["answer"]
+        s_logits = answer_logits(student, batch["prompt"], answer)
+        with torch.no_grad():
+            t_logits = answer_logits(teacher, batch["prompt"], answer)
+        kl = mimic_kl(s_logits, t_logits, answer["attention_mask"])
+        loss, metrics = kl, {"mimic/kl": kl.item()}
+        if nll_weight:
+            nll = -masked_mean(token_logps(s_logits, answer["input_ids"]), answer["attention_mask"])
+            loss, metrics["mimic/nll"] = loss + nll_weight * nll, nll.item()
+        return loss, metrics
+    return batch_loss
+
+
+def teacher_reference(teacher, requires: set, shared_prefix: bool) -> Callable[[dict], dict]:
+    """The reference callable for preference distillation: pair log-probs under the teacher, no grad."""
+    def reference(batch: dict) -> dict:
+        with torch.no_grad():
+            return pair_logps(teacher, batch, requires, shared_prefix)
+    return reference
+
+
+def dpkd_loss(student, teacher, beta: float, kd_ratio: float) -> Callable:
+    """batch_loss of DPKD (`mmpo.losses.dpkd`) on pair batches, the pair's chosen answer as the gold response."""
+    def batch_loss(batch: dict, progress: float):
+        chosen = batch["chosen"]
+        s_logits = answer_logits(student, batch["prompt"], chosen)
+        with torch.no_grad():
+            t_logits = answer_logits(teacher, batch["prompt"], chosen)
+        return dpkd(s_logits, t_logits, chosen["input_ids"], chosen["attention_mask"], beta, kd_ratio)
+    return batch_loss
+
+
+def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc) -> None:
+    """The batch is encoded once, with the student's processor: the teacher's must encode it identically."""
+    from mmpo.batches import SFTCollator
+
+    media_root = str(default_media_root(data, cfg.data.media_root))
+    first = read_sft(data, media_root)[:1]
+    a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first)["prompt"] for p in (student_proc, teacher_proc))
+    same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+    if not same:
+        raise ConfigError(f"teacher {cfg.distill.teacher.path!r} and student {cfg.model.path!r} processors encode "
+                          "the same media/prompt differently; distillation needs one vision input format")
+
+
+def _student(cfg: TrainConfig, mimic_dir: Path):
+    """The student: fresh from cfg.model/cfg.lora, or the finished mimic stage's result (on resume)."""
+    if not finished(mimic_dir):
+        return load_model(cfg.model, cfg.lora, trainable=True)
+    if (mimic_dir / "adapter").is_dir():
+        return load_model(_replace(cfg.model, adapter=str(mimic_dir / "adapter")), cfg.lora, trainable=True)
+    return load_model(_replace(cfg.model, path=str(mimic_dir / "model"), adapter=""), cfg.lora, trainable=True)
+
+
+def _replace(model_cfg: ModelConfig, **changes) -> ModelConfig:
+    out = copy.deepcopy(model_cfg)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
+
+
+def _check_distill(cfg: TrainConfig) -> str:
+    d = cfg.distill
+    if d.preference_loss not in ("dpo", "kto_pair", "dpkd"):
+        raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
+    if d.preference_steps > 0 and not d.preference_data:
+        raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (d.mimic_steps > 0 or d.preference_loss == "dpkd"):
+        # The mimic and DPKD batch losses call the student directly, not through the trainer's DDP-wrapped
+        # step module, so gradients would not be averaged across processes.
+        raise ConfigError("stage distill: the mimic stage and dpkd run on one process only (no accelerate launch)")
+    if not 0.0 <= d.dpkd_ratio <= 1.0:
+        raise ConfigError(f"distill.dpkd_ratio: expected 0..1, got {d.dpkd_ratio}")
+    mimic_data = d.mimic_data or cfg.data.train
+    if d.mimic_steps > 0 and not mimic_data:
+        raise ConfigError("distill.mimic_data (or data.train): an SFT JSONL is needed when distill.mimic_steps > 0")
+    return mimic_data
+
+
+def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
+    """Mimic distillation, then preference distillation with the teacher as the reference.
+
+    Args:
+        cfg: stage distill; cfg.model is the student (LoRA or full), distill.teacher the teacher.
+        eval_hook: passed to both stages' `train`.
+
+    Returns:
+        The run directory: mimic/ and preference/ (each a `train` run; the final student is the last one's
+        adapter/ or model/).
+    """
+    mimic_data = _check_distill(cfg)
+    d, out = cfg.distill, Path(cfg.output_dir)
+    check_vocab(cfg.model, d.teacher)
+    check_rerun(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfgmod.save(cfg, out / "config.yaml")
+    mimic_dir, pref_dir = out / "mimic", out / "preference"
+    if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
+        return out
+    teacher, teacher_proc = load_model(d.teacher, None, trainable=False)
+    student, processor = _student(cfg, mimic_dir)
+    if d.mimic_steps > 0 and not finished(mimic_dir):
+        _check_same_encoding(cfg, mimic_data, processor, teacher_proc)
+        mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
+                        data_train=mimic_data, data_media_root=cfg.data.media_root)
+        train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
+              batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
+    if d.preference_steps > 0:
+        train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
+              **preference_step(cfg, student, teacher))
+    return out
+
+
+def preference_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """The preference stage's config: stage dpo on distill.preference_data with the chosen loss.
+
+    DPKD is not a LOSSES term (it needs both models' logits, not log-probs): its stage has no loss terms
+    and runs `dpkd_loss` as the batch loss, so the saved config does not claim a DPO loss that never ran.
+    """
+    d = cfg.distill
+    terms = [] if d.preference_loss == "dpkd" else [LossTerm(name=d.preference_loss, params={"beta": d.beta})]
+    return derived_config(cfg, stage="dpo", output_dir=str(run_dir), max_steps=d.preference_steps, loss=terms,
+                          data_train=d.preference_data, precompute_reference=False)
+
+
+def preference_step(cfg: TrainConfig, student, teacher) -> dict:
+    """`train` keyword arguments of the preference stage: the teacher reference, or the DPKD batch_loss."""
+    d = cfg.distill
+    if d.preference_loss == "dpkd":
+        return {"batch_loss": dpkd_loss(student, teacher, d.beta, d.dpkd_ratio)}
+    return {"reference": teacher_reference(teacher, {"reference"}, cfg.shared_prefix)}
