@@ -178,12 +178,12 @@ def layout_stats(pairs: Path, processor, media_type: str, frames: int) -> dict:
     sums = dict(media=0, prompt=0, chosen=0, rejected=0)
     for i in range(0, len(records), 8):
         b = collate(records[i:i + 8])
-        ids, mask = b["prompt"]["input_ids"], b["prompt"]["attention_mask"]
+        ids, mask = b.prompt["input_ids"], b.prompt["attention_mask"]
         n_media = int(((ids == media_id) & mask.bool()).sum())
         sums["media"] += n_media
         sums["prompt"] += int(mask.sum()) - n_media
-        sums["chosen"] += int(b["chosen"]["attention_mask"].sum())
-        sums["rejected"] += int(b["rejected"]["attention_mask"].sum())
+        sums["chosen"] += int(b.chosen["attention_mask"].sum())
+        sums["rejected"] += int(b.rejected["attention_mask"].sum())
     out = {k: v / len(records) for k, v in sums.items()}
     out["plain_tokens_per_pair"] = 2 * (out["media"] + out["prompt"]) + out["chosen"] + out["rejected"]
     return out

@@ -1,25 +1,18 @@
-"""From records to model tensors: reading training files leniently and collating pairs / SFT samples.
+"""From records to model tensors: reading training files and collating pairs / SFT samples into typed batches.
 
-A collated pair batch is a plain dict (the trainer's only input format):
+A collated batch is a frozen dataclass (`PairBatch`, `SFTBatch`), the trainer's only input format; each
+field's comment gives its shape. Fields a loss needs beyond the pair itself (corrupted media, PaMi bags,
+the ground-truth answer, the score gap) are filled only when a loss `requires` them, and a record that
+lacks what a loss requires is an error naming the record, never a silent default.
 
-    {"ids": [B record ids],
-     "prompt":   encode_prompts(...)   # left-padded prompt + media tensors, shared by chosen and rejected
-     "chosen":   encode_answers(...),  # right-padded answer tokens
-     "rejected": encode_answers(...),
-     "rejected_prompt": ...            # only when some pair's rejection is different media
-     "corrupt_prompt":  ...            # only if a loss requires "corrupt" (mDPO): chosen answer, corrupted media
-     "bag_prompts": [K prompt batches], "bag_mask": [B, K] bool   # only if a loss requires "bag" (PaMi)
-     "gt": encode_answers(meta["gt"])  # only if a loss requires "gt" (mrDPO guidance)
-     "weight": [B], "score_delta": [B] or None,
-     "skipped": [(id, kind, message)]}  # records left out of this batch; kind: "too_long" | "bad_media"
-
-Worked example: two image pairs, no extra requirements ->
-    prompt.input_ids [2, Lp] (16 image tokens each), chosen.input_ids [2, Lc], rejected.input_ids [2, Lr],
-    weight tensor([1., 1.]), score_delta None.
+Worked example: two image pairs, loss dpo (requires {"reference"}) ->
+    ids ["a1", "b2"], prompt["input_ids"] [2, Lp] (16 image tokens each), chosen["input_ids"] [2, Lc],
+    rejected["input_ids"] [2, Lr], weight tensor([1., 1.]), everything optional None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -54,6 +47,69 @@ def read_records(path: str | Path, media_root: str | Path, kind: str, on_bad: st
     return scan_records(path, kind, media_root, on_bad)
 
 
+@dataclass(frozen=True)
+class PairBatch:
+    """One micro-batch of B preference pairs (B = 0: every record was left out, see `skipped`)."""
+
+    ids: list[str]  # B record ids
+    prompt: dict  # encode_prompts: input_ids / attention_mask [B, Lp], LEFT-padded, + media tensors
+    chosen: dict  # encode_answers: input_ids / attention_mask [B, Lc], RIGHT-padded, EOS appended
+    rejected: dict  # the same for the rejected answers, [B, Lr]
+    weight: torch.Tensor  # [B] per-pair loss weight (1.0 where the record sets none)
+    skipped: list  # (id, kind, message) of records left out of this batch; kind "too_long" | "bad_media"
+    score_delta: torch.Tensor | None = None  # [B] scores.delta, when a loss requires "delta" (DA-DPO, CLIP-DPO)
+    rejected_prompt: dict | None = None  # prompts with the rejected media, when some pair names rejected_media
+    corrupt_prompt: dict | None = None  # prompts with corrupted media, when a loss requires "corrupt" (mDPO)
+    bag_prompts: list | None = None  # K prompt batches of augmented clips, when a loss requires "bag" (PaMi)
+    bag_mask: torch.Tensor | None = None  # [B, K] true on real bag instances (records have up to K specs)
+    gt: dict | None = None  # encode_answers(meta.gt), when a loss requires "gt" (mrDPO guidance)
+
+    def to(self, device) -> "PairBatch":
+        """The batch with every tensor on `device`."""
+        return dataclasses.replace(self, **{f.name: _to(getattr(self, f.name), device) for f in dataclasses.fields(self)})
+
+
+@dataclass(frozen=True)
+class SFTBatch:
+    """One micro-batch of B supervised samples: the answer's tokens are the only labels."""
+
+    ids: list[str]  # B record ids
+    prompt: dict  # encode_prompts: [B, Lp], LEFT-padded, + media tensors
+    answer: dict  # encode_answers: [B, La], RIGHT-padded, EOS appended
+    skipped: list  # (id, kind, message) of records left out of this batch
+
+    def to(self, device) -> "SFTBatch":
+        return dataclasses.replace(self, prompt=_to(self.prompt, device), answer=_to(self.answer, device))
+
+
+def _to(obj, device):
+    """Every tensor in a nested dict / list on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to(v, device) for v in obj]
+    return obj
+
+
+def _nothing_left(batch_type, skipped: list):
+    """The batch of a draw whose records were all left out (the trainer skips it on every rank)."""
+    if batch_type is SFTBatch:
+        return SFTBatch([], {}, {}, skipped)
+    return PairBatch([], {}, {}, {}, torch.zeros(0), skipped)
+
+
+def _required_field(recs: list, name: str, get, need: str) -> list:
+    """`get(record)` for every record, or a ValueError naming the first record that lacks it."""
+    values = [get(r) for r in recs]
+    missing = [r for r, v in zip(recs, values) if v is None]
+    if missing:
+        r = missing[0]
+        raise ValueError(f"{r.where or 'record ' + r.id}: a loss term needs {name} ({need}), and this record has none")
+    return values
+
+
 def default_corruption(record: PairRecord) -> AugSpec:
     """mDPO's corruption: keep 1-20% of the image (RandomResizedCrop, luka-group/mDPO); seeded by the id."""
     # sha256, not hash(): str hashes are salted per process, which would make the corruption differ between
@@ -64,7 +120,7 @@ def default_corruption(record: PairRecord) -> AugSpec:
 
 @dataclass
 class PairCollator:
-    """Turns a list of PairRecords into the batch dict described in the module docstring."""
+    """Turns a list of PairRecords into a `PairBatch`, with the fields the loss terms `requires`."""
 
     processor: object
     media_root: str
@@ -76,31 +132,28 @@ class PairCollator:
     def _media(self, rec: PairRecord, rels=None):
         return load_media(self.media_root, rels or rec.media, rec.media_type, self.num_frames)
 
-    def _too_long(self, batch: dict, recs: list[PairRecord]) -> list[tuple[str, str]]:
-        plen = batch["prompt"]["attention_mask"].sum(-1)
-        alen = torch.maximum(batch["chosen"]["attention_mask"].sum(-1), batch["rejected"]["attention_mask"].sum(-1))
+    def _too_long(self, batch: PairBatch, recs: list[PairRecord]) -> list[tuple[str, str, str]]:
+        plen = batch.prompt["attention_mask"].sum(-1)
+        alen = torch.maximum(batch.chosen["attention_mask"].sum(-1), batch.rejected["attention_mask"].sum(-1))
         return [(r.id, "too_long", too_long_message(r, int(p + a), self.max_length))
                 for r, p, a in zip(recs, plen, alen, strict=True) if p + a > self.max_length]
 
-    def __call__(self, recs: list[PairRecord]) -> dict:
-        skipped: list[tuple[str, str]] = []
+    def __call__(self, recs: list[PairRecord]) -> PairBatch:
+        skipped: list[tuple[str, str, str]] = []
         while True:
             batch, media_errors = self._encode(recs)
-            too_long = self._too_long(batch, recs) if batch else []
-            bad = media_errors + too_long
+            bad = media_errors + (self._too_long(batch, recs) if batch else [])
             if not bad:
-                break
+                return dataclasses.replace(batch, skipped=skipped)
             if self.on_bad == "error":
                 raise ValueError(bad[0][2])
             skipped += bad
             bad_ids = {b[0] for b in bad}
             recs = [r for r in recs if r.id not in bad_ids]
             if not recs:
-                return {"ids": [], "skipped": skipped}
-        batch["skipped"] = skipped
-        return batch
+                return _nothing_left(PairBatch, skipped)
 
-    def _encode(self, recs: list[PairRecord]) -> tuple[dict, list]:
+    def _encode(self, recs: list[PairRecord]) -> tuple[PairBatch | None, list]:
         media, errors = [], []
         for r in recs:
             try:
@@ -108,40 +161,43 @@ class PairCollator:
             except MediaError as exc:
                 errors.append((r.id, "bad_media", f"{r.where or 'record ' + r.id}: {exc}"))
         if errors:
-            return {}, errors
+            return None, errors
         kinds = {r.media_type for r in recs}
         if len(kinds) > 1:
             raise ValueError("a batch mixes images and videos; sort or split the pair file by media_type")
         mtype = recs[0].media_type
         prompts = [r.prompt for r in recs]
-        batch = {
-            "ids": [r.id for r in recs],
-            "prompt": encode_prompts(self.processor, prompts, media, mtype),
-            "chosen": encode_answers(self.processor, [r.chosen for r in recs]),
-            "rejected": encode_answers(self.processor, [r.rejected for r in recs]),
-            "weight": torch.tensor([1.0 if r.weight is None else r.weight for r in recs]),
-            "score_delta": None,
-        }
-        if any("delta" in r.scores for r in recs):
-            batch["score_delta"] = torch.tensor([float(r.scores.get("delta", 0.0)) for r in recs])
+        extra = {}
+        if "delta" in self.requires:
+            deltas = _required_field(recs, "scores.delta", lambda r: r.scores.get("delta"),
+                                     "the score gap `mmpo build difficulty` or `self_qa` with a CLIP model writes")
+            extra["score_delta"] = torch.tensor(deltas, dtype=torch.float32)
         if any(r.rejected_media for r in recs):
             rej = [self._media(r, r.rejected_media) if r.rejected_media else m for r, m in zip(recs, media)]
-            batch["rejected_prompt"] = encode_prompts(self.processor, prompts, rej, mtype)
+            extra["rejected_prompt"] = encode_prompts(self.processor, prompts, rej, mtype)
         if "corrupt" in self.requires:
             # A pair that names rejected media (a counterfactual image/clip) uses it as the corruption.
             cor = [self._media(r, r.rejected_media) if r.rejected_media else augment(m, default_corruption(r))
                    for r, m in zip(recs, media)]
-            batch["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
+            extra["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
         if "bag" in self.requires:
-            batch.update(self._bag(recs, media, prompts, mtype))
+            extra.update(self._bag(recs, media, prompts, mtype))
         if "gt" in self.requires:
-            batch["gt"] = encode_answers(self.processor, [str(r.meta.get("gt") or r.chosen) for r in recs])
+            gts = _required_field(recs, "meta.gt", lambda r: r.meta.get("gt") or None, "a ground-truth answer")
+            extra["gt"] = encode_answers(self.processor, [str(g) for g in gts])
+        batch = PairBatch(
+            ids=[r.id for r in recs], prompt=encode_prompts(self.processor, prompts, media, mtype),
+            chosen=encode_answers(self.processor, [r.chosen for r in recs]),
+            rejected=encode_answers(self.processor, [r.rejected for r in recs]),
+            weight=torch.tensor([1.0 if r.weight is None else r.weight for r in recs]), skipped=[], **extra)
         return batch, []
 
     def _bag(self, recs, media, prompts, mtype) -> dict:
         k = max(len(r.rejected_bag or ()) for r in recs)
         if k == 0:
-            raise ValueError(f"record {recs[0].id}: a bag loss needs rejected_bag specs (build with `mmpo build augment`)")
+            r = recs[0]
+            raise ValueError(f"{r.where or 'record ' + r.id}: a bag loss needs rejected_bag specs "
+                             "(build with `mmpo build augment`)")
         bag_prompts, mask = [], torch.zeros(len(recs), k, dtype=torch.bool)
         for j in range(k):
             clips = []
@@ -158,7 +214,7 @@ class PairCollator:
 
 @dataclass
 class SFTCollator:
-    """Turns SFTRecords into {"ids", "prompt", "answer", "skipped"} for answer-only NLL training."""
+    """Turns SFTRecords into an `SFTBatch` for answer-only NLL training."""
 
     processor: object
     media_root: str
@@ -166,7 +222,7 @@ class SFTCollator:
     max_length: int = 4096  # the trainer passes the resolved data.max_length
     on_bad: str = "error"
 
-    def __call__(self, recs: list[SFTRecord]) -> dict:
+    def __call__(self, recs: list[SFTRecord]) -> SFTBatch:
         skipped, keep, media = [], [], []
         for r in recs:
             try:
@@ -177,7 +233,7 @@ class SFTCollator:
                     raise
                 skipped.append((r.id, "bad_media", f"{r.where or 'record ' + r.id}: {exc}"))
         if not keep:
-            return {"ids": [], "skipped": skipped}
+            return _nothing_left(SFTBatch, skipped)
         mtype = keep[0].media_type
         prompt = encode_prompts(self.processor, [r.prompt for r in keep], media, mtype)
         answer = encode_answers(self.processor, [r.answer for r in keep])
@@ -189,8 +245,10 @@ class SFTCollator:
                 raise ValueError(too_long[0][2])
             skipped += too_long
             ok = [r for r, n in zip(keep, lengths, strict=True) if n <= self.max_length]
-            return self(ok) | {"skipped": skipped} if ok else {"ids": [], "skipped": skipped}
-        return {"ids": [r.id for r in keep], "prompt": prompt, "answer": answer, "skipped": skipped}
+            if not ok:
+                return _nothing_left(SFTBatch, skipped)
+            return dataclasses.replace(self(ok), skipped=skipped)
+        return SFTBatch([r.id for r in keep], prompt, answer, skipped)
 
 
 class SkipLedger:

@@ -11,14 +11,21 @@ leaves either the old or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+
+from mmpo.config import ConfigError, to_dict
+
+log = logging.getLogger(__name__)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -106,3 +113,50 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> tuple[int,
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state["step"], state["extra"]
+
+
+# -- reruns into a run folder --------------------------------------------------------------------
+
+def check_rerun(cfg, run_dir: Path, is_main: bool = True) -> None:
+    """Refuse to resume (or overwrite) a run folder whose saved config differs from this one.
+
+    A rerun into a run's folder resumes from its last checkpoint; with another lr, loss or data it would mix
+    two runs and rewrite config.yaml with values that never ran. Settings that do not change what is computed
+    (RERUN_EXEMPT) may differ; `allow_config_change=true` accepts the rest (the old config is kept).
+    """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file() or not has_results(run_dir):
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(to_dict(cfg))
+    changed = sorted(k for k in saved.keys() | now.keys()
+                     if saved.get(k) != now.get(k) and k.split(".")[0] not in RERUN_EXEMPT and k not in RERUN_EXEMPT)
+    if not changed:
+        return
+    listing = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
+    if not cfg.allow_config_change:
+        raise ConfigError(f"{run_dir} holds a run made with another config ({listing}); use another "
+                                 "output_dir, or allow_config_change=true to continue it with the new values")
+    if is_main:
+        keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+        saved_path.replace(keep)
+        log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir, listing, keep.name)
+
+
+def has_results(run_dir: Path) -> bool:
+    """A run folder holds work a rerun would continue or replace: a checkpoint or a finished run, in it or in
+    a sub-run (a schedule's rounds and stages)."""
+    return any(run_dir.glob("**/checkpoints/latest")) or any(run_dir.glob("**/summary.json"))
+
+
+# Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
+RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "tensorboard", "data.num_workers",
+                "allow_config_change", "output_dir"}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) and k != "params" else {key: v})
+    return out

@@ -14,13 +14,14 @@ from typing import Callable
 import torch
 
 from mmpo import config as cfgmod
+from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
-from mmpo.logprobs import answer_logits, token_logps
+from mmpo.logprobs import answer_logits, pair_logps, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl
 from mmpo.models import load_model
 from mmpo.records import default_media_root, read_sft
 from mmpo.schedules import derived_config, finished
-from mmpo.trainer import check_rerun, pair_logps, train
+from mmpo.trainer import train
 
 
 def check_vocab(student: ModelConfig, teacher: ModelConfig) -> None:
@@ -42,10 +43,10 @@ def mimic_loss(student, teacher, nll_weight: float) -> Callable:
     """batch_loss of the mimic stage on SFT batches: `mmpo.losses.mimic_kl` (+ nll_weight * the student's NLL,
     LLaVA-MoD `kd_lm`)."""
     def batch_loss(batch: dict, progress: float):
-        answer = batch["answer"]
-        s_logits = answer_logits(student, batch["prompt"], answer)
+        answer = batch.answer
+        s_logits = answer_logits(student, batch.prompt, answer)
         with torch.no_grad():
-            t_logits = answer_logits(teacher, batch["prompt"], answer)
+            t_logits = answer_logits(teacher, batch.prompt, answer)
         kl = mimic_kl(s_logits, t_logits, answer["attention_mask"])
         loss, metrics = kl, {"mimic/kl": kl.item()}
         if nll_weight:
@@ -66,10 +67,10 @@ def teacher_reference(teacher, requires: set, shared_prefix: bool) -> Callable[[
 def dpkd_loss(student, teacher, beta: float, kd_ratio: float) -> Callable:
     """batch_loss of DPKD (`mmpo.losses.dpkd`) on pair batches, the pair's chosen answer as the gold response."""
     def batch_loss(batch: dict, progress: float):
-        chosen = batch["chosen"]
-        s_logits = answer_logits(student, batch["prompt"], chosen)
+        chosen = batch.chosen
+        s_logits = answer_logits(student, batch.prompt, chosen)
         with torch.no_grad():
-            t_logits = answer_logits(teacher, batch["prompt"], chosen)
+            t_logits = answer_logits(teacher, batch.prompt, chosen)
         return dpkd(s_logits, t_logits, chosen["input_ids"], chosen["attention_mask"], beta, kd_ratio)
     return batch_loss
 
@@ -80,7 +81,7 @@ def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc
 
     media_root = str(default_media_root(data, cfg.data.media_root))
     first = read_sft(data, media_root)[:1]
-    a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first)["prompt"] for p in (student_proc, teacher_proc))
+    a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first).prompt for p in (student_proc, teacher_proc))
     same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
     if not same:
         raise ConfigError(f"teacher {cfg.distill.teacher.path!r} and student {cfg.model.path!r} processors encode "

@@ -143,3 +143,21 @@ def too_long_message(rec, length: int, limit: int) -> str:
     where = getattr(rec, "where", "") or f"record {rec.id}"
     return (f"{where}: prompt with media + answer is {length} tokens, more than {MAX_LENGTH_KEY}={limit} "
             f"(raise {MAX_LENGTH_KEY}, or set data.on_bad_record: skip to leave such records out)")
+
+
+def check_lengths(cfg, records, processor, media_root, model, is_main: bool) -> int:
+    """Resolve `data.max_length` (0 = the model's context) and measure the data against it before step 1.
+
+    With `on_bad_record: error`, a record over the limit stops the run here, naming its file and line and
+    the key to change, instead of mid-run; with `skip` the collator leaves such records out (counted), unless
+    every record is too long (nothing would train).
+    """
+    limit = resolve_max_length(cfg.data.max_length, model)
+    report = preflight(records, processor, media_root, cfg.model.num_frames, limit, seed=cfg.seed)
+    if is_main:
+        log.info(report.summary())
+    if report.over and (cfg.data.on_bad_record == "error" or len(report.over) == report.checked):
+        rec, length = report.over[0]
+        raise ValueError(f"{too_long_message(rec, length, limit)}; {len(report.over)} of {report.checked} "
+                         "checked records are too long")
+    return limit

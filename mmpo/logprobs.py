@@ -270,3 +270,35 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_log
         results.append((*logps, predicting) if keep_logits else logps)
         start += length
     return results
+
+
+def pair_logps(model, batch, requires: set, shared_prefix: bool, js_logits: bool = False) -> dict:
+    """All answer log-probs a step needs from one model (policy or reference), for a `mmpo.batches.PairBatch`.
+
+    Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
+    `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
+    clip) and `gt`, `gt_tokens` (ground-truth answer). With `js_logits` (the policy's PaMi pass) also the
+    detached answer logits on the original media (`js_base`) and on each bag clip (`js_bag`), so the
+    prompt-aware distances need no forward of their own.
+    """
+    keep = js_logits and "bag" in requires
+    extra = [batch.gt] if "gt" in requires else []
+    if shared_prefix and batch.rejected_prompt is None:
+        # chosen, rejected (and gt) share the media and prompt: encode them once.
+        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra], keep_logits=keep)
+    else:
+        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=keep),
+                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected, keep_logits=keep)]
+        outs += [plain_logps(model, batch.prompt, a, keep_logits=keep) for a in extra]
+    res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
+    if "gt" in requires:
+        res["gt"], res["gt_tokens"] = outs[2][:2]
+    if "corrupt" in requires:
+        res["corrupt"] = plain_logps(model, batch.corrupt_prompt, batch.chosen)[0]
+    if "bag" in requires:
+        bag = [plain_logps(model, p, batch.chosen, keep_logits=keep) for p in batch.bag_prompts]
+        res["bag"] = torch.stack([b[0] for b in bag], 1)
+        if keep:
+            res["js_base"] = outs[0][2].detach()
+            res["js_bag"] = [b[2].detach() for b in bag]
+    return res

@@ -1,8 +1,10 @@
 """Preference losses: one small class per loss, a plain `LOSSES` dict, and the PaMi prompt-aware distance.
 
 Every loss maps one `LossInputs` (answer log-probs summed over tokens, [B], plus optional per-pair
-tensors) to `(scalar loss, metrics)`. The trainer reads `requires` to know which extra forward passes
-to run and sums `weight * term` over the config's `loss: [{name, weight, params}]` (`build_loss_terms`).
+tensors) to `(scalar loss, metrics)`. The trainer reads `requires` ("reference", "corrupt", "bag", "gt",
+"delta") to know which extra forward passes to run and which record fields every pair must carry (a pair
+without the required `meta.gt` or `scores.delta` is an error, not a default), and sums `weight * term` over
+the config's `loss: [{name, weight, params}]` (`build_loss_terms`).
 
 Reduction: `mean_i(w_i * l_i)` (w = 1 when `weight` is None), not sum(w*l)/sum(w), so a weight scales
 its pair's gradient and equal micro-batches give the full-batch loss and gradient (TRL's "gradient
@@ -67,7 +69,8 @@ class LossInputs:
 
 # Which LossInputs fields each requirement name promises (checked before every call).
 _REQUIRED_FIELDS = {"reference": ("ref_chosen", "ref_rejected"), "corrupt": ("policy_corrupt", "ref_corrupt"),
-                    "bag": ("bag_policy", "bag_ref", "bag_distance"), "gt": ("gt_logps", "gt_tokens")}
+                    "bag": ("bag_policy", "bag_ref", "bag_distance"), "gt": ("gt_logps", "gt_tokens"),
+                    "delta": ("score_delta",)}
 
 
 def _check(loss: Any, x: LossInputs, fields: tuple[str, ...] = (), pairwise: bool = True) -> None:
@@ -333,10 +336,10 @@ class DADPOLoss:
 
     beta: float = 0.1
     alpha: float = 1.0
-    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+    requires: ClassVar[frozenset[str]] = frozenset({"reference", "delta"})
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        _check(self, x, ("score_delta",))
+        _check(self, x)
         beta_i = self.beta * self.alpha * (1 + x.score_delta.abs())
         losses = -F.logsigmoid(beta_i * x.margin)
         metrics = _pair_rewards(self.beta, x)
@@ -359,14 +362,14 @@ class ClipDPOLoss:
     gamma: float = 1.0
     form: str = "scale"
     gamma_m: float = 1.0
-    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+    requires: ClassVar[frozenset[str]] = frozenset({"reference", "delta"})
 
     def __post_init__(self) -> None:
         if self.form not in ("scale", "margin"):
             raise ValueError(f"form must be 'scale' or 'margin', got {self.form!r}")
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
-        _check(self, x, ("score_delta",))
+        _check(self, x)
         if self.form == "scale":
             logits = self.beta * (1 + self.gamma * x.score_delta) * x.margin
         else:

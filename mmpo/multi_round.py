@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmpo import config as cfgmod
+from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, TrainConfig
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_manifest
 from mmpo.schedules import (
@@ -36,7 +37,7 @@ from mmpo.schedules import (
     seed_for,
     write_atomic,
 )
-from mmpo.trainer import check_rerun, resolve_media_root, train
+from mmpo.trainer import resolve_media_root, train
 
 log = logging.getLogger(__name__)
 

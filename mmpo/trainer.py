@@ -2,7 +2,7 @@
 
 One loop (`train`) reads top to bottom: set up, resume, then for each optimizer step accumulate
 micro-batches, clip, guard against NaN, step, log, evaluate, checkpoint. What a step computes is a
-`batch_loss` function chosen by the stage (`preference_loss` for DPO variants, `sft_loss` for SFT);
+`batch_loss` function chosen by the stage (`preference_step` for DPO variants, `sft_step` for SFT);
 schedules (multi-round, distillation) call `train` with their own model, reference or batch_loss
 instead of copying the loop.
 
@@ -14,10 +14,10 @@ teacher passed in by the distillation schedule. Reference-free losses (SFT alone
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
-import pickle
 import random
 import time
 import warnings
@@ -26,67 +26,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
-from mmpo.batches import PairCollator, SFTCollator, SkipLedger, all_batches, make_loader, read_records
-from mmpo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpo import reference as ref
+from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, all_batches, make_loader, read_records
+from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
-from mmpo.lengths import preflight, resolve_max_length, too_long_message
-from mmpo.logprobs import packed_logps, plain_logps
+from mmpo.distributed import all_ranks, average_gradients, check_distributed, gather_objects
+from mmpo.lengths import check_lengths
+from mmpo.logprobs import pair_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
-from mmpo.models import load_model, reference_mode
-from mmpo.models.loading import fingerprint, has_adapter, model_fingerprint
+from mmpo.models import load_model
+from mmpo.models.loading import has_adapter
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- forward passes
-
-def to_device(obj, device):
-    """Move every tensor in a nested dict/list to `device`."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_device(v, device) for v in obj]
-    return obj
-
-
-def pair_logps(model, batch: dict, requires: set, shared_prefix: bool, js_logits: bool = False) -> dict:
-    """All answer log-probs a step needs from one model (policy or reference).
-
-    Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
-    `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
-    clip) and `gt`, `gt_tokens` (ground-truth answer). With `js_logits` (the policy's PaMi pass) also the
-    detached answer logits on the original media (`js_base`) and on each bag clip (`js_bag`), so the
-    prompt-aware distances need no forward of their own.
-    """
-    keep = js_logits and "bag" in requires
-    extra = [batch["gt"]] if "gt" in requires else []
-    if shared_prefix and "rejected_prompt" not in batch:
-        # chosen, rejected (and gt) share the media and prompt: encode them once.
-        outs = packed_logps(model, batch["prompt"], [batch["chosen"], batch["rejected"], *extra], keep_logits=keep)
-    else:
-        outs = [plain_logps(model, batch["prompt"], batch["chosen"], keep_logits=keep),
-                plain_logps(model, batch.get("rejected_prompt", batch["prompt"]), batch["rejected"], keep_logits=keep)]
-        outs += [plain_logps(model, batch["prompt"], a, keep_logits=keep) for a in extra]
-    res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
-    if "gt" in requires:
-        res["gt"], res["gt_tokens"] = outs[2][:2]
-    if "corrupt" in requires:
-        res["corrupt"] = plain_logps(model, batch["corrupt_prompt"], batch["chosen"])[0]
-    if "bag" in requires:
-        bag = [plain_logps(model, p, batch["chosen"], keep_logits=keep) for p in batch["bag_prompts"]]
-        res["bag"] = torch.stack([b[0] for b in bag], 1)
-        if keep:
-            res["js_base"] = outs[0][2].detach()
-            res["js_bag"] = [b[2].detach() for b in bag]
-    return res
-
 
 class PolicyLogps(torch.nn.Module):
     """Wraps the policy so that one `forward` computes every log-prob of a step.
@@ -99,67 +57,19 @@ class PolicyLogps(torch.nn.Module):
         super().__init__()
         self.model, self.requires, self.shared_prefix = model, requires, shared_prefix
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: PairBatch) -> dict:
         return pair_logps(self.model, batch, self.requires, self.shared_prefix, js_logits=True)
 
 
 class AnswerLogps(torch.nn.Module):
-    """SFT's step module: summed answer log-probs and token counts of `batch["answer"]`."""
+    """SFT's step module: summed answer log-probs and token counts of the batch's answers."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return plain_logps(self.model, batch["prompt"], batch["answer"])
-
-
-class AdaptersOff:
-    """Context manager factory: the policy's adapter layers disabled (the reference), found once.
-
-    `PeftModel.disable_adapter()` walks every module and builds a model status report on each call:
-    15 ms of a 120 ms step on the tiny CPU benchmark (benchmarks/LOG.md, 2026-11-23). The set of adapter
-    layers is fixed during training, so they are collected once and toggled with the same per-layer
-    call peft itself uses (`peft.tuners.tuners_utils.BaseTunerLayer.enable_adapters`, also on
-    `modules_to_save` wrappers). Falls back to `reference_mode` for non-LoRA-style (prompt) adapters.
-    """
-
-    def __init__(self, model):
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        self.model = model
-        self.layers = [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
-        prompt_learning = any(c.is_prompt_learning or c.is_adaption_prompt for c in model.peft_config.values())
-        self.fallback = prompt_learning or not self.layers
-
-    @contextlib.contextmanager
-    def __call__(self):
-        if self.fallback:
-            with reference_mode(self.model):
-                yield
-            return
-        try:
-            for m in self.layers:
-                m.enable_adapters(False)
-            yield
-        finally:
-            for m in self.layers:
-                m.enable_adapters(True)
-
-
-def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable[[dict], dict]:
-    """Reference = the same model with its adapters disabled, no grad.
-
-    Without an adapter (full fine-tuning) this is only valid before the first update, i.e. for the
-    precomputed-reference pass; `train` enforces that.
-    """
-    adapters_off = AdaptersOff(model) if has_adapter(model) else contextlib.nullcontext
-
-    def reference(batch: dict) -> dict:
-        with torch.no_grad(), adapters_off():
-            return pair_logps(model, batch, requires, shared_prefix)
-    return reference
+    def forward(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return plain_logps(self.model, batch.prompt, batch.answer)
 
 
 @torch.no_grad()
@@ -169,82 +79,6 @@ def bag_distances(pol: dict, mask: torch.Tensor, top_k: int) -> torch.Tensor:
     Computed from the policy's own logits of this step (detached), so it costs no extra forward.
     """
     return torch.stack([js_divergence(pol["js_base"], q, mask, top_k or None) for q in pol["js_bag"]], 1)
-
-
-# ----------------------------------------------------------------------------- reference cache
-
-def load_reference_cache(path: Path) -> dict[str, dict]:
-    """The cached {record id: {name: tensor}}; anything but tensors and plain containers is refused.
-
-    The cache sits next to the user's data, where anyone who can write a data file can write it too: a
-    full unpickle would run whatever code such a file names.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: refusing to load a reference cache that holds more than tensors "
-                         f"(delete it to recompute): {str(exc).splitlines()[0]}") from None
-
-
-def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
-    """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
-    if cache_path.is_file():
-        return load_reference_cache(cache_path)
-    table: dict[str, dict] = {}
-    for batch in tqdm(loader, desc="reference log-probs", leave=False):
-        if not batch["ids"]:
-            continue
-        out = reference(batch)
-        for i, rid in enumerate(batch["ids"]):
-            table[rid] = {k: v[i].detach().cpu() for k, v in out.items()}
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(".tmp")
-    torch.save(table, tmp)
-    tmp.replace(cache_path)
-    return table
-
-
-def cached_reference(table: dict[str, dict], device) -> Callable[[dict], dict]:
-    def reference(batch: dict) -> dict:
-        rows = [table[rid] for rid in batch["ids"]]
-        return {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
-    return reference
-
-
-# ----------------------------------------------------------------------------- step losses
-
-def preference_loss(terms, step_module, reference, requires: set, top_k: int = 0):
-    """batch_loss for DPO-family stages: policy + reference log-probs -> weighted sum of loss terms."""
-    def batch_loss(batch: dict, progress: float):
-        pol = step_module(batch)
-        ref = reference(batch) if "reference" in requires else {}
-        inputs = LossInputs(
-            policy_chosen=pol["chosen"], policy_rejected=pol["rejected"],
-            ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"),
-            chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"],
-            weight=batch["weight"], score_delta=batch.get("score_delta"),
-            policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
-            bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.get("bag_mask"),
-            bag_distance=bag_distances(pol, batch["chosen"]["attention_mask"], top_k) if "bag" in requires else None,
-            gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
-        total, metrics = 0.0, {}
-        for weight, term in terms:
-            value, m = term(inputs)
-            total = total + weight * value
-            metrics.update(m)
-        metrics["logps/chosen"] = (pol["chosen"] / pol["chosen_tokens"].clamp(min=1)).mean().item()
-        metrics["logps/rejected"] = (pol["rejected"] / pol["rejected_tokens"].clamp(min=1)).mean().item()
-        return total, metrics
-    return batch_loss
-
-
-def sft_loss(step_module):
-    """batch_loss for SFT: token-averaged NLL of the answer (prompt and media tokens masked)."""
-    def batch_loss(batch: dict, progress: float):
-        logp, count = step_module(batch)
-        loss = -logp.sum() / count.sum().clamp(min=1)
-        return loss, {"sft/nll": loss.item()}
-    return batch_loss
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -290,12 +124,56 @@ def resolve_media_root(cfg: TrainConfig) -> str:
     return str(default_media_root(cfg.data.train, cfg.data.media_root))
 
 
-def batch_tokens(batch: dict) -> int:
-    n = int(batch["prompt"]["attention_mask"].sum())
-    for key in ("chosen", "rejected", "answer"):
-        if key in batch:
-            n += int(batch[key]["attention_mask"].sum())
-    return n
+def batch_tokens(batch: PairBatch | SFTBatch) -> int:
+    """Tokens the step read: prompts (media included) and answers (the tokens/s metric)."""
+    answers = [batch.answer] if isinstance(batch, SFTBatch) else [batch.chosen, batch.rejected]
+    return sum(int(part["attention_mask"].sum()) for part in [batch.prompt, *answers])
+
+
+# ----------------------------------------------------------------------------- one step
+
+def preference_step(batch: PairBatch, progress: float, *, policy, reference, terms, requires: set,
+                    top_k: int = 0) -> tuple[torch.Tensor, dict]:
+    """The loss of one DPO-family micro-batch: policy log-probs -> reference log-probs -> weighted sum of terms.
+
+    Args:
+        batch: the micro-batch.
+        progress: 0..1 through training (schedules inside losses, e.g. PaMi's close-to-far temperature).
+        policy: `PolicyLogps` (possibly DDP-wrapped): every policy forward of the step in one call.
+        reference: batch -> reference log-probs (adapters off, the cached table, or a teacher).
+        terms: [(weight, loss)] from `build_loss_terms`.
+        requires: what the terms need ("reference", "corrupt", "bag", "gt", "delta").
+        top_k: PaMi's JS truncation (0 = the full vocabulary).
+
+    Returns:
+        (loss, metrics).
+    """
+    pol = policy(batch)
+    ref = reference(batch) if "reference" in requires else {}
+    inputs = LossInputs(
+        policy_chosen=pol["chosen"], policy_rejected=pol["rejected"],
+        ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"),
+        chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"],
+        weight=batch.weight, score_delta=batch.score_delta,
+        policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
+        bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.bag_mask,
+        bag_distance=bag_distances(pol, batch.chosen["attention_mask"], top_k) if "bag" in requires else None,
+        gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
+    total, metrics = 0.0, {}
+    for weight, term in terms:
+        value, term_metrics = term(inputs)
+        total = total + weight * value
+        metrics.update(term_metrics)
+    metrics["logps/chosen"] = (pol["chosen"] / pol["chosen_tokens"].clamp(min=1)).mean().item()
+    metrics["logps/rejected"] = (pol["rejected"] / pol["rejected_tokens"].clamp(min=1)).mean().item()
+    return total, metrics
+
+
+def sft_step(batch: SFTBatch, progress: float, *, policy) -> tuple[torch.Tensor, dict]:
+    """The loss of one SFT micro-batch: token-averaged NLL of the answer (prompt and media tokens masked)."""
+    logp, count = policy(batch)
+    loss = -logp.sum() / count.sum().clamp(min=1)
+    return loss, {"sft/nll": loss.item()}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -358,25 +236,24 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
         if cfg.precompute_reference:
-            key = fingerprint(records.digest, model_fingerprint(cfg.model), sorted(requires),  # digest: from the read
-                              max_length, cfg.model.num_frames, cfg.shared_prefix)
-            cache = Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
+            cache = ref.cache_path(cfg, records.digest, requires, max_length)
             started = time.perf_counter()
             table = None
             if is_main:  # one pass on the main process; the others wait for its file (no duplicate work or writes)
-                table = precompute_reference(adapter_reference(model, requires, cfg.shared_prefix),
-                                             all_batches(records, collate, cfg.batch_size), cache)
+                table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix),
+                                                 all_batches(records, collate, cfg.batch_size), cache)
             accelerator.wait_for_everyone()
-            reference = cached_reference(table if table is not None else load_reference_cache(cache), device)
+            reference = ref.cached_reference(table if table is not None else ref.load_reference_cache(cache), device)
             prepass_s = time.perf_counter() - started
         elif not has_adapter(model):
             raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
                                      "reference: set precompute_reference: true")
         else:
-            reference = adapter_reference(model, requires, cfg.shared_prefix)
+            reference = ref.adapter_reference(model, requires, cfg.shared_prefix)
     if batch_loss is None:
-        batch_loss = sft_loss(step_module) if sft else preference_loss(terms, step_module, reference, requires,
-                                                                        cfg.pami.js_top_k)
+        batch_loss = (functools.partial(sft_step, policy=step_module) if sft else
+                      functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,
+                                        requires=requires, top_k=cfg.pami.js_top_k))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
@@ -403,11 +280,11 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         # -- accumulate gradients over grad_accum micro-batches
         finite, synced = True, world == 1
         for micro in range(cfg.grad_accum):
-            batch = to_device(next(batches), device)
-            skips.note(batch["skipped"])
+            batch = next(batches).to(device)
+            skips.note(batch.skipped)
             # Under DDP every rank must join each synchronised backward, so a batch whose records were all
             # skipped on one rank is skipped on all of them.
-            if not all_ranks(bool(batch["ids"]), world, device):
+            if not all_ranks(bool(batch.ids), world, device):
                 continue
             last_micro = micro == cfg.grad_accum - 1
             # no_sync: gradients of the earlier micro-batches accumulate locally; the last one all-reduces the sum.
@@ -419,7 +296,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                 (loss / cfg.grad_accum).backward()
             synced = synced or last_micro
             if torch.isfinite(loss):
-                logger.add({"loss": loss.item(), **metrics}, pairs=len(batch["ids"]), tokens=batch_tokens(batch))
+                logger.add({"loss": loss.item(), **metrics}, pairs=len(batch.ids), tokens=batch_tokens(batch))
             else:
                 finite = False
         if not synced:  # the last micro-batch was skipped everywhere: average the accumulated gradients by hand
@@ -474,24 +351,6 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     return run_dir
 
 
-def check_lengths(cfg: TrainConfig, records, processor, media_root, model, is_main: bool) -> int:
-    """Resolve `data.max_length` (0 = the model's context) and measure the data against it before step 1.
-
-    With `on_bad_record: error`, a record over the limit stops the run here, naming its file and line and
-    the key to change, instead of mid-run; with `skip` the collator leaves such records out (counted), unless
-    every record is too long (nothing would train).
-    """
-    limit = resolve_max_length(cfg.data.max_length, model)
-    report = preflight(records, processor, media_root, cfg.model.num_frames, limit, seed=cfg.seed)
-    if is_main:
-        log.info(report.summary())
-    if report.over and (cfg.data.on_bad_record == "error" or len(report.over) == report.checked):
-        rec, length = report.over[0]
-        raise ValueError(f"{too_long_message(rec, length, limit)}; {len(report.over)} of {report.checked} "
-                         "checked records are too long")
-    return limit
-
-
 class TrainingDiverged(RuntimeError):
     """Training stopped: too many consecutive optimizer steps had a non-finite loss or gradient."""
 
@@ -510,85 +369,6 @@ def check_finite_parameters(model, what: str) -> None:
     if bad:
         raise TrainingDiverged(f"{what}: {len(bad)} trainable tensors hold non-finite values (e.g. {bad[0]}); "
                                "not saved")
-
-
-def all_ranks(flag: bool, world: int, device) -> bool:
-    """True when `flag` is true on every process (one tiny all-reduce under DDP), so all ranks decide alike."""
-    if world == 1:
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def average_gradients(params, world: int) -> None:
-    """What DDP's synchronised backward does: the mean of the ranks' gradients, on every rank."""
-    for p in params:
-        if p.grad is not None:
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world
-
-
-def gather_objects(obj, world: int) -> list:
-    """Every rank's `obj` (a picklable value), on every rank; [] in a single process."""
-    if world == 1:
-        return []
-    out = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def check_rerun(cfg: TrainConfig, run_dir: Path, is_main: bool = True) -> None:
-    """Refuse to resume (or overwrite) a run folder whose saved config differs from this one.
-
-    A rerun into a run's folder resumes from its last checkpoint; with another lr, loss or data it would mix
-    two runs and rewrite config.yaml with values that never ran. Settings that do not change what is computed
-    (RERUN_EXEMPT) may differ; `allow_config_change=true` accepts the rest (the old config is kept).
-    """
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file() or not has_results(run_dir):
-        return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flatten(cfgmod.to_dict(cfg))
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and k.split(".")[0] not in RERUN_EXEMPT and k not in RERUN_EXEMPT)
-    if not changed:
-        return
-    listing = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
-    if not cfg.allow_config_change:
-        raise cfgmod.ConfigError(f"{run_dir} holds a run made with another config ({listing}); use another "
-                                 "output_dir, or allow_config_change=true to continue it with the new values")
-    if is_main:
-        keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-        saved_path.replace(keep)
-        log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir, listing, keep.name)
-
-
-def has_results(run_dir: Path) -> bool:
-    """A run folder holds work a rerun would continue or replace: a checkpoint or a finished run, in it or in
-    a sub-run (a schedule's rounds and stages)."""
-    return any(run_dir.glob("**/checkpoints/latest")) or any(run_dir.glob("**/summary.json"))
-
-
-# Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
-RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "tensorboard", "data.num_workers",
-                "allow_config_change", "output_dir"}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) and k != "params" else {key: v})
-    return out
-
-
-def check_distributed(kind: str) -> None:
-    """One process or DDP only. Under FSDP / DeepSpeed the LoRA weights and optimizer states are sharded, and
-    the adapter saving, checkpoints and adapter-off reference here do not gather them (never run: no GPUs)."""
-    if kind.split(".")[-1] in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-        raise cfgmod.ConfigError(f"accelerate {kind}: mmpo trains in one process or with DDP "
-                                 "(configs/accelerate/ddp.yaml); LoRA on a 7B model fits one GPU per process")
 
 
 def save_final(model, processor, run_dir: Path) -> Path:

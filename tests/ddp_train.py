@@ -18,23 +18,21 @@ from mmpo.models import load_model  # noqa: E402
 RANK = int(os.environ.get("RANK", "0"))
 
 
-def poisoned(make_loss):
-    """Wrap a batch_loss factory so that one call on one rank returns NaN."""
-    def factory(*args, **kwargs):
-        inner, calls = make_loss(*args, **kwargs), [0]
+def poisoned(step):
+    """Wrap the step so that one call on one rank returns a NaN loss."""
+    calls = [0]
 
-        def batch_loss(batch, progress):
-            loss, metrics = inner(batch, progress)
-            calls[0] += 1
-            if RANK == int(os.environ["POISON_RANK"]) and calls[0] == int(os.environ["POISON_CALL"]):
-                loss = loss * float("nan")
-            return loss, metrics
-        return batch_loss
-    return factory
+    def poisoned_step(batch, progress, **kwargs):
+        loss, metrics = step(batch, progress, **kwargs)
+        calls[0] += 1
+        if RANK == int(os.environ["POISON_RANK"]) and calls[0] == int(os.environ["POISON_CALL"]):
+            loss = loss * float("nan")
+        return loss, metrics
+    return poisoned_step
 
 
 if "POISON_RANK" in os.environ:
-    trainer.preference_loss = poisoned(trainer.preference_loss)
+    trainer.preference_step = poisoned(trainer.preference_step)
 
 cfg = load(TrainConfig, None, sys.argv[2:])
 model, processor = load_model(cfg.model, cfg.lora, trainable=True)

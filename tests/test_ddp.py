@@ -61,7 +61,7 @@ def test_sharded_launchers_are_refused_with_a_clear_error():
     from accelerate.utils import DistributedType
 
     from mmpo.config import ConfigError
-    from mmpo.trainer import check_distributed
+    from mmpo.distributed import check_distributed
 
     for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
         check_distributed(str(kind))

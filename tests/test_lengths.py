@@ -45,8 +45,8 @@ def test_preflight_lengths_equal_the_collated_lengths(tmp_path, family, media_ty
     collated = []
     for rec in records:
         batch = collate([rec])
-        answer = max(int(batch[k]["attention_mask"].sum()) for k in ("chosen", "rejected"))
-        collated.append(int(batch["prompt"]["attention_mask"].sum()) + answer)
+        answer = max(int(part["attention_mask"].sum()) for part in (batch.chosen, batch.rejected))
+        collated.append(int(batch.prompt["attention_mask"].sum()) + answer)
     assert report.checked == report.total == len(records)
     assert report.longest == max(collated) and report.p50 == int(sorted(collated)[1] / 2 + sorted(collated)[2] / 2)
     if family in ("llava_next", "llava_onevision") and media_type == "image":

@@ -42,7 +42,7 @@ def _probe(world, processor, n=2):
 
 @torch.no_grad()
 def _answer_logps(model, batch, key="answer"):
-    return plain_logps(model, batch["prompt"], batch[key])[0]
+    return plain_logps(model, batch.prompt, getattr(batch, key))[0]
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +146,11 @@ def test_guidance_term_is_the_ground_truth_nll_not_the_chosen_one(world, tmp_pat
     base, processor = load_merged(ModelConfig(path=str(world["model"])))
     batch = PairCollator(processor, str(world["sft"].parent), 4, requires=frozenset({"gt"}))(pairs[:2])
     gt_ids = encode_answers(processor, [p.meta["gt"] for p in pairs[:2]])["input_ids"]
-    assert torch.equal(batch["gt"]["input_ids"], gt_ids)
-    assert not torch.equal(batch["gt"]["input_ids"], batch["chosen"]["input_ids"])
+    assert torch.equal(batch.gt["input_ids"], gt_ids)
+    assert not torch.equal(batch.gt["input_ids"], batch.chosen["input_ids"])
     # step 1: the policy is the base (fresh LoRA), so the logged term is the base's NLL of the gt answer
     def nll(key):
-        logp, n = plain_logps(base, batch["prompt"], batch[key])
+        logp, n = plain_logps(base, batch.prompt, getattr(batch, key))
         return float((-logp / n).mean())
 
     with torch.no_grad():
@@ -257,7 +257,7 @@ def test_dpkd_with_teacher_equal_to_student_is_ce_plus_log2(world, tmp_path):
                              "distill.dpkd_ratio=0.25"))
     _, teacher, batch = _hand_batch(world)
     with torch.no_grad():
-        logp, n = plain_logps(teacher, batch["prompt"], batch["chosen"])
+        logp, n = plain_logps(teacher, batch.prompt, batch.chosen)
     ce = float(-logp.sum() / n.sum())  # token mean over the batch
     row = read_metrics(tmp_path / "preference")[0]
     assert row["dpkd/loss"] == pytest.approx(math.log(2), abs=1e-6)  # h_t = 0 at every token: LS(0) = log 2

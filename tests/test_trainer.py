@@ -98,12 +98,15 @@ def _lora_grads(model):
 def test_one_8_pair_backward_equals_eight_1_pair_backwards(world):
     """The accumulation invariant, where it lives: gradients of the mean loss over 8 pairs equal the sum of
     eight 1-pair losses divided by 8 (the trainer's `loss / grad_accum`)."""
+    import functools
+
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
     from mmpo.losses import build_loss_terms
     from mmpo.models import load_model
     from mmpo.records import read_pairs
-    from mmpo.trainer import PolicyLogps, adapter_reference, preference_loss
+    from mmpo.reference import adapter_reference
+    from mmpo.trainer import PolicyLogps, preference_step
 
     model, processor = load_model(ModelConfig(path=str(world["model"])), LoraConfig(r=4), trainable=True)
     gen = torch.Generator().manual_seed(0)
@@ -112,8 +115,9 @@ def test_one_8_pair_backward_equals_eight_1_pair_backwards(world):
             if "lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     requires = {"reference"}
-    loss_fn = preference_loss(build_loss_terms([{"name": "dpo"}]), PolicyLogps(model, requires, True),
-                              adapter_reference(model, requires, True), requires)
+    loss_fn = functools.partial(preference_step, policy=PolicyLogps(model, requires, True),
+                                reference=adapter_reference(model, requires, True),
+                                terms=build_loss_terms([{"name": "dpo"}]), requires=requires)
     collate = PairCollator(processor, str(world["pairs"].parent), requires=frozenset(requires))
     recs = read_pairs(world["pairs"])[:8]
 
@@ -230,23 +234,23 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
 
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
-    from mmpo.logprobs import answer_logits
+    from mmpo.logprobs import answer_logits, pair_logps
     from mmpo.losses import js_divergence
     from mmpo.models import load_model
     from mmpo.records import AugSpec, read_pairs
-    from mmpo.trainer import bag_distances, pair_logps
+    from mmpo.trainer import bag_distances
 
     model, processor = load_model(ModelConfig(path=str(world["model"])), LoraConfig(r=4), trainable=True)
     bag = (AugSpec("mdpo_crop", {}, 1), AugSpec("gaussian_noise", {"std": 80.0}, 2))
     recs = [dataclasses.replace(r, rejected_bag=bag) for r in read_pairs(world["pairs"])[:3]]
     batch = PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"bag", "reference"}))(recs)
     pol = pair_logps(model, batch, {"bag", "reference"}, shared_prefix=True, js_logits=True)
-    mask = batch["chosen"]["attention_mask"]
+    mask = batch.chosen["attention_mask"]
     ours = bag_distances(pol, mask, top_k=0)
     with torch.no_grad():
-        base = answer_logits(model, batch["prompt"], batch["chosen"])
-        separate = torch.stack([js_divergence(base, answer_logits(model, p, batch["chosen"]), mask)
-                                for p in batch["bag_prompts"]], 1)
+        base = answer_logits(model, batch.prompt, batch.chosen)
+        separate = torch.stack([js_divergence(base, answer_logits(model, p, batch.chosen), mask)
+                                for p in batch.bag_prompts], 1)
     assert ours.shape == (3, 2) and (ours > 0).all()
     assert torch.allclose(ours, separate, atol=1e-5)
 
@@ -312,7 +316,7 @@ class _Payload:
 
 def test_caches_and_checkpoints_holding_pickled_objects_are_refused(world, tmp_path, capsys):
     from mmpo.checkpoint import latest_checkpoint
-    from mmpo.trainer import load_reference_cache
+    from mmpo.reference import load_reference_cache
 
     cache = tmp_path / "evil.pt"
     torch.save({"r1": {"chosen": _Payload()}}, cache)
@@ -324,3 +328,19 @@ def test_caches_and_checkpoints_holding_pickled_objects_are_refused(world, tmp_p
     with pytest.raises(ValueError, match="refusing to load a checkpoint"):
         train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
     assert "this ran code" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("loss, field", [
+    ("[{name: dadpo}]", "scores.delta"),
+    ("[{name: dpo}, {name: sft, weight: 0.1, params: {target: gt}}]", "meta.gt"),
+])
+def test_a_term_that_needs_a_field_the_data_lacks_is_an_error_naming_the_record(world, tmp_path, loss, field):
+    """No silent defaults: DA-DPO without scores.delta is not DPO with delta 0, and sft(target=gt) without a
+    ground truth is not NLL on the chosen answer."""
+    lines = world["pairs"].read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    rows[5].pop("scores") if field == "scores.delta" else rows[5]["meta"].pop("gt")
+    path = world["pairs"].parent / "lacking.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"lacking.jsonl:6: a loss term needs {field}"):
+        train(_cfg(world, tmp_path / "run", "max_steps=4", f"data.train={path}", f"loss={loss}", "data.shuffle=false"))

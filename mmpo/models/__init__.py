@@ -13,6 +13,7 @@ from mmpo.models.inputs import (
     prompt_text,
 )
 from mmpo.models.loading import (
+    AdaptersOff,
     add_lora,
     base_model,
     family_of,
@@ -38,7 +39,7 @@ __all__ = [
     "FAMILIES", "VIDEO_FAMILIES", "IGNORE_INDEX",
     "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
     "make_real_format_model", "REAL_FORMAT_FAMILIES",
-    "load_model", "add_lora", "reference_mode", "family_of", "supports_video", "has_adapter", "base_model",
+    "load_model", "add_lora", "reference_mode", "AdaptersOff", "family_of", "supports_video", "has_adapter", "base_model",
     "resolve_device", "set_full_finetune",
     "generate_answers", "prompt_text", "encode_prompts", "encode_templated", "encode_answers", "join_prompt_answer",
     "media_keys", "position_ids_from_mask", "check_answer_tokens", "AnswerTokenError",

@@ -183,6 +183,40 @@ def reference_mode(model):
         yield model
 
 
+class AdaptersOff:
+    """Context manager factory: the policy's adapter layers disabled (the reference), found once.
+
+    `PeftModel.disable_adapter()` walks every module and builds a model status report on each call:
+    15 ms of a 120 ms step on the tiny CPU benchmark (benchmarks/LOG.md, 2026-11-23). The set of adapter
+    layers is fixed during training, so they are collected once and toggled with the same per-layer
+    call peft itself uses (`peft.tuners.tuners_utils.BaseTunerLayer.enable_adapters`, also on
+    `modules_to_save` wrappers). Falls back to `reference_mode` for non-LoRA-style (prompt) adapters.
+    """
+
+    def __init__(self, model):
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
+
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+        prompt_learning = any(c.is_prompt_learning or c.is_adaption_prompt for c in model.peft_config.values())
+        self.fallback = prompt_learning or not self.layers
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if self.fallback:
+            with reference_mode(self.model):
+                yield
+            return
+        try:
+            for m in self.layers:
+                m.enable_adapters(False)
+            yield
+        finally:
+            for m in self.layers:
+                m.enable_adapters(True)
+
+
 def base_model(model):
     """The underlying transformers model (unwraps peft)."""
     return model.get_base_model() if has_adapter(model) else model

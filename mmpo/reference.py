@@ -1,0 +1,82 @@
+"""The reference policy's log-probs: the policy with its adapters off, or a table computed once and cached.
+
+The reference is never a second copy of the weights: with LoRA it is the same model with its adapter layers
+disabled (`mmpo.models.AdaptersOff`), run without gradients. With `precompute_reference` it is computed
+once, before step 1, in one pass over the data, and cached next to the data under a key of everything
+that changes the numbers (data digest, model, requirements, lengths, frames, layout); a reference-free
+loss skips it, and the distillation schedule passes its teacher instead (`mmpo.distill`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from mmpo.logprobs import pair_logps
+from mmpo.models import AdaptersOff, has_adapter
+from mmpo.models.loading import fingerprint, model_fingerprint
+
+
+def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable:
+    """Reference = the same model with its adapters disabled, no grad.
+
+    Without an adapter (full fine-tuning) this is only valid before the first update, i.e. for the
+    precomputed-reference pass; `train` enforces that.
+    """
+    adapters_off = AdaptersOff(model) if has_adapter(model) else contextlib.nullcontext
+
+    def reference(batch) -> dict:
+        with torch.no_grad(), adapters_off():
+            return pair_logps(model, batch, requires, shared_prefix)
+    return reference
+
+
+def cache_path(cfg, digest: str, requires: set, max_length: int) -> Path:
+    """Where the precomputed table of this data, model and layout lives: `<train file>.refcache/<key>.pt`."""
+    key = fingerprint(digest, model_fingerprint(cfg.model), sorted(requires), max_length, cfg.model.num_frames,
+                      cfg.shared_prefix)
+    return Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
+
+
+def load_reference_cache(path: Path) -> dict[str, dict]:
+    """The cached {record id: {name: tensor}}; anything but tensors and plain containers is refused.
+
+    The cache sits next to the user's data, where anyone who can write a data file can write it too: a
+    full unpickle would run whatever code such a file names.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: refusing to load a reference cache that holds more than tensors "
+                         f"(delete it to recompute): {str(exc).splitlines()[0]}") from None
+
+
+def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
+    """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
+    if cache_path.is_file():
+        return load_reference_cache(cache_path)
+    table: dict[str, dict] = {}
+    for batch in tqdm(loader, desc="reference log-probs", leave=False):
+        if not batch.ids:
+            continue
+        out = reference(batch)
+        for i, rid in enumerate(batch.ids):
+            table[rid] = {k: v[i].detach().cpu() for k, v in out.items()}
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_path.with_suffix(".tmp")
+    torch.save(table, tmp)
+    tmp.replace(cache_path)
+    return table
+
+
+def cached_reference(table: dict[str, dict], device) -> Callable:
+    """The reference callable that reads the precomputed table (by record id) instead of running a model."""
+    def reference(batch) -> dict:
+        rows = [table[rid] for rid in batch.ids]
+        return {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
+    return reference
