@@ -9,9 +9,10 @@ dropped and the median of the remaining step times is reported (pairs/s = pairs 
 - TRL steps are timed on_step_end -> on_step_end by a TrainerCallback (also including data loading).
 - tokens/s uses one definition for both: the tokens of the plain layout, 2 x (media + prompt) +
   chosen + rejected per pair.
-- Peak memory: CUDA max_memory_allocated per run; on CPU, the peak RSS of a child process that runs
-  that variant alone after the same imports and set-up (ru_maxrss is a process-wide high-water mark,
-  useless within one process; with tiny models it is dominated by the ~1 GiB of imported libraries).
+- Peak memory: CUDA max_memory_allocated per run; on CPU, what a child process that runs that variant alone
+  adds to its peak RSS above the same imports and set-up (ru_maxrss is a process-wide high-water mark, useless
+  within one process, and its absolute value is dominated by the ~1 GiB of imported libraries, which made
+  every variant print the same number before 2026-11-28).
 
 mmpo lever variants (each flips one setting of the baseline): shared-prefix forward, precomputed
 reference log-probs, gradient checkpointing, chunked log-softmax (off = one fp32 log_softmax over the
@@ -411,7 +412,7 @@ def _iqr(xs: list[float]) -> float:
 def print_table(res: dict) -> None:
     print(f"\n## {res['config']}  (tokens per pair: {json.dumps({k: round(v, 1) for k, v in res['stats'].items()})}; "
           f"measured peak {res['peak_tflops']:.3f} TFLOP/s)")
-    print("| variant | step ms (IQR) | pairs/s | pre-pass s | 1-epoch pairs/s | tokens/s | peak mem GiB | useful TFLOP/s "
+    print("| variant | step ms (IQR) | pairs/s | pre-pass s | 1-epoch pairs/s | tokens/s | peak mem GiB (CPU: added by training) | useful TFLOP/s "
           "| utilisation | vs TRL | 1 epoch vs TRL |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     trl = res["rows"].get("trl", {}).get("pairs_per_s")
@@ -442,8 +443,11 @@ def main(argv=None) -> None:
     if args.child:  # one variant alone in this process: report its peak RSS
         env = setup(configs[0], args)
         import trl  # noqa: F401  (both tools pay the same import baseline)
+        baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # imports, model, data: set-up
         measure_once(env, variants_for(env["spec"])[args.child], args.steps, env["work"] / "child")
-        print(json.dumps({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+        # ru_maxrss is a high-water mark: what training adds above set-up is the variant's own working memory
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(json.dumps({"peak_rss_gib": peak - baseline, "setup_rss_gib": baseline}))
         return
     results = []
     for config in configs:

@@ -100,7 +100,12 @@ def make_optimizer(cfg: TrainConfig, params):
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up then cosine decay to 0 (the schedule of TRL/LLaVA DPO scripts)."""
+    """Linear warm-up over ceil(warmup_ratio * steps) steps, then cosine decay to 0 (TRL / LLaVA DPO scripts).
+
+    One difference from transformers' `get_cosine_schedule_with_warmup`: its factor at step 0 is 0, so the first
+    update is wasted with lr 0; here step s < w uses (s + 1) / (w + 1), which starts above 0 and reaches the
+    peak at step w, where the cosine takes over.
+    """
     warmup = int(math.ceil(total_steps * warmup_ratio))
 
     def factor(step: int) -> float:
@@ -128,6 +133,22 @@ def batch_tokens(batch: PairBatch | SFTBatch) -> int:
     """Tokens the step read: prompts (media included) and answers (the tokens/s metric)."""
     answers = [batch.answer] if isinstance(batch, SFTBatch) else [batch.chosen, batch.rejected]
     return sum(int(part["attention_mask"].sum()) for part in [batch.prompt, *answers])
+
+
+def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max_length: int, accelerator, device):
+    """The reference callable: the policy with adapters off, or (`precompute_reference`) its cached table."""
+    if not cfg.precompute_reference:
+        if not has_adapter(model):
+            raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
+                                     "reference: set precompute_reference: true")
+        return ref.adapter_reference(model, requires, cfg.shared_prefix)
+    cache = ref.cache_path(cfg, records.digest, requires, max_length)
+    table = None
+    if accelerator.is_main_process:  # one pass on the main process; the others wait for its file
+        table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix),
+                                         all_batches(records, collate, cfg.batch_size), cache)
+    accelerator.wait_for_everyone()
+    return ref.cached_reference(table if table is not None else ref.load_reference_cache(cache), device)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -229,27 +250,17 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     per_epoch = max(len(records) // (cfg.batch_size * world), 1)
     total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
 
-    # The step function, the reference, the optimizer: one forward per backward for DDP.
+    # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module
+    # goes through accelerate (DDP must wrap the module whose forward the step runs); the data order, the
+    # optimizer and the schedule stay ours, so resume and the batches a rank draws are the same for 1 or N ranks.
     step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
     if world > 1:
         step_module = accelerator.prepare(step_module)
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
-        if cfg.precompute_reference:
-            cache = ref.cache_path(cfg, records.digest, requires, max_length)
-            started = time.perf_counter()
-            table = None
-            if is_main:  # one pass on the main process; the others wait for its file (no duplicate work or writes)
-                table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix),
-                                                 all_batches(records, collate, cfg.batch_size), cache)
-            accelerator.wait_for_everyone()
-            reference = ref.cached_reference(table if table is not None else ref.load_reference_cache(cache), device)
-            prepass_s = time.perf_counter() - started
-        elif not has_adapter(model):
-            raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
-                                     "reference: set precompute_reference: true")
-        else:
-            reference = ref.adapter_reference(model, requires, cfg.shared_prefix)
+        started = time.perf_counter()
+        reference = make_reference(cfg, model, requires, records, collate, max_length, accelerator, device)
+        prepass_s = time.perf_counter() - started
     if batch_loss is None:
         batch_loss = (functools.partial(sft_step, policy=step_module) if sft else
                       functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from pathlib import Path
 
 import torch
 
 from mmpo.config import LoraConfig, ModelConfig, to_dict
 from mmpo.models.tiny import FAMILIES, VIDEO_FAMILIES
+from mmpo.records import make_id
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Modules that stay in full precision under 4-bit and are frozen in full fine-tuning, per family.
@@ -233,8 +233,8 @@ def supports_video(model) -> bool:
 
 
 def fingerprint(*parts) -> str:
-    """A short stable hash of JSON-able parts (cache keys, run identities)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A short stable hash of JSON-able parts (cache keys, run identities): the records' `make_id` rule."""
+    return make_id(*parts)
 
 
 def file_digest(path: str | Path) -> str:
