@@ -231,6 +231,7 @@ def run_mmpo(env: dict, variant: dict, steps: int, out: Path) -> list[float]:
         "progress=false", f"precision={spec['precision']}", "loss=[{name: dpo, params: {beta: 0.1}}]",
         *(f"{k}={str(variant[k]).lower()}" for k in LEVERS if k != "chunked_logsoftmax")])
     shutil.rmtree(str(env["pairs"]) + ".refcache", ignore_errors=True)  # every run pays its own pre-pass
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run folder (mmpo refuses to continue one with another config)
     with logsoftmax_mode(variant["chunked_logsoftmax"]):
         run_dir = train(cfg)
     env["last_prepass_s"] = json.loads((run_dir / "summary.json").read_text())["reference_prepass_s"]

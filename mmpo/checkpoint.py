@@ -52,8 +52,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict) -> Path:
-    """Write `run_dir/checkpoints/step-{step}` atomically and point `latest` at it.
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, procs=None) -> Path:
+    """Write `run_dir/checkpoints/step-{step}` atomically and point `latest` at it. Every rank calls it.
+
+    One process or DDP: the main process writes `state.pt` (every rank holds the same weights). FSDP2: the
+    ranks write their shards of the trainable parameters and optimizer state together with
+    `torch.distributed.checkpoint` (no rank ever holds them all), plus one `rank{r}.pt` each for the schedule,
+    RNG and counters.
 
     Args:
         run_dir: the run directory.
@@ -62,24 +67,43 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         optimizer: its state is saved.
         scheduler: its state is saved.
         extra: anything else to restore (data position, loss states, counters).
+        procs: the `mmpo.distributed.Processes` (None: one process).
 
     Returns:
         The checkpoint folder.
     """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".tmp-step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save({"step": step, "params": trainable_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}, tmp / "state.pt")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = root / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / "latest")
+    final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
+    main, sharded = procs is None or procs.is_main, procs is not None and procs.sharded
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if sharded:
+        procs.barrier()
+        import torch.distributed.checkpoint as dcp
+
+        model_state, optim_state = _sharded_state(model, optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra,
+                    "world": procs.world}, tmp / f"rank{procs.rank}.pt")
+        procs.barrier()
+    elif main:
+        torch.save({"step": step, "params": trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}, tmp / "state.pt")
+    if main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        pointer = root / ".latest.tmp"
+        pointer.write_text(final.name)
+        os.replace(pointer, root / "latest")
     return final
+
+
+def _sharded_state(model, optimizer):
+    """The trainable parameters' and the optimizer's sharded state dicts (FSDP2), frozen weights left out."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, optimizer, options=StateDictOptions(ignore_frozen_params=True))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -88,20 +112,44 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if not pointer.is_file():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() else None
+    return path if (path / "state.pt").is_file() or (path / "rank0.pt").is_file() else None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> tuple[int, dict]:
-    """Restore parameters, optimizer, scheduler and RNG from a checkpoint folder.
+def _safe_load(path: Path) -> dict:
+    try:  # tensors and plain values only: a checkpoint folder is a file anyone with write access could replace
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: refusing to load a checkpoint that holds more than tensors and plain "
+                         f"values: {str(exc).splitlines()[0]}") from None
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, procs=None) -> tuple[int, dict]:
+    """Restore parameters, optimizer, scheduler and RNG from a checkpoint folder (as `save_checkpoint` wrote it).
 
     Returns:
         (step, extra) as saved.
     """
-    try:  # tensors and plain values only: a checkpoint folder is a file anyone with write access could replace
-        state = torch.load(Path(path) / "state.pt", map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}/state.pt: refusing to load a checkpoint that holds more than tensors and plain "
-                         f"values: {str(exc).splitlines()[0]}") from None
+    path = Path(path)
+    sharded = procs is not None and procs.sharded
+    if sharded != (path / "rank0.pt").is_file():
+        raise ValueError(f"{path}: written {'with' if not sharded else 'without'} FSDP sharding; resume it the "
+                         "same way it ran (parallel: fsdp or ddp)")
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        own = _safe_load(path / f"rank{procs.rank}.pt")
+        if own["world"] != procs.world:
+            raise ValueError(f"{path}: written by {own['world']} processes; resume it with the same number")
+        model_state, optim_state = _sharded_state(model, optimizer)
+        state = {"model": model_state, "optim": optim_state}
+        dcp.load(state, checkpoint_id=str(path))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                       options=StateDictOptions(ignore_frozen_params=True))
+        scheduler.load_state_dict(own["scheduler"])
+        set_rng_state(own["rng"])
+        return own["step"], own["extra"]
+    state = _safe_load(path / "state.pt")
     params = dict(model.named_parameters())
     missing = [n for n in state["params"] if n not in params]
     if missing:

@@ -299,6 +299,7 @@ class TrainConfig:
     eval_config: str = ""  # a POPE eval YAML (configs/eval/pope_*.yaml; `limit` questions per split) for eval_every
     tensorboard: bool = False  # also write tensorboard event files
     progress: bool = True  # tqdm progress bar
+    parallel: str = "auto"  # with several processes: ddp (replicate) | fsdp (shard, FSDP2) | auto (fsdp if launched so)
     max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
     allow_config_change: bool = False  # resume a run folder whose config.yaml differs (else refused, listing the keys)
     pami: PamiConfig = field(default_factory=PamiConfig)  # PaMi-VDPO bag scoring
@@ -308,6 +309,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in ("dpo", "sft", "multi_round", "distill"):
             raise ConfigError(f"stage: expected dpo | sft | multi_round | distill, got {self.stage!r}")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise ConfigError(f"parallel: expected auto | ddp | fsdp, got {self.parallel!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
         check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",

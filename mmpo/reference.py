@@ -56,8 +56,8 @@ def load_reference_cache(path: Path) -> dict[str, dict]:
                          f"(delete it to recompute): {str(exc).splitlines()[0]}") from None
 
 
-def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[str, dict]:
-    """One pass over the data under the reference; {record id: {name: value}} saved to `cache_path`."""
+def precompute_reference(reference: Callable, loader, cache_path: Path, write: bool = True) -> dict[str, dict]:
+    """One pass over the data under the reference; {record id: {name: value}}, saved to `cache_path` if `write`."""
     if cache_path.is_file():
         return load_reference_cache(cache_path)
     table: dict[str, dict] = {}
@@ -67,10 +67,11 @@ def precompute_reference(reference: Callable, loader, cache_path: Path) -> dict[
         out = reference(batch)
         for i, rid in enumerate(batch.ids):
             table[rid] = {k: v[i].detach().cpu() for k, v in out.items()}
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_path.with_suffix(".tmp")
-    torch.save(table, tmp)
-    tmp.replace(cache_path)
+    if write:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp")
+        torch.save(table, tmp)
+        tmp.replace(cache_path)
     return table
 
 

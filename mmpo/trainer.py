@@ -14,6 +14,7 @@ teacher passed in by the distillation schedule. Reference-free losses (SFT alone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -33,13 +34,27 @@ from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, all_batches, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
-from mmpo.distributed import all_ranks, average_gradients, check_distributed, gather_objects
+from mmpo.distributed import (
+    Processes,
+    all_ranks,
+    average_gradients,
+    full_tensor,
+    gather_objects,
+    gradient_sync,
+    local_part,
+    mean_over_ranks,
+    replicate,
+    reshard,
+    shard_from_main,
+    shard_model,
+    start_processes,
+)
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import pair_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model
-from mmpo.models.loading import has_adapter
+from mmpo.models.loading import has_adapter, load_skeleton
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +150,21 @@ def batch_tokens(batch: PairBatch | SFTBatch) -> int:
     return sum(int(part["attention_mask"].sum()) for part in [batch.prompt, *answers])
 
 
-def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max_length: int, accelerator, device):
+def load_policy(cfg: TrainConfig, procs: Processes):
+    """The policy and its processor. Sharded: only the main rank reads the weights (on CPU; FSDP2 moves the
+    shards to the GPUs), the others build a weightless skeleton and receive their shards from it."""
+    if not procs.sharded:
+        return load_model(cfg.model, cfg.lora, trainable=True)
+    if cfg.model.load_in_4bit:
+        raise cfgmod.ConfigError("4-bit weights cannot be sharded with FSDP here: train QLoRA with DDP "
+                                 "(configs/accelerate/ddp.yaml; LoRA on a 4-bit 7B model fits one GPU per process)")
+    if procs.is_main:
+        return load_model(dataclasses.replace(cfg.model, device="cpu"), cfg.lora, trainable=True)
+    return load_skeleton(cfg.model, cfg.lora, trainable=True)
+
+
+def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max_length: int, procs: Processes,
+                   device):
     """The reference callable: the policy with adapters off, or (`precompute_reference`) its cached table."""
     if not cfg.precompute_reference:
         if not has_adapter(model):
@@ -144,10 +173,12 @@ def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max
         return ref.adapter_reference(model, requires, cfg.shared_prefix)
     cache = ref.cache_path(cfg, records.digest, requires, max_length)
     table = None
-    if accelerator.is_main_process:  # one pass on the main process; the others wait for its file
+    # One pass on the main process, the others wait for its file; under FSDP2 a forward needs every rank, so all
+    # of them run the pass (the same batches) and only the main one writes.
+    if procs.is_main or procs.sharded:
         table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix),
-                                         all_batches(records, collate, cfg.batch_size), cache)
-    accelerator.wait_for_everyone()
+                                         all_batches(records, collate, cfg.batch_size), cache, write=procs.is_main)
+    procs.barrier()
     return ref.cached_reference(table if table is not None else ref.load_reference_cache(cache), device)
 
 
@@ -215,25 +246,29 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     Returns:
         The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
     """
-    from accelerate import Accelerator
-
     run_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    check_distributed(str(accelerator.distributed_type))
-    is_main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    procs = start_processes(cfg.parallel)
+    is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, is_main)
-    accelerator.wait_for_everyone()  # every rank has compared with the old config before it is replaced
+    procs.barrier()  # every rank has compared with the old config before it is replaced
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfgmod.save(cfg, run_dir / "config.yaml")
-    seed_everything(cfg.seed + rank)
-    if model is None:
-        model, processor = load_model(cfg.model, cfg.lora, trainable=True)
-    device = next(model.parameters()).device
+    seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    loaded_here = model is None
+    if loaded_here:
+        model, processor = load_policy(cfg, procs)
+    seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
+    if procs.sharded:
+        (shard_from_main if loaded_here else shard_model)(model, cfg.precision, procs)
+    device = procs.device if procs.sharded else next(model.parameters()).device
+    # Taken now, while FSDP2's parameters are the sharded ones: after a forward without backward its root group
+    # stays gathered, and model.parameters() would then list the gathered copies, which never get gradients.
+    params = [p for p in model.parameters() if p.requires_grad]
 
     # Data: records are validated on read (file:line:field errors, or counted skips).
     sft = cfg.stage == "sft"
@@ -254,18 +289,21 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     # goes through accelerate (DDP must wrap the module whose forward the step runs); the data order, the
     # optimizer and the schedule stay ours, so resume and the batches a rank draws are the same for 1 or N ranks.
     step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
-    if world > 1:
-        step_module = accelerator.prepare(step_module)
+    # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
+    # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
+    average_by_hand = world > 1 and not procs.sharded and batch_loss is not None
+    if world > 1 and not procs.sharded and batch_loss is None:
+        step_module = replicate(step_module, procs)
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
         started = time.perf_counter()
-        reference = make_reference(cfg, model, requires, records, collate, max_length, accelerator, device)
+        reference = make_reference(cfg, model, requires, records, collate, max_length, procs, device)
         prepass_s = time.perf_counter() - started
+    reshard(model, procs)
     if batch_loss is None:
         batch_loss = (functools.partial(sft_step, policy=step_module) if sft else
                       functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,
                                         requires=requires, top_k=cfg.pami.js_top_k))
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
 
@@ -274,7 +312,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     skips = SkipLedger(invalid_lines=len(skipped))
     last = latest_checkpoint(run_dir)
     if last is not None:
-        step, extra = load_checkpoint(last, model, optimizer, scheduler)
+        step, extra = load_checkpoint(last, model, optimizer, scheduler, procs)
         nonfinite, skips = extra["nonfinite"], SkipLedger(len(skipped), extra["skips"])
         for (_, term), state in zip(terms, extra.get("loss_states", []), strict=True):
             if state is not None and hasattr(term, "load_state_dict"):
@@ -298,24 +336,23 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             if not all_ranks(bool(batch.ids), world, device):
                 continue
             last_micro = micro == cfg.grad_accum - 1
-            # no_sync: gradients of the earlier micro-batches accumulate locally; the last one all-reduces the sum.
-            with (contextlib.nullcontext() if last_micro or world == 1 else accelerator.no_sync(step_module)), \
-                    autocast(cfg.precision, device):
+            # Gradients of the earlier micro-batches accumulate locally; the last one reduces the sum across ranks.
+            with gradient_sync(step_module, procs, sync=last_micro), autocast(cfg.precision, device):
                 loss, metrics = batch_loss(batch, step / total_steps)
                 # A non-finite loss still goes through backward, so no rank leaves the others waiting in the
                 # all-reduce; the update is skipped below on every rank alike.
                 (loss / cfg.grad_accum).backward()
             synced = synced or last_micro
-            if torch.isfinite(loss):
-                logger.add({"loss": loss.item(), **metrics}, pairs=len(batch.ids), tokens=batch_tokens(batch))
-            else:
-                finite = False
-        if not synced:  # the last micro-batch was skipped everywhere: average the accumulated gradients by hand
+            finite = all_ranks(finite and bool(torch.isfinite(loss)), world, device)
+            if finite:  # the metrics of the whole micro-batch, all ranks together
+                logger.add(mean_over_ranks({"loss": loss.item(), **metrics}, procs), pairs=len(batch.ids) * world,
+                           tokens=batch_tokens(batch) * world)
+        if average_by_hand or (not synced and not procs.sharded):  # also when the last micro-batch was skipped
             average_gradients(params, world)
 
         # -- clip, guard, step
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-        if all_ranks(finite and bool(torch.isfinite(grad_norm)), world, device):
+        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+        if finite and bool(torch.isfinite(grad_norm)):  # both already agreed by every rank
             optimizer.step()
             nonfinite["consecutive"] = 0
         else:
@@ -338,27 +375,30 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         if step % cfg.log_every == 0 or step == total_steps:
             row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
             bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-        if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and is_main:
+        # Under FSDP2 every rank runs the hook (a forward needs all the shards); the main one logs it.
+        if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and (is_main or procs.sharded):
             model.eval()
             logger.flush(step, {f"eval/{k}": v for k, v in eval_hook(model, processor, step).items()})
+            reshard(model, procs)
             model.train()
         # The last step is not checkpointed: the final adapter below is what a finished run keeps.
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps and is_main:
-            check_finite_parameters(model, f"checkpoint at step {step}")
+        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+            check_finite_parameters(model, f"checkpoint at step {step}", procs)
             save_checkpoint(run_dir, step, model, optimizer, scheduler, {
                 "nonfinite": nonfinite, "skips": skips.state(),
-                "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]})
-        accelerator.wait_for_everyone()
+                "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]}, procs)
+        procs.barrier()
     bar.close()
     logger.close()
     skips.merge(gather_objects(skips.state(), world))
+    check_finite_parameters(model, "final weights", procs)
+    save_final(model, processor, run_dir, procs)
     if is_main:
-        check_finite_parameters(model, "final weights")
-        save_final(model, processor, run_dir)
         summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
-                   "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s}
+                   "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s,
+                   "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.wait_for_everyone()
+    procs.barrier()
     return run_dir
 
 
@@ -374,18 +414,30 @@ def diverged_message(cfg: TrainConfig, step: int, count: int, last_checkpoint) -
             f"too large or too small for this model, or fp16 overflow (precision={cfg.precision}); {kept}")
 
 
-def check_finite_parameters(model, what: str) -> None:
-    """Refuse to save weights with NaN or inf in them (a run that saved them would look like it succeeded)."""
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    if bad:
-        raise TrainingDiverged(f"{what}: {len(bad)} trainable tensors hold non-finite values (e.g. {bad[0]}); "
-                               "not saved")
+def check_finite_parameters(model, what: str, procs: Processes) -> None:
+    """Refuse to save weights with NaN or inf in them (a run that saved them would look like it succeeded).
+
+    Every rank checks its own shards and all decide together (under FSDP2 no rank holds all the weights).
+    """
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(local_part(p)).all()]
+    if not all_ranks(not bad, procs.world, procs.device):
+        example = f" (e.g. {bad[0]})" if bad else ""
+        raise TrainingDiverged(f"{what}: trainable tensors hold non-finite values{example}; not saved")
 
 
-def save_final(model, processor, run_dir: Path) -> Path:
-    """The final adapter in PEFT format (`adapter/`), or the full model (`model/`), with the processor."""
+def save_final(model, processor, run_dir: Path, procs: Processes) -> Path:
+    """The final adapter in PEFT format (`adapter/`), or the full model (`model/`), with the processor.
+
+    Under FSDP2 the trainable weights are gathered to the main process first (a collective: every rank calls).
+    """
     out = run_dir / ("adapter" if has_adapter(model) else "model")
-    model.save_pretrained(out)
-    if processor is not None:
-        processor.save_pretrained(out)
+    state = None
+    if procs.sharded:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if procs.is_main:
+        model.save_pretrained(out, **({"state_dict": state} if state is not None else {}))
+        if processor is not None:
+            processor.save_pretrained(out)
     return out

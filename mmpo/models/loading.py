@@ -97,6 +97,32 @@ def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool
     return model, processor
 
 
+def load_skeleton(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool = False):
+    """What `load_model` returns, on the meta device: the structure (adapter included) without the weights.
+
+    Sharded training (FSDP2) builds this on every rank but the main one, which alone reads the weights and
+    sends each rank its shards, so an N-process run holds one copy of the model, not N
+    (`mmpo.distributed.shard_from_main`).
+
+    Returns:
+        (model on the meta device, processor).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    folder = _check_folder(cfg.path, "model")
+    if cfg.load_in_4bit:
+        raise ValueError("a 4-bit model cannot be built without its weights")
+    common = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(folder, **common)
+    _family_of_config(config)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[cfg.dtype],
+                                                        attn_implementation=cfg.attn_implementation,
+                                                        trust_remote_code=cfg.trust_remote_code)
+    processor = AutoProcessor.from_pretrained(folder, **common)
+    return _attach_trainable(model, cfg, lora, trainable), processor
+
+
 def _attach_trainable(model, cfg: ModelConfig, lora: LoraConfig | None, trainable: bool):
     """Adapter / LoRA / full fine-tuning set-up, or frozen eval mode."""
     if cfg.load_in_4bit and trainable:
