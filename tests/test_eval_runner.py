@@ -12,7 +12,7 @@ import torch
 from helpers import COLORS, color_image, tiny_model
 from videos import make_frames, write_clip
 
-from eval import answering, pope, pope_metrics, runner, videohallucer_metrics
+from eval import answering, pope, pope_metrics, predictions, runner, videohallucer_metrics
 from eval import cli as eval_cli
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
 from mmpo.logprobs import plain_logps
@@ -158,7 +158,7 @@ def test_stored_predictions_split_on_newline_only(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"split": "ran',
                     encoding="utf-8")
-    stored = runner._load_predictions(path, ("split", "question_id"))
+    stored = predictions.load_predictions(path, ("split", "question_id"))
     assert [stored[("random", str(i))]["answer"] for i in range(3)] == [r["answer"] for r in rows]
     assert [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x] == rows
 
