@@ -275,6 +275,3 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
     report.write_videohallucer_report(out, results)
     return results
 
-
-
-RUNNERS = {"pope": (PopeEvalConfig, run_pope), "videohallucer": (VideoHallucerEvalConfig, run_videohallucer)}

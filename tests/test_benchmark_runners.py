@@ -1,6 +1,7 @@
 """Model runners of CHAIR, AMBER and EventHallusion on tiny models, end to end: the benchmark's prompt reaches
 the model, logits answers equal clean greedy answers, the reference answer files score the same through the
-scorers' own file path, resume after a kill, unreadable media, reports."""
+scorers' own file path, resume after a kill, unreadable media, reports; and the one EVALUATORS registry that
+`mmpo eval`, `mmpo validate` and the demo read."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model, yes_no_model
 from videos import write_clip
 
-from eval import amber, amber_runner, chair, chair_runner, eventhallusion, eventhallusion_runner, runner
+from eval import EVALUATORS, chair, eventhallusion, runner
 from eval.amber_runner import AmberEvalConfig
 from eval.chair_runner import ChairEvalConfig
 from eval.eventhallusion_runner import EventHallusionEvalConfig
@@ -22,9 +23,6 @@ from mmpo.config import ConfigError, ModelConfig, load
 from mmpo.logprobs import plain_logps
 from mmpo.media import MediaError
 from mmpo.models import encode_answers, encode_prompts, generate_answers, load_model
-
-RUNS = {"chair": (ChairEvalConfig, chair_runner.run_chair), "amber": (AmberEvalConfig, amber_runner.run_amber),
-        "eventhallusion": (EventHallusionEvalConfig, eventhallusion_runner.run_eventhallusion)}  # config class, runner
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a man with a dog on a chair ."  # what the CHAIR model learns to say about every image
@@ -114,10 +112,10 @@ def bench(tmp_path_factory):
     def cfg(name: str, out: str, **kw):
         model = ModelConfig(path=str(paths[name]), device="cpu", num_frames=4)
         extra = {"lemmatizer": "table"} if name == "chair" else {}
-        return RUNS[name][0](model=model, out_dir=str(root / "out" / out), **data[name], **extra, **kw)
+        return EVALUATORS[name].config(model=model, out_dir=str(root / "out" / out), **data[name], **extra, **kw)
 
     def run(name: str, cfg_):
-        return RUNS[name][1](cfg_, *loaded[name])
+        return EVALUATORS[name].run(cfg_, *loaded[name])
 
     return {"root": root, "data": data, "cfg": cfg, "run": run, "loaded": loaded}
 
@@ -138,7 +136,7 @@ def test_chair_captions_each_image_with_the_prompt_and_scores_them(bench):
     # person, dog, chair in each of 3 captions: only the person of image 139 is there (gt 3 + 3 + 2 classes)
     assert (m["n_mentions"], m["n_hallucinated"]) == (9, 8)
     assert (m["chair_i"], m["chair_s"], m["recall"]) == (8 / 9, 1.0, 1 / 8)
-    again = chair.score_answers_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
+    again = EVALUATORS["chair"].score_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
     assert {k: again[k] for k in ("chair_i", "chair_s", "recall")} == {k: m[k] for k in ("chair_i", "chair_s", "recall")}
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
     report = (out / "report.md").read_text()
@@ -175,7 +173,7 @@ def test_amber_reference_file_scores_the_same(bench):
     out = Path(cfg.out_dir)
     saved = json.loads((out / "answers.json").read_text())
     assert [r["id"] for r in saved] == list(range(1005, 1017)) and set(saved[0]) == {"id", "response"}
-    again = amber.score_answers_file(cfg.questions, cfg.annotations, out / "answers.json")
+    again = EVALUATORS["amber"].score_file(cfg.questions, cfg.annotations, out / "answers.json")
     for dim in ("overall", "existence", "attribute", "relation", "attribute_parts"):
         assert again[dim] == m[dim]
     assert json.loads((out / "metrics.json").read_text()) == m
@@ -190,7 +188,7 @@ def test_eventhallusion_reference_file_scores_the_same(bench):
     saved = json.loads((out / "answers.json").read_text())  # {split: {video id: {... "qa": [...]}}}
     assert set(saved) == set(eventhallusion.SPLITS) and len(saved["entire"]["entire_001"]["qa"]) == 2
     files = sorted(Path(cfg.questions[0]).glob("*_questions.json"))
-    again = eventhallusion.score_answers_file(files, out / "answers.json")
+    again = EVALUATORS["eventhallusion"].score_file(files, out / "answers.json")
     assert (again["accuracy"], again["splits"]) == (m["accuracy"], m["splits"])
     assert "| **overall** |" in (out / "report.md").read_text() and (out / "eventhallusion.png").stat().st_size > 0
 
@@ -281,3 +279,33 @@ def test_configs_refuse_unknown_modes_and_options():
     for cls in (ChairEvalConfig, AmberEvalConfig, EventHallusionEvalConfig):
         with pytest.raises(ConfigError, match="on_bad_media"):
             load(cls, None, ["on_bad_media=ignore"])
+
+
+# ---------------------------------------------------------------- the registry
+
+
+def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
+    from mmpo import cli as mmpo_cli
+
+    runnable = {n for n, e in EVALUATORS.items() if e.config is not None}
+    assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion"}
+    for name in runnable:  # each has a runner, a file scorer, and its shipped configs validate as its class
+        e = EVALUATORS[name]
+        assert callable(e.run) and callable(e.score_file)
+        shipped = [p for p in (REPO / "configs" / "eval").glob("*.yaml") if p.stem.split("_")[0] == name]
+        assert all(mmpo_cli.config_class_for(p) is e.config for p in shipped)
+    with pytest.raises(ValueError, match="cannot tell which benchmark"):
+        mmpo_cli.config_class_for(Path("configs/eval/mystery.yaml"))
+    # `mmpo eval NAME` dispatches through the registry, and its help names every entry
+    for name in EVALUATORS:
+        with pytest.raises(SystemExit) as exit_:
+            mmpo_cli.main(["eval", name, "--help"])
+        assert exit_.value.code == 0 and f"mmpo eval {name}" in capsys.readouterr().out
+    assert mmpo_cli.main(["eval", "halluc"]) == 1 and str(sorted(EVALUATORS)) in capsys.readouterr().err
+    help_text = next(a.help for a in mmpo_cli.make_parser()._subparsers._group_actions[0].choices["eval"]._actions
+                     if a.dest == "benchmark")
+    assert help_text.split(" | ") == list(EVALUATORS)
+    import eval as package
+
+    assert not hasattr(runner, "RUNNERS")  # the old second list is gone
+    assert package.runner.run_pope is EVALUATORS["pope"].run and package.pope_build.build_files  # the demo's use
