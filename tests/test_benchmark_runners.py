@@ -289,11 +289,11 @@ def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
 
     runnable = {n for n, e in EVALUATORS.items() if e.config is not None}
     assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion"}
-    for name in runnable:  # each has a runner, a file scorer, and its shipped configs validate as its class
+    for name in runnable:  # each has a runner, a file scorer and shipped configs that validate as its class
         e = EVALUATORS[name]
         assert callable(e.run) and callable(e.score_file)
         shipped = [p for p in (REPO / "configs" / "eval").glob("*.yaml") if p.stem.split("_")[0] == name]
-        assert all(mmpo_cli.config_class_for(p) is e.config for p in shipped)
+        assert shipped and all(mmpo_cli.config_class_for(p) is e.config for p in shipped)
     with pytest.raises(ValueError, match="cannot tell which benchmark"):
         mmpo_cli.config_class_for(Path("configs/eval/mystery.yaml"))
     # `mmpo eval NAME` dispatches through the registry, and its help names every entry
