@@ -1,7 +1,8 @@
-"""Answer yes/no questions about images and videos, in batches: the model-facing half of evaluation.
+"""Answer questions about images and videos, in batches: the model-facing half of evaluation.
 
 Two answer modes (shared DESIGN.md "Evaluation"):
-- `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report).
+- `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report); any
+  prompt, e.g. CHAIR's "Please describe this image in detail.".
 - `logits`: one forward per batch of questions; the answer is "yes" if score(yes) > score(no) at the first
   answer position (`mmpo.models.scoring`: `margin` = score(yes) - score(no), a log-odds between the answers).
 
@@ -187,7 +188,9 @@ def answer_items(model, processor, items: list[Item], media_type: str, load_fn, 
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    ids = yes_no_ids(processor)
+    # only logits mode reads answer tokens (and checks them against the template); generate mode decodes text,
+    # so CHAIR's captions do not depend on the tokenizer having clean "Yes" / "No" tokens
+    ids = yes_no_ids(processor) if mode == "logits" else None
     results: dict = {}
 
     def emit(batch_items: list[Item], answers: list[str], margins: list) -> None:

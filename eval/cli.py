@@ -1,5 +1,8 @@
-"""`mmpo eval pope | videohallucer | pope-build`: score an answers file, run a model from a config, or build
-POPE question files from COCO-style annotations. Called by mmpo/cli.py with the benchmark's own flags.
+"""`mmpo eval NAME`: run a model from a config, score an answers file, or (pope-build) build POPE question files
+from COCO-style annotations. mmpo/cli.py calls `EVALUATORS[NAME].command` with the benchmark's own flags.
+
+Each benchmark's `--config F [key=value ...]` loads F into its config class and calls its runner, both read from
+`eval.EVALUATORS` (`_run_config`); the scoring flags (`--questions`, `--answers`, ...) score a finished file.
 """
 
 from __future__ import annotations
@@ -8,8 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eval import pope, pope_build, pope_metrics, videohallucer_metrics
-from eval.runner import PopeEvalConfig, VideoHallucerEvalConfig, run_pope, run_videohallucer
+from eval import amber, chair, eventhallusion, pope, pope_build, pope_metrics, videohallucer_metrics
 from mmpo.config import load
 
 
@@ -21,6 +23,24 @@ def _print_metrics(metrics: dict, out: str | None) -> None:
         Path(out).write_text(text + "\n")
 
 
+def _config_flags(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--config", help=f"eval YAML (configs/eval/{name}*.yaml): run a model")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
+
+
+def _run_config(name: str, a: argparse.Namespace) -> tuple[object, dict]:
+    """Load `--config` (+ overrides) into the benchmark's config class and run its model runner.
+
+    Returns:
+        (config, metrics).
+    """
+    from eval import EVALUATORS  # here, not at the top: eval/__init__ imports this module to build the registry
+
+    evaluator = EVALUATORS[name]
+    cfg = load(evaluator.config, a.config, a.overrides)
+    return cfg, evaluator.run(cfg)
+
+
 def cli_pope(args: list[str]) -> int:
     """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
     p = argparse.ArgumentParser(prog="mmpo eval pope")
@@ -28,12 +48,10 @@ def cli_pope(args: list[str]) -> int:
     p.add_argument("--answers", help="answers JSONL to score")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
-    p.add_argument("--config", help="eval YAML (configs/eval/pope_*.yaml): run a model")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
+    _config_flags(p, "pope")
     a = p.parse_intermixed_args(args)
     if a.config:
-        cfg = load(PopeEvalConfig, a.config, a.overrides)
-        m = run_pope(cfg)
+        cfg, m = _run_config("pope", a)
         print(f"POPE ({cfg.mode}, parser {cfg.parser}): F1 {m['f1']:.4f} acc {m['accuracy']:.4f} "
               f"yes_ratio {m['yes_ratio']:.4f}; report in {cfg.out_dir}")
         return 0
@@ -49,12 +67,10 @@ def cli_videohallucer(args: list[str]) -> int:
     p.add_argument("--data", help="category data file (score an existing results file)")
     p.add_argument("--answers", help="results file in the reference layout (pairs with 'predict')")
     p.add_argument("--out", help="write the metrics JSON here")
-    p.add_argument("--config", help="eval YAML (configs/eval/videohallucer.yaml): run a model")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for --config")
+    _config_flags(p, "videohallucer")
     a = p.parse_intermixed_args(args)
     if a.config:
-        cfg = load(VideoHallucerEvalConfig, a.config, a.overrides)
-        res = run_videohallucer(cfg)
+        cfg, res = _run_config("videohallucer", a)
         for cat, r in res.items():
             print(f"{cat}: pair accuracy {r['pair_accuracy']:.4f}")
         print(f"report in {cfg.out_dir}")
@@ -98,17 +114,24 @@ def cli_pope_build(args: list[str]) -> int:
 
 
 def cli_chair(args: list[str]) -> int:
-    """`mmpo eval chair --annotations GT --answers A [--captions C] [--lemmatizer auto|table|nltk] [--out M.json]`."""
-    from eval import chair
-
+    """`mmpo eval chair --annotations GT --answers A [--captions C] [--lemmatizer L] [--out M.json]` or
+    `--config F [key=value ...]` (caption every image with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval chair")
-    p.add_argument("--annotations", required=True, help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
+    p.add_argument("--annotations", help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
     p.add_argument("--captions", help="COCO captions JSON: ground truth also from reference captions (as the original)")
-    p.add_argument("--answers", required=True, help="captions JSONL to score: image_id + caption")
+    p.add_argument("--answers", help="captions JSONL to score: image_id + caption")
     p.add_argument("--lemmatizer", default="auto", choices=("auto", "table", "nltk"),
                    help="auto: NLTK's reference pipeline where its data is installed, else the offline table")
     p.add_argument("--out", help="write the metrics JSON here")
+    _config_flags(p, "chair")
     a = p.parse_intermixed_args(args)
+    if a.config:
+        cfg, m = _run_config("chair", a)
+        print(f"CHAIR: CHAIR_s {m['chair_s']:.4f} CHAIR_i {m['chair_i']:.4f} recall {m['recall']:.4f} over "
+              f"{m['n_captions']} captions; report in {cfg.out_dir}")
+        return 0
+    if not (a.annotations and a.answers):
+        p.error("give --annotations and --answers (score a file) or --config (run a model)")
     m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer)
     _print_metrics({k: v for k, v in m.items() if k != "captions"}, None)
     if a.out:  # the file keeps the per-caption details
@@ -118,27 +141,42 @@ def cli_chair(args: list[str]) -> int:
 
 
 def cli_amber(args: list[str]) -> int:
-    """`mmpo eval amber --questions QUERY.json --annotations annotations.json --answers R.json [--out M.json]`."""
-    from eval import amber
-
+    """`mmpo eval amber --questions QUERY.json --annotations annotations.json --answers R.json [--out M.json]` or
+    `--config F [key=value ...]` (answer with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval amber")
-    p.add_argument("--questions", required=True, help="AMBER data/query/query_discriminative*.json")
-    p.add_argument("--annotations", required=True, help="AMBER data/annotations.json")
-    p.add_argument("--answers", required=True, help='[{"id", "response"}] (inference.py --inference_data)')
+    p.add_argument("--questions", help="AMBER data/query/query_discriminative*.json")
+    p.add_argument("--annotations", help="AMBER data/annotations.json")
+    p.add_argument("--answers", help='[{"id", "response"}] (inference.py --inference_data)')
     p.add_argument("--out", help="write the metrics JSON here")
+    _config_flags(p, "amber")
     a = p.parse_intermixed_args(args)
+    if a.config:
+        cfg, m = _run_config("amber", a)
+        head = m.get("overall") or next(m[d] for d in amber.DIMENSIONS if d in m)
+        print(f"AMBER ({cfg.mode}): accuracy {head['accuracy']:.1f} F1 {head['f1']:.1f} over {m['n_questions']} "
+              f"questions ({m['n_unparsed']} neither Yes nor No); report in {cfg.out_dir}")
+        return 0
+    if not (a.questions and a.annotations and a.answers):
+        p.error("give --questions, --annotations and --answers (score a file) or --config (run a model)")
     _print_metrics(amber.score_answers_file(a.questions, a.annotations, a.answers), a.out)
     return 0
 
 
 def cli_eventhallusion(args: list[str]) -> int:
-    """`mmpo eval eventhallusion --questions F [F ...] --answers PREDICTIONS.json [--out M.json]`."""
-    from eval import eventhallusion
-
+    """`mmpo eval eventhallusion --questions F [F ...] --answers PREDICTIONS.json [--out M.json]` or
+    `--config F [key=value ...]` (answer with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval eventhallusion")
-    p.add_argument("--questions", nargs="+", required=True, help="questions/<split>_questions.json files")
-    p.add_argument("--answers", required=True, help="predictions JSON in the reference layout (eval.py --input_file)")
+    p.add_argument("--questions", nargs="+", help="questions/<split>_questions.json files")
+    p.add_argument("--answers", help="predictions JSON in the reference layout (eval.py --input_file)")
     p.add_argument("--out", help="write the metrics JSON here")
+    _config_flags(p, "eventhallusion")
     a = p.parse_intermixed_args(args)
+    if a.config:
+        cfg, m = _run_config("eventhallusion", a)
+        splits = ", ".join(f"{s} {r['accuracy']:.4f}" for s, r in m["splits"].items())
+        print(f"EventHallusion ({cfg.mode}): accuracy {m['accuracy']:.4f} ({splits}); report in {cfg.out_dir}")
+        return 0
+    if not (a.questions and a.answers):
+        p.error("give --questions and --answers (score a file) or --config (run a model)")
     _print_metrics(eventhallusion.score_answers_file(a.questions, a.answers), a.out)
     return 0

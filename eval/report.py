@@ -1,8 +1,9 @@
 """Write evaluation outputs: metrics.json, a markdown report, and PNG plots (matplotlib, Agg backend).
 
-Inputs are the plain dicts returned by `eval.pope_metrics` (one split from `score_predictions`, or several from
-`aggregate`) and by `eval.videohallucer` (`{category: score_category(...)}` plus optional "overall").
-matplotlib is imported inside the plot functions so scoring never needs it.
+Inputs are the plain dicts the scorers return: `eval.pope_metrics` (one split from `score_predictions`, or
+several from `aggregate`), `eval.videohallucer_metrics` (`{category: score_category(...)}` plus optional
+"overall"), `eval.chair.score`, `eval.amber.score` and `eval.eventhallusion.score`, each with the runner's
+additions ("mode", "skipped_media"). matplotlib is imported inside the plot functions so scoring never needs it.
 """
 
 from __future__ import annotations
@@ -165,4 +166,171 @@ def write_videohallucer_report(out_dir: str | Path, results: dict[str, dict]) ->
             "plot": plot_videohallucer(results, out / "videohallucer.png")}
 
 
-REPORTS = {"pope": write_pope_report, "videohallucer": write_videohallucer_report}
+# ---------------------------------------------------------------- CHAIR, AMBER, EventHallusion
+
+
+def _skipped_line(result: dict, unit: str) -> list[str]:
+    """The report line naming what `on_bad_media: skip` left out (none when nothing was skipped)."""
+    s = result.get("skipped_media")
+    if not s or not s["n_files"]:
+        return []
+    return [f"- skipped: {s[f'n_{unit}']} {unit} on {s['n_files']} unreadable files (named in metrics.json)"]
+
+
+def chair_markdown(result: dict) -> str:
+    """One row of CHAIR_s, CHAIR_i and recall in %, counts, the most hallucinated objects, and the provenance."""
+    rows = ["| CHAIR_s | CHAIR_i | recall | captions | object mentions | hallucinated | mentions per caption |",
+            "|---|---|---|---|---|---|---|",
+            f"| {100 * result['chair_s']:.2f} | {100 * result['chair_i']:.2f} | {100 * result['recall']:.2f} | "
+            f"{result['n_captions']} | {result['n_mentions']} | {result['n_hallucinated']} | "
+            f"{result['mean_mentions']:.2f} |"]
+    counts: dict[str, int] = {}
+    for cap in result.get("captions", []):
+        for _, cls in cap["hallucinated"]:
+            counts[cls] = counts.get(cls, 0) + 1
+    top = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
+    prov = [f"- prompt: `{result.get('prompt')!r}`", f"- lemmatizer: `{result.get('lemmatizer')}`",
+            f"- ground truth: `{result.get('ground_truth_file')}`", f"- most hallucinated: {top or 'none'}"]
+    return "# CHAIR\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov + _skipped_line(result, "images")) + "\n"
+
+
+def plot_chair(result: dict, path: str | Path) -> Path:
+    """CHAIR_s, CHAIR_i and recall as bars, and how many captions hallucinate 0, 1, 2, 3+ objects."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3.2))
+    names = ["chair_s", "chair_i", "recall"]
+    left.bar(["CHAIR_s", "CHAIR_i", "recall"], [result[k] for k in names], color=["C3", "C1", "C0"])
+    left.set_ylim(0, 1)
+    left.set_title("CHAIR (lower is better; recall higher)", fontsize=9)
+    per = [min(len(c["hallucinated"]), 3) for c in result.get("captions", [])]
+    right.bar(["0", "1", "2", "3+"], [per.count(k) for k in range(4)], color="C3")
+    right.set_xlabel("hallucinated objects in a caption")
+    right.set_ylabel("captions")
+    return _save(fig, plt, path)
+
+
+def write_chair_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json (with the per-caption details), report.md and chair.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(chair_markdown(result), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
+            "plot": plot_chair(result, out / "chair.png")}
+
+
+AMBER_KEYS = ("accuracy", "precision", "recall", "f1")
+
+
+def _amber_rows(result: dict) -> dict[str, dict]:
+    """{row name: block} in report order: overall, the dimensions, the attribute parts after attribute."""
+    rows = {}
+    for name in ("overall", "existence", "attribute", "relation"):
+        if name in result:
+            rows[name] = result[name]
+        if name == "attribute" and "attribute_parts" in result:
+            rows.update({f"attribute: {part}": r for part, r in result["attribute_parts"].items()})
+    return rows
+
+
+def amber_markdown(result: dict) -> str:
+    """One row per dimension (+ overall, + attribute state / number / action): inference.py's numbers."""
+    rows = ["| dimension | accuracy | precision | recall | F1 | questions | answered No | neither Yes nor No |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, r in _amber_rows(result).items():
+        c = r["counts"]
+        rows.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in AMBER_KEYS)
+                    + f" | {c['n']} | {c['answered_no']} | {c['unparsed']} |")
+    prov = ['- positive class: "No"; numbers in % as `inference.py` prints them (0.001 in each denominator, '
+            "one decimal)",
+            f"- mode: `{result.get('mode')}`, prompt suffix: `{result.get('prompt_suffix')!r}`, "
+            f"query file: `{result.get('query_file')}`",
+            f"- {result['n_unparsed']} of {result['n_questions']} answers were not exactly \"Yes\" or \"No\" "
+            "(wrong for the reference)"]
+    return "# AMBER (discriminative)\n\n" + "\n".join(rows) + "\n\n" + "\n".join(
+        prov + _skipped_line(result, "questions")) + "\n"
+
+
+def plot_amber(result: dict, path: str | Path) -> Path:
+    """Accuracy and F1 per dimension (the reference's %)."""
+    plt = _pyplot()
+    rows = _amber_rows(result)
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.2))
+    ax.bar([i - 0.2 for i in range(len(names))], [rows[n]["accuracy"] for n in names], 0.4, label="accuracy")
+    ax.bar([i + 0.2 for i in range(len(names))], [rows[n]["f1"] for n in names], 0.4, label="F1 (No positive)")
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("AMBER discriminative", fontsize=9)
+    return _save(fig, plt, path)
+
+
+def plot_amber_answers(result: dict, path: str | Path) -> Path:
+    """Stacked answers per dimension: "Yes", "No" and neither (a model's bias shows as a lopsided bar)."""
+    plt = _pyplot()
+    rows = _amber_rows(result)
+    names = list(rows)
+    counts = {n: rows[n]["counts"] for n in names}
+    parts = {"Yes": [c["n"] - c["answered_no"] - c["unparsed"] for c in counts.values()],
+             "No": [c["answered_no"] for c in counts.values()], "neither": [c["unparsed"] for c in counts.values()]}
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2.5, 3.2))
+    bottom = [0] * len(names)
+    for label, vals in parts.items():
+        ax.bar(names, vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=7)
+    ax.set_ylabel("questions")
+    ax.set_title("AMBER answers", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, plt, path)
+
+
+def write_amber_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json, report.md, amber_dimensions.png and amber_answers.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(amber_markdown(result), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
+            "dimensions_plot": plot_amber(result, out / "amber_dimensions.png"),
+            "answers_plot": plot_amber_answers(result, out / "amber_answers.png")}
+
+
+def eventhallusion_markdown(result: dict) -> str:
+    """One row per split (+ overall): QA accuracy in %, counts, answers eval.py could not read."""
+    rows = ["| split | accuracy | correct | questions | not matching |", "|---|---|---|---|---|"]
+    for split, r in result["splits"].items():
+        rows.append(f"| {split} | {100 * r['accuracy']:.2f} | {r['correct']} | {r['n']} | {r['not_matching']} |")
+    rows.append(f"| **overall** | {100 * result['accuracy']:.2f} | {result['correct']} | {result['n']} | "
+                f"{round(result['not_matching_rate'] * result['n'])} |")
+    prov = [f"- mode: `{result.get('mode')}`, prompt suffix: `{result.get('prompt_suffix')!r}`",
+            f"- question files: {', '.join(f'`{f}`' for f in result.get('question_files', []))}"]
+    if "description_accuracy" in result:
+        prov.append(f"- description accuracy (GPT judgements): {100 * result['description_accuracy']:.2f}")
+    return "# EventHallusion\n\n" + "\n".join(rows) + "\n\n" + "\n".join(
+        prov + _skipped_line(result, "questions")) + "\n"
+
+
+def plot_eventhallusion(result: dict, path: str | Path) -> Path:
+    """Accuracy and the share of unreadable ("not matching") answers per split and overall."""
+    plt = _pyplot()
+    rows = {**result["splits"], "overall": {"accuracy": result["accuracy"], "n": result["n"],
+                                            "not_matching": result["not_matching_rate"] * result["n"]}}
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.2))
+    ax.bar([i - 0.2 for i in range(len(names))], [rows[n]["accuracy"] for n in names], 0.4, label="accuracy")
+    ax.bar([i + 0.2 for i in range(len(names))], [rows[n]["not_matching"] / rows[n]["n"] for n in names], 0.4,
+           label="not matching")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title("EventHallusion QA accuracy per split", fontsize=9)
+    return _save(fig, plt, path)
+
+
+def write_eventhallusion_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json, report.md and eventhallusion.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(eventhallusion_markdown(result), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
+            "plot": plot_eventhallusion(result, out / "eventhallusion.png")}

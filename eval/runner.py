@@ -1,39 +1,38 @@
 """Run a model on POPE / VideoHallucer: answer every question, save resumable predictions, score, report.
 
-How each question is answered (generate / logits, prefix reuse): `eval/answering.py`.
+How each question is answered (generate / logits, prefix reuse): `eval/answering.py`; predictions.jsonl,
+run.json and `on_bad_media`: `eval/predictions.py`. CHAIR, AMBER and EventHallusion have their own runner
+modules (`eval/*_runner.py`).
 
-Outputs under `out_dir`: predictions.jsonl (appended per batch; a rerun skips answered ids), run.json (the
-settings, with a fingerprint of the weight and adapter files: a rerun with other settings, e.g. a retrained
-adapter, is refused instead of mixing two models' answers), metrics.json, report.md and plots (eval/report.py),
-plus the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<category>.json).
-
-Unreadable media (`on_bad_media`): `error` (default) stops the run at the first missing or undecodable file
-(answers so far are kept for the rerun); `skip` leaves out the questions (POPE) or pairs (VideoHallucer) on
-such files, scores the rest, and names the files with their errors under "skipped_media" in metrics.json.
-Scores with skips do not compare with published numbers over the full files. POPE image names must lie
-inside `image_root` (checked when the question files are read).
+Outputs under `out_dir`: predictions.jsonl, run.json, metrics.json, report.md and plots (eval/report.py), plus
+the reference layouts (POPE answers_<split>.jsonl, VideoHallucer results/<category>.json). With
+`on_bad_media: skip`, POPE leaves out the questions and VideoHallucer the pairs on unreadable files. POPE image
+names must lie inside `image_root` (checked when the question files are read).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval import pope, pope_metrics, report, videohallucer, videohallucer_metrics
-from eval.answering import MODES, Item, answer_items
-from mmpo.config import ConfigError, ModelConfig
-from mmpo.media import MediaError, load_image, load_video
-from mmpo.models import load_model
-from mmpo.models.loading import weights_fingerprint
-from mmpo.records import jsonl_lines
+from eval.answering import MODES, Item
+from eval.predictions import (
+    BAD_MEDIA,
+    answer,
+    answer_missing,
+    by_media,
+    check_choice,
+    check_run,
+    model_settings,
+    skipped_summary,
+    stored_answers,
+)
+from mmpo.config import ModelConfig
+from mmpo.media import load_image, load_video
 
-BAD_MEDIA = ("error", "skip")  # on_bad_media values, see the module docstring
-
-
-def _check_choice(key: str, value: str, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: expected one of {' | '.join(choices)}, got {value!r}")
+POPE_KEY = ("split", "question_id")  # the fields of a predictions.jsonl row's key
+VH_KEY = ("category", "pair", "side")
 
 
 @dataclass
@@ -52,9 +51,9 @@ class PopeEvalConfig:
     on_bad_media: str = "error"  # error | skip: leave out questions on unreadable images (named in metrics.json)
 
     def __post_init__(self):
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("parser", self.parser, tuple(pope.PARSERS))
-        _check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice("mode", self.mode, MODES)
+        check_choice("parser", self.parser, tuple(pope.PARSERS))
+        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
 @dataclass
@@ -73,66 +72,8 @@ class VideoHallucerEvalConfig:
     on_bad_media: str = "error"  # error | skip: leave out pairs with an unreadable video (named in metrics.json)
 
     def __post_init__(self):
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
-
-
-# ---------------------------------------------------------------- resumable predictions
-
-
-def _load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, dict]:
-    """Rows of predictions.jsonl by key; a torn last line (killed mid-write) is dropped and the file fixed."""
-    if not path.exists():
-        return {}
-    rows, good = {}, []
-    lines = jsonl_lines(path.read_text(encoding="utf-8"))
-    for n, line in enumerate(lines, 1):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines):
-                break
-            raise ValueError(f"{path}:{n}: invalid JSON") from None
-        rows[tuple(str(rec[k]) for k in key_fields)] = rec
-        good.append(line)
-    if len(good) != len(lines):
-        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
-    return rows
-
-
-def _answer(cfg, model, processor, items: list[Item], media_type: str, load_fn, on_batch=None) -> tuple[dict, dict]:
-    """`answer_items` with the config's settings; returns (answers, unreadable files {path: error}).
-
-    With `on_bad_media: error` the first unreadable file raises, its message pointing to the skip option.
-    """
-    bad: dict | None = {} if cfg.on_bad_media == "skip" else None
-    try:
-        answers = answer_items(model, processor, items, media_type, load_fn, mode=cfg.mode, batch_size=cfg.batch_size,
-                               max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=on_batch,
-                               bad_media=bad)
-    except MediaError as exc:
-        raise MediaError(f"{exc} (on_bad_media: skip leaves out the questions on unreadable files)") from exc
-    return answers, bad or {}
-
-
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-        f.flush()
-
-
-def _check_run(out: Path, settings: dict) -> None:
-    """run.json records the settings; resuming predictions made under other settings would mix them."""
-    path = out / "run.json"
-    if path.exists() and (out / "predictions.jsonl").exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise ValueError(f"{out}: existing predictions were made with other settings ({diff}); "
-                             "use another out_dir or delete predictions.jsonl")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+        check_choice("mode", self.mode, MODES)
+        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
 # ---------------------------------------------------------------- POPE
@@ -170,10 +111,8 @@ def load_pope_questions(cfg: PopeEvalConfig) -> dict[str, tuple[Path, list[pope.
 def _pope_items(cfg: PopeEvalConfig, splits: dict, done: dict) -> list[Item]:
     """Unanswered questions; sorted by image so a batch shares images (first-seen order kept)."""
     suffix = pope_suffix(cfg.prompt_suffix)
-    items = [Item((split, str(q.question_id)), str(Path(cfg.image_root) / q.image), q.prompt(suffix))
-             for split, (_, qs) in splits.items() for q in qs if (split, str(q.question_id)) not in done]
-    order = {m: i for i, m in reversed(list(enumerate(it.media for it in items)))}
-    return sorted(items, key=lambda it: order[it.media])
+    return by_media([Item((split, str(q.question_id)), str(Path(cfg.image_root) / q.image), q.prompt(suffix))
+                     for split, (_, qs) in splits.items() for q in qs if (split, str(q.question_id)) not in done])
 
 
 def score_pope(cfg: PopeEvalConfig, splits: dict, answers: dict) -> dict:
@@ -202,12 +141,12 @@ def _pope_answered(splits: dict, answers: dict, bad: dict) -> tuple[dict, dict]:
             raise ValueError(f"{f}: no question of split {split!r} has a readable image (e.g. {sorted(bad)[:2]})")
         kept[split] = (f, answered)
         left_out += len(qs) - len(answered)
-    return kept, {"n_questions": left_out, "n_files": len(bad), "files": dict(sorted(bad.items()))}
+    return kept, skipped_summary(bad, left_out, "questions")
 
 
 def _pope_prediction(q: pope.PopeQuestion, split: str, answers: dict) -> pope.PopePrediction:
-    answer, margin = answers[(split, str(q.question_id))]
-    return pope.PopePrediction(q.question_id, answer, split, margin)
+    text, margin = answers[(split, str(q.question_id))]
+    return pope.PopePrediction(q.question_id, text, split, margin)
 
 
 def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
@@ -223,23 +162,13 @@ def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
     """
     out = Path(cfg.out_dir)
     splits = load_pope_questions(cfg)
-    _check_run(out, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix), "model": cfg.model.path,
-                     "adapter": cfg.model.adapter, "weights": weights_fingerprint(cfg.model),
-                     "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
+    check_run(out, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix), **model_settings(cfg.model),
+                    "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
     pred_path = out / "predictions.jsonl"
-    stored = _load_predictions(pred_path, ("split", "question_id"))
-    done = {k: (r["answer"], r.get("margin")) for k, r in stored.items()}
-    items = _pope_items(cfg, splits, done)
-    bad: dict = {}  # unreadable image -> error (skip mode)
-    if items:
-        if model is None:
-            model, processor = load_model(cfg.model)
-
-        def write(rows):
-            _append_rows(pred_path, [pope.PopePrediction(qid, a, split, m).to_json() for (split, qid), a, m in rows])
-
-        answers, bad = _answer(cfg, model, processor, items, "image", load_image, on_batch=write)
-        done.update(answers)
+    done = stored_answers(pred_path, POPE_KEY)
+    answers, bad = answer_missing(cfg, pred_path, POPE_KEY, _pope_items(cfg, splits, done), "image", load_image,
+                                  model, processor)
+    done.update(answers)
     skipped = None
     if cfg.on_bad_media == "skip":  # score what was answered (a rerun retries the rest)
         splits, skipped = _pope_answered(splits, done, bad)
@@ -261,7 +190,7 @@ def make_pope_hook(cfg: PopeEvalConfig):
     splits = load_pope_questions(cfg)
 
     def hook(model, processor, step: int) -> dict:
-        answers, bad = _answer(cfg, model, processor, _pope_items(cfg, splits, {}), "image", load_image)
+        answers, bad = answer(cfg, model, processor, _pope_items(cfg, splits, {}), "image", load_image)
         scored = _pope_answered(splits, answers, bad)[0] if cfg.on_bad_media == "skip" else splits
         result = score_pope(cfg, scored, answers)
         return {f"pope/{s}/{k}": r[k] for s, r in report.pope_splits(result).items()
@@ -323,38 +252,26 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
         {category: score_category(+bias)} plus "overall" (mean over published categories present).
     """
     out = Path(cfg.out_dir)
-    _check_run(out, {"mode": cfg.mode, "model": cfg.model.path, "adapter": cfg.model.adapter,
-                     "weights": weights_fingerprint(cfg.model), "num_frames": cfg.model.num_frames,
-                     "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
+    check_run(out, {"mode": cfg.mode, **model_settings(cfg.model), "num_frames": cfg.model.num_frames,
+                    "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
     data = {}
     for f in vh_category_files(cfg):
         pairs = videohallucer.read_pairs(f)
         data[pairs[0].category if pairs else f.stem] = (f, pairs[:cfg.limit] if cfg.limit else pairs)
     pred_path = out / "predictions.jsonl"
-    done = {k: (r["answer"], r.get("margin"))
-            for k, r in _load_predictions(pred_path, ("category", "pair", "side")).items()}
+    done = stored_answers(pred_path, VH_KEY)
     items = [Item((cat, str(i), side), _vh_video(cfg, f, getattr(p, side).video), getattr(p, side).prompt())
              for cat, (f, pairs) in data.items() for i, p in enumerate(pairs)
              for side in ("basic", "hallucination") if (cat, str(i), side) not in done]
-    bad: dict = {}  # unreadable video -> error (skip mode)
-    if items:
-        if model is None:
-            model, processor = load_model(cfg.model)
 
-        def write(rows):
-            _append_rows(pred_path, [{"category": c, "pair": int(i), "side": s, "answer": a,
-                                      **({"margin": m} if m is not None else {})} for (c, i, s), a, m in rows])
+    def load_fn(path):
+        return load_video(path, num_frames=cfg.model.num_frames)
 
-        def load_fn(path):
-            return load_video(path, num_frames=cfg.model.num_frames)
-
-        answers, bad = _answer(cfg, model, processor, items, "video", load_fn, on_batch=write)
-        done.update(answers)
+    answers, bad = answer_missing(cfg, pred_path, VH_KEY, items, "video", load_fn, model, processor)
+    done.update(answers)
     results = {cat: _vh_category(cfg, cat, f, pairs, done, bad, out) for cat, (f, pairs) in data.items()}
     if any(c in results for c in videohallucer.CATEGORIES):
         results["overall"] = videohallucer_metrics.overall(results)
     report.write_videohallucer_report(out, results)
     return results
 
-
-RUNNERS = {"pope": (PopeEvalConfig, run_pope), "videohallucer": (VideoHallucerEvalConfig, run_videohallucer)}

@@ -81,14 +81,11 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args) -> int:
     """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer / CHAIR / AMBER / EventHallusion."""
-    from eval import cli as eval_cli
+    from eval import EVALUATORS
 
-    commands = {"pope": eval_cli.cli_pope, "videohallucer": eval_cli.cli_videohallucer,
-                "chair": eval_cli.cli_chair, "amber": eval_cli.cli_amber,
-                "eventhallusion": eval_cli.cli_eventhallusion, "pope-build": eval_cli.cli_pope_build}
-    if args.benchmark not in commands:
-        raise ValueError(f"unknown benchmark {args.benchmark!r}; choose from {sorted(commands)}")
-    return commands[args.benchmark](args.rest)
+    if args.benchmark not in EVALUATORS:
+        raise ValueError(f"unknown benchmark {args.benchmark!r}; choose from {sorted(EVALUATORS)}")
+    return EVALUATORS[args.benchmark].command(args.rest)
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
@@ -121,7 +118,7 @@ def _validate_parser(p: argparse.ArgumentParser) -> None:
 
 
 def config_class_for(path: Path):
-    """The config dataclass a YAML file is checked against, by its folder (train / build / eval)."""
+    """The config dataclass a YAML file is checked against, by its folder (train / build / eval) and name."""
     kind = path.parent.name
     if kind == "build":
         from data_builders import BUILDERS
@@ -131,9 +128,15 @@ def config_class_for(path: Path):
             raise ValueError(f"{path}: cannot tell which builder this config is for (name it <builder>_*.yaml)")
         return BUILDERS[name][0]
     if kind == "eval":
-        from eval import runner
+        from eval import EVALUATORS
 
-        return runner.VideoHallucerEvalConfig if "videohallucer" in path.stem else runner.PopeEvalConfig
+        # <benchmark>.yaml or <benchmark>_*.yaml, e.g. pope_logits.yaml
+        runnable = [n for n, e in EVALUATORS.items() if e.config is not None]
+        name = next((n for n in runnable if path.stem == n or path.stem.startswith(n + "_")), None)
+        if name is None:
+            raise ValueError(f"{path}: cannot tell which benchmark this config is for (name it <benchmark>_*.yaml, "
+                             f"benchmark in {runnable})")
+        return EVALUATORS[name].config
     from mmpo.config import TrainConfig
 
     return TrainConfig

@@ -42,6 +42,49 @@ def checkpoint(name: str, root: Path) -> Path:
     return tiny_model(name, root)
 
 
+def color_question(color: str) -> str:
+    """The question `yes_no_model` learns to answer."""
+    return f"is there a {color} square in the image ?"
+
+
+def yes_no_model(family: str, root: Path, media_type: str = "image", suffix: str = "", steps: int = 25) -> Path:
+    """A tiny `family` checkpoint briefly fine-tuned to answer `color_question(c) + suffix` with "yes" + EOS for red
+    and green and "no" + EOS otherwise, so greedy generation gives clean one-word answers (both of them).
+
+    The rule is text-only; the media are colour squares (videos: 4 equal frames). llava learns it in 25 steps;
+    llava_next_video's loss stays at ln 2 (always "yes") for 25 steps and needs about 80. Built once per test
+    session for each argument set and reused.
+    """
+    key = ("yes-no", family, media_type, suffix, steps)
+    if key in _MODEL_CACHE:
+        return _MODEL_CACHE[key]
+    import torch
+
+    from mmpo.config import ModelConfig
+    from mmpo.logprobs import plain_logps
+    from mmpo.models import encode_answers, encode_prompts, load_model
+
+    model, proc = load_model(ModelConfig(path=str(tiny_model(family, root)), device="cpu"), trainable=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for step in range(steps):
+        q = [COLORS[(step + k) % 4] for k in range(4)]
+        media = [color_image(COLORS[(step + 2 * k) % 4], seed=k) for k in range(4)]
+        if media_type == "video":
+            media = [np.stack([np.asarray(m)] * 4) for m in media]
+        ans = ["yes" if c in ("red", "green") else "no" for c in q]
+        lp, _ = plain_logps(model, encode_prompts(proc, [color_question(c) + suffix for c in q], media, media_type),
+                            encode_answers(proc, ans))
+        opt.zero_grad()
+        (-lp.mean()).backward()
+        opt.step()
+    out = root / f"yes-no-{family}-{len(_MODEL_CACHE)}"
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    _MODEL_CACHE[key] = out
+    return out
+
+
 def color_image(color: str, size: int = 32, seed: int = 0) -> Image.Image:
     """A square of `color` on noise: a learnable signal for toy preference pairs."""
     rgb = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}[color]

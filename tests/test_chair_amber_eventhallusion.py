@@ -104,7 +104,7 @@ def test_chair_metrics_on_coco_layout_files(tmp_path):
     assert gt[139]["n_gt"] == 3 and gt[285]["n_gt"] == 3 and gt[632]["n_gt"] == 2
     assert r["recall"] == (2 + 2 + 1) / (3 + 3 + 2)
     assert gt[139]["hallucinated"] == [("dog", "dog"), ("dog", "dog")]
-    assert EVALUATORS["chair"] is chair.score_answers_file
+    assert EVALUATORS["chair"].score_file is chair.score_answers_file
 
 
 def test_chair_ground_truth_jsonl_and_errors(tmp_path):
@@ -153,7 +153,7 @@ def test_amber_matches_inference_py(tmp_path):
         assert tuple(r["attribute_parts"][part][k] for k in ("accuracy", "precision", "recall", "f1")) == expected
     # exact "Yes"/"No" only: "Yes.", "yes", " No", "NO", "No.", "" and "no" count as neither
     assert r["n_unparsed"] == 7 and r["n_questions"] == 26
-    assert EVALUATORS["amber"] is amber.score_answers_file
+    assert EVALUATORS["amber"].score_file is amber.score_answers_file
 
 
 def test_amber_reads_the_real_layout_and_skips_generative():
@@ -199,7 +199,7 @@ def test_eventhallusion_scores_like_eval_py(tmp_path):
         {"entire": (2, 3), "interleave": (1, 2), "misleading": (1, 1)}
     assert r["accuracy"] == 4 / 6 and r["not_matching_rate"] == 1 / 6  # "Sure, yes" matches nothing
     assert r["description_accuracy"] == 1 / 5  # 5 videos, one judged yes
-    assert EVALUATORS["eventhallusion"] is eventhallusion.score_answers_file
+    assert EVALUATORS["eventhallusion"].score_file is eventhallusion.score_answers_file
 
 
 def test_eventhallusion_rejects_bad_files(tmp_path):

@@ -2,7 +2,8 @@
 
 The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
 plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
-and friends in the hub's real formats, shrunk; POPE and VideoHallucer files in their real layouts). Each
+and friends in the hub's real formats, shrunk; POPE, VideoHallucer, CHAIR, AMBER and EventHallusion files in their
+real layouts, from the vendored excerpts, with generated images and videos). Each
 command goes through the CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where
 a command's inputs exist: models and data first, then builders, training, evaluation.
 
@@ -22,7 +23,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import SAMPLES
+from helpers import COLORS, SAMPLES, color_image
 from videos import make_frames, write_clip
 
 from mmpo.cli import main
@@ -89,36 +90,47 @@ def _pope_in_reference_layout(sandbox: Path) -> None:
     shutil.copytree(sandbox / "data/example", sandbox / "data/coco/val2014", ignore=shutil.ignore_patterns("pope"))
 
 
-def _answered_benchmarks(sandbox: Path, command: str) -> None:
-    """CHAIR / AMBER / EventHallusion files in their reference layouts (vendored samples) plus answers to score.
+def _chair_layout(sandbox: Path) -> None:
+    """data/chair/{instances,captions}_val2014.json (COCO-layout fixtures) and their images in data/coco/val2014."""
+    if (sandbox / "data/chair").exists():
+        return
+    if not (sandbox / "data/coco").exists():
+        _pope_in_reference_layout(sandbox)  # the POPE configs read the same image folder
+    (sandbox / "data/chair").mkdir(parents=True)
+    shutil.copy(SAMPLES / "chair_coco_instances_sample.json", sandbox / "data/chair/instances_val2014.json")
+    shutil.copy(SAMPLES / "chair_coco_captions_sample.json", sandbox / "data/chair/captions_val2014.json")
+    for i, image in enumerate(json.loads((sandbox / "data/chair/instances_val2014.json").read_text())["images"]):
+        color_image(COLORS[i % 4], size=64, seed=i).save(sandbox / "data/coco/val2014" / image["file_name"])
 
-    mmpo scores these from answers files; the answers stand in for a model's (written here, as a user's would be).
-    """
-    if "data/chair/" in command and not (sandbox / "data/chair").exists():
-        (sandbox / "data/chair").mkdir(parents=True)
-        shutil.copy(SAMPLES / "chair_coco_instances_sample.json", sandbox / "data/chair/instances_val2014.json")
-        shutil.copy(SAMPLES / "chair_coco_captions_sample.json", sandbox / "data/chair/captions_val2014.json")
-        rows = [{"image_id": 139, "caption": "A man rides a motorcycle next to a dog."},
-                {"image_id": 285, "caption": "Wine glasses on a dining table."}]
-        (sandbox / "data/chair/answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if "data/amber/" in command and not (sandbox / "data/amber").exists():
-        (sandbox / "data/amber/data/query").mkdir(parents=True)
-        shutil.copy(SAMPLES / "amber_annotations_sample.json", sandbox / "data/amber/data/annotations.json")
-        query = sandbox / "data/amber/data/query/query_discriminative.json"
-        shutil.copy(SAMPLES / "amber_query_discriminative_sample.json", query)
-        answers = [{"id": q["id"], "response": "No"} for q in json.loads(query.read_text())]
-        (sandbox / "data/amber/answers.json").write_text(json.dumps(answers))
-    if "data/eventhallusion/" in command and not (sandbox / "data/eventhallusion").exists():
-        from eval import eventhallusion
 
-        (sandbox / "data/eventhallusion/questions").mkdir(parents=True)
-        files = {}
-        for split in eventhallusion.SPLITS:
-            files[split] = sandbox / f"data/eventhallusion/questions/{split}_questions.json"
-            shutil.copy(SAMPLES / f"eventhallusion_{split}_questions_sample.json", files[split])
-        keys = [q.key for f in files.values() for q in eventhallusion.read_questions(f)]
-        eventhallusion.write_predictions(sandbox / "data/eventhallusion/predictions.json", files,
-                                         {k: "No." for k in keys})
+def _amber_layout(sandbox: Path) -> None:
+    """The AMBER repository's data/ (vendored excerpts: annotations.json, query/query_discriminative.json) and
+    the AMBER_k.jpg images the queries name in data/amber/image."""
+    if (sandbox / "data/amber").exists():
+        return
+    (sandbox / "data/amber/data/query").mkdir(parents=True)
+    (sandbox / "data/amber/image").mkdir()
+    shutil.copy(SAMPLES / "amber_annotations_sample.json", sandbox / "data/amber/data/annotations.json")
+    query = sandbox / "data/amber/data/query/query_discriminative.json"
+    shutil.copy(SAMPLES / "amber_query_discriminative_sample.json", query)
+    for i, name in enumerate(sorted({q["image"] for q in json.loads(query.read_text())})):
+        color_image(COLORS[i % 4], size=64, seed=i).save(sandbox / "data/amber/image" / name)
+
+
+def _eventhallusion_layout(sandbox: Path) -> None:
+    """EventHallusion's questions/<split>_questions.json (fixtures in its format) and videos/<split>/<id>.mp4."""
+    from eval import eventhallusion
+
+    root = sandbox / "data/eventhallusion"
+    if root.exists():
+        return
+    (root / "questions").mkdir(parents=True)
+    for split in eventhallusion.SPLITS:
+        questions = root / f"questions/{split}_questions.json"
+        shutil.copy(SAMPLES / f"eventhallusion_{split}_questions_sample.json", questions)
+        (root / "videos" / split).mkdir(parents=True)
+        for i, video in enumerate(json.loads(questions.read_text())):
+            write_clip(root / "videos" / split / f"{video['id']}.mp4", make_frames(T=8, H=64, W=64, seed=i))
 
 
 def _provide(sandbox: Path, command: str) -> None:
@@ -141,7 +153,10 @@ def _provide(sandbox: Path, command: str) -> None:
         _pope_in_reference_layout(sandbox)
     if "videohallucer" in command and not (sandbox / "data/videohallucer_datasets").exists():
         _videohallucer_datasets(sandbox / "data/videohallucer_datasets")
-    _answered_benchmarks(sandbox, command)
+    layouts = {"chair": _chair_layout, "amber": _amber_layout, "eventhallusion": _eventhallusion_layout}
+    for name, make in layouts.items():  # the configs name these folders, so look for the benchmark in the command
+        if f"mmpo eval {name} " in command:
+            make(sandbox)
     if "model.adapter=runs/dadpo_image/adapter" in command:
         assert (sandbox / "runs/dadpo_image/adapter").is_dir()  # made by the dadpo_image command before it
 

@@ -9,21 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import COLORS, color_image, tiny_model
+from helpers import COLORS, color_image, color_question, tiny_model, yes_no_model
 from videos import make_frames, write_clip
 
-from eval import answering, pope, pope_metrics, runner, videohallucer_metrics
+from eval import EVALUATORS, answering, pope, pope_metrics, predictions, runner, videohallucer_metrics
 from eval import cli as eval_cli
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
-from mmpo.logprobs import plain_logps
 from mmpo.media import MediaError
-from mmpo.models import add_lora, encode_answers, encode_prompts, load_model, scoring
+from mmpo.models import add_lora, load_model, scoring
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
-
-
-def _question(color: str) -> str:
-    return f"is there a {color} square in the image ?"
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +33,13 @@ def world(tmp_path_factory):
         lines, qid = [], 1
         for c in COLORS:
             for other in (c, COLORS[(COLORS.index(c) + shift) % 4], c, COLORS[(COLORS.index(c) + 3) % 4]):
-                lines.append({"question_id": qid, "image": f"{c}.png", "text": _question(other),
+                lines.append({"question_id": qid, "image": f"{c}.png", "text": color_question(other),
                               "label": "yes" if other == c else "no"})
                 qid += 1
         (root / f"coco_pope_{split}.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    model, proc = load_model(ModelConfig(path=str(tiny_model("llava", root)), device="cpu"), trainable=True)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    for step in range(25):
-        # A text-only rule (yes for red/green questions) is learnt in a few steps and gives both answers.
-        q = [COLORS[(step + k) % 4] for k in range(4)]
-        imgs = [color_image(COLORS[(step + 2 * k) % 4], seed=k) for k in range(4)]
-        ans = ["yes" if c in ("red", "green") else "no" for c in q]
-        lp, _ = plain_logps(model, encode_prompts(proc, [_question(c) for c in q], imgs, "image"),
-                            encode_answers(proc, ans))
-        opt.zero_grad()
-        (-lp.mean()).backward()
-        opt.step()
-    model.eval().requires_grad_(False)
-    model.save_pretrained(root / "tuned")
-    proc.save_pretrained(root / "tuned")
-    return {"root": root, "model": model, "processor": proc, "model_dir": str(root / "tuned")}
+    model_dir = yes_no_model("llava", root)  # a text-only rule: "yes" for red / green questions
+    model, proc = load_model(ModelConfig(path=str(model_dir), device="cpu"))
+    return {"root": root, "model": model, "processor": proc, "model_dir": str(model_dir)}
 
 
 def _cfg(world, out: str, **kw) -> runner.PopeEvalConfig:
@@ -158,7 +139,7 @@ def test_stored_predictions_split_on_newline_only(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows) + '{"split": "ran',
                     encoding="utf-8")
-    stored = runner._load_predictions(path, ("split", "question_id"))
+    stored = predictions.load_predictions(path, ("split", "question_id"))
     assert [stored[("random", str(i))]["answer"] for i in range(3)] == [r["answer"] for r in rows]
     assert [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x] == rows
 
@@ -250,12 +231,11 @@ def test_cli_scoring_and_build(tmp_path, capsys):
         eval_cli.cli_pope(["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
 
 
-@pytest.mark.parametrize("name,cls", [("pope_logits", runner.PopeEvalConfig), ("pope_generate", runner.PopeEvalConfig),
-                                      ("videohallucer", runner.VideoHallucerEvalConfig)])
-def test_shipped_configs_load(name, cls):
-    path = CONFIGS / f"{name}.yaml"
-    assert path.read_text().startswith(f"# mmpo eval {name.split('_')[0]} --config configs/eval/{name}.yaml")
-    cfg = load(cls, path, ["model.path=/x"])
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    name = path.stem.split("_")[0]  # pope_logits.yaml -> pope
+    assert path.read_text().startswith(f"# mmpo eval {name} --config configs/eval/{path.name}")
+    cfg = load(EVALUATORS[name].config, path, ["model.path=/x"])
     assert cfg.model.path == "/x" and cfg.mode in answering.MODES
 
 
@@ -280,7 +260,7 @@ def _bad_media_cfg(world, tmp_path, out: str, **kw) -> runner.PopeEvalConfig:
         for c in ("red", "green"):
             shutil.copy(world["root"] / "img" / f"{c}.png", img / f"{c}.png")
         (img / "broken.png").write_bytes(b"not a png")
-        rows = [{"question_id": 2 * k + j + 1, "image": f"{name}.png", "text": _question(COLORS[j]),
+        rows = [{"question_id": 2 * k + j + 1, "image": f"{name}.png", "text": color_question(COLORS[j]),
                  "label": ("yes", "no")[j]} for k, name in enumerate(BAD_IMAGES) for j in range(2)]
         (tmp_path / "coco_pope_random.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return runner.PopeEvalConfig(model=ModelConfig(path=world["model_dir"], device="cpu"),
@@ -304,8 +284,8 @@ def test_pope_skips_unreadable_images_and_names_them(world, tmp_path, prefix_reu
     rows = _rows(tmp_path / "skip" / "predictions.jsonl")
     assert sorted(int(r["question_id"]) for r in rows) == [1, 2, 5, 6]
     # the answers kept are those of the same questions asked without the unreadable images
-    good = [answering.Item(("random", str(q)), str(img / f"{BAD_IMAGES[(q - 1) // 2]}.png"), _question(COLORS[(q - 1) % 2]))
-            for q in (1, 2, 5, 6)]
+    good = [answering.Item(("random", str(q)), str(img / f"{BAD_IMAGES[(q - 1) // 2]}.png"),
+                           color_question(COLORS[(q - 1) % 2])) for q in (1, 2, 5, 6)]
     want = answering.answer_items(world["model"], world["processor"], good, "image", runner.load_image,
                                   mode="logits", batch_size=3)
     for r in rows:
@@ -386,7 +366,7 @@ def test_packed_answers_equal_plain_for_every_family(tmp_path, family, media_typ
     else:
         frames = 8 if family == "video_llava" else 4
         media = {c: make_frames(T=frames, H=32, W=32, seed=i) for i, c in enumerate(COLORS[:3])}
-    items = [answering.Item((c, j), c, _question(COLORS[j])) for c in media for j in range(2 + COLORS.index(c) % 2)]
+    items = [answering.Item((c, j), c, color_question(COLORS[j])) for c in media for j in range(2 + COLORS.index(c) % 2)]
     args = (model, proc, items, media_type, media.__getitem__)
     plain = answering.answer_items(*args, mode="logits", batch_size=8)
     packed = answering.answer_items(*args, mode="logits", batch_size=8, prefix_reuse=True)

@@ -244,7 +244,7 @@ def test_answer_count_and_id_errors(tmp_path):
 
 def test_score_answers_file_end_to_end(tmp_path):
     answers = _write_jsonl(tmp_path / "a.jsonl", [{"question_id": q, "answer": a} for q, a in ANSWERS.items()])
-    r = EVALUATORS["pope"](SAMPLES / "pope_random_sample.jsonl", answers, parser="official")
+    r = EVALUATORS["pope"].score_file(SAMPLES / "pope_random_sample.jsonl", answers, parser="official")
     assert (r["tp"], r["fp"], r["tn"], r["fn"]) == (4, 3, 2, 1) and r["f1"] == pytest.approx(2 / 3)
     # A file holding several splits (LLaVA's llava_pope_test layout has a `category` field) is aggregated.
     rows = [json.loads(line) for line in (SAMPLES / "pope_random_sample.jsonl").read_text().splitlines()]

@@ -115,7 +115,7 @@ def test_score_answers_file_reference_layout(tmp_path):
     assert layout[0]["basic"]["predict"] == "Yes, there is a baby." and layout[0]["type"] == "subject"
     answers = tmp_path / "obj_rel_model.json"
     answers.write_text(json.dumps(layout, indent=4))
-    r = EVALUATORS["videohallucer"](data, answers)
+    r = EVALUATORS["videohallucer"].score_file(data, answers)
     assert r["pair_accuracy"] == pytest.approx(2 / 6) and r["bias"]["fpr"] == pytest.approx(2 / 5)
     assert r["prompt_suffix"] == "\nAnswer the question using 'yes' or 'no'."
     assert r["data_file"] == data.name
@@ -123,14 +123,14 @@ def test_score_answers_file_reference_layout(tmp_path):
     fpairs = read_pairs(sample("external_factual"))
     write_results(fact, fpairs, [VHPrediction("yes", "no")] * 6)
     assert json.loads(fact.read_text())[0]["hallucination"]["explanation"] == fpairs[0].hallucination.explanation
-    assert EVALUATORS["videohallucer"](sample("external_factual"), fact)["pair_accuracy"] == 1.0
+    assert EVALUATORS["videohallucer"].score_file(sample("external_factual"), fact)["pair_accuracy"] == 1.0
     answers.write_text(json.dumps(layout[:5]))
     with pytest.raises(ValueError, match="5 pairs, but"):
-        EVALUATORS["videohallucer"](data, answers)
+        EVALUATORS["videohallucer"].score_file(data, answers)
     layout[2]["hallucination"]["question"] = "Is there a cat in the video?"
     answers.write_text(json.dumps(layout))
     with pytest.raises(ValueError, match="pair 2 differs"):
-        EVALUATORS["videohallucer"](data, answers)
+        EVALUATORS["videohallucer"].score_file(data, answers)
 
 
 def test_report_files(tmp_path):

@@ -1,0 +1,150 @@
+"""Resumable predictions, shared by every model runner (POPE, VideoHallucer, CHAIR, AMBER, EventHallusion).
+
+A run's folder holds predictions.jsonl, one row per answered question, appended as each batch ends (a killed
+run loses at most one batch), and run.json, the settings the answers were made under, with a fingerprint of
+the weight and adapter files: a rerun with other settings (e.g. a retrained adapter) is refused instead of
+mixing two models' answers. A rerun answers only the questions predictions.jsonl lacks.
+
+Unreadable media (`on_bad_media`): `error` (default) stops the run at the first missing or undecodable file
+(answers so far are kept for the rerun); `skip` leaves out the questions on such files, and the runner scores
+the rest and names the files under "skipped_media" in metrics.json. Scores with skips do not compare with
+published numbers over the full files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval.answering import Item, answer_items
+from mmpo.config import ConfigError
+from mmpo.media import MediaError
+from mmpo.models import load_model
+from mmpo.models.loading import weights_fingerprint
+from mmpo.records import jsonl_lines
+
+BAD_MEDIA = ("error", "skip")  # on_bad_media values, see the module docstring
+
+
+def check_choice(key: str, value: str, choices: tuple) -> None:
+    """A config value must be one of `choices` (ConfigError naming the key otherwise)."""
+    if value not in choices:
+        raise ConfigError(f"{key}: expected one of {' | '.join(choices)}, got {value!r}")
+
+
+def model_settings(model_cfg) -> dict:
+    """The run.json entries that identify the model: paths and a fingerprint of the weight and adapter files."""
+    return {"model": model_cfg.path, "adapter": model_cfg.adapter, "weights": weights_fingerprint(model_cfg)}
+
+
+def check_run(out: Path, settings: dict) -> None:
+    """run.json records the settings; resuming predictions made under other settings would mix them."""
+    path = out / "run.json"
+    if path.exists() and (out / "predictions.jsonl").exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise ValueError(f"{out}: existing predictions were made with other settings ({diff}); "
+                             "use another out_dir or delete predictions.jsonl")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, dict]:
+    """Rows of predictions.jsonl by key; a torn last line (killed mid-write) is dropped and the file fixed."""
+    if not path.exists():
+        return {}
+    rows, good = {}, []
+    lines = jsonl_lines(path.read_text(encoding="utf-8"))
+    for n, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
+                break
+            raise ValueError(f"{path}:{n}: invalid JSON") from None
+        rows[tuple(str(rec[k]) for k in key_fields)] = rec
+        good.append(line)
+    if len(good) != len(lines):
+        path.write_text("".join(g + "\n" for g in good), encoding="utf-8")
+    return rows
+
+
+def stored_answers(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, tuple]:
+    """{key: (answer, margin | None)} of the rows already in predictions.jsonl."""
+    return {k: (r["answer"], r.get("margin")) for k, r in load_predictions(path, key_fields).items()}
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """A JSONL file of `rows`, replacing any old one (the reference answer files a run writes at its end)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def by_media(items: list[Item]) -> list[Item]:
+    """Items sorted by media file (first-seen order kept), so a batch shares images and loads each once."""
+    order = {m: i for i, m in reversed(list(enumerate(it.media for it in items)))}
+    return sorted(items, key=lambda it: order[it.media])
+
+
+def answer(cfg, model, processor, items: list[Item], media_type: str, load_fn, on_batch=None) -> tuple[dict, dict]:
+    """`answer_items` with the config's settings; returns (answers, unreadable files {path: error}).
+
+    With `on_bad_media: error` the first unreadable file raises, its message pointing to the skip option.
+    """
+    bad: dict | None = {} if cfg.on_bad_media == "skip" else None
+    try:
+        answers = answer_items(model, processor, items, media_type, load_fn, mode=cfg.mode, batch_size=cfg.batch_size,
+                               max_new_tokens=cfg.max_new_tokens, prefix_reuse=cfg.prefix_reuse, on_batch=on_batch,
+                               bad_media=bad)
+    except MediaError as exc:
+        raise MediaError(f"{exc} (on_bad_media: skip leaves out the questions on unreadable files)") from exc
+    return answers, bad or {}
+
+
+def answer_missing(cfg, pred_path: Path, key_fields: tuple[str, ...], items: list[Item], media_type: str, load_fn,
+                   model=None, processor=None, logits_answer=None) -> tuple[dict, dict]:
+    """Answer `items` (the questions predictions.jsonl lacks), appending a row per answer as each batch ends.
+
+    Args:
+        cfg: a runner config (model, mode, batch_size, max_new_tokens, prefix_reuse, on_bad_media).
+        pred_path: predictions.jsonl; each row holds the key's fields, "answer" and, in logits mode, "margin".
+        key_fields: names of the item key's parts, in order.
+        items: questions to answer.
+        media_type: "image" or "video".
+        load_fn: path -> media.
+        model: an already-loaded model, else `load_model(cfg.model)` (only when there is something to answer).
+        processor: its processor.
+        logits_answer: margin -> the answer string the benchmark's scorer reads (AMBER: exactly "Yes" / "No");
+            default: answering's "yes" / "no".
+
+    Returns:
+        ({key: (answer, margin | None)}, {unreadable file: error}) for this call's items.
+    """
+    if not items:
+        return {}, {}
+    if model is None:
+        model, processor = load_model(cfg.model)
+    answers: dict = {}
+
+    def write(rows):
+        rows = [(k, logits_answer(m) if logits_answer and m is not None else a, m) for k, a, m in rows]
+        answers.update({k: (a, m) for k, a, m in rows})
+        append_rows(pred_path, [{**dict(zip(key_fields, k)), "answer": a, **({"margin": m} if m is not None else {})}
+                                for k, a, m in rows])
+
+    _, bad = answer(cfg, model, processor, items, media_type, load_fn, on_batch=write)
+    return answers, bad
+
+
+def skipped_summary(bad: dict, n_left_out: int, unit: str) -> dict:
+    """metrics.json's "skipped_media": how many `unit`s were left out, and the unreadable files with their errors."""
+    return {f"n_{unit}": n_left_out, "n_files": len(bad), "files": dict(sorted(bad.items()))}
