@@ -413,8 +413,8 @@ def _iqr(xs: list[float]) -> float:
 def print_table(res: dict) -> None:
     print(f"\n## {res['config']}  (tokens per pair: {json.dumps({k: round(v, 1) for k, v in res['stats'].items()})}; "
           f"measured peak {res['peak_tflops']:.3f} TFLOP/s)")
-    print("| variant | step ms (IQR) | pairs/s | pre-pass s | 1-epoch pairs/s | tokens/s | peak mem GiB (CPU: added by training) | useful TFLOP/s "
-          "| utilisation | vs TRL | 1 epoch vs TRL |")
+    print("| variant | step ms (IQR) | pairs/s | pre-pass s | 1-epoch pairs/s | tokens/s "
+          "| peak mem GiB (CPU: added by training) | useful TFLOP/s | utilisation | vs TRL | 1 epoch vs TRL |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     trl = res["rows"].get("trl", {}).get("pairs_per_s")
     for name, r in res["rows"].items():

@@ -144,8 +144,14 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, procs=None) -
         model_state, optim_state = _sharded_state(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         dcp.load(state, checkpoint_id=str(path))
-        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                       options=StateDictOptions(ignore_frozen_params=True))
+        # strict=False because the frozen weights are not in the checkpoint (they come from model.path); every
+        # trainable one must be.
+        result = set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                                options=StateDictOptions(ignore_frozen_params=True, strict=False))
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        missing = sorted(trainable & set(result.missing_keys)) + sorted(result.unexpected_keys)
+        if missing:
+            raise ValueError(f"{path}: checkpoint does not match the model (e.g. {missing[0]!r})")
         scheduler.load_state_dict(own["scheduler"])
         set_rng_state(own["rng"])
         return own["step"], own["extra"]

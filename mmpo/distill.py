@@ -7,7 +7,6 @@ wires them to the two models and runs both stages through `mmpo.trainer.train`.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +19,7 @@ from mmpo.logprobs import answer_logits, pair_logps, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl
 from mmpo.models import load_model
 from mmpo.records import default_media_root, read_sft
-from mmpo.schedules import derived_config, finished
+from mmpo.schedules import derived_config, finished, seed_for
 from mmpo.trainer import train
 
 
@@ -89,7 +88,11 @@ def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc
 
 
 def _student(cfg: TrainConfig, mimic_dir: Path):
-    """The student: fresh from cfg.model/cfg.lora, or the finished mimic stage's result (on resume)."""
+    """The student: fresh from cfg.model/cfg.lora, or the finished mimic stage's result (on resume).
+
+    Its fresh LoRA is seeded by the run's seed, so every process (and every rerun) starts from the same one.
+    """
+    torch.manual_seed(seed_for(cfg.seed, "student"))
     if not finished(mimic_dir):
         return load_model(cfg.model, cfg.lora, trainable=True)
     if (mimic_dir / "adapter").is_dir():
@@ -110,10 +113,6 @@ def _check_distill(cfg: TrainConfig) -> str:
         raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
     if d.preference_steps > 0 and not d.preference_data:
         raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (d.mimic_steps > 0 or d.preference_loss == "dpkd"):
-        # The mimic and DPKD batch losses call the student directly, not through the trainer's DDP-wrapped
-        # step module, so gradients would not be averaged across processes.
-        raise ConfigError("stage distill: the mimic stage and dpkd run on one process only (no accelerate launch)")
     if not 0.0 <= d.dpkd_ratio <= 1.0:
         raise ConfigError(f"distill.dpkd_ratio: expected 0..1, got {d.dpkd_ratio}")
     mimic_data = d.mimic_data or cfg.data.train

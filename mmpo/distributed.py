@@ -107,25 +107,41 @@ def shard_model(model, precision: str, procs: Processes):
 
 
 def shard_from_main(model, precision: str, procs: Processes):
-    """FSDP2 with one copy of the weights: the main rank loaded the model (on CPU), the others built it on the
-    meta device (`mmpo.models.loading.load_skeleton`); after sharding, the main rank's weights (fresh LoRA
-    included) are sent out shard by shard, and its buffers (RoPE tables, which no state dict holds) copied.
+    """FSDP2 with the main rank's weights: shard the policy on every rank, then send the main rank's values.
+
+    The main rank holds the loaded model (on CPU); the other ranks hold either a weightless skeleton on the meta
+    device (`mmpo.models.loading.load_skeleton`: an N-process run reads and holds one copy of the model, not
+    N) or a model a schedule built alike everywhere. Either way every shard ends up equal to the main rank's
+    model (fresh LoRA included), and its buffers (RoPE tables, which no state dict holds) are copied too.
+    A model sharded before (a schedule's second stage) is left as it is.
 
     Returns:
-        The sharded model, equal on every rank to the main rank's.
+        The sharded model.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
 
+    if isinstance(model, FSDPModule):
+        return model
     full = dict(model.state_dict()) if procs.is_main else {}
+    on_meta = any(p.is_meta for p in model.parameters())
     shard_model(model, precision, procs)
-    if procs.is_main:
-        model.to(procs.device)
-    else:
+    if on_meta:
         model.to_empty(device=procs.device)
+    else:
+        model.to(procs.device)
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buffer in model.buffers():
         dist.broadcast(local_part(buffer), src=0)
     return model
+
+
+def broadcast_from_main(model, procs: Processes) -> None:
+    """Every rank's parameters and buffers set to the main rank's (what DDP's constructor does), for a model
+    trained without the DDP wrapper (a schedule's own loss; its gradients are averaged by hand)."""
+    if procs.world > 1:
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def reshard(model, procs: Processes) -> None:

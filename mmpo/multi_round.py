@@ -33,6 +33,7 @@ from mmpo.schedules import (
     fresh_lora,
     generate_for,
     is_main,
+    is_sharded,
     load_merged,
     seed_for,
     write_atomic,
@@ -213,8 +214,11 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
         if round_hook is not None:
             round_hook(i + 1, policy, processor)
         train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
-        model = policy.merge_and_unload()  # the next round's reference
-        model.requires_grad_(False)
+        if is_sharded(policy):  # FSDP2 split the weights over the ranks: rebuild the merged model from the adapters
+            model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:i + 1]])
+        else:
+            model = policy.merge_and_unload()  # the next round's reference
+            model.requires_grad_(False)
     if not merged_saved and is_main():
         model.save_pretrained(out / "model")
         processor.save_pretrained(out / "model")

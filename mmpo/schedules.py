@@ -34,6 +34,13 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file()
 
 
+def is_sharded(model) -> bool:
+    """True once FSDP2 has split the model's weights over the processes (`mmpo.distributed.shard_from_main`)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def is_main() -> bool:
     """Rank 0 (or a single process): the one that writes shared files under `accelerate launch`."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -38,6 +38,7 @@ from mmpo.distributed import (
     Processes,
     all_ranks,
     average_gradients,
+    broadcast_from_main,
     full_tensor,
     gather_objects,
     gradient_sync,
@@ -46,7 +47,6 @@ from mmpo.distributed import (
     replicate,
     reshard,
     shard_from_main,
-    shard_model,
     start_processes,
 )
 from mmpo.lengths import check_lengths
@@ -255,8 +255,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         run_dir.mkdir(parents=True, exist_ok=True)
         cfgmod.save(cfg, run_dir / "config.yaml")
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
-    loaded_here = model is None
-    if loaded_here:
+    if model is None:
         model, processor = load_policy(cfg, procs)
     seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
     if cfg.gradient_checkpointing:
@@ -264,7 +263,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
     if procs.sharded:
-        (shard_from_main if loaded_here else shard_model)(model, cfg.precision, procs)
+        shard_from_main(model, cfg.precision, procs)
     device = procs.device if procs.sharded else next(model.parameters()).device
     # Taken now, while FSDP2's parameters are the sharded ones: after a forward without backward its root group
     # stays gathered, and model.parameters() would then list the gathered copies, which never get gradients.
@@ -292,7 +291,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
     # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
     average_by_hand = world > 1 and not procs.sharded and batch_loss is not None
-    if world > 1 and not procs.sharded and batch_loss is None:
+    if average_by_hand:
+        broadcast_from_main(model, procs)
+    elif world > 1 and not procs.sharded:
         step_module = replicate(step_module, procs)
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and not sft and "reference" in requires and reference is None:
@@ -378,7 +379,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         # Under FSDP2 every rank runs the hook (a forward needs all the shards); the main one logs it.
         if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and (is_main or procs.sharded):
             model.eval()
-            logger.flush(step, {f"eval/{k}": v for k, v in eval_hook(model, processor, step).items()})
+            evaluated = eval_hook(model, processor, step)
+            if evaluated:
+                logger.flush(step, {f"eval/{k}": v for k, v in evaluated.items()})
             reshard(model, procs)
             model.train()
         # The last step is not checkpointed: the final adapter below is what a finished run keeps.

@@ -55,16 +55,3 @@ def test_a_batch_left_empty_on_one_rank_is_skipped_on_both(tmp_path):
     write_jsonl(pairs, recs[:1] + [dataclasses.replace(recs[1], media=("img/broken.png",))] + recs[2:])
     summary = _launch(tmp_path, "batch_size=1", "max_steps=4", "data.on_bad_record=skip", data=pairs)
     assert summary["steps"] == 4 and summary["skipped_by_reason"].get("bad_media") == 1
-
-
-def test_sharded_launchers_are_refused_with_a_clear_error():
-    from accelerate.utils import DistributedType
-
-    from mmpo.config import ConfigError
-    from mmpo.distributed import check_distributed
-
-    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        check_distributed(str(kind))
-    for kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(ConfigError, match="DDP"):
-            check_distributed(str(kind))
