@@ -233,4 +233,4 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
             writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {exc}")
         if on_record is not None:
             on_record(n)
-    return finish(writer, cfg, len(records), root, builder="augment")
+    return finish(writer, cfg, [r.id for r in records], root, builder="augment")

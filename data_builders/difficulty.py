@@ -232,5 +232,5 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     plots = plot(stats, out_dir) if cfg.plots and pairs else []
     writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows
-    return finish(writer, cfg, len(records), root, builder="difficulty", vote_weights=stats["vote_weights"],
+    return finish(writer, cfg, [r.id for r in records], root, builder="difficulty", vote_weights=stats["vote_weights"],
                   agreement=stats["agreement"], plots=plots)

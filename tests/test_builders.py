@@ -287,6 +287,34 @@ def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
     assert all(p.meta["critique"] == "the critique" for p in pairs)
 
 
+def test_self_qa_batches_model_calls_across_items(world, tmp_path):
+    """batch_size // questions_per_item items are questioned, answered and judged together."""
+    calls = []
+
+    def generate(prompts, media, temperature, seed):
+        assert len(media) == len(prompts)
+        calls.append(len(prompts))
+        return [f"answer {'a ' * (i % 3)}{temperature}" for i in range(len(prompts))]
+
+    def judged(prompts, media, temperature, seed):
+        calls.append(("judge", len(prompts)))
+        return _fake_judge(prompts, media, temperature, seed)
+
+    def run(batch_size):
+        calls.clear()
+        out = build_self_qa(load(SelfQAConfig, None, [
+            f"in_sft={world['image_sft']}", f"out_dir={tmp_path / str(batch_size)}", "progress=false",
+            "questions_per_item=2", "temperatures=[0.5, 1.0]", "min_gap=0", f"batch_size={batch_size}"]),
+            generate=generate, judge=rubric_judge(judged))
+        return json.loads((out / "manifest.json").read_text())["counts"]
+
+    batched = run(4)  # 6 images in 3 blocks of 2: per block 1 question call, 2 answer calls, 1 judge call
+    assert calls == [4, 4, 4, ("judge", 8)] * 3
+    one_by_one = run(2)
+    assert calls == [2, 2, 2, ("judge", 4)] * 6
+    assert batched["answers"] == one_by_one["answers"] == 6 * 2 * 2
+
+
 # -- difficulty -----------------------------------------------------------------------------------
 
 def test_vote_weights_follow_agreement():
