@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from data_builders import shards
 from data_builders.common import ResumableWriter, finish, fsync_text, progress
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
@@ -33,6 +34,8 @@ from mmpo.records import PairRecord, default_media_root, read_pairs
 
 RAW_FILE = "raw_scores.jsonl"
 SCORERS = ("clip", "gen")
+# Settings of the voting only, not of the scores: a merge may change them (re-vote without rescoring).
+VOTE_KEYS = ("use_phi", "write_weight", "alpha", "plots")
 
 
 @dataclass
@@ -51,6 +54,8 @@ class DifficultyConfig:
     plots: bool = True  # write clip_margin.png, gen_margin.png, fused.png
     fresh: bool = False  # discard an earlier partial scoring run instead of resuming it
     progress: bool = True  # tqdm progress bar
+    shard: str = ""  # score shard i/N (whole batches) into out_dir/shards/i-of-N ("" = all; launched: one per rank)
+    merge: bool = False  # fuse the finished shards' scores into out_dir/pairs.jsonl, as one process would
 
 
 def vote(margins: dict[str, np.ndarray], use_phi: bool = False) -> tuple[dict, dict, np.ndarray]:
@@ -140,15 +145,17 @@ def _load_batch(batch: list[PairRecord], root: Path, num_frames: int, writer: Re
     return groups
 
 
-def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
-    """Score every not-yet-scored pair in batches; bad media are skipped and recorded.
+def _score_all(cfg, records, mine, root, writer, clip, model, processor, on_record) -> None:
+    """Score every not-yet-scored pair of this build's batches; bad media are skipped and recorded.
 
-    Batches are cut by position in the input file (index // batch_size), never by what is left to do, and a
-    batch with any pair left is scored whole (only the new rows are written). A resumed build thus scores
-    every pair in the same batch, padded the same way, as an uninterrupted one: in bf16 the log-likelihoods
+    Batches are cut by position in the input file (index // batch_size), never by what is left to do or by
+    which shard runs them (a shard owns whole batches, `data_builders.shards`), and a batch with any pair
+    left is scored whole (only the new rows are written). A resumed or sharded build thus scores every pair
+    in the same batch, padded the same way, as one uninterrupted process: in bf16 the log-likelihoods
     depend on the batch's padding and size, so re-cut batches would give different bytes.
     """
-    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
+    owned = set(mine)
+    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size) if i in owned]
     todo = [b for b in batches if any(not writer.is_done(r.id) for r in b)]
     n_done = 0
     for batch in progress(todo, len(todo), cfg.progress, "difficulty"):
@@ -208,15 +215,24 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
         on_record: called with the count of pairs scored so far (tests simulate crashes with it).
 
     Returns:
-        The output folder (pairs.jsonl, manifest.json, raw_scores.jsonl, *.png).
+        The output folder (pairs.jsonl, manifest.json, raw_scores.jsonl, *.png); a shard's own folder under
+        `out_dir/shards/` (raw scores only: voting needs the whole set) when this process is one shard.
     """
     if not cfg.clip_model and not cfg.model.path:
         raise ValueError("difficulty: set clip_model and/or model.path (no scorer configured)")
+    if cfg.batch_size < 1:
+        raise ValueError("difficulty: batch_size must be >= 1")
     root = default_media_root(cfg.in_pairs, cfg.media_root)
     records = read_pairs(cfg.in_pairs)
-    writer = ResumableWriter(cfg.out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
+    ids = [r.id for r in records]
+    if cfg.merge:
+        writer = shards.merge(cfg, ids, cfg.in_pairs, cfg.batch_size, RAW_FILE, merge_only=VOTE_KEYS)
+        return write_scored(cfg, records, root, writer)
+    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_pairs, cfg.batch_size)
+    writer = ResumableWriter(out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
     clip = model = processor = None
-    if any(not writer.is_done(r.id) for r in records):
+    if any(not writer.is_done(ids[p]) for p in mine):
+        shards.use_rank_gpu()
         if cfg.clip_model:
             from mmpo.clip import load_clip
 
@@ -225,10 +241,17 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
             from mmpo.models import load_model
 
             model, processor = load_model(cfg.model)
-    _score_all(cfg, records, root, writer, clip, model, processor, on_record)
+    _score_all(cfg, records, mine, root, writer, clip, model, processor, on_record)
+    if shard is not None:  # a shard's manifest counts its scored pairs; pairs.jsonl comes from the merge
+        return finish(writer, cfg, [ids[p] for p in mine], root, builder="difficulty", **shards.shard_manifest(shard))
+    return write_scored(cfg, records, root, writer)
+
+
+def write_scored(cfg: DifficultyConfig, records: list[PairRecord], root: Path, writer: ResumableWriter) -> Path:
+    """Vote over every raw score in the writer's folder and write pairs.jsonl, the plots and manifest.json."""
     raw = {json.loads(x)["id"]: json.loads(x) for x in writer.pairs_path.read_text().splitlines() if x.strip()}
     pairs, stats = fuse(records, raw, cfg)
-    out_dir = Path(cfg.out_dir)
+    out_dir = writer.out_dir
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     plots = plot(stats, out_dir) if cfg.plots and pairs else []
     writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows

@@ -12,8 +12,8 @@ pair (a1 > a0).
 
 Model calls are batched across items: a block of `items_per_block(cfg)` consecutive inputs (by media type)
 is questioned in one call, answered in one call per temperature and judged in calls of `batch_size` prompts.
-Blocks are cut by input position, so a resumed build runs every call with the same prompts, padding and seed
-as an uninterrupted one.
+Blocks are cut by input position, so a resumed or sharded build (`data_builders.shards`) runs every call with
+the same prompts, padding and seed as one uninterrupted process.
 
 The generator is a plain callable `fn(prompts, media, temperature, seed) -> list[str]` (one media item per
 prompt) and the judge a `data_builders.judging.Judge` (`rubric`: the model writes scores; `yes_no`: its yes/no
@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from data_builders import shards
 from data_builders.common import BadInput, ResumableWriter, finish, progress
 from data_builders.judging import JUDGES, Judge, rubric_judge, yes_no_judge
 from mmpo.config import ModelConfig
@@ -71,6 +72,8 @@ class SelfQAConfig:
     fresh: bool = False  # discard an earlier partial build instead of resuming it
     progress: bool = True  # tqdm progress bar
     batch_size: int = 8  # prompts per model call; batch_size // questions_per_item items (at least 1) are questioned together
+    shard: str = ""  # build shard i/N of the input (whole blocks) into out_dir/shards/i-of-N ("" = all; launched: one per rank)
+    merge: bool = False  # write out_dir/pairs.jsonl + manifest.json from the finished shards, as one process would
 
 
 # -- pipeline -------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def items_per_block(cfg: SelfQAConfig) -> int:
 
 def group_seed(seed: int, position: int) -> int:
     """Sampling seed of the group of items starting at input `position`: a function of the input, never of
-    what a resumed build has left to do."""
+    the shard or of what a resumed build has left to do."""
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
 
 
@@ -246,7 +249,7 @@ def process_block(cfg: SelfQAConfig, block: list[tuple[int, SFTRecord]], root: P
 
     Returns:
         (record, pairs, counters, skip reason or None) per item, in input order: the order one process
-        commits them whatever the media types.
+        commits them whatever the media types, so shards merge into the same file.
     """
     results, groups = {}, {}
     for pos, rec in block:
@@ -288,6 +291,7 @@ def _own_models(cfg: SelfQAConfig, media_types: set[str]) -> dict:
     """media type -> (generator, judge) of `cfg.model` itself (one model load for all types)."""
     from mmpo.models import load_model
 
+    shards.use_rank_gpu()
     model, processor = load_model(cfg.model)
     out = {}
     for mt in media_types:
@@ -310,17 +314,20 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
         on_record: called with the count of items committed so far (tests simulate crashes with it).
 
     Returns:
-        The output folder.
+        The output folder; a shard's own folder under `out_dir/shards/` when this process is one shard.
     """
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
     records = read_sft(cfg.in_sft)
     ids = [r.id for r in records]
     size = items_per_block(cfg)
-    writer = ResumableWriter(cfg.out_dir, fresh=cfg.fresh)
-    # blocks by input position: a block with any item left is run whole, as the first time
+    if cfg.merge:
+        return finish(shards.merge(cfg, ids, cfg.in_sft, size), cfg, ids, root, builder="self_qa", preset=cfg.preset)
+    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_sft, size)
+    writer = ResumableWriter(out_dir, fresh=cfg.fresh)
+    # blocks by input position (whole blocks per shard): a block with any item left is run whole, as first time
     blocks: dict[int, list] = {}
-    for p in range(len(records)):
+    for p in mine:
         blocks.setdefault(p // size, []).append((p, records[p]))
     todo = [b for b in blocks.values() if any(not writer.is_done(r.id) for _, r in b)]
     own: dict = {}
@@ -337,4 +344,5 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
             n += 1
             if on_record is not None:
                 on_record(n)
-    return finish(writer, cfg, ids, root, builder="self_qa", preset=cfg.preset)
+    return finish(writer, cfg, [ids[p] for p in mine], root, builder="self_qa", preset=cfg.preset,
+                  **shards.shard_manifest(shard))
