@@ -559,6 +559,24 @@ def test_self_qa_in_two_shards_equals_one_process_after_a_crash(world, tmp_path)
     assert c["answers"] == 8 and c["skipped"] == 1 and c["pairs"] >= 1  # there is something to compare
 
 
+@pytest.mark.slow
+def test_augment_under_accelerate_launch_builds_one_shard_per_rank(world, tmp_path):
+    """`accelerate launch --num_processes 2 -m mmpo build ...` with no shard set: each rank builds shard RANK/2."""
+    args = ["-m", "mmpo", "build", "augment", "--config", str(CONFIGS / "augment_video.yaml"),
+            f"in_sft={world['video_sft']}", "num_workers=0", "progress=false"]
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "0", *args, f"out_dir={tmp_path / 'launched'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(d.name for d in (tmp_path / "launched" / "shards").iterdir())
+    assert shards == ["0-of-2", "1-of-2"]
+    assert main(args[2:] + [f"out_dir={tmp_path / 'launched'}", "merge=true"]) == 0
+    assert main(args[2:] + [f"out_dir={tmp_path / 'whole'}"]) == 0
+    assert (tmp_path / "launched" / "pairs.jsonl").read_bytes() == (tmp_path / "whole" / "pairs.jsonl").read_bytes()
+
+
 @pytest.mark.parametrize("text, env, expected", [
     ("1/4", {}, (1, 4)), (" 0 / 2 ", {}, (0, 2)), ("", {}, None), ("", {"WORLD_SIZE": "1", "RANK": "0"}, None),
     ("", {"WORLD_SIZE": "3", "RANK": "2"}, (2, 3)), ("0/1", {"WORLD_SIZE": "3", "RANK": "2"}, (0, 1)),
