@@ -2,7 +2,7 @@
 
 Two scorers per response [RECONSTRUCTION of the unreleased estimation scripts]:
 - contrastive: CLIP cosine(image or frames, response text), long answers averaged by sentence
-  (`ClipScorer.frame_text_similarity`);
+  (`ClipScorer.frame_text_similarity`'s score, computed a batch at a time by `clip_scores`);
 - generative: length-normalised log-likelihood under a VLM, g(y) = log p(y|v,q) / |y|
   (`mmpo.logprobs.plain_logps`, batched).
 Distribution-aware voting (`vote`): each scorer's margins m = s(y_w) - s(y_l) are standardised over the
@@ -114,16 +114,47 @@ def gen_scores(model, processor, batch: list, media_type: str) -> list[tuple[flo
     return out
 
 
+def _frames(media) -> list:
+    """An image or a (T, H, W, 3) clip as a list of PIL frames."""
+    from PIL import Image
+
+    return [media] if isinstance(media, Image.Image) else [Image.fromarray(f) for f in media]
+
+
+def clip_scores(clip, batch: list) -> list[tuple[float, float]]:
+    """CLIP scores s(y_w), s(y_l) for a batch of (record, media_w, media_l), in one image and one text encode.
+
+    s(y) is `ClipScorer.frame_text_similarity`'s: the cosine averaged over the frames and over the answer's
+    sentences. Batched rather than per answer, and each distinct media item encoded once (a pair with no
+    rejected media has the same media object on both sides): per pair and side it was two encodes each.
+    """
+    media, slot = [], {}
+    for _, mw, ml in batch:
+        for m in (mw, ml):
+            if id(m) not in slot:
+                slot[id(m)] = len(media)
+                media.append(m)
+    frames = [_frames(m) for m in media]
+    images = clip.encode_images([f for fs in frames for f in fs]).split([len(fs) for fs in frames])
+    pieces = [clip.split_text(text) for rec, _, _ in batch for text in (rec.chosen, rec.rejected)]
+    texts = clip.encode_texts([p for ps in pieces for p in ps]).split([len(ps) for ps in pieces])
+    scores = []
+    for k, (_, mw, ml) in enumerate(batch):  # mean of the [frames, sentences] cosines of each side
+        chosen = (images[slot[id(mw)]] @ texts[2 * k].T).mean()
+        rejected = (images[slot[id(ml)]] @ texts[2 * k + 1].T).mean()
+        scores.append((float(chosen), float(rejected)))
+    return scores
+
+
 def score_batch(batch: list, clip, model, processor) -> list[dict]:
     """Raw scores of a batch of (record, media_w, media_l) sharing one media type."""
     gens = gen_scores(model, processor, batch, batch[0][0].media_type) if model is not None else [(0.0, 0.0)] * len(batch)
+    clips = clip_scores(clip, batch) if clip is not None else None
     rows = []
-    for (rec, mw, ml), (gw, gl) in zip(batch, gens):
+    for k, ((rec, _, _), (gw, gl)) in enumerate(zip(batch, gens)):
         row = {"id": rec.id, "gen_chosen": round(gw, 6), "gen_rejected": round(gl, 6)}
-        if clip is not None:
-            cw = float(clip.frame_text_similarity(mw, [rec.chosen])[0])
-            cl = float(clip.frame_text_similarity(ml, [rec.rejected])[0])
-            row.update(clip_chosen=round(cw, 6), clip_rejected=round(cl, 6))
+        if clips is not None:
+            row.update(clip_chosen=round(clips[k][0], 6), clip_rejected=round(clips[k][1], 6))
         rows.append(row)
     return rows
 

@@ -448,6 +448,26 @@ def test_difficulty_resume_is_byte_identical_in_bf16(world, tmp_path):
     assert len(set(gen)) == 8  # real, distinct scores: the comparison is not of constants
 
 
+def test_difficulty_clip_scores_in_one_batch_equal_the_per_answer_scorer(world):
+    """The batched CLIP scores equal `frame_text_similarity` per answer: images and clips, a pair with its own
+    rejected media, and an answer long enough to be scored by sentence."""
+    from data_builders.difficulty import clip_scores
+    from mmpo.clip import load_clip
+    from mmpo.records import PairRecord
+
+    clip = load_clip(str(world["clip"]))
+    long = " ".join(f"the {c} square sits in the middle of the picture ." for c in COLORS * 3)
+    assert len(clip.split_text(long)) > 1
+    clips = [make_frames(T=4, H=64, W=64, seed=s) for s in (1, 2)]
+    image = color_image("red", size=64)
+    rec = lambda c, r: PairRecord(id=c, media=("x",), media_type="image", prompt="?", chosen=c, rejected=r)  # noqa: E731
+    batch = [(rec("a red square", long), image, image), (rec("it moves", "it stays"), clips[0], clips[1]),
+             (rec(long, "a blue square"), clips[1], clips[1])]
+    for (r, mw, ml), (cw, cl) in zip(batch, clip_scores(clip, batch)):
+        assert cw == pytest.approx(float(clip.frame_text_similarity(mw, [r.chosen])[0]), abs=1e-5)
+        assert cl == pytest.approx(float(clip.frame_text_similarity(ml, [r.rejected])[0]), abs=1e-5)
+
+
 # -- shards ---------------------------------------------------------------------------------------
 
 def _mmpo(*args: str, script: str = "-m mmpo") -> subprocess.Popen:
