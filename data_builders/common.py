@@ -4,11 +4,11 @@
 Resume protocol (docs/ARCHITECTURE.md, "data_builders"): for each input item the builder first appends
 its pairs to `pairs.jsonl` (fsynced, `mmpo.records.write_jsonl(append=True)`), then appends one JSON
 line `{"id", "counts", "records", "skipped"?}` to `done.txt` (fsynced; `records`: the ids of the item's
-pairs, which lets `data_builders.shards.merge` put shards' pairs back in input order). A killed build restarts, skips the ids in
-`done.txt`, and drops pairs whose id is already in `pairs.jsonl`, so a crash between the two writes
-never duplicates a pair; a half-written last line (killed mid-write) is cut off on restart. Per-item
-counters and skip reasons live in `done.txt` too, so the manifest of a resumed build equals the
-manifest of an uninterrupted one.
+pairs, which let `data_builders.shards.merge` put shards' pairs back in input order). A killed build
+restarts, skips the ids in `done.txt`, and drops pairs whose id is already in `pairs.jsonl`, so a crash
+between the two writes never duplicates a pair; a half-written last line (killed mid-write) is cut off on
+restart. Per-item counters and skip reasons live in `done.txt` too, so the manifest of a resumed build
+equals the manifest of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from mmpo.records import MANIFEST_FILE, PairRecord, write_jsonl, write_manifest
+from mmpo.records import PairRecord, write_jsonl, write_manifest
 
 PAIRS_FILE = "pairs.jsonl"
 DONE_FILE = "done.txt"
-MANIFEST = MANIFEST_FILE
 
 
 class BadInput(ValueError):

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from data_builders.common import MANIFEST, PAIRS_FILE, ResumableWriter, done_file, fsync_text, valid_lines
+from data_builders.common import PAIRS_FILE, ResumableWriter, done_file, fsync_text, valid_lines
+from mmpo.records import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def found_shards(out_dir: Path) -> list[Shard]:
 def _unfinished(shard: Shard, writer: ResumableWriter, ids: Sequence[str], block: int, config: dict,
                 merge_only: Sequence[str]) -> str:
     """Why `shard` cannot be merged yet ("" when it can)."""
-    manifest = writer.out_dir / MANIFEST
+    manifest = writer.out_dir / MANIFEST_FILE
     mine = [ids[p] for p in range(len(ids)) if shard.owns(p, block)]
     left = sum(not writer.is_done(i) for i in mine)
     if left or not manifest.is_file():
