@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from data_builders import shards
 from data_builders.common import BadInput, ResumableWriter, finish, prepared_items, progress
 from mmpo.media import IMAGE_OPS, VIDEO_OPS, MediaError, augment, load_media
 from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id, read_sft
@@ -31,6 +32,8 @@ from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, mak
 DEFAULT_VIDEO_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "segment_swap",
                      "gaussian_noise", "gaussian_blur"]
 DEFAULT_IMAGE_OPS = ["mdpo_crop", "gaussian_noise", "gaussian_blur", "region_mask"]
+# Shards take single items: an item's specs depend only on (seed, its id), and nothing is batched across items.
+BLOCK = 1
 
 
 @dataclass
@@ -51,6 +54,8 @@ class AugmentConfig:
     num_workers: int = 0  # processes that decode + augment (0 = in the main process)
     fresh: bool = False  # discard an earlier partial build instead of resuming it
     progress: bool = True  # tqdm progress bar
+    shard: str = ""  # build shard i/N of the input ("0/4") into out_dir/shards/i-of-N ("" = all; launched: one per rank)
+    merge: bool = False  # write out_dir/pairs.jsonl + manifest.json from the finished shards, as one process would
 
 
 def sample_specs(cfg: AugmentConfig, record_id: str, media_type: str) -> tuple[AugSpec, ...]:
@@ -208,21 +213,27 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
             simulate a crash).
 
     Returns:
-        The output folder (pairs.jsonl, manifest.json, done.txt[, media/]).
+        The output folder (pairs.jsonl, manifest.json, done.txt[, media/]); a shard's own folder under
+        `out_dir/shards/` when `cfg.shard` (or a launcher) makes this process one shard.
     """
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
     if cfg.materialize:
         _relative(Path(cfg.out_dir) / "media", root)  # fail before any work
     records = read_sft(cfg.in_sft)
-    writer = ResumableWriter(cfg.out_dir, fresh=cfg.fresh)
+    ids = [r.id for r in records]
+    if cfg.merge:
+        return finish(shards.merge(cfg, ids, cfg.in_sft, BLOCK), cfg, ids, root, builder="augment")
+    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_sft, BLOCK)
+    writer = ResumableWriter(out_dir, fresh=cfg.fresh)
     scorer = None
     if cfg.clip_model:
         from mmpo.clip import load_clip
 
+        shards.use_rank_gpu()
         scorer = load_clip(cfg.clip_model, cfg.clip_device)
     need_pixels = scorer is not None or cfg.materialize
-    todo = [r for r in records if not writer.is_done(r.id)]
+    todo = [records[p] for p in mine if not writer.is_done(ids[p])]
     job = functools.partial(prepare, cfg=cfg, root=root, need_pixels=need_pixels)
     stream = prepared_items(todo, job, cfg.num_workers)
     for n, (rec, prep) in enumerate(progress(stream, len(todo), cfg.progress, "augment"), 1):
@@ -233,4 +244,4 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
             writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {exc}")
         if on_record is not None:
             on_record(n)
-    return finish(writer, cfg, len(records), root, builder="augment")
+    return finish(writer, cfg, [ids[p] for p in mine], root, builder="augment", **shards.shard_manifest(shard))

@@ -3,11 +3,12 @@
 
 Resume protocol (docs/ARCHITECTURE.md, "data_builders"): for each input item the builder first appends
 its pairs to `pairs.jsonl` (fsynced, `mmpo.records.write_jsonl(append=True)`), then appends one JSON
-line `{"id", "counts", "skipped"?}` to `done.txt` (fsynced). A killed build restarts, skips the ids in
-`done.txt`, and drops pairs whose id is already in `pairs.jsonl`, so a crash between the two writes
-never duplicates a pair; a half-written last line (killed mid-write) is cut off on restart. Per-item
-counters and skip reasons live in `done.txt` too, so the manifest of a resumed build equals the
-manifest of an uninterrupted one.
+line `{"id", "counts", "records", "skipped"?}` to `done.txt` (fsynced; `records`: the ids of the item's
+pairs, which let `data_builders.shards.merge` put shards' pairs back in input order). A killed build
+restarts, skips the ids in `done.txt`, and drops pairs whose id is already in `pairs.jsonl`, so a crash
+between the two writes never duplicates a pair; a half-written last line (killed mid-write) is cut off on
+restart. Per-item counters and skip reasons live in `done.txt` too, so the manifest of a resumed build
+equals the manifest of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ class BadInput(ValueError):
     """An input item that cannot be used (bad media, unusable content); skipped, counted, never fatal."""
 
 
-def _valid_lines(path: Path) -> list[str]:
+def done_file(pairs_file: str) -> str:
+    """The done-index's file name for a record file (`done.txt` for pairs.jsonl, `<name>.done.txt` otherwise)."""
+    return DONE_FILE if pairs_file == PAIRS_FILE else f"{pairs_file}.done.txt"
+
+
+def valid_lines(path: Path) -> list[str]:
     """Complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off."""
     if not path.is_file():
         return []
@@ -62,14 +68,14 @@ class ResumableWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.pairs_path = self.out_dir / pairs_file
-        self.done_path = self.out_dir / (DONE_FILE if pairs_file == PAIRS_FILE else f"{pairs_file}.done.txt")
+        self.done_path = self.out_dir / done_file(pairs_file)
         if fresh:
             for p in (self.pairs_path, self.done_path):
                 p.unlink(missing_ok=True)
         self.pairs_path.touch()  # an empty set is still a valid (empty) pair file
-        self.pair_ids = {json.loads(x)["id"] for x in _valid_lines(self.pairs_path)}
+        self.pair_ids = {json.loads(x)["id"] for x in valid_lines(self.pairs_path)}
         self.done = {}
-        for raw in _valid_lines(self.done_path):
+        for raw in valid_lines(self.done_path):
             row = json.loads(raw)
             self.done[row["id"]] = row
 
@@ -90,30 +96,33 @@ class ResumableWriter:
         Returns:
             Number of records actually appended (already-written ids are dropped).
         """
-        new = []
+        new, ids = [], []
         for r in records:
             rid = r.id if isinstance(r, PairRecord) else r["id"]
+            ids.append(rid)
             if rid not in self.pair_ids:
                 self.pair_ids.add(rid)
                 new.append(r)
         if new:
             write_jsonl(self.pairs_path, new, append=True)
-        row = {"id": item_id, "counts": dict(counts or {})}
+        row = {"id": item_id, "counts": dict(counts or {}), "records": ids}
         if skipped is not None:
             row["skipped"] = skipped
         write_jsonl(self.done_path, [row], append=True)  # fsynced after the pairs: see module docstring
         self.done[item_id] = row
         return len(new)
 
-    def totals(self) -> tuple[dict, list[dict]]:
-        """Counters summed over all done items, and the skipped items with their reasons."""
+    def totals(self, ids: Iterable[str]) -> tuple[dict, list[dict]]:
+        """Counters summed over the done items among `ids`, and the skipped ones with their reasons, in the
+        order of `ids` (input order: the same list whatever order a build, resumed or sharded, did them in)."""
         counts: Counter = Counter()
         skipped = []
-        for row in self.done.values():
+        rows = [self.done[i] for i in dict.fromkeys(ids) if i in self.done]
+        for row in rows:
             counts.update(row.get("counts", {}))
             if "skipped" in row:
                 skipped.append({"id": row["id"], "reason": row["skipped"]})
-        counts["inputs_done"] = len(self.done)
+        counts["inputs_done"] = len(rows)
         counts["skipped"] = len(skipped)
         return dict(counts), skipped
 
@@ -133,22 +142,27 @@ def prepared_items(items: list, prepare: Callable[[Any], Any], num_workers: int 
         yield from zip(items, pool.imap(prepare, items, chunksize=1))
 
 
-def progress(iterable: Iterable, total: int, enabled: bool, desc: str) -> Iterable:
+def progress(iterable: Iterable, total: int, enabled: bool, desc: str, unit: str = "item") -> Iterable:
     """tqdm progress bar when `enabled`, else the iterable itself."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="item")
+    return tqdm(iterable, total=total, desc=desc, unit=unit)
 
 
-def finish(writer: ResumableWriter, cfg: Any, n_inputs: int, media_root: Path, **extra: Any) -> Path:
+def finish(writer: ResumableWriter, cfg: Any, ids: list[str], media_root: Path, **extra: Any) -> Path:
     """Write `manifest.json` (counts per kind, skipped items, config, seed, media root) and return the output folder.
 
-    The media root is recorded so `mmpo train` finds the set's media with no `data.media_root`.
+    Args:
+        writer: the build's writer.
+        cfg: builder config (recorded).
+        ids: the ids of the input items this build covers, in input order (a shard: its own).
+        media_root: recorded so `mmpo train` finds the set's media with no `data.media_root`.
+        **extra: more top-level manifest keys.
     """
-    counts, skipped = writer.totals()
-    counts["inputs"] = n_inputs
+    counts, skipped = writer.totals(ids)
+    counts["inputs"] = len(ids)
     counts["pairs"] = len(writer.pair_ids)
     write_manifest(writer.out_dir, counts, dataclasses.asdict(cfg), getattr(cfg, "seed", 0), skipped,
                    media_root=media_root, **extra)

@@ -2,7 +2,7 @@
 
 Two scorers per response [RECONSTRUCTION of the unreleased estimation scripts]:
 - contrastive: CLIP cosine(image or frames, response text), long answers averaged by sentence
-  (`ClipScorer.frame_text_similarity`);
+  (`ClipScorer.frame_text_similarity`'s score, computed a batch at a time by `clip_scores`);
 - generative: length-normalised log-likelihood under a VLM, g(y) = log p(y|v,q) / |y|
   (`mmpo.logprobs.plain_logps`, batched).
 Distribution-aware voting (`vote`): each scorer's margins m = s(y_w) - s(y_l) are standardised over the
@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from data_builders import shards
 from data_builders.common import ResumableWriter, finish, fsync_text, progress
 from mmpo.config import ModelConfig
 from mmpo.media import MediaError, load_media
@@ -33,6 +34,8 @@ from mmpo.records import PairRecord, default_media_root, read_pairs
 
 RAW_FILE = "raw_scores.jsonl"
 SCORERS = ("clip", "gen")
+# Settings of the voting only, not of the scores: a merge may change them (re-vote without rescoring).
+VOTE_KEYS = ("use_phi", "write_weight", "alpha", "plots")
 
 
 @dataclass
@@ -51,6 +54,8 @@ class DifficultyConfig:
     plots: bool = True  # write clip_margin.png, gen_margin.png, fused.png
     fresh: bool = False  # discard an earlier partial scoring run instead of resuming it
     progress: bool = True  # tqdm progress bar
+    shard: str = ""  # score shard i/N (whole batches) into out_dir/shards/i-of-N ("" = all; launched: one per rank)
+    merge: bool = False  # fuse the finished shards' scores into out_dir/pairs.jsonl, as one process would
 
 
 def vote(margins: dict[str, np.ndarray], use_phi: bool = False) -> tuple[dict, dict, np.ndarray]:
@@ -109,16 +114,47 @@ def gen_scores(model, processor, batch: list, media_type: str) -> list[tuple[flo
     return out
 
 
+def _frames(media) -> list:
+    """An image or a (T, H, W, 3) clip as a list of PIL frames."""
+    from PIL import Image
+
+    return [media] if isinstance(media, Image.Image) else [Image.fromarray(f) for f in media]
+
+
+def clip_scores(clip, batch: list) -> list[tuple[float, float]]:
+    """CLIP scores s(y_w), s(y_l) for a batch of (record, media_w, media_l), in one image and one text encode.
+
+    s(y) is `ClipScorer.frame_text_similarity`'s: the cosine averaged over the frames and over the answer's
+    sentences. Batched rather than per answer, and each distinct media item encoded once (a pair with no
+    rejected media has the same media object on both sides): per pair and side it was two encodes each.
+    """
+    media, slot = [], {}
+    for _, mw, ml in batch:
+        for m in (mw, ml):
+            if id(m) not in slot:
+                slot[id(m)] = len(media)
+                media.append(m)
+    frames = [_frames(m) for m in media]
+    images = clip.encode_images([f for fs in frames for f in fs]).split([len(fs) for fs in frames])
+    pieces = [clip.split_text(text) for rec, _, _ in batch for text in (rec.chosen, rec.rejected)]
+    texts = clip.encode_texts([p for ps in pieces for p in ps]).split([len(ps) for ps in pieces])
+    scores = []
+    for k, (_, mw, ml) in enumerate(batch):  # mean of the [frames, sentences] cosines of each side
+        chosen = (images[slot[id(mw)]] @ texts[2 * k].T).mean()
+        rejected = (images[slot[id(ml)]] @ texts[2 * k + 1].T).mean()
+        scores.append((float(chosen), float(rejected)))
+    return scores
+
+
 def score_batch(batch: list, clip, model, processor) -> list[dict]:
     """Raw scores of a batch of (record, media_w, media_l) sharing one media type."""
     gens = gen_scores(model, processor, batch, batch[0][0].media_type) if model is not None else [(0.0, 0.0)] * len(batch)
+    clips = clip_scores(clip, batch) if clip is not None else None
     rows = []
-    for (rec, mw, ml), (gw, gl) in zip(batch, gens):
+    for k, ((rec, _, _), (gw, gl)) in enumerate(zip(batch, gens)):
         row = {"id": rec.id, "gen_chosen": round(gw, 6), "gen_rejected": round(gl, 6)}
-        if clip is not None:
-            cw = float(clip.frame_text_similarity(mw, [rec.chosen])[0])
-            cl = float(clip.frame_text_similarity(ml, [rec.rejected])[0])
-            row.update(clip_chosen=round(cw, 6), clip_rejected=round(cl, 6))
+        if clips is not None:
+            row.update(clip_chosen=round(clips[k][0], 6), clip_rejected=round(clips[k][1], 6))
         rows.append(row)
     return rows
 
@@ -140,15 +176,17 @@ def _load_batch(batch: list[PairRecord], root: Path, num_frames: int, writer: Re
     return groups
 
 
-def _score_all(cfg, records, root, writer, clip, model, processor, on_record) -> None:
-    """Score every not-yet-scored pair in batches; bad media are skipped and recorded.
+def _score_all(cfg, records, mine, root, writer, clip, model, processor, on_record) -> None:
+    """Score every not-yet-scored pair of this build's batches; bad media are skipped and recorded.
 
-    Batches are cut by position in the input file (index // batch_size), never by what is left to do, and a
-    batch with any pair left is scored whole (only the new rows are written). A resumed build thus scores
-    every pair in the same batch, padded the same way, as an uninterrupted one: in bf16 the log-likelihoods
+    Batches are cut by position in the input file (index // batch_size), never by what is left to do or by
+    which shard runs them (a shard owns whole batches, `data_builders.shards`), and a batch with any pair
+    left is scored whole (only the new rows are written). A resumed or sharded build thus scores every pair
+    in the same batch, padded the same way, as one uninterrupted process: in bf16 the log-likelihoods
     depend on the batch's padding and size, so re-cut batches would give different bytes.
     """
-    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size)]
+    owned = set(mine)
+    batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size) if i in owned]
     todo = [b for b in batches if any(not writer.is_done(r.id) for r in b)]
     n_done = 0
     for batch in progress(todo, len(todo), cfg.progress, "difficulty"):
@@ -208,15 +246,24 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
         on_record: called with the count of pairs scored so far (tests simulate crashes with it).
 
     Returns:
-        The output folder (pairs.jsonl, manifest.json, raw_scores.jsonl, *.png).
+        The output folder (pairs.jsonl, manifest.json, raw_scores.jsonl, *.png); a shard's own folder under
+        `out_dir/shards/` (raw scores only: voting needs the whole set) when this process is one shard.
     """
     if not cfg.clip_model and not cfg.model.path:
         raise ValueError("difficulty: set clip_model and/or model.path (no scorer configured)")
+    if cfg.batch_size < 1:
+        raise ValueError("difficulty: batch_size must be >= 1")
     root = default_media_root(cfg.in_pairs, cfg.media_root)
     records = read_pairs(cfg.in_pairs)
-    writer = ResumableWriter(cfg.out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
+    ids = [r.id for r in records]
+    if cfg.merge:
+        writer = shards.merge(cfg, ids, cfg.in_pairs, cfg.batch_size, RAW_FILE, merge_only=VOTE_KEYS)
+        return write_scored(cfg, records, root, writer)
+    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_pairs, cfg.batch_size)
+    writer = ResumableWriter(out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
     clip = model = processor = None
-    if any(not writer.is_done(r.id) for r in records):
+    if any(not writer.is_done(ids[p]) for p in mine):
+        shards.use_rank_gpu()
         if cfg.clip_model:
             from mmpo.clip import load_clip
 
@@ -225,12 +272,19 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
             from mmpo.models import load_model
 
             model, processor = load_model(cfg.model)
-    _score_all(cfg, records, root, writer, clip, model, processor, on_record)
+    _score_all(cfg, records, mine, root, writer, clip, model, processor, on_record)
+    if shard is not None:  # a shard's manifest counts its scored pairs; pairs.jsonl comes from the merge
+        return finish(writer, cfg, [ids[p] for p in mine], root, builder="difficulty", **shards.shard_manifest(shard))
+    return write_scored(cfg, records, root, writer)
+
+
+def write_scored(cfg: DifficultyConfig, records: list[PairRecord], root: Path, writer: ResumableWriter) -> Path:
+    """Vote over every raw score in the writer's folder and write pairs.jsonl, the plots and manifest.json."""
     raw = {json.loads(x)["id"]: json.loads(x) for x in writer.pairs_path.read_text().splitlines() if x.strip()}
     pairs, stats = fuse(records, raw, cfg)
-    out_dir = Path(cfg.out_dir)
+    out_dir = writer.out_dir
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
     plots = plot(stats, out_dir) if cfg.plots and pairs else []
     writer.pair_ids = {p.id for p in pairs}  # the manifest counts output pairs, not raw score rows
-    return finish(writer, cfg, len(records), root, builder="difficulty", vote_weights=stats["vote_weights"],
+    return finish(writer, cfg, [r.id for r in records], root, builder="difficulty", vote_weights=stats["vote_weights"],
                   agreement=stats["agreement"], plots=plots)

@@ -20,8 +20,8 @@ RUBRIC_PROMPT = ("Rate the answer to the question about the {m}. Question: {q} A
                  "Give four scores from 1 to 10 as 'Relevance: n, Accuracy: n, Temporal grounding: n, Clarity: n'.")
 YES_NO_PROMPT = "Question: {q} Answer: {a} Is this answer correct for the {m}? Answer yes or no."
 JUDGES = ("rubric", "yes_no")
-# (question, answer) pairs about one media item, the media, its word ("video"/"image") -> S_judge or None each
-Judge = Callable[[list, object, str], list]
+# (question, answer) pairs, the media each is about (one per pair), their word ("video"/"image") -> S_judge or None each
+Judge = Callable[[list, list, str], list]
 
 _NAMES = {"relevance": r"relevan(?:ce|t)", "accuracy": r"accura(?:cy|te)",
           "temporal_grounding": r"temporal[\s_-]*(?:grounding)?", "clarity": r"clarity|clear"}
@@ -80,8 +80,8 @@ def yes_no_score(margin: float) -> float | None:
 def rubric_judge(generate) -> Judge:
     """A `Judge` from a text generator `fn(prompts, media, temperature, seed) -> list[str]` (greedy)."""
 
-    def judge(qa: list[tuple[str, str]], media, word: str) -> list[float | None]:
-        texts = generate([RUBRIC_PROMPT.format(m=word, q=q, a=a) for q, a in qa], [media] * len(qa), 0.0, 0)
+    def judge(qa: list[tuple[str, str]], media: list, word: str) -> list[float | None]:
+        texts = generate([RUBRIC_PROMPT.format(m=word, q=q, a=a) for q, a in qa], media, 0.0, 0)
         return [None if (parsed := parse_judgement(t)) is None else judge_score(parsed) for t in texts]
 
     return judge
@@ -93,11 +93,11 @@ def yes_no_judge(model, processor, media_type: str, batch_size: int = 8) -> Judg
 
     ids = yes_no_ids(processor)
 
-    def judge(qa: list[tuple[str, str]], media, word: str) -> list[float | None]:
+    def judge(qa: list[tuple[str, str]], media: list, word: str) -> list[float | None]:
         prompts = [YES_NO_PROMPT.format(m=word, q=q, a=a) for q, a in qa]
         margins = [m for s in range(0, len(prompts), batch_size)  # bounded memory: a video per prompt
                    for m in margins_plain(model, processor, prompts[s:s + batch_size],
-                                          [media] * len(prompts[s:s + batch_size]), media_type, ids)]
+                                          media[s:s + batch_size], media_type, ids)]
         return [yes_no_score(m) for m in margins]
 
     return judge

@@ -1,10 +1,14 @@
 """Builders end to end on tiny media, models and CLIP: outputs validate and train, specs are
 deterministic, the prefilter and the judge parser work, voting follows agreement, resume is exact,
-bad media are skipped and counted."""
+bad media are skipped and counted, N shard processes (one killed and rerun) merge into one process's bytes."""
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +291,34 @@ def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
     assert all(p.meta["critique"] == "the critique" for p in pairs)
 
 
+def test_self_qa_batches_model_calls_across_items(world, tmp_path):
+    """batch_size // questions_per_item items are questioned, answered and judged together."""
+    calls = []
+
+    def generate(prompts, media, temperature, seed):
+        assert len(media) == len(prompts)
+        calls.append(len(prompts))
+        return [f"answer {'a ' * (i % 3)}{temperature}" for i in range(len(prompts))]
+
+    def judged(prompts, media, temperature, seed):
+        calls.append(("judge", len(prompts)))
+        return _fake_judge(prompts, media, temperature, seed)
+
+    def run(batch_size):
+        calls.clear()
+        out = build_self_qa(load(SelfQAConfig, None, [
+            f"in_sft={world['image_sft']}", f"out_dir={tmp_path / str(batch_size)}", "progress=false",
+            "questions_per_item=2", "temperatures=[0.5, 1.0]", "min_gap=0", f"batch_size={batch_size}"]),
+            generate=generate, judge=rubric_judge(judged))
+        return json.loads((out / "manifest.json").read_text())["counts"]
+
+    batched = run(4)  # 6 images in 3 blocks of 2: per block 1 question call, 2 answer calls, 1 judge call
+    assert calls == [4, 4, 4, ("judge", 8)] * 3
+    one_by_one = run(2)
+    assert calls == [2, 2, 2, ("judge", 4)] * 6
+    assert batched["answers"] == one_by_one["answers"] == 6 * 2 * 2
+
+
 # -- difficulty -----------------------------------------------------------------------------------
 
 def test_vote_weights_follow_agreement():
@@ -414,6 +446,207 @@ def test_difficulty_resume_is_byte_identical_in_bf16(world, tmp_path):
     assert (resumed / "pairs.jsonl").read_bytes() == (whole / "pairs.jsonl").read_bytes()
     gen = [p.scores["gen_chosen"] for p in read_pairs(whole / "pairs.jsonl")]
     assert len(set(gen)) == 8  # real, distinct scores: the comparison is not of constants
+
+
+def test_difficulty_clip_scores_in_one_batch_equal_the_per_answer_scorer(world):
+    """The batched CLIP scores equal `frame_text_similarity` per answer: images and clips, a pair with its own
+    rejected media, and an answer long enough to be scored by sentence."""
+    from data_builders.difficulty import clip_scores
+    from mmpo.clip import load_clip
+    from mmpo.records import PairRecord
+
+    clip = load_clip(str(world["clip"]))
+    long = " ".join(f"the {c} square sits in the middle of the picture ." for c in COLORS * 3)
+    assert len(clip.split_text(long)) > 1
+    clips = [make_frames(T=4, H=64, W=64, seed=s) for s in (1, 2)]
+    image = color_image("red", size=64)
+    rec = lambda c, r: PairRecord(id=c, media=("x",), media_type="image", prompt="?", chosen=c, rejected=r)  # noqa: E731
+    batch = [(rec("a red square", long), image, image), (rec("it moves", "it stays"), clips[0], clips[1]),
+             (rec(long, "a blue square"), clips[1], clips[1])]
+    for (r, mw, ml), (cw, cl) in zip(batch, clip_scores(clip, batch)):
+        assert cw == pytest.approx(float(clip.frame_text_similarity(mw, [r.chosen])[0]), abs=1e-5)
+        assert cl == pytest.approx(float(clip.frame_text_similarity(ml, [r.rejected])[0]), abs=1e-5)
+
+
+# -- shards ---------------------------------------------------------------------------------------
+
+def _mmpo(*args: str, script: str = "-m mmpo") -> subprocess.Popen:
+    """`python -m mmpo ARGS` (or a test script) as its own process, the way a user or a cluster job starts it."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, *script.split(), *args], env=env, cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _killed(name: str, after: int, *args: str) -> subprocess.Popen:
+    """The builder in its own process, SIGKILLed by itself after committing `after` items (tests/killed_build.py)."""
+    return _mmpo(name, str(after), *args, script=str(REPO / "tests" / "killed_build.py"))
+
+
+def _wait(*procs: subprocess.Popen, code: int = 0) -> None:
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == code, err[-3000:]
+
+
+def _same_manifest(a: Path, b: Path) -> None:
+    """Manifests equal in everything but where the set was written and how (out_dir, merge)."""
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    for m in (ma, mb):
+        for key in ("out_dir", "merge"):
+            m["config"].pop(key)
+    assert ma == mb
+
+
+def test_augment_in_two_shard_processes_equals_one_process_after_a_kill(world, tmp_path, capsys):
+    """Two shards, each its own process, one killed mid-build (SIGKILL, then a torn line), rerun, merged: the same
+    pairs.jsonl, done.txt and manifest as one process. Shard 0 gets the bad clip (skipped and named).
+    (No CLIP prefilter: it would only add torch imports to every process; the difficulty test below has the
+    model numbers.)"""
+    whole, sharded = tmp_path / "whole", tmp_path / "sharded"
+    args = ["--config", str(CONFIGS / "augment_video.yaml"), f"in_sft={world['video_sft']}", "num_workers=0",
+            "progress=false"]
+    one = _mmpo("build", "augment", *args, f"out_dir={whole}")
+    shard0 = _mmpo("build", "augment", *args, f"out_dir={sharded}", "shard=0/2")
+    shard1 = _killed("augment", 1, *args, f"out_dir={sharded}", "shard=1/2")
+    _wait(one, shard0)
+    _wait(shard1, code=-signal.SIGKILL)
+    assert main(["build", "augment", *args, f"out_dir={sharded}", "merge=true"]) == 1
+    assert "shard 1/2 is unfinished (1 of 2 items left); rerun it with shard=1/2" in capsys.readouterr().err
+    # worse than the kill itself: its last item's pair is on disk but not marked done, and a line is torn
+    killed = sharded / "shards" / "1-of-2"
+    (killed / "done.txt").write_text("")
+    with open(killed / "pairs.jsonl", "a") as f:
+        f.write('{"id": "torn')
+    _wait(_mmpo("build", "augment", *args, f"out_dir={sharded}", "shard=1/2"))
+    assert main(["build", "augment", *args, f"out_dir={sharded}", "merge=true"]) == 0
+    for name in ("pairs.jsonl", "done.txt"):
+        assert (sharded / name).read_bytes() == (whole / name).read_bytes()
+    _same_manifest(whole, sharded)
+    pairs = read_pairs(sharded / "pairs.jsonl")
+    assert [p.meta["sft_id"] for p in pairs] == ["v0", "v1", "v2", "v3"] and all(len(p.rejected_bag) == 4 for p in pairs)
+    assert json.loads((sharded / "manifest.json").read_text())["skipped"][0]["id"] == "bad"
+
+
+def test_difficulty_in_two_shard_processes_equals_one_process_in_bf16_after_a_kill(world, tmp_path, capsys):
+    """Shards own whole scoring batches (block b -> shard b % 2), so every bf16 batch is padded as in one process;
+    a shard killed mid-batch rescores that batch whole. The merged, voted pairs are the one-process bytes.
+    The shards are processes of their own; the one-process build, the rerun and the merge run here (the
+    imports are paid for already)."""
+    src = _image_pair_file(tmp_path, 9, bad=[("img/missing.png", "image")])
+    whole, sharded, recut = tmp_path / "whole", tmp_path / "sharded", tmp_path / "recut"
+    args = ["--config", str(CONFIGS / "difficulty_image.yaml"), f"in_pairs={src}", f"clip_model={world['clip']}",
+            f"model.path={world['image_model']}", "batch_size=2", "progress=false", "plots=false"]
+    shard0 = _mmpo("build", "difficulty", *args, f"out_dir={sharded}", "shard=0/2")
+    shard1 = _killed("difficulty", 1, *args, f"out_dir={sharded}", "shard=1/2")  # after 1 pair of its first batch
+    assert main(["build", "difficulty", *args, f"out_dir={whole}"]) == 0
+    _wait(shard0)
+    _wait(shard1, code=-signal.SIGKILL)
+    assert main(["build", "difficulty", *args, f"out_dir={sharded}", "merge=true"]) == 1
+    assert "shard 1/2 is unfinished (3 of 4 items left)" in capsys.readouterr().err
+    assert main(["build", "difficulty", *args, f"out_dir={sharded}", "shard=1/2"]) == 0
+    assert main(["build", "difficulty", *args, f"out_dir={sharded}", "merge=true"]) == 0
+    assert (sharded / "pairs.jsonl").read_bytes() == (whole / "pairs.jsonl").read_bytes()
+    _same_manifest(whole, sharded)
+    manifest = json.loads((sharded / "manifest.json").read_text())
+    assert manifest["counts"]["scored"] == 9 and manifest["skipped"][0]["reason"].startswith("img/missing.png")
+    gen = [p.scores["gen_chosen"] for p in read_pairs(sharded / "pairs.jsonl")]
+    assert len(set(gen)) == 9  # real, distinct scores
+    # the comparison can fail: batches cut another way give other bf16 numbers
+    assert main(["build", "difficulty", *args, f"out_dir={recut}", "batch_size=3"]) == 0
+    assert (recut / "pairs.jsonl").read_bytes() != (whole / "pairs.jsonl").read_bytes()
+    # the voting settings are the merge's own: merging again re-votes the shards' scores, scoring nothing again
+    assert main(["build", "difficulty", *args, f"out_dir={sharded}", "merge=true", "use_phi=true"]) == 0
+    assert all(0 < p.scores["fused"] < 1 for p in read_pairs(sharded / "pairs.jsonl"))
+
+
+def test_self_qa_in_two_shards_equals_one_process_after_a_crash(world, tmp_path):
+    """The real tiny video model asks, samples (temperature > 0) and judges (yes/no logits) in blocks of 2 items;
+    sampling seeds come from the block's input position, so shard 1/2 draws what one process draws."""
+    args = [f"in_sft={world['video_sft']}", f"model.path={world['video_model']}", "model.num_frames=4", "max_new_tokens=6",
+            "questions_per_item=1", "temperatures=[0.7, 1.3]", "min_gap=0", "judge=yes_no", "batch_size=2",
+            "progress=false"]
+    cfg = lambda *extra: load(SelfQAConfig, None, args + list(extra))  # noqa: E731
+    whole = build_self_qa(cfg(f"out_dir={tmp_path / 'whole'}"))
+    build_self_qa(cfg(f"out_dir={tmp_path / 'sharded'}", "shard=0/2"))
+    with pytest.raises(Crash):  # shard 1/2 is the block (bad clip, v2): killed after committing the bad clip
+        build_self_qa(cfg(f"out_dir={tmp_path / 'sharded'}", "shard=1/2"), on_record=_crash_after(1))
+    build_self_qa(cfg(f"out_dir={tmp_path / 'sharded'}", "shard=1/2"))
+    merged = build_self_qa(cfg(f"out_dir={tmp_path / 'sharded'}", "merge=true"))
+    for name in ("pairs.jsonl", "done.txt"):
+        assert (merged / name).read_bytes() == (whole / name).read_bytes()
+    _same_manifest(whole, merged)
+    c = json.loads((merged / "manifest.json").read_text())["counts"]
+    assert c["answers"] == 8 and c["skipped"] == 1 and c["pairs"] >= 1  # there is something to compare
+
+
+@pytest.mark.slow
+def test_augment_under_accelerate_launch_builds_one_shard_per_rank(world, tmp_path):
+    """`accelerate launch --num_processes 2 -m mmpo build ...` with no shard set: each rank builds shard RANK/2."""
+    args = ["-m", "mmpo", "build", "augment", "--config", str(CONFIGS / "augment_video.yaml"),
+            f"in_sft={world['video_sft']}", "num_workers=0", "progress=false"]
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", "--main_process_port", "0", *args, f"out_dir={tmp_path / 'launched'}"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(d.name for d in (tmp_path / "launched" / "shards").iterdir())
+    assert shards == ["0-of-2", "1-of-2"]
+    assert main(args[2:] + [f"out_dir={tmp_path / 'launched'}", "merge=true"]) == 0
+    assert main(args[2:] + [f"out_dir={tmp_path / 'whole'}"]) == 0
+    assert (tmp_path / "launched" / "pairs.jsonl").read_bytes() == (tmp_path / "whole" / "pairs.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("text, env, expected", [
+    ("1/4", {}, (1, 4)), (" 0 / 2 ", {}, (0, 2)), ("", {}, None), ("", {"WORLD_SIZE": "1", "RANK": "0"}, None),
+    ("", {"WORLD_SIZE": "3", "RANK": "2"}, (2, 3)), ("0/1", {"WORLD_SIZE": "3", "RANK": "2"}, (0, 1)),
+])
+def test_parse_shard(text, env, expected):
+    from data_builders.shards import parse_shard
+
+    got = parse_shard(text, env)
+    assert (got if got is None else (got.index, got.count)) == expected
+
+
+@pytest.mark.parametrize("text", ["4/4", "1/0", "-1/2", "1", "a/b", "1/2/3"])
+def test_parse_shard_refuses(text):
+    from data_builders.shards import parse_shard
+
+    with pytest.raises(ValueError, match="is not i/N with 0 <= i < N"):
+        parse_shard(text, {})
+
+
+def test_shard_per_launched_rank_and_what_merge_refuses(world, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "aug"
+    args = ["build", "augment", "--config", str(CONFIGS / "augment_video.yaml"), f"in_sft={world['video_sft']}",
+            f"out_dir={out}", "num_workers=0", "progress=false"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --num_processes 2` sets, rank 1 of them
+    monkeypatch.setenv("RANK", "1")
+    assert main(args) == 0
+    assert json.loads((out / "shards/1-of-2/manifest.json").read_text())["shard"] == "1/2"
+    assert main(args + ["merge=true"]) == 1
+    assert "merge=true runs in one process" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert main(args + ["merge=true"]) == 1
+    assert "shard 0/2 has not run; run it with shard=0/2" in capsys.readouterr().err
+    assert main(args + ["shard=0/2", "seed=1"]) == 0
+    assert main(args + ["merge=true"]) == 1
+    assert "shard 0/2 was built with other settings (seed)" in capsys.readouterr().err
+    assert main(args + ["shard=0/2", "fresh=true"]) == 0
+    assert main(args + ["merge=true"]) == 0 and len(read_pairs(out / "pairs.jsonl")) == 4
+    (out / "shards/0-of-3").mkdir()  # a stale start with another count
+    assert main(args + ["merge=true"]) == 1
+    assert "holds shards of [2, 3] processes" in capsys.readouterr().err
+
+
+def test_sharded_build_refuses_repeated_input_ids(world, tmp_path):
+    rec = SFTRecord("same", ("img/s0.png",), "image", "what color is the square ?", "red")
+    write_jsonl(tmp_path / "sft.jsonl", [rec, dataclasses.replace(rec, answer="blue")])
+    cfg = load(AugmentConfig, None, [f"in_sft={tmp_path / 'sft.jsonl'}", f"media_root={world['root']}",
+                                     f"out_dir={tmp_path / 'out'}", "shard=0/2", "progress=false"])
+    with pytest.raises(ValueError, match="sft.jsonl: id 'same' on lines 1 and 2: sharded builds need unique input ids"):
+        build_augment(cfg)
 
 
 # -- configs --------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ command goes through the CLI's `main` verbatim (shell globs expanded, as a shell
 a command's inputs exist: models and data first, then builders, training, evaluation.
 
 Not run here, with the reason: `make demo` (4 minutes; tests/test_demo.py runs the same pipeline in its quick
-mode), `make test` (this suite), and the multi-GPU `accelerate launch` line and ddp.yaml's header (8 GPUs;
-tests/test_ddp.py launches the same `-m mmpo` entry with 2 CPU processes).
+mode), `make test` (this suite), and the multi-GPU `accelerate launch` lines and ddp.yaml's header (8 GPUs;
+tests/test_ddp.py launches the same `-m mmpo train` entry with 2 CPU processes, tests/test_builders.py the
+`-m mmpo build` one).
 """
 
 from __future__ import annotations
