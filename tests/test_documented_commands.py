@@ -8,9 +8,9 @@ command goes through the CLI's `main` verbatim (shell globs expanded, as a shell
 a command's inputs exist: models and data first, then builders, training, evaluation.
 
 Not run here, with the reason: `make demo` (4 minutes; tests/test_demo.py runs the same pipeline in its quick
-mode), `make test` (this suite), and the multi-GPU `accelerate launch` lines and ddp.yaml's header (8 GPUs;
-tests/test_ddp.py launches the same `-m mmpo train` entry with 2 CPU processes, tests/test_builders.py the
-`-m mmpo build` one).
+mode), `make test` (this suite), and the multi-GPU `accelerate launch` / `torchrun` lines and the accelerate
+configs' headers (8 GPUs; tests/test_fsdp.py and tests/test_ddp.py launch the same commands with
+`--num_processes 2` on CPUs, tests/test_builders.py the `-m mmpo build` one).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from videos import make_frames, write_clip
 from mmpo.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_RUN = ("make ", "accelerate launch", "mmpo demo")
+NOT_RUN = ("make ", "accelerate launch", "torchrun ", "mmpo demo")
 # the order a user follows: what a command reads exists before it runs
 STAGES = ("mmpo make-model", "mmpo make-data", "mmpo eval pope-build", "mmpo build augment", "mmpo build difficulty",
           "mmpo build self_qa", "mmpo train", "mmpo eval", "mmpo validate")
@@ -64,7 +64,7 @@ COMMANDS = runnable(readme_commands() + config_commands())
 
 def test_the_documents_show_the_commands_this_test_runs():
     every = readme_commands() + config_commands()
-    assert all(c.startswith(("mmpo ", "make ", "accelerate launch")) for c in every), every
+    assert all(c.startswith(("mmpo ", "make ", "accelerate launch", "torchrun ")) for c in every), every
     assert any(c.startswith("mmpo build augment --config configs/build/augment_video.yaml") for c in COMMANDS)
     assert "mmpo train --config configs/train/tiny_cpu.yaml" in COMMANDS
     assert len(COMMANDS) >= 20
