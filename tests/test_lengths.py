@@ -57,7 +57,7 @@ def test_preflight_lengths_equal_the_collated_lengths(tmp_path, family, media_ty
     assert sorted(n for _, n in over) == sorted(c for c in collated if c > limit)
 
 
-def test_default_limit_is_the_models_context_and_long_records_stop_before_step_1(tmp_path):
+def test_default_limit_is_the_models_context_and_long_records_stop_before_step_1(tmp_path, caplog):
     model_dir = tiny_model("llava", tmp_path)
     model, _ = load_model(ModelConfig(path=str(model_dir)))
     assert context_length(model) == 1024 and resolve_max_length(0, model) == 1024 and resolve_max_length(64, model) == 64
@@ -76,7 +76,9 @@ def test_default_limit_is_the_models_context_and_long_records_stop_before_step_1
         train(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # stopped before step 1
     cfg.data.on_bad_record, cfg.max_steps, cfg.epochs = "skip", 0, 3.0  # the long record is drawn in 3 epochs
-    train(cfg)
+    with caplog.at_level("WARNING", logger="mmpo.batches"):
+        train(cfg)
+    assert sum("pairs.jsonl:3: prompt with media" in r.getMessage() for r in caplog.records) == 1  # logged once
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 3 * (16 // 4)
     assert summary["skipped_records"] == 1 and summary["skipped_by_reason"] == {"invalid_line": 0, "too_long": 1}
