@@ -134,6 +134,8 @@ class PairCollator:
 
     def _too_long(self, batch: PairBatch, recs: list[PairRecord]) -> list[tuple[str, str, str]]:
         plen = batch.prompt["attention_mask"].sum(-1)
+        if batch.rejected_prompt is not None:  # other media on the rejected side may cost more tokens (anyres)
+            plen = torch.maximum(plen, batch.rejected_prompt["attention_mask"].sum(-1))
         alen = torch.maximum(batch.chosen["attention_mask"].sum(-1), batch.rejected["attention_mask"].sum(-1))
         return [(r.id, "too_long", too_long_message(r, int(p + a), self.max_length))
                 for r, p, a in zip(recs, plen, alen, strict=True) if p + a > self.max_length]
@@ -329,11 +331,8 @@ class MicroBatches(torch.utils.data.Dataset):
 def make_loader(records, collate, batch_size, seed, start, total, shuffle, workers, world=1, rank=0):
     """A DataLoader over `MicroBatches` (each item one collated micro-batch)."""
     dataset = MicroBatches(records, collate, batch_size, seed, start, total, shuffle, world, rank)
+    # Its own generator: iterating a DataLoader draws a worker seed, and from the global stream that draw would
+    # shift dropout's masks in a resumed run (whose iterator starts after the RNG state is restored).
     return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                       persistent_workers=False)
+                                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
 
-
-def all_batches(records, collate, batch_size):
-    """Every record once, in file order (the reference pre-pass)."""
-    for i in range(0, len(records), batch_size):
-        yield collate(records[i:i + batch_size])

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from mmpo.config import ConfigError, to_dict
+from mmpo.config import ConfigError, from_dict, save, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +52,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, procs=None) -> Path:
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, procs) -> Path:
     """Write `run_dir/checkpoints/step-{step}` atomically and point `latest` at it. Every rank calls it.
 
-    One process or DDP: the main process writes `state.pt` (every rank holds the same weights). FSDP2: the
-    ranks write their shards of the trainable parameters and optimizer state together with
-    `torch.distributed.checkpoint` (no rank ever holds them all), plus one `rank{r}.pt` each for the schedule,
-    RNG and counters.
+    Each rank writes `rank{r}.pt`: its RNG state and `extra` (its skipped records, loss statistics), which differ
+    between ranks, plus the step and the number of processes. The weights: one process or DDP, the main process
+    writes `state.pt` (every rank holds the same ones); FSDP2, the ranks write their shards of the trainable
+    parameters and optimizer state together with `torch.distributed.checkpoint` (no rank holds them all).
 
     Args:
         run_dir: the run directory.
@@ -66,36 +66,35 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         model: the policy (trainable parameters are saved).
         optimizer: its state is saved.
         scheduler: its state is saved.
-        extra: anything else to restore (data position, loss states, counters).
-        procs: the `mmpo.distributed.Processes` (None: one process).
+        extra: this rank's state to restore (counters, loss states, skipped records).
+        procs: the `mmpo.distributed.Processes`.
 
     Returns:
         The checkpoint folder.
     """
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
-    main, sharded = procs is None or procs.is_main, procs is not None and procs.sharded
-    if main:
+    if procs.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    if sharded:
-        procs.barrier()
+    procs.barrier()
+    if procs.sharded:
         import torch.distributed.checkpoint as dcp
 
         model_state, optim_state = _sharded_state(model, optimizer)
         dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
-        torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra,
-                    "world": procs.world}, tmp / f"rank{procs.rank}.pt")
-        procs.barrier()
-    elif main:
-        torch.save({"step": step, "params": trainable_state(model), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra}, tmp / "state.pt")
-    if main:
+    elif procs.is_main:
+        torch.save({"params": trainable_state(model), "optimizer": optimizer.state_dict()}, tmp / "state.pt")
+    torch.save({"step": step, "world": procs.world, "sharded": procs.sharded, "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "extra": extra}, tmp / f"rank{procs.rank}.pt")
+    procs.barrier()  # every rank's part is written before the folder becomes the latest checkpoint
+    if procs.is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = root / ".latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, root / "latest")
+    procs.barrier()
     return final
 
 
@@ -112,7 +111,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     if not pointer.is_file():
         return None
     path = pointer.parent / pointer.read_text().strip()
-    return path if (path / "state.pt").is_file() or (path / "rank0.pt").is_file() else None
+    return path if (path / "rank0.pt").is_file() else None
 
 
 def _safe_load(path: Path) -> dict:
@@ -123,24 +122,24 @@ def _safe_load(path: Path) -> dict:
                          f"values: {str(exc).splitlines()[0]}") from None
 
 
-def load_checkpoint(path: str | Path, model, optimizer, scheduler, procs=None) -> tuple[int, dict]:
+def load_checkpoint(path: str | Path, model, optimizer, scheduler, procs) -> tuple[int, dict]:
     """Restore parameters, optimizer, scheduler and RNG from a checkpoint folder (as `save_checkpoint` wrote it).
 
     Returns:
-        (step, extra) as saved.
+        (step, this rank's extra) as saved.
     """
     path = Path(path)
-    sharded = procs is not None and procs.sharded
-    if sharded != (path / "rank0.pt").is_file():
-        raise ValueError(f"{path}: written {'with' if not sharded else 'without'} FSDP sharding; resume it the "
-                         "same way it ran (parallel: fsdp or ddp)")
-    if sharded:
+    first = _safe_load(path / "rank0.pt")
+    if (first.get("world"), first.get("sharded")) != (procs.world, procs.sharded):
+        how = lambda world, sharded: f"{world} process(es){' with FSDP sharding' if sharded else ''}"  # noqa: E731
+        raise ValueError(f"{path}: written by {how(first.get('world'), first.get('sharded'))}; resume it the same "
+                         f"way it ran, not with {how(procs.world, procs.sharded)}")
+    own = first if procs.rank == 0 else _safe_load(path / f"rank{procs.rank}.pt")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if procs.sharded:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        own = _safe_load(path / f"rank{procs.rank}.pt")
-        if own["world"] != procs.world:
-            raise ValueError(f"{path}: written by {own['world']} processes; resume it with the same number")
         model_state, optim_state = _sharded_state(model, optimizer)
         state = {"model": model_state, "optim": optim_state}
         dcp.load(state, checkpoint_id=str(path))
@@ -148,53 +147,67 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, procs=None) -
         # trainable one must be.
         result = set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
                                 options=StateDictOptions(ignore_frozen_params=True, strict=False))
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        missing = sorted(trainable & set(result.missing_keys)) + sorted(result.unexpected_keys)
-        if missing:
-            raise ValueError(f"{path}: checkpoint does not match the model (e.g. {missing[0]!r})")
-        scheduler.load_state_dict(own["scheduler"])
-        set_rng_state(own["rng"])
-        return own["step"], own["extra"]
-    state = _safe_load(path / "state.pt")
-    params = dict(model.named_parameters())
-    missing = [n for n in state["params"] if n not in params]
-    if missing:
-        raise ValueError(f"{path}: checkpoint has parameters the model lacks, e.g. {missing[0]!r}")
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            params[name].copy_(value.to(params[name].device, params[name].dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return state["step"], state["extra"]
+        mismatch = sorted(trainable & set(result.missing_keys)) + sorted(result.unexpected_keys)
+    else:
+        state = _safe_load(path / "state.pt")
+        params = dict(model.named_parameters())
+        mismatch = sorted(set(state["params"]) ^ trainable)
+        if not mismatch:
+            with torch.no_grad():
+                for name, value in state["params"].items():
+                    params[name].copy_(value.to(params[name].device, params[name].dtype))
+            optimizer.load_state_dict(state["optimizer"])
+    if mismatch:
+        raise ValueError(f"{path}: checkpoint does not match the model's trainable parameters (e.g. {mismatch[0]!r})")
+    scheduler.load_state_dict(own["scheduler"])
+    set_rng_state(own["rng"])
+    return own["step"], own["extra"]
 
 
 # -- reruns into a run folder --------------------------------------------------------------------
 
-def check_rerun(cfg, run_dir: Path, is_main: bool = True) -> None:
-    """Refuse to resume (or overwrite) a run folder whose saved config differs from this one.
+def check_rerun(cfg, run_dir: Path, procs) -> None:
+    """Refuse to resume (or overwrite) a run folder whose saved config differs from this one; then write this one.
 
     A rerun into a run's folder resumes from its last checkpoint; with another lr, loss or data it would mix
     two runs and rewrite config.yaml with values that never ran. Settings that do not change what is computed
-    (RERUN_EXEMPT) may differ; `allow_config_change=true` accepts the rest (the old config is kept).
+    (RERUN_EXEMPT) may differ, and keys the saved config lacks (a field added since) count at their defaults;
+    `allow_config_change=true` accepts the rest (the old config is kept beside). Every rank compares before the
+    main one replaces the file.
     """
     saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file() or not has_results(run_dir):
-        return
-    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
-    now = _flatten(to_dict(cfg))
-    changed = sorted(k for k in saved.keys() | now.keys()
-                     if saved.get(k) != now.get(k) and k.split(".")[0] not in RERUN_EXEMPT and k not in RERUN_EXEMPT)
-    if not changed:
-        return
-    listing = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:8])
-    if not cfg.allow_config_change:
-        raise ConfigError(f"{run_dir} holds a run made with another config ({listing}); use another "
-                                 "output_dir, or allow_config_change=true to continue it with the new values")
-    if is_main:
-        keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-        saved_path.replace(keep)
-        log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir, listing, keep.name)
+    changed = _changed_keys(cfg, saved_path) if saved_path.is_file() and has_results(run_dir) else {}
+    if changed and not cfg.allow_config_change:
+        raise ConfigError(f"{run_dir} holds a run made with another config ({_listing(changed)}); use another "
+                          "output_dir, or allow_config_change=true to continue it with the new values")
+    procs.barrier()
+    if procs.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if changed:
+            keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            saved_path.replace(keep)
+            log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir,
+                        _listing(changed), keep.name)
+        tmp = saved_path.with_suffix(".yaml.tmp")
+        save(cfg, tmp)
+        tmp.replace(saved_path)
+    procs.barrier()
+
+
+def _changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
+    """{dotted key: (saved value, current value)} for the keys that change what a run computes."""
+    try:
+        saved = to_dict(from_dict(type(cfg), yaml.safe_load(saved_path.read_text()) or {}, str(saved_path)))
+    except (ConfigError, yaml.YAMLError) as exc:  # written by another mmpo: compare as it stands
+        log.warning("%s: %s", saved_path, exc)
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+    before, now = _flatten(saved), _flatten(to_dict(cfg))
+    return {k: (before.get(k), now.get(k)) for k in sorted(before.keys() | now.keys())
+            if before.get(k) != now.get(k) and k.split(".")[0] not in RERUN_EXEMPT and k not in RERUN_EXEMPT}
+
+
+def _listing(changed: dict) -> str:
+    return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:8])
 
 
 def has_results(run_dir: Path) -> bool:
@@ -204,8 +217,8 @@ def has_results(run_dir: Path) -> bool:
 
 
 # Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
-RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "tensorboard", "data.num_workers",
-                "allow_config_change", "output_dir"}
+RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "eval_config", "tensorboard", "data.num_workers",
+                "allow_config_change", "output_dir", "dist_timeout_min"}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -23,18 +23,33 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 model.path=DIR")
 
 
+def check_train_command(cfg) -> None:
+    """What `mmpo train` needs beyond the schema (`mmpo validate` checks it too): an evaluation for eval_every.
+
+    (Python callers may pass their own `eval_hook` to `train`, so the schema itself cannot require eval_config.)
+    """
+    if cfg.eval_every and not cfg.eval_config:
+        raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+
+
 def cmd_train(args) -> int:
     """Train with the stage the config names (sft, dpo, multi_round, distill)."""
     from mmpo.config import TrainConfig, load
 
     cfg = load(TrainConfig, args.config, args.overrides)
+    check_train_command(cfg)
     hook = None
-    if cfg.eval_every and not cfg.eval_config:
-        raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
     if cfg.eval_config:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
         from eval.runner import PopeEvalConfig, make_pope_hook
 
-        hook = make_pope_hook(load(PopeEvalConfig, cfg.eval_config))
+        eval_cfg = load(PopeEvalConfig, cfg.eval_config)
+        from mmpo.distributed import will_shard
+
+        if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
+            # every rank runs the hook under FSDP2, and ranks that stop generating at different lengths would
+            # wait for each other forever; logits mode runs the same forwards everywhere
+            raise ValueError(f"{cfg.eval_config}: under FSDP the periodic evaluation runs in logits mode (mode=logits)")
+        hook = make_pope_hook(eval_cfg)
     if cfg.stage in ("sft", "dpo"):
         from mmpo.trainer import train
 
@@ -144,11 +159,13 @@ def config_class_for(path: Path):
 
 def cmd_validate(args) -> int:
     """Check config files against their typed schema (unknown keys and wrong types are errors)."""
-    from mmpo.config import load
+    from mmpo.config import TrainConfig, load
 
     for raw in args.paths:
         path = Path(raw)
-        load(config_class_for(path), path)
+        cfg = load(config_class_for(path), path)
+        if isinstance(cfg, TrainConfig):
+            check_train_command(cfg)
         print(f"ok  {path}")
     return 0
 

@@ -153,17 +153,33 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def _field_type(cls: type | None, keys: list[str]) -> Any:
+    """The annotation of dotted field `keys` in dataclass `cls` (None when the path leaves the schema)."""
+    for key in keys:
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+        cls = typing.get_type_hints(cls).get(key)
+    return cls
+
+
+def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]:
+    """`key=value` -> (dotted keys, value). The value is YAML (numbers, lists, mappings), except for a field the
+    schema types as a string, which takes the text as written unless quoted (YAML would cut `runs/exp #2` at the
+    `#` and turn `2024-01-01` into a date)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=1e-5)")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    keys = key.strip().split(".")
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
+    if _field_type(cls, keys) is str and not quoted:
+        return keys, raw
+    return keys, yaml.safe_load(raw) if raw.strip() else ""
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Set dotted `key=value` overrides (values parsed as YAML scalars) into a nested dict."""
+def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
+    """Set dotted `key=value` overrides into a nested dict (values typed by `cls`'s schema where it has the key)."""
     for text in overrides:
-        keys, value = _parse_override(text)
+        keys, value = _parse_override(text, cls)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -198,7 +214,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     return from_dict(cls, data, where)
 
 
@@ -251,7 +267,7 @@ class MultiRoundConfig:
 
     def __post_init__(self):
         check_range(self, num_rounds=">= 1", steps_per_round=">= 1", num_samples=">= 1", temperature=">= 0",
-                    max_new_tokens=">= 1", gt_weight=">= 0", rebirth_steps=">= 0")
+                    max_new_tokens=">= 1", gt_weight=">= 0", rebirth_steps=">= 1")
 
 
 @dataclass
@@ -300,6 +316,7 @@ class TrainConfig:
     tensorboard: bool = False  # also write tensorboard event files
     progress: bool = True  # tqdm progress bar
     parallel: str = "auto"  # with several processes: ddp (replicate) | fsdp (shard, FSDP2) | auto (fsdp if launched so)
+    dist_timeout_min: float = 180.0  # minutes a process waits for the others (main-only work: the eval hook)
     max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
     allow_config_change: bool = False  # resume a run folder whose config.yaml differs (else refused, listing the keys)
     pami: PamiConfig = field(default_factory=PamiConfig)  # PaMi-VDPO bag scoring
@@ -315,7 +332,15 @@ class TrainConfig:
             raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
         check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
                     batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1", save_every=">= 0",
-                    eval_every=">= 0", max_nonfinite_steps=">= 0")
+                    eval_every=">= 0", max_nonfinite_steps=">= 0", dist_timeout_min="> 0")
+        if self.stage == "multi_round" and not self.lora.enabled:
+            raise ConfigError("stage: multi_round merges a LoRA each round: set lora.enabled: true")
+        if self.stage == "distill":
+            d = self.distill
+            if d.preference_loss not in ("dpo", "kto_pair", "dpkd"):
+                raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
+            if d.preference_steps > 0 and not d.preference_data:
+                raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
         # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
         # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
         from mmpo.losses import build_loss_terms

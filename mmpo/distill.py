@@ -12,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from mmpo import config as cfgmod
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
+from mmpo.distributed import start_processes
 from mmpo.logprobs import answer_logits, pair_logps, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl
 from mmpo.models import load_model
@@ -108,13 +108,8 @@ def _replace(model_cfg: ModelConfig, **changes) -> ModelConfig:
 
 
 def _check_distill(cfg: TrainConfig) -> str:
+    """The mimic stage's SFT file (the loss and range checks live in TrainConfig, shared with `mmpo validate`)."""
     d = cfg.distill
-    if d.preference_loss not in ("dpo", "kto_pair", "dpkd"):
-        raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
-    if d.preference_steps > 0 and not d.preference_data:
-        raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
-    if not 0.0 <= d.dpkd_ratio <= 1.0:
-        raise ConfigError(f"distill.dpkd_ratio: expected 0..1, got {d.dpkd_ratio}")
     mimic_data = d.mimic_data or cfg.data.train
     if d.mimic_steps > 0 and not mimic_data:
         raise ConfigError("distill.mimic_data (or data.train): an SFT JSONL is needed when distill.mimic_steps > 0")
@@ -135,9 +130,8 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
     mimic_data = _check_distill(cfg)
     d, out = cfg.distill, Path(cfg.output_dir)
     check_vocab(cfg.model, d.teacher)
-    check_rerun(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfgmod.save(cfg, out / "config.yaml")
+    procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
+    check_rerun(cfg, out, procs)
     mimic_dir, pref_dir = out / "mimic", out / "preference"
     if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
         return out

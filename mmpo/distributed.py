@@ -20,6 +20,7 @@ or one rank waits forever (a hang) or steps alone (the weights drift apart): `al
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -28,7 +29,8 @@ import torch.distributed as dist
 
 from mmpo.config import ConfigError
 
-PARALLEL = ("auto", "ddp", "fsdp")
+NO_4BIT_FSDP = ("4-bit weights cannot be sharded with FSDP here: train QLoRA with DDP (configs/accelerate/ddp.yaml; "
+                "LoRA on a 4-bit 7B model fits one GPU per process)")
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,20 @@ class Processes:
             dist.barrier()
 
 
-def start_processes(parallel: str = "auto") -> Processes:
+def start_processes(parallel: str = "auto", timeout_min: float = 180) -> Processes:
     """Join the process group when a launcher started several processes; one process otherwise.
+
+    Call it before loading a model: it picks this rank's GPU (LOCAL_RANK), which "cuda" then means. Calling it
+    again is harmless.
 
     Args:
         parallel: auto (FSDP2 when accelerate launched with an FSDP config, else DDP) | ddp | fsdp.
+        timeout_min: how long a rank waits for the others in a collective. NCCL's default, 10 minutes, is shorter
+            than work only the main process does while the others wait (a periodic evaluation).
 
     Returns:
         The Processes.
     """
-    if parallel not in PARALLEL:
-        raise ConfigError(f"parallel: expected one of {PARALLEL}, got {parallel!r}")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true":
         raise ConfigError("DeepSpeed launches are not supported: use configs/accelerate/fsdp.yaml (FSDP2 shards "
                           "parameters, gradients and optimizer states like ZeRO-3) or configs/accelerate/ddp.yaml")
@@ -70,10 +75,15 @@ def start_processes(parallel: str = "auto") -> Processes:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         device = torch.device("cuda", torch.cuda.current_device())
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=timeout_min))
+    return Processes(rank=dist.get_rank() if world > 1 else 0, world=world, device=device,
+                     sharded=will_shard(parallel))
+
+
+def will_shard(parallel: str) -> bool:
+    """FSDP2 for this launch: several processes, and `parallel: fsdp` or (auto) accelerate's FSDP config."""
     launched_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    sharded = world > 1 and (parallel == "fsdp" or (parallel == "auto" and launched_fsdp))
-    return Processes(rank=dist.get_rank() if world > 1 else 0, world=world, device=device, sharded=sharded)
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and (parallel == "fsdp" or (parallel == "auto" and launched_fsdp))
 
 
 def decoder_layers(model) -> list:
@@ -81,7 +91,8 @@ def decoder_layers(model) -> list:
     layers = [m for name, m in model.named_modules()
               if name.endswith("language_model.layers") and isinstance(m, torch.nn.ModuleList)]
     if len(layers) != 1:
-        raise ValueError(f"cannot find the language model's decoder layers to shard ({len(layers)} candidates)")
+        raise ValueError(f"FSDP: cannot find the decoder layers of {type(model).__name__} to shard: looked for one "
+                         f"ModuleList named '*language_model.layers', found {len(layers)}")
     return list(layers[0])
 
 
@@ -96,8 +107,7 @@ def shard_model(model, precision: str, procs: Processes):
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     if any(getattr(p, "quant_state", None) is not None for p in model.parameters()):
-        raise ConfigError("4-bit weights cannot be sharded with FSDP here: train QLoRA with DDP "
-                          "(configs/accelerate/ddp.yaml; LoRA on a 4-bit 7B model fits one GPU per process)")
+        raise ConfigError(NO_4BIT_FSDP)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if procs.device.type == "cuda" else None
     policy = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32) if low else MixedPrecisionPolicy()
     for layer in decoder_layers(model):

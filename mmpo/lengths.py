@@ -76,17 +76,19 @@ def record_length(rec, processor, media_tokens: MediaTokens, media_root) -> int:
     """Tokens of `rec` as the collator builds it: prompt with media + the longer answer + EOS."""
     tok = media_tokens.tok
     prompt = len(tok(prompt_text(processor, rec.prompt, rec.media_type), add_special_tokens=True)["input_ids"])
-    size = _image_size(resolve_media(media_root, rec.media[0])) if rec.media_type == "image" else None
+    # the rejected side may show other media (a counterfactual image): an anyres model counts it by its own size
+    media = [rec.media[0]] + ([rec.rejected_media[0]] if getattr(rec, "rejected_media", None) else [])
+    sizes = [_image_size(resolve_media(media_root, m)) if rec.media_type == "image" else None for m in media]
     answers = [rec.answer] if hasattr(rec, "answer") else [rec.chosen, rec.rejected]
     answer = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
-    return prompt - 1 + media_tokens(rec.media_type, size) + answer
+    return prompt - 1 + max(media_tokens(rec.media_type, s) for s in sizes) + answer
 
 
 @dataclass(frozen=True)
 class LengthReport:
     """Token lengths over the records checked (all of them, or a seeded sample of a large file)."""
 
-    checked: int
+    checked: int  # records measured (unreadable media are left to the collator's rule)
     total: int
     limit: int
     p50: int
@@ -96,7 +98,7 @@ class LengthReport:
 
     def summary(self) -> str:
         scope = f"{self.checked} records" if self.checked == self.total else \
-            f"a sample of {self.checked} of {self.total} records"
+            f"{self.checked} of {self.total} records (a sample, or unreadable media left out)"
         text = (f"token lengths over {scope} (prompt with media + answer): median {self.p50}, p95 {self.p95}, "
                 f"max {self.longest}; limit {MAX_LENGTH_KEY}={self.limit}")
         if self.over:
@@ -134,7 +136,7 @@ def preflight(records, processor, media_root, num_frames: int, limit: int, sampl
         if length > limit:
             over.append((rec, length))
     arr = np.array(lengths or [0])
-    return LengthReport(len(idx), n, limit, int(np.percentile(arr, 50)), int(np.percentile(arr, 95)),
+    return LengthReport(len(lengths), n, limit, int(np.percentile(arr, 50)), int(np.percentile(arr, 95)),
                         int(arr.max()), over)
 
 
@@ -156,7 +158,7 @@ def check_lengths(cfg, records, processor, media_root, model, is_main: bool) -> 
     report = preflight(records, processor, media_root, cfg.model.num_frames, limit, seed=cfg.seed)
     if is_main:
         log.info(report.summary())
-    if report.over and (cfg.data.on_bad_record == "error" or len(report.over) == report.checked):
+    if report.over and (cfg.data.on_bad_record == "error" or len(report.over) == report.checked):  # nothing fits
         rec, length = report.over[0]
         raise ValueError(f"{too_long_message(rec, length, limit)}; {len(report.over)} of {report.checked} "
                          "checked records are too long")

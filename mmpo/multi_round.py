@@ -26,6 +26,7 @@ from typing import Callable
 from mmpo import config as cfgmod
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, TrainConfig
+from mmpo.distributed import start_processes
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_manifest
 from mmpo.schedules import (
     derived_config,
@@ -163,14 +164,6 @@ def round_config(cfg: TrainConfig, round_dir: Path, pairs: Path) -> TrainConfig:
                     loss=loss, data_train=str(pairs), data_media_root=resolve_media_root(cfg))
 
 
-def _check_multi_round(cfg: TrainConfig) -> None:
-    mr = cfg.multi_round
-    if not cfg.lora.enabled:
-        raise ConfigError("stage multi_round merges a LoRA each round: set lora.enabled: true")
-    if mr.num_rounds < 1 or mr.steps_per_round < 1 or mr.num_samples < 1:
-        raise ConfigError("multi_round: num_rounds, steps_per_round and num_samples must be >= 1")
-
-
 def _resolve_scorer(cfg: TrainConfig, scorer: Callable | None) -> Callable:
     if scorer is not None:
         return scorer
@@ -193,12 +186,10 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     Returns:
         The run directory: round-r/ per round, model/ (merged final model), rebirth/ if enabled.
     """
-    _check_multi_round(cfg)
     score = _resolve_scorer(cfg, scorer)
     out, mr = Path(cfg.output_dir), cfg.multi_round
-    check_rerun(cfg, out, is_main())
-    out.mkdir(parents=True, exist_ok=True)
-    cfgmod.save(cfg, out / "config.yaml")
+    procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
+    check_rerun(cfg, out, procs)
     records = read_sft(cfg.data.train, resolve_media_root(cfg))
     rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
     start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))

@@ -149,8 +149,8 @@ def pair_id(media, prompt, chosen, rejected, rejected_media=None, rejected_bag=N
 
 # -- validation -------------------------------------------------------------------------------
 
-_PAIR_FIELDS = {f.name for f in dataclasses.fields(PairRecord)}
-_SFT_FIELDS = {f.name for f in dataclasses.fields(SFTRecord)}
+_PAIR_FIELDS = {f.name for f in dataclasses.fields(PairRecord)} - {"where"}  # "where" is not written, only read
+_SFT_FIELDS = {f.name for f in dataclasses.fields(SFTRecord)} - {"where"}
 _PAIR_REQUIRED = ("media", "media_type", "prompt", "chosen", "rejected")
 _SFT_REQUIRED = ("media", "media_type", "prompt", "answer")
 
@@ -481,11 +481,13 @@ class RecordFile(Sequence):
         kind: "pair" or "sft".
         digest: sha256 of the file's bytes (16 hex digits, as `mmpo.models.loading.file_digest`), computed
             while validating: the precomputed-reference cache key needs no second read of the file.
+        media_types: {media type: "file:line" of its first record} (set by `scan_records`).
     """
 
     def __init__(self, path: str | Path, kind: str, offsets: array, linenos: array, digest: str,
                  stamp: tuple[int, int]):
         self.path, self.kind, self.digest = str(path), kind, digest
+        self.media_types: dict[str, str] = {}
         self._offsets, self._linenos, self._stamp = offsets, linenos, stamp
         self._file, self._pid = None, None
 
@@ -601,6 +603,7 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
     parse, check = _PARSERS[kind], _media_check(media_root)
     hasher, offsets, linenos, id_hashes = hashlib.sha256(), array("q"), array("q"), array("Q")
     skipped: list[str] = []
+    first_of_type: dict[str, str] = {}  # media type -> where its first record is
     stamp = _stamp(path)
     for lineno, offset, raw in iter_raw_lines(path, hasher):
         where = f"{path}:{lineno}"
@@ -614,9 +617,11 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
             continue
         offsets.append(offset)
         linenos.append(lineno)
+        first_of_type.setdefault(rec.media_type, where)
         if kind == "pair":
             id_hashes.append(_id_hash(rec.id))
     records = RecordFile(path, kind, offsets, linenos, hasher.hexdigest()[:16], stamp)
+    records.media_types = first_of_type
     if kind == "pair":
         repeats = _repeated_ids(records, id_hashes)
         for later, first, rid in repeats:

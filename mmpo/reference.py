@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from mmpo.distributed import gather_objects
 from mmpo.logprobs import pair_logps
 from mmpo.models import AdaptersOff, has_adapter
 from mmpo.models.loading import fingerprint, model_fingerprint
@@ -36,10 +37,14 @@ def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable:
     return reference
 
 
-def cache_path(cfg, digest: str, requires: set, max_length: int) -> Path:
-    """Where the precomputed table of this data, model and layout lives: `<train file>.refcache/<key>.pt`."""
-    key = fingerprint(digest, model_fingerprint(cfg.model), sorted(requires), max_length, cfg.model.num_frames,
-                      cfg.shared_prefix)
+def cache_path(cfg, digest: str, requires: set, max_length: int, media_root) -> Path:
+    """Where the precomputed table of this data, model and layout lives: `<train file>.refcache/<key>.pt`.
+
+    The key holds everything that changes the numbers: the data's bytes and media root, the model, what the
+    losses require, the length limit, frames, the packed layout and the precision.
+    """
+    key = fingerprint(digest, str(media_root), model_fingerprint(cfg.model), sorted(requires), max_length,
+                      cfg.model.num_frames, cfg.shared_prefix, cfg.precision)
     return Path(str(cfg.data.train) + ".refcache") / f"{key}.pt"
 
 
@@ -56,18 +61,45 @@ def load_reference_cache(path: Path) -> dict[str, dict]:
                          f"(delete it to recompute): {str(exc).splitlines()[0]}") from None
 
 
-def precompute_reference(reference: Callable, loader, cache_path: Path, write: bool = True) -> dict[str, dict]:
-    """One pass over the data under the reference; {record id: {name: value}}, saved to `cache_path` if `write`."""
+def precompute_reference(reference: Callable, records, collate, batch_size: int, cache_path: Path, procs,
+                         device, context=contextlib.nullcontext) -> dict[str, dict]:
+    """One pass over the data under the reference: {record id: {name: value}}, saved to `cache_path`.
+
+    With several processes the pass is split: under DDP each rank computes every world-th batch with its own
+    copy of the model and the parts are gathered; under FSDP2 every forward needs all the ranks, so each runs
+    every batch (the same ones, in the same order, so batches left empty by skipped records are skipped
+    alike) — `world` times the work, kept simple and safe. The main process writes the file.
+
+    Args:
+        reference: batch -> log-probs (the policy with adapters off).
+        records: the training records (a sequence).
+        collate: records -> batch.
+        batch_size: records per forward.
+        cache_path: the file (loaded instead when it exists).
+        procs: the `mmpo.distributed.Processes`.
+        device: where batches go.
+        context: a context factory around each forward (the training precision's autocast).
+
+    Returns:
+        The table.
+    """
     if cache_path.is_file():
         return load_reference_cache(cache_path)
+    starts = range(0, len(records), batch_size)
+    mine = starts if procs.sharded else starts[procs.rank::procs.world]
     table: dict[str, dict] = {}
-    for batch in tqdm(loader, desc="reference log-probs", leave=False):
+    for start in tqdm(mine, desc="reference log-probs", leave=False, disable=not procs.is_main):
+        batch = collate(records[start:start + batch_size]).to(device)
         if not batch.ids:
             continue
-        out = reference(batch)
+        with context():
+            out = reference(batch)
         for i, rid in enumerate(batch.ids):
-            table[rid] = {k: v[i].detach().cpu() for k, v in out.items()}
-    if write:
+            table[rid] = {k: v[i].detach().float().cpu() for k, v in out.items()}
+    if not procs.sharded:
+        for part in gather_objects(table, procs.world):
+            table.update(part)
+    if procs.is_main:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp")
         torch.save(table, tmp)

@@ -31,10 +31,11 @@ from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
 from mmpo import reference as ref
-from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, all_batches, make_loader, read_records
+from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
 from mmpo.distributed import (
+    NO_4BIT_FSDP,
     Processes,
     all_ranks,
     average_gradients,
@@ -65,7 +66,7 @@ class PolicyLogps(torch.nn.Module):
     """Wraps the policy so that one `forward` computes every log-prob of a step.
 
     DDP expects exactly one forward per backward; the shared-prefix, corrupt and bag passes are all
-    inside this one call, so `accelerate` can wrap it for multi-GPU training unchanged.
+    inside this one call, so `DistributedDataParallel` can wrap it unchanged (`mmpo.distributed.replicate`).
     """
 
     def __init__(self, model, requires: set, shared_prefix: bool):
@@ -156,8 +157,7 @@ def load_policy(cfg: TrainConfig, procs: Processes):
     if not procs.sharded:
         return load_model(cfg.model, cfg.lora, trainable=True)
     if cfg.model.load_in_4bit:
-        raise cfgmod.ConfigError("4-bit weights cannot be sharded with FSDP here: train QLoRA with DDP "
-                                 "(configs/accelerate/ddp.yaml; LoRA on a 4-bit 7B model fits one GPU per process)")
+        raise cfgmod.ConfigError(NO_4BIT_FSDP)
     if procs.is_main:
         return load_model(dataclasses.replace(cfg.model, device="cpu"), cfg.lora, trainable=True)
     return load_skeleton(cfg.model, cfg.lora, trainable=True)
@@ -171,15 +171,11 @@ def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max
             raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
                                      "reference: set precompute_reference: true")
         return ref.adapter_reference(model, requires, cfg.shared_prefix)
-    cache = ref.cache_path(cfg, records.digest, requires, max_length)
-    table = None
-    # One pass on the main process, the others wait for its file; under FSDP2 a forward needs every rank, so all
-    # of them run the pass (the same batches) and only the main one writes.
-    if procs.is_main or procs.sharded:
-        table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix),
-                                         all_batches(records, collate, cfg.batch_size), cache, write=procs.is_main)
-    procs.barrier()
-    return ref.cached_reference(table if table is not None else ref.load_reference_cache(cache), device)
+    cache = ref.cache_path(cfg, records.digest, requires, max_length, collate.media_root)
+    table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix), records, collate,
+                                     cfg.batch_size, cache, procs, device,
+                                     context=lambda: autocast(cfg.precision, device))  # as the live reference runs
+    return ref.cached_reference(table, device)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -247,13 +243,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
     """
     run_dir = Path(cfg.output_dir)
-    procs = start_processes(cfg.parallel)
+    procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
-    check_rerun(cfg, run_dir, is_main)
-    procs.barrier()  # every rank has compared with the old config before it is replaced
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfgmod.save(cfg, run_dir / "config.yaml")
+    check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
     if model is None:
         model, processor = load_policy(cfg, procs)
@@ -275,6 +267,10 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
     if not records:
         raise ValueError(f"{cfg.data.train}: no usable records ({len(skipped)} skipped)")
+    if len(records.media_types) > 1 and cfg.batch_size > 1:  # a shuffled mix would fail at a random step
+        firsts = ", ".join(f"{kind}s from {where}" for kind, where in records.media_types.items())
+        raise ValueError(f"{cfg.data.train} mixes media types ({firsts}), and a batch holds one type: split the file "
+                         "by media_type (or train with batch_size: 1)")
     max_length = check_lengths(cfg, records, processor, media_root, model, is_main)
     terms = [] if sft else build_loss_terms([cfgmod.to_dict(t) for t in cfg.loss], "loss")
     requires = requires_of(terms)
@@ -284,9 +280,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     per_epoch = max(len(records) // (cfg.batch_size * world), 1)
     total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
 
-    # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module
-    # goes through accelerate (DDP must wrap the module whose forward the step runs); the data order, the
-    # optimizer and the schedule stay ours, so resume and the batches a rank draws are the same for 1 or N ranks.
+    # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module is
+    # wrapped (DDP must wrap the module whose forward the step runs); the data order, the optimizer and the
+    # schedule are the same code for 1 or N ranks, so resume and the batches a rank draws do not depend on it.
     step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
     # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
     # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
@@ -314,6 +310,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     last = latest_checkpoint(run_dir)
     if last is not None:
         step, extra = load_checkpoint(last, model, optimizer, scheduler, procs)
+        if "nonfinite" not in extra:
+            raise ValueError(f"{last}: a checkpoint from an older mmpo, which this one cannot resume; use another "
+                             "output_dir")
         nonfinite, skips = extra["nonfinite"], SkipLedger(len(skipped), extra["skips"])
         for (_, term), state in zip(terms, extra.get("loss_states", []), strict=True):
             if state is not None and hasattr(term, "load_state_dict"):
@@ -361,7 +360,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             nonfinite["consecutive"] += 1
             log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
             if cfg.max_nonfinite_steps and nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
-                raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"], last))
+                raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"],
+                                                        latest_checkpoint(run_dir)))
         # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
         # warns when the very first update was skipped; that order is intended here).
         with warnings.catch_warnings():
@@ -372,6 +372,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         bar.update(1)
 
         # -- log, evaluate, checkpoint
+        # skipped_records here counts what this (the main) process saw; summary.json adds every rank's
         counters = {"skipped_records": skips.total(), "nonfinite_steps": nonfinite["nonfinite_steps"]}
         if step % cfg.log_every == 0 or step == total_steps:
             row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
@@ -390,7 +391,6 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             save_checkpoint(run_dir, step, model, optimizer, scheduler, {
                 "nonfinite": nonfinite, "skips": skips.state(),
                 "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]}, procs)
-        procs.barrier()
     bar.close()
     logger.close()
     skips.merge(gather_objects(skips.state(), world))
@@ -438,7 +438,9 @@ def save_final(model, processor, run_dir: Path, procs: Processes) -> Path:
     if procs.sharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # an adapter needs only the trainable weights (a 72B base would not fit the main process's memory)
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                     ignore_frozen_params=has_adapter(model)))
     if procs.is_main:
         model.save_pretrained(out, **({"state_dict": state} if state is not None else {}))
         if processor is not None:

@@ -1,7 +1,8 @@
 """Run by test_fsdp.py under `accelerate launch`: `mmpo train` that dies at step CRASH_AT, as a killed run would.
 
-The crash comes from the evaluation hook, which under FSDP2 every rank runs, so all processes stop at the same
-step with their checkpoints written; the test then reruns the documented command and it resumes.
+The crash comes from the evaluation hook on every rank (under DDP the trainer runs it on the main one only, so
+the others are stopped by the launcher), after the checkpoints of earlier steps were written; the test then
+reruns the documented command and it resumes.
 """
 
 import os

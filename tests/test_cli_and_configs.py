@@ -133,3 +133,12 @@ def test_train_with_a_periodic_pope_evaluation(tmp_path):
     evals = [r for r in read_metrics(tmp_path / "run") if "eval/pope/random/f1" in r]
     assert [r["step"] for r in evals] == [2, 4]
     assert not (tmp_path / "unused").exists()  # the hook writes nothing of its own
+
+
+def test_string_overrides_are_taken_as_written():
+    """YAML would cut `runs/exp #2` at the comment sign and read 2024-01-01 as a date; a string field keeps the text
+    (quoted text is still YAML, for escapes), other fields are YAML (numbers, lists)."""
+    cfg = cfgmod.load(cfgmod.TrainConfig, None, ["output_dir=runs/exp #2", "data.train=2024-01-01",
+                                                 'model.path="a\\tb"', "lr=1e-4", "loss=[{name: ipo}]"])
+    assert (cfg.output_dir, cfg.data.train, cfg.model.path) == ("runs/exp #2", "2024-01-01", "a\tb")
+    assert cfg.lr == 1e-4 and cfg.loss[0].name == "ipo"

@@ -1,8 +1,9 @@
-"""FSDP2 with 2 CPU processes (gloo), launched the way README's "Scale" section shows: results equal one process.
+"""DDP and FSDP2 with 2 CPU processes (gloo), launched the way README's "Scale" section shows.
 
-Each rank holds half of every parameter, gradient and optimizer state; the LoRA and full-parameter runs must
-log the same losses as one process with the same global batch, save the same adapter (loadable with peft) or
-model, and resume from sharded checkpoints after a kill to exactly the uninterrupted run.
+Under FSDP2 each rank holds half of every parameter, gradient and optimizer state; under DDP each holds all of
+them. Either way, the LoRA and full-parameter runs must log the same losses as one process with the same global
+batch, save the same adapter (loadable with peft) or model, and resume after a kill to exactly the
+uninterrupted run (per-rank RNG included: the resume runs use LoRA dropout).
 """
 
 import json
@@ -35,9 +36,10 @@ def _args(world, out, *overrides):
             f"data.train={world['pairs']}", f"output_dir={out}", "max_steps=4", *overrides]
 
 
-def _launch(world, out, *overrides, script=("-m", "mmpo", "train"), env=None, check=True):
+def _launch(world, out, *overrides, script=("-m", "mmpo", "train"), env=None, check=True, parallel="fsdp"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    cmd = [*LAUNCH, *script, *_args(world, out, "batch_size=2", *overrides)]
+    launch = [*LAUNCH[:3], str(REPO / f"configs/accelerate/{parallel}.yaml"), *LAUNCH[4:]]
+    cmd = [*launch, *script, *_args(world, out, "batch_size=2", *overrides)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,13 +60,14 @@ def _same_rows(one, two, keys=("loss", "grad_norm", "rewards/margins")):
 
 
 @pytest.mark.slow
-def test_fsdp_lora_equals_one_process_and_saves_a_peft_adapter(world, tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_lora_on_two_processes_equals_one_process_and_saves_a_peft_adapter(world, tmp_path, parallel):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
     assert main(["train", *_args(world, tmp_path / "one", "batch_size=4")]) == 0
-    _launch(world, tmp_path / "two", "gradient_checkpointing=true")  # activation checkpointing inside the shards
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallel"] == "fsdp"
+    _launch(world, tmp_path / "two", "gradient_checkpointing=true", parallel=parallel)  # activation checkpointing too
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallel"] == parallel
     _same_rows(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two"))
     one, two = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
     assert _relative_difference(one, two) < 1e-4
@@ -85,13 +88,14 @@ def test_fsdp_full_parameter_equals_one_process(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_resume_after_a_kill_equals_the_uninterrupted_run(world, tmp_path):
-    run = ("max_steps=6", "save_every=2")
-    _launch(world, tmp_path / "whole", *run)
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_resume_after_a_kill_equals_the_uninterrupted_run(world, tmp_path, parallel):
+    run = ("max_steps=6", "save_every=2", "lora.dropout=0.3")  # dropout: each rank's RNG must resume too
+    _launch(world, tmp_path / "whole", *run, parallel=parallel)
     killed = _launch(world, tmp_path / "broken", *run, script=(str(REPO / "tests" / "crash_train.py"),),
-                     env={"CRASH_AT": "5"}, check=False)
+                     env={"CRASH_AT": "5"}, check=False, parallel=parallel)
     assert killed.returncode != 0 and (tmp_path / "broken" / "checkpoints" / "step-4" / "rank1.pt").is_file()
-    _launch(world, tmp_path / "broken", *run)  # the documented command again: resumes from step 4
+    _launch(world, tmp_path / "broken", *run, parallel=parallel)  # the documented command again: resumes at 4
     _same_rows(read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "broken"))
     whole, broken = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("whole", "broken"))
     assert _relative_difference(whole, broken) < 1e-6

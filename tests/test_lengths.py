@@ -90,4 +90,4 @@ def test_large_files_are_sampled(tmp_path):
     records = read_pairs(toy_pairs(tmp_path / "data", n=40), tmp_path / "data")
     report = preflight(records, processor, tmp_path / "data", num_frames=4, limit=100, sample=10)
     assert (report.checked, report.total) == (10, 40)
-    assert "a sample of 10 of 40 records" in report.summary()
+    assert "10 of 40 records (a sample" in report.summary()

@@ -69,3 +69,27 @@ def test_dataloader_workers_read_the_lazy_records(world, tmp_path):
     train(_cfg(world, tmp_path / "w2", world["pairs"], "max_steps=3", "lr=1e-12", "data.num_workers=2"))
     losses = [[row["loss"] for row in read_metrics(tmp_path / run)] for run in ("w0", "w2")]
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_a_file_mixing_images_and_videos_is_refused_before_step_1_unless_batches_hold_one_record(tmp_path):
+    """A shuffled mix of media types met a mixed batch at a random step (hours in, naming no record)."""
+    import shutil
+
+    from helpers import tiny_model
+    from videos import make_frames, write_clip
+
+    from mmpo.config import TrainConfig, load
+    from mmpo.records import PairRecord, write_jsonl
+
+    pairs = toy_pairs(tmp_path / "data", n=4)
+    write_clip(tmp_path / "data" / "clip.mp4", make_frames(T=4, H=64, W=64))
+    video = PairRecord(id="v", media=("clip.mp4",), media_type="video", prompt="what moves ?", chosen="a square",
+                       rejected="a circle")
+    write_jsonl(pairs, [video], append=True)
+    model = tiny_model("llava_next_video", tmp_path)
+    base = [f"model.path={model}", f"data.train={pairs}", "progress=false", "lora.r=4", "max_steps=1"]
+    with pytest.raises(ValueError, match=r"mixes media types \(images from .*pairs.jsonl:1, videos from "
+                                         r".*pairs.jsonl:5\)"):
+        train(load(TrainConfig, None, [*base, f"output_dir={tmp_path / 'a'}", "batch_size=2"]))
+    train(load(TrainConfig, None, [*base, f"output_dir={tmp_path / 'b'}", "batch_size=1", "model.num_frames=4"]))
+    shutil.rmtree(tmp_path / "b")
