@@ -12,7 +12,9 @@ pair (a1 > a0).
 
 The generator is a plain callable `fn(prompts, media, temperature, seed) -> list[str]` and the judge a
 `data_builders.judging.Judge` (`rubric`: the model writes scores; `yes_no`: its yes/no logits), so tests can
-run the real tiny model as generator with a fake judge (`build(..., judge=...)`).
+run the real tiny model as generator with a fake judge (`build(..., judge=...)`). A question writer
+`fn(item_index, media, word) -> list[str]` may replace the model's own question writing (`build(..., ask=...)`;
+the demo's tiny model fills question templates from its own caption because it cannot write questions).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ CRITIQUE_PROMPT = ("Question: {q} Answer: {a} Check the answer against the {m}: 
 REFINE_PROMPT = "Question: {q} First answer: {a} Critique: {c} Write a corrected answer to the question."
 
 Generate = Callable[[list, list, float, int], list]
+Ask = Callable[[int, object, str], list]
 
 
 @dataclass
@@ -151,7 +154,7 @@ def _critique_refine(cfg, q, media, word, seed, generate, clip_fn, counts) -> di
 
 
 def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate: Generate, judge: Judge | None,
-                 clip_fn) -> tuple[list[PairRecord], dict]:
+                 clip_fn, ask: Ask | None = None) -> tuple[list[PairRecord], dict]:
     """All pairs of one video/image.
 
     Args:
@@ -162,6 +165,7 @@ def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate:
         generate: question/answer generator `fn(prompts, media, temperature, seed) -> list[str]`.
         judge: S_judge per (question, answer) (`data_builders.judging`); unused by critique_refine.
         clip_fn: `fn(media, texts) -> list[float]` CLIP scores, or None.
+        ask: question writer `fn(index, media, word) -> questions` replacing `ask_questions`, or None.
 
     Returns:
         (pairs, per-item counters).
@@ -170,7 +174,10 @@ def process_item(cfg: SelfQAConfig, index: int, rec: SFTRecord, media, generate:
 
     counts: Counter = Counter()
     word = rec.media_type
-    questions, counts["question_fallback"] = ask_questions(cfg, index, media, word, generate)
+    if ask is None:
+        questions, counts["question_fallback"] = ask_questions(cfg, index, media, word, generate)
+    else:
+        questions = [q for q in ask(index, media, word) if q.strip()]
     seed = cfg.seed * 100_003 + index * 101
     if cfg.preset == "critique_refine":
         found = [_critique_refine(cfg, q, media, word, seed + 11 * j, generate, clip_fn, counts)
@@ -199,13 +206,15 @@ def _clip_fn(cfg: SelfQAConfig):
 
 
 def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge | None = None,
-          on_record: Callable[[int], None] | None = None) -> Path:
+          ask: Ask | None = None, on_record: Callable[[int], None] | None = None) -> Path:
     """Build self-QA preference pairs (resumable).
 
     Args:
         cfg: builder config.
         generate: override of the generator (default: the model of `cfg.model`).
         judge: override of the judge (default: the same model, as `cfg.judge` says).
+        ask: override of the question writer `fn(item_index, media, word) -> questions` (default: the
+            generator answers the template instructions of `cfg.question_kinds`).
         on_record: called with the count of items committed so far (tests simulate crashes with it).
 
     Returns:
@@ -242,7 +251,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
         else:
             g = generate or gens[rec.media_type][0]
             jd = judge or gens.get(rec.media_type, (None, None))[1]
-            pairs, counts = process_item(cfg, i, rec, media, g, jd, clip_fn)
+            pairs, counts = process_item(cfg, i, rec, media, g, jd, clip_fn, ask)
             writer.commit(rec.id, pairs, counts)
         if on_record is not None:
             on_record(n)
