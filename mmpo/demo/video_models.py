@@ -67,14 +67,15 @@ PAMI_STEPS = 150
 PAMI_BATCH = 16
 # beta 0.5 and lr 2e-3, as the image methods (benchmarks/LOG.md, 2026-11-28): at beta 0.1 / lr 5e-4 the PaMi
 # margins stayed ~0.03 in 150 steps and counter-prior temporal pair accuracy moved 0.325 -> 0.35 (1 seed);
-# at beta 0.5 / lr 2e-3 it went to 0.70.
+# at beta 0.5 / lr 2e-3 it reached 0.61 ± 0.08 (3 seeds; 0.42-0.70 over all runs). 100 steps, K 3 or batch 12
+# gave 0.38-0.44: the effect needs the full budget.
 PAMI_LR = 2e-3
 PAMI_BETA = 0.5
 PAMI_TERM = {"name": "pami", "params": {"beta": PAMI_BETA}}
 DPO_TERM = {"name": "dpo", "params": {"beta": PAMI_BETA}}
-# PaMi + a dpo term on the true yes/no answers of the same records (`with_wrong_answers`): PaMi alone moved
-# the object answers to one word (benchmarks/LOG.md: "no" in the earlier world, "yes" in this one); the dpo
-# term anchors them.
+# PaMi + a dpo term on the true yes/no answers of the same records (`with_wrong_answers`): PaMi alone moves
+# the object answers towards one word, "yes" or "no" depending on the run (benchmarks/LOG.md); the dpo term
+# anchors them.
 PAMI_LOSS = [PAMI_TERM, DPO_TERM]
 
 
@@ -443,7 +444,8 @@ def pami_config(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, m
 
 
 def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, media_root: str | Path,
-               seed: int = 0, steps: int = PAMI_STEPS, lr: float = PAMI_LR, loss: list[dict] | None = None) -> Path:
+               seed: int = 0, steps: int = PAMI_STEPS, lr: float = PAMI_LR, loss: list[dict] | None = None,
+               batch_size: int = PAMI_BATCH) -> Path:
     """PaMi-VDPO (or any preference loss list) on top of the SFT video model.
 
     Args:
@@ -454,6 +456,7 @@ def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, me
         seed: data order seed.
         steps: optimizer steps.
         lr: peak learning rate.
+        batch_size: pairs per step.
         loss: loss terms (default PAMI_LOSS: pami + dpo; the pairs then need `with_wrong_answers`).
 
     Returns:
@@ -461,7 +464,7 @@ def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, me
     """
     from mmpo.trainer import train
 
-    run = train(pami_config(model_dir, pairs, out_dir, media_root, seed, steps, lr, loss=loss))
+    run = train(pami_config(model_dir, pairs, out_dir, media_root, seed, steps, lr, batch_size, loss=loss))
     return run / "adapter"
 
 
