@@ -60,6 +60,7 @@ def parse_args(argv=None):
     a("--no-captions", action="store_true"), a("--judge", type=int, default=vm.JUDGE_RECORDS)
     a("--sft", default="", help="tag of an earlier SFT run to start the preference stage from")
     a("--js", type=int, default=0, help="only print PaMi's JS distance per op and question kind on N training videos")
+    a("--judge-check", action="store_true", help="only check the --sft model's yes/no judge on held-out pairs")
     a("--pref", default="", choices=["", "pami", "vdpo", "dpo_gt", "pami+dpo", "savi"])
     a("--savi-videos", type=int, default=vm.SAVI_VIDEOS), a("--savi-clip", default=str(vm.SHIPPED_CLIP))
     a("--savi-judge", default=vm.SAVI_JUDGE, choices=["yes_no", "likelihood"])
@@ -67,6 +68,7 @@ def parse_args(argv=None):
     a("--reuse-pairs", default="", help="tag of an earlier savi run whose pairs to train on again")
     a("--pref-steps", type=int, default=vm.PAMI_STEPS), a("--pref-lr", type=float, default=vm.PAMI_LR)
     a("--beta", type=float, default=vm.PAMI_BETA), a("--k", type=int, default=vm.PAMI_K)
+    a("--pref-batch", type=int, default=vm.PAMI_BATCH)
     a("--ops", default=",".join(vm.PAMI_OPS)), a("--delta-min", type=float, default=1e-3)
     a("--dpo-weight", type=float, default=1.0), a("--mil-reduce", default="weighted_loss")
     a("--tau-start", type=float, default=10.0), a("--tau-end", type=float, default=0.01)
@@ -199,7 +201,7 @@ def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
     # self-QA pairs name the unlabelled videos (relative to their folder), every other set the world's
     media_root = wdir.parent / f"unlabelled_{args.savi_videos}" if args.pref == "savi" else wdir
     adapter = vm.train_pami(model_dir, pairs, out / "pref", media_root, seed=args.seed, steps=args.pref_steps,
-                            lr=args.pref_lr, loss=losses(args))
+                            lr=args.pref_lr, loss=losses(args), batch_size=args.pref_batch)
     res["pref_s"] = round(time.time() - t0, 1)
     res["pref_metrics"] = last_metrics(out / "pref")
     res["before"] = json.loads((sft_out / "result.json").read_text())["eval"]
@@ -258,6 +260,35 @@ def js_table(model_dir: Path, wdir: Path, n_videos: int, adapter: str = "") -> d
                      "n": len(v)} for op, v in ops.items()} for k, ops in sorted(dist.items())}
 
 
+@torch.no_grad()
+def judge_check(model_dir: Path, edir: Path, n_pairs: int = 60) -> dict:
+    """Does the model's yes/no judge (data_builders.judging, VideoSAVi's self-judge) prefer the true answer?
+
+    For the first n held-out pairs of each category, both questions are judged with "yes" and with "no" as the
+    candidate answer: {category: [share where S_judge(true) > S_judge(wrong), mean |S_judge(yes) - S_judge(no)|]}.
+    """
+    from data_builders.judging import yes_no_judge
+    from mmpo.config import ModelConfig
+    from mmpo.media import load_video
+    from mmpo.models import load_model
+
+    model, proc = load_model(ModelConfig(path=str(model_dir), num_frames=vm.NUM_FRAMES, device="cpu"))
+    judge = yes_no_judge(model, proc, "video")
+    out = {}
+    for cat in ("object_relation", "temporal"):
+        right, gaps = [], []
+        for pair in json.loads((edir / "videohallucer" / cat / f"{cat}.json").read_text())[:n_pairs]:
+            for side in ("basic", "hallucination"):
+                q = pair[side]
+                clip = load_video(edir / "videos" / q["video"], num_frames=vm.NUM_FRAMES)
+                yes, no = judge([(q["question"] + vm.VH_SUFFIX, "yes"), (q["question"] + vm.VH_SUFFIX, "no")],
+                                clip, "video")
+                right.append((yes > no) == (q["answer"] == "yes"))
+                gaps.append(abs(yes - no))
+        out[cat] = [round(sum(right) / len(right), 3), round(sum(gaps) / len(gaps), 4)]
+    return out
+
+
 def last_metrics(run_dir: Path) -> dict:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
@@ -277,6 +308,8 @@ def main(argv=None) -> dict:
     res = {"tag": args.tag, "args": vars(args), "world_s": round(time.time() - t0, 1)}
     if args.js:
         res["js"] = js_table(Path(args.out) / args.sft / "sft" / "model", wdir, args.js)
+    elif args.judge_check:
+        res["judge_check"] = judge_check(Path(args.out) / args.sft / "sft" / "model", edir)
     elif args.pref:
         res.update(preference(args, out, wdir, edir))
     else:
