@@ -17,7 +17,10 @@ the same prompts, padding and seed as one uninterrupted process.
 
 The generator is a plain callable `fn(prompts, media, temperature, seed) -> list[str]` (one media item per
 prompt) and the judge a `data_builders.judging.Judge` (`rubric`: the model writes scores; `yes_no`: its yes/no
-logits), so tests can run the real tiny model as generator with a fake judge (`build(..., judge=...)`).
+logits), so tests can run the real tiny model as generator with a fake judge (`build(..., judge=...)`). A
+question writer `fn(input_position, media, word) -> list[str]` may replace the model's own question writing
+(`build(..., ask=...)`; the demo's tiny model fills question templates from its own caption because it cannot
+write questions).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ QUESTION_TEMPLATES = {
     "temporal": ("Write one question about what happens first and what happens after in this {m}.",
                  "What happens first and what happens after in the {m} ?"),
 }
+Ask = Callable[[int, object, str], list]  # (input position, media, "video"/"image") -> questions
 CRITIQUE_PROMPT = ("Question: {q} Answer: {a} Check the answer against the {m}: list factual errors, "
                    "hallucinated objects or events, and omissions.")
 REFINE_PROMPT = "Question: {q} First answer: {a} Critique: {c} Write a corrected answer to the question."
@@ -199,7 +203,7 @@ def _critique_refine(cfg, questions, media, word, seed, generate, clip_fn, count
 
 
 def process_group(cfg: SelfQAConfig, group: list[tuple[int, SFTRecord, object]], generate: Generate,
-                  judge: Judge | None, clip_fn) -> list[tuple[list[PairRecord], dict]]:
+                  judge: Judge | None, clip_fn, ask: Ask | None = None) -> list[tuple[list[PairRecord], dict]]:
     """All pairs of a group of items of one media type, their model calls batched.
 
     Args:
@@ -208,13 +212,19 @@ def process_group(cfg: SelfQAConfig, group: list[tuple[int, SFTRecord, object]],
         generate: question/answer generator `fn(prompts, media, temperature, seed) -> list[str]`.
         judge: S_judge per (question, answer) (`data_builders.judging`); unused by critique_refine.
         clip_fn: `fn(media, texts) -> list[float]` CLIP scores, or None.
+        ask: question writer `fn(input_position, media, word) -> questions` replacing `ask_questions`, or None.
 
     Returns:
         (pairs, counters) per item, in the group's order.
     """
     word = group[0][1].media_type
     positions, media = [pos for pos, _, _ in group], [m for _, _, m in group]
-    questions, owner, fallbacks = ask_questions(cfg, positions, media, word, generate)
+    if ask is None:
+        questions, owner, fallbacks = ask_questions(cfg, positions, media, word, generate)
+    else:  # the caller's question writer, item by item
+        asked = [[q.strip() for q in ask(pos, m, word) if q.strip()] for pos, m in zip(positions, media)]
+        questions = [q for qs in asked for q in qs]
+        owner, fallbacks = [k for k, qs in enumerate(asked) for _ in qs], [0] * len(positions)
     counts = [Counter(question_fallback=f) for f in fallbacks]
     q_media, q_counts = [media[k] for k in owner], [counts[k] for k in owner]
     seed = group_seed(cfg.seed, positions[0])
@@ -237,7 +247,7 @@ def process_group(cfg: SelfQAConfig, group: list[tuple[int, SFTRecord, object]],
 
 
 def process_block(cfg: SelfQAConfig, block: list[tuple[int, SFTRecord]], root: Path, models: Callable,
-                  clip_fn) -> list[tuple[SFTRecord, list, dict, str | None]]:
+                  clip_fn, ask: Ask | None = None) -> list[tuple[SFTRecord, list, dict, str | None]]:
     """Decode a block's media, then run each media type's items as one group.
 
     Args:
@@ -261,7 +271,7 @@ def process_block(cfg: SelfQAConfig, block: list[tuple[int, SFTRecord]], root: P
         groups.setdefault(rec.media_type, []).append((pos, rec, media))
     for media_type, group in groups.items():
         generate, judge = models(media_type)
-        for (pos, rec, _), (pairs, counts) in zip(group, process_group(cfg, group, generate, judge, clip_fn)):
+        for (pos, rec, _), (pairs, counts) in zip(group, process_group(cfg, group, generate, judge, clip_fn, ask)):
             results[pos] = (rec, pairs, counts, None)
     return [results[pos] for pos, _ in block]
 
@@ -304,13 +314,15 @@ def _own_models(cfg: SelfQAConfig, media_types: set[str]) -> dict:
 
 
 def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge | None = None,
-          on_record: Callable[[int], None] | None = None) -> Path:
+          ask: Ask | None = None, on_record: Callable[[int], None] | None = None) -> Path:
     """Build self-QA preference pairs (resumable).
 
     Args:
         cfg: builder config.
         generate: override of the generator (default: the model of `cfg.model`).
         judge: override of the judge (default: the same model, as `cfg.judge` says).
+        ask: override of the question writer `fn(input_position, media, word) -> questions` (default: the
+            model writes them from the templates' instructions).
         on_record: called with the count of items committed so far (tests simulate crashes with it).
 
     Returns:
@@ -337,7 +349,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
     clip_fn = _clip_fn(cfg) if todo else None
     n = 0
     for block in progress(todo, len(todo), cfg.progress, "self_qa", unit="block"):
-        for rec, pairs, counts, skipped in process_block(cfg, block, root, models, clip_fn):
+        for rec, pairs, counts, skipped in process_block(cfg, block, root, models, clip_fn, ask):
             if writer.is_done(rec.id):  # done before a restart (same block, same calls, same results)
                 continue
             writer.commit(rec.id, pairs, counts, skipped=skipped)

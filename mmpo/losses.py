@@ -552,7 +552,8 @@ class PaMiLoss:
     Confirmed: chosen = (v, y), rejected = (T_k(v), y) with the same answer; a bag of augmented
     clips; close-to-far selection; prompt-aware JS distance from the model itself.
     RECONSTRUCTION (no code or paper body): per instance h_k = [pc - rc] - [bag_policy_k - bag_ref_k];
-    instances with bag_distance < delta_min or bag_mask False are false rejections and dropped;
+    instances with bag_distance < delta_min or bag_mask False are false rejections and dropped (the floor
+    applies from progress `floor_from` on: a warm-up for a policy that starts blind to the augmentation);
     w_k = softmax over kept k of d_k / tau(progress) (`pami_tau`; hard argmax after anneal_until),
     detached; mil_reduce="weighted_loss": l = sum_k w_k * -log sigmoid(beta h_k), or
     "weighted_logit": l = -log sigmoid(beta * sum_k w_k h_k). A sample whose bag is empty after the
@@ -564,6 +565,7 @@ class PaMiLoss:
     tau_end: float = 0.01
     anneal_until: float = 0.5
     delta_min: float = 1e-3
+    floor_from: float = 0.0
     mil_reduce: str = "weighted_loss"
     requires: ClassVar[frozenset[str]] = frozenset({"reference", "bag"})
 
@@ -585,7 +587,7 @@ class PaMiLoss:
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, pairwise=False)
-        kept = x.bag_distance >= self.delta_min
+        kept = x.bag_distance >= (self.delta_min if x.progress >= self.floor_from else float("-inf"))
         if x.bag_mask is not None:
             kept = kept & x.bag_mask.bool()
         valid = kept.any(dim=1)

@@ -278,6 +278,29 @@ def test_yes_no_judge_scores_from_the_models_logits(world, tmp_path):
         assert 1.0 <= p.scores["judge_rejected"] <= p.scores["judge_chosen"] <= 10.0
 
 
+def test_self_qa_question_writer_override(world, tmp_path):
+    """`ask` replaces the model's question writing: its questions (blank ones dropped) are the ones answered
+    and stored as the pairs' prompts; the generator never sees a question-writing instruction."""
+    seen = []
+
+    def ask(index, media, word):
+        return [f"Is there a square in the {word} number {index} ?", "  "]
+
+    def generate(prompts, media, temperature, seed):
+        seen.extend(prompts)
+        return ["yes" if temperature < 1 else "no" for _ in prompts]
+
+    judge = lambda qa, media, word: [9.0 if a == "yes" else 2.0 for _, a in qa]  # noqa: E731
+    cfg = load(SelfQAConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={tmp_path / 'ask'}", "progress=false",
+                                    "questions_per_item=2", "temperatures=[0.5, 1.5]"])
+    out = build_self_qa(cfg, generate=generate, judge=judge, ask=ask)
+    pairs = read_pairs(out / "pairs.jsonl", media_root=world["root"])
+    assert pairs and all(p.prompt.startswith("Is there a square in the image number") for p in pairs)
+    assert all((p.chosen, p.rejected) == ("yes", "no") for p in pairs)
+    assert seen and all(p.startswith("Is there a square") for p in seen)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["answers"] == 2 * len(pairs)
+
+
 def test_self_qa_critique_refine_pairs_refined_over_first(world, tmp_path):
     def fake(prompts, media, temperature, seed):
         return [("better answer : " + p.split("First answer:")[1].split("Critique:")[0].strip()) if "First answer:" in p

@@ -1,6 +1,7 @@
 """The reduced demo end to end: every stage writes its files, and the reported numbers come from predictions."""
 
 import json
+import re
 
 import pytest
 
@@ -17,8 +18,11 @@ def test_quick_demo_runs_every_stage(tmp_path):
     result = pipeline.run(tmp_path, builders=data_builders.BUILDERS, evaluators=evaluators, quick=True)
     for rel in ("world/annotations.json", "world/sft.jsonl", "models/llava/config.json", "models/clip",
                 "world/pope/coco_pope_adversarial.json", "eval/sft/predictions.jsonl", "pairs/difficulty/pairs.jsonl",
-                "pairs/augment/pairs.jsonl", "pairs/video_pami_dpo.jsonl", "runs/pami_seed0/adapter",
-                "eval/video_sft/metrics.json", "report.md", "pope_f1.png", "training_curves.png", "results.json"):
+                "pairs/video_augment/pairs.jsonl", "pairs/video_pami_dpo.jsonl", "pairs/video_self_qa/pairs.jsonl",
+                "runs/video_pamivdpo_dpo_seed0/adapter",
+                "runs/video_dpo_seed0/adapter", "runs/video_pamivdpo_seed0/adapter",
+                "eval/video_sft/metrics.json", "report.md", "pope_f1.png", "training_curves.png", "results.json",
+                "videohallucer.png"):
         assert (tmp_path / rel).exists(), rel
     for method in pipeline.METHODS:
         assert (tmp_path / "runs" / f"{method.name.lower().replace('-', '')}_seed0" / "adapter").is_dir()
@@ -32,6 +36,13 @@ def test_quick_demo_runs_every_stage(tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "SFT (before)" in report and all(m.name in report for m in pipeline.METHODS)
     assert "PaMi-VDPO" in report and 0.0 <= result["video"]["before"]["overall"]["pair_accuracy"] <= 1.0
+    # VideoSAVi trains when its 4-step model kept any pair (it may name no object to ask about)
+    savi_kept = bool((tmp_path / "pairs" / "video_self_qa" / "pairs.jsonl").read_text().strip())
+    assert (tmp_path / "runs" / "video_videosavi_seed0" / "adapter").is_dir() == savi_kept
+    assert set(result["video"]["after"]) == {"DPO", "PaMi-VDPO", "PaMi-VDPO + DPO"} | ({"VideoSAVi"} if savi_kept else set())
+    assert not re.search(r"± 0\.0+(?![0-9])", report) and "1 seed" in report  # one seed: no made-up "± 0.0"
+    # the counter-prior split is scored from the written answers
+    assert set(result["video"]["before"]["temporal_by_prior"]) <= {"prior", "counter", "none"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["after"]) == {m.name for m in pipeline.METHODS}
 

@@ -4,6 +4,7 @@ Steps are few (seconds on one CPU thread); the real recipe's numbers are in benc
 """
 
 import json
+import re
 
 import pytest
 import torch
@@ -28,10 +29,13 @@ def sft(world, tmp_path_factory):
     return out, vm.train_video_model(world, out, seed=0, steps=12, batch_size=8, lr=3e-3, clip_steps=3)
 
 
-def test_suffix_is_videohallucers():
+def test_suffix_and_judge_prompt_are_the_evaluators_and_builders():
+    from data_builders.judging import YES_NO_PROMPT
     from eval.videohallucer import PROMPT_SUFFIX
+    from mmpo.demo.world import JUDGE_Q
 
     assert vm.VH_SUFFIX == PROMPT_SUFFIX  # duplicated in mmpo core (no eval import); must stay equal
+    assert JUDGE_Q == YES_NO_PROMPT  # the SFT teaches the judge prompt the self-QA builder asks
 
 
 def test_sft_checkpoint_loads_and_loss_falls(sft):
@@ -46,10 +50,21 @@ def test_sft_checkpoint_loads_and_loss_falls(sft):
     for a, b in zip(model.model.vision_tower.parameters(), init.model.vision_tower.parameters(), strict=True):
         assert torch.equal(a, b)
     rows = [json.loads(line) for line in (out / "sft_video_vh.jsonl").read_text().splitlines()]
-    qa = [r["prompt"] for r in rows if r["answer"] in ("yes", "no")]
+    qa = [r["prompt"] for r in rows if r["meta"]["kind"] in ("qa", "order")]
     caps = [r for r in rows if r["prompt"] == vm.CAPTION_Q]
     assert qa and all(p.endswith(vm.VH_SUFFIX) for p in qa)
-    assert len(caps) == 6 and all(r["answer"].startswith("There is") for r in caps)  # one caption per video
+    assert len(caps) == 6 and all(r["answer"].startswith("First a") for r in caps)  # one caption per video
+    assert not [r for r in rows if r["meta"]["kind"] == "judge"]  # off by default (JUDGE_RECORDS = 0)
+
+
+def test_judge_records_say_yes_exactly_when_the_candidate_is_true(world, tmp_path):
+    rows = [json.loads(line) for line in vm.suffixed_sft(world, tmp_path / "s.jsonl", judge=2).read_text().splitlines()]
+    judge = [r for r in rows if r["meta"]["kind"] == "judge"]
+    assert len(judge) == 6 * 2 and {r["answer"] for r in judge} == {"yes", "no"}
+    for r in judge:
+        question, candidate = re.match(r"Question: (.*) Answer: (yes|no) Is this", r["prompt"], re.S).groups()
+        truth = next(x["answer"] for x in rows if x["prompt"] == question and x["media"] == r["media"])
+        assert r["answer"] == ("yes" if candidate == truth else "no")
 
 
 def test_eval_world_is_held_out(world, tmp_path):
@@ -75,3 +90,72 @@ def test_pami_pairs_and_training_write_an_adapter(world, sft, tmp_path):
     assert (adapter / "adapter_config.json").exists()
     rows = [json.loads(line) for line in (tmp_path / "pref" / "metrics.jsonl").read_text().splitlines()]
     assert "pami/kept_fraction" in rows[-1] and "rewards/margins" in rows[-1]  # both terms of PAMI_LOSS ran
+
+
+def test_prior_breakdown_scores_each_tag(tmp_path):
+    """Pair accuracy per prior tag from a run's reference results file, with the hit rule passed in."""
+    from eval.videohallucer_metrics import hit
+
+    (tmp_path / "run" / "results").mkdir(parents=True)
+    (tmp_path / "vh" / "temporal").mkdir(parents=True)
+    side = lambda a, p: {"video": "v.mp4", "question": "q", "answer": a, "predict": p}  # noqa: E731
+    rows = [{"basic": side("yes", "yes"), "hallucination": side("no", "no")},     # prior: both right
+            {"basic": side("yes", "yes"), "hallucination": side("no", "yes")},    # counter: follows the prior
+            {"basic": side("yes", "No."), "hallucination": side("no", "no")},     # counter: right on one side
+            {"basic": side("yes", "Yes"), "hallucination": side("no", "no")}]     # none
+    (tmp_path / "run" / "results" / "temporal.json").write_text(json.dumps(rows))
+    (tmp_path / "vh" / "temporal" / "prior.json").write_text(json.dumps(["prior", "counter", "counter", "none"]))
+    got = vm.prior_breakdown(tmp_path / "run", tmp_path / "vh", hit)
+    assert got["prior"]["pair_accuracy"] == 1.0 and got["none"]["n_pairs"] == 1
+    assert got["counter"] == {"basic_accuracy": 0.5, "hallucinated_accuracy": 0.5, "pair_accuracy": 0.0, "n_pairs": 2}
+
+
+def test_savi_questions_come_from_what_the_model_named():
+    import numpy as np
+
+    from mmpo.demo.world import WorldConfig
+
+    cfg = WorldConfig()
+    named = vm.named_objects("First a red circle appears, then a green triangle, then a blue square.", cfg.classes)
+    assert named == ["circle", "triangle", "square"]
+    for seed in range(10):
+        order_q, presence_q = vm.savi_questions(named, cfg, np.random.default_rng(seed))
+        # the named co-occurring pair (circle, square) is the order question, in either direction
+        assert order_q.split("\n")[0] in ("Does the circle appear before the square?",
+                                          "Does the square appear before the circle?")
+        # presence: the partner of a named object that the model did not name (triangle -> cross)
+        assert presence_q.startswith("Is there a cross in the video?") and presence_q.endswith(vm.VH_SUFFIX)
+    assert vm.savi_questions([], cfg, np.random.default_rng(0)) == []
+
+
+def test_savi_pairs_with_a_fixed_asker_and_the_likelihood_judge(world, sft, tmp_path):
+    """VideoSAVi through the self_qa builder: the unlabelled videos are new ones, every question is answered at
+    the 4 temperatures, the likelihood judge scores yes/no as 1 + 9 P (the two sum to 11) and other text as
+    unusable; kept pairs are best vs worst judged and train with DPO."""
+    from data_builders.self_qa import SelfQAConfig, build
+    from mmpo.config import from_dict
+    from mmpo.media import load_video
+
+    out, model_dir = sft
+    videos = vm.unlabelled_videos(world, tmp_path / "unl", n_videos=2)
+    assert (tmp_path / "unl" / "videos" / "00000.mp4").read_bytes() != (world / "videos" / "00000.mp4").read_bytes()
+    questions = ["Does the circle appear before the square?" + vm.VH_SUFFIX, "Is there a ring in the video?" + vm.VH_SUFFIX]
+    model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=vm.NUM_FRAMES, device="cpu"))
+    judge = vm.likelihood_judge(model, processor)
+    clip = load_video(tmp_path / "unl" / "videos" / "00000.mp4", num_frames=vm.NUM_FRAMES)
+    yes, no, other = judge([(questions[0], "yes"), (questions[0], "No."), (questions[0], "a ring")], clip, "video")
+    assert yes + no == pytest.approx(11.0) and other is None
+
+    pairs = vm.savi_pairs(model_dir, world, videos, tmp_path / "sq",
+                          lambda f, **kw: build(from_dict(SelfQAConfig, f), **kw), min_gap=0.0, judge="likelihood",
+                          ask=lambda index, media, word: list(questions))
+    counts = json.loads((pairs.parent / "manifest.json").read_text())["counts"]
+    assert counts["answers"] == 2 * len(questions) * 4
+    kept = read_pairs(pairs, tmp_path / "unl")
+    assert len(kept) == counts["pairs"]
+    for p in kept:
+        assert p.prompt in questions and p.chosen != p.rejected
+        assert p.scores["judge_chosen"] >= p.scores["judge_rejected"]
+    if kept:
+        adapter = vm.train_pami(model_dir, pairs, tmp_path / "savi", tmp_path / "unl", steps=2, loss=vm.SAVI_LOSS)
+        assert (adapter / "adapter_config.json").exists()

@@ -279,6 +279,23 @@ def test_pami_guard_and_mask_drop_instances_and_empty_bags():
     assert loss.item() == 0.0 and loss.requires_grad and m["pami/empty_fraction"] == 1.0
 
 
+def test_pami_floor_warm_up_keeps_every_instance_until_floor_from():
+    """Before progress `floor_from` no instance is below the floor (an order-blind policy's temporal clips,
+    d ~ 0, still train); from `floor_from` on the guard drops them as usual. Masked padding stays out."""
+    x = bag([-1.0, 1.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0], [0.2, 0.4, 1e-4, 1e-4], progress=0.2)
+    early, m = loss_of("pami", x, beta=1.0, floor_from=0.5)
+    assert m["pami/kept_fraction"] == 1.0 and m["pami/empty_fraction"] == 0.0
+    tau = pami_tau(0.2)
+    w2 = 1 / (1 + math.exp(-(0.4 - 0.2) / tau))
+    sample1 = (1 - w2) * ls(1.0) + w2 * ls(-1.0)
+    assert early.item() == pytest.approx((sample1 + ls(-0.5)) / 2)  # sample 2: h = -0.5 - 0 on both instances
+    late = bag([-1.0, 1.0, 0.0, 0.0], [-1.0, -1.0, 0.0, 0.0], [0.2, 0.4, 1e-4, 1e-4], progress=0.6)
+    assert loss_of("pami", late, beta=1.0, floor_from=0.5)[1]["pami/kept_fraction"] == 0.5
+    masked = bag([-1.0, float("nan"), 0.0, 0.0], [-1.0, 5.0, 0.0, 0.0], [0.2, 0.9, 0.0, 0.0],
+                 mask=[True, False, True, True], progress=0.0)
+    assert math.isfinite(loss_of("pami", masked, beta=1.0, floor_from=1.0)[0].item())
+
+
 # ----------------------------------------------------------------------------- JS distance
 
 

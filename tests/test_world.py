@@ -236,3 +236,64 @@ def test_partner_scale_and_class_colours():
         assert all(o["colour"] == W.CLASS_COLOURS[o["cls"]] for o in sc["objects"])
     rnd = W.make_scenes(dataclasses.replace(cfg, colour_mode="random"), "train")
     assert any(o["colour"] != W.CLASS_COLOURS[o["cls"]] for sc in rnd for o in sc["objects"])
+
+
+# -- the video world's temporal prior ------------------------------------------------------------------
+
+@pytest.mark.parametrize("p", [0.95, 0.5, 0.0])
+def test_temporal_prior_follows_knob(p):
+    """Among videos holding both objects of a pair, the first of the pair enters first with probability p."""
+    cfg = small_cfg(co_prob=1.0, order_prob=p)
+    canonical = []
+    for seed in range(600):
+        objs = W.sample_video(cfg, np.random.default_rng(seed))
+        enter = {o["cls"]: o["appear"] for o in objs}
+        canonical += [enter[a] < enter[b] for a, b in cfg.pairs if a in enter and b in enter]
+    assert len(canonical) > 500 and abs(np.mean(canonical) - p) < 0.04
+
+
+def test_video_windows_are_ordered_and_short():
+    """Objects enter at least 2 frames apart, one at frame 0, and each stays `video_linger` frames past the next
+    entrance (the last one to the end); at most `max_video_objects` objects."""
+    for linger in (0, 1):
+        cfg = small_cfg(video_linger=linger)
+        for seed in range(200):
+            objs = sorted(W.sample_video(cfg, np.random.default_rng(seed)), key=lambda o: o["appear"])
+            assert 2 <= len(objs) <= cfg.max_video_objects and objs[0]["appear"] == 0
+            for a, b in zip(objs, objs[1:]):
+                assert b["appear"] - a["appear"] >= 2 and a["disappear"] == b["appear"] + linger
+            assert objs[-1]["disappear"] == cfg.frames
+
+
+def test_video_sft_order_questions_and_captions(built):
+    cfg, out, _ = built
+    gts = {g["video"]: g for g in json.loads((out / "video_events.json").read_text())}
+    recs = read_sft(out / "sft_video.jsonl", media_root=out)
+    order = [r for r in recs if r.meta["kind"] == "order"]
+    assert order and {r.answer for r in order} == {"yes", "no"}
+    for r in order:
+        x, y = re.match(r"Does the (\w+) appear before the (\w+)\?", r.prompt).groups()
+        seq = gts[r.media[0]]["order"]
+        assert r.answer == ("yes" if seq.index(x) < seq.index(y) else "no")
+    assert W.video_caption(["dot", "bar"], {"dot": "brown", "bar": "purple"}) == \
+        "First a brown dot appears, then a purple bar."
+
+
+def test_temporal_pairs_ask_the_pair_and_tag_the_prior(tmp_path):
+    """Temporal pairs ask about the video's co-occurring pair when it has one; prior.json says whether the true
+    order is the canonical one ("prior"), the other one ("counter") or not about a pair ("none")."""
+    cfg = small_cfg(n_videos=60, co_prob=0.6, order_prob=0.5)
+    gts = W.make_video_world(cfg, tmp_path)
+    counts = W.write_videohallucer(gts, cfg, tmp_path / "vh")
+    pairs = json.loads((tmp_path / "vh" / "temporal" / "temporal.json").read_text())
+    tags = json.loads((tmp_path / "vh" / "temporal" / "prior.json").read_text())
+    assert len(tags) == len(pairs) == counts["temporal"] and {"prior", "counter"} <= set(tags)
+    by_video = {g["video"].split("/")[-1]: g["order"] for g in gts}
+    for p, tag in zip(pairs, tags):
+        x, y = re.match(r"Does the (\w+) appear before the (\w+)\?", p["basic"]["question"]).groups()
+        seq = by_video[p["basic"]["video"]]
+        assert seq.index(x) < seq.index(y)
+        has_pair = any(a in seq and b in seq for a, b in cfg.pairs)
+        assert (tag != "none") == has_pair  # the pair is asked whenever the video has one
+        assert tag == {"none": "none", True: "prior", False: "counter"}[
+            "none" if W.partner_of(x, cfg) != y else W.canonical_first(x, cfg)]

@@ -31,6 +31,7 @@ from mmpo.config import TrainConfig
 from mmpo.records import read_sft, write_jsonl
 
 FAMILY = "llava_next_video"
+SHIPPED_CLIP = Path(__file__).parent / "assets" / "models" / "clip"  # the image world's CLIP (same shapes)
 IMAGE_SIZE = 64  # frame side the tower sees (world videos are 64x64); patch 16 -> 16 patches, 4 tokens/frame
 NUM_FRAMES = 8  # frames per clip (= the world's frames), 4 pooled tokens each -> 32 video tokens
 # hidden_states[-3] of the 2-layer tower = its input embeddings (patch embedding + position, after
@@ -45,9 +46,17 @@ FEATURE_LAYER = -3
 VH_SUFFIX = "\nAnswer the question using 'yes' or 'no'."
 
 CAPTION_Q = "Describe the video."
+# Held-out evaluation videos (`video_eval_world`): half the pair videos break the temporal prior.
+EVAL_VIDEOS = 300
+EVAL_CO_PROB = 0.5
+EVAL_ORDER_PROB = 0.5
 CAPTIONS = True  # add one caption record per video to the SFT data (see `suffixed_sft`)
+# Self-QA judge records per video in the SFT data (see `suffixed_sft`): 0, because the tiny model does not learn
+# the judge (benchmarks/LOG.md, 2026-11-28: with 1 or 4 per video it still preferred the right answer only 50-57%
+# of the time, and 4 per video cost temporal accuracy).
+JUDGE_RECORDS = 0
 CLIP_STEPS = 150  # contrastive steps on video frames (0 = keep the factory's random tower)
-SFT_STEPS = 600
+SFT_STEPS = 1000
 SFT_LR = 1e-3
 SFT_BATCH = 32
 
@@ -55,14 +64,49 @@ PAMI_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "
             "gaussian_noise", "gaussian_blur"]  # data_builders/augment.py DEFAULT_VIDEO_OPS
 PAMI_K = 4
 PAMI_STEPS = 150
-PAMI_LR = 5e-4
 PAMI_BATCH = 16
-PAMI_BETA = 0.1
-# Best measured preference recipe (benchmarks/LOG.md, video probe P3): pami + a dpo term on the ground-truth
-# yes/no answers of the same records (`with_wrong_answers`). PaMi alone pushed the model to answer "no"
-# (VideoHallucer basic accuracy 0.785 -> 0.27); the dpo term anchors the answer. Its gain over the SFT model
-# was within seed noise on our tiny model.
-PAMI_LOSS = [{"name": "pami", "params": {"beta": PAMI_BETA}}, {"name": "dpo", "weight": 1.0, "params": {"beta": PAMI_BETA}}]
+# beta 0.5 and lr 2e-3, as the image methods (benchmarks/LOG.md, 2026-11-28): at beta 0.1 / lr 5e-4 the PaMi
+# margins stayed ~0.03 in 150 steps and counter-prior temporal pair accuracy moved 0.325 -> 0.35 (1 seed);
+# at beta 0.5 / lr 2e-3 it reached 0.61 ± 0.08 (3 seeds; 0.42-0.70 over all runs). 100 steps, K 3 or batch 12
+# gave 0.38-0.44: the effect needs the full budget.
+PAMI_LR = 2e-3
+PAMI_BETA = 0.5
+PAMI_TERM = {"name": "pami", "params": {"beta": PAMI_BETA}}
+DPO_TERM = {"name": "dpo", "params": {"beta": PAMI_BETA}}
+# PaMi + a dpo term on the true yes/no answers of the same records (`with_wrong_answers`): PaMi alone moves
+# the object answers towards one word, "yes" or "no" depending on the run (benchmarks/LOG.md); the dpo term
+# anchors them.
+PAMI_LOSS = [PAMI_TERM, DPO_TERM]
+
+
+@dataclasses.dataclass
+class VideoMethod:
+    """One video preference recipe the demo compares (trained by `train_pami` with its loss list)."""
+
+    name: str  # row label
+    data: str  # pair set: answers (true vs wrong yes/no) | bags (PaMi bags + wrong answer) | savi (self-QA pairs)
+    loss: list  # loss terms
+    steps: int
+    lr: float
+    note: str  # one line for the report
+
+
+def video_methods() -> list[VideoMethod]:
+    """The video rows: a DPO control, PaMi-VDPO alone, PaMi-VDPO + DPO, VideoSAVi (recipes in benchmarks/LOG.md)."""
+    return [
+        VideoMethod("DPO", "answers", [DPO_TERM], PAMI_STEPS, PAMI_LR,
+                    "sigmoid DPO on the SFT questions' true vs wrong yes/no answers (the control for the PaMi bags)"),
+        VideoMethod("PaMi-VDPO", "bags", [PAMI_TERM], PAMI_STEPS, PAMI_LR,
+                    f"the SFT answer preferred on the original clip over a bag of K={PAMI_K} augmented clips "
+                    "(shuffle, reverse, crop, frame drop, segment swap, noise, blur); prompt-aware JS weights, "
+                    "close-to-far, false-rejection floor 1e-3"),
+        VideoMethod("PaMi-VDPO + DPO", "bags", PAMI_LOSS, PAMI_STEPS, PAMI_LR,
+                    "the same bags plus the DPO term on the true vs wrong answer of each record, equal weights"),
+        VideoMethod("VideoSAVi", "savi", SAVI_LOSS, SAVI_STEPS, SAVI_LR,
+                    f"the model's own questions on {SAVI_VIDEOS} unlabelled videos (world templates filled with the "
+                    "objects its caption names), 4 answers sampled at temperatures 0.2-1.0, judged by its own "
+                    "yes/no probability (gap >= 1 on 1-10), CLIP order check, DPO on the kept pairs"),
+    ]
 
 
 def world_config(world_dir: str | Path):
@@ -74,16 +118,20 @@ def world_config(world_dir: str | Path):
     return WorldConfig(**{k: v for k, v in info.get("config", {}).items() if k in fields})
 
 
-def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int = 200, co_prob: float = 0.2,
+def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int = EVAL_VIDEOS,
+                     co_prob: float = EVAL_CO_PROB, order_prob: float = EVAL_ORDER_PROB,
                      seed_offset: int = 1000) -> Path:
     """Held-out videos plus VideoHallucer pair files (object_relation, temporal) for evaluation.
 
     Args:
         world_dir: the training world (its world.json config is reused).
-        out_dir: output folder: videos/, video_events.json, videohallucer/<category>/<category>.json.
+        out_dir: output folder: videos/, video_events.json, videohallucer/<category>/<category>.json and
+            videohallucer/temporal/prior.json (each temporal pair's relation to the prior).
         n_videos: held-out videos.
-        co_prob: partner probability of the held-out videos (low: more absent partners to ask about,
-            as POPE's adversarial split and world.py's test_co_prob do).
+        co_prob: partner probability of the held-out videos (lower than training: absent partners to ask
+            about, as POPE's adversarial split and world.py's test_co_prob do; high enough that many videos
+            hold a whole pair for the temporal questions).
+        order_prob: P(a pair in its canonical order); 0.5 makes half the pair videos counter-prior.
         seed_offset: added to the world seed so no held-out video equals a training one.
 
     Returns:
@@ -91,44 +139,94 @@ def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int =
     """
     from mmpo.demo.world import make_video_world, write_videohallucer
 
-    cfg = dataclasses.replace(world_config(world_dir), seed=world_config(world_dir).seed + seed_offset,
-                              n_videos=n_videos, co_prob=co_prob)
+    base = world_config(world_dir)
+    cfg = dataclasses.replace(base, seed=base.seed + seed_offset, n_videos=n_videos, co_prob=co_prob,
+                              order_prob=order_prob)
     out = Path(out_dir)
     gts = make_video_world(cfg, out)
     write_videohallucer(gts, cfg, out / "videohallucer")
     return out / "videohallucer"
 
 
-def suffixed_sft(world_dir: str | Path, out_path: str | Path, suffix: str = VH_SUFFIX,
-                 captions: bool = CAPTIONS) -> Path:
-    """The world's sft_video.jsonl with `suffix` on each yes/no prompt, plus one caption record per video.
+def prior_breakdown(eval_dir: str | Path, vh_dir: str | Path, hit: Callable[[str, str], bool]) -> dict:
+    """Temporal basic / hallucinated / pair accuracy per relation to the prior (prior, counter, none).
 
-    Captions ("Describe the video." -> "There is a red circle with a blue square, and ...") put a loss on
-    every object word of a video, the dense alignment signal of LLaVA's first stage (Liu et al. 2023,
-    arXiv 2304.08485 §4.2: projector pre-training on image-caption pairs); the yes/no answers alone are
-    one token each.
+    Args:
+        eval_dir: a VideoHallucer run's out_dir (its results/temporal.json holds the answers).
+        vh_dir: the data folder (temporal/prior.json tags each pair, in file order).
+        hit: the reference hit rule `hit(answer, predict)` (eval.videohallucer_metrics.hit).
+
+    Returns:
+        {tag: {basic_accuracy, hallucinated_accuracy, pair_accuracy, n_pairs}} for the tags present.
+    """
+    rows = json.loads((Path(eval_dir) / "results" / "temporal.json").read_text())
+    tags = json.loads((Path(vh_dir) / "temporal" / "prior.json").read_text())
+    if len(rows) != len(tags):
+        raise ValueError(f"{eval_dir}: {len(rows)} scored temporal pairs but {len(tags)} prior tags")
+    out = {}
+    for tag in ("prior", "counter", "none"):
+        sel = [r for r, t in zip(rows, tags) if t == tag]
+        if not sel:
+            continue
+        b = [hit(r["basic"]["answer"], r["basic"]["predict"]) for r in sel]
+        h = [hit(r["hallucination"]["answer"], r["hallucination"]["predict"]) for r in sel]
+        out[tag] = {"basic_accuracy": sum(b) / len(sel), "hallucinated_accuracy": sum(h) / len(sel),
+                    "pair_accuracy": sum(x and y for x, y in zip(b, h)) / len(sel), "n_pairs": len(sel)}
+    return out
+
+
+def suffixed_sft(world_dir: str | Path, out_path: str | Path, suffix: str = VH_SUFFIX,
+                 captions: bool = CAPTIONS, judge: int = JUDGE_RECORDS, seed: int = 0) -> Path:
+    """The world's sft_video.jsonl with `suffix` on each yes/no prompt, plus one caption and `judge` judge
+    records per video.
+
+    Captions ("Describe the video." -> "First a red circle appears, then a blue square.") put a loss on
+    every object word of a video in order of entrance, the dense alignment signal of LLaVA's first stage
+    (Liu et al. 2023, arXiv 2304.08485 §4.2: projector pre-training on image-caption pairs); the yes/no
+    answers alone are one token each. Judge records (off by default) ask the self-QA builder's yes/no judge
+    question (`world.JUDGE_Q`) about one of the video's questions and a candidate answer (yes half the time):
+    an attempt to teach the model to judge its own answers for VideoSAVi. It did not learn it (benchmarks/LOG.md,
+    2026-11-28: the right answer preferred 46-50% of the time without them, 50-57% with 1 or 4 per video, score
+    gaps ~0.01 on the 1-10 scale): the label is an XOR of the candidate and the truth, so neither alone
+    correlates with it and a small model gets no first-order signal.
 
     Args:
         world_dir: world folder (sft_video.jsonl, video_events.json, world.json).
         out_path: output JSONL.
         suffix: appended to every yes/no prompt (VideoHallucer's evaluation suffix).
         captions: add the caption records.
+        judge: judge records per video (distinct questions; 0 = none).
+        seed: picks the judged question and candidate answer.
 
     Returns:
         `out_path`.
     """
-    from mmpo.demo.world import caption
+    import numpy as np
+
+    from mmpo.demo.world import JUDGE_Q, video_caption
     from mmpo.records import SFTRecord, make_id
 
     world = Path(world_dir)
     recs = [dataclasses.replace(r, prompt=r.prompt + suffix) for r in read_sft(world / "sft_video.jsonl")]
+    extra = []
     if captions:
-        cfg = world_config(world)
         for gt in json.loads((world / "video_events.json").read_text()):
-            text = caption(gt["objects"], cfg)
-            recs.append(SFTRecord(make_id([gt["video"]], CAPTION_Q, text), (gt["video"],), "video", CAPTION_Q,
-                                  text, {"kind": "caption"}))
-    write_jsonl(out_path, recs)
+            text = video_caption(gt["order"], {o["cls"]: o["colour"] for o in gt["objects"]})
+            extra.append(SFTRecord(make_id([gt["video"]], CAPTION_Q, text), (gt["video"],), "video", CAPTION_Q,
+                                   text, {"kind": "caption"}))
+    if judge:
+        rng = np.random.default_rng([seed, 7])
+        by_video: dict = {}
+        for r in recs:
+            by_video.setdefault(r.media, []).append(r)
+        for media, rows in by_video.items():
+            for i in rng.choice(len(rows), size=min(judge, len(rows)), replace=False):
+                r = rows[int(i)]
+                candidate = "yes" if rng.random() < 0.5 else "no"
+                q = JUDGE_Q.format(q=r.prompt, a=candidate, m=r.media_type)
+                a = "yes" if candidate == r.answer else "no"
+                extra.append(SFTRecord(make_id(list(media), q, a), media, "video", q, a, {"kind": "judge"}))
+    write_jsonl(out_path, recs + extra)
     return Path(out_path)
 
 
@@ -227,7 +325,8 @@ def sft_config(model_dir: str | Path, data: str | Path, out_dir: str | Path, med
 def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0, steps: int = SFT_STEPS,
                       words: list[str] | None = None, lr: float = SFT_LR, batch_size: int = SFT_BATCH,
                       train_tower: bool = False, clip_steps: int = CLIP_STEPS,
-                      feature_layer: int | None = None, captions: bool = CAPTIONS) -> Path:
+                      feature_layer: int | None = None, captions: bool = CAPTIONS,
+                      judge: int = JUDGE_RECORDS) -> Path:
     """Build and SFT the tiny video LLaVA on the world's video QA.
 
     Args:
@@ -242,6 +341,7 @@ def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0,
         clip_steps: contrastive CLIP pretraining steps on the world's frames (0 = random tower).
         feature_layer: tower layer for the projector (default: -1 with a pretrained CLIP, else FEATURE_LAYER).
         captions: add caption records to the SFT data.
+        judge: self-QA judge records per video in the SFT data.
 
     Returns:
         The trained checkpoint folder (`out_dir/sft/model`), loadable by `mmpo.models.load_model`.
@@ -255,13 +355,36 @@ def train_video_model(world_dir: str | Path, out_dir: str | Path, seed: int = 0,
     if feature_layer is None:
         feature_layer = -1 if visual is not None else FEATURE_LAYER
     init = make_video_model(out / "init", words, seed=seed, visual=visual, feature_layer=feature_layer)
-    data = suffixed_sft(world, out / "sft_video_vh.jsonl", captions=captions)
+    data = suffixed_sft(world, out / "sft_video_vh.jsonl", captions=captions, judge=judge, seed=seed)
     cfg = sft_config(init, data, out / "sft", world, seed, steps, lr, batch_size)
     model, processor = load_model(cfg.model, cfg.lora, trainable=True)
     if train_tower:
         model.model.vision_tower.requires_grad_(True)
     run = train(cfg, model=model, processor=processor)
     return run / "model"
+
+
+def yes_no_records(sft_path: str | Path, out_path: str | Path) -> Path:
+    """The presence and order questions of an SFT file (kinds "qa" and "order"): the preference stages' source.
+
+    Captions have no single wrong answer, and judge records are about answers, not the video."""
+    recs = [r for r in read_sft(sft_path) if r.meta.get("kind") in ("qa", "order")]
+    write_jsonl(out_path, recs)
+    return Path(out_path)
+
+
+def answer_pairs(sft_path: str | Path, out_path: str | Path) -> Path:
+    """Plain DPO pairs from yes/no SFT records: chosen = the true answer, rejected = the other one, same video."""
+    from mmpo.records import PairRecord, pair_id
+
+    recs = []
+    for r in read_sft(sft_path):
+        wrong = {"yes": "no", "no": "yes"}[r.answer]
+        recs.append(PairRecord(id=pair_id(list(r.media), r.prompt, r.answer, wrong), media=r.media,
+                               media_type=r.media_type, prompt=r.prompt, chosen=r.answer, rejected=wrong,
+                               source="video_answers"))
+    write_jsonl(out_path, recs)
+    return Path(out_path)
 
 
 def pami_pairs(sft_path: str | Path, media_root: str | Path, out_dir: str | Path, build: Callable[..., Path],
@@ -321,7 +444,8 @@ def pami_config(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, m
 
 
 def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, media_root: str | Path,
-               seed: int = 0, steps: int = PAMI_STEPS, lr: float = PAMI_LR, loss: list[dict] | None = None) -> Path:
+               seed: int = 0, steps: int = PAMI_STEPS, lr: float = PAMI_LR, loss: list[dict] | None = None,
+               batch_size: int = PAMI_BATCH) -> Path:
     """PaMi-VDPO (or any preference loss list) on top of the SFT video model.
 
     Args:
@@ -332,6 +456,7 @@ def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, me
         seed: data order seed.
         steps: optimizer steps.
         lr: peak learning rate.
+        batch_size: pairs per step.
         loss: loss terms (default PAMI_LOSS: pami + dpo; the pairs then need `with_wrong_answers`).
 
     Returns:
@@ -339,5 +464,188 @@ def train_pami(model_dir: str | Path, pairs: str | Path, out_dir: str | Path, me
     """
     from mmpo.trainer import train
 
-    run = train(pami_config(model_dir, pairs, out_dir, media_root, seed, steps, lr, loss=loss))
+    run = train(pami_config(model_dir, pairs, out_dir, media_root, seed, steps, lr, batch_size, loss=loss))
     return run / "adapter"
+
+
+# -- VideoSAVi: the model questions, answers and judges itself on unlabelled videos ----------------------------
+
+SAVI_VIDEOS = 160  # unlabelled videos from the training distribution (~40-60 pairs kept)
+# Gentler than the other video methods (lr 2e-3): its few pairs mostly prefer "no" (31 of 37 in the probe), and
+# at lr 2e-3 even 10 steps moved the model to answering "no" (benchmarks/LOG.md, 2026-11-28).
+SAVI_STEPS = 50
+SAVI_LR = 5e-4
+SAVI_BETA = 0.5
+SAVI_LOSS = [{"name": "dpo", "params": {"beta": SAVI_BETA}}]
+SAVI_MIN_GAP = 1.0  # METHODS §2 default
+# The builder's yes/no judge ("Is this answer correct for the video?") is at chance on this model (see
+# JUDGE_RECORDS), so VideoSAVi judges an answer by the model's own probability of it (`likelihood_judge`).
+SAVI_JUDGE = "likelihood"
+
+
+def unlabelled_videos(world_dir: str | Path, out_dir: str | Path, n_videos: int = SAVI_VIDEOS,
+                      seed_offset: int = 2000) -> Path:
+    """New videos from the training distribution (same co-occurrence and temporal prior), without labels.
+
+    The self-QA builder reads only media from its input, so each video is listed as an SFT record whose
+    prompt and answer are placeholders; the videos' ground truth (video_events.json) is never read by VideoSAVi.
+
+    Args:
+        world_dir: the training world (its config is reused with another seed).
+        out_dir: output folder: videos/, video_events.json, videos.jsonl.
+        n_videos: videos to render.
+        seed_offset: added to the world seed (the held-out evaluation uses 1000).
+
+    Returns:
+        The videos.jsonl path (media relative to `out_dir`).
+    """
+    from mmpo.demo.world import make_video_world
+    from mmpo.records import SFTRecord, make_id
+
+    base = world_config(world_dir)
+    cfg = dataclasses.replace(base, seed=base.seed + seed_offset, n_videos=n_videos)
+    out = Path(out_dir)
+    gts = make_video_world(cfg, out)
+    recs = [SFTRecord(make_id([g["video"]], "unlabelled"), (g["video"],), "video", CAPTION_Q, "unlabelled",
+                      {"kind": "unlabelled"}) for g in gts]
+    write_jsonl(out / "videos.jsonl", recs)
+    return out / "videos.jsonl"
+
+
+def named_objects(text: str, classes: list[str]) -> list[str]:
+    """Class words in `text`, first mention first, each once ("First a red circle appears, then a ..." -> [circle, ...])."""
+    import re
+
+    out = []
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w in classes and w not in out:
+            out.append(w)
+    return out
+
+
+def savi_questions(named: list[str], cfg, rng) -> list[str]:
+    """Questions from the world's templates about what the model itself named (in VideoHallucer's form).
+
+    Temporal: the order of two named objects (their co-occurring pair when the model named one), asked in
+    a random direction. Presence: the partner of a named object that the model did not name (else another
+    unnamed class): the question the co-occurrence prior answers "yes".
+
+    Args:
+        named: objects the model named, first mention first.
+        cfg: world config (classes, pairs).
+        rng: numpy Generator (direction and choices).
+
+    Returns:
+        Up to two questions, each ending with VH_SUFFIX.
+    """
+    from mmpo.demo.world import ORDER_Q, VIDEO_Q, partner_of
+
+    qs = []
+    if len(named) >= 2:
+        mates = [(x, y) for x in named for y in named if partner_of(x, cfg) == y]
+        x, y = mates[int(rng.integers(len(mates)))] if mates else tuple(str(c) for c in rng.choice(named, 2, False))
+        qs.append(ORDER_Q.format(x, y))
+    if named:
+        unnamed = [c for c in cfg.classes if c not in named]
+        mates = [partner_of(c, cfg) for c in named if partner_of(c, cfg) in unnamed]
+        pool = mates or unnamed
+        if pool:
+            qs.append(VIDEO_Q.format(pool[int(rng.integers(len(pool)))]))
+    return [q + VH_SUFFIX for q in qs]
+
+
+def savi_asker(model, processor, cfg, seed: int = 0) -> Callable[[int, object, str], list[str]]:
+    """Question writer for the self-QA builder (`build(..., ask=...)`).
+
+    The tiny model cannot write questions (it was never taught to; the builder's free-form instructions gave
+    poor questions in the earlier demo), so it describes the video (greedy, "Describe the video.") and the
+    world's question templates are filled with the objects it named: the questions are about what the model
+    itself believes it saw, their wording is the world's.
+    """
+    import numpy as np
+
+    from mmpo.models import generate_answers
+
+    def ask(index: int, media, word: str) -> list[str]:
+        text = generate_answers(model, processor, [CAPTION_Q], [media], word, max_new_tokens=24)[0][0]
+        return savi_questions(named_objects(text, cfg.classes), cfg, np.random.default_rng([seed, index]))
+
+    return ask
+
+
+def savi_sampler(model, processor) -> Callable[[list, list, float, int], list]:
+    """Answer generator for the self-QA builder: one sampled answer per prompt at `temperature`."""
+    from mmpo.models import generate_answers
+
+    def generate(prompts: list, media: list, temperature: float, seed: int) -> list:
+        if not prompts:  # the model named no object: no question to answer
+            return []
+        out = generate_answers(model, processor, prompts, media, "video", temperature=temperature,
+                               max_new_tokens=3, seed=seed)
+        return [o[0] for o in out]
+
+    return generate
+
+
+def likelihood_judge(model, processor) -> Callable[[list, object, str], list]:
+    """S_judge(a) = 1 + 9 P(a | question, video), P over yes/no from the model's own answer logits.
+
+    A substitute for the builder's yes/no judge, which asks "Is this answer correct for the video?": the tiny
+    model never learns that question (see JUDGE_RECORDS), but it does answer the question itself, so it
+    judges an answer by how likely it finds it. Answers other than yes/no are unusable (None).
+    """
+    import math
+
+    from mmpo.models.scoring import margins_plain, yes_no_ids
+
+    ids = yes_no_ids(processor)
+
+    def judge(qa: list, media, word: str) -> list:
+        if not qa:
+            return []
+        questions = list(dict.fromkeys(q for q, _ in qa))
+        margin = dict(zip(questions, margins_plain(model, processor, questions, [media] * len(questions), word, ids)))
+        out = []
+        for q, a in qa:
+            p_yes = 1 / (1 + math.exp(-max(min(margin[q], 50.0), -50.0)))
+            word_ = a.strip().lower().rstrip(".")
+            out.append(None if word_ not in ("yes", "no") else 1 + 9 * (p_yes if word_ == "yes" else 1 - p_yes))
+        return out
+
+    return judge
+
+
+def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path, out_dir: str | Path,
+               build: Callable[..., Path], clip_model: str | Path = "", seed: int = 0,
+               min_gap: float = SAVI_MIN_GAP, judge: str = SAVI_JUDGE, ask=None) -> Path:
+    """VideoSAVi v1 pairs: own questions, 4 answers sampled at temperatures 0.2-1.0, a self-judge, best vs
+    worst judged (gap >= `min_gap` on the 1-10 scale), CLIP order check.
+
+    Args:
+        model_dir: the SFT video model (asks, answers and judges).
+        world_dir: the training world (classes and pairs for the question templates).
+        videos: unlabelled video list (`unlabelled_videos`).
+        out_dir: builder output folder.
+        build: callable(config fields dict, ask=, generate=) -> folder; the demo passes the self_qa builder.
+        clip_model: open_clip checkpoint for the CLIP check ("" = off).
+        seed: sampling seed.
+        min_gap: judge-score gap (1-10 scale) between chosen and rejected.
+        judge: "yes_no" (the builder's: P(yes) to "Is this answer correct for the video?") or "likelihood"
+            (`likelihood_judge`).
+        ask: question writer replacing `savi_asker` (tests).
+
+    Returns:
+        The pairs JSONL path.
+    """
+    from mmpo.config import ModelConfig
+    from mmpo.models import load_model
+
+    model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=NUM_FRAMES, device="cpu"))
+    cfg = world_config(world_dir)
+    folder = build({"in_sft": str(videos), "media_root": str(Path(videos).parent), "out_dir": str(out_dir),
+                    "seed": seed, "model": {"path": str(model_dir), "num_frames": NUM_FRAMES},
+                    "judge": "yes_no", "min_gap": min_gap, "clip_model": str(clip_model), "progress": False,
+                    "fresh": True},
+                   ask=ask or savi_asker(model, processor, cfg, seed), generate=savi_sampler(model, processor),
+                   judge=likelihood_judge(model, processor) if judge == "likelihood" else None)
+    return Path(folder) / "pairs.jsonl"

@@ -7,7 +7,12 @@ that POPE's adversarial split measures (Li et al. 2023, arXiv 2305.10355: negati
 co-occur most with the ones present). Difficulty knobs (object size, pixel noise, occlusion of partners)
 weaken the visual evidence so the prior wins more often.
 
-Videos: objects that appear, move and disappear, with per-frame tracks and appear/disappear events.
+Videos: objects that enter one after another, each visible for its own stretch of frames while it moves, with
+per-frame tracks and appear/disappear events. The temporal prior is the video analogue of co-occurrence: when
+both objects of a pair are in a training video, the first of the pair (`PAIRS[i][0]`) enters first with
+probability `order_prob` (0.95). A model can then answer "Does the circle appear before the square?" from
+the prior instead of the frames; held-out videos that break the order (`video_eval_world`) measure that
+temporal hallucination, as VideoHallucer's temporal category does.
 
 Outputs of `build_world(cfg, out_dir)`:
     images/{train,test}_NNNNN.png, annotations.json (COCO instances, test split: what the POPE question
@@ -46,6 +51,11 @@ IMAGE_Q = "Is there a {} in the image?"
 VIDEO_Q = "Is there a {} in the video?"
 ORDER_Q = "Does the {} appear before the {}?"
 CAPTION_Q = "Describe the image."
+# The self-QA builder's yes/no judge prompt (data_builders/judging.py YES_NO_PROMPT, duplicated because mmpo core
+# never imports the builders; a test keeps them equal): video SFT teaches it so the model can judge itself.
+JUDGE_Q = "Question: {q} Answer: {a} Is this answer correct for the {m}? Answer yes or no."
+# Video captions name the objects in order of entrance, so every caption puts a loss on the order itself.
+ORDER_CAPTION = ("First a {} appears", ", then a {}", ".")
 PUNCTUATION = ["?", ".", ",", "'"]
 
 
@@ -68,6 +78,12 @@ class WorldConfig:
     noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale)
     occlusion: float = 0.0  # P(a partner object is half covered by a grey occluder)
     partner_scale: float = 0.4  # partners (objects added by co-occurrence) are drawn this much smaller
+    order_prob: float = 0.95  # P(the first of a pair enters first | both in a training video): the temporal prior
+    order_qa_per_video: int = 4  # "Does the X appear before the Y?" records per training video (both orders)
+    # Video defaults = the recipe measured in benchmarks/LOG.md (2026-11-28, run T2): after 1000 SFT steps temporal
+    # pair accuracy 0.95 on prior-consistent, 0.33 on counter-prior and 0.86 on no-prior held-out pairs.
+    max_video_objects: int = 3  # objects per video at most (each gets >= 2 of the `frames` frames)
+    video_linger: int = 1  # frames an object stays after the next one has entered (0: back-to-back windows)
     frames: int = 8  # frames per video (>= 8)
     video_width: int = 64  # >= 64: decord 0.6.0 mangles 16/48-px-wide frames (ENVIRONMENT.md §2a)
     video_height: int = 64
@@ -306,29 +322,82 @@ def make_image_world(cfg: WorldConfig, out_dir: str | Path) -> dict:
 
 # -- video world -------------------------------------------------------------------------------------
 
-def sample_video(cfg: WorldConfig, rng: np.random.Generator) -> list[dict]:
-    """Objects of one video with distinct classes and distinct appearance frames.
+def canonical_first(cls: str, cfg: WorldConfig) -> bool | None:
+    """True if `cls` is the first of its co-occurring pair (it enters first under the temporal prior),
+    False if it is the second, None if it has no partner."""
+    for a, b in cfg.pairs:
+        if cls in (a, b):
+            return cls == a
+    return None
+
+
+def entrance_order(classes: list[str], cfg: WorldConfig, rng: np.random.Generator, order_prob: float) -> list[str]:
+    """A random order of entrance in which each co-occurring pair keeps its canonical order with prob `order_prob`.
+
+    Args:
+        classes: the video's classes.
+        cfg: world config (pairs).
+        rng: numpy Generator (consumed).
+        order_prob: P(first of a pair before the second) for each pair present.
+
+    Returns:
+        The classes in order of entrance.
+    """
+    order = [str(c) for c in rng.permutation(classes)]
+    for a, b in cfg.pairs:
+        if a in order and b in order:
+            ia, ib = order.index(a), order.index(b)
+            if (ia < ib) != (rng.random() < order_prob):  # swap the two places: the others keep theirs
+                order[ia], order[ib] = order[ib], order[ia]
+    return order
+
+
+def _windows(n: int, frames: int, rng: np.random.Generator, min_len: int = 2) -> list[int]:
+    """Entrance frames of n back-to-back windows covering `frames`, each at least `min_len` long (first at 0)."""
+    min_len = min(min_len, frames // n)
+    spare = frames - n * min_len
+    extra = np.bincount(rng.integers(0, n, size=spare), minlength=n) if spare else np.zeros(n, int)
+    lengths = [min_len + int(e) for e in extra]
+    return [int(v) for v in np.cumsum([0] + lengths[:-1])]
+
+
+def sample_video(cfg: WorldConfig, rng: np.random.Generator, co_prob: float | None = None,
+                 order_prob: float | None = None) -> list[dict]:
+    """Objects of one video: distinct classes that enter one after another (the events).
+
+    Each object is visible from its entrance until `video_linger` frames after the next object enters (the
+    last one until the end), moving linearly; entrances are at least 2 frames apart. Short, ordered
+    windows make "which came first" a matter of where in the clip an object is, which the tiny 2-layer
+    language model over 8 frames learns to read (benchmarks/LOG.md, 2026-11-28; in the earlier world, where
+    objects stayed until a random late frame, it answered "yes" to both orders).
+
+    Args:
+        cfg: world config.
+        rng: numpy Generator (consumed).
+        co_prob: partner probability (default `cfg.co_prob`).
+        order_prob: P(a pair in canonical order) (default `cfg.order_prob`).
 
     Returns:
         [{cls, colour, size, start: [x, y], end: [x, y], appear, disappear}] where the object is visible
-        on frames appear <= t < disappear and moves linearly from start to end.
+        on frames appear <= t < disappear.
     """
+    co_prob = cfg.co_prob if co_prob is None else co_prob
+    order_prob = cfg.order_prob if order_prob is None else order_prob
     T, W, H = cfg.frames, cfg.video_width, cfg.video_height
     k = int(rng.integers(max(2, cfg.min_objects), max(2, cfg.max_objects) + 1))
     classes = [str(c) for c in rng.choice(cfg.classes, size=min(k, len(cfg.classes)), replace=False)]
     for cls in list(classes):
         mate = partner_of(cls, cfg)
-        if mate is not None and mate not in classes and mate in cfg.classes and rng.random() < cfg.co_prob:
+        if mate is not None and mate not in classes and mate in cfg.classes and rng.random() < co_prob:
             classes.append(mate)
-    classes = classes[:max(1, T // 2)]
-    appears = sorted(int(a) for a in rng.choice(np.arange(1, T // 2 + 1), size=len(classes) - 1, replace=False))
-    appears = [0] + appears  # the first object is there from the start; the others enter one by one
+    classes = entrance_order(classes[:max(1, min(T // 2, cfg.max_video_objects))], cfg, rng, order_prob)
+    appears = _windows(len(classes), T, rng)
     objs = []
-    for cls, a in zip(classes, [int(v) for v in rng.permutation(appears)]):
+    for i, (cls, a) in enumerate(zip(classes, appears)):
         s = int(rng.integers(cfg.size_range[0], cfg.size_range[1] + 1))
         start = [int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))]
         end = [int(rng.integers(0, W - s + 1)), int(rng.integers(0, H - s + 1))]
-        gone = int(rng.integers(a + 2, T + 1)) if rng.random() < 0.5 and a + 2 < T else T
+        gone = min(T, appears[i + 1] + cfg.video_linger) if i + 1 < len(appears) else T
         objs.append({"cls": cls, "colour": _colour(cls, cfg, rng), "size": s, "start": start,
                      "end": end, "appear": a, "disappear": gone})
     return objs
@@ -478,21 +547,44 @@ def write_sft(scenes: list[dict], cfg: WorldConfig, path: str | Path) -> int:
     return write_jsonl(path, recs)
 
 
+def video_caption(order: list[str], colours: dict[str, str]) -> str:
+    """'First a red circle appears, then a blue square.': the objects in order of entrance."""
+    head, then, stop = ORDER_CAPTION
+    names = [f"{colours[c]} {c}" for c in order]
+    return head.format(names[0]) + "".join(then.format(n) for n in names[1:]) + stop
+
+
+def order_qa(order: list[str], n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Up to n distinct "Does the X appear before the Y?" questions with their yes/no answers.
+
+    Both directions of a pair are candidates, so the answers are balanced and the words alone (which
+    object is named first) never give the answer away.
+    """
+    combos = [(x, y) for x in order for y in order if x != y]
+    picks = rng.choice(len(combos), size=min(n, len(combos)), replace=False) if combos else []
+    return [(ORDER_Q.format(*combos[i]), "yes" if order.index(combos[i][0]) < order.index(combos[i][1]) else "no")
+            for i in sorted(int(v) for v in picks)]
+
+
 def write_sft_video(gts: list[dict], cfg: WorldConfig, path: str | Path) -> int:
-    """Write video SFT JSONL: presence QA and appearance-order questions per video."""
+    """Write video SFT JSONL: presence QA and order questions per video (captions: `video_caption`)."""
     rng = np.random.default_rng([cfg.seed, 4])
     recs = []
     for gt in gts:
         media = (gt["video"],)
-        qas = [(VIDEO_Q.format(o), a) for o, a, _ in qa_for(gt["order"], cfg, rng)]
-        if len(gt["order"]) >= 2:
-            i, j = sorted(int(v) for v in rng.choice(len(gt["order"]), size=2, replace=False))
-            first, second = gt["order"][i], gt["order"][j]
-            qas.append(ORDER_Q.format(*((first, second) if rng.random() < 0.5 else (second, first))))
-            qas[-1] = (qas[-1], "yes" if qas[-1] == ORDER_Q.format(first, second) else "no")
-        for q, a in qas:
-            recs.append(SFTRecord(make_id(list(media), q, a), media, "video", q, a, {"kind": "qa"}))
+        qas = [(VIDEO_Q.format(o), a, "qa") for o, a, _ in qa_for(gt["order"], cfg, rng)]
+        qas += [(q, a, "order") for q, a in order_qa(gt["order"], cfg.order_qa_per_video, rng)]
+        for q, a, kind in qas:
+            recs.append(SFTRecord(make_id(list(media), q, a), media, "video", q, a, {"kind": kind}))
     return write_jsonl(path, recs)
+
+
+def order_prior(x: str, y: str, cfg: WorldConfig) -> str:
+    """How "x enters before y" relates to the temporal prior: "prior" (a pair in its canonical order),
+    "counter" (a pair in the other order) or "none" (not a co-occurring pair)."""
+    if partner_of(x, cfg) != y:
+        return "none"
+    return "prior" if canonical_first(x, cfg) else "counter"
 
 
 def _vh(video: str, q: str, a: str) -> dict:
@@ -506,13 +598,17 @@ def write_videohallucer(gts: list[dict], cfg: WorldConfig, out_dir: str | Path) 
     co-occurring partner (no; an absent non-partner when the partner is there); type "subject" when the
     present object is the first to appear, else "object".
     temporal/temporal.json: basic "Does the X appear before the Y?" (true order, yes), hallucination with
-    X and Y swapped (no); type "temporal_relative". `video` is the bare file name, as in the reference.
+    X and Y swapped (no); type "temporal_relative". X and Y are the video's co-occurring pair when it has
+    one (so the pair tests the temporal prior), else two random objects. `video` is the bare file name, as
+    in the reference. temporal/prior.json (beside the reference file, same order) tags each temporal pair
+    with `order_prior` of its true order: "prior", "counter" (the hallucination question is the one the
+    prior answers "yes") or "none".
 
     Returns:
-        Pair counts per category.
+        Pair counts per category and per prior tag ("temporal_prior", "temporal_counter", "temporal_none").
     """
     rng = np.random.default_rng([cfg.seed, 5])
-    rel, tmp = [], []
+    rel, tmp, tags = [], [], []
     for gt in gts:
         order, vid = gt["order"], gt["video"]
         absent = [c for c in cfg.classes if c not in order]
@@ -524,22 +620,26 @@ def write_videohallucer(gts: list[dict], cfg: WorldConfig, out_dir: str | Path) 
                         "hallucination": _vh(vid, VIDEO_Q.format(neg), "no"),
                         "type": "subject" if obj == order[0] else "object"})
         if len(order) >= 2:
-            i, j = sorted(int(v) for v in rng.choice(len(order), size=2, replace=False))
-            tmp.append({"basic": _vh(vid, ORDER_Q.format(order[i], order[j]), "yes"),
-                        "hallucination": _vh(vid, ORDER_Q.format(order[j], order[i]), "no"),
-                        "type": "temporal_relative"})
+            pairs = [(x, y) for x in order for y in order if order.index(x) < order.index(y)]
+            mates = [p for p in pairs if partner_of(p[0], cfg) == p[1]]
+            x, y = mates[int(rng.integers(len(mates)))] if mates else pairs[int(rng.integers(len(pairs)))]
+            tmp.append({"basic": _vh(vid, ORDER_Q.format(x, y), "yes"),
+                        "hallucination": _vh(vid, ORDER_Q.format(y, x), "no"), "type": "temporal_relative"})
+            tags.append(order_prior(x, y, cfg))
     counts = {}
     for name, pairs in (("object_relation", rel), ("temporal", tmp)):
         d = Path(out_dir) / name
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{name}.json").write_text(json.dumps(pairs, indent=4))  # reference files: indent 4
         counts[name] = len(pairs)
+    (Path(out_dir) / "temporal" / "prior.json").write_text(json.dumps(tags))
+    counts.update({f"temporal_{t}": tags.count(t) for t in ("prior", "counter", "none")})
     return counts
 
 
 def world_words(cfg: WorldConfig) -> list[str]:
     """Every word the world's prompts, answers and captions use, plus punctuation, for a word-level tokenizer."""
-    texts = [IMAGE_Q, VIDEO_Q, ORDER_Q, CAPTION_Q, "There is a with and", "yes no Yes No",
+    texts = [IMAGE_Q, VIDEO_Q, ORDER_Q, CAPTION_Q, *ORDER_CAPTION, "There is a with and", "yes no Yes No",
              "Answer the question using a single word or phrase 'yes' or 'no'"]
     words = {w for t in texts for w in t.replace("{}", " ").replace("?", " ").replace(".", " ")
              .replace(",", " ").replace("'", " ").split()}
