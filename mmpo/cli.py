@@ -238,9 +238,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message comes, not when the handler was made
+    (an in-process caller, a notebook or a test harness may swap and close the stream in between)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def show_progress_messages() -> None:
     """mmpo's own INFO messages (length pre-flight, resume, skips) on stderr; libraries keep their levels."""
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("mmpo: %(message)s"))
     for name in ("mmpo", "data_builders", "eval"):
         logger = logging.getLogger(name)

@@ -142,3 +142,20 @@ def test_string_overrides_are_taken_as_written():
                                                  'model.path="a\\tb"', "lr=1e-4", "loss=[{name: ipo}]"])
     assert (cfg.output_dir, cfg.data.train, cfg.model.path) == ("runs/exp #2", "2024-01-01", "a\tb")
     assert cfg.lr == 1e-4 and cfg.loss[0].name == "ipo"
+
+
+def test_progress_messages_follow_the_current_stderr(monkeypatch):
+    """A caller that swaps and closes sys.stderr between runs (pytest, notebooks) gets no logging error."""
+    import io
+    import logging
+
+    from mmpo import cli
+
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    cli.show_progress_messages()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("mmpo").info("after the swap")
+    assert "mmpo: after the swap" in second.getvalue()

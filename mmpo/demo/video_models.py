@@ -377,13 +377,13 @@ def answer_pairs(sft_path: str | Path, out_path: str | Path) -> Path:
     """Plain DPO pairs from yes/no SFT records: chosen = the true answer, rejected = the other one, same video."""
     from mmpo.records import PairRecord, pair_id
 
-    recs = []
+    recs = {}  # by id: the SFT file asks some questions twice, and pair files hold each pair once
     for r in read_sft(sft_path):
         wrong = {"yes": "no", "no": "yes"}[r.answer]
-        recs.append(PairRecord(id=pair_id(list(r.media), r.prompt, r.answer, wrong), media=r.media,
-                               media_type=r.media_type, prompt=r.prompt, chosen=r.answer, rejected=wrong,
-                               source="video_answers"))
-    write_jsonl(out_path, recs)
+        rid = pair_id(list(r.media), r.prompt, r.answer, wrong)
+        recs.setdefault(rid, PairRecord(id=rid, media=r.media, media_type=r.media_type, prompt=r.prompt,
+                                        chosen=r.answer, rejected=wrong, source="video_answers"))
+    write_jsonl(out_path, recs.values())
     return Path(out_path)
 
 
