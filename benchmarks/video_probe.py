@@ -234,9 +234,9 @@ def js_table(model_dir: Path, wdir: Path, n_videos: int, adapter: str = "") -> d
 
     from mmpo.config import ModelConfig
     from mmpo.logprobs import plain_logps
-    from mmpo.losses import js_divergence
     from mmpo.media import augment, load_video
     from mmpo.models import encode_answers, encode_prompts, load_model
+    from mmpo.pami import js_divergence
     from mmpo.records import AugSpec
 
     model, proc = load_model(ModelConfig(path=str(model_dir), adapter=adapter, num_frames=vm.NUM_FRAMES, device="cpu"))
@@ -282,7 +282,7 @@ def judge_check(model_dir: Path, edir: Path, n_pairs: int = 60) -> dict:
                 q = pair[side]
                 clip = load_video(edir / "videos" / q["video"], num_frames=vm.NUM_FRAMES)
                 yes, no = judge([(q["question"] + vm.VH_SUFFIX, "yes"), (q["question"] + vm.VH_SUFFIX, "no")],
-                                clip, "video")
+                                [clip, clip], "video")
                 right.append((yes > no) == (q["answer"] == "yes"))
                 gaps.append(abs(yes - no))
         out[cat] = [round(sum(right) / len(right), 3), round(sum(gaps) / len(gaps), 4)]

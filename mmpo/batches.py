@@ -23,6 +23,7 @@ import torch
 from mmpo.lengths import too_long_message
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
+from mmpo.pami import encode_bag
 from mmpo.records import AugSpec, PairRecord, RecordFile, SFTRecord, scan_records
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class PairCollator:
                    for r, m in zip(recs, media)]
             extra["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
         if "bag" in self.requires:
-            extra.update(self._bag(recs, media, prompts, mtype))
+            extra.update(encode_bag(self.processor, recs, media, prompts, mtype))
         if "gt" in self.requires:
             gts = _required_field(recs, "meta.gt", lambda r: r.meta.get("gt") or None, "a ground-truth answer")
             extra["gt"] = encode_answers(self.processor, [str(g) for g in gts])
@@ -193,25 +194,6 @@ class PairCollator:
             rejected=encode_answers(self.processor, [r.rejected for r in recs]),
             weight=torch.tensor([1.0 if r.weight is None else r.weight for r in recs]), skipped=[], **extra)
         return batch, []
-
-    def _bag(self, recs, media, prompts, mtype) -> dict:
-        k = max(len(r.rejected_bag or ()) for r in recs)
-        if k == 0:
-            r = recs[0]
-            raise ValueError(f"{r.where or 'record ' + r.id}: a bag loss needs rejected_bag specs "
-                             "(build with `mmpo build augment`)")
-        bag_prompts, mask = [], torch.zeros(len(recs), k, dtype=torch.bool)
-        for j in range(k):
-            clips = []
-            for i, (r, m) in enumerate(zip(recs, media)):
-                bag = r.rejected_bag or ()
-                if j < len(bag):
-                    clips.append(augment(m, bag[j]))
-                    mask[i, j] = True
-                else:  # padding instance: any valid media, masked out of the loss
-                    clips.append(m)
-            bag_prompts.append(encode_prompts(self.processor, prompts, clips, mtype))
-        return {"bag_prompts": bag_prompts, "bag_mask": mask}
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from mmpo.models.inputs import join_prompt_answer, media_keys
+from mmpo.pami import clip_distance
 
 LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to ~2 x B x 128 x V
 
@@ -272,33 +273,37 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_log
     return results
 
 
-def pair_logps(model, batch, requires: set, shared_prefix: bool, js_logits: bool = False) -> dict:
+def pair_logps(model, batch, requires: set, shared_prefix: bool, js_top_k: int | None = None) -> dict:
     """All answer log-probs a step needs from one model (policy or reference), for a `mmpo.batches.PairBatch`.
 
     Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
     `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
-    clip) and `gt`, `gt_tokens` (ground-truth answer). With `js_logits` (the policy's PaMi pass) also the
-    detached answer logits on the original media (`js_base`) and on each bag clip (`js_bag`), so the
-    prompt-aware distances need no forward of their own.
+    clip) and `gt`, `gt_tokens` (ground-truth answer). The policy's pass of a PaMi step gives `js_top_k`
+    (the config's `pami.js_top_k`) and also gets `bag_distance` [B, K], PaMi's prompt-aware distances
+    (`mmpo.pami`), measured on logits this pass computes anyway, one clip at a time.
     """
-    keep = js_logits and "bag" in requires
+    distances = js_top_k is not None and "bag" in requires
     extra = [batch.gt] if "gt" in requires else []
     if shared_prefix and batch.rejected_prompt is None:
         # chosen, rejected (and gt) share the media and prompt: encode them once.
-        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra], keep_logits=keep)
+        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra], keep_logits=distances)
     else:
-        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=keep),
-                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected, keep_logits=keep)]
-        outs += [plain_logps(model, batch.prompt, a, keep_logits=keep) for a in extra]
+        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=distances),
+                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected)]
+        outs += [plain_logps(model, batch.prompt, a) for a in extra]
     res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
     if "gt" in requires:
         res["gt"], res["gt_tokens"] = outs[2][:2]
     if "corrupt" in requires:
         res["corrupt"] = plain_logps(model, batch.corrupt_prompt, batch.chosen)[0]
     if "bag" in requires:
-        bag = [plain_logps(model, p, batch.chosen, keep_logits=keep) for p in batch.bag_prompts]
-        res["bag"] = torch.stack([b[0] for b in bag], 1)
-        if keep:
-            res["js_base"] = outs[0][2].detach()
-            res["js_bag"] = [b[2].detach() for b in bag]
+        bag, dist = [], []
+        for prompt in batch.bag_prompts:
+            clip = plain_logps(model, prompt, batch.chosen, keep_logits=distances)
+            bag.append(clip[0])
+            if distances:
+                dist.append(clip_distance(outs[0][2], clip[2], batch.chosen["attention_mask"], js_top_k))
+        res["bag"] = torch.stack(bag, 1)
+        if distances:
+            res["bag_distance"] = torch.stack(dist, 1)
     return res

@@ -1,4 +1,4 @@
-"""Preference losses: one small class per loss, a plain `LOSSES` dict, and the PaMi prompt-aware distance.
+"""Preference losses: one small class per loss and a plain `LOSSES` dict.
 
 Every loss maps one `LossInputs` (answer log-probs summed over tokens, [B], plus optional per-pair
 tensors) to `(scalar loss, metrics)`. The trainer reads `requires` ("reference", "corrupt", "bag", "gt",
@@ -15,7 +15,6 @@ use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: MET
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,8 +23,7 @@ import torch.nn.functional as F
 
 from mmpo.config import ConfigError, from_dict
 from mmpo.logprobs import token_forward_kl, token_logps
-
-_LOG2 = math.log(2.0)
+from mmpo.pami import pami_tau
 
 
 @dataclass(frozen=True)
@@ -109,54 +107,6 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta}")
 
 
-def _js_rows(p_logits: torch.Tensor, q_logits: torch.Tensor, top_k: int | None) -> torch.Tensor:
-    """JS(p || q) per row of [N, V] logits, in log space (natural log, so 0 <= JS <= log 2)."""
-    p_logits, q_logits = p_logits.float(), q_logits.float()
-    if top_k is not None and top_k < p_logits.shape[-1]:
-        # Union of p's and q's top-k tokens (duplicates from q masked out), then renormalise on it:
-        # the tail mass both distributions agree is negligible carries almost no divergence.
-        ip, iq = p_logits.topk(top_k, dim=-1).indices, q_logits.topk(top_k, dim=-1).indices
-        dup = (iq.unsqueeze(-1) == ip.unsqueeze(-2)).any(-1)
-        drop, idx = torch.cat([torch.zeros_like(dup), dup], dim=-1), torch.cat([ip, iq], dim=-1)
-        p_logits = p_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
-        q_logits = q_logits.gather(-1, idx).masked_fill(drop, float("-inf"))
-    lp, lq = F.log_softmax(p_logits, dim=-1), F.log_softmax(q_logits, dim=-1)
-    lm = torch.logaddexp(lp, lq) - _LOG2  # log of the mixture m = (p + q) / 2
-
-    def kl_to_m(la: torch.Tensor) -> torch.Tensor:
-        # 0 * log 0 = 0: tokens with zero probability (masked duplicates, -inf logits) add nothing.
-        return torch.where(torch.isfinite(la), la.exp() * (la - lm), torch.zeros_like(la)).sum(-1)
-
-    return (0.5 * (kl_to_m(lp) + kl_to_m(lq))).clamp(min=0.0)
-
-
-def js_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, mask: torch.Tensor,
-                  top_k: int | None = None, chunk: int = 512) -> torch.Tensor:
-    """PaMi-VDPO prompt-aware distance d: mean over answer tokens of JS(p_t || q_t) (METHODS §1 step 2).
-
-    p_t / q_t: next-token distributions of the same model on the original / augmented clip, answer
-    teacher-forced. Only masked positions are computed, `chunk` at a time, so the float32 copies stay
-    small with a 150k vocabulary. Call it under no_grad.
-
-    Args:
-        p_logits: [B, T, V] logits on the original media.
-        q_logits: [B, T, V] logits on the augmented media (same answer positions).
-        mask: [B, T] true on answer tokens.
-        top_k: if set, compare on the union of both top-k token sets, renormalised (for speed).
-        chunk: answer positions processed per step.
-
-    Returns:
-        [B] float32 mean JS in nats (0 for identical inputs, at most log 2; 0 without answer tokens).
-    """
-    b, t, v = p_logits.shape
-    rows = mask.reshape(-1).bool().nonzero().squeeze(1)
-    p_flat, q_flat = p_logits.reshape(b * t, v), q_logits.reshape(b * t, v)
-    total = torch.zeros(b, dtype=torch.float32, device=p_logits.device)
-    for part in rows.split(chunk):  # row r of the flat view belongs to sample r // t
-        total.index_add_(0, part // t, _js_rows(p_flat[part], q_flat[part], top_k))
-    return total / mask.reshape(b, t).sum(1).clamp(min=1).to(torch.float32)
-
-
 # -- distillation (token level: they need both models' logits, so they are batch losses, not LOSSES terms) --
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -207,26 +157,6 @@ def dpkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gold: torch
     ce = -masked_mean(token_logps(s, gold), mask)
     total = (1 - kd_ratio) * ce + kd_ratio * l_dpkd
     return total, {"dpkd/loss": l_dpkd.item(), "dpkd/ce": ce.item(), "dpkd/margin": masked_mean(h, mask).item()}
-
-
-def pami_tau(progress: float, tau_start: float = 10.0, tau_end: float = 0.01, anneal_until: float = 0.5) -> float:
-    """Close-to-far temperature [RECONSTRUCTION, METHODS §1 step 5]: log tau linear from log(tau_start)
-    to log(tau_end) while progress goes 0 -> anneal_until, then a hard argmax (returned as 0.0).
-
-    Args:
-        progress: fraction of training done (clipped to >= 0).
-        tau_start: temperature at progress 0 (large: near-uniform over the bag, "close").
-        tau_end: temperature at progress == anneal_until (small: near-argmax, "far").
-        anneal_until: progress after which the hard argmax is used.
-
-    Returns:
-        The temperature, or 0.0 meaning "hard argmax".
-    """
-    progress = max(progress, 0.0)
-    if anneal_until <= 0 or progress > anneal_until:
-        return 0.0
-    frac = progress / anneal_until
-    return math.exp(math.log(tau_start) + frac * (math.log(tau_end) - math.log(tau_start)))
 
 
 @dataclass
@@ -547,7 +477,8 @@ class MDPOAnchorLoss:
 
 @dataclass
 class PaMiLoss:
-    """PaMi-VDPO multi-instance video preference. Ding et al., arXiv 2504.05810 (METHODS §1).
+    """PaMi-VDPO multi-instance video preference. Ding et al., arXiv 2504.05810 (METHODS §1). The bag, the
+    distance d_k and the temperature schedule are in `mmpo.pami`.
 
     Confirmed: chosen = (v, y), rejected = (T_k(v), y) with the same answer; a bag of augmented
     clips; close-to-far selection; prompt-aware JS distance from the model itself.

@@ -52,7 +52,7 @@ from mmpo.distributed import (
 )
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import pair_logps, plain_logps
-from mmpo.losses import LossInputs, build_loss_terms, js_divergence, requires_of
+from mmpo.losses import LossInputs, build_loss_terms, requires_of
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
@@ -67,14 +67,15 @@ class PolicyLogps(torch.nn.Module):
 
     DDP expects exactly one forward per backward; the shared-prefix, corrupt and bag passes are all
     inside this one call, so `DistributedDataParallel` can wrap it unchanged (`mmpo.distributed.replicate`).
+    PaMi's distances are measured here, under the policy (`js_top_k`: the config's `pami.js_top_k`).
     """
 
-    def __init__(self, model, requires: set, shared_prefix: bool):
+    def __init__(self, model, requires: set, shared_prefix: bool, js_top_k: int = 0):
         super().__init__()
-        self.model, self.requires, self.shared_prefix = model, requires, shared_prefix
+        self.model, self.requires, self.shared_prefix, self.js_top_k = model, requires, shared_prefix, js_top_k
 
     def forward(self, batch: PairBatch) -> dict:
-        return pair_logps(self.model, batch, self.requires, self.shared_prefix, js_logits=True)
+        return pair_logps(self.model, batch, self.requires, self.shared_prefix, js_top_k=self.js_top_k)
 
 
 class AnswerLogps(torch.nn.Module):
@@ -86,15 +87,6 @@ class AnswerLogps(torch.nn.Module):
 
     def forward(self, batch: SFTBatch) -> tuple[torch.Tensor, torch.Tensor]:
         return plain_logps(self.model, batch.prompt, batch.answer)
-
-
-@torch.no_grad()
-def bag_distances(pol: dict, mask: torch.Tensor, top_k: int) -> torch.Tensor:
-    """PaMi-VDPO prompt-aware distance d_k = mean_t JS(p(.|v) || p(.|v_k)) under the current policy.
-
-    Computed from the policy's own logits of this step (detached), so it costs no extra forward.
-    """
-    return torch.stack([js_divergence(pol["js_base"], q, mask, top_k or None) for q in pol["js_bag"]], 1)
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -180,8 +172,8 @@ def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max
 
 # ----------------------------------------------------------------------------- one step
 
-def preference_step(batch: PairBatch, progress: float, *, policy, reference, terms, requires: set,
-                    top_k: int = 0) -> tuple[torch.Tensor, dict]:
+def preference_step(batch: PairBatch, progress: float, *, policy, reference, terms,
+                    requires: set) -> tuple[torch.Tensor, dict]:
     """The loss of one DPO-family micro-batch: policy log-probs -> reference log-probs -> weighted sum of terms.
 
     Args:
@@ -191,7 +183,6 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
         reference: batch -> reference log-probs (adapters off, the cached table, or a teacher).
         terms: [(weight, loss)] from `build_loss_terms`.
         requires: what the terms need ("reference", "corrupt", "bag", "gt", "delta").
-        top_k: PaMi's JS truncation (0 = the full vocabulary).
 
     Returns:
         (loss, metrics).
@@ -205,7 +196,7 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
         weight=batch.weight, score_delta=batch.score_delta,
         policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
         bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.bag_mask,
-        bag_distance=bag_distances(pol, batch.chosen["attention_mask"], top_k) if "bag" in requires else None,
+        bag_distance=pol.get("bag_distance"),
         gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
     total, metrics = 0.0, {}
     for weight, term in terms:
@@ -283,7 +274,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module is
     # wrapped (DDP must wrap the module whose forward the step runs); the data order, the optimizer and the
     # schedule are the same code for 1 or N ranks, so resume and the batches a rank draws do not depend on it.
-    step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix)
+    step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix, cfg.pami.js_top_k)
     # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
     # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
     average_by_hand = world > 1 and not procs.sharded and batch_loss is not None
@@ -300,7 +291,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     if batch_loss is None:
         batch_loss = (functools.partial(sft_step, policy=step_module) if sft else
                       functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,
-                                        requires=requires, top_k=cfg.pami.js_top_k))
+                                        requires=requires))
     optimizer = make_optimizer(cfg, params)
     scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
 

@@ -143,7 +143,7 @@ def test_savi_pairs_with_a_fixed_asker_and_the_likelihood_judge(world, sft, tmp_
     model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=vm.NUM_FRAMES, device="cpu"))
     judge = vm.likelihood_judge(model, processor)
     clip = load_video(tmp_path / "unl" / "videos" / "00000.mp4", num_frames=vm.NUM_FRAMES)
-    yes, no, other = judge([(questions[0], "yes"), (questions[0], "No."), (questions[0], "a ring")], clip, "video")
+    yes, no, other = judge([(questions[0], "yes"), (questions[0], "No."), (questions[0], "a ring")], [clip] * 3, "video")
     assert yes + no == pytest.approx(11.0) and other is None
 
     pairs = vm.savi_pairs(model_dir, world, videos, tmp_path / "sq",

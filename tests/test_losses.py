@@ -15,10 +15,9 @@ from mmpo.losses import (
     BetaDPOLoss,
     LossInputs,
     build_loss_terms,
-    js_divergence,
-    pami_tau,
     requires_of,
 )
+from mmpo.pami import js_divergence, pami_tau
 
 
 def ls(z: float) -> float:

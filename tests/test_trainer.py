@@ -270,18 +270,17 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
     from mmpo.logprobs import answer_logits, pair_logps
-    from mmpo.losses import js_divergence
     from mmpo.models import load_model
+    from mmpo.pami import js_divergence
     from mmpo.records import AugSpec, read_pairs
-    from mmpo.trainer import bag_distances
 
     model, processor = load_model(ModelConfig(path=str(world["model"])), LoraConfig(r=4), trainable=True)
     bag = (AugSpec("mdpo_crop", {}, 1), AugSpec("gaussian_noise", {"std": 80.0}, 2))
     recs = [dataclasses.replace(r, rejected_bag=bag) for r in read_pairs(world["pairs"])[:3]]
     batch = PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"bag", "reference"}))(recs)
-    pol = pair_logps(model, batch, {"bag", "reference"}, shared_prefix=True, js_logits=True)
+    pol = pair_logps(model, batch, {"bag", "reference"}, shared_prefix=True, js_top_k=0)
     mask = batch.chosen["attention_mask"]
-    ours = bag_distances(pol, mask, top_k=0)
+    ours = pol["bag_distance"]
     with torch.no_grad():
         base = answer_logits(model, batch.prompt, batch.chosen)
         separate = torch.stack([js_divergence(base, answer_logits(model, p, batch.chosen), mask)

@@ -587,12 +587,13 @@ def savi_sampler(model, processor) -> Callable[[list, list, float, int], list]:
     return generate
 
 
-def likelihood_judge(model, processor) -> Callable[[list, object, str], list]:
+def likelihood_judge(model, processor) -> Callable[[list, list, str], list]:
     """S_judge(a) = 1 + 9 P(a | question, video), P over yes/no from the model's own answer logits.
 
     A substitute for the builder's yes/no judge, which asks "Is this answer correct for the video?": the tiny
     model never learns that question (see JUDGE_RECORDS), but it does answer the question itself, so it
-    judges an answer by how likely it finds it. Answers other than yes/no are unusable (None).
+    judges an answer by how likely it finds it. Answers other than yes/no are unusable (None). Same contract
+    as `data_builders.judging.Judge`: one media item per (question, answer).
     """
     import math
 
@@ -600,14 +601,18 @@ def likelihood_judge(model, processor) -> Callable[[list, object, str], list]:
 
     ids = yes_no_ids(processor)
 
-    def judge(qa: list, media, word: str) -> list:
+    def judge(qa: list, media: list, word: str) -> list:
         if not qa:
             return []
-        questions = list(dict.fromkeys(q for q, _ in qa))
-        margin = dict(zip(questions, margins_plain(model, processor, questions, [media] * len(questions), word, ids)))
+        # One forward per distinct (question, clip): the builder judges each question's k answers together.
+        keys = [(q, id(m)) for (q, _), m in zip(qa, media, strict=True)]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        rows = sorted(first.values())
+        margins = margins_plain(model, processor, [qa[i][0] for i in rows], [media[i] for i in rows], word, ids)
+        margin = dict(zip((keys[i] for i in rows), margins, strict=True))
         out = []
-        for q, a in qa:
-            p_yes = 1 / (1 + math.exp(-max(min(margin[q], 50.0), -50.0)))
+        for key, (_, a) in zip(keys, qa):
+            p_yes = 1 / (1 + math.exp(-max(min(margin[key], 50.0), -50.0)))
             word_ = a.strip().lower().rstrip(".")
             out.append(None if word_ not in ("yes", "no") else 1 + 9 * (p_yes if word_ == "yes" else 1 - p_yes))
         return out
