@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import platform
@@ -35,15 +34,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import data_builders
-
-    for name in ("eval.runner", "eval.pope_build"):
-        importlib.import_module(name)
     from mmpo.demo import pipeline
     from mmpo.demo.video_models import video_methods
 
-    result = pipeline.run(Path(args.out), builders=data_builders.BUILDERS, evaluators=importlib.import_module("eval"),
-                          from_scratch=args.from_scratch, seeds=args.seeds,
+    result = pipeline.run(Path(args.out), from_scratch=args.from_scratch, seeds=args.seeds,
                           methods=tuple(m.name for m in pipeline.METHODS),
                           video_methods=tuple(m.name for m in video_methods()))
     before, after = result["before"], result["after"]
@@ -72,7 +66,7 @@ def main() -> None:
 
 def video_table(video: dict, headline: dict) -> list[str]:
     """The video rows (pair accuracy, mean ± std over seeds) and their gains, added to `headline`."""
-    from mmpo.demo.pipeline import _cell, video_columns
+    from mmpo.demo.report import cell, video_columns
 
     before = video_columns(video["before"])
     lines = ["Video (tiny LLaVA-NeXT-Video, held-out VideoHallucer-style pairs, pair accuracy; temporal split by the "
@@ -81,7 +75,7 @@ def video_table(video: dict, headline: dict) -> list[str]:
              "| SFT | " + " | ".join(f"{v:.3f}" for v in before.values()) + " |"]
     for name, runs in video["after"].items():
         cols = [video_columns(r) for r in runs]
-        lines.append(f"| {name} | " + " | ".join(_cell([c[k] for c in cols]) for k in before) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell([c[k] for c in cols]) for k in before) + " |")
         for key in ("temporal counter", "overall"):
             gains = [c[key] - before[key] for c in cols]
             sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")

@@ -95,7 +95,6 @@ def world(args, out: Path) -> tuple[Path, Path]:
 def evaluate(model_dir: Path, adapter: str, eval_dir: Path, out: Path) -> dict:
     """VideoHallucer (object_relation, temporal) by yes/no logits with the project's runner."""
     from eval.runner import VideoHallucerEvalConfig, run_videohallucer
-    from eval.videohallucer_metrics import hit
     from mmpo.config import ModelConfig
 
     cfg = VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), adapter=adapter, device="cpu",
@@ -105,7 +104,7 @@ def evaluate(model_dir: Path, adapter: str, eval_dir: Path, out: Path) -> dict:
                                   batch_size=16)
     res = run_videohallucer(cfg)
     keep = ("basic_accuracy", "hallucinated_accuracy", "pair_accuracy")
-    by_prior = vm.prior_breakdown(out, eval_dir / "videohallucer", hit)
+    by_prior = vm.prior_breakdown(out, eval_dir / "videohallucer")
     return {c: {k[:5]: round(res[c][k], 4) for k in keep} for c in ("object_relation", "temporal")} | {
         "overall_pair": round(res["overall"]["pair_accuracy"], 4)} | {
         f"t_{t}": {k[:5]: round(v[k], 4) for k in keep} | {"n": v["n_pairs"]} for t, v in by_prior.items()}
@@ -135,14 +134,11 @@ def losses(args) -> list[dict]:
 
 def savi(args, model_dir: Path, wdir: Path, out: Path) -> tuple[Path, dict]:
     """VideoSAVi pairs on unlabelled videos (vm.savi_pairs with the self_qa builder) and the builder's counts."""
-    from data_builders.self_qa import SelfQAConfig, build
-    from mmpo.config import from_dict
-
     folder = wdir.parent / f"unlabelled_{args.savi_videos}"
     videos = folder / "videos.jsonl" if folder.joinpath("videos.jsonl").exists() else \
         vm.unlabelled_videos(wdir, folder, n_videos=args.savi_videos)
-    pairs = vm.savi_pairs(model_dir, wdir, videos, out / "savi", lambda f, **kw: build(from_dict(SelfQAConfig, f), **kw),
-                          clip_model=args.savi_clip, seed=args.seed, min_gap=args.savi_min_gap, judge=args.savi_judge)
+    pairs = vm.savi_pairs(model_dir, wdir, videos, out / "savi", clip_model=args.savi_clip, seed=args.seed,
+                          min_gap=args.savi_min_gap, judge=args.savi_judge)
     counts = json.loads((pairs.parent / "manifest.json").read_text())["counts"]
     return pairs, counts | pair_label_accuracy(pairs, videos.parent, vm.world_config(wdir))
 
@@ -174,7 +170,6 @@ def pair_label_accuracy(pairs: Path, video_dir: Path, cfg) -> dict:
 
 def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
     """Pairs -> LoRA preference training on the SFT model -> evaluation."""
-    from data_builders.augment import AugmentConfig, build
 
     sft_out = Path(args.out) / args.sft
     model_dir, sft_data = sft_out / "sft" / "model", sft_out / "sft_video_vh.jsonl"
@@ -188,8 +183,7 @@ def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
         pairs, res["savi_counts"] = savi(args, model_dir, wdir, out)
     else:
         source = vm.yes_no_records(sft_data, out / "yes_no_sft.jsonl")
-        pairs = bag = vm.pami_pairs(source, wdir, out / "pairs", lambda **kw: build(AugmentConfig(**kw)),
-                                    num_candidates=k, ops=args.ops.split(","), seed=args.seed)
+        pairs = bag = vm.pami_pairs(source, wdir, out / "pairs", num_candidates=k, ops=args.ops.split(","), seed=args.seed)
     if args.pref == "dpo_gt":
         pairs = gt_pairs(source, out / "gt_pairs.jsonl")
     elif args.pref == "pami+dpo":

@@ -83,7 +83,7 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
     if args.no_clip_pretrain or args.clip_steps == 0:
         stats["clip_s"] = round(time.time() - t0, 1)
         return model.visual.eval(), stats
-    from mmpo.clip import contrastive_train
+    from mmpo.demo.image_models import contrastive_train
 
     loss = contrastive_train(model, images, texts, args.clip_steps, lr=args.clip_lr, batch_size=args.clip_batch,
                              seed=args.seed, log=lambda line: print(line, flush=True))

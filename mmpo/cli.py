@@ -114,16 +114,9 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args) -> int:
     """The whole build -> train -> evaluate loop on the built-in synthetic world."""
-    import importlib
-
-    import data_builders
     from mmpo.demo import pipeline
 
-    for name in ("eval.runner", "eval.pope_build"):  # the submodules the demo uses
-        importlib.import_module(name)
-    evaluators = importlib.import_module("eval")
-    pipeline.run(Path(args.out), builders=data_builders.BUILDERS, evaluators=evaluators, quick=args.quick,
-                 from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video,
+    pipeline.run(Path(args.out), quick=args.quick, from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video,
                  methods=tuple(m for m in args.methods.split(",") if m) or None)
     return 0
 

@@ -1,8 +1,8 @@
 """CLIP scoring with open_clip: image/video-text similarity and media-media similarity.
 
 Used by the builders (VideoSAVi-style CLIP filtering of answers, DA-DPO-style contrastive scores,
-a prefilter that drops augmentations too close to the original) and by the synthetic demo, which
-trains a tiny CLIP made here.
+a prefilter that drops augmentations too close to the original). The synthetic demo trains a tiny CLIP
+made here (`mmpo.demo.image_models.contrastive_train`).
 
 Checkpoints are open_clip `local-dir:` folders (`open_clip_config.json` with `model_cfg` and
 `preprocess_cfg`, plus `open_clip_model.safetensors`), loaded offline. `make_tiny_clip` writes a
@@ -65,12 +65,13 @@ def tiny_clip_config(image_size: int = 64, embed_dim: int = 64, width: int = 64,
     }
 
 
-def _save_weights(model: torch.nn.Module, out_dir: Path) -> None:
+def save_weights(model: torch.nn.Module, out_dir: str | Path) -> None:
+    """Write an open_clip model's weights into a `local-dir:` folder (next to its config)."""
     from safetensors.torch import save_file
 
     # contiguous() + clone: safetensors refuses non-contiguous or storage-sharing tensors.
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_NAME))
+    save_file(state, str(Path(out_dir) / WEIGHTS_NAME))
 
 
 def make_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 64, embed_dim: int = 64,
@@ -105,7 +106,7 @@ def make_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = 64, emb
             model = open_clip.create_model(LOCAL_DIR + str(out_dir), device="cpu")
     finally:
         logging.disable(logging.NOTSET)
-    _save_weights(model, out_dir)
+    save_weights(model, out_dir)
     return out_dir
 
 
@@ -272,50 +273,3 @@ def load_clip(path_or_name: str | Path, device: str | torch.device = "cpu", batc
         name = LOCAL_DIR + name
     model, _, preprocess = open_clip.create_model_and_transforms(name, device=device)
     return ClipScorer(model, preprocess, open_clip.get_tokenizer(name), device, batch_size)
-
-
-def contrastive_train(model, pixels: torch.Tensor, tokens: torch.Tensor, steps: int, lr: float = 1e-3,
-                      batch_size: int = 128, seed: int = 0, log=None) -> float:
-    """Train an open_clip model with CLIP's symmetric InfoNCE loss (Radford et al. 2021, arXiv 2103.00020, Fig. 3).
-
-    Identical captions in a batch are true matches too, so the target is spread evenly over them. The BPE
-    token-embedding table stays frozen: it is ~94% of a tiny CLIP's parameters and tripled the step time
-    (benchmarks/LOG.md, world probe), while a small world uses a few dozen of its rows.
-
-    Args:
-        model: an open_clip CLIP (trained in place, left in eval mode).
-        pixels: [N, 3, H, W] preprocessed images.
-        tokens: [N, context] tokenised captions, row i describing image i.
-        steps: AdamW steps (weight decay 0.1, 30-step warm-up then cosine).
-        lr: peak learning rate.
-        batch_size: pairs per step, drawn with replacement.
-        seed: batch-sampling seed.
-        log: optional callable for progress lines.
-
-    Returns:
-        The last step's loss.
-    """
-    import math
-
-    model.train()
-    model.token_embedding.weight.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    loss = torch.tensor(float("nan"))
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
-        fi = model.encode_image(pixels[idx], normalize=True)
-        ft = model.encode_text(tokens[idx], normalize=True)
-        logits = model.logit_scale.exp() * fi @ ft.t()
-        same = (tokens[idx][:, None, :] == tokens[idx][None, :, :]).all(-1).float()
-        target = same / same.sum(1, keepdim=True)
-        loss = -0.5 * ((target * logits.log_softmax(1)).sum(1).mean() + (target * logits.t().log_softmax(1)).sum(1).mean())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if log is not None and (step % 50 == 0 or step == steps - 1):
-            log(f"  clip step {step + 1}/{steps} loss {loss.item():.3f}")
-    model.eval()
-    return loss.item()

@@ -128,7 +128,8 @@ def test_contrastive_train_lowers_the_loss(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from mmpo.clip import contrastive_train, load_clip, make_tiny_clip
+    from mmpo.clip import load_clip, make_tiny_clip
+    from mmpo.demo.image_models import contrastive_train
 
     scorer = load_clip(make_tiny_clip(tmp_path / "c", seed=0, image_size=64))
     red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)

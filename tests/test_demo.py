@@ -8,14 +8,10 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage(tmp_path):
-    import data_builders
-    import eval as evaluators
-    import eval.pope_build  # noqa: F401  (the pipeline uses these submodules)
-    import eval.runner  # noqa: F401
     from eval import pope, pope_metrics
     from mmpo.demo import pipeline
 
-    result = pipeline.run(tmp_path, builders=data_builders.BUILDERS, evaluators=evaluators, quick=True)
+    result = pipeline.run(tmp_path, quick=True)
     for rel in ("world/annotations.json", "world/sft.jsonl", "models/llava/config.json", "models/clip",
                 "world/pope/coco_pope_adversarial.json", "eval/sft/predictions.jsonl", "pairs/difficulty/pairs.jsonl",
                 "pairs/video_augment/pairs.jsonl", "pairs/video_pami_dpo.jsonl", "pairs/video_self_qa/pairs.jsonl",

@@ -29,15 +29,6 @@ def sft(world, tmp_path_factory):
     return out, vm.train_video_model(world, out, seed=0, steps=12, batch_size=8, lr=3e-3, clip_steps=3)
 
 
-def test_suffix_and_judge_prompt_are_the_evaluators_and_builders():
-    from data_builders.judging import YES_NO_PROMPT
-    from eval.videohallucer import PROMPT_SUFFIX
-    from mmpo.demo.world import JUDGE_Q
-
-    assert vm.VH_SUFFIX == PROMPT_SUFFIX  # duplicated in mmpo core (no eval import); must stay equal
-    assert JUDGE_Q == YES_NO_PROMPT  # the SFT teaches the judge prompt the self-QA builder asks
-
-
 def test_sft_checkpoint_loads_and_loss_falls(sft):
     out, model_dir = sft
     rows = [json.loads(line) for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
@@ -76,11 +67,8 @@ def test_eval_world_is_held_out(world, tmp_path):
 
 
 def test_pami_pairs_and_training_write_an_adapter(world, sft, tmp_path):
-    from data_builders.augment import AugmentConfig, build
-
     out, model_dir = sft
-    pairs_path = vm.pami_pairs(out / "sft_video_vh.jsonl", world, tmp_path / "pairs",
-                               lambda **kw: build(AugmentConfig(**kw)), num_candidates=2)
+    pairs_path = vm.pami_pairs(out / "sft_video_vh.jsonl", world, tmp_path / "pairs", num_candidates=2)
     pairs = read_pairs(pairs_path, world)
     assert pairs and all(p.chosen == p.rejected and len(p.rejected_bag) == 2 for p in pairs)
     both = read_pairs(vm.with_wrong_answers(pairs_path, tmp_path / "both.jsonl"), world)
@@ -93,8 +81,7 @@ def test_pami_pairs_and_training_write_an_adapter(world, sft, tmp_path):
 
 
 def test_prior_breakdown_scores_each_tag(tmp_path):
-    """Pair accuracy per prior tag from a run's reference results file, with the hit rule passed in."""
-    from eval.videohallucer_metrics import hit
+    """Pair accuracy per prior tag from a run's reference results file, scored with the reference hit rule."""
 
     (tmp_path / "run" / "results").mkdir(parents=True)
     (tmp_path / "vh" / "temporal").mkdir(parents=True)
@@ -105,7 +92,7 @@ def test_prior_breakdown_scores_each_tag(tmp_path):
             {"basic": side("yes", "Yes"), "hallucination": side("no", "no")}]     # none
     (tmp_path / "run" / "results" / "temporal.json").write_text(json.dumps(rows))
     (tmp_path / "vh" / "temporal" / "prior.json").write_text(json.dumps(["prior", "counter", "counter", "none"]))
-    got = vm.prior_breakdown(tmp_path / "run", tmp_path / "vh", hit)
+    got = vm.prior_breakdown(tmp_path / "run", tmp_path / "vh")
     assert got["prior"]["pair_accuracy"] == 1.0 and got["none"]["n_pairs"] == 1
     assert got["counter"] == {"basic_accuracy": 0.5, "hallucinated_accuracy": 0.5, "pair_accuracy": 0.0, "n_pairs": 2}
 
@@ -132,8 +119,6 @@ def test_savi_pairs_with_a_fixed_asker_and_the_likelihood_judge(world, sft, tmp_
     """VideoSAVi through the self_qa builder: the unlabelled videos are new ones, every question is answered at
     the 4 temperatures, the likelihood judge scores yes/no as 1 + 9 P (the two sum to 11) and other text as
     unusable; kept pairs are best vs worst judged and train with DPO."""
-    from data_builders.self_qa import SelfQAConfig, build
-    from mmpo.config import from_dict
     from mmpo.media import load_video
 
     out, model_dir = sft
@@ -146,8 +131,7 @@ def test_savi_pairs_with_a_fixed_asker_and_the_likelihood_judge(world, sft, tmp_
     yes, no, other = judge([(questions[0], "yes"), (questions[0], "No."), (questions[0], "a ring")], [clip] * 3, "video")
     assert yes + no == pytest.approx(11.0) and other is None
 
-    pairs = vm.savi_pairs(model_dir, world, videos, tmp_path / "sq",
-                          lambda f, **kw: build(from_dict(SelfQAConfig, f), **kw), min_gap=0.0, judge="likelihood",
+    pairs = vm.savi_pairs(model_dir, world, videos, tmp_path / "sq", min_gap=0.0, judge="likelihood",
                           ask=lambda index, media, word: list(questions))
     counts = json.loads((pairs.parent / "manifest.json").read_text())["counts"]
     assert counts["answers"] == 2 * len(questions) * 4

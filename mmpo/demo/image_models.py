@@ -29,8 +29,53 @@ SFT_STEPS, SFT_LR, SFT_BATCH = 700, 1e-3, 64
 
 
 def _cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay (the SFT schedule)."""
+    """Linear warm-up then cosine decay (the CLIP and SFT schedule of the world models)."""
     return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def contrastive_train(model, pixels: torch.Tensor, tokens: torch.Tensor, steps: int, lr: float = 1e-3,
+                      batch_size: int = 128, seed: int = 0, log=None) -> float:
+    """Train an open_clip model with CLIP's symmetric InfoNCE loss (Radford et al. 2021, arXiv 2103.00020, Fig. 3).
+
+    Identical captions in a batch are true matches too, so the target is spread evenly over them. The BPE
+    token-embedding table stays frozen: it is ~94% of a tiny CLIP's parameters and tripled the step time
+    (benchmarks/LOG.md, world probe), while a small world uses a few dozen of its rows.
+
+    Args:
+        model: an open_clip CLIP (trained in place, left in eval mode).
+        pixels: [N, 3, H, W] preprocessed images.
+        tokens: [N, context] tokenised captions, row i describing image i.
+        steps: AdamW steps (weight decay 0.1, 30-step warm-up then cosine).
+        lr: peak learning rate.
+        batch_size: pairs per step, drawn with replacement.
+        seed: batch-sampling seed.
+        log: optional callable for progress lines.
+
+    Returns:
+        The last step's loss.
+    """
+    model.train()
+    model.token_embedding.weight.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    loss = torch.tensor(float("nan"))
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _cosine_lr(lr, step, steps, warmup=30)
+        idx = torch.randint(len(pixels), (batch_size,), generator=gen)
+        fi = model.encode_image(pixels[idx], normalize=True)
+        ft = model.encode_text(tokens[idx], normalize=True)
+        logits = model.logit_scale.exp() * fi @ ft.t()
+        same = (tokens[idx][:, None, :] == tokens[idx][None, :, :]).all(-1).float()
+        target = same / same.sum(1, keepdim=True)
+        loss = -0.5 * ((target * logits.log_softmax(1)).sum(1).mean() + (target * logits.t().log_softmax(1)).sum(1).mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if log is not None and (step % 50 == 0 or step == steps - 1):
+            log(f"  clip step {step + 1}/{steps} loss {loss.item():.3f}")
+    model.eval()
+    return loss.item()
 
 
 def pretrain_clip(scenes: list[dict], cfg: WorldConfig, out_dir: Path, steps: int = CLIP_STEPS,
@@ -48,14 +93,14 @@ def pretrain_clip(scenes: list[dict], cfg: WorldConfig, out_dir: Path, steps: in
     Returns:
         `out_dir`.
     """
-    from mmpo.clip import _save_weights, contrastive_train, load_clip, make_tiny_clip
+    from mmpo.clip import load_clip, make_tiny_clip, save_weights
 
     scorer = load_clip(make_tiny_clip(out_dir, seed=seed, image_size=cfg.image_size))
     model = scorer.model
     images = torch.stack([scorer.preprocess(render_image(sc, cfg)) for sc in scenes])
     texts = scorer.tokenizer([caption(sc["objects"], cfg) for sc in scenes])
     contrastive_train(model, images, texts, steps, lr=CLIP_LR, batch_size=CLIP_BATCH, seed=seed, log=log)
-    _save_weights(model, Path(out_dir))
+    save_weights(model, out_dir)
     return Path(out_dir)
 
 

@@ -12,18 +12,23 @@ Stages (each prints what it does and how long it took):
    builder on unlabelled videos, each video method trained and evaluated (`mmpo.demo.video_models`);
 8. report.md with before/after tables (mean ± std over seeds; one seed: the value alone) and PNG plots.
 
-The core may not import `data_builders` or `eval`; the CLI passes them in (`builders`, `evaluators`).
+The demo is the layer above everything: it uses the builders (`data_builders`) and the evaluators (`eval`)
+directly, as a user's script would; nothing below imports it (tests/test_cli_and_configs.py checks the layers).
+The report's text and plots are in `mmpo.demo.report`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_builders import difficulty
+from eval import pope_build, runner
+from mmpo.config import ModelConfig, TrainConfig, from_dict
+from mmpo.demo import report
 from mmpo.demo.world import WorldConfig, build_world
 
 ASSETS = Path(__file__).parent / "assets"
@@ -113,11 +118,11 @@ def world_models(out: Path, settings: DemoSettings, world_dir: Path, from_scratc
     return train_image_models(world_dir, out / "models", settings.world, **steps)
 
 
-def pope_files(evaluators, world_dir: Path, seed: int) -> list[str]:
+def pope_files(world_dir: Path, seed: int) -> list[str]:
     """POPE splits built from the held-out annotations by the reference procedure (2 objects per image)."""
     ann = json.loads((world_dir / "annotations.json").read_text())
-    files = evaluators.pope_build.build_files(world_dir / "annotations.json", world_dir / "pope", sample_num=2,
-                                              img_num=_eligible(ann, 2), seed=seed)
+    files = pope_build.build_files(world_dir / "annotations.json", world_dir / "pope", sample_num=2,
+                                   img_num=_eligible(ann, 2), seed=seed)
     return [str(p) for p in files.values()]
 
 
@@ -129,22 +134,18 @@ def _eligible(ann: dict, k: int) -> int:
     return sum(len(v) >= k for v in counts.values())
 
 
-def evaluate_pope(evaluators, model_path: Path, adapter: str, questions: list[str], world_dir: Path,
-                  out_dir: Path) -> dict:
+def evaluate_pope(model_path: Path, adapter: str, questions: list[str], world_dir: Path, out_dir: Path) -> dict:
     """POPE (logits mode, prefix reuse) -> {split: {f1, accuracy, precision, recall, yes_ratio}}."""
-    from mmpo.config import ModelConfig
-
-    cfg = evaluators.runner.PopeEvalConfig(model=ModelConfig(path=str(model_path), adapter=adapter),
-                                           questions=questions, image_root=str(world_dir), out_dir=str(out_dir),
-                                           mode="logits", batch_size=32, prefix_reuse=True)
-    metrics = evaluators.runner.run_pope(cfg)
+    cfg = runner.PopeEvalConfig(model=ModelConfig(path=str(model_path), adapter=adapter), questions=questions,
+                                image_root=str(world_dir), out_dir=str(out_dir), mode="logits", batch_size=32,
+                                prefix_reuse=True)
+    metrics = runner.run_pope(cfg)
     return {s: metrics["splits"][s] for s in metrics["splits"]} if "splits" in metrics else metrics
 
 
 def train_method(method: Method, pairs: Path, media_root: Path, model_path: Path, out_dir: Path,
                  settings: DemoSettings, seed: int) -> Path:
     """Train one method with the project's trainer (LoRA on the language model)."""
-    from mmpo.config import TrainConfig, from_dict
     from mmpo.trainer import train
 
     cfg = from_dict(TrainConfig, {
@@ -156,15 +157,13 @@ def train_method(method: Method, pairs: Path, media_root: Path, model_path: Path
     return out_dir / "adapter"
 
 
-def build_pair_sets(builders, world_dir: Path, models: dict, settings: DemoSettings, out: Path) -> dict[str, Path]:
+def build_pair_sets(world_dir: Path, models: dict, settings: DemoSettings, out: Path) -> dict[str, Path]:
     """World pairs plus what the builders make from them for the chosen methods (DA-DPO scores)."""
-    from mmpo.config import from_dict
     from mmpo.demo.pairs import write_world_pairs
 
     sets = write_world_pairs(world_dir, settings.world, settings.pair_images)
     if any(m.data == "difficulty" for m in METHODS if m.name in settings.methods):
-        config_cls, build = builders["difficulty"]
-        sets["difficulty"] = build(from_dict(config_cls, {
+        sets["difficulty"] = difficulty.build(from_dict(difficulty.DifficultyConfig, {
             "in_pairs": str(sets["answers"]), "media_root": str(world_dir), "out_dir": str(out / "difficulty"),
             "clip_model": str(models["clip"]), "model": {"path": str(models["llava"])},
             "progress": False})) / "pairs.jsonl"
@@ -172,13 +171,11 @@ def build_pair_sets(builders, world_dir: Path, models: dict, settings: DemoSetti
 
 
 VIDEO_CATS = ("object_relation", "temporal")
-PRIOR_TAGS = ("counter", "prior", "none")  # temporal pairs by their relation to the temporal prior
 
 
-def video_sets(out: Path, builders: dict, needed: set, model_dir: Path, world_dir: Path, sft_path: Path,
-               clip_dir: Path, settings: DemoSettings, timer: Timer) -> tuple[dict, dict]:
+def video_sets(out: Path, needed: set, model_dir: Path, world_dir: Path, sft_path: Path, clip_dir: Path,
+               settings: DemoSettings, timer: Timer) -> tuple[dict, dict]:
     """The video pair sets the chosen methods train on: {data: (pairs.jsonl, media root)}, and self-QA counts."""
-    from mmpo.config import from_dict
     from mmpo.demo import video_models as vm
 
     source = vm.yes_no_records(sft_path, out / "video" / "yes_no_sft.jsonl")
@@ -187,15 +184,12 @@ def video_sets(out: Path, builders: dict, needed: set, model_dir: Path, world_di
         sets["answers"] = (vm.answer_pairs(source, out / "pairs" / "video_answers.jsonl"), world_dir)
     if "bags" in needed:
         with timer("build PaMi bags (mmpo build augment, video ops)"):
-            config_cls, build = builders["augment"]
-            bag = vm.pami_pairs(source, world_dir, out / "pairs" / "video_augment", lambda **kw: build(config_cls(**kw)))
+            bag = vm.pami_pairs(source, world_dir, out / "pairs" / "video_augment")
             sets["bags"] = (vm.with_wrong_answers(bag, out / "pairs" / "video_pami_dpo.jsonl"), world_dir)
     if "savi" in needed:
         with timer("VideoSAVi pairs (mmpo build self_qa: own questions, sampled answers, self-judge, CLIP check)"):
             videos = vm.unlabelled_videos(world_dir, out / "video" / "unlabelled", settings.savi_videos)
-            config_cls, build = builders["self_qa"]
-            pairs = vm.savi_pairs(model_dir, world_dir, videos, out / "pairs" / "video_self_qa",
-                                  lambda fields, **kw: build(from_dict(config_cls, fields), **kw), clip_model=clip_dir,
+            pairs = vm.savi_pairs(model_dir, world_dir, videos, out / "pairs" / "video_self_qa", clip_model=clip_dir,
                                   min_gap=settings.savi_min_gap)
             counts = json.loads((pairs.parent / "manifest.json").read_text())["counts"]
             chosen = [json.loads(line)["chosen"].strip().lower() for line in pairs.read_text().splitlines()]
@@ -205,19 +199,18 @@ def video_sets(out: Path, builders: dict, needed: set, model_dir: Path, world_di
     return sets, counts
 
 
-def video_stage(out: Path, builders: dict, evaluators, settings: DemoSettings, world_dir: Path,
-                from_scratch: bool, quick: bool, timer: Timer, clip_dir: Path) -> dict:
+def video_stage(out: Path, settings: DemoSettings, world_dir: Path, from_scratch: bool, quick: bool, timer: Timer,
+                clip_dir: Path) -> dict:
     """Video methods on the tiny LLaVA-NeXT-Video, measured on held-out VideoHallucer-style pairs (video_models)."""
-    from mmpo.config import ModelConfig
     from mmpo.demo import video_models as vm
 
     def evaluate(adapter: str, tag: str) -> dict:
-        cfg = evaluators.runner.VideoHallucerEvalConfig(
+        cfg = runner.VideoHallucerEvalConfig(
             model=ModelConfig(path=str(model_dir), adapter=adapter, num_frames=vm.NUM_FRAMES),
             data_dir=str(vh_dir), video_root=str(vh_dir.parent / "videos"), categories=list(VIDEO_CATS),
             out_dir=str(out / "eval" / tag), mode="logits", batch_size=16)
-        res = evaluators.runner.run_videohallucer(cfg)
-        prior = vm.prior_breakdown(out / "eval" / tag, vh_dir, evaluators.videohallucer_metrics.hit)
+        res = runner.run_videohallucer(cfg)
+        prior = vm.prior_breakdown(out / "eval" / tag, vh_dir)
         return {c: res[c] for c in VIDEO_CATS} | {"overall": res["overall"], "temporal_by_prior": prior}
 
     with timer("video: held-out VideoHallucer-style videos"):
@@ -234,8 +227,8 @@ def video_stage(out: Path, builders: dict, evaluators, settings: DemoSettings, w
         before = evaluate("", "video_sft")
         print("   " + _video_summary(before))
     methods = [m for m in vm.video_methods() if m.name in settings.video_methods]
-    sets, self_qa = video_sets(out, builders, {m.data for m in methods}, model_dir, world_dir, sft_path, clip_dir,
-                               settings, timer)
+    sets, self_qa = video_sets(out, {m.data for m in methods}, model_dir, world_dir, sft_path, clip_dir, settings,
+                               timer)
     after: dict[str, list[dict]] = {}
     for method in methods:
         pairs, media_root = sets[method.data]
@@ -260,169 +253,6 @@ def _video_summary(metrics: dict) -> str:
         f"  counter-prior pair {counter:.3f}  overall pair {metrics['overall']['pair_accuracy']:.3f}"
 
 
-def video_columns(metrics: dict) -> dict[str, float]:
-    """The video table's numbers for one run: pair accuracy per category, per prior tag, overall."""
-    cols = {"object_relation": metrics["object_relation"]["pair_accuracy"],
-            "object halluc": metrics["object_relation"]["hallucinated_accuracy"],
-            "temporal": metrics["temporal"]["pair_accuracy"]}
-    for tag in PRIOR_TAGS:
-        if tag in metrics["temporal_by_prior"]:
-            cols[f"temporal {tag}"] = metrics["temporal_by_prior"][tag]["pair_accuracy"]
-    cols["overall"] = metrics["overall"]["pair_accuracy"]
-    return cols
-
-
-def _cell(values: list[float], digits: int = 3) -> str:
-    """mean ± std over seeds; a single run is printed alone (its spread is unknown, not 0)."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    m, sd = _mean_std(values)
-    return f"{m:.{digits}f} ± {sd:.{digits}f}"
-
-
-def video_report_lines(video: dict) -> list[str]:
-    """The VideoHallucer-style table (pair accuracy; temporal split by the prior) and what each method did."""
-    before = video_columns(video["before"])
-    n_seeds = {len(runs) for runs in video["after"].values()}
-    seeds = "1 seed" if n_seeds == {1} else f"{'/'.join(str(n) for n in sorted(n_seeds))} seeds, mean ± std"
-    n_pairs = {t: video["before"]["temporal_by_prior"][t]["n_pairs"] for t in video["before"]["temporal_by_prior"]}
-    lines = ["", "## Video: VideoHallucer-style pairs on held-out videos", "",
-             "Tiny LLaVA-NeXT-Video after SFT on the world's videos, in which a co-occurring pair's first object "
-             "enters first 95% of the time (the temporal prior). Held-out videos break it half the time. A pair "
-             "counts when both its basic question (present object / true order) and its hallucination question "
-             "(absent co-occurring partner / swapped order) are answered right (the reference hit rule). Temporal "
-             f"pairs are split by the prior: **counter** (the true order breaks it; {n_pairs.get('counter', 0)} "
-             f"pairs), prior ({n_pairs.get('prior', 0)}), none (not a co-occurring pair; {n_pairs.get('none', 0)}). "
-             f"Methods: {seeds}, LoRA on the SFT model.", "",
-             "| model | " + " | ".join(f"{k} pair" if k != "object halluc" else "object halluc acc" for k in before)
-             + " |", "|---|" + "---|" * len(before),
-             "| SFT (before) | " + " | ".join(f"{v:.3f}" for v in before.values()) + " |"]
-    for name, runs in video["after"].items():
-        cols = [video_columns(r) for r in runs]
-        lines.append(f"| {name} | " + " | ".join(_cell([c[k] for c in cols]) for k in before) + " |")
-    lines.append("")
-    for name, runs in video["after"].items():
-        lines.append(f"- **{name}**: {video['notes'].get(name, '')}. " + _video_verdict(before, runs))
-    if video.get("self_qa"):
-        c = video["self_qa"]
-        dropped = ", ".join(f"{k[8:]} {v}" for k, v in sorted(c.items()) if k.startswith("dropped_"))
-        lines.append(f"- VideoSAVi's builder: {c.get('answers', 0)} sampled answers, {c.get('pairs', 0)} pairs kept "
-                     f"(dropped: {dropped or 'none'}), {c.get('chosen_no', 0)} of them preferring \"no\". The "
-                     "questions are the world's templates filled with the objects the model named in its own caption "
-                     "(a tiny model cannot write questions); the builder's yes/no judge (\"Is this answer correct?\") "
-                     "is at chance on this model, so answers are judged by the model's own probability of them.")
-    lines += ["", "What repeated runs showed (benchmarks/LOG.md and RESULTS.md, 2026-11-28): over 3 seeds in "
-              "benchmarks/demo_effect.py PaMi-VDPO + DPO raised counter-prior temporal pair accuracy by +0.114 ± 0.022 "
-              "and overall pair accuracy by +0.013 ± 0.005, and a DPO control without bags raised counter-prior "
-              "accuracy about as much (+0.125 ± 0.114); over 3 seeds in separate processes "
-              "(benchmarks/video_probe.py) the gains were +0.288 ± 0.079 with bags and +0.111 ± 0.097 without. The "
-              "same recipe and seed (0) gave 0.46 to 0.70 counter-prior accuracy in five processes (CPU float "
-              "nondeterminism amplified by training), so one run is one sample of a wide distribution."]
-    return lines
-
-
-def _video_verdict(before: dict, runs: list[dict]) -> str:
-    """Counter-prior and overall pair accuracy against the SFT model, and against twice the seed std."""
-    parts = []
-    for key, label in (("temporal counter", "counter-prior temporal pair accuracy"), ("overall", "overall pair accuracy")):
-        if key not in before:
-            continue
-        vals = [video_columns(r)[key] for r in runs]
-        gain = statistics.fmean(vals) - before[key]
-        text = f"{label} {gain:+.3f}"
-        if len(vals) > 1:
-            sd = statistics.stdev(vals)
-            text += f" ({'more' if abs(gain) > 2 * sd else 'not more'} than twice the seed std {sd:.3f})"
-        parts.append(text)
-    return "; ".join(parts) + "."
-
-
-def _video_plot(path: Path, video: dict, plt) -> None:
-    rows = [("SFT", [video["before"]])] + list(video["after"].items())
-    keys = [k for k in video_columns(video["before"]) if k != "object halluc"]
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    width = 0.8 / len(rows)
-    for i, (name, runs) in enumerate(rows):
-        vals = [statistics.fmean(video_columns(r)[k] for r in runs) for k in keys]
-        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], keys, fontsize=7)
-    ax.set_ylabel("pair accuracy")
-    ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=7, ncol=3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def write_report(out: Path, before: dict, after: dict[str, list[dict]], curves: dict, timer: Timer,
-                 settings: DemoSettings, video: dict | None = None) -> Path:
-    """report.md with the before/after table (mean ± std over seeds) and the plots."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    splits = list(before)
-    lines = ["# mmpo demo: hallucination before and after preference optimisation", "",
-             f"Synthetic world: {settings.world.n_images} training images, {settings.world.n_test_images} held-out "
-             f"images; co-occurrence {settings.world.co_prob} in training. POPE questions built from the held-out "
-             "annotations by the reference procedure; answers by logits (yes vs no), official metrics. "
-             f"{'1 seed' if settings.seeds == 1 else f'{settings.seeds} seeds (mean ± std)'} per method, "
-             f"{settings.steps} LoRA steps each. Every number is measured.", "",
-             "| model | " + " | ".join(f"{s} F1" for s in splits) + " | adversarial yes-ratio |",
-             "|---|" + "---|" * (len(splits) + 1)]
-    lines.append("| SFT (before) | " + " | ".join(f"{100 * before[s]['f1']:.1f}" for s in splits)
-                 + f" | {before['adversarial']['yes_ratio']:.3f} |")
-    for name, runs in after.items():
-        cells = [_cell([100 * r[s]["f1"] for r in runs], 1) for s in splits]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell([r['adversarial']['yes_ratio'] for r in runs])} |")
-    best = max(after, key=lambda k: statistics.fmean(r["adversarial"]["f1"] for r in after[k])) if after else None
-    if best:
-        gain = 100 * (statistics.fmean(r["adversarial"]["f1"] for r in after[best]) - before["adversarial"]["f1"])
-        lines += ["", f"Best method on the adversarial split: **{best}** ({gain:+.1f} F1 points)."]
-        for name, runs in after.items():
-            delta = 100 * (statistics.fmean(r["adversarial"]["f1"] for r in runs) - before["adversarial"]["f1"])
-            if delta <= 0:
-                lines.append(f"- {name} did not reduce hallucination here ({delta:+.1f} adversarial F1 points).")
-    lines += ["", "Methods:"] + [f"- **{m.name}**: {m.note}" for m in METHODS if m.name in after]
-    if video:
-        lines += video_report_lines(video) + ["", "![VideoHallucer-style pair accuracy](videohallucer.png)"]
-        _video_plot(out / "videohallucer.png", video, plt)
-    lines += ["", "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timer.times.items()), "",
-              "![POPE F1 per split](pope_f1.png)", "", "![training curves](training_curves.png)"]
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = ["SFT"] + list(after)
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        vals = [before[s]["f1"] if name == "SFT" else statistics.fmean(r[s]["f1"] for r in after[name]) for s in splits]
-        ax.bar([j + i * width for j in range(len(splits))], vals, width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
-    ax.set_ylabel("POPE F1")
-    ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pope_f1.png", dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, rows in curves.items():
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=100)
-    plt.close(fig)
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def prepare_out(out: Path) -> Path:
     """Create `out`, or clean a previous demo's run folders in it; refuse a folder the demo did not make.
 
@@ -440,14 +270,12 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
-def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch: bool = False,
-        seeds: int = 1, video: bool = True, methods: tuple | None = None, video_methods: tuple | None = None) -> dict:
+def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int = 1, video: bool = True,
+        methods: tuple | None = None, video_methods: tuple | None = None) -> dict:
     """Run the demo into `out`; returns {"before", "after", "report"}.
 
     Args:
         out: output folder.
-        builders: `data_builders.BUILDERS`.
-        evaluators: the `eval` package (its `runner` and `pope_build` modules are used).
         quick: a reduced demo (tiny sizes; the end-to-end test).
         from_scratch: retrain the world models instead of using the shipped ones.
         seeds: seeds per method.
@@ -478,12 +306,12 @@ def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch
     with timer("world models: tiny CLIP + SFT LLaVA"):
         models = world_models(out, settings, world_dir, from_scratch, quick)
     with timer("POPE questions from the held-out annotations"):
-        questions = pope_files(evaluators, world_dir, settings.world.seed)
+        questions = pope_files(world_dir, settings.world.seed)
     with timer("evaluate the SFT model (POPE, logits, prefix reuse)"):
-        before = evaluate_pope(evaluators, models["llava"], "", questions, world_dir, out / "eval" / "sft")
+        before = evaluate_pope(models["llava"], "", questions, world_dir, out / "eval" / "sft")
         print("   " + _summary(before))
     with timer("build preference sets (world pairs, DA-DPO difficulty)"):
-        sets = build_pair_sets(builders, world_dir, models, settings, out / "pairs")
+        sets = build_pair_sets(world_dir, models, settings, out / "pairs")
     after: dict[str, list[dict]] = {}
     curves: dict[str, list[dict]] = {}
     for method in [m for m in METHODS if m.name in settings.methods]:
@@ -493,20 +321,19 @@ def run(out: Path, builders: dict, evaluators, quick: bool = False, from_scratch
                 adapter = train_method(method, sets[method.data], world_dir, models["llava"], out / "runs" / tag,
                                        settings, seed)
             with timer(f"evaluate {method.name} (seed {seed})"):
-                result = evaluate_pope(evaluators, models["llava"], str(adapter), questions, world_dir,
-                                       out / "eval" / tag)
+                result = evaluate_pope(models["llava"], str(adapter), questions, world_dir, out / "eval" / tag)
                 print("   " + _summary(result))
             after.setdefault(method.name, []).append(result)
             if seed == 0:
                 curves[method.name] = [r for r in read_metrics(out / "runs" / tag) if "loss" in r]
-    video = video_stage(out, builders, evaluators, settings, world_dir, from_scratch, quick, timer,
-                        models["clip"]) if settings.video else None
-    report = write_report(out, before, after, curves, timer, settings, video)
+    video = video_stage(out, settings, world_dir, from_scratch, quick, timer, models["clip"]) if settings.video else None
+    path = report.write_report(out, before, after, curves, timer.times, settings, {m.name: m.note for m in METHODS},
+                               video)
     (out / "results.json").write_text(json.dumps({"before": before, "after": after, "video": video,
                                                   "times": timer.times}, indent=2))
-    print(f"\nreport: {report}")
-    print(report.read_text())
-    return {"before": before, "after": after, "video": video, "report": report}
+    print(f"\nreport: {path}")
+    print(path.read_text())
+    return {"before": before, "after": after, "video": video, "report": path}
 
 
 def _summary(metrics: dict) -> str:

@@ -1,7 +1,7 @@
 """The demo's video side: a tiny LLaVA-NeXT-Video trained on the synthetic video world, then PaMi-VDPO.
 
-Pipeline (each function one stage; `mmpo demo` calls them and passes the builders/evaluators it needs,
-because mmpo core never imports `data_builders` or `eval`):
+Pipeline (each function one stage; `mmpo.demo.pipeline` calls them; the demo is a layer above the builders
+and evaluators and uses them directly):
 
 1. `video_eval_world`: held-out videos (new seed, lower co-occurrence) with VideoHallucer-style pair files,
    so the evaluation never sees training videos and many hallucination questions ask about an absent
@@ -13,7 +13,7 @@ because mmpo core never imports `data_builders` or `eval`):
    answer suffix plus one caption per video (`suffixed_sft`). With `clip_steps=0` the factory's random
    tower is kept and the LLaVA reads its patch-embedding layer (FEATURE_LAYER).
 3. `pami_pairs`: conditional pairs for PaMi-VDPO (chosen = rejected = the SFT answer, rejected media = a
-   bag of K augmented clips) through the augmentation builder handed in by the caller.
+   bag of K augmented clips) through the augmentation builder.
 4. `train_pami`: PaMi-VDPO (mmpo loss "pami", LoRA on the language model, reference = adapter off).
 
 The recipe constants below are the ones measured in benchmarks/LOG.md (2026-11-23, video probe).
@@ -26,6 +26,10 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from data_builders import augment, self_qa
+from data_builders.augment import DEFAULT_VIDEO_OPS
+from eval.videohallucer import PROMPT_SUFFIX
+from eval.videohallucer_metrics import hit
 from mmpo import config as cfgmod
 from mmpo.config import TrainConfig
 from mmpo.records import read_sft, write_jsonl
@@ -40,10 +44,9 @@ NUM_FRAMES = 8  # frames per clip (= the world's frames), 4 pooled tokens each -
 # chance). Not 0: transformers' select_hidden_states treats layer 0 as "no hidden states" (falsy int) and
 # get_video_features then fails with `'NoneType' object is not subscriptable`.
 FEATURE_LAYER = -3
-# VideoHallucer asks every question with this suffix (eval/videohallucer.py PROMPT_SUFFIX, from the
-# reference evaluation_utils.py::evaluate); SFT uses the same template so evaluation is in-distribution,
-# as LLaVA-1.5's SFT did with its short-answer instruction.
-VH_SUFFIX = "\nAnswer the question using 'yes' or 'no'."
+# VideoHallucer asks every question with this suffix (the reference evaluation_utils.py::evaluate); SFT uses
+# the same template so evaluation is in-distribution, as LLaVA-1.5's SFT did with its short-answer instruction.
+VH_SUFFIX = PROMPT_SUFFIX
 
 CAPTION_Q = "Describe the video."
 # Held-out evaluation videos (`video_eval_world`): half the pair videos break the temporal prior.
@@ -60,8 +63,7 @@ SFT_STEPS = 1000
 SFT_LR = 1e-3
 SFT_BATCH = 32
 
-PAMI_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "segment_swap",
-            "gaussian_noise", "gaussian_blur"]  # data_builders/augment.py DEFAULT_VIDEO_OPS
+PAMI_OPS = list(DEFAULT_VIDEO_OPS)  # the augment builder's video pool
 PAMI_K = 4
 PAMI_STEPS = 150
 PAMI_BATCH = 16
@@ -148,13 +150,13 @@ def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int =
     return out / "videohallucer"
 
 
-def prior_breakdown(eval_dir: str | Path, vh_dir: str | Path, hit: Callable[[str, str], bool]) -> dict:
+def prior_breakdown(eval_dir: str | Path, vh_dir: str | Path) -> dict:
     """Temporal basic / hallucinated / pair accuracy per relation to the prior (prior, counter, none).
 
     Args:
         eval_dir: a VideoHallucer run's out_dir (its results/temporal.json holds the answers).
-        vh_dir: the data folder (temporal/prior.json tags each pair, in file order).
-        hit: the reference hit rule `hit(answer, predict)` (eval.videohallucer_metrics.hit).
+        vh_dir: the data folder (temporal/prior.json tags each pair, in file order); answers are scored with the
+            reference hit rule (`eval.videohallucer_metrics.hit`).
 
     Returns:
         {tag: {basic_accuracy, hallucinated_accuracy, pair_accuracy, n_pairs}} for the tags present.
@@ -300,7 +302,8 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, steps: int = CLIP_
     """
     import torch
 
-    from mmpo.clip import contrastive_train, load_clip, make_tiny_clip
+    from mmpo.clip import load_clip, make_tiny_clip
+    from mmpo.demo.image_models import contrastive_train
 
     scorer = load_clip(make_tiny_clip(out_dir, seed=seed, image_size=IMAGE_SIZE))
     model = scorer.model
@@ -387,16 +390,14 @@ def answer_pairs(sft_path: str | Path, out_path: str | Path) -> Path:
     return Path(out_path)
 
 
-def pami_pairs(sft_path: str | Path, media_root: str | Path, out_dir: str | Path, build: Callable[..., Path],
-               num_candidates: int = PAMI_K, ops: list[str] | None = None, seed: int = 0) -> Path:
+def pami_pairs(sft_path: str | Path, media_root: str | Path, out_dir: str | Path, num_candidates: int = PAMI_K,
+               ops: list[str] | None = None, seed: int = 0) -> Path:
     """Conditional-media pairs with a bag of augmented clips, through the augmentation builder.
 
     Args:
         sft_path: SFT JSONL (e.g. `out_dir/sft_video_vh.jsonl` of `train_video_model`).
         media_root: folder the SFT media paths are relative to (the world folder).
         out_dir: builder output folder (pairs.jsonl, manifest.json).
-        build: callable(**augment config fields) -> output folder; the demo passes
-            `lambda **kw: data_builders.augment.build(AugmentConfig(**kw))`.
         num_candidates: K, the bag size.
         ops: video augmentation pool (default PAMI_OPS).
         seed: op sampling seed.
@@ -404,9 +405,10 @@ def pami_pairs(sft_path: str | Path, media_root: str | Path, out_dir: str | Path
     Returns:
         The pairs JSONL path.
     """
-    folder = build(in_sft=str(sft_path), media_root=str(media_root), out_dir=str(out_dir), seed=seed,
-                   num_candidates=num_candidates, video_ops=list(ops or PAMI_OPS), num_frames=NUM_FRAMES,
-                   progress=False, fresh=True)
+    folder = augment.build(augment.AugmentConfig(
+        in_sft=str(sft_path), media_root=str(media_root), out_dir=str(out_dir), seed=seed,
+        num_candidates=num_candidates, video_ops=list(ops or PAMI_OPS), num_frames=NUM_FRAMES, progress=False,
+        fresh=True))
     return Path(folder) / "pairs.jsonl"
 
 
@@ -621,7 +623,7 @@ def likelihood_judge(model, processor) -> Callable[[list, list, str], list]:
 
 
 def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path, out_dir: str | Path,
-               build: Callable[..., Path], clip_model: str | Path = "", seed: int = 0,
+               clip_model: str | Path = "", seed: int = 0,
                min_gap: float = SAVI_MIN_GAP, judge: str = SAVI_JUDGE, ask=None) -> Path:
     """VideoSAVi v1 pairs: own questions, 4 answers sampled at temperatures 0.2-1.0, a self-judge, best vs
     worst judged (gap >= `min_gap` on the 1-10 scale), CLIP order check.
@@ -631,7 +633,6 @@ def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path,
         world_dir: the training world (classes and pairs for the question templates).
         videos: unlabelled video list (`unlabelled_videos`).
         out_dir: builder output folder.
-        build: callable(config fields dict, ask=, generate=) -> folder; the demo passes the self_qa builder.
         clip_model: open_clip checkpoint for the CLIP check ("" = off).
         seed: sampling seed.
         min_gap: judge-score gap (1-10 scale) between chosen and rejected.
@@ -647,10 +648,10 @@ def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path,
 
     model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=NUM_FRAMES, device="cpu"))
     cfg = world_config(world_dir)
-    folder = build({"in_sft": str(videos), "media_root": str(Path(videos).parent), "out_dir": str(out_dir),
-                    "seed": seed, "model": {"path": str(model_dir), "num_frames": NUM_FRAMES},
-                    "judge": "yes_no", "min_gap": min_gap, "clip_model": str(clip_model), "progress": False,
-                    "fresh": True},
-                   ask=ask or savi_asker(model, processor, cfg, seed), generate=savi_sampler(model, processor),
-                   judge=likelihood_judge(model, processor) if judge == "likelihood" else None)
+    fields = {"in_sft": str(videos), "media_root": str(Path(videos).parent), "out_dir": str(out_dir),
+              "seed": seed, "model": {"path": str(model_dir), "num_frames": NUM_FRAMES}, "judge": "yes_no",
+              "min_gap": min_gap, "clip_model": str(clip_model), "progress": False, "fresh": True}
+    folder = self_qa.build(cfgmod.from_dict(self_qa.SelfQAConfig, fields),
+                           ask=ask or savi_asker(model, processor, cfg, seed), generate=savi_sampler(model, processor),
+                           judge=likelihood_judge(model, processor) if judge == "likelihood" else None)
     return Path(folder) / "pairs.jsonl"

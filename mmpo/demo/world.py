@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from data_builders.judging import YES_NO_PROMPT
 from mmpo.records import SFTRecord, make_id, write_jsonl
 
 CLASSES = ["circle", "square", "triangle", "cross", "bar", "ring", "dot", "frame"]
@@ -51,9 +52,8 @@ IMAGE_Q = "Is there a {} in the image?"
 VIDEO_Q = "Is there a {} in the video?"
 ORDER_Q = "Does the {} appear before the {}?"
 CAPTION_Q = "Describe the image."
-# The self-QA builder's yes/no judge prompt (data_builders/judging.py YES_NO_PROMPT, duplicated because mmpo core
-# never imports the builders; a test keeps them equal): video SFT teaches it so the model can judge itself.
-JUDGE_Q = "Question: {q} Answer: {a} Is this answer correct for the {m}? Answer yes or no."
+# The self-QA builder's yes/no judge prompt: video SFT can teach it so the model can judge itself.
+JUDGE_Q = YES_NO_PROMPT
 # Video captions name the objects in order of entrance, so every caption puts a loss on the order itself.
 ORDER_CAPTION = ("First a {} appears", ", then a {}", ".")
 PUNCTUATION = ["?", ".", ",", "'"]
