@@ -244,15 +244,30 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+OWN_LOGGERS = ("mmpo", "data_builders", "eval")
+
+
+class _Prefixed(logging.Formatter):
+    """"mmpo: message" for mmpo's own loggers; "warning (library): message" for everything else."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        own = record.name.split(".")[0] in OWN_LOGGERS
+        return f"{'mmpo' if own else f'{record.levelname.lower()} ({record.name})'}: {record.getMessage()}"
+
+
 def show_progress_messages() -> None:
-    """mmpo's own INFO messages (length pre-flight, resume, skips) on stderr; libraries keep their levels."""
-    handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter("mmpo: %(message)s"))
-    for name in ("mmpo", "data_builders", "eval"):
-        logger = logging.getLogger(name)
-        if not logger.handlers:
-            logger.addHandler(handler)
-            logger.setLevel(logging.INFO)
+    """mmpo's own INFO messages (length pre-flight, resume, skips) on stderr; libraries keep their levels.
+
+    The handler sits on the root logger, so each message prints once: a library that logs through the root
+    (open_clip calls logging.info) would otherwise install a second handler of its own.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(_Prefixed())
+        root.addHandler(handler)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def quiet_known_noise() -> None:

@@ -163,12 +163,14 @@ def test_string_overrides_are_taken_as_written():
 
 
 def test_progress_messages_follow_the_current_stderr(monkeypatch):
-    """A caller that swaps and closes sys.stderr between runs (pytest, notebooks) gets no logging error."""
+    """A caller that swaps and closes sys.stderr between runs (pytest, notebooks) gets no logging error, and
+    each message prints once."""
     import io
     import logging
 
     from mmpo import cli
 
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a fresh process's root logger (pytest adds its own)
     first = io.StringIO()
     monkeypatch.setattr(sys, "stderr", first)
     cli.show_progress_messages()
@@ -177,3 +179,6 @@ def test_progress_messages_follow_the_current_stderr(monkeypatch):
     monkeypatch.setattr(sys, "stderr", second)
     logging.getLogger("mmpo").info("after the swap")
     assert "mmpo: after the swap" in second.getvalue()
+    logging.info("a library logging through the root")  # open_clip does; it must not add a second handler
+    logging.getLogger("mmpo.lengths").info("once")
+    assert second.getvalue().count("once") == 1
