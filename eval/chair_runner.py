@@ -16,7 +16,7 @@ from typing import ClassVar
 
 from eval import chair, report
 from eval.answering import Item
-from eval.chair_words import Lemmatizer
+from eval.chair_words import CocoWords, Lemmatizer
 from eval.predictions import (
     BAD_MEDIA,
     answer_missing,
@@ -45,6 +45,9 @@ class ChairEvalConfig:
     batch_size: int = 8  # images per generate call
     max_new_tokens: int = 2048  # caption length cap, lmms-eval's (a shorter cap cuts captions: fewer objects named)
     lemmatizer: str = "auto"  # auto | table | nltk (eval.chair_words.Lemmatizer)
+    # coco: the reference's COCO object + synonym lists | categories: the annotation file's own category names,
+    # each its own class (a COCO instances JSON of other objects, e.g. the demo's shapes; not a ground-truth JSONL)
+    vocabulary: str = "coco"
     limit: int = 0  # first N images of `annotations` (0 = all; a ground-truth JSONL picks a subset such as 500)
     on_bad_media: str = "error"  # error | skip: leave out unreadable images (named in metrics.json)
     mode: ClassVar[str] = "generate"  # captions are generated (no logits mode); read by eval.predictions.answer
@@ -52,12 +55,14 @@ class ChairEvalConfig:
 
     def __post_init__(self):
         check_choice("lemmatizer", self.lemmatizer, ("auto", "table", "nltk"))
+        check_choice("vocabulary", self.vocabulary, chair.VOCABULARIES)
         check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
-def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer) -> dict[str, tuple[chair.ChairImage, str]]:
+def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer,
+                vocabulary: CocoWords | None = None) -> dict[str, tuple[chair.ChairImage, str]]:
     """{image id: (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root."""
-    images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer)
+    images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer, vocabulary)
     images = images[:cfg.limit] if cfg.limit else images
     out = {}
     for im in images:
@@ -81,7 +86,8 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
     """
     out = Path(cfg.out_dir)
     lemmatizer = Lemmatizer(cfg.lemmatizer)
-    images = load_images(cfg, lemmatizer)
+    vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations)  # before any captioning: a bad file fails fast
+    images = load_images(cfg, lemmatizer, vocabulary)
     check_run(out, {"prompt": cfg.prompt, **model_settings(cfg.model), "max_new_tokens": cfg.max_new_tokens})
     pred_path = out / "predictions.jsonl"
     done = stored_answers(pred_path, KEY)
@@ -93,7 +99,7 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
         raise ValueError(f"{cfg.annotations}: no image could be read (e.g. {sorted(bad)[:2]})")
     captions = {im.image_id: done[(str(im.image_id),)][0] for im in answered}
     write_rows(out / "answers.jsonl", [{"image_id": i, "caption": c} for i, c in captions.items()])
-    metrics = {**chair.score(answered, captions, lemmatizer), "mode": cfg.mode, "prompt": cfg.prompt,
+    metrics = {**chair.score(answered, captions, lemmatizer, vocabulary), "mode": cfg.mode, "prompt": cfg.prompt,
                "ground_truth_file": Path(cfg.annotations).name}
     if cfg.on_bad_media == "skip":
         metrics["skipped_media"] = skipped_summary(bad, len(images) - len(answered), "images")

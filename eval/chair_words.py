@@ -22,6 +22,13 @@ package ships it). For most table tokens the POS does not change the outcome; fo
 "ski" -> skis as a verb, "skiing" as a noun; "apples" is "apple" only as a noun) the table holds the POS that
 tagger gives the word out of context. `Lemmatizer("nltk")` runs the reference pipeline itself where NLTK's
 data is installed (`auto` picks it then); `metrics.json` records which one scored.
+
+A dataset's own object list (`category_words`, e.g. the synthetic demo world's shapes) replaces the COCO lists:
+each category name is its own class (no synonyms), two-word names merge like the COCO two-word objects, and the
+"toilet seat" rule (COCO-specific) is off. The lemma table only knows words near the COCO lists, so offline a
+token it lacks is lemmatised by WordNet's noun suffix rules with the category words standing in for WordNet
+("squares" -> "square", "boxes" -> "box"); irregular plurals and verb or adjective forms of a category word
+("crossing" tagged as a verb is "cross" to the reference) need the "nltk" backend.
 """
 
 from __future__ import annotations
@@ -35,21 +42,53 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data"
 POS_COLUMNS = ("n", "v", "a", "r")
 BACKENDS = ("auto", "table", "nltk")
+_SPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
 class CocoWords:
-    """The reference's COCO lists: object words (with all synonyms), word -> class, two-word merges."""
+    """An object vocabulary: object words (with all synonyms), word -> class, two-word merges.
+
+    The reference's COCO lists (`coco_words()`, name "coco"), or a dataset's own category names
+    (`category_words`, name "categories"). `lemma_words` are single words the offline lemma table was not built
+    for (empty for COCO, whose words it covers): the table backend lemmatises other tokens towards them.
+    """
 
     objects: frozenset
     synonym_of: dict = field(hash=False)
     double_words: dict = field(hash=False)
+    name: str = "coco"
+    lemma_words: frozenset = frozenset()
 
 
 @lru_cache(maxsize=1)
 def coco_words() -> CocoWords:
     data = json.loads((DATA / "chair_coco_words.json").read_text(encoding="utf-8"))
     return CocoWords(frozenset(data["objects"]), data["synonym_of"], data["double_words"])
+
+
+def category_name(name: str) -> str:
+    """A dataset's category name as its class: stripped, lower-case (captions are), inner whitespace collapsed."""
+    return _SPACE.sub(" ", name.strip().lower())
+
+
+def category_words(names: list[str]) -> CocoWords:
+    """A vocabulary of a dataset's own category names: each (normalised) name is its own class, no synonyms.
+
+    Names are matched against caption lemmas, so they should be singular ("dot", not "dots"). A two-word name
+    goes into `double_words` mapped to itself, as the COCO lists hold "hot dog": adjacent caption lemmas "red
+    bar" merge into one mention and "bar" alone is not a "red bar". The reference merges pairs only, so a
+    longer name could never be mentioned: it is an error.
+    """
+    classes = sorted({category_name(n) for n in names})
+    if not classes or "" in classes:
+        raise ValueError(f"category names must be non-empty, got {list(names)!r}")
+    longer = [c for c in classes if c.count(" ") > 1]
+    if longer:
+        raise ValueError(f"categories {longer}: CHAIR merges at most two caption words into one object")
+    return CocoWords(objects=frozenset(classes), synonym_of={c: c for c in classes},
+                     double_words={c: c for c in classes if " " in c}, name="categories",
+                     lemma_words=frozenset(w for c in classes for w in c.split(" ")))
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -144,8 +183,14 @@ class Lemmatizer:
         return ("table: NLTK tokenizer + WordNet 3.0 lemma table (eval/data/chair_lemmas.tsv); POS of "
                 "POS-dependent words from the table, not NLTK's tagger")
 
-    def caption_lemmas(self, caption: str) -> list[str]:
-        """Lemmas of `caption.lower()`'s tokens (step 1-2 of the module docstring)."""
+    def caption_lemmas(self, caption: str, extra_words: frozenset = frozenset()) -> list[str]:
+        """Lemmas of `caption.lower()`'s tokens (step 1-2 of the module docstring).
+
+        Args:
+            caption: the text.
+            extra_words: table backend only: words the table was not built for (`CocoWords.lemma_words`); a
+                token the table lacks gets `noun_lemma(token, extra_words)`. The nltk backend knows every word.
+        """
         if self.backend == "nltk":
             import nltk
             from nltk.stem import WordNetLemmatizer
@@ -157,9 +202,29 @@ class Lemmatizer:
         out = []
         for token in tokenize(caption.lower()):
             row = table.get(token)
-            # Not in the table: no POS gives it a COCO lemma, so its own text stands in (it is no COCO word).
-            out.append(token if row is None else row[0][POS_COLUMNS.index(row[1] or "n")])
+            # Not in the table: no POS gives it a COCO lemma, so its own text stands in (it is no COCO word),
+            # unless the noun rules take it to one of the extra words.
+            if row is None:
+                out.append(noun_lemma(token, extra_words) if extra_words else token)
+            else:
+                out.append(row[0][POS_COLUMNS.index(row[1] or "n")])
         return out
+
+
+# WordNet's noun suffix rules (NLTK `WordNetCorpusReader.MORPHOLOGICAL_SUBSTITUTIONS["n"]`)
+NOUN_RULES = (("s", ""), ("ses", "s"), ("ves", "f"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+              ("men", "man"), ("ies", "y"))
+
+
+def noun_lemma(token: str, words: frozenset) -> str:
+    """`WordNetLemmatizer().lemmatize(token, "n")` with `words` standing in for WordNet's word list.
+
+    As NLTK's `_morphy`: the token and each rule's rewrite of it are candidates, the ones that are words are
+    kept, and the shortest wins; none is a word -> the token itself. WordNet's irregular forms are not known.
+    """
+    forms = [token] + [token[:len(token) - len(old)] + new for old, new in NOUN_RULES if token.endswith(old)]
+    found = [f for f in forms if f in words]
+    return min(found, key=len) if found else token
 
 
 def merge_double_words(words: list[str], double_words: dict) -> list[str]:
@@ -176,23 +241,26 @@ def merge_double_words(words: list[str], double_words: dict) -> list[str]:
     return out
 
 
-def caption_objects(caption: str, lemmatizer: Lemmatizer) -> tuple[list[str], list[str]]:
-    """(object words as written after lemmatisation, their COCO classes), in caption order, repeats kept.
+def caption_objects(caption: str, lemmatizer: Lemmatizer,
+                    vocabulary: CocoWords | None = None) -> tuple[list[str], list[str]]:
+    """(object words as written after lemmatisation, their classes), in caption order, repeats kept.
 
-    The reference's `caption_to_words` (`words`, `node_words`).
+    The reference's `caption_to_words` (`words`, `node_words`), against `vocabulary` (default: the COCO lists).
     """
-    coco = coco_words()
-    words = merge_double_words(lemmatizer.caption_lemmas(caption), coco.double_words)
-    if "toilet" in words and "seat" in words:  # "the seat of the toilet" is no chair
+    vocab = vocabulary or coco_words()
+    words = merge_double_words(lemmatizer.caption_lemmas(caption, vocab.lemma_words), vocab.double_words)
+    if vocab.name == "coco" and "toilet" in words and "seat" in words:  # "the seat of the toilet" is no chair
         words = [w for w in words if w != "seat"]
-    words = [w for w in words if w in coco.objects]
-    return words, [coco.synonym_of[w] for w in words]
+    words = [w for w in words if w in vocab.objects]
+    return words, [vocab.synonym_of[w] for w in words]
 
 
-_SPACE = re.compile(r"\s+")
+def normalise_class(name: str, vocabulary: CocoWords | None = None) -> str:
+    """A COCO category name ("dining table", "motorcycle") -> its CHAIR class (the synonym list's first word).
 
-
-def normalise_class(name: str) -> str:
-    """A COCO category name ("dining table", "motorcycle") -> its CHAIR class (the synonym list's first word)."""
+    With a dataset's own vocabulary (`category_words`) every category is its own class: `category_name(name)`.
+    """
+    if vocabulary is not None and vocabulary.name != "coco":
+        return category_name(name)
     name = _SPACE.sub(" ", name.strip())
     return coco_words().synonym_of.get(name, name)

@@ -114,7 +114,7 @@ def cli_pope_build(args: list[str]) -> int:
 
 
 def cli_chair(args: list[str]) -> int:
-    """`mmpo eval chair --annotations GT --answers A [--captions C] [--lemmatizer L] [--out M.json]` or
+    """`mmpo eval chair --annotations GT --answers A [--captions C] [--lemmatizer L] [--vocabulary V] [--out M.json]` or
     `--config F [key=value ...]` (caption every image with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval chair")
     p.add_argument("--annotations", help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
@@ -122,6 +122,8 @@ def cli_chair(args: list[str]) -> int:
     p.add_argument("--answers", help="captions JSONL to score: image_id + caption")
     p.add_argument("--lemmatizer", default="auto", choices=("auto", "table", "nltk"),
                    help="auto: NLTK's reference pipeline where its data is installed, else the offline table")
+    p.add_argument("--vocabulary", default="coco", choices=chair.VOCABULARIES,
+                   help="coco: the reference's COCO lists; categories: the --annotations file's own category names")
     p.add_argument("--out", help="write the metrics JSON here")
     _config_flags(p, "chair")
     a = p.parse_intermixed_args(args)
@@ -132,7 +134,7 @@ def cli_chair(args: list[str]) -> int:
         return 0
     if not (a.annotations and a.answers):
         p.error("give --annotations and --answers (score a file) or --config (run a model)")
-    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer)
+    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer, a.vocabulary)
     _print_metrics({k: v for k, v in m.items() if k != "captions"}, None)
     if a.out:  # the file keeps the per-caption details
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

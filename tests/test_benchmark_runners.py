@@ -136,12 +136,34 @@ def test_chair_captions_each_image_with_the_prompt_and_scores_them(bench):
     # person, dog, chair in each of 3 captions: only the person of image 139 is there (gt 3 + 3 + 2 classes)
     assert (m["n_mentions"], m["n_hallucinated"]) == (9, 8)
     assert (m["chair_i"], m["chair_s"], m["recall"]) == (8 / 9, 1.0, 1 / 8)
+    assert m["vocabulary"] == "coco"  # the default: the reference's COCO lists
     again = EVALUATORS["chair"].score_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
     assert {k: again[k] for k in ("chair_i", "chair_s", "recall")} == {k: m[k] for k in ("chair_i", "chair_s", "recall")}
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
     report = (out / "report.md").read_text()
     assert "| 100.00 | 88.89 | 12.50 | 3 | 9 | 8 |" in report and "most hallucinated: chair (3), dog (3)" in report
     assert (out / "chair.png").stat().st_size > 0
+
+
+def test_chair_scores_against_the_annotation_files_own_categories(bench, tmp_path):
+    """vocabulary=categories: the file's category names are the classes (as the demo's shapes would be)."""
+    data = json.loads((SAMPLES / "chair_coco_instances_sample.json").read_text())
+    data["categories"] = [{"id": 1, "name": "dog"}, {"id": 2, "name": "chair"}, {"id": 3, "name": "red bar"}]
+    data["annotations"] = [{"id": n, "image_id": i, "category_id": c}
+                           for n, (i, c) in enumerate([(139, 1), (285, 1), (285, 2), (632, 3)])]
+    (tmp_path / "cats.json").write_text(json.dumps(data))
+    cfg = replace(bench["cfg"]("chair", "chair_categories", max_new_tokens=12), annotations=str(tmp_path / "cats.json"),
+                  captions="", vocabulary="categories")
+    m = bench["run"]("chair", cfg)
+    # every caption is CAPTION: dog, chair (a man is no category). 139 has a dog: chair hallucinated; 285 has both;
+    # 632 only a red bar: both hallucinated. 3 of 6 mentions, 2 of 3 captions; recall (1 + 2 + 0) / (1 + 2 + 1)
+    assert (m["n_mentions"], m["n_hallucinated"]) == (6, 3)
+    assert (m["chair_i"], m["chair_s"], m["recall"]) == (3 / 6, 2 / 3, 3 / 4)
+    out = Path(cfg.out_dir)
+    assert json.loads((out / "metrics.json").read_text())["vocabulary"] == "categories"
+    assert "- vocabulary: `categories`" in (out / "report.md").read_text()
+    with pytest.raises(ConfigError, match="vocabulary"):
+        replace(cfg, vocabulary="shapes")
 
 
 @pytest.mark.parametrize("name", ["amber", "eventhallusion"])

@@ -119,6 +119,86 @@ def test_chair_ground_truth_jsonl_and_errors(tmp_path):
         chair.read_captions(_captions(tmp_path, [{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}]))
 
 
+def _shapes_coco(tmp_path):
+    """A COCO instances file whose categories are not COCO objects (the demo world's kind): names with upper
+    case and doubled spaces, and one two-word name. Ground truth: 1 circle | 2 square, red bar | 3 cross, red bar."""
+    cats = [{"id": 1, "name": "Circle"}, {"id": 2, "name": "square"}, {"id": 3, "name": "red  bar"},
+            {"id": 4, "name": "cross"}]
+    images = [{"id": i, "file_name": f"{i}.png"} for i in (1, 2, 3)]
+    anns = [{"id": n, "image_id": i, "category_id": c} for n, (i, c) in enumerate([(1, 1), (2, 2), (2, 3), (3, 4), (3, 3)])]
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+SHAPE_CAPTIONS = [
+    {"image_id": 1, "caption": "There is a red circle with two squares."},  # circle, square: square hallucinated
+    {"image_id": 2, "caption": "Two red bars next to a square and a dog."},  # red bar, square; a dog is no category
+    {"image_id": 3, "caption": "Crosses, circles and a blue bar."},  # cross, circle (hallucinated); "blue bar" is none
+]
+
+
+def test_chair_category_vocabulary(table):
+    v = chair_words.category_words(["Circle", " red  bar ", "box", "cross", "toilet", "seat"])
+    assert v.name == "categories" and v.objects == {"circle", "red bar", "box", "cross", "toilet", "seat"}
+    assert v.synonym_of["red bar"] == "red bar" and v.double_words == {"red bar": "red bar"}  # as COCO's "hot dog"
+    # plurals by WordNet's noun rules (s, ses -> s, xes -> x); "red bars" merges into one mention, "bar" alone is none
+    assert chair_words.caption_objects("Two red bars, boxes and crosses; a bar and a dog.", table, v) == \
+        (["red bar", "box", "cross"], ["red bar", "box", "cross"])
+    # the COCO "toilet seat" rule is COCO's: here a seat is a seat
+    assert chair_words.caption_objects("A toilet with its seat up.", table, v)[1] == ["toilet", "seat"]
+    assert chair_words.caption_objects("A toilet with its seat up.", table)[1] == ["toilet"]
+    assert chair_words.noun_lemma("crosses", frozenset({"cross", "crosse"})) == "cross"  # the shortest, as _morphy
+    with pytest.raises(ValueError, match="at most two"):
+        chair_words.category_words(["big red bar"])
+    with pytest.raises(ValueError, match="non-empty"):
+        chair_words.category_words([])
+
+
+def test_chair_metrics_against_the_files_own_categories(tmp_path, capsys):
+    shapes, answers = _shapes_coco(tmp_path), _captions(tmp_path, SHAPE_CAPTIONS)
+    r = chair.score_answers_file(shapes, answers, lemmatizer="table", vocabulary="categories")
+    per = {c["image_id"]: c for c in r["captions"]}
+    assert {i: c["mentioned"] for i, c in per.items()} == {
+        1: [("circle", "circle"), ("square", "square")],
+        2: [("red bar", "red bar"), ("square", "square")],
+        3: [("cross", "cross"), ("circle", "circle")]}
+    assert per[1]["hallucinated"] == [("square", "square")] and per[3]["hallucinated"] == [("circle", "circle")]
+    # mentions 2 + 2 + 2 = 6, hallucinated 1 + 0 + 1 = 2; captions 1 and 3 hallucinate
+    assert (r["n_mentions"], r["n_hallucinated"]) == (6, 2)
+    assert r["chair_i"] == 2 / 6 and r["chair_s"] == 2 / 3
+    # ground truth 1 + 2 + 2 classes; mentioned: circle | red bar, square | cross ("blue bar" is no red bar)
+    assert r["recall"] == (1 + 2 + 1) / (1 + 2 + 2)
+    assert r["vocabulary"] == "categories"
+    # the same files under COCO's lists: no shape is a COCO object, the dog is (and is not in the ground truth)
+    coco = chair.score_answers_file(shapes, answers, lemmatizer="table")
+    assert coco["vocabulary"] == "coco" and (coco["n_mentions"], coco["chair_i"], coco["recall"]) == (1, 1.0, 0.0)
+    # category names: COCO's route keeps the case (as before); the file's own vocabulary lower-cases them
+    assert chair.read_images(shapes)[0].gt_objects == {"Circle"}
+    assert chair.read_images(shapes, vocabulary=chair.load_vocabulary("categories", shapes))[0].gt_objects == \
+        {"circle"}
+
+    from mmpo.cli import main
+
+    assert main(["eval", "chair", "--annotations", str(shapes), "--answers", str(answers), "--lemmatizer", "table",
+                 "--vocabulary", "categories", "--out", str(tmp_path / "m.json")]) == 0
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert (saved["chair_i"], saved["vocabulary"]) == (2 / 6, "categories")
+    capsys.readouterr()
+
+
+def test_chair_categories_need_a_coco_instances_file(tmp_path):
+    gt = tmp_path / "gt.jsonl"
+    gt.write_text(json.dumps({"image_id": 1, "gt_objects": ["circle"]}) + "\n")
+    answers = _captions(tmp_path, [{"image_id": 1, "caption": "A circle."}])
+    with pytest.raises(ValueError, match=r"gt\.jsonl: vocabulary 'categories' needs a COCO instances JSON"):
+        chair.score_answers_file(gt, answers, lemmatizer="table", vocabulary="categories")
+    with pytest.raises(ValueError, match=r"gt\.jsonl: a ground-truth JSONL holds COCO classes"):
+        chair.read_images(gt, vocabulary=chair_words.category_words(["circle"]))
+    with pytest.raises(ValueError, match="vocabulary must be one of"):
+        chair.score_answers_file(gt, answers, lemmatizer="table", vocabulary="shapes")
+
+
 # ---------------------------------------------------------------- AMBER
 
 # responses to the 26 discriminative questions of the excerpt (ids 1005-1018, 8633-8638, 13557-13562)
