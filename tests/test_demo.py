@@ -8,7 +8,7 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage(tmp_path):
-    from eval import pope, pope_metrics
+    from eval import chair, pope, pope_metrics, videohallucer_metrics
     from mmpo.demo import pipeline
 
     result = pipeline.run(tmp_path, quick=True)
@@ -31,7 +31,21 @@ def test_quick_demo_runs_every_stage(tmp_path):
         assert rescored["f1"] == pytest.approx(metrics["f1"]) and rescored["n"] == len(qs)
     report = (tmp_path / "report.md").read_text()
     assert "SFT (before)" in report and all(m.name in report for m in pipeline.METHODS)
-    assert "PaMi-VDPO" in report and 0.0 <= result["video"]["before"]["overall"]["pair_accuracy"] <= 1.0
+    assert "PaMi-VDPO" in report
+    # so are the video SFT model's, from the reference-layout results files
+    for cat in ("object_relation", "temporal"):
+        rescored = videohallucer_metrics.score_answers_file(
+            tmp_path / "video" / "eval_world" / "videohallucer" / cat / f"{cat}.json",
+            tmp_path / "eval" / "video_sft" / "results" / f"{cat}.json")
+        assert rescored["pair_accuracy"] == pytest.approx(result["video"]["before"][cat]["pair_accuracy"])
+    # and the CHAIR columns, from the captions each model wrote, against the world's own object list
+    assert "CHAIR_s" in report and set(result["chair"]) == {"SFT"} | {m.name for m in pipeline.METHODS}
+    for name, folder in [("SFT", "sft_chair"), ("DPO", "dpo_seed0_chair")]:
+        got = result["chair"][name] if name == "SFT" else result["chair"][name][0]
+        rescored = chair.score_answers_file(tmp_path / "world" / "annotations.json",
+                                            tmp_path / "eval" / folder / "answers.jsonl", vocabulary="categories")
+        assert rescored["n_captions"] == got["n_captions"] == 40  # every held-out image of the quick world
+        assert (rescored["chair_i"], rescored["chair_s"]) == pytest.approx((got["chair_i"], got["chair_s"]))
     # VideoSAVi trains when its 4-step model kept any pair (it may name no object to ask about)
     savi_kept = bool((tmp_path / "pairs" / "video_self_qa" / "pairs.jsonl").read_text().strip())
     assert (tmp_path / "runs" / "video_videosavi_seed0" / "adapter").is_dir() == savi_kept

@@ -4,9 +4,9 @@ Stages (each prints what it does and how long it took):
 1. world: images with COCO annotations, videos with events and a temporal prior, SFT data (`mmpo.demo.world`);
 2. world models: the shipped tiny CLIP + SFT LLaVA (or `--from-scratch`: `mmpo.demo.image_models`);
 3. POPE random / popular / adversarial questions from the held-out annotations (the POPE builder);
-4. evaluate the SFT model (POPE in logits mode with image-prefix reuse);
+4. evaluate the SFT model (POPE in logits mode with image-prefix reuse; CHAIR of its held-out captions);
 5. build preference sets: world answer pairs (`mmpo.demo.pairs`) and, for DA-DPO, difficulty scores;
-6. train each image method (LoRA, the one trainer) for each seed, evaluate again;
+6. train each image method (LoRA, the one trainer) for each seed, evaluate both again;
 7. video: held-out VideoHallucer-style videos (half the pair videos break the temporal prior), the shipped
    video LLaVA (or trained here), PaMi bags from the augmentation builder, VideoSAVi pairs from the self-QA
    builder on unlabelled videos, each video method trained and evaluated (`mmpo.demo.video_models`);
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_builders import difficulty
-from eval import pope_build, runner
+from eval import chair_runner, pope_build, runner
 from mmpo.config import ModelConfig, TrainConfig, from_dict
 from mmpo.demo import report
-from mmpo.demo.world import WorldConfig, build_world
+from mmpo.demo.world import CAPTION_Q, WorldConfig, build_world
 
 ASSETS = Path(__file__).parent / "assets"
 RUN_FOLDERS = ("world", "models", "runs", "eval", "pairs", "video")  # what `run` writes under `out`, besides the report
@@ -141,6 +141,20 @@ def evaluate_pope(model_path: Path, adapter: str, questions: list[str], world_di
                                 prefix_reuse=True)
     metrics = runner.run_pope(cfg)
     return {s: metrics["splits"][s] for s in metrics["splits"]} if "splits" in metrics else metrics
+
+
+def evaluate_chair(model_path: Path, adapter: str, world_dir: Path, out_dir: Path) -> dict:
+    """CHAIR of each held-out image's caption ("Describe the image.", greedy), against the objects really drawn.
+
+    The world's annotations are COCO-format with its own classes, so the vocabulary is the file's categories
+    (`vocabulary: categories`): exact ground truth, no synonym lists. Returns CHAIR_i, CHAIR_s, recall and counts.
+    """
+    cfg = chair_runner.ChairEvalConfig(model=ModelConfig(path=str(model_path), adapter=adapter),
+                                       annotations=str(world_dir / "annotations.json"), image_root=str(world_dir),
+                                       out_dir=str(out_dir), prompt=CAPTION_Q, batch_size=50, max_new_tokens=32,
+                                       vocabulary="categories")
+    metrics = chair_runner.run_chair(cfg)
+    return {k: metrics[k] for k in ("chair_i", "chair_s", "recall", "n_captions", "n_mentions", "prompt")}
 
 
 def train_method(method: Method, pairs: Path, media_root: Path, model_path: Path, out_dir: Path,
@@ -272,7 +286,7 @@ def prepare_out(out: Path) -> Path:
 
 def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int = 1, video: bool = True,
         methods: tuple | None = None, video_methods: tuple | None = None) -> dict:
-    """Run the demo into `out`; returns {"before", "after", "report"}.
+    """Run the demo into `out`; returns {"before", "after", "chair", "video", "report"}.
 
     Args:
         out: output folder.
@@ -310,6 +324,9 @@ def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int =
     with timer("evaluate the SFT model (POPE, logits, prefix reuse)"):
         before = evaluate_pope(models["llava"], "", questions, world_dir, out / "eval" / "sft")
         print("   " + _summary(before))
+    with timer("caption the held-out images (CHAIR against the drawn objects)"):
+        chair = {"SFT": evaluate_chair(models["llava"], "", world_dir, out / "eval" / "sft_chair")}
+        print("   " + _chair_summary(chair["SFT"]))
     with timer("build preference sets (world pairs, DA-DPO difficulty)"):
         sets = build_pair_sets(world_dir, models, settings, out / "pairs")
     after: dict[str, list[dict]] = {}
@@ -320,20 +337,28 @@ def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int =
             with timer(f"train {method.name} (seed {seed})"):
                 adapter = train_method(method, sets[method.data], world_dir, models["llava"], out / "runs" / tag,
                                        settings, seed)
-            with timer(f"evaluate {method.name} (seed {seed})"):
+            with timer(f"evaluate {method.name} (seed {seed}; POPE, captions)"):
                 result = evaluate_pope(models["llava"], str(adapter), questions, world_dir, out / "eval" / tag)
                 print("   " + _summary(result))
+                chair.setdefault(method.name, []).append(
+                    evaluate_chair(models["llava"], str(adapter), world_dir, out / "eval" / f"{tag}_chair"))
+                print("   " + _chair_summary(chair[method.name][-1]))
             after.setdefault(method.name, []).append(result)
             if seed == 0:
                 curves[method.name] = [r for r in read_metrics(out / "runs" / tag) if "loss" in r]
     video = video_stage(out, settings, world_dir, from_scratch, quick, timer, models["clip"]) if settings.video else None
     path = report.write_report(out, before, after, curves, timer.times, settings, {m.name: m.note for m in METHODS},
-                               video)
-    (out / "results.json").write_text(json.dumps({"before": before, "after": after, "video": video,
+                               video, chair)
+    (out / "results.json").write_text(json.dumps({"before": before, "after": after, "chair": chair, "video": video,
                                                   "times": timer.times}, indent=2))
     print(f"\nreport: {path}")
     print(path.read_text())
-    return {"before": before, "after": after, "video": video, "report": path}
+    return {"before": before, "after": after, "chair": chair, "video": video, "report": path}
+
+
+def _chair_summary(metrics: dict) -> str:
+    return (f"captions: CHAIR_s {100 * metrics['chair_s']:.1f}  CHAIR_i {100 * metrics['chair_i']:.1f}  "
+            f"recall {100 * metrics['recall']:.1f}  ({metrics['n_captions']} images)")
 
 
 def _summary(metrics: dict) -> str:
