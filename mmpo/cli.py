@@ -108,7 +108,7 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true", help="retrain the world models instead of the shipped ones")
     p.add_argument("--quick", action="store_true", help="a reduced demo (the end-to-end test)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per method (the report gives mean and std)")
-    p.add_argument("--methods", default="", help="image methods, comma-separated (default DPO,DA-DPO; also mDPO)")
+    p.add_argument("--methods", default="", help="image methods, comma-separated (default DPO,DA-DPO,Caption-DPO; also mDPO)")
     p.add_argument("--no-video", action="store_true", help="skip the video part (PaMi-VDPO on VideoHallucer-style pairs)")
 
 

@@ -297,3 +297,22 @@ def test_temporal_pairs_ask_the_pair_and_tag_the_prior(tmp_path):
         assert (tag != "none") == has_pair  # the pair is asked whenever the video has one
         assert tag == {"none": "none", True: "prior", False: "counter"}[
             "none" if W.partner_of(x, cfg) != y else W.canonical_first(x, cfg)]
+
+
+def test_caption_pairs_add_exactly_one_absent_partner(built):
+    """Caption-DPO's pairs: chosen = the true caption, rejected = it plus one absent co-occurring partner."""
+    from mmpo.demo.pairs import caption_pairs
+
+    cfg, root, _ = built
+    scenes = json.loads((root / "scenes.json").read_text())["train"]
+    by_file = {sc["file"]: sc for sc in scenes}
+    pairs = caption_pairs(scenes, cfg)
+    assert pairs and len(pairs) < len(scenes)  # only scenes missing a partner
+    for p in pairs:
+        sc = by_file[p.media[0]]
+        present = {o["cls"] for o in sc["objects"]}
+        fake = p.meta["hallucinated"]
+        assert fake not in present and fake in {W.partner_of(c, cfg) for c in present}
+        assert p.chosen == W.caption(sc["objects"], cfg) and p.prompt == W.CAPTION_Q
+        named = set(re.findall(r"\b(" + "|".join(cfg.classes) + r")\b", p.rejected))
+        assert named == present | {fake} and fake not in p.chosen

@@ -1,14 +1,16 @@
 """Preference pairs the synthetic world gives for free, from its exact ground truth.
 
-Two kinds, both on TRAINING images (the POPE questions come from the held-out test images):
+Two kinds, both on TRAINING images (the POPE questions and CHAIR captions come from the held-out test images):
 
 - answer pairs: "Is there a X in the image?" with chosen = the true answer, rejected = the other one.
   Negatives are drawn the way POPE's adversarial split draws them (Li et al. 2023, arXiv 2305.10355):
   the absent co-occurring partner of a present object when there is one, else a random absent class.
   This is what a user builds from COCO-style annotations (HA-DPO-style hallucination pairs).
-- counterfactual pairs (mDPO's conditional preference, arXiv 2406.11839): the same question and the same
-  answer "yes", rejected media = the scene re-rendered without the asked object (`render_image(drop=)`),
-  so only the visual evidence differs. The world makes this exact "region mask" for free.
+- caption pairs: "Describe the image." with chosen = the true caption and rejected = the same caption with
+  the absent co-occurring partner of a present object added, the hallucination the world teaches. Rejections
+  made by inserting hallucinated objects into a correct description are how HA-DPO (Zhao et al. 2023, arXiv
+  2311.16839) and POVID (Zhou et al. 2024, arXiv 2402.11411) build caption preferences; the world knows exactly
+  which objects are absent. Only scenes with an absent partner give a pair (about 7% of training scenes).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpo.demo.world import IMAGE_Q, WorldConfig, partner_of, render_image
+from mmpo.demo.world import CAPTION_Q, CLASS_COLOURS, IMAGE_Q, WorldConfig, caption, partner_of
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_jsonl
 
 
@@ -49,30 +51,31 @@ def answer_pairs(scenes: list[dict], cfg: WorldConfig, n_images: int, seed: int 
     return out
 
 
-def counterfactual_pairs(scenes: list[dict], cfg: WorldConfig, world_dir: Path, n_images: int,
-                         offset: int = 0) -> list[PairRecord]:
-    """Same question, same answer "yes"; rejected media = the scene without the asked object (rendered to disk)."""
-    (world_dir / "counterfactual").mkdir(exist_ok=True)
+def caption_pairs(scenes: list[dict], cfg: WorldConfig, seed: int = 0) -> list[PairRecord]:
+    """True caption vs the caption with one absent partner added, for every scene missing a partner."""
+    rng = np.random.default_rng(seed)
     out = []
-    for sc in scenes[offset:offset + n_images]:
-        obj = sc["objects"][0]["cls"]
-        rel = f"counterfactual/{Path(sc['file']).stem}_no_{obj}.png"
-        if not (world_dir / rel).exists():
-            render_image(sc, cfg, drop=obj).save(world_dir / rel)
-        q = IMAGE_Q.format(obj)
-        out.append(PairRecord(id=pair_id([sc["file"]], q, "yes", "yes", [rel]), media=(sc["file"],),
-                              media_type="image", prompt=q, chosen="yes", rejected="yes", rejected_media=(rel,),
-                              source="world_counterfactual", meta={"gt": "yes", "dropped": obj}))
+    for sc in scenes:
+        present = [o["cls"] for o in sc["objects"]]
+        absent_partners = sorted({p for p in (partner_of(c, cfg) for c in present) if p and p not in present})
+        if not absent_partners:
+            continue
+        fake = str(rng.choice(absent_partners))
+        true, wrong = caption(sc["objects"], cfg), caption(sc["objects"] + [{"cls": fake, "colour": CLASS_COLOURS[fake]}], cfg)
+        out.append(PairRecord(id=pair_id([sc["file"]], CAPTION_Q, true, wrong), media=(sc["file"],), media_type="image",
+                              prompt=CAPTION_Q, chosen=true, rejected=wrong, source="world_captions",
+                              meta={"gt": true, "hallucinated": fake}))
     return out
 
 
 def write_world_pairs(world_dir: Path, cfg: WorldConfig, n_images: int, seed: int = 0) -> dict[str, Path]:
-    """Write answers.jsonl, counterfactual.jsonl and sft_subset.jsonl (for the augment builder) into the world."""
+    """Write pairs_answers.jsonl (first `n_images` scenes), pairs_captions.jsonl (every scene missing a partner)
+    and sft_subset.jsonl (for the augment builder) into the world."""
     scenes = json.loads((world_dir / "scenes.json").read_text())["train"]
-    paths = {"answers": world_dir / "pairs_answers.jsonl", "counterfactual": world_dir / "pairs_counterfactual.jsonl",
+    paths = {"answers": world_dir / "pairs_answers.jsonl", "captions": world_dir / "pairs_captions.jsonl",
              "sft_subset": world_dir / "sft_subset.jsonl"}
     write_jsonl(paths["answers"], answer_pairs(scenes, cfg, n_images, seed))
-    write_jsonl(paths["counterfactual"], counterfactual_pairs(scenes, cfg, world_dir, n_images))
+    write_jsonl(paths["captions"], caption_pairs(scenes, cfg, seed))
     subset = [SFTRecord(id=f"sub{i}", media=(sc["file"],), media_type="image",
                         prompt=IMAGE_Q.format(sc["objects"][0]["cls"]), answer="yes")
               for i, sc in enumerate(scenes[:n_images])]

@@ -40,9 +40,10 @@ class Method:
     """One preference-optimisation recipe the demo compares."""
 
     name: str  # row label
-    data: str  # which pair set: answers | difficulty | counterfactual | augment
+    data: str  # which pair set: answers | difficulty | captions
     loss: list = field(default_factory=list)  # loss terms (mmpo.config.LossTerm dicts)
     note: str = ""  # one line for the report
+    lr: float | None = None  # None: DemoSettings.lr
 
 
 # Tuned on the SFT model, seed 0 (benchmarks/LOG.md, "Demo DPO recipes"): beta 0.5, lr 2e-3, 300 LoRA steps.
@@ -54,6 +55,11 @@ METHODS = [
     Method("mDPO", "answers", [{"name": "dpo", "params": {"beta": 0.5}}, {"name": "mdpo_conditional", "params": {"beta": 0.5}},
                                {"name": "mdpo_anchor", "params": {"beta": 0.5}}],
            "DPO + conditional image preference (keep 1-20% of the image) + anchor, equal weights"),
+    # benchmarks/LOG.md (2026-11-28, caption pairs): DPO alone at beta 0.5 / lr 2e-3 collapsed the captions into
+    # "no yes yes ..."; the NLL term on the chosen caption (RPO) keeps them fluent.
+    Method("Caption-DPO", "captions", [{"name": "dpo", "params": {"beta": 0.1}}, {"name": "sft", "weight": 1.0}],
+           "DPO + NLL on the chosen caption (RPO) on true captions vs the same caption with an absent partner added "
+           "(HA-DPO / POVID-style hallucination injection)", lr=5e-4),
 ]
 
 
@@ -75,7 +81,7 @@ class DemoSettings:
     video_steps: int | None = None  # steps of every video method (None: each method's own)
     savi_videos: int = 160  # unlabelled videos VideoSAVi questions, answers and judges (video_models.SAVI_VIDEOS)
     savi_min_gap: float = 1.0  # VideoSAVi judge gap (the quick demo's 4-step model judges everything alike: 0)
-    methods: tuple = ("DPO", "DA-DPO")  # image methods to run (names in METHODS); mDPO adds ~50 s
+    methods: tuple = ("DPO", "DA-DPO", "Caption-DPO")  # image methods to run (names in METHODS); mDPO adds ~50 s
     # video methods (names in video_models.video_methods()); benchmarks/demo_effect.py adds DPO and PaMi-VDPO alone
     video_methods: tuple = ("PaMi-VDPO + DPO", "VideoSAVi")
 
@@ -165,7 +171,7 @@ def train_method(method: Method, pairs: Path, media_root: Path, model_path: Path
     cfg = from_dict(TrainConfig, {
         "output_dir": str(out_dir), "seed": seed, "model": {"path": str(model_path)},
         "lora": {"r": settings.lora_r, "alpha": 2 * settings.lora_r},
-        "data": {"train": str(pairs), "media_root": str(media_root)}, "loss": method.loss, "lr": settings.lr,
+        "data": {"train": str(pairs), "media_root": str(media_root)}, "loss": method.loss, "lr": method.lr or settings.lr,
         "max_steps": settings.steps, "batch_size": settings.batch_size, "warmup_ratio": 0.1, "progress": True})
     train(cfg)
     return out_dir / "adapter"
