@@ -59,11 +59,11 @@ def image_lines(before: dict, after: dict[str, list[dict]], settings, notes: dic
         for name, runs in after.items():
             delta = 100 * (statistics.fmean(r["adversarial"]["f1"] for r in runs) - before["adversarial"]["f1"])
             if delta <= 0:
-                lines.append(f"- {name} did not reduce hallucination here ({delta:+.1f} adversarial F1 points).")
+                lines.append(f"- {name} did not improve POPE here ({delta:+.1f} adversarial F1 points).")
     if chair and after:
         fewest = min(after, key=lambda k: statistics.fmean(r["chair_s"] for r in chair[k]))
         gain = 100 * (statistics.fmean(r["chair_s"] for r in chair[fewest]) - chair["SFT"]["chair_s"])
-        lines.append(f"Fewest captions with a hallucinated object: **{fewest}** (CHAIR_s {gain:+.1f} points).")
+        lines += ["", f"Fewest captions with a hallucinated object: **{fewest}** (CHAIR_s {gain:+.1f} points)."]
     return lines + ["", "Methods:"] + [f"- **{name}**: {notes[name]}" for name in after if name in notes]
 
 
