@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,11 +84,17 @@ LEVERS = ("shared_prefix", "precompute_reference", "gradient_checkpointing", "ch
 
 # ----------------------------------------------------------------------------- model and data
 
-def make_checkpoint(spec: dict, work: Path, device: str) -> Path:
-    """A checkpoint folder with weights: tiny from the factory (more image tokens), 7B built on the GPU."""
+def make_checkpoint(spec: dict, models: Path, device: str) -> Path:
+    """A checkpoint folder with weights: tiny from the factory (more image tokens), 7B built on the GPU.
+
+    Kept under `models/`, named by what shapes the weights, so configurations that differ only in how they
+    train (llava7b and llava7b_qlora; tiny and qlora_tiny) share one checkpoint: at 7B that saves building and
+    writing another ~14 GB.
+    """
     from mmpo.models import build_model, make_tiny_model
 
-    out = work / f"{spec['family']}-{spec['size']}"
+    shape = f"{spec['image_size']}px-p{spec['patch']}" if spec["size"] == "tiny" else "default"
+    out = models / f"{spec['family']}-{spec['size']}-{shape}-{spec['frames']}f"
     if (out / "done").exists():
         return out
     if spec["size"] == "tiny":
@@ -359,7 +366,7 @@ def setup(config: str, args) -> dict:
     spec = CONFIGS[config]
     work = Path(args.work) / config
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = make_checkpoint(spec, work, args.device)
+    model_dir = make_checkpoint(spec, Path(args.work) / "models", args.device)
     processor = AutoProcessor.from_pretrained(model_dir)
     mcfg = AutoConfig.from_pretrained(model_dir)
     media_type = "video" if spec["family"] == "llava_next_video" else "image"
@@ -378,17 +385,42 @@ def bench_config(config: str, args) -> dict:
     times = {name: [] for name in variants}
     peaks = {name: [] for name in variants}
     prepass = {name: [] for name in variants}
+    failed, skipped, longest = {}, [], 0.0
     for rnd in range(args.rounds):
         for name, variant in variants.items():  # alternating: every round runs every variant once
-            t, p = measure_once(env, variant, args.warmup + args.steps, env["work"] / f"run-{rnd}-{name.replace(' ', '_')}")
+            if name in failed:
+                continue
+            # --budget-s: start a run only if one as long as the longest so far still ends in time
+            if args.deadline is not None and time.monotonic() + longest > args.deadline:
+                skipped.append(f"round {rnd} {name}")
+                continue
+            began = time.monotonic()
+            try:
+                t, p = measure_once(env, variant, args.warmup + args.steps,
+                                    env["work"] / f"run-{rnd}-{name.replace(' ', '_')}")
+            except Exception as exc:  # one variant's crash (an OOM, say) must not lose the others' numbers
+                traceback.print_exc()
+                failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                print(f"[{config}] round {rnd} {name}: FAILED {failed[name]}", flush=True)
+                gc.collect()
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                continue
+            longest = max(longest, time.monotonic() - began)
             times[name] += t[args.warmup:]
             peaks[name] += [p] if p is not None else []
             prepass[name].append(env["last_prepass_s"])
-            print(f"[{config}] round {rnd} {name}: median step {statistics.median(t[args.warmup:]) * 1e3:.1f} ms",
-                  flush=True)
+            mem = "" if p is None else f", peak {p:.2f} GiB"
+            print(f"[{config}] round {rnd} {name}: median step {statistics.median(t[args.warmup:]) * 1e3:.1f} ms"
+                  f" ({spec['batch'] / statistics.median(t[args.warmup:]):.2f} pairs/s{mem}; run "
+                  f"{time.monotonic() - began:.0f} s)", flush=True)
+    if skipped:
+        print(f"[{config}] not run (--budget-s {args.budget_s:g}): {', '.join(skipped)}", flush=True)
     peak_flops = measured_peak_flops(args.device)
     rows = {}
     for name, variant in variants.items():
+        if not times[name]:
+            continue
         step = statistics.median(times[name])
         useful = dpo_step_useful_flops(env["model_cfg"], spec["batch"], stats["media"], stats["prompt"],
                                        stats["chosen"], stats["rejected"], spec["frames"], reference=True)["total"]
@@ -401,7 +433,7 @@ def bench_config(config: str, args) -> dict:
                           peak_gib=max(peaks[name]) if peaks[name] else
                           (child_rss(args, config, name) if args.memory else None),
                           useful_tflops=useful / step / 1e12, utilisation=useful / step / peak_flops)
-    return dict(config=config, stats=stats, peak_tflops=peak_flops / 1e12, rows=rows,
+    return dict(config=config, stats=stats, peak_tflops=peak_flops / 1e12, rows=rows, failed=failed, skipped=skipped,
                 ratio=rows["mmpo"]["pairs_per_s"] / rows["trl"]["pairs_per_s"] if "trl" in rows and "mmpo" in rows else None)
 
 
@@ -436,8 +468,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default all)")
     parser.add_argument("--work", default=None, help="work folder (models, pairs, runs); default a temp dir")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip CPU child-process RSS")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no run that would end past this many seconds after start (a run is assumed to "
+                             "take as long as the longest so far); the variants not run are listed")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.deadline = None if args.budget_s is None else time.monotonic() + args.budget_s
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")) if args.device == "cpu" else torch.get_num_threads())
     args.work = Path(args.work or tempfile.mkdtemp(prefix="train_vs_trl-"))
     configs = args.configs or (["tiny"] if args.device == "cpu" else ["llava7b", "llava7b_qlora", "video7b"])
@@ -463,6 +499,10 @@ def main(argv=None) -> None:
                                           "peak_gib": None if r["peak_gib"] is None else round(r["peak_gib"], 3),
                                           "utilisation": round(r["utilisation"], 4)} for name, r in rows.items()}
         headline[res["config"]]["mmpo_vs_trl"] = None if res["ratio"] is None else round(res["ratio"], 2)
+        if res["failed"]:
+            headline[res["config"]]["failed"] = res["failed"]
+        if res["skipped"]:
+            headline[res["config"]]["not_run"] = res["skipped"]
     print(json.dumps(headline))
 
 

@@ -1,4 +1,4 @@
-"""CUDA-only checks (marked `gpu`, skipped without CUDA): bf16 LoRA and 4-bit QLoRA training steps."""
+"""CUDA-only checks (marked `gpu`, skipped without CUDA): bf16 LoRA, 4-bit QLoRA and 8-bit AdamW training steps."""
 
 import pytest
 import torch
@@ -12,8 +12,10 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("extra", [["precision=bf16", "model.dtype=bfloat16"],
-                                   ["precision=bf16", "model.load_in_4bit=true", "gradient_checkpointing=true"]],
-                         ids=["bf16_lora", "qlora_4bit"])
+                                   ["precision=bf16", "model.load_in_4bit=true", "gradient_checkpointing=true"],
+                                   # r=32: LoRA matrices of >= 4096 elements, so AdamW8bit keeps 8-bit states
+                                   ["precision=bf16", "model.dtype=bfloat16", "optimizer=adamw_8bit", "lora.r=32"]],
+                         ids=["bf16_lora", "qlora_4bit", "bf16_lora_adamw8bit"])
 def test_tiny_llava_trains_on_cuda(tmp_path, extra):
     model = tiny_model("llava", tmp_path)
     pairs = toy_pairs(tmp_path / "d")
