@@ -86,6 +86,10 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
     """
     out = Path(cfg.out_dir)
     lemmatizer = Lemmatizer(cfg.lemmatizer)
+    for key, hint in (("annotations", ""), ("captions", " (captions= leaves the reference captions out)")):
+        path = getattr(cfg, key)
+        if (key == "annotations" or path) and not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: no such file {path!r}{hint}")
     vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations)  # before any captioning: a bad file fails fast
     images = load_images(cfg, lemmatizer, vocabulary)
     check_run(out, {"prompt": cfg.prompt, **model_settings(cfg.model), "max_new_tokens": cfg.max_new_tokens})

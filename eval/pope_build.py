@@ -203,7 +203,8 @@ def build(ground_truth: list[dict], splits: tuple[str, ...] = SPLITS, sample_num
     """
     eligible = [im for im in ground_truth if len(im["objects"]) >= sample_num]
     if len(eligible) < img_num:
-        raise ValueError(f"only {len(eligible)} images have >= {sample_num} objects; img_num={img_num}")
+        raise ValueError(f"only {len(eligible)} images have >= {sample_num} objects; img_num={img_num} "
+                         f"(ask for fewer: --num-images {len(eligible)}, or fewer objects per image: --sample-num)")
     rng = random.Random(seed)
     chosen = rng.sample(eligible, img_num)
     return {s: build_split(chosen, s, rng, sample_num, template, legacy_typo, tie_break) for s in splits}

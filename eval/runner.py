@@ -208,7 +208,14 @@ def vh_category_files(cfg: VideoHallucerEvalConfig) -> list[Path]:
         return [Path(f) for f in cfg.files]
     if not cfg.data_dir:
         raise ValueError("set data_dir (reference layout) or files (category JSON files)")
-    return [Path(cfg.data_dir) / c / f"{c}.json" for c in cfg.categories]
+    files = [Path(cfg.data_dir) / c / f"{c}.json" for c in cfg.categories]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        found = sorted(p.parent.name for p in Path(cfg.data_dir).glob("*/*.json") if p.stem == p.parent.name)
+        raise FileNotFoundError(f"{missing[0]}: no such file; `categories` lists the categories to run "
+                                f"({len(missing)} of {len(files)} missing; {cfg.data_dir} holds {found or 'none'}: "
+                                f"e.g. categories=[{','.join(found)}])")
+    return files
 
 
 def _vh_video(cfg: VideoHallucerEvalConfig, data_file: Path, video: str) -> str:

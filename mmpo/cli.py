@@ -32,12 +32,23 @@ def check_train_command(cfg) -> None:
         raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
 
 
+def check_input_files(cfg) -> None:
+    """The data files the config names exist, checked before any model loads (a typo then costs a second, not
+    the model's load time, and leaves no run folder behind)."""
+    files = {"data.train": cfg.data.train, "distill.mimic_data": cfg.distill.mimic_data,
+             "distill.preference_data": cfg.distill.preference_data, "eval_config": cfg.eval_config}
+    for key, path in files.items():
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{key}: no such file {path!r}")
+
+
 def cmd_train(args) -> int:
     """Train with the stage the config names (sft, dpo, multi_round, distill)."""
     from mmpo.config import TrainConfig, load
 
     cfg = load(TrainConfig, args.config, args.overrides)
     check_train_command(cfg)
+    check_input_files(cfg)
     hook = None
     if cfg.eval_config:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
         from eval.runner import PopeEvalConfig, make_pope_hook
@@ -151,16 +162,29 @@ def config_class_for(path: Path):
 
 
 def cmd_validate(args) -> int:
-    """Check config files against their typed schema (unknown keys and wrong types are errors)."""
+    """Check config files against their typed schema (unknown keys and wrong types are errors).
+
+    Every file is checked, also after a bad one, so one run lists all that need fixing; exit 1 if any does.
+    """
     from mmpo.config import TrainConfig, load
 
+    failed = 0
     for raw in args.paths:
         path = Path(raw)
-        cfg = load(config_class_for(path), path)
-        if isinstance(cfg, TrainConfig):
-            check_train_command(cfg)
+        try:
+            cfg = load(config_class_for(path), path)
+            if isinstance(cfg, TrainConfig):
+                check_train_command(cfg)
+        except Exception as exc:  # the file's own problem: report it and go on to the next file
+            if args.debug:
+                raise
+            print(f"mmpo: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         print(f"ok  {path}")
-    return 0
+    if failed:
+        print(f"mmpo: {failed} of {len(args.paths)} config file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _make_model_parser(p: argparse.ArgumentParser) -> None:

@@ -267,6 +267,10 @@ def load_clip(path_or_name: str | Path, device: str | torch.device = "cpu", batc
     import open_clip
 
     name = str(path_or_name)
+    if ":" not in name and ("/" in name or "\\" in name) and not Path(name).exists():
+        # open_clip would read it as a model name, mangle the slashes and list its ~150 built-in names
+        raise FileNotFoundError(f"{name}: no such folder (expected an open_clip local-dir checkpoint folder, or a "
+                                "model name such as 'ViT-B-32')")
     if not name.startswith(LOCAL_DIR) and Path(name).is_dir():
         if not (Path(name) / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{name}: not an open_clip local-dir checkpoint (no {CONFIG_NAME})")

@@ -124,11 +124,16 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    kwargs = {k: _check_type(v, hints[k], _key_path(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
     except ConfigError as exc:  # a check in __post_init__ ("key: problem"): name the file and section too
-        raise ConfigError(f"{where}.{exc}") from None
+        raise ConfigError(_key_path(where, str(exc))) from None
+
+
+def _key_path(where: str, key: str) -> str:
+    """"file.yaml" + "lora" -> "file.yaml: lora"; "file.yaml: lora" + "r" -> "file.yaml: lora.r"."""
+    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
 
 
 def check_range(cfg: Any, **rules: str) -> None:
@@ -176,10 +181,23 @@ def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]
     return keys, yaml.safe_load(raw) if raw.strip() else ""
 
 
+def _check_override_keys(text: str, keys: list[str], cls: type | None) -> None:
+    """A command-line key the schema does not have is the command line's mistake, not the config file's."""
+    for depth, key in enumerate(keys):
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return  # below a free-form value (a dict or list): nothing to check against
+        names = sorted(f.name for f in dataclasses.fields(cls))
+        if key not in names:
+            section = ".".join(keys[:depth]) or "the top level"
+            raise ConfigError(f"command line {text!r}: unknown key {key!r} in {section}; valid keys: {names}")
+        cls = typing.get_type_hints(cls).get(key)
+
+
 def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
     """Set dotted `key=value` overrides into a nested dict (values typed by `cls`'s schema where it has the key)."""
     for text in overrides:
         keys, value = _parse_override(text, cls)
+        _check_override_keys(text, keys, cls)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})

@@ -15,7 +15,7 @@ import torch
 from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model, yes_no_model
 from videos import write_clip
 
-from eval import EVALUATORS, chair, eventhallusion, runner
+from eval import EVALUATORS, chair, chair_runner, eventhallusion, runner
 from eval.amber_runner import AmberEvalConfig
 from eval.chair_runner import ChairEvalConfig
 from eval.eventhallusion_runner import EventHallusionEvalConfig
@@ -164,6 +164,8 @@ def test_chair_scores_against_the_annotation_files_own_categories(bench, tmp_pat
     assert "- vocabulary: `categories`" in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="vocabulary"):
         replace(cfg, vocabulary="shapes")
+    with pytest.raises(FileNotFoundError, match=r"captions: no such file '.*none.json' \(captions= leaves"):
+        chair_runner.run_chair(replace(cfg, captions=str(tmp_path / "none.json")))
 
 
 @pytest.mark.parametrize("name", ["amber", "eventhallusion"])

@@ -41,12 +41,20 @@ def test_config_errors_name_file_and_key(tmp_path, capsys):
     with pytest.raises(cfgmod.ConfigError, match=r"bad.yaml: unknown key\(s\) \['batch_sise'\]"):
         cfgmod.load(cfgmod.TrainConfig, bad)
     bad.write_text("lora:\n  r: four\n")
-    with pytest.raises(cfgmod.ConfigError, match=r"bad.yaml.lora.r: expected an integer"):
+    with pytest.raises(cfgmod.ConfigError, match=r"bad.yaml: lora.r: expected an integer"):
         cfgmod.load(cfgmod.TrainConfig, bad)
     with pytest.raises(cfgmod.ConfigError, match="expected key=value"):
         cfgmod.load(cfgmod.TrainConfig, None, ["lr"])
     assert main(["validate", str(bad)]) == 1  # one clear line, no traceback
     assert "mmpo: error:" in capsys.readouterr().err
+    good = REPO / "configs" / "train" / "tiny_cpu.yaml"
+    assert main(["validate", str(bad), str(good)]) == 1  # a bad file does not stop the check of the others
+    out = capsys.readouterr()
+    assert f"ok  {good}" in out.out and "1 of 2 config file(s) failed" in out.err
+    with pytest.raises(cfgmod.ConfigError, match=r"command line 'lrr=1': unknown key 'lrr' in the top level"):
+        cfgmod.load(cfgmod.TrainConfig, good, ["lrr=1"])
+    with pytest.raises(cfgmod.ConfigError, match=r"command line 'lora.rank=4': unknown key 'rank' in lora"):
+        cfgmod.load(cfgmod.TrainConfig, good, ["lora.rank=4"])
 
 
 def test_overrides_parse_in_any_order():
@@ -73,6 +81,14 @@ def test_train_command_runs_the_tiny_configs(tmp_path):
     assert main(["train", "--config", str(REPO / "configs/train/sft_tiny_cpu.yaml"), f"model.path={model}",
                  f"data.train={sft}", f"output_dir={tmp_path / 'sft'}"]) == 0
     assert (tmp_path / "sft" / "metrics.jsonl").is_file()
+
+
+def test_a_missing_data_file_is_named_before_any_model_loads(tmp_path, capsys):
+    """The model path does not exist either: the data check comes first, and no run folder is left behind."""
+    assert main(["train", "--config", str(REPO / "configs/train/tiny_cpu.yaml"), f"model.path={tmp_path / 'none'}",
+                 f"data.train={tmp_path / 'nope.jsonl'}", f"output_dir={tmp_path / 'run'}"]) == 1
+    assert f"data.train: no such file '{tmp_path / 'nope.jsonl'}'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_make_model_command(tmp_path):

@@ -123,6 +123,11 @@ def test_load_clip_rejects_a_folder_without_config(tmp_path):
         load_clip(tmp_path)
 
 
+def test_load_clip_names_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope: no such folder \(expected an open_clip local-dir"):
+        load_clip(tmp_path / "nope")
+
+
 def test_contrastive_train_lowers_the_loss(tmp_path):
     """Two kinds of images with two captions: 40 InfoNCE steps must pull matching pairs together."""
     import numpy as np

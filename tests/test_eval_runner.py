@@ -3,6 +3,7 @@ VideoHallucer in the reference layout, the trainer hook, the CLI functions and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -193,6 +194,11 @@ def test_videohallucer_run_reference_layout(tmp_path):
     assert scored["pair_accuracy"] == res["object_relation"]["pair_accuracy"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "pair_accuracy" in metrics and "object_relation" in metrics["categories"]
+    # the default categories on a folder holding one of them: the message says which to ask for
+    with pytest.raises(FileNotFoundError, match=r"temporal.json: no such file; `categories` lists .* holds "
+                                                r"\['object_relation'\]: e.g. categories=\[object_relation\]"):
+        runner.run_videohallucer(dataclasses.replace(cfg, categories=["object_relation", "temporal"],
+                                                     out_dir=str(tmp_path / "out2")))
 
 
 def test_cli_scoring_and_build(tmp_path, capsys):
