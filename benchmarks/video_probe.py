@@ -1,8 +1,8 @@
 """Experiment: a tiny video LLaVA that follows a temporal prior on VideoHallucer-style pairs, and what the video
 preference methods do to it.
 
-Pipeline (mmpo.demo.video_models, each stage timed):
-1. world (mmpo.demo.world.build_world, video side; `--order-prob` is the temporal prior) + held-out evaluation
+Pipeline (demo.video_models, each stage timed):
+1. world (demo.world.build_world, video side; `--order-prob` is the temporal prior) + held-out evaluation
    videos (`video_eval_world`, half the pair videos counter-prior);
 2. SFT of a tiny LLaVA-NeXT-Video (mmpo trainer, stage sft) -> VideoHallucer object_relation/temporal
    basic / hallucinated / pair accuracy with eval.runner.run_videohallucer (logits mode), temporal pairs also
@@ -39,8 +39,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # ENVIRONMENT.md "Threads": 2 threads on the busy 2-core box are 10-100x slower
 
-from mmpo.demo import video_models as vm  # noqa: E402
-from mmpo.demo.world import WorldConfig, build_world  # noqa: E402
+from demo import video_models as vm  # noqa: E402
+from demo.world import WorldConfig, build_world  # noqa: E402
 from mmpo.records import PairRecord, pair_id, read_sft, write_jsonl  # noqa: E402
 
 
@@ -148,7 +148,7 @@ def pair_label_accuracy(pairs: Path, video_dir: Path, cfg) -> dict:
     ground truth (video_events.json), which VideoSAVi itself never reads."""
     import re
 
-    from mmpo.demo.world import order_prior
+    from demo.world import order_prior
 
     truth = {g["video"]: g["order"] for g in json.loads((video_dir / "video_events.json").read_text())}
     hits: dict = {}
@@ -211,7 +211,7 @@ def question_kind(prompt: str, kind: str, cfg) -> str:
     """presence | order_pair (the two objects are a co-occurring pair) | order_none."""
     import re
 
-    from mmpo.demo.world import order_prior
+    from demo.world import order_prior
 
     if kind == "qa":
         return "presence"

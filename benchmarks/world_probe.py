@@ -1,9 +1,9 @@
 """Experiment: which world + SFT recipe makes the tiny LLaVA hallucinate measurably, fast, on one CPU thread.
 
 Pipeline (the demo's, with each stage timed):
-1. build the image world (mmpo.demo.world) with the given knobs;
+1. build the image world (demo.world) with the given knobs;
 2. pretrain a tiny open_clip CLIP contrastively on the world's captions (mmpo.clip.make_tiny_clip);
-3. convert its image tower to transformers (mmpo.demo.clip_to_hf), put it in a tiny LLaVA from the model
+3. convert its image tower to transformers (demo.clip_to_hf), put it in a tiny LLaVA from the model
    factory (mmpo.models.tiny), freeze it, and cache its patch features once;
 4. SFT only projector + language model on the world's SFT JSONL (loss on answer tokens), from cached features;
 5. score POPE random / adversarial splits built by eval.pope_build from annotations.json, by logits
@@ -36,8 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(1)  # DEMO-NOTES: 2 threads on the busy 2-core box made steps ~4x slower
 
-from mmpo.demo.image_models import cache_features, lm_logits  # noqa: E402  (the demo's own, so the probe measures it)
-from mmpo.demo.world import WorldConfig, build_world, caption, render_image  # noqa: E402
+from demo.image_models import cache_features, lm_logits  # noqa: E402  (the demo's own, so the probe measures it)
+from demo.world import WorldConfig, build_world, caption, render_image  # noqa: E402
 from mmpo.records import read_sft  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
     if args.no_clip_pretrain or args.clip_steps == 0:
         stats["clip_s"] = round(time.time() - t0, 1)
         return model.visual.eval(), stats
-    from mmpo.demo.image_models import contrastive_train
+    from demo.image_models import contrastive_train
 
     loss = contrastive_train(model, images, texts, args.clip_steps, lr=args.clip_lr, batch_size=args.clip_batch,
                              seed=args.seed, log=lambda line: print(line, flush=True))
@@ -98,7 +98,7 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
 def make_llava(visual, words, out: Path, args):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from mmpo.demo.clip_to_hf import attach_tower
+    from demo.clip_to_hf import attach_tower
     from mmpo.models.tiny import make_tiny_model
 
     path = make_tiny_model("llava", out / "llava", words=words, seed=args.seed, image_size=64)

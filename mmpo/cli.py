@@ -125,7 +125,7 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args) -> int:
     """The whole build -> train -> evaluate loop on the built-in synthetic world."""
-    from mmpo.demo import pipeline
+    from demo import pipeline
 
     pipeline.run(Path(args.out), quick=args.quick, from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video,
                  methods=tuple(m for m in args.methods.split(",") if m) or None)
@@ -208,7 +208,7 @@ def _make_data_parser(p: argparse.ArgumentParser) -> None:
 
 def cmd_make_data(args) -> int:
     """Write a small example data set (images, videos, SFT records, pairs, COCO annotations) to try mmpo on."""
-    from mmpo.demo.pairs import write_example_data
+    from demo.pairs import write_example_data
 
     info = write_example_data(args.out, seed=args.seed)
     counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())

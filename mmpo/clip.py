@@ -2,7 +2,7 @@
 
 Used by the builders (VideoSAVi-style CLIP filtering of answers, DA-DPO-style contrastive scores,
 a prefilter that drops augmentations too close to the original). The synthetic demo trains a tiny CLIP
-made here (`mmpo.demo.image_models.contrastive_train`).
+made here (`demo.image_models.contrastive_train`).
 
 Checkpoints are open_clip `local-dir:` folders (`open_clip_config.json` with `model_cfg` and
 `preprocess_cfg`, plus `open_clip_model.safetensors`), loaded offline. `make_tiny_clip` writes a

@@ -1,20 +1,20 @@
 """`mmpo demo`: the whole build -> train -> evaluate loop on the synthetic world, with measured numbers.
 
 Stages (each prints what it does and how long it took):
-1. world: images with COCO annotations, videos with events and a temporal prior, SFT data (`mmpo.demo.world`);
-2. world models: the shipped tiny CLIP + SFT LLaVA (or `--from-scratch`: `mmpo.demo.image_models`);
+1. world: images with COCO annotations, videos with events and a temporal prior, SFT data (`demo.world`);
+2. world models: the shipped tiny CLIP + SFT LLaVA (or `--from-scratch`: `demo.image_models`);
 3. POPE random / popular / adversarial questions from the held-out annotations (the POPE builder);
 4. evaluate the SFT model (POPE in logits mode with image-prefix reuse; CHAIR of its held-out captions);
-5. build preference sets: world answer pairs (`mmpo.demo.pairs`) and, for DA-DPO, difficulty scores;
+5. build preference sets: world answer pairs (`demo.pairs`) and, for DA-DPO, difficulty scores;
 6. train each image method (LoRA, the one trainer) for each seed, evaluate both again;
 7. video: held-out VideoHallucer-style videos (half the pair videos break the temporal prior), the shipped
    video LLaVA (or trained here), PaMi bags from the augmentation builder, VideoSAVi pairs from the self-QA
-   builder on unlabelled videos, each video method trained and evaluated (`mmpo.demo.video_models`);
+   builder on unlabelled videos, each video method trained and evaluated (`demo.video_models`);
 8. report.md with before/after tables (mean ± std over seeds; one seed: the value alone) and PNG plots.
 
 The demo is the layer above everything: it uses the builders (`data_builders`) and the evaluators (`eval`)
 directly, as a user's script would; nothing below imports it (tests/test_cli_and_configs.py checks the layers).
-The report's text and plots are in `mmpo.demo.report`.
+The report's text and plots are in `demo.report`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_builders import difficulty
+from demo import report
+from demo.world import CAPTION_Q, WorldConfig, build_world
 from eval import chair_runner, pope_build, runner
 from mmpo.config import ModelConfig, TrainConfig, from_dict
-from mmpo.demo import report
-from mmpo.demo.world import CAPTION_Q, WorldConfig, build_world
 
 ASSETS = Path(__file__).parent / "assets"
 RUN_FOLDERS = ("world", "models", "runs", "eval", "pairs", "video")  # what `run` writes under `out`, besides the report
@@ -118,7 +118,7 @@ def world_models(out: Path, settings: DemoSettings, world_dir: Path, from_scratc
     shipped = ASSETS / "models"
     if not from_scratch and not quick and (shipped / "llava" / "config.json").is_file():
         return {"clip": shipped / "clip", "llava": shipped / "llava"}
-    from mmpo.demo.image_models import train_image_models
+    from demo.image_models import train_image_models
 
     steps = {"clip_steps": 10, "sft_steps": 20} if quick else {}
     return train_image_models(world_dir, out / "models", settings.world, **steps)
@@ -179,7 +179,7 @@ def train_method(method: Method, pairs: Path, media_root: Path, model_path: Path
 
 def build_pair_sets(world_dir: Path, models: dict, settings: DemoSettings, out: Path) -> dict[str, Path]:
     """World pairs plus what the builders make from them for the chosen methods (DA-DPO scores)."""
-    from mmpo.demo.pairs import write_world_pairs
+    from demo.pairs import write_world_pairs
 
     sets = write_world_pairs(world_dir, settings.world, settings.pair_images)
     if any(m.data == "difficulty" for m in METHODS if m.name in settings.methods):
@@ -196,7 +196,7 @@ VIDEO_CATS = ("object_relation", "temporal")
 def video_sets(out: Path, needed: set, model_dir: Path, world_dir: Path, sft_path: Path, clip_dir: Path,
                settings: DemoSettings, timer: Timer) -> tuple[dict, dict]:
     """The video pair sets the chosen methods train on: {data: (pairs.jsonl, media root)}, and self-QA counts."""
-    from mmpo.demo import video_models as vm
+    from demo import video_models as vm
 
     source = vm.yes_no_records(sft_path, out / "video" / "yes_no_sft.jsonl")
     sets, counts = {}, {}
@@ -222,7 +222,7 @@ def video_sets(out: Path, needed: set, model_dir: Path, world_dir: Path, sft_pat
 def video_stage(out: Path, settings: DemoSettings, world_dir: Path, from_scratch: bool, quick: bool, timer: Timer,
                 clip_dir: Path) -> dict:
     """Video methods on the tiny LLaVA-NeXT-Video, measured on held-out VideoHallucer-style pairs (video_models)."""
-    from mmpo.demo import video_models as vm
+    from demo import video_models as vm
 
     def evaluate(adapter: str, tag: str) -> dict:
         cfg = runner.VideoHallucerEvalConfig(
@@ -308,7 +308,7 @@ def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int =
     settings = quick_settings() if quick else DemoSettings()
     settings.seeds, settings.video = seeds, video
     settings.methods = tuple(methods or ([m.name for m in METHODS] if quick else settings.methods))
-    from mmpo.demo.video_models import video_methods as all_video_methods
+    from demo.video_models import video_methods as all_video_methods
 
     video_names = [m.name for m in all_video_methods()]
     settings.video_methods = tuple(video_methods or (video_names if quick else settings.video_methods))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmpo.demo.world import WorldConfig, caption, render_image
+from demo.world import WorldConfig, caption, render_image
 from mmpo.records import read_sft
 
 CLIP_STEPS, CLIP_LR, CLIP_BATCH = 150, 1e-3, 128
@@ -112,8 +112,8 @@ def assemble_llava(clip_dir: Path, words: list[str], out_dir: Path, seed: int = 
     """
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+    from demo.clip_to_hf import attach_tower
     from mmpo.clip import load_clip
-    from mmpo.demo.clip_to_hf import attach_tower
     from mmpo.models.tiny import make_tiny_model
 
     path = make_tiny_model("llava", out_dir, words=words, seed=seed, image_size=64)

@@ -1,6 +1,6 @@
 """The demo's video side: a tiny LLaVA-NeXT-Video trained on the synthetic video world, then PaMi-VDPO.
 
-Pipeline (each function one stage; `mmpo.demo.pipeline` calls them; the demo is a layer above the builders
+Pipeline (each function one stage; `demo.pipeline` calls them; the demo is a layer above the builders
 and evaluators and uses them directly):
 
 1. `video_eval_world`: held-out videos (new seed, lower co-occurrence) with VideoHallucer-style pair files,
@@ -113,7 +113,7 @@ def video_methods() -> list[VideoMethod]:
 
 def world_config(world_dir: str | Path):
     """The `WorldConfig` a world folder was built with (from its world.json)."""
-    from mmpo.demo.world import WorldConfig
+    from demo.world import WorldConfig
 
     info = json.loads((Path(world_dir) / "world.json").read_text())
     fields = {f.name for f in dataclasses.fields(WorldConfig)}
@@ -139,7 +139,7 @@ def video_eval_world(world_dir: str | Path, out_dir: str | Path, n_videos: int =
     Returns:
         The `videohallucer` folder (runner `data_dir`; videos are in `out_dir/videos`).
     """
-    from mmpo.demo.world import make_video_world, write_videohallucer
+    from demo.world import make_video_world, write_videohallucer
 
     base = world_config(world_dir)
     cfg = dataclasses.replace(base, seed=base.seed + seed_offset, n_videos=n_videos, co_prob=co_prob,
@@ -205,7 +205,7 @@ def suffixed_sft(world_dir: str | Path, out_path: str | Path, suffix: str = VH_S
     """
     import numpy as np
 
-    from mmpo.demo.world import JUDGE_Q, video_caption
+    from demo.world import JUDGE_Q, video_caption
     from mmpo.records import SFTRecord, make_id
 
     world = Path(world_dir)
@@ -248,7 +248,7 @@ def make_video_model(out_dir: str | Path, words: list[str], seed: int = 0, visua
     """
     from transformers import AutoModelForImageTextToText
 
-    from mmpo.demo.clip_to_hf import attach_tower
+    from demo.clip_to_hf import attach_tower
     from mmpo.models import make_tiny_model
 
     path = make_tiny_model(FAMILY, out_dir, words=words, seed=seed, image_size=IMAGE_SIZE, num_frames=NUM_FRAMES)
@@ -264,11 +264,11 @@ def frame_captions(world_dir: str | Path) -> tuple[list, list[str]]:
     """Every frame of the world's videos with a caption of the objects visible in it.
 
     Returns:
-        (frames as PIL images, captions from `mmpo.demo.world.caption`).
+        (frames as PIL images, captions from `demo.world.caption`).
     """
     from PIL import Image
 
-    from mmpo.demo.world import caption
+    from demo.world import caption
     from mmpo.media import load_video
 
     world = Path(world_dir)
@@ -302,8 +302,8 @@ def pretrain_clip(world_dir: str | Path, out_dir: str | Path, steps: int = CLIP_
     """
     import torch
 
+    from demo.image_models import contrastive_train
     from mmpo.clip import load_clip, make_tiny_clip
-    from mmpo.demo.image_models import contrastive_train
 
     scorer = load_clip(make_tiny_clip(out_dir, seed=seed, image_size=IMAGE_SIZE))
     model = scorer.model
@@ -501,7 +501,7 @@ def unlabelled_videos(world_dir: str | Path, out_dir: str | Path, n_videos: int 
     Returns:
         The videos.jsonl path (media relative to `out_dir`).
     """
-    from mmpo.demo.world import make_video_world
+    from demo.world import make_video_world
     from mmpo.records import SFTRecord, make_id
 
     base = world_config(world_dir)
@@ -540,7 +540,7 @@ def savi_questions(named: list[str], cfg, rng) -> list[str]:
     Returns:
         Up to two questions, each ending with VH_SUFFIX.
     """
-    from mmpo.demo.world import ORDER_Q, VIDEO_Q, partner_of
+    from demo.world import ORDER_Q, VIDEO_Q, partner_of
 
     qs = []
     if len(named) >= 2:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmpo.demo.world import CAPTION_Q, CLASS_COLOURS, IMAGE_Q, WorldConfig, caption, partner_of
+from demo.world import CAPTION_Q, CLASS_COLOURS, IMAGE_Q, WorldConfig, caption, partner_of
 from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_jsonl
 
 
@@ -98,7 +98,7 @@ def write_example_data(out_dir: str | Path, seed: int = 0) -> dict:
     Returns:
         The world.json dict plus `pairs`: the pair files written.
     """
-    from mmpo.demo.world import build_world
+    from demo.world import build_world
 
     cfg = WorldConfig(seed=seed, n_images=64, n_test_images=64, n_videos=8)
     info = build_world(cfg, out_dir, videos=True)
