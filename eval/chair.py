@@ -237,6 +237,7 @@ def score(images: list[ChairImage], captions: dict[int, str], lemmatizer: Lemmat
         "recall": sum(p["recall_hits"] for p in per) / n_gt if n_gt else 0.0,
         "n_captions": len(per), "n_mentions": mentions, "n_hallucinated": halluc,
         "mean_mentions": mentions / len(per), "lemmatizer": lemmatizer.describe(),
+        "lemmatizer_backend": lemmatizer.backend, "lemmatizer_exact": lemmatizer.backend == "nltk",
         "vocabulary": vocabulary.name, "prompt": PROMPT,
         "captions": per,
     }

@@ -189,7 +189,7 @@ def chair_markdown(result: dict) -> str:
         for _, cls in cap["hallucinated"]:
             counts[cls] = counts.get(cls, 0) + 1
     top = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
-    prov = [f"- prompt: `{result.get('prompt')!r}`", f"- lemmatizer: `{result.get('lemmatizer')}`",
+    prov = [f"- prompt: `{result.get('prompt')!r}`", f"- lemmatizer: {result.get('lemmatizer')}",
             f"- vocabulary: `{result.get('vocabulary', 'coco')}`", f"- ground truth: `{result.get('ground_truth_file')}`",
             f"- most hallucinated: {top or 'none'}"]
     return "# CHAIR\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov + _skipped_line(result, "images")) + "\n"
