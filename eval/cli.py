@@ -11,7 +11,17 @@ import argparse
 import json
 from pathlib import Path
 
-from eval import amber, chair, eventhallusion, files, pope, pope_build, pope_metrics, videohallucer_metrics
+from eval import (
+    amber,
+    chair,
+    eventhallusion,
+    files,
+    hallusionbench,
+    pope,
+    pope_build,
+    pope_metrics,
+    videohallucer_metrics,
+)
 from mmpo.config import load
 
 
@@ -205,4 +215,29 @@ def cli_eventhallusion(args: list[str]) -> int:
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
     _print_metrics(eventhallusion.score_answers_file(a.questions, a.answers, a.unanswered), a.out)
+    return 0
+
+
+def cli_hallusionbench(args: list[str]) -> int:
+    """`mmpo eval hallusionbench --questions HallusionBench.json --answers A.json [--parser P] [--out M.json]` or
+    `--config F [key=value ...]` (answer with a model, then score)."""
+    p = argparse.ArgumentParser(prog="mmpo eval hallusionbench")
+    p.add_argument("--questions", help="HallusionBench.json (the release's question file)")
+    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout)")
+    p.add_argument("--parser", default="lmms", choices=hallusionbench.PARSERS,
+                   help="lmms: 'yes' anywhere in the answer (lmms-eval); vlmevalkit: YOrN_Extraction")
+    p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
+    _config_flags(p, "hallusionbench")
+    a = p.parse_intermixed_args(args)
+    if a.config:
+        cfg, m = _run_config("hallusionbench", a)
+        cats = ", ".join(f"{c} qAcc {100 * r['qAcc']:.2f}" for c, r in m["categories"].items())
+        print(f"HallusionBench ({cfg.mode}, rule {cfg.parser}, %): qAcc {100 * m['qAcc']:.2f} fAcc "
+              f"{100 * m['fAcc']:.2f} aAcc {100 * m['aAcc']:.2f} ({cats}) over {m['n_questions']} questions; "
+              f"report in {cfg.out_dir}")
+        return 0
+    if not (a.questions and a.answers):
+        p.error("give --questions and --answers (score a file) or --config (run a model)")
+    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered), a.out)
     return 0

@@ -356,7 +356,7 @@ def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
     from mmpo import cli as mmpo_cli
 
     runnable = {n for n, e in EVALUATORS.items() if e.config is not None}
-    assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion"}
+    assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion", "hallusionbench"}
     for name in runnable:  # each has a runner, a file scorer and shipped configs that validate as its class
         e = EVALUATORS[name]
         assert callable(e.run) and callable(e.score_file)
