@@ -18,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval import files
 from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS etc.)
     PARSERS,
     UNKNOWN_AS_NO,
@@ -26,7 +27,6 @@ from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS e
     parse_vlmevalkit,
     parse_vlmevalkit_pre2025,
 )
-from eval import files
 from mmpo.records import jsonl_lines, resolve_media
 
 SPLITS = ("random", "popular", "adversarial")

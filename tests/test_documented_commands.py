@@ -2,8 +2,8 @@
 
 The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
 plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
-and friends in the hub's real formats, shrunk; POPE, VideoHallucer, CHAIR, AMBER, EventHallusion and HallusionBench files in their
-real layouts, from the vendored excerpts, with generated images and videos). Each
+and friends in the hub's real formats, shrunk; POPE, VideoHallucer, CHAIR, AMBER, EventHallusion and
+HallusionBench files in their real layouts, from the vendored excerpts, with generated images and videos). Each
 command goes through the CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where
 a command's inputs exist: models and data first, then builders, training, evaluation.
 

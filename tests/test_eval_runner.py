@@ -391,3 +391,19 @@ def test_packed_answers_equal_plain_for_every_family(tmp_path, family, media_typ
     assert plain.keys() == packed.keys()
     for k in plain:
         assert packed[k][1] == pytest.approx(plain[k][1], abs=1e-4), k
+
+
+def test_pope_console_line_agrees_with_the_report(world, tmp_path, capsys):
+    """Issue 24 item 7: `mmpo eval pope --config` printed fractions (F1 0.8571) while report.md prints %."""
+    import yaml
+
+    cfg = _cfg(world, "console", mode="logits", limit=4)
+    (tmp_path / "pope.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
+    assert eval_cli.cli_pope(["--config", str(tmp_path / "pope.yaml")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+    shown = {k: f"{100 * m[k]:.2f}" for k in ("f1", "accuracy", "yes_ratio")}
+    assert f"F1 {shown['f1']} accuracy {shown['accuracy']} yes_ratio {shown['yes_ratio']} (%)" in line
+    row = next(x for x in (Path(cfg.out_dir) / "report.md").read_text().splitlines() if x.startswith("| **mean"))
+    cells = [c.strip() for c in row.strip("|").split("|")]  # split, accuracy, precision, recall, f1, yes_ratio
+    assert (cells[1], cells[4], cells[5]) == (shown["accuracy"], shown["f1"], shown["yes_ratio"])
