@@ -23,6 +23,8 @@ from eval import (
     cli,
     eventhallusion,
     eventhallusion_runner,
+    hallusionbench,
+    hallusionbench_runner,
     pope_metrics,
     runner,
     videohallucer_metrics,
@@ -47,5 +49,7 @@ EVALUATORS = {
     "amber": Evaluator(cli.cli_amber, amber_runner.AmberEvalConfig, amber_runner.run_amber, amber.score_answers_file),
     "eventhallusion": Evaluator(cli.cli_eventhallusion, eventhallusion_runner.EventHallusionEvalConfig,
                                 eventhallusion_runner.run_eventhallusion, eventhallusion.score_answers_file),
+    "hallusionbench": Evaluator(cli.cli_hallusionbench, hallusionbench_runner.HallusionBenchEvalConfig,
+                                hallusionbench_runner.run_hallusionbench, hallusionbench.score_answers_file),
     "pope-build": Evaluator(cli.cli_pope_build),  # builds POPE question files; nothing to run or score
 }

@@ -30,6 +30,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval import files
+
 DIMENSIONS = {"existence": ("discriminative-hallucination",),
               "attribute": ("discriminative-attribute-state", "discriminative-attribute-number",
                             "discriminative-attribute-action"),
@@ -67,14 +69,14 @@ class AmberAnswer:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _load_array(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}:1: expected a JSON array")
-    return data
+def _items(path: Path, what: str) -> list[tuple[str, dict]]:
+    """(where, object) for each item of a JSON array file; an item that is not an object is an error."""
+    return [(f"{path}: item {i}", files.need_object(rec, f"{path}: item {i}"))
+            for i, rec in enumerate(files.load_array(path, what))]
+
+
+def _id(rec: dict, where: str) -> int:
+    return files.need_int_id(rec["id"], f"{where}: field 'id'")
 
 
 def read_annotations(path: str | Path) -> dict[int, dict]:
@@ -85,13 +87,14 @@ def read_annotations(path: str | Path) -> dict[int, dict]:
     """
     path = Path(path)
     out = {}
-    for i, rec in enumerate(_load_array(path)):
+    for where, rec in _items(path, "annotations"):
         for key in ("id", "type", "truth"):
             if key not in rec:
-                raise ValueError(f"{path}: item {i}: field '{key}': missing")
-        if rec["id"] in out:
-            raise ValueError(f"{path}: item {i}: id {rec['id']} appears twice")
-        out[rec["id"]] = rec
+                raise ValueError(f"{where}: field '{key}': missing")
+        files.need_str(rec["type"], f"{where}: field 'type'")
+        if _id(rec, where) in out:
+            raise ValueError(f"{where}: id {rec['id']} appears twice")
+        out[_id(rec, where)] = rec
     return out
 
 
@@ -99,32 +102,41 @@ def read_questions(query_path: str | Path, annotations_path: str | Path) -> list
     """Discriminative questions of a query file, with type and truth from the annotations (generative skipped)."""
     query_path = Path(query_path)
     ann = read_annotations(annotations_path)
-    out = []
-    for i, rec in enumerate(_load_array(query_path)):
+    out, seen = [], set()
+    for where, rec in _items(query_path, "queries"):
         for key in ("id", "image", "query"):
             if key not in rec:
-                raise ValueError(f"{query_path}: item {i}: field '{key}': missing")
-        a = ann.get(rec["id"])
+                raise ValueError(f"{where}: field '{key}': missing")
+        qid = _id(rec, where)
+        if qid in seen:
+            raise ValueError(f"{where}: id {qid} appears twice")
+        seen.add(qid)
+        a = ann.get(qid)
         if a is None:
-            raise ValueError(f"{query_path}: item {i}: id {rec['id']} is not in {annotations_path}")
+            raise ValueError(f"{where}: id {rec['id']} is not in {annotations_path}")
         if a["type"] == "generative":
             continue
-        out.append(AmberQuestion(rec["id"], rec["image"], rec["query"], a["type"], str(a["truth"])))
+        out.append(AmberQuestion(qid, files.need_str(rec["image"], f"{where}: field 'image'"),
+                                 files.need_str(rec["query"], f"{where}: field 'query'"), a["type"], str(a["truth"])))
     return out
 
 
 def read_answers(path: str | Path) -> dict[int, AmberAnswer]:
     """The reference's inference file: a JSON array of `{"id", "response"}` (JSONL accepted too)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    recs = _load_array(path) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+    text = files.read_text(path)
+    if text.lstrip().startswith("["):
+        recs = _items(path, "answers")
+    else:
+        recs = [(f"{path}:{n}", rec) for n, rec in files.read_jsonl(path, text)]
     out = {}
-    for i, rec in enumerate(recs):
+    for where, rec in recs:
         if "id" not in rec or "response" not in rec:
-            raise ValueError(f"{path}: item {i}: fields 'id' and 'response' are required")
-        if rec["id"] in out:
-            raise ValueError(f"{path}: item {i}: id {rec['id']} answered twice")
-        out[rec["id"]] = AmberAnswer(rec["id"], rec["response"], rec.get("margin"))
+            raise ValueError(f"{where}: fields 'id' and 'response' are required")
+        qid = _id(rec, where)
+        if qid in out:
+            raise ValueError(f"{where}: id {rec['id']} answered twice")
+        out[qid] = AmberAnswer(qid, files.need_str(rec["response"], f"{where}: field 'response'"), rec.get("margin"))
     return out
 
 
@@ -204,7 +216,15 @@ def score(questions: list[AmberQuestion], answers: dict[int, AmberAnswer]) -> di
     return {**result, "n_questions": len(questions), "n_unparsed": unparsed, "positive_class": "No"}
 
 
-def score_answers_file(query_path: str | Path, annotations_path: str | Path, answers_path: str | Path) -> dict:
-    """`mmpo eval amber --questions Q --annotations A --answers R`: the questions of Q, answered in R."""
+def score_answers_file(query_path: str | Path, annotations_path: str | Path, answers_path: str | Path,
+                       unanswered: str = "error") -> dict:
+    """`mmpo eval amber --questions Q --annotations A --answers R`: the questions of Q, answered in R.
+
+    `unanswered`: "error", or "skip" to score only the questions R answers (`files.keep_answered`; a run with
+    `on_bad_media: skip` writes such a file); `n_unanswered` counts those left out.
+    """
     questions = read_questions(query_path, annotations_path)
-    return {**score(questions, read_answers(answers_path)), "query_file": Path(query_path).name}
+    answers = read_answers(answers_path)
+    questions, left_out = files.keep_answered(questions, [q.id in answers for q in questions], unanswered,
+                                              answers_path, [q.id for q in questions])
+    return {**score(questions, answers), "n_unanswered": left_out, "query_file": Path(query_path).name}

@@ -24,8 +24,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval import files
 from eval.chair_words import CocoWords, Lemmatizer, caption_objects, category_words, coco_words, normalise_class
-from mmpo.records import jsonl_lines
 
 PROMPT = "Please describe this image in detail."  # lmms-eval coco_cap_chair_doc_to_text
 VOCABULARIES = ("coco", "categories")
@@ -40,106 +40,157 @@ class ChairImage:
     gt_objects: frozenset
 
 
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+def load_annotations(path: str | Path) -> dict | list[tuple[int, dict]]:
+    """The ground-truth file, parsed once: a COCO instances dict, or a ground-truth JSONL's (line, record) rows.
+
+    Told by the parsed keys, not by a text prefix: the released `instances_val2014.json` puts `categories` last
+    (after 160 MB of annotations). A file that parses as one JSON object with `images`, `annotations` or
+    `categories` is COCO; anything else is read as JSONL (a one-line JSONL parses as an object without them).
+    """
+    text = files.read_text(path)
+    head = text[:4096].lstrip()[:1]  # not the whole (160 MB) text
+    if head == "{":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # several lines: JSONL
+        if isinstance(whole, dict) and any(k in whole for k in ("images", "annotations", "categories")):
+            return whole
+    return files.read_jsonl(path, text)
 
 
-def _is_coco(text: str) -> bool:
-    """A COCO instances JSON (rather than a ground-truth JSONL), told by content."""
-    text = text.lstrip()
-    return text.startswith("{") and '"categories"' in text[:200000]
+def _check_coco(data: dict, path: str | Path) -> None:
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise ValueError(f"{path}: field '{key}': missing (expected COCO instances JSON)")
+        if not isinstance(data[key], list):
+            raise ValueError(f"{path}: field '{key}': expected a JSON array, got a JSON {files.json_type(data[key])}")
 
 
-def load_vocabulary(name: str, annotations: str | Path) -> CocoWords:
-    """The object vocabulary `name` ("coco" or "categories", see the module docstring) for `annotations`."""
+def load_vocabulary(name: str, annotations: str | Path, parsed=None) -> CocoWords:
+    """The object vocabulary `name` ("coco" or "categories", see the module docstring) for `annotations`.
+
+    Args:
+        name: "coco" or "categories".
+        annotations: the ground-truth file.
+        parsed: its `load_annotations` result, when already read (a 160 MB file is parsed once).
+    """
     if name not in VOCABULARIES:
         raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {name!r}")
     if name == "coco":
         return coco_words()
-    path = Path(annotations)
-    if not _is_coco(path.read_text(encoding="utf-8")):
-        raise ValueError(f"{path}: vocabulary 'categories' needs a COCO instances JSON with 'categories'; a "
+    data = load_annotations(annotations) if parsed is None else parsed
+    if not isinstance(data, dict) or "categories" not in data:
+        raise ValueError(f"{annotations}: vocabulary 'categories' needs a COCO instances JSON with 'categories'; a "
                          "ground-truth JSONL has no category list (use vocabulary 'coco')")
-    return category_words([c["name"] for c in _load_json(path)["categories"]])
+    _check_coco(data, annotations)
+    names = [files.need_str(files.need_object(c, f"{annotations}: categories[{i}]").get("name"),
+                            f"{annotations}: categories[{i}]: field 'name'") for i, c in enumerate(data["categories"])]
+    return category_words(names)
 
 
 def images_from_coco(instances: str | Path, captions: str | Path | None = None,
-                     lemmatizer: Lemmatizer | None = None, vocabulary: CocoWords | None = None) -> list[ChairImage]:
+                     lemmatizer: Lemmatizer | None = None, vocabulary: CocoWords | None = None,
+                     parsed: dict | None = None) -> list[ChairImage]:
     """Ground truth from COCO annotation files (the original `get_annotations`).
 
     Args:
-        instances: COCO instances JSON (`images`, `annotations`, `categories`).
+        instances: COCO instances JSON (`images`, `annotations`, `categories`, in any order).
         captions: optional COCO captions JSON: classes its captions mention are added (as the original does).
         lemmatizer: text backend for the captions (default "auto").
         vocabulary: object vocabulary (default: the COCO lists, whose synonyms map category names to classes;
             a `category_words` vocabulary keeps each category name as its own class).
+        parsed: `instances` already parsed (else it is read).
 
     Returns:
         one ChairImage per entry of `images`, in file order.
     """
-    instances = Path(instances)
-    data = _load_json(instances)
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{instances}: field '{key}': missing (expected COCO instances JSON)")
-    names = {c["id"]: normalise_class(c["name"], vocabulary) for c in data["categories"]}
-    gt: dict[int, set] = {img["id"]: set() for img in data["images"]}
-    for ann in data["annotations"]:
-        if ann["image_id"] in gt:
-            gt[ann["image_id"]].add(names[ann["category_id"]])
+    data = files.load_json(instances) if parsed is None else parsed
+    if not isinstance(data, dict):
+        raise ValueError(f"{instances}:1: expected a COCO instances JSON object, got a JSON {files.json_type(data)}")
+    _check_coco(data, instances)
+    names = {}
+    for i, c in enumerate(data["categories"]):
+        where = f"{instances}: categories[{i}]"
+        c = files.need_object(c, where)
+        names[files.need_int_id(c.get("id"), f"{where}: field 'id'")] = normalise_class(
+            files.need_str(c.get("name"), f"{where}: field 'name'"), vocabulary)
+    gt: dict[int, set] = {}
+    order = []
+    for i, img in enumerate(data["images"]):
+        where = f"{instances}: images[{i}]"
+        img = files.need_object(img, where)
+        image_id = files.need_int_id(img.get("id"), f"{where}: field 'id'")
+        order.append((image_id, files.need_str(img.get("file_name"), f"{where}: field 'file_name'")))
+        gt[image_id] = set()
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{instances}: annotations[{i}]"
+        ann = files.need_object(ann, where)
+        image_id = files.need_int_id(ann.get("image_id"), f"{where}: field 'image_id'")
+        category = files.need_int_id(ann.get("category_id"), f"{where}: field 'category_id'")
+        if category not in names:
+            raise ValueError(f"{where}: field 'category_id': {category} is not among the file's categories "
+                             f"(ids {sorted(names)[:5]}{'...' if len(names) > 5 else ''})")
+        if image_id in gt:
+            gt[image_id].add(names[category])
     if captions is not None:
         lemmatizer = lemmatizer or Lemmatizer()
-        for ann in _load_json(Path(captions))["annotations"]:
-            if ann["image_id"] in gt:
-                gt[ann["image_id"]].update(caption_objects(ann["caption"], lemmatizer, vocabulary)[1])
-    return [ChairImage(img["id"], img["file_name"], frozenset(gt[img["id"]])) for img in data["images"]]
+        caps = files.load_json(captions)
+        if not isinstance(caps, dict) or not isinstance(caps.get("annotations"), list):
+            raise ValueError(f"{captions}: field 'annotations': expected the COCO captions JSON's array")
+        for i, ann in enumerate(caps["annotations"]):
+            where = f"{captions}: annotations[{i}]"
+            ann = files.need_object(ann, where)
+            image_id = files.need_int_id(ann.get("image_id"), f"{where}: field 'image_id'")
+            if image_id in gt:
+                text = files.need_str(ann.get("caption"), f"{where}: field 'caption'")
+                gt[image_id].update(caption_objects(text, lemmatizer, vocabulary)[1])
+    return [ChairImage(image_id, name, frozenset(gt[image_id])) for image_id, name in order]
 
 
-def images_from_jsonl(path: str | Path) -> list[ChairImage]:
+def images_from_jsonl(path: str | Path, rows: list[tuple[int, dict]] | None = None) -> list[ChairImage]:
     """Ground truth precomputed, one JSON per line: `image_id`, `gt_objects` (or lmms-eval's `gt_object`),
     optional `image` (file name; default COCO val2014's `COCO_val2014_%012d.jpg`)."""
     path = Path(path)
-    out = []
-    for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    out, seen = [], {}
+    for n, rec in files.read_jsonl(path) if rows is None else rows:
         gt = rec.get("gt_objects", rec.get("gt_object"))
         if "image_id" not in rec or gt is None:
             raise ValueError(f"{path}:{n}: fields 'image_id' and 'gt_objects' are required")
-        name = rec.get("image") or f"COCO_val2014_{int(rec['image_id']):012d}.jpg"
-        out.append(ChairImage(int(rec["image_id"]), name, frozenset(gt)))
+        image_id = files.need_int_id(rec["image_id"], f"{path}:{n}: field 'image_id'")
+        gt = files.need_str_list(gt, f"{path}:{n}: field 'gt_objects'")
+        if image_id in seen:
+            raise ValueError(f"{path}:{n}: image_id {image_id} appears twice (first at line {seen[image_id]})")
+        seen[image_id] = n
+        name = rec.get("image") or f"COCO_val2014_{image_id:012d}.jpg"
+        out.append(ChairImage(image_id, files.need_str(name, f"{path}:{n}: field 'image'"), frozenset(gt)))
     return out
 
 
 def read_images(path: str | Path, captions: str | Path | None = None, lemmatizer: Lemmatizer | None = None,
-                vocabulary: CocoWords | None = None) -> list[ChairImage]:
+                vocabulary: CocoWords | None = None, parsed=None) -> list[ChairImage]:
     """COCO instances JSON (+ captions) or a ground-truth JSONL, by content; a JSONL's classes are COCO's."""
-    if _is_coco(Path(path).read_text(encoding="utf-8")):
-        return images_from_coco(path, captions, lemmatizer, vocabulary)
+    data = load_annotations(path) if parsed is None else parsed
+    if isinstance(data, dict):
+        return images_from_coco(path, captions, lemmatizer, vocabulary, parsed=data)
     if vocabulary is not None and vocabulary.name != "coco":
         raise ValueError(f"{path}: a ground-truth JSONL holds COCO classes; vocabulary '{vocabulary.name}' needs "
                          "a COCO instances JSON")
-    return images_from_jsonl(path)
+    return images_from_jsonl(path, data)
 
 
 def read_captions(path: str | Path) -> dict[int, str]:
-    """Answers JSONL: `image_id` plus the caption under `caption`, `answer` or `text`."""
+    """Answers JSONL: `image_id` plus the caption under `caption`, `answer` or `text` (a string)."""
     path = Path(path)
     out = {}
-    for n, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
-        if not line.strip():
-            continue
-        rec = json.loads(line)
+    for n, rec in files.read_jsonl(path):
         key = next((k for k in ("caption", "answer", "text") if k in rec), None)
         if key is None or "image_id" not in rec:
             raise ValueError(f"{path}:{n}: fields 'image_id' and 'caption' (or 'answer'/'text') are required")
-        if int(rec["image_id"]) in out:
+        image_id = files.need_int_id(rec["image_id"], f"{path}:{n}: field 'image_id'")
+        if image_id in out:
             raise ValueError(f"{path}:{n}: image_id {rec['image_id']} answered twice")
-        out[int(rec["image_id"])] = str(rec[key])
+        out[image_id] = files.need_str(rec[key], f"{path}:{n}: field '{key}'")
     return out
 
 
@@ -186,6 +237,7 @@ def score(images: list[ChairImage], captions: dict[int, str], lemmatizer: Lemmat
         "recall": sum(p["recall_hits"] for p in per) / n_gt if n_gt else 0.0,
         "n_captions": len(per), "n_mentions": mentions, "n_hallucinated": halluc,
         "mean_mentions": mentions / len(per), "lemmatizer": lemmatizer.describe(),
+        "lemmatizer_backend": lemmatizer.backend, "lemmatizer_exact": lemmatizer.backend == "nltk",
         "vocabulary": vocabulary.name, "prompt": PROMPT,
         "captions": per,
     }
@@ -203,8 +255,9 @@ def score_answers_file(ground_truth: str | Path, answers: str | Path, captions: 
         vocabulary: "coco" | "categories" (`load_vocabulary`).
     """
     lem = Lemmatizer(lemmatizer)
-    vocab = load_vocabulary(vocabulary, ground_truth)
-    images = read_images(ground_truth, captions, lem, vocab)
+    parsed = load_annotations(ground_truth)
+    vocab = load_vocabulary(vocabulary, ground_truth, parsed)
+    images = read_images(ground_truth, captions, lem, vocab, parsed)
     answered = read_captions(answers)
     unknown = sorted(set(answered) - {im.image_id for im in images})
     if unknown:

@@ -59,10 +59,12 @@ class ChairEvalConfig:
         check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
-def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer,
-                vocabulary: CocoWords | None = None) -> dict[str, tuple[chair.ChairImage, str]]:
-    """{image id: (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root."""
-    images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer, vocabulary)
+def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer, vocabulary: CocoWords | None = None,
+                parsed=None) -> dict[str, tuple[chair.ChairImage, str]]:
+    """{image id: (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root.
+
+    `parsed`: `chair.load_annotations(cfg.annotations)` when already read (COCO's file is parsed once)."""
+    images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer, vocabulary, parsed)
     images = images[:cfg.limit] if cfg.limit else images
     out = {}
     for im in images:
@@ -90,8 +92,9 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
         path = getattr(cfg, key)
         if (key == "annotations" or path) and not Path(path).is_file():
             raise FileNotFoundError(f"{key}: no such file {path!r}{hint}")
-    vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations)  # before any captioning: a bad file fails fast
-    images = load_images(cfg, lemmatizer, vocabulary)
+    parsed = chair.load_annotations(cfg.annotations)  # before any captioning: a bad file fails fast
+    vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed)
+    images = load_images(cfg, lemmatizer, vocabulary, parsed)
     check_run(out, {"prompt": cfg.prompt, **model_settings(cfg.model), "max_new_tokens": cfg.max_new_tokens})
     pred_path = out / "predictions.jsonl"
     done = stored_answers(pred_path, KEY)

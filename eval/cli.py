@@ -11,7 +11,17 @@ import argparse
 import json
 from pathlib import Path
 
-from eval import amber, chair, eventhallusion, pope, pope_build, pope_metrics, videohallucer_metrics
+from eval import (
+    amber,
+    chair,
+    eventhallusion,
+    files,
+    hallusionbench,
+    pope,
+    pope_build,
+    pope_metrics,
+    videohallucer_metrics,
+)
 from mmpo.config import load
 
 
@@ -21,6 +31,12 @@ def _print_metrics(metrics: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def _unanswered_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unanswered", default="error", choices=files.UNANSWERED,
+                   help="error: every question needs an answer; skip: score the answered ones (the answers file of a "
+                        "run with on_bad_media: skip)")
 
 
 def _config_flags(p: argparse.ArgumentParser, name: str) -> None:
@@ -48,16 +64,18 @@ def cli_pope(args: list[str]) -> int:
     p.add_argument("--answers", help="answers JSONL to score")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
     _config_flags(p, "pope")
     a = p.parse_intermixed_args(args)
     if a.config:
         cfg, m = _run_config("pope", a)
-        print(f"POPE ({cfg.mode}, parser {cfg.parser}): F1 {m['f1']:.4f} acc {m['accuracy']:.4f} "
-              f"yes_ratio {m['yes_ratio']:.4f}; report in {cfg.out_dir}")
+        # in %, as report.md prints them
+        print(f"POPE ({cfg.mode}, parser {cfg.parser}): F1 {100 * m['f1']:.2f} accuracy {100 * m['accuracy']:.2f} "
+              f"yes_ratio {100 * m['yes_ratio']:.2f} (%); report in {cfg.out_dir}")
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser), a.out)
+    _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser, unanswered=a.unanswered), a.out)
     return 0
 
 
@@ -67,17 +85,18 @@ def cli_videohallucer(args: list[str]) -> int:
     p.add_argument("--data", help="category data file (score an existing results file)")
     p.add_argument("--answers", help="results file in the reference layout (pairs with 'predict')")
     p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
     _config_flags(p, "videohallucer")
     a = p.parse_intermixed_args(args)
     if a.config:
         cfg, res = _run_config("videohallucer", a)
-        for cat, r in res.items():
-            print(f"{cat}: pair accuracy {r['pair_accuracy']:.4f}")
+        for cat, r in res.items():  # in %, as report.md prints them
+            print(f"{cat}: pair accuracy {100 * r['pair_accuracy']:.1f}%")
         print(f"report in {cfg.out_dir}")
         return 0
     if not (a.data and a.answers):
         p.error("give --data and --answers (score a file) or --config (run a model)")
-    _print_metrics(videohallucer_metrics.score_answers_file(a.data, a.answers), a.out)
+    _print_metrics(videohallucer_metrics.score_answers_file(a.data, a.answers, unanswered=a.unanswered), a.out)
     return 0
 
 
@@ -129,8 +148,9 @@ def cli_chair(args: list[str]) -> int:
     a = p.parse_intermixed_args(args)
     if a.config:
         cfg, m = _run_config("chair", a)
-        print(f"CHAIR: CHAIR_s {m['chair_s']:.4f} CHAIR_i {m['chair_i']:.4f} recall {m['recall']:.4f} over "
-              f"{m['n_captions']} captions; report in {cfg.out_dir}")
+        print(f"CHAIR: CHAIR_s {100 * m['chair_s']:.2f} CHAIR_i {100 * m['chair_i']:.2f} recall "
+              f"{100 * m['recall']:.2f} (%) over {m['n_captions']} captions, lemmatizer {m['lemmatizer_backend']}; "
+              f"report in {cfg.out_dir}")
         return 0
     if not (a.annotations and a.answers):
         p.error("give --annotations and --answers (score a file) or --config (run a model)")
@@ -142,6 +162,20 @@ def cli_chair(args: list[str]) -> int:
     return 0
 
 
+def amber_summary(mode: str, m: dict) -> str:
+    """The console line of an AMBER run: every dimension report.md has, named, in the reference's %.
+
+    No "overall" unless all three dimensions were asked: `inference.py` prints it only then, so the line says so
+    instead of passing one dimension's numbers off as the whole.
+    """
+    rows = [(d, m[d]) for d in ("overall", *amber.DIMENSIONS) if d in m]
+    parts = "; ".join(f"{d} accuracy {r['accuracy']:.1f} F1 {r['f1']:.1f}" for d, r in rows)
+    if "overall" not in m:
+        parts += " (no overall: the reference reports it only when all three dimensions are asked)"
+    return (f"AMBER ({mode}, %): {parts}; {m['n_questions']} questions, {m['n_unparsed']} answers neither "
+            f"Yes nor No")
+
+
 def cli_amber(args: list[str]) -> int:
     """`mmpo eval amber --questions QUERY.json --annotations annotations.json --answers R.json [--out M.json]` or
     `--config F [key=value ...]` (answer with a model, then score)."""
@@ -150,17 +184,16 @@ def cli_amber(args: list[str]) -> int:
     p.add_argument("--annotations", help="AMBER data/annotations.json")
     p.add_argument("--answers", help='[{"id", "response"}] (inference.py --inference_data)')
     p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
     _config_flags(p, "amber")
     a = p.parse_intermixed_args(args)
     if a.config:
         cfg, m = _run_config("amber", a)
-        head = m.get("overall") or next(m[d] for d in amber.DIMENSIONS if d in m)
-        print(f"AMBER ({cfg.mode}): accuracy {head['accuracy']:.1f} F1 {head['f1']:.1f} over {m['n_questions']} "
-              f"questions ({m['n_unparsed']} neither Yes nor No); report in {cfg.out_dir}")
+        print(amber_summary(cfg.mode, m) + f"; report in {cfg.out_dir}")
         return 0
     if not (a.questions and a.annotations and a.answers):
         p.error("give --questions, --annotations and --answers (score a file) or --config (run a model)")
-    _print_metrics(amber.score_answers_file(a.questions, a.annotations, a.answers), a.out)
+    _print_metrics(amber.score_answers_file(a.questions, a.annotations, a.answers, a.unanswered), a.out)
     return 0
 
 
@@ -171,14 +204,40 @@ def cli_eventhallusion(args: list[str]) -> int:
     p.add_argument("--questions", nargs="+", help="questions/<split>_questions.json files")
     p.add_argument("--answers", help="predictions JSON in the reference layout (eval.py --input_file)")
     p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
     _config_flags(p, "eventhallusion")
     a = p.parse_intermixed_args(args)
     if a.config:
         cfg, m = _run_config("eventhallusion", a)
-        splits = ", ".join(f"{s} {r['accuracy']:.4f}" for s, r in m["splits"].items())
-        print(f"EventHallusion ({cfg.mode}): accuracy {m['accuracy']:.4f} ({splits}); report in {cfg.out_dir}")
+        splits = ", ".join(f"{s} {100 * r['accuracy']:.2f}" for s, r in m["splits"].items())  # %, as report.md
+        print(f"EventHallusion ({cfg.mode}): accuracy {100 * m['accuracy']:.2f} ({splits}) (%); report in {cfg.out_dir}")
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(eventhallusion.score_answers_file(a.questions, a.answers), a.out)
+    _print_metrics(eventhallusion.score_answers_file(a.questions, a.answers, a.unanswered), a.out)
+    return 0
+
+
+def cli_hallusionbench(args: list[str]) -> int:
+    """`mmpo eval hallusionbench --questions HallusionBench.json --answers A.json [--parser P] [--out M.json]` or
+    `--config F [key=value ...]` (answer with a model, then score)."""
+    p = argparse.ArgumentParser(prog="mmpo eval hallusionbench")
+    p.add_argument("--questions", help="HallusionBench.json (the release's question file)")
+    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout)")
+    p.add_argument("--parser", default="lmms", choices=hallusionbench.PARSERS,
+                   help="lmms: 'yes' anywhere in the answer (lmms-eval); vlmevalkit: YOrN_Extraction")
+    p.add_argument("--out", help="write the metrics JSON here")
+    _unanswered_flag(p)
+    _config_flags(p, "hallusionbench")
+    a = p.parse_intermixed_args(args)
+    if a.config:
+        cfg, m = _run_config("hallusionbench", a)
+        cats = ", ".join(f"{c} qAcc {100 * r['qAcc']:.2f}" for c, r in m["categories"].items())
+        print(f"HallusionBench ({cfg.mode}, rule {cfg.parser}, %): qAcc {100 * m['qAcc']:.2f} fAcc "
+              f"{100 * m['fAcc']:.2f} aAcc {100 * m['aAcc']:.2f} ({cats}) over {m['n_questions']} questions; "
+              f"report in {cfg.out_dir}")
+        return 0
+    if not (a.questions and a.answers):
+        p.error("give --questions and --answers (score a file) or --config (run a model)")
+    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered), a.out)
     return 0

@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval import files
+
 SPLITS = ("entire", "interleave", "misleading")
 PROMPT_SUFFIX = "\nPlease answer yes or no:"  # run_inference.py answer_prompt
 
@@ -69,30 +71,35 @@ def split_from_name(path: str | Path) -> str:
     return next((s for s in SPLITS if f"{s}_questions" in name), "")
 
 
-def _load(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-
-
 def read_questions(path: str | Path, split: str | None = None) -> list[EHQuestion]:
-    """Questions of one split file, in file order (split from the file name unless given)."""
+    """Questions of one split file, in file order (split from the file name unless given); video ids unique."""
     path = Path(path)
     split = split or split_from_name(path)
     if split not in SPLITS:
         raise ValueError(f"{path}: cannot tell the split (name the file <split>_questions.json, split in {SPLITS})")
-    data = _load(path)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}:1: expected a JSON array of videos")
-    out = []
+    data = files.load_array(path, "videos")
+    out, seen = [], {}
     for i, video in enumerate(data):
+        where = f"{path}: item {i}"
+        video = files.need_object(video, where)
         if "id" not in video or "questions" not in video:
-            raise ValueError(f"{path}: item {i}: fields 'id' and 'questions' are required")
+            raise ValueError(f"{where}: fields 'id' and 'questions' are required")
+        vid = str(video["id"])
+        if vid in seen:  # its questions would share keys with the first one's: counted for answers they lack
+            raise ValueError(f"{where}: video id {vid!r} appears twice (first as item {seen[vid]})")
+        seen[vid] = i
+        if not isinstance(video["questions"], list):
+            raise ValueError(f"{where}: field 'questions': expected a JSON array, got a JSON "
+                             f"{files.json_type(video['questions'])}")
         for j, q in enumerate(video["questions"]):
+            qwhere = f"{where} question {j}"
+            q = files.need_object(q, qwhere)
             if q.get("answer") not in ("Yes.", "No."):
-                raise ValueError(f"{path}: item {i} question {j}: answer must be 'Yes.' or 'No.', got {q.get('answer')!r}")
-            out.append(EHQuestion(split, str(video["id"]), j, q["question"], q["answer"]))
+                raise ValueError(f"{qwhere}: answer must be 'Yes.' or 'No.', got {q.get('answer')!r}")
+            if "question" not in q:
+                raise ValueError(f"{qwhere}: field 'question': missing")
+            out.append(EHQuestion(split, vid, j, files.need_str(q["question"], f"{qwhere}: field 'question'"),
+                                  q["answer"]))
     return out
 
 
@@ -135,16 +142,33 @@ def score(questions: list[EHQuestion], predictions: dict[tuple, str | None],
 
 
 def read_predictions(path: str | Path) -> tuple[dict[tuple, str | None], dict[tuple[str, str], str]]:
-    """The reference predictions file -> ({question key: prediction}, {(split, video): judgement})."""
+    """The reference predictions file -> ({question key: prediction}, {(split, video): judgement}).
+
+    `{split: {video_id: {..., "qa": [{"prediction"}], "judgement"?}}}`; a video id twice in a split is refused
+    (JSON would keep the last one silently), as is a prediction that is not a string (or null).
+    """
     path = Path(path)
-    data = _load(path)
+    data = files.load_json(path, unique_keys=True)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}:1: expected a JSON object {{split: {{video_id: ...}}}} (eval.py's input), got a "
+                         f"JSON {files.json_type(data)}")
     preds, judgements = {}, {}
     for split, videos in data.items():
+        if not isinstance(videos, dict):
+            raise ValueError(f"{path}: split {split!r}: expected a JSON object of videos, got a JSON "
+                             f"{files.json_type(videos)}")
         for vid, info in videos.items():
-            for j, qa in enumerate(info.get("qa", [])):
-                preds[(split, str(vid), str(j))] = qa.get("prediction")
+            where = f"{path}: {split}/{vid}"
+            info = files.need_object(info, where)
+            qa = info.get("qa", [])
+            if not isinstance(qa, list):
+                raise ValueError(f"{where}: field 'qa': expected a JSON array, got a JSON {files.json_type(qa)}")
+            for j, item in enumerate(qa):
+                item = files.need_object(item, f"{where} qa[{j}]")
+                preds[(split, str(vid), str(j))] = files.need_str(item.get("prediction"),
+                                                                  f"{where} qa[{j}]: field 'prediction'", True)
             if "judgement" in info:
-                judgements[(split, str(vid))] = info["judgement"]
+                judgements[(split, str(vid))] = files.need_str(info["judgement"], f"{where}: field 'judgement'")
     return preds, judgements
 
 
@@ -153,7 +177,7 @@ def write_predictions(path: str | Path, question_files: dict[str, Path], predict
     out: dict = {}
     for split, f in question_files.items():
         out[split] = {}
-        for video in _load(Path(f)):
+        for video in files.load_array(Path(f), "videos"):
             vid = str(video["id"])
             qa = [{"question": q["question"], "answer": q["answer"], "prediction": predictions[(split, vid, str(j))]}
                   for j, q in enumerate(video["questions"]) if (split, vid, str(j)) in predictions]
@@ -165,9 +189,15 @@ def write_predictions(path: str | Path, question_files: dict[str, Path], predict
     return path
 
 
-def score_answers_file(question_paths: list[str | Path], predictions_path: str | Path) -> dict:
-    """`mmpo eval eventhallusion --questions F... --answers P`: score P's predictions for the given splits."""
+def score_answers_file(question_paths: list[str | Path], predictions_path: str | Path,
+                       unanswered: str = "error") -> dict:
+    """`mmpo eval eventhallusion --questions F... --answers P`: score P's predictions for the given splits.
+
+    `unanswered`: "error", or "skip" to score only the questions P answers (`files.keep_answered`).
+    """
     questions = [q for p in question_paths for q in read_questions(p)]
     preds, judgements = read_predictions(predictions_path)
-    return {**score(questions, preds, judgements or None),
+    questions, left_out = files.keep_answered(questions, [q.key in preds for q in questions], unanswered,
+                                              predictions_path, ["/".join(q.key) for q in questions])
+    return {**score(questions, preds, judgements or None), "n_unanswered": left_out,
             "question_files": [Path(p).name for p in question_paths]}

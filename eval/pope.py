@@ -18,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from eval import files
 from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS etc.)
     PARSERS,
     UNKNOWN_AS_NO,
@@ -85,24 +86,14 @@ class PopePrediction:
 
 def _records(path: Path) -> list[tuple[int, dict]]:
     """(line number, record) pairs from a JSONL file or a JSON array (line = line of the item start)."""
-    text = path.read_text(encoding="utf-8")
+    text = files.read_text(path)  # UTF-8, or an error naming the line
     if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        items = files.parse_json(text, str(path))
         # Approximate line of each item: JSON arrays here are pretty-printed one object per "{" line.
         starts = [i + 1 for i, line in enumerate(jsonl_lines(text)) if line.strip().startswith("{")]
         lines = starts if len(starts) == len(items) else [1] * len(items)
         return list(zip(lines, items))
-    out = []
-    for n, line in enumerate(jsonl_lines(text), 1):  # "\n" only: answers may hold U+2028 / U+0085
-        if line.strip():
-            try:
-                out.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-    return out
+    return files.read_jsonl(path, text)
 
 
 def _split_from_name(path: Path) -> str:
@@ -158,7 +149,8 @@ def _check_image(image, image_root: str | Path, where: str) -> None:
         raise ValueError(f"{where}: field 'image': {e}") from None
 
 
-def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: bool = False) -> list[PopePrediction]:
+def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: bool = False,
+                 unanswered: str = "error") -> list[PopePrediction]:
     """Read a model-answer JSONL file and align it with `questions`.
 
     The answer is under `answer` (official README layout) or `text` (LLaVA `model_vqa_loader` output).
@@ -170,9 +162,11 @@ def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: b
         path: answers JSONL.
         questions: the questions the answers belong to (ids must be unique for id matching).
         allow_extra: ignore answers whose id is not among `questions` (e.g. LLaVA's 8,910-line file).
+        unanswered: "error", or "skip": questions without an answer are left out (id matching only;
+            `files.keep_answered`), as a run with `on_bad_media: skip` left them out.
 
     Returns:
-        One prediction per question, in question order.
+        One prediction per answered question, in question order.
 
     Raises:
         ValueError: naming `file:line` for a missing answer field, duplicate or unknown ids, missing
@@ -181,10 +175,12 @@ def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: b
     path = Path(path)
     rows = []
     for line, rec in _records(path):
+        rec = files.need_object(rec, f"{path}:{line}")
         key = "answer" if "answer" in rec else "text" if "text" in rec else None
         if key is None:
             raise ValueError(f"{path}:{line}: field 'answer' (or 'text'): missing")
-        rows.append((line, rec.get("question_id"), str(rec[key]), rec.get("margin")))
+        rows.append((line, rec.get("question_id"), files.need_str(rec[key], f"{path}:{line}: field '{key}'"),
+                     rec.get("margin")))
     by_id = rows and all(qid is not None for _, qid, _, _ in rows)
     if not by_id:
         if len(rows) != len(questions):
@@ -204,9 +200,8 @@ def read_answers(path: str | Path, questions: list[PopeQuestion], allow_extra: b
                 continue
             raise ValueError(f"{path}:{line}: question_id {qid!r} is not in the question file")
         answers[str(qid)] = (a, m)
-    missing = [q.question_id for q in questions if str(q.question_id) not in answers]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} questions have no answer (first ids: {missing[:5]})")
+    questions = files.keep_answered(questions, [str(q.question_id) in answers for q in questions], unanswered, path,
+                                    [q.question_id for q in questions])[0]
     matched = [(q, answers[str(q.question_id)]) for q in questions]
     return [PopePrediction(q.question_id, a, q.split, m) for q, (a, m) in matched]
 

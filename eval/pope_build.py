@@ -37,6 +37,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from eval import files
 from eval.pope import SPLITS, PopeQuestion
 from mmpo.records import jsonl_lines
 
@@ -60,7 +61,7 @@ def load_ground_truth(path: str | Path) -> list[dict]:
         `[{"image": file_name, "objects": [name, ...]}, ...]`.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = files.read_text(path)  # UTF-8, or an error naming the line
     try:
         whole = json.loads(text)
     except json.JSONDecodeError:
@@ -137,7 +138,11 @@ def question_text(obj: str, template: str = TEMPLATE, legacy_typo: bool = False)
 
 def _random_negative(rng: random.Random, pool: list[str], banned: set[str], image: str) -> str:
     if not any(o not in banned for o in pool):
-        raise ValueError(f"image {image}: no object left to use as a negative")
+        raise ValueError(
+            f"image {image}: no object left to use as a negative: the {len(pool)} object types of the chosen images "
+            f"are all in it or already asked about it ({len(banned)}); sample more images (--num-images) so more "
+            "object types are present, ask fewer questions per image (--sample-num), or use annotations with more "
+            "object types")
     while True:  # the reference's rejection loop: uniform over the allowed objects
         obj = rng.choice(pool)
         if obj not in banned:
@@ -201,6 +206,10 @@ def build(ground_truth: list[dict], splits: tuple[str, ...] = SPLITS, sample_num
     Returns:
         {split: questions}.
     """
+    for name, value in (("sample_num", sample_num), ("img_num", img_num)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            flag = "--sample-num" if name == "sample_num" else "--num-images"
+            raise ValueError(f"{name} ({flag}) must be a whole number >= 1, got {value!r}: it would build no question")
     eligible = [im for im in ground_truth if len(im["objects"]) >= sample_num]
     if len(eligible) < img_num:
         raise ValueError(f"only {len(eligible)} images have >= {sample_num} objects; img_num={img_num} "

@@ -110,17 +110,28 @@ def score_predictions(questions: list[PopeQuestion], preds: list[PopePrediction]
 
 
 def score_answers_file(questions_path: str | Path, answers_path: str | Path, parser: str = "official",
-                       prompt_suffix: str | None = None) -> dict:
+                       prompt_suffix: str | None = None, unanswered: str = "error") -> dict:
     """Score an answers file (`mmpo eval pope --questions Q --answers A --parser P`).
 
     A question file holding several splits (a `category` field, as in llava_pope_test.jsonl) is scored
     per split and combined with `aggregate`.
 
+    `unanswered`: "error", or "skip" to score only the questions the file answers (`pope.read_answers`); the
+    result's `n_unanswered` counts those left out.
+
     Returns:
         one split's result, or the `aggregate` of several.
     """
     questions = read_questions(questions_path)
-    preds = read_answers(answers_path, questions)
+    preds = read_answers(answers_path, questions, unanswered=unanswered)
+    left_out = len(questions) - len(preds)
+    answered = {str(p.question_id) for p in preds}
+    questions = [q for q in questions if str(q.question_id) in answered]
+    return {**_score_questions(questions, preds, parser, prompt_suffix, questions_path), "n_unanswered": left_out}
+
+
+def _score_questions(questions, preds, parser, prompt_suffix, questions_path) -> dict:
+    """One split's `score_predictions`, or the `aggregate` of each split's."""
     splits = list(dict.fromkeys(q.split for q in questions))
     if len(splits) == 1:
         return score_predictions(questions, preds, parser, prompt_suffix, questions_path)

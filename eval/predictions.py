@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from eval import files
 from eval.answering import Item, answer_items
 from mmpo.config import ConfigError
 from mmpo.media import MediaError
@@ -41,7 +42,14 @@ def check_run(out: Path, settings: dict) -> None:
     """run.json records the settings; resuming predictions made under other settings would mix them."""
     path = out / "run.json"
     if path.exists() and (out / "predictions.jsonl").exists():
-        old = json.loads(path.read_text())
+        try:
+            old = files.load_json(path)
+        except ValueError as e:  # the settings the predictions were made under are unknown: mixing is unsafe
+            raise ValueError(f"{e}; run.json records the settings predictions.jsonl was made under: restore it, "
+                             "or delete both to start the run anew") from None
+        if not isinstance(old, dict):
+            raise ValueError(f"{path}:1: expected a JSON object of settings, got a JSON {files.json_type(old)}; "
+                             "restore it, or delete it and predictions.jsonl to start the run anew")
         if old != settings:
             diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"{out}: existing predictions were made with other settings ({diff}); "
@@ -55,14 +63,17 @@ def load_predictions(path: Path, key_fields: tuple[str, ...]) -> dict[tuple, dic
     if not path.exists():
         return {}
     rows, good = {}, []
-    lines = jsonl_lines(path.read_text(encoding="utf-8"))
+    lines = jsonl_lines(files.read_text(path))
     for n, line in enumerate(lines, 1):
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             if n == len(lines):
                 break
-            raise ValueError(f"{path}:{n}: invalid JSON") from None
+            raise ValueError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
+        missing = [k for k in (*key_fields, "answer") if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ValueError(f"{path}:{n}: fields {missing} missing (a row holds {list(key_fields)} and 'answer')")
         rows[tuple(str(rec[k]) for k in key_fields)] = rec
         good.append(line)
     if len(good) != len(lines):

@@ -189,7 +189,7 @@ def chair_markdown(result: dict) -> str:
         for _, cls in cap["hallucinated"]:
             counts[cls] = counts.get(cls, 0) + 1
     top = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
-    prov = [f"- prompt: `{result.get('prompt')!r}`", f"- lemmatizer: `{result.get('lemmatizer')}`",
+    prov = [f"- prompt: `{result.get('prompt')!r}`", f"- lemmatizer: {result.get('lemmatizer')}",
             f"- vocabulary: `{result.get('vocabulary', 'coco')}`", f"- ground truth: `{result.get('ground_truth_file')}`",
             f"- most hallucinated: {top or 'none'}"]
     return "# CHAIR\n\n" + "\n".join(rows) + "\n\n" + "\n".join(prov + _skipped_line(result, "images")) + "\n"
@@ -335,3 +335,50 @@ def write_eventhallusion_report(out_dir: str | Path, result: dict) -> dict[str, 
     (out / "report.md").write_text(eventhallusion_markdown(result), encoding="utf-8")
     return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
             "plot": plot_eventhallusion(result, out / "eventhallusion.png")}
+
+
+HB_KEYS = ("qAcc", "fAcc", "aAcc")
+
+
+def hallusionbench_markdown(result: dict) -> str:
+    """One row overall, per category and per subcategory: question pair, figure and all accuracy in %, counts."""
+    rows = ["| questions of | qAcc (pairs) | fAcc (figures) | aAcc (all) | questions | pairs | figures |",
+            "|---|---|---|---|---|---|---|"]
+
+    def row(name: str, r: dict) -> str:
+        return (f"| {name} | " + " | ".join(f"{100 * r[k]:.2f}" for k in HB_KEYS)
+                + f" | {r['n_questions']} | {r['n_question_pairs']} | {r['n_figures']} |")
+
+    rows.append(row("**all**", result))
+    rows += [row(name, r) for name, r in {**result["categories"], **result["subcategories"]}.items()]
+    prov = [f"- answer rule: `{result.get('parser')}` (keyword rules; the official evaluation's GPT-4 judge is not "
+            "run), mode: `{}`, prompt suffix: `{!r}`".format(result.get("mode"), result.get("prompt_suffix")),
+            f"- question file: `{result.get('question_file')}`; not asked (no image, as lmms-eval and VLMEvalKit): "
+            f"{result.get('n_not_asked_no_image', 0)}; answers neither yes nor no: {result['n_unknown']}"]
+    return "# HallusionBench\n\n" + "\n".join(rows) + "\n\n" + "\n".join(
+        prov + _skipped_line(result, "questions")) + "\n"
+
+
+def plot_hallusionbench(result: dict, path: str | Path) -> Path:
+    """qAcc, fAcc and aAcc overall and per category, in %."""
+    plt = _pyplot()
+    rows = {"all": result, **result["categories"]}
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.2))
+    for j, key in enumerate(HB_KEYS):
+        ax.bar([i + (j - 1) * 0.27 for i in range(len(names))], [100 * rows[n][key] for n in names], 0.27, label=key)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("HallusionBench", fontsize=9)
+    return _save(fig, plt, path)
+
+
+def write_hallusionbench_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json, report.md and hallusionbench.png under `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(hallusionbench_markdown(result), encoding="utf-8")
+    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
+            "plot": plot_hallusionbench(result, out / "hallusionbench.png")}

@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval import files
+
 # The five categories of the published leaderboard "Overall" (README); the others are extra analyses.
 CATEGORIES = ("object_relation", "temporal", "semantic_detail", "external_factual", "external_nonfactual")
 EXTRA_CATEGORIES = ("interaction", "fact_detect")
@@ -78,13 +80,7 @@ def _question(rec: dict, where: str) -> VHQuestion:
 
 
 def _load_array(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}:1: expected a JSON array of pairs")
-    return data
+    return files.load_array(path, "pairs")  # UTF-8 and JSON errors name the file and line
 
 
 def read_pairs(path: str | Path, category: str | None = None) -> list[VHPair]:
@@ -143,7 +139,9 @@ def read_predictions(path: str | Path) -> list[VHPrediction]:
     preds = []
     for i, rec in enumerate(_load_array(path)):
         try:
-            preds.append(VHPrediction(rec["basic"]["predict"], rec["hallucination"]["predict"]))
+            basic, halluc = rec["basic"]["predict"], rec["hallucination"]["predict"]
         except (KeyError, TypeError):
             raise ValueError(f"{path}: pair {i}: 'basic.predict' or 'hallucination.predict' missing") from None
+        preds.append(VHPrediction(files.need_str(basic, f"{path}: pair {i}: field 'basic.predict'"),
+                                  files.need_str(halluc, f"{path}: pair {i}: field 'hallucination.predict'")))
     return preds

@@ -98,27 +98,45 @@ def fact_score(result: dict) -> float:
     return (result["basic_accuracy"] + result["hallucinated_accuracy"]) / 2
 
 
-def score_answers_file(data_path: str | Path, answers_path: str | Path, category: str | None = None) -> dict:
+def score_answers_file(data_path: str | Path, answers_path: str | Path, category: str | None = None,
+                       unanswered: str = "error") -> dict:
     """Score a results file (reference layout) against its category data file.
 
     Args:
         data_path: `<category>.json` (ground truth; fixes the pair count, e.g. temporal 176 vs 200).
         answers_path: the same pairs with `predict` added to basic and hallucination.
         category: category name; default: found in `data_path`'s name.
+        unanswered: "error" (the results file must hold every pair), or "skip": it may leave pairs out (a run
+            with `on_bad_media: skip` does), the rest are scored; `n_unanswered` counts those left out.
 
     Returns:
         `score_category` output plus `bias` (yes/no categories), `fact_score` (fact_detect), prompt
-        suffix and the data file name.
+        suffix, the data file name and `n_unanswered`.
 
     Raises:
         ValueError: on a count mismatch or a pair whose questions/videos/answers differ from the data.
     """
     pairs = read_pairs(data_path, category)
     answered = read_pairs(answers_path, pairs[0].category if pairs else category)
-    if len(answered) != len(pairs):
-        raise ValueError(f"{answers_path}: {len(answered)} pairs, but {data_path} has {len(pairs)}")
+
     def key(q: VHQuestion) -> tuple:
         return q.video, q.question, q.answer
+
+    if len(answered) != len(pairs) and unanswered == "skip":  # the answered pairs, in data order
+        keys, kept, j = [(key(a.basic), key(a.hallucination)) for a in answered], [], 0
+        for p in pairs:
+            if j < len(keys) and (key(p.basic), key(p.hallucination)) == keys[j]:
+                kept.append(p)
+                j += 1
+        if j != len(keys):
+            raise ValueError(f"{answers_path}: pair {j} is not a pair of {data_path} (or is out of its order)")
+        left_out, pairs = len(pairs) - len(kept), kept
+    else:
+        left_out = 0
+    if len(answered) != len(pairs):
+        raise ValueError(f"{answers_path}: {len(answered)} pairs, but {data_path} has {len(pairs)}"
+                         + ("; a run with on_bad_media: skip leaves out pairs on unreadable videos: add "
+                            "--unanswered skip to score the answered ones" if len(answered) < len(pairs) else ""))
 
     for i, (p, a) in enumerate(zip(pairs, answered)):
         if (key(p.basic), key(p.hallucination)) != (key(a.basic), key(a.hallucination)):
@@ -129,4 +147,4 @@ def score_answers_file(data_path: str | Path, answers_path: str | Path, category
         result["bias"] = bias_scores(pairs, preds)
     if result["category"] == "fact_detect":
         result["fact_score"] = fact_score(result)
-    return {**result, "prompt_suffix": PROMPT_SUFFIX, "data_file": Path(data_path).name}
+    return {**result, "prompt_suffix": PROMPT_SUFFIX, "data_file": Path(data_path).name, "n_unanswered": left_out}

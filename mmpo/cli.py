@@ -101,7 +101,7 @@ def cmd_build(args) -> int:
 
 
 def _eval_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("benchmark", help="pope | videohallucer | chair | amber | eventhallusion | pope-build")
+    p.add_argument("benchmark", help="pope | videohallucer | chair | amber | eventhallusion | hallusionbench | pope-build")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own flags (--help for them)")
 
 

@@ -276,6 +276,50 @@ def test_unreadable_media_is_an_error_or_skipped(bench, name, tmp_path):
     answered = len(_rows(Path(cfg.out_dir) / "predictions.jsonl"))
     assert answered == {"chair": 3, "amber": 12, "eventhallusion": 12}[name] - left_out
     assert m.get("n_captions", m.get("n_questions", m.get("n"))) == answered  # scored over what was answered
+    # issue 24 item 7: the run's own answers file rescores to the same numbers (--unanswered skip)
+    out = Path(cfg.out_dir)
+    if name == "chair":  # CHAIR scores the images an answers file answers, counting the rest
+        again = EVALUATORS[name].score_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
+        assert again["n_images_unanswered"] == left_out
+        assert {k: again[k] for k in ("chair_i", "chair_s", "recall")} == {k: m[k] for k in ("chair_i", "chair_s", "recall")}
+        return
+    if name == "amber":
+        args, scored = (cfg.questions, cfg.annotations, out / "answers.json"), ("overall", "existence", "attribute")
+    else:
+        args, scored = (sorted(Path(cfg.questions[0]).glob("*_questions.json")), out / "answers.json"), ("accuracy",)
+    with pytest.raises(ValueError, match=rf"{left_out} questions have no answer .*add --unanswered skip"):
+        EVALUATORS[name].score_file(*args)
+    again = EVALUATORS[name].score_file(*args, unanswered="skip")
+    assert again["n_unanswered"] == left_out and all(again[k] == m[k] for k in scored)
+
+
+@pytest.mark.parametrize("name", ["chair", "amber", "eventhallusion"])
+def test_console_line_agrees_with_the_report(bench, name, tmp_path, capsys):
+    """Issue 24 item 7: the console printed fractions (and AMBER one unnamed dimension) while report.md prints
+    percentages; `mmpo eval NAME --config F` now prints the report's numbers, to its decimals."""
+    import yaml
+
+    from mmpo.cli import main
+
+    mode = {} if name == "chair" else {"mode": "logits"}
+    cfg = bench["cfg"](name, f"{name}_console", max_new_tokens=12, limit=2, **mode)
+    raw = {k: v for k, v in json.loads(json.dumps(cfg.__dict__, default=lambda o: o.__dict__)).items()}
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["eval", name, "--config", str(tmp_path / f"{name}.yaml")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+    text = (Path(cfg.out_dir) / "report.md").read_text()
+    if name == "chair":
+        shown = [f"{100 * m[k]:.2f}" for k in ("chair_s", "chair_i", "recall")]
+        assert f"| {shown[0]} | {shown[1]} | {shown[2]} |" in text
+        assert f"CHAIR_s {shown[0]} CHAIR_i {shown[1]} recall {shown[2]} (%)" in line and "lemmatizer table" in line
+    elif name == "amber":  # limit 2: an attribute and a relation question, so no overall
+        assert "overall" not in m and "no overall" in line
+        for dim in ("attribute", "relation"):
+            assert f"{dim} accuracy {m[dim]['accuracy']:.1f} F1 {m[dim]['f1']:.1f}" in line
+            assert f"| {dim} | {m[dim]['accuracy']:.1f} |" in text
+    else:
+        assert f"accuracy {100 * m['accuracy']:.2f} (" in line and f"| **overall** | {100 * m['accuracy']:.2f} |" in text
 
 
 @pytest.mark.parametrize("name,image", [("chair", "../x.jpg"), ("amber", "/etc/passwd")])
@@ -312,7 +356,7 @@ def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
     from mmpo import cli as mmpo_cli
 
     runnable = {n for n, e in EVALUATORS.items() if e.config is not None}
-    assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion"}
+    assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion", "hallusionbench"}
     for name in runnable:  # each has a runner, a file scorer and shipped configs that validate as its class
         e = EVALUATORS[name]
         assert callable(e.run) and callable(e.score_file)

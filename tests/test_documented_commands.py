@@ -2,8 +2,8 @@
 
 The commands run in a sandbox folder, as a user runs them from the repository root: a copy of `configs/`,
 plus the checkpoints and data the commands name that no documented command makes (`checkpoints/llava-1.5-7b-hf`
-and friends in the hub's real formats, shrunk; POPE, VideoHallucer, CHAIR, AMBER and EventHallusion files in their
-real layouts, from the vendored excerpts, with generated images and videos). Each
+and friends in the hub's real formats, shrunk; POPE, VideoHallucer, CHAIR, AMBER, EventHallusion and
+HallusionBench files in their real layouts, from the vendored excerpts, with generated images and videos). Each
 command goes through the CLI's `main` verbatim (shell globs expanded, as a shell would), in an order where
 a command's inputs exist: models and data first, then builders, training, evaluation.
 
@@ -134,6 +134,19 @@ def _eventhallusion_layout(sandbox: Path) -> None:
             write_clip(root / "videos" / split / f"{video['id']}.mp4", make_frames(T=8, H=64, W=64, seed=i))
 
 
+def _hallusionbench_layout(sandbox: Path) -> None:
+    """HallusionBench.json (the vendored excerpt) and the figures its questions name, under hallusion_bench/."""
+    root = sandbox / "data/hallusionbench"
+    if root.exists():
+        return
+    root.mkdir(parents=True)
+    shutil.copy(SAMPLES / "hallusionbench_sample.json", root / "HallusionBench.json")
+    names = sorted({q["filename"] for q in json.loads((root / "HallusionBench.json").read_text()) if "filename" in q})
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        color_image(COLORS[i % 4], size=64, seed=i).save(root / name)
+
+
 def _provide(sandbox: Path, command: str) -> None:
     """Make what `command` reads that no documented command makes (real-layout stand-ins, built tiny)."""
     from mmpo.clip import make_tiny_clip
@@ -154,7 +167,8 @@ def _provide(sandbox: Path, command: str) -> None:
         _pope_in_reference_layout(sandbox)
     if "videohallucer" in command and not (sandbox / "data/videohallucer_datasets").exists():
         _videohallucer_datasets(sandbox / "data/videohallucer_datasets")
-    layouts = {"chair": _chair_layout, "amber": _amber_layout, "eventhallusion": _eventhallusion_layout}
+    layouts = {"chair": _chair_layout, "amber": _amber_layout, "eventhallusion": _eventhallusion_layout,
+               "hallusionbench": _hallusionbench_layout}
     for name, make in layouts.items():  # the configs name these folders, so look for the benchmark in the command
         if f"mmpo eval {name} " in command:
             make(sandbox)

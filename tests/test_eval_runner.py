@@ -296,6 +296,12 @@ def test_pope_skips_unreadable_images_and_names_them(world, tmp_path, prefix_reu
                                   mode="logits", batch_size=3)
     for r in rows:
         assert r["margin"] == pytest.approx(want[("random", str(r["question_id"]))][1], abs=1e-4)
+    # issue 24 item 7: the run's own answers file rescores to its numbers with --unanswered skip
+    answers = tmp_path / "skip" / "answers_random.jsonl"
+    with pytest.raises(ValueError, match=r"4 questions have no answer .*add --unanswered skip"):
+        pope_metrics.score_answers_file(cfg.questions[0], answers)
+    again = pope_metrics.score_answers_file(cfg.questions[0], answers, unanswered="skip")
+    assert again["n_unanswered"] == 4 and all(again[k] == m[k] for k in ("f1", "accuracy", "yes_ratio", "n"))
 
 
 def test_training_hook_skips_unreadable_images(world, tmp_path):
@@ -359,6 +365,12 @@ def test_videohallucer_skips_pairs_with_unreadable_videos(tmp_path):
     assert "object_relation: skipped 1 pairs on 1 unreadable videos" in (tmp_path / "skip" / "report.md").read_text()
     with pytest.raises(MediaError, match=r"broken\.mp4: unreadable or truncated video"):
         runner.run_videohallucer(cfg("err"))
+    # issue 24 item 7: the run's own results file rescores to its numbers with --unanswered skip
+    results = tmp_path / "skip" / "results" / "object_relation.json"
+    with pytest.raises(ValueError, match=r"2 pairs, but .* has 3; .*add --unanswered skip"):
+        videohallucer_metrics.score_answers_file(data / "object_relation.json", results)
+    again = videohallucer_metrics.score_answers_file(data / "object_relation.json", results, unanswered="skip")
+    assert again["n_unanswered"] == 1 and again["pair_accuracy"] == res["pair_accuracy"]
 
 
 @pytest.mark.parametrize("family,media_type", [("llava_next", "image"), ("video_llava", "image"),
@@ -379,3 +391,19 @@ def test_packed_answers_equal_plain_for_every_family(tmp_path, family, media_typ
     assert plain.keys() == packed.keys()
     for k in plain:
         assert packed[k][1] == pytest.approx(plain[k][1], abs=1e-4), k
+
+
+def test_pope_console_line_agrees_with_the_report(world, tmp_path, capsys):
+    """Issue 24 item 7: `mmpo eval pope --config` printed fractions (F1 0.8571) while report.md prints %."""
+    import yaml
+
+    cfg = _cfg(world, "console", mode="logits", limit=4)
+    (tmp_path / "pope.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
+    assert eval_cli.cli_pope(["--config", str(tmp_path / "pope.yaml")]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    m = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+    shown = {k: f"{100 * m[k]:.2f}" for k in ("f1", "accuracy", "yes_ratio")}
+    assert f"F1 {shown['f1']} accuracy {shown['accuracy']} yes_ratio {shown['yes_ratio']} (%)" in line
+    row = next(x for x in (Path(cfg.out_dir) / "report.md").read_text().splitlines() if x.startswith("| **mean"))
+    cells = [c.strip() for c in row.strip("|").split("|")]  # split, accuracy, precision, recall, f1, yes_ratio
+    assert (cells[1], cells[4], cells[5]) == (shown["accuracy"], shown["f1"], shown["yes_ratio"])
