@@ -1,0 +1,280 @@
+"""TRL 1.16's DPO loss family in mmpo: each loss equals TRL's own `DPOTrainer._compute_loss` (called, not copied)
+on the same random float64 log-probs, value and gradient (rel 1e-9); hand-worked arithmetic per new loss.
+
+TRL's method is run on a minimal stand-in for the trainer (`_trl_self`: the attributes `_compute_loss` reads,
+reference log-probs "precomputed" so no reference model runs) and a stand-in model whose fused LM head returns
+the chosen per-token log-probs (`_FusedHead`); everything between those log-probs and the loss is TRL's code.
+"""
+
+import math
+from collections import defaultdict
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mmpo.losses import LOSSES, LossInputs, build_loss_terms
+
+trl_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
+
+B, T = 6, 9  # pairs, sequence length (prompt + completion) of TRL's rows
+
+
+def ls(z: float) -> float:
+    """-log sigmoid(z)."""
+    return math.log1p(math.exp(-z))
+
+
+def s(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+class _FusedHead:
+    """What TRL's fused LM head gives `_compute_loss`: per-token log-probs of the labels, 0 where the label is
+    masked, and the metric outputs (entropy, mean logits, top-1 hits), plus log sum_v p^2 for WPO."""
+
+    def __init__(self, token_logps, log_sum_sq=None):
+        self.token_logps, self.log_sum_sq = token_logps, log_sum_sq
+
+    def __call__(self, labels, **_):
+        mask = (labels[:, 1:] != -100).to(self.token_logps.dtype)
+        zeros = torch.zeros_like(self.token_logps)
+        return SimpleNamespace(log_probs=self.token_logps * mask, entropy=zeros, mean_logits=zeros,
+                               is_top1=torch.zeros_like(mask, dtype=torch.bool), log_sum_sq_probs=self.log_sum_sq)
+
+
+def _trl_self(loss_type, weights=None, beta=0.1, label_smoothing=0.0, f_divergence_type="reverse_kl",
+              f_alpha_divergence_coef=0.5, use_weighting=False, discopop_tau=0.05):
+    """The attributes DPOTrainer.__init__ sets that `_compute_loss` reads (single process, precomputed reference)."""
+    loss_type = [loss_type] if isinstance(loss_type, str) else loss_type
+    accelerator = SimpleNamespace(device=torch.device("cpu"), gather=lambda t: t, gather_for_metrics=lambda t: t)
+    return SimpleNamespace(
+        model=SimpleNamespace(training=True), accelerator=accelerator, aux_loss_enabled=False, ld_alpha=None,
+        precompute_ref_logps=True, beta=beta, loss_types=loss_type, loss_weights=weights or [1.0] * len(loss_type),
+        label_smoothing=label_smoothing, f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef, use_weighting=use_weighting,
+        args=SimpleNamespace(discopop_tau=discopop_tau), _metrics={"train": defaultdict(list)},
+        _total_train_tokens=0, _tp_size=1)
+
+
+def random_batch(seed=0, dtype=torch.float64):
+    """B pairs as TRL lays them out ([chosen rows; rejected rows], prompt then completion of varied length), with
+    per-token log-probs (a leaf, for gradients), log sum p^2 and reference sums."""
+    g = torch.Generator().manual_seed(seed)
+    completion = torch.zeros(2 * B, T, dtype=torch.long)
+    for row in range(2 * B):
+        start = int(torch.randint(1, 4, (1,), generator=g))
+        end = int(torch.randint(start + 1, T + 1, (1,), generator=g))
+        completion[row, start:end] = 1
+    token_logps = (-3 * torch.rand(2 * B, T - 1, generator=g, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    log_sum_sq = -2 * torch.rand(2 * B, T - 1, generator=g, dtype=torch.float64).to(dtype)
+    ref = (token_logps.detach() * completion[:, 1:] + 0.7 * torch.randn(2 * B, T - 1, generator=g).to(dtype)
+           * completion[:, 1:]).sum(1)
+    return dict(completion=completion, token_logps=token_logps, log_sum_sq=log_sum_sq, ref=ref)
+
+
+def trl_loss(batch, trl_args):
+    """TRL's loss on `batch`, from its own `DPOTrainer._compute_loss`."""
+    inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
+              "completion_mask": batch["completion"], "ref_chosen_logps": batch["ref"][:B],
+              "ref_rejected_logps": batch["ref"][B:]}
+    head = _FusedHead(batch["token_logps"], batch["log_sum_sq"])
+    # exo_pair builds its epsilon with torch.tensor(label_smoothing), in the default dtype: float64 here too
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(batch["token_logps"].dtype)
+    try:
+        return trl_trainer.DPOTrainer._compute_loss(_trl_self(**trl_args), head, inputs, False)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def mmpo_inputs(batch, weight=None) -> LossInputs:
+    """The same batch as mmpo's loss inputs: summed answer log-probs and token counts per pair."""
+    mask = batch["completion"][:, 1:].to(batch["token_logps"].dtype)
+    sums, counts = (batch["token_logps"] * mask).sum(1), mask.sum(1)
+    return LossInputs(policy_chosen=sums[:B], policy_rejected=sums[B:], ref_chosen=batch["ref"][:B],
+                      ref_rejected=batch["ref"][B:], chosen_tokens=counts[:B], rejected_tokens=counts[B:],
+                      weight=weight)
+
+
+def value_and_grad(loss, leaf):
+    grad, = torch.autograd.grad(loss, leaf)
+    return loss.detach(), grad
+
+
+def assert_same(mine, theirs, leaf, rel=1e-9):
+    (v1, g1), (v2, g2) = value_and_grad(mine, leaf), value_and_grad(theirs, leaf)
+    assert v1.item() == pytest.approx(v2.item(), rel=rel, abs=1e-300)
+    assert torch.allclose(g1, g2, rtol=rel, atol=rel * g2.abs().max().item())
+    assert g2.abs().sum() > 0
+
+
+# (mmpo name, mmpo params, TRL loss_type, TRL args): every TRL 1.16 loss type but sft (below).
+CASES = [
+    ("dpo", {"beta": 0.3}, "sigmoid", {"beta": 0.3}),
+    ("hinge", {"beta": 0.3}, "hinge", {"beta": 0.3}),
+    ("ipo", {"beta": 0.3}, "ipo", {"beta": 0.3}),
+    ("robust", {"beta": 0.3, "eps": 0.2}, "robust", {"beta": 0.3, "label_smoothing": 0.2}),
+    ("exo_pair", {"beta": 0.3, "eps": 1e-3}, "exo_pair", {"beta": 0.3, "label_smoothing": 1e-3}),
+    ("exo_pair", {"beta": 0.2, "eps": 0.3}, "exo_pair", {"beta": 0.2, "label_smoothing": 0.3}),
+    ("nca_pair", {"beta": 0.3}, "nca_pair", {"beta": 0.3}),
+    ("bco_pair", {"beta": 0.3}, "bco_pair", {"beta": 0.3}),
+    ("sppo_hard", {"beta": 0.3}, "sppo_hard", {"beta": 0.3}),
+    ("aot", {"beta": 0.3}, "aot", {"beta": 0.3}),
+    ("aot", {"beta": 0.3, "eps": 0.2}, "aot", {"beta": 0.3, "label_smoothing": 0.2}),
+    ("aot_unpaired", {"beta": 0.3, "eps": 0.1}, "aot_unpaired", {"beta": 0.3, "label_smoothing": 0.1}),
+    ("apo_zero", {"beta": 0.3}, "apo_zero", {"beta": 0.3}),
+    ("apo_down", {"beta": 0.3}, "apo_down", {"beta": 0.3}),
+    ("discopop", {"beta": 0.3}, "discopop", {"beta": 0.3}),
+    ("discopop", {"beta": 0.5, "tau": 0.7}, "discopop", {"beta": 0.5, "discopop_tau": 0.7}),
+    ("sigmoid_norm", {"beta": 0.3}, "sigmoid_norm", {"beta": 0.3}),
+]
+
+
+@pytest.mark.parametrize("name, params, trl_type, trl_args", CASES, ids=[f"{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_equals_trl_dpo_trainer_float64(name, params, trl_type, trl_args):
+    """Value and gradient w.r.t. the per-token log-probs equal TRL's in float64 (rel 1e-9), on two batches."""
+    for seed in (0, 1):
+        batch = random_batch(seed)
+        mine, _ = LOSSES[name](**params)(mmpo_inputs(batch))
+        assert_same(mine, trl_loss(batch, {"loss_type": trl_type, **trl_args}), batch["token_logps"])
+
+
+F_DIV_LOSSES = [("dpo", "sigmoid", {}), ("hinge", "hinge", {}), ("ipo", "ipo", {}),
+                ("robust", "robust", {"eps": 0.1}), ("exo_pair", "exo_pair", {"eps": 0.01}),
+                ("discopop", "discopop", {}), ("sigmoid_norm", "sigmoid_norm", {})]
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "js_divergence", "alpha_divergence"])
+@pytest.mark.parametrize("name, trl_type, params", F_DIV_LOSSES, ids=[c[1] for c in F_DIV_LOSSES])
+def test_f_divergences_equal_trl(name, trl_type, params, divergence):
+    """TRL's f_divergence_type on every loss it allows. Alpha-divergence runs in float32: TRL's clamp table has no
+    float64 entry (it raises KeyError there), so that case compares at float32 precision."""
+    dtype, rel = (torch.float32, 1e-5) if divergence == "alpha_divergence" else (torch.float64, 1e-9)
+    batch = random_batch(3, dtype)
+    f_params = {"f_divergence_type": divergence, "f_alpha_divergence_coef": 0.3}
+    trl_args = {"loss_type": trl_type, "beta": 0.3, "label_smoothing": params.get("eps", 0.0), **f_params}
+    mine, _ = LOSSES[name](beta=0.3, **params, **f_params)(mmpo_inputs(batch))
+    assert_same(mine, trl_loss(batch, trl_args), batch["token_logps"], rel)
+
+
+def test_alpha_divergence_coefficient_one_is_reverse_kl_and_scores_by_hand():
+    """a = 1 falls back to the log-ratio (TRL's limit case). u = log 2: forward_kl 1 - 1/2 = 0.5,
+    js log 2 + log(2/3) = log(4/3), alpha a = 0.5: (2^-0.5 - 1) / -0.5 = 2 - sqrt 2."""
+    u = torch.tensor([math.log(2)], dtype=torch.float64)
+    score = {k: LOSSES["dpo"](f_divergence_type=k, f_alpha_divergence_coef=a).f_score(u).item()
+             for k, a in [("reverse_kl", 0.5), ("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.5)]}
+    assert score == pytest.approx({"reverse_kl": math.log(2), "forward_kl": 0.5, "js_divergence": math.log(4 / 3),
+                                   "alpha_divergence": 2 - math.sqrt(2)})
+    one = LOSSES["dpo"](f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0)
+    assert one.f_score(u).item() == pytest.approx(math.log(2))
+
+
+def test_weighted_sum_of_several_loss_types_equals_trl():
+    """TRL's MPO-style list, loss_type [sigmoid, bco_pair, apo_zero] with weights [0.8, 0.2, 1.0], as mmpo terms."""
+    batch = random_batch(4)
+    terms = build_loss_terms([{"name": "dpo", "weight": 0.8, "params": {"beta": 0.2}},
+                              {"name": "bco_pair", "weight": 0.2, "params": {"beta": 0.2}},
+                              {"name": "apo_zero", "weight": 1.0, "params": {"beta": 0.2}}])
+    x = mmpo_inputs(batch)
+    mine = sum(w * term(x)[0] for w, term in terms)
+    theirs = trl_loss(batch, {"loss_type": ["sigmoid", "bco_pair", "apo_zero"], "weights": [0.8, 0.2, 1.0],
+                              "beta": 0.2})
+    assert_same(mine, theirs, batch["token_logps"])
+
+
+def test_rewards_metrics_are_trls():
+    """rewards/chosen, /rejected, /margins, /accuracies as TRL logs them (beta * log-ratio, batch means)."""
+    batch = random_batch(5)
+    _, metrics = LOSSES["nca_pair"](beta=0.3)(mmpo_inputs(batch))
+    trainer = _trl_self("nca_pair", beta=0.3)
+    inputs = {"input_ids": torch.ones(2 * B, T, dtype=torch.long), "attention_mask": torch.ones(2 * B, T),
+              "completion_mask": batch["completion"], "ref_chosen_logps": batch["ref"][:B],
+              "ref_rejected_logps": batch["ref"][B:]}
+    trl_trainer.DPOTrainer._compute_loss(trainer, _FusedHead(batch["token_logps"]), inputs, False)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        assert metrics[key] == pytest.approx(trainer._metrics["train"][key][0], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- hand-worked arithmetic
+
+def one_pair(pc, pr, rc, rr, n_w=1.0, n_l=1.0):
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    return LossInputs(t(pc), t(pr), t(rc), t(rr), chosen_tokens=t(n_w), rejected_tokens=t(n_l))
+
+
+def test_new_losses_by_hand():
+    """One pair: pc = -1, pr = -3, rc = -2, rr = -2.5 -> rho_w = 1, rho_l = -0.5, h = 1.5; beta = 0.5.
+    exo_pair eps = 0.1: z = 0.75, s(z) (log s(z) - log 0.9) + s(-z) (log s(-z) - log 0.1).
+    nca_pair: r_w = 0.5, r_l = -0.25: ls(0.5) + 0.5 ls(-0.5) + 0.5 ls(0.25).
+    bco_pair: ls(0.5) + ls(0.25).  sppo_hard: 1/(2 beta) = 1: (1 - 1)^2 + (-0.5 + 1)^2 = 0.25.
+    apo_zero: 1 - s(0.5) + s(-0.25).  apo_down: s(0.5) + 1 - s(0.75).
+    discopop tau = 0.5: m = s(1.5): (1 - m) ls(0.75) + m e^-0.75.
+    sigmoid_norm, n_w = 2, n_l = 5: ls(0.5 (0.5 + 0.1)) = ls(0.3)."""
+    x = one_pair(-1.0, -3.0, -2.0, -2.5)
+    z = 0.75
+    want = {
+        ("exo_pair", 0.1): s(z) * (math.log(s(z)) - math.log(0.9)) + s(-z) * (math.log(s(-z)) - math.log(0.1)),
+        ("nca_pair", None): ls(0.5) + 0.5 * ls(-0.5) + 0.5 * ls(0.25),
+        ("bco_pair", None): ls(0.5) + ls(0.25),
+        ("sppo_hard", None): 0.25,
+        ("apo_zero", None): 1 - s(0.5) + s(-0.25),
+        ("apo_down", None): s(0.5) + 1 - s(0.75),
+        ("discopop", 0.5): (1 - s(1.5)) * ls(0.75) + s(1.5) * math.exp(-0.75),
+    }
+    for (name, extra), value in want.items():
+        params = {"beta": 0.5}
+        if extra is not None:
+            params["eps" if name == "exo_pair" else "tau"] = extra
+        assert LOSSES[name](**params)(x)[0].item() == pytest.approx(value, rel=1e-12), name
+    norm = one_pair(-1.0, -3.0, -2.0, -2.5, n_w=2.0, n_l=5.0)
+    assert LOSSES["sigmoid_norm"](beta=0.5)(norm)[0].item() == pytest.approx(ls(0.3), rel=1e-12)
+
+
+def test_aot_sorts_across_the_batch_by_hand():
+    """Two pairs, beta = 1, eps = 0. Policy gaps pc - pr = [2, -1], reference gaps rc - rr = [-3, 1]:
+    sorted [-1, 2] - [-3, 1] = [2, 1] -> mean(ls(2), ls(1)) (paired DPO would see h = [5, -2]).
+    Unpaired: rho_w = pc - rc = [1, -1.5], rho_l = pr - rr = [-4, 0.5]: sorted [-1.5, 1] - [-4, 0.5] = [2.5, 0.5].
+    eps = 0.5 on the paired one: mean over z = [2, 1] of 0.5 ls(z) + 0.5 ls(-z)."""
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    x = LossInputs(t(1.0, -1.5), t(-1.0, -0.5), t(0.0, 0.0), t(3.0, -1.0))
+    assert x.margin.tolist() == [5.0, -2.0]
+    assert LOSSES["aot"](beta=1.0)(x)[0].item() == pytest.approx((ls(2) + ls(1)) / 2, rel=1e-12)
+    assert LOSSES["aot_unpaired"](beta=1.0)(x)[0].item() == pytest.approx((ls(2.5) + ls(0.5)) / 2, rel=1e-12)
+    smooth = sum(0.5 * ls(z) + 0.5 * ls(-z) for z in (2.0, 1.0)) / 2
+    assert LOSSES["aot"](beta=1.0, eps=0.5)(x)[0].item() == pytest.approx(smooth, rel=1e-12)
+
+
+def test_aot_refuses_per_pair_weights_but_takes_a_uniform_one():
+    """Sorting breaks the pair -> term link: unequal weights are refused, equal ones just scale."""
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    x = LossInputs(t(1.0, -1.5), t(-1.0, -0.5), t(0.0, 0.0), t(3.0, -1.0), weight=t(1.0, 2.0))
+    with pytest.raises(ValueError, match="sorts the batch"):
+        LOSSES["aot"]()(x)
+    base = LOSSES["aot"]()(LossInputs(t(1.0, -1.5), t(-1.0, -0.5), t(0.0, 0.0), t(3.0, -1.0)))[0]
+    same = LOSSES["aot"]()(LossInputs(t(1.0, -1.5), t(-1.0, -0.5), t(0.0, 0.0), t(3.0, -1.0), weight=t(2.0, 2.0)))[0]
+    assert same.item() == pytest.approx(2 * base.item())
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "exo_pair", "params": {"eps": 0.0}}, "eps must be in \\(0, 1\\)"),
+    ({"name": "aot", "params": {"eps": 0.7}}, "eps must be in"),
+    ({"name": "discopop", "params": {"tau": 0.0}}, "tau must be > 0"),
+    ({"name": "dpo", "params": {"f_divergence_type": "kl"}}, "f_divergence_type must be one of"),
+    ({"name": "nca_pair", "params": {"f_divergence_type": "js_divergence"}}, "unknown key"),
+    ({"name": "sppo_hard", "params": {"beta": 0.0}}, "beta must be > 0"),
+])
+def test_bad_parameters_are_refused(spec, message):
+    from mmpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_loss_terms([spec])
+
+
+def test_every_new_loss_needs_the_reference():
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    for name in ("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down",
+                 "discopop", "sigmoid_norm"):
+        assert LOSSES[name].requires == {"reference"}
+        with pytest.raises(ValueError, match="ref_chosen"):
+            LOSSES[name]()(LossInputs(t(-1.0), t(-2.0), chosen_tokens=t(1.0), rejected_tokens=t(1.0)))
