@@ -15,6 +15,7 @@ use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: MET
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -626,7 +627,8 @@ class EXOPairLoss(FDivergence):
 
     def __post_init__(self) -> None:
         if not 0.0 < self.eps < 1.0:
-            raise ValueError(f"eps must be in (0, 1) (EXO's label smoothing; the paper uses 1e-3), got {self.eps}")
+            raise ValueError(f"eps must be in (0, 1) (EXO's label smoothing, TRL's label_smoothing; the paper uses "
+                             f"1e-3), got {self.eps}")
         super().__post_init__()
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
@@ -836,6 +838,72 @@ LOSSES: dict[str, type] = {
     "aot": AOTLoss, "aot_unpaired": AOTUnpairedLoss, "apo_zero": APOZeroLoss, "apo_down": APODownLoss,
     "discopop": DiscoPOPLoss, "sigmoid_norm": SigmoidNormLoss,
 }
+
+
+# TRL 1.16's loss_type names -> LOSSES names (the README's loss table). TRL's "sft" averages over all chosen tokens
+# of the batch, mmpo's per pair (see SFTLoss); the rest are equal in float64 (tests/test_trl_losses.py).
+TRL_LOSS_NAMES = {"sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo", "robust": "robust", "sft": "sft",
+                  **{n: n for n in ("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                                    "apo_zero", "apo_down", "discopop", "sigmoid_norm")}}
+# TRL DPOConfig loss knobs (TrainConfig fields of the same name) -> the loss parameter each sets, in every term
+# whose class has that parameter (label_smoothing -> eps: robust, exo_pair, aot, aot_unpaired; TRL's sigmoid
+# ignores it, and so does dpo).
+TRL_KNOBS = {"beta": "beta", "label_smoothing": "eps", "discopop_tau": "tau", "f_divergence_type": "f_divergence_type",
+             "f_alpha_divergence_coef": "f_alpha_divergence_coef"}
+
+
+def trl_loss_section(cfg: Any) -> list:
+    """A TrainConfig's loss terms: `cfg.loss`, or, when TRL's `loss_type` is set, the terms it names.
+
+    `loss_type` entries are TRL loss types (`TRL_LOSS_NAMES`) or LOSSES names; `loss_weights` gives one weight
+    each (default 1.0, as TRL); the TRL knobs (`TRL_KNOBS`: beta, label_smoothing, ...) set their parameter in
+    every term that has it. The knobs without `loss_type` are refused (with `loss:`, each term has its params), and
+    so are both sections at once, except the `loss` this function wrote (a run folder's saved config.yaml).
+
+    Raises:
+        ConfigError: the two sections disagree, a name is unknown, weights miscounted, or an f-divergence other
+            than reverse_kl with a loss that has no f-divergence form (TRL refuses it too).
+    """
+    from mmpo.config import LossTerm, to_dict
+
+    knobs = {k: getattr(cfg, k) for k in TRL_KNOBS}
+    if not cfg.loss_type:
+        default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                   for f in dataclasses.fields(cfg)}
+        changed = [k for k in ("loss_weights", *TRL_KNOBS) if getattr(cfg, k) != default[k]]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: TRL's loss settings go with loss_type (TRL's spelling of "
+                              "`loss`); with `loss:`, set them in each term's params")
+        return cfg.loss
+    names = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type  # TRL takes one name as well
+    if cfg.loss_weights and len(cfg.loss_weights) != len(names):
+        raise ConfigError(f"loss_weights: {len(cfg.loss_weights)} weights for {len(names)} loss types")
+    terms = []
+    for i, trl_name in enumerate(names):
+        name = TRL_LOSS_NAMES.get(trl_name, trl_name)
+        if name not in LOSSES:
+            raise ConfigError(f"loss_type[{i}]: unknown loss type {trl_name!r}; TRL's: {sorted(TRL_LOSS_NAMES)}, "
+                              f"mmpo's: {sorted(LOSSES)}")
+        fields = {f.name for f in dataclasses.fields(LOSSES[name])}
+        if knobs["f_divergence_type"] != "reverse_kl" and "f_divergence_type" not in fields and name != "sft":
+            raise ConfigError(f"f_divergence_type: {knobs['f_divergence_type']!r} has no valid form for loss type "
+                              f"{trl_name!r} (the f-DPO log Z term cancels only in reward-difference losses)")
+        params = {param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}
+        terms.append(LossTerm(name, float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0, params))
+    if [to_dict(t) for t in cfg.loss] not in ([to_dict(LossTerm())], [to_dict(t) for t in terms]):
+        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
+    return terms
+
+
+def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Tensor:
+    """WPO (Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", arXiv 2406.11827, Eq. 2;
+    TRL `use_weighting`): a pair's weight w = exp(a_w) * exp(a_l), where a is `mmpo.logprobs.wpo_logps` of each
+    answer under the policy (mean over tokens of log p(y_t) - log sum_v p(v)^2), detached. The trainer multiplies
+    it into `LossInputs.weight`, so it scales every term's per-pair loss, as TRL's multiplies each per-sequence
+    loss (TRL's sft is one batch value, so it gets mean(w) there; mmpo's per-pair sft gets w_i). Sorting losses
+    (aot) refuse it, as TRL does.
+    """
+    return torch.exp(chosen_wpo.detach()) * torch.exp(rejected_wpo.detach())
 
 
 def build_loss_terms(specs: list[dict], where: str = "loss") -> list[tuple[float, Any]]:

@@ -278,3 +278,184 @@ def test_every_new_loss_needs_the_reference():
         assert LOSSES[name].requires == {"reference"}
         with pytest.raises(ValueError, match="ref_chosen"):
             LOSSES[name]()(LossInputs(t(-1.0), t(-2.0), chosen_tokens=t(1.0), rejected_tokens=t(1.0)))
+
+
+# ----------------------------------------------------------------------------- WPO (TRL use_weighting)
+
+V = 11  # vocabulary of the logits tests
+
+
+def _logits_batch(seed=0):
+    """Float64 logits [2B, T-1, V] predicting TRL-layout rows, their targets, and the completion mask."""
+    batch = random_batch(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    logits = (2 * torch.randn(2 * B, T - 1, V, generator=g, dtype=torch.float64)).requires_grad_(True)
+    targets = torch.randint(0, V, (2 * B, T - 1), generator=g)
+    return logits, targets, batch
+
+
+def test_chunked_log_sum_sq_equals_the_plain_formula_and_trls_kernel():
+    """log sum_v p_v^2 from the chunked log-softmax: equal to log((softmax^2).sum) in float64 for any chunk size,
+    and to TRL's own chunked kernel (`ChunkedLogProbFunction`, fp32 statistics) in float32. The log-prob output and
+    its gradient are unchanged by asking for it."""
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+    from mmpo.logprobs import ChunkedTokenLogps, token_logps
+
+    logits, targets, _ = _logits_batch()
+    plain = torch.log((torch.softmax(logits, -1) ** 2).sum(-1))
+    for chunk in (1, 3, 128):
+        logp, log_sum_sq = ChunkedTokenLogps.apply(logits, targets, chunk, True)
+        assert torch.allclose(log_sum_sq, plain, rtol=1e-12, atol=1e-12) and not log_sum_sq.requires_grad
+        assert torch.equal(logp, token_logps(logits, targets, chunk))
+    grad_with, = torch.autograd.grad(ChunkedTokenLogps.apply(logits, targets, 2, True)[0].sum(), logits)
+    grad_without, = torch.autograd.grad(token_logps(logits, targets, 2).sum(), logits)
+    assert torch.equal(grad_with, grad_without)
+    # TRL's kernel takes hidden states and the LM head: logits = hidden @ weight.T
+    g = torch.Generator().manual_seed(7)
+    hidden, weight = torch.randn(20, 8, generator=g), torch.randn(V, 8, generator=g)
+    tgt = torch.randint(0, V, (20,), generator=g)
+    trl_logp, _, trl_lss, _, _ = ChunkedLogProbFunction.apply(hidden, weight, None, tgt, 1.0, 4, None, 1.0,
+                                                              ("log_sum_sq_probs",))
+    logp, lss = ChunkedTokenLogps.apply((hidden @ weight.T)[None], tgt[None], 3, True)
+    assert torch.allclose(lss[0], trl_lss, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(logp[0], trl_logp, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, trl_type", [("dpo", "sigmoid"), ("ipo", "ipo"), ("nca_pair", "nca_pair"),
+                                            ("apo_down", "apo_down")])
+def test_wpo_weighting_equals_trl_use_weighting(name, trl_type):
+    """From the same float64 logits: TRL's loss with use_weighting (its head's log-probs and log sum p^2 computed
+    plainly) equals mmpo's (chunked log-probs, `wpo_logps`, `wpo_weight` into LossInputs.weight), value and
+    gradient w.r.t. the logits (rel 1e-9)."""
+    from mmpo.logprobs import answer_logps, wpo_logps
+    from mmpo.losses import wpo_weight
+
+    logits, targets, batch = _logits_batch(1)
+    mask = batch["completion"][:, 1:]
+    log_softmax = torch.log_softmax(logits, -1)
+    batch = dict(batch, token_logps=log_softmax.gather(-1, targets[..., None])[..., 0],
+                 log_sum_sq=torch.log((log_softmax.exp() ** 2).sum(-1)).detach())
+    theirs = trl_loss(batch, {"loss_type": trl_type, "beta": 0.3, "use_weighting": True})
+    sums, counts = answer_logps(logits, targets, mask)
+    aligned = wpo_logps(logits, targets, mask)
+    weight = wpo_weight(aligned[:B], aligned[B:])
+    x = LossInputs(policy_chosen=sums[:B], policy_rejected=sums[B:], ref_chosen=batch["ref"][:B],
+                   ref_rejected=batch["ref"][B:], chosen_tokens=counts[:B], rejected_tokens=counts[B:], weight=weight)
+    mine, _ = LOSSES[name](beta=0.3)(x)
+    assert_same(mine, theirs, logits)
+    unweighted = trl_loss(batch, {"loss_type": trl_type, "beta": 0.3})
+    assert abs(unweighted.item() - theirs.item()) > 1e-3 * abs(theirs.item())  # the weights did something
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from helpers import tiny_model, toy_pairs
+
+    root = tmp_path_factory.mktemp("trl")
+    return {"root": root, "model": tiny_model("llava", root), "pairs": toy_pairs(root / "data", n=8)}
+
+
+def test_pair_logps_wpo_fields_on_a_real_model_packed_and_plain(tiny):
+    """On a tiny LLaVA, `pair_logps` with "wpo" gives per-answer WPO terms equal to a plain computation from the
+    answer logits (a separate pass), packed and unpacked alike; without "wpo" it adds nothing."""
+    from mmpo.batches import PairCollator
+    from mmpo.config import LoraConfig, ModelConfig
+    from mmpo.logprobs import answer_logits, pair_logps
+    from mmpo.models import load_model
+    from mmpo.records import read_pairs
+
+    model, processor = load_model(ModelConfig(path=str(tiny["model"])), LoraConfig(r=4), trainable=True)
+    batch = PairCollator(processor, str(tiny["pairs"].parent), requires=frozenset({"reference"}))(
+        read_pairs(tiny["pairs"])[:3])
+    assert "chosen_wpo" not in pair_logps(model, batch, {"reference"}, shared_prefix=True)
+    with torch.no_grad():
+        want = {}
+        for key, answer in (("chosen_wpo", batch.chosen), ("rejected_wpo", batch.rejected)):
+            logp = torch.log_softmax(answer_logits(model, batch.prompt, answer).double(), -1)
+            mask = answer["attention_mask"]
+            picked = logp.gather(-1, answer["input_ids"][..., None])[..., 0]
+            aligned = (picked - torch.log((logp.exp() ** 2).sum(-1))) * mask
+            want[key] = aligned.sum(-1) / mask.sum(-1)
+    for shared in (True, False):
+        got = pair_logps(model, batch, {"reference", "wpo"}, shared_prefix=shared)
+        for key in want:
+            assert torch.allclose(got[key].double(), want[key], rtol=1e-4, atol=1e-4), (shared, key)
+            assert not got[key].requires_grad
+        assert got["chosen"].requires_grad
+
+
+# ----------------------------------------------------------------------------- TRL's loss section in a config
+
+TRL_SECTION = """\
+loss_type: [sigmoid, sft]
+loss_weights: [1.0, 0.5]
+beta: 0.2
+"""
+
+
+def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
+    """A TRL DPOConfig's loss section is read as `loss:`; the saved config (both sections) loads back the same."""
+    from mmpo.config import TrainConfig, load, save, to_dict
+
+    path = tmp_path / "trl.yaml"
+    path.write_text(TRL_SECTION)
+    cfg = load(TrainConfig, path)
+    f_div = {"f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}  # TRL's defaults, written out
+    assert [to_dict(t) for t in cfg.loss] == [{"name": "dpo", "weight": 1.0, "params": {"beta": 0.2, **f_div}},
+                                              {"name": "sft", "weight": 0.5, "params": {}}]
+    save(cfg, tmp_path / "saved.yaml")
+    assert to_dict(load(TrainConfig, tmp_path / "saved.yaml")) == to_dict(cfg)
+    every = load(TrainConfig, None, ["loss_type=[exo_pair, aot, discopop, robust, cdpo]", "label_smoothing=0.01",
+                                     "discopop_tau=0.2", "beta=0.3"])
+    assert [(t.name, t.params) for t in every.loss] == [
+        ("exo_pair", {"beta": 0.3, "eps": 0.01, "f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}),
+        ("aot", {"beta": 0.3, "eps": 0.01}),
+        ("discopop", {"beta": 0.3, "tau": 0.2, "f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}),
+        ("robust", {"beta": 0.3, "eps": 0.01, "f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}),
+        ("cdpo", {"beta": 0.3, "eps": 0.01})]
+    assert [t.name for t in load(TrainConfig, None, ["loss_type=ipo"]).loss] == ["ipo"]  # one name, as TRL takes
+    js = load(TrainConfig, None, ["loss_type=[sigmoid_norm, sft]", "f_divergence_type=js_divergence"])
+    assert js.loss[0].params["f_divergence_type"] == "js_divergence" and js.loss[1].params == {}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss_type=[sigmoid]", "loss=[{name: ipo}]"], "set one of them"),
+    (["loss_type=[sigmoid, sft]", "loss_weights=[1.0]"], "1 weights for 2 loss types"),
+    (["loss_type=[sigmod]"], "unknown loss type 'sigmod'"),
+    (["beta=0.2"], "go with loss_type"),
+    (["loss_weights=[1.0]"], "go with loss_type"),
+    (["loss_type=[exo_pair]"], "exo_pair.*eps must be in \\(0, 1\\).*label_smoothing"),
+    (["loss_type=[nca_pair]", "f_divergence_type=forward_kl"], "no valid form for loss type 'nca_pair'"),
+    (["loss_type=[sigmoid]", "f_divergence_type=kl"], "f_divergence_type must be one of"),
+    (["loss_type=[aot]", "use_weighting=true"], "use_weighting: aot and aot_unpaired sort"),
+    (["loss=[{name: aot_unpaired}]", "use_weighting=true"], "use_weighting"),
+])
+def test_trl_loss_section_mistakes_are_refused(overrides, message):
+    from mmpo.config import ConfigError, TrainConfig, load
+
+    with pytest.raises(ConfigError, match=message):
+        load(TrainConfig, None, overrides)
+
+
+def test_mmpo_train_with_a_trl_loss_section_equals_the_loss_section_and_weights_with_wpo(tiny, tmp_path):
+    """`mmpo train` on a TRL-style config logs exactly what the same terms written as `loss:` log; with
+    use_weighting the loss changes and the WPO weight is logged (positive; above 1 where the answer's tokens are
+    likelier than the distribution's sum of squares, which the "aligned" form of WPO's Eq. 2 allows)."""
+    from mmpo.cli import main
+    from mmpo.metrics import read_metrics
+
+    common = [f"model.path={tiny['model']}", f"data.train={tiny['pairs']}", "progress=false", "lora.r=4",
+              "lr=5e-3", "warmup_ratio=0", "batch_size=4", "max_steps=3"]
+    trl_yaml = tmp_path / "trl.yaml"
+    trl_yaml.write_text(TRL_SECTION)
+    runs = {"trl": ["--config", str(trl_yaml)],
+            "loss": ["loss=[{name: dpo, params: {beta: 0.2}}, {name: sft, weight: 0.5}]"],
+            "wpo": ["--config", str(trl_yaml), "use_weighting=true"]}
+    rows = {}
+    for name, args in runs.items():
+        assert main(["train", *args, f"output_dir={tmp_path / name}", *common]) in (0, None)
+        rows[name] = read_metrics(tmp_path / name)
+    assert [r["loss"] for r in rows["trl"]] == [r["loss"] for r in rows["loss"]]
+    assert len(rows["wpo"]) == 3 and all(0 < r["wpo/weight"] < math.inf and r["wpo/weight"] != 1 for r in rows["wpo"])
+    assert rows["wpo"][0]["loss"] != pytest.approx(rows["trl"][0]["loss"], rel=1e-3)
