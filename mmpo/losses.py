@@ -464,19 +464,25 @@ class KTOPairLoss:
 class SFTLoss:
     """Token-averaged NLL regulariser (METHODS §6.4), added to a preference term with its own weight.
 
-    target="chosen": l_i = -log pi(y_w|x) / n_w   (RPO, Pang et al., arXiv 2404.19733; TRL rpo_alpha.
-        TRL averages over all tokens of the batch; here per pair, then the batch mean.)
+    target="chosen": l_i = -log pi(y_w|x) / n_w   (RPO, Pang et al., arXiv 2404.19733; TRL rpo_alpha.)
     target="gt":     l_i = -log pi(y_gt|x) / n_gt (mrDPO "gdpo", arXiv 2410.06682; code
         bytedance/video-SALMONN-2: the CE is on the ground-truth caption, weight 0.1). Requires "gt".
+    average="pair" (default): per pair, then the batch mean, so micro-batches add up to the full batch.
+    average="batch_tokens": TRL 1.16's loss_type="sft", l_i = sum_j -log pi(y_j) / sum_j n_j for every i, the
+        mean over all answer tokens of the (micro-)batch, so long answers count more and the value depends on
+        how the batch is split, as in TRL; TRL's `loss_type: [sft]` reads as this.
     No reference model is needed (requires is per instance: {"gt"} only for target="gt").
     """
 
     target: str = "chosen"
+    average: str = "pair"
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         if self.target not in ("chosen", "gt"):
             raise ValueError(f"target must be 'chosen' or 'gt', got {self.target!r}")
+        if self.average not in ("pair", "batch_tokens"):
+            raise ValueError(f"average must be 'pair' or 'batch_tokens', got {self.average!r}")
         if self.target == "gt":
             self.requires = frozenset({"gt"})  # instance attribute shadows the class default
 
@@ -487,7 +493,10 @@ class SFTLoss:
         else:
             _check(self, x, ("chosen_tokens",))
             logps, tokens = x.policy_chosen, x.chosen_tokens
-        losses = -logps / tokens.clamp(min=1)
+        if self.average == "pair":
+            losses = -logps / tokens.clamp(min=1)
+        else:  # one value for the batch, each pair's weight applied to it (TRL: WPO weights, mean(w) * value)
+            losses = (-logps.sum() / tokens.sum().clamp(min=1)).expand(logps.shape[0])
         return _reduce(losses, x.weight), {f"sft/nll_{self.target}": losses.detach().float().mean().item()}
 
 
@@ -840,14 +849,15 @@ LOSSES: dict[str, type] = {
 }
 
 
-# TRL 1.16's loss_type names -> LOSSES names (the README's loss table). TRL's "sft" averages over all chosen tokens
-# of the batch, mmpo's per pair (see SFTLoss); the rest are equal in float64 (tests/test_trl_losses.py).
+# TRL 1.16's loss_type names -> LOSSES names (the README's loss table), all equal to TRL in float64
+# (tests/test_trl_losses.py); TRL's "sft" is mmpo's with TRL_PARAMS' batch-token average.
+TRL_PARAMS = {"sft": {"average": "batch_tokens"}}
 TRL_LOSS_NAMES = {"sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo", "robust": "robust", "sft": "sft",
                   **{n: n for n in ("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
                                     "apo_zero", "apo_down", "discopop", "sigmoid_norm")}}
 # TRL DPOConfig loss knobs (TrainConfig fields of the same name) -> the loss parameter each sets, in every term
-# whose class has that parameter (label_smoothing -> eps: robust, exo_pair, aot, aot_unpaired; TRL's sigmoid
-# ignores it, and so does dpo).
+# whose class has that parameter (label_smoothing -> eps: robust, exo_pair, aot, aot_unpaired and mmpo's cdpo;
+# TRL 1.16's sigmoid ignores it, and so does dpo).
 TRL_KNOBS = {"beta": "beta", "label_smoothing": "eps", "discopop_tau": "tau", "f_divergence_type": "f_divergence_type",
              "f_alpha_divergence_coef": "f_alpha_divergence_coef"}
 
@@ -888,7 +898,8 @@ def trl_loss_section(cfg: Any) -> list:
         if knobs["f_divergence_type"] != "reverse_kl" and "f_divergence_type" not in fields and name != "sft":
             raise ConfigError(f"f_divergence_type: {knobs['f_divergence_type']!r} has no valid form for loss type "
                               f"{trl_name!r} (the f-DPO log Z term cancels only in reward-difference losses)")
-        params = {param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}
+        params = {**TRL_PARAMS.get(trl_name, {}),
+                  **{param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}}
         terms.append(LossTerm(name, float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0, params))
     if [to_dict(t) for t in cfg.loss] not in ([to_dict(LossTerm())], [to_dict(t) for t in terms]):
         raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
@@ -900,8 +911,9 @@ def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Te
     TRL `use_weighting`): a pair's weight w = exp(a_w) * exp(a_l), where a is `mmpo.logprobs.wpo_logps` of each
     answer under the policy (mean over tokens of log p(y_t) - log sum_v p(v)^2), detached. The trainer multiplies
     it into `LossInputs.weight`, so it scales every term's per-pair loss, as TRL's multiplies each per-sequence
-    loss (TRL's sft is one batch value, so it gets mean(w) there; mmpo's per-pair sft gets w_i). Sorting losses
-    (aot) refuse it, as TRL does.
+    loss. TRL's sft is one batch value: mmpo's batch-token sft gets mean(w) times it, what TRL's code means (TRL
+    1.16 itself raises there, multiplying in place into an expanded tensor); the per-pair sft gets w_i. Sorting
+    losses (aot) refuse it, as TRL does.
     """
     return torch.exp(chosen_wpo.detach()) * torch.exp(rejected_wpo.detach())
 

@@ -109,7 +109,7 @@ def assert_same(mine, theirs, leaf, rel=1e-9):
     assert g2.abs().sum() > 0
 
 
-# (mmpo name, mmpo params, TRL loss_type, TRL args): every TRL 1.16 loss type but sft (below).
+# (mmpo name, mmpo params, TRL loss_type, TRL args): every TRL 1.16 loss type.
 CASES = [
     ("dpo", {"beta": 0.3}, "sigmoid", {"beta": 0.3}),
     ("hinge", {"beta": 0.3}, "hinge", {"beta": 0.3}),
@@ -128,6 +128,7 @@ CASES = [
     ("discopop", {"beta": 0.3}, "discopop", {"beta": 0.3}),
     ("discopop", {"beta": 0.5, "tau": 0.7}, "discopop", {"beta": 0.5, "discopop_tau": 0.7}),
     ("sigmoid_norm", {"beta": 0.3}, "sigmoid_norm", {"beta": 0.3}),
+    ("sft", {"average": "batch_tokens"}, "sft", {}),
 ]
 
 
@@ -322,9 +323,10 @@ def test_chunked_log_sum_sq_equals_the_plain_formula_and_trls_kernel():
     assert torch.allclose(logp[0], trl_logp, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name, trl_type", [("dpo", "sigmoid"), ("ipo", "ipo"), ("nca_pair", "nca_pair"),
-                                            ("apo_down", "apo_down")])
-def test_wpo_weighting_equals_trl_use_weighting(name, trl_type):
+@pytest.mark.parametrize("name, trl_type, params", [
+    ("dpo", "sigmoid", {"beta": 0.3}), ("ipo", "ipo", {"beta": 0.3}), ("nca_pair", "nca_pair", {"beta": 0.3}),
+    ("apo_down", "apo_down", {"beta": 0.3})])
+def test_wpo_weighting_equals_trl_use_weighting(name, trl_type, params):
     """From the same float64 logits: TRL's loss with use_weighting (its head's log-probs and log sum p^2 computed
     plainly) equals mmpo's (chunked log-probs, `wpo_logps`, `wpo_weight` into LossInputs.weight), value and
     gradient w.r.t. the logits (rel 1e-9)."""
@@ -342,10 +344,32 @@ def test_wpo_weighting_equals_trl_use_weighting(name, trl_type):
     weight = wpo_weight(aligned[:B], aligned[B:])
     x = LossInputs(policy_chosen=sums[:B], policy_rejected=sums[B:], ref_chosen=batch["ref"][:B],
                    ref_rejected=batch["ref"][B:], chosen_tokens=counts[:B], rejected_tokens=counts[B:], weight=weight)
-    mine, _ = LOSSES[name](beta=0.3)(x)
+    mine, _ = LOSSES[name](**params)(x)
     assert_same(mine, theirs, logits)
     unweighted = trl_loss(batch, {"loss_type": trl_type, "beta": 0.3})
     assert abs(unweighted.item() - theirs.item()) > 1e-3 * abs(theirs.item())  # the weights did something
+
+
+def test_trl_sft_with_use_weighting_fails_in_trl_and_is_mean_weight_times_the_value_here():
+    """TRL 1.16 multiplies the WPO weights in place into sft's expanded batch value and raises; what its code
+    means (the comment: only the mean is used) is mean(w) * value, which mmpo's batch-token sft gives."""
+    from mmpo.logprobs import answer_logps, wpo_logps
+    from mmpo.losses import wpo_weight
+
+    logits, targets, batch = _logits_batch(2)
+    mask = batch["completion"][:, 1:]
+    log_softmax = torch.log_softmax(logits, -1)
+    batch = dict(batch, token_logps=log_softmax.gather(-1, targets[..., None])[..., 0],
+                 log_sum_sq=torch.log((log_softmax.exp() ** 2).sum(-1)).detach())
+    with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+        trl_loss(batch, {"loss_type": "sft", "use_weighting": True})
+    sums, counts = answer_logps(logits, targets, mask)
+    aligned = wpo_logps(logits, targets, mask)
+    weight = wpo_weight(aligned[:B], aligned[B:])
+    x = LossInputs(sums[:B], sums[B:], chosen_tokens=counts[:B], weight=weight)
+    mine, _ = LOSSES["sft"](average="batch_tokens")(x)
+    unweighted = trl_loss(batch, {"loss_type": "sft"})
+    assert mine.item() == pytest.approx(weight.mean().item() * unweighted.item(), rel=1e-9)
 
 
 @pytest.fixture(scope="module")
@@ -403,7 +427,7 @@ def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
     cfg = load(TrainConfig, path)
     f_div = {"f_divergence_type": "reverse_kl", "f_alpha_divergence_coef": 0.5}  # TRL's defaults, written out
     assert [to_dict(t) for t in cfg.loss] == [{"name": "dpo", "weight": 1.0, "params": {"beta": 0.2, **f_div}},
-                                              {"name": "sft", "weight": 0.5, "params": {}}]
+                                              {"name": "sft", "weight": 0.5, "params": {"average": "batch_tokens"}}]
     save(cfg, tmp_path / "saved.yaml")
     assert to_dict(load(TrainConfig, tmp_path / "saved.yaml")) == to_dict(cfg)
     every = load(TrainConfig, None, ["loss_type=[exo_pair, aot, discopop, robust, cdpo]", "label_smoothing=0.01",
@@ -416,7 +440,7 @@ def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
         ("cdpo", {"beta": 0.3, "eps": 0.01})]
     assert [t.name for t in load(TrainConfig, None, ["loss_type=ipo"]).loss] == ["ipo"]  # one name, as TRL takes
     js = load(TrainConfig, None, ["loss_type=[sigmoid_norm, sft]", "f_divergence_type=js_divergence"])
-    assert js.loss[0].params["f_divergence_type"] == "js_divergence" and js.loss[1].params == {}
+    assert js.loss[0].params["f_divergence_type"] == "js_divergence" and js.loss[1].params == {"average": "batch_tokens"}
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -450,7 +474,7 @@ def test_mmpo_train_with_a_trl_loss_section_equals_the_loss_section_and_weights_
     trl_yaml = tmp_path / "trl.yaml"
     trl_yaml.write_text(TRL_SECTION)
     runs = {"trl": ["--config", str(trl_yaml)],
-            "loss": ["loss=[{name: dpo, params: {beta: 0.2}}, {name: sft, weight: 0.5}]"],
+            "loss": ["loss=[{name: dpo, params: {beta: 0.2}}, {name: sft, weight: 0.5, params: {average: batch_tokens}}]"],
             "wpo": ["--config", str(trl_yaml), "use_weighting=true"]}
     rows = {}
     for name, args in runs.items():
@@ -459,3 +483,14 @@ def test_mmpo_train_with_a_trl_loss_section_equals_the_loss_section_and_weights_
     assert [r["loss"] for r in rows["trl"]] == [r["loss"] for r in rows["loss"]]
     assert len(rows["wpo"]) == 3 and all(0 < r["wpo/weight"] < math.inf and r["wpo/weight"] != 1 for r in rows["wpo"])
     assert rows["wpo"][0]["loss"] != pytest.approx(rows["trl"][0]["loss"], rel=1e-3)
+
+
+def test_sft_batch_token_average_by_hand():
+    """pc = [-1, -6], n = [1, 3]: per pair mean(1, 2) = 1.5; TRL's batch-token mean 7 / 4 = 1.75. Weights [2, 0]
+    scale the batch value by their mean (1): 1.75, as TRL's WPO weighting does."""
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    x = LossInputs(t(-1.0, -6.0), t(0.0, 0.0), chosen_tokens=t(1.0, 3.0))
+    assert LOSSES["sft"]()(x)[0].item() == pytest.approx(1.5)
+    assert LOSSES["sft"](average="batch_tokens")(x)[0].item() == pytest.approx(1.75)
+    weighted = LossInputs(t(-1.0, -6.0), t(0.0, 0.0), chosen_tokens=t(1.0, 3.0), weight=t(2.0, 0.0))
+    assert LOSSES["sft"](average="batch_tokens")(weighted)[0].item() == pytest.approx(1.75)
