@@ -314,7 +314,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapter settings (lora.enabled false = full fine-tune)
     data: DataConfig = field(default_factory=DataConfig)  # training data
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])  # summed terms (ignored by stage sft)
-    # TRL's spelling of `loss` (a DPOConfig's loss section carries over; README "Losses"), used instead of it:
+    # TRL's spelling of `loss` (a DPOConfig's loss section carries over; README "Losses"), read into `loss`:
     loss_type: list[str] | str = field(default_factory=list)  # TRL loss type(s), e.g. [sigmoid, sft] (or mmpo names)
     loss_weights: list[float] = field(default_factory=list)  # with loss_type: one weight each (default 1.0)
     beta: float = 0.1  # with loss_type: TRL's beta, for every term
@@ -370,10 +370,10 @@ class TrainConfig:
                 raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
         # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
         # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
-        from mmpo.losses import build_loss_terms, trl_loss_section
+        from mmpo.losses import build_loss_terms, resolve_trl_loss
 
-        self.loss = trl_loss_section(self)  # `loss`, or the terms TRL's loss_type names
-        build_loss_terms([to_dict(t) for t in self.loss], "loss_type" if self.loss_type else "loss")
+        resolve_trl_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
+        build_loss_terms([to_dict(t) for t in self.loss], "loss")
         if self.use_weighting and {"aot", "aot_unpaired"} & {t.name for t in self.loss}:
             raise ConfigError("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights cannot apply")
 

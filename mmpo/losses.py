@@ -862,33 +862,37 @@ TRL_KNOBS = {"beta": "beta", "label_smoothing": "eps", "discopop_tau": "tau", "f
              "f_alpha_divergence_coef": "f_alpha_divergence_coef"}
 
 
-def trl_loss_section(cfg: Any) -> list:
-    """A TrainConfig's loss terms: `cfg.loss`, or, when TRL's `loss_type` is set, the terms it names.
+def resolve_trl_loss(cfg: Any) -> None:
+    """Read a TrainConfig's TRL-style loss section (`loss_type`, ...) into `cfg.loss`, then reset it to its defaults,
+    so the resolved config (a run's config.yaml, a schedule's derived config) holds only the `loss:` terms meant.
 
     `loss_type` entries are TRL loss types (`TRL_LOSS_NAMES`) or LOSSES names; `loss_weights` gives one weight
     each (default 1.0, as TRL); the TRL knobs (`TRL_KNOBS`: beta, label_smoothing, ...) set their parameter in
-    every term that has it. The knobs without `loss_type` are refused (with `loss:`, each term has its params), and
-    so are both sections at once, except the `loss` this function wrote (a run folder's saved config.yaml).
+    every term that has it. Without `loss_type` the knobs are refused (with `loss:`, each term has its params), and
+    so is a `loss:` besides `loss_type`.
 
     Raises:
-        ConfigError: the two sections disagree, a name is unknown, weights miscounted, or an f-divergence other
-            than reverse_kl with a loss that has no f-divergence form (TRL refuses it too).
+        ConfigError: both sections, a knob without loss_type, an unknown name, miscounted weights, a bad
+            parameter, or an f-divergence other than reverse_kl with a loss without an f-divergence form (TRL
+            refuses it too).
     """
     from mmpo.config import LossTerm, to_dict
 
-    knobs = {k: getattr(cfg, k) for k in TRL_KNOBS}
+    default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+               for f in dataclasses.fields(cfg)}
+    section = ("loss_type", "loss_weights", *TRL_KNOBS)
     if not cfg.loss_type:
-        default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                   for f in dataclasses.fields(cfg)}
-        changed = [k for k in ("loss_weights", *TRL_KNOBS) if getattr(cfg, k) != default[k]]
+        changed = [k for k in section if getattr(cfg, k) != default[k]]
         if changed:
             raise ConfigError(f"{', '.join(changed)}: TRL's loss settings go with loss_type (TRL's spelling of "
                               "`loss`); with `loss:`, set them in each term's params")
-        return cfg.loss
+        return
+    if [to_dict(t) for t in cfg.loss] != [to_dict(t) for t in default["loss"]]:
+        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
     names = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type  # TRL takes one name as well
     if cfg.loss_weights and len(cfg.loss_weights) != len(names):
         raise ConfigError(f"loss_weights: {len(cfg.loss_weights)} weights for {len(names)} loss types")
-    terms = []
+    knobs, terms = {k: getattr(cfg, k) for k in TRL_KNOBS}, []
     for i, trl_name in enumerate(names):
         name = TRL_LOSS_NAMES.get(trl_name, trl_name)
         if name not in LOSSES:
@@ -901,9 +905,10 @@ def trl_loss_section(cfg: Any) -> list:
         params = {**TRL_PARAMS.get(trl_name, {}),
                   **{param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}}
         terms.append(LossTerm(name, float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0, params))
-    if [to_dict(t) for t in cfg.loss] not in ([to_dict(LossTerm())], [to_dict(t) for t in terms]):
-        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
-    return terms
+    build_loss_terms([to_dict(t) for t in terms], "loss_type")  # errors name loss_type[i], as the user wrote it
+    cfg.loss = terms
+    for key in section:
+        setattr(cfg, key, default[key])
 
 
 def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Tensor:
