@@ -116,9 +116,9 @@ F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"
 
 @dataclass(kw_only=True)
 class FDivergence:
-    """f-DPO (Wang et al., arXiv 2309.16240, Thm 1): with f-divergence f as the regulariser, the implicit reward of
-    a sequence is f'(pi/pi_ref), so each log-ratio u is replaced by a score before the chosen-minus-rejected
-    difference. TRL 1.16's `f_divergence_type` (its formulas and clamps, float32 and float64 alike):
+    """f-DPO (Wang et al., "Beyond Reverse KL", arXiv 2309.16240): with f-divergence f as the regulariser, a
+    sequence's implicit reward is beta f'(pi/pi_ref), so each log-ratio u is replaced by a score f'(e^u) before the
+    chosen-minus-rejected difference. TRL 1.16's `f_divergence_type`, with its formulas and clamps:
 
         reverse_kl: u (DPO)    forward_kl: 1 - e^-u    js_divergence: log 2 + log sigmoid(u)
         alpha_divergence: (e^((a-1) u) - 1) / (a - 1), a = f_alpha_divergence_coef; the exponent is clamped at
@@ -621,8 +621,8 @@ def _uniform_weight(loss: Any, weight: torch.Tensor | None) -> None:
 @dataclass
 class EXOPairLoss(FDivergence):
     """EXO, pairwise (Ji et al., "Towards Efficient Exact Optimization of Language Model Alignment", arXiv
-    2402.00856, Eq. 16 with K = 2); TRL loss_type="exo_pair". The reverse KL from the model's preference
-    distribution q = softmax over {y_w, y_l} of beta * log-ratio to the smoothed label p = (1 - eps, eps):
+    2402.00856, Eq. 16 with K = 2); TRL loss_type="exo_pair". KL(q || p) from the model's preference distribution
+    q = softmax over {y_w, y_l} of beta * log-ratio to the smoothed label distribution p = (1 - eps, eps):
 
         z = beta h;  l_i = s(z) (log s(z) - log(1 - eps)) + s(-z) (log s(-z) - log eps),  s = sigmoid.
 
@@ -670,7 +670,7 @@ class NCAPairLoss:
 @dataclass
 class BCOPairLoss:
     """BCO, pairwise (Jung et al., "Binary Classifier Optimization for Large Language Model Alignment", arXiv
-    2404.04656, Eq. 7 without the reward shift); TRL loss_type="bco_pair". A binary classifier with logit
+    2404.04656, without its reward shift); TRL loss_type="bco_pair". A binary classifier with logit
     beta * log-ratio: chosen answers labelled 1, rejected 0:
 
         l_i = -log s(beta rho_w) - log s(-beta rho_l).
@@ -820,7 +820,7 @@ class DiscoPOPLoss(FDivergence):
 @dataclass
 class SigmoidNormLoss(FDivergence):
     """Length-normalised DPO; TRL loss_type="sigmoid_norm" (the average-log-prob reward of SimPO, Meng et al.,
-    arXiv 2405.14734, Eq. 4, but with the reference kept and no margin). Each log-ratio is divided by its
+    arXiv 2405.14734, but with the reference kept and no margin). Each log-ratio is divided by its
     answer's token count n (TRL: completion tokens, at least 1) before the difference:
 
         l_i = -log sigmoid(beta * (rho_w / n_w - rho_l / n_l)).
