@@ -376,4 +376,6 @@ class TrainConfig:
         build_loss_terms([to_dict(t) for t in self.loss], "loss")
         if self.use_weighting and {"aot", "aot_unpaired"} & {t.name for t in self.loss}:
             raise ConfigError("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights cannot apply")
+        if self.use_weighting and (self.stage == "sft" or (self.stage == "distill" and self.distill.preference_loss == "dpkd")):
+            raise ConfigError("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no such terms")
 

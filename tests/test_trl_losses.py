@@ -456,6 +456,9 @@ def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
     (["loss_type=[sigmoid]", "f_divergence_type=kl"], "f_divergence_type must be one of"),
     (["loss_type=[aot]", "use_weighting=true"], "use_weighting: aot and aot_unpaired sort"),
     (["loss=[{name: aot_unpaired}]", "use_weighting=true"], "use_weighting"),
+    (["stage=sft", "use_weighting=true"], "use_weighting: WPO weights"),
+    (["stage=distill", "distill.preference_loss=dpkd", "distill.preference_data=x.jsonl", "use_weighting=true"],
+     "use_weighting: WPO weights"),
 ])
 def test_trl_loss_section_mistakes_are_refused(overrides, message):
     from mmpo.config import ConfigError, TrainConfig, load
