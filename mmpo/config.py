@@ -314,6 +314,15 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapter settings (lora.enabled false = full fine-tune)
     data: DataConfig = field(default_factory=DataConfig)  # training data
     loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])  # summed terms (ignored by stage sft)
+    # TRL's spelling of `loss` (a DPOConfig's loss section carries over; README "Losses"), read into `loss`:
+    loss_type: list[str] | str = field(default_factory=list)  # TRL loss type(s), e.g. [sigmoid, sft] (or mmpo names)
+    loss_weights: list[float] = field(default_factory=list)  # with loss_type: one weight each (default 1.0)
+    beta: float = 0.1  # with loss_type: TRL's beta, for every term
+    label_smoothing: float = 0.0  # with loss_type: TRL's label_smoothing (robust, exo_pair, aot: their eps)
+    discopop_tau: float = 0.05  # with loss_type: discopop's tau
+    f_divergence_type: str = "reverse_kl"  # with loss_type: reverse_kl | forward_kl | js_divergence | alpha_divergence
+    f_alpha_divergence_coef: float = 0.5  # with loss_type: alpha of alpha_divergence
+    use_weighting: bool = False  # WPO (TRL's use_weighting): scale each pair's loss by its policy probabilities
     lr: float = 2e-5  # peak learning rate
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.03  # linear warm-up share of the steps, then cosine decay to 0
@@ -361,7 +370,12 @@ class TrainConfig:
                 raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
         # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
         # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
-        from mmpo.losses import build_loss_terms
+        from mmpo.losses import build_loss_terms, resolve_trl_loss
 
+        resolve_trl_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
         build_loss_terms([to_dict(t) for t in self.loss], "loss")
+        if self.use_weighting and {"aot", "aot_unpaired"} & {t.name for t in self.loss}:
+            raise ConfigError("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights cannot apply")
+        if self.use_weighting and (self.stage == "sft" or (self.stage == "distill" and self.distill.preference_loss == "dpkd")):
+            raise ConfigError("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no such terms")
 

@@ -34,21 +34,31 @@ class ChunkedTokenLogps(torch.autograd.Function):
     backward), and, unlike slicing the logits and checkpointing each slice (this module's first version),
     no full-size gradient is allocated per chunk. Cost at V = 32k on CPU: 1.2x a plain log_softmax, from
     2.6x for the sliced version (benchmarks/LOG.md, 2026-11-23).
+
+    With `sum_sq`, forward also returns log sum_v p_v^2 per position (WPO's weights, TRL's `log_sum_sq_probs`),
+    = logsumexp(2 z) - 2 logsumexp(z), from the same chunks and without gradient.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, chunk: int, sum_sq: bool = False):
         work = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 when the logits are
         lse = torch.empty(targets.shape, dtype=work, device=logits.device)
+        log_sum_sq = torch.empty(targets.shape, dtype=work, device=logits.device) if sum_sq else None
         picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(work)
         for s in range(0, logits.shape[1], chunk):
-            lse[:, s:s + chunk] = torch.logsumexp(logits[:, s:s + chunk].to(work), dim=-1)
+            z = logits[:, s:s + chunk].to(work)
+            lse[:, s:s + chunk] = torch.logsumexp(z, dim=-1)
+            if sum_sq:
+                log_sum_sq[:, s:s + chunk] = torch.logsumexp(2 * z, dim=-1) - 2 * lse[:, s:s + chunk]
         ctx.save_for_backward(logits, targets)
         ctx.chunk = chunk
-        return picked - lse
+        if not sum_sq:
+            return picked - lse
+        ctx.mark_non_differentiable(log_sum_sq)
+        return picked - lse, log_sum_sq
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(ctx, grad_out: torch.Tensor, *_):
         logits, targets = ctx.saved_tensors
         work = torch.promote_types(logits.dtype, torch.float32)
         grad = torch.empty_like(logits)
@@ -57,7 +67,7 @@ class ChunkedTokenLogps(torch.autograd.Function):
             d = torch.softmax(logits[:, s:s + ctx.chunk], dim=-1, dtype=work).mul_(-g)
             d.scatter_add_(-1, targets[:, s:s + ctx.chunk].unsqueeze(-1), g)
             grad[:, s:s + ctx.chunk] = d
-        return grad, None, None
+        return grad, None, None, None
 
 
 class ChunkedForwardKL(torch.autograd.Function):
@@ -109,6 +119,29 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor, chunk: int = LOGSOF
         [B, T] log-probabilities in float32 (float64 for float64 logits).
     """
     return ChunkedTokenLogps.apply(logits, targets, chunk)
+
+
+def wpo_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+              chunk: int = LOGSOFTMAX_CHUNK) -> torch.Tensor:
+    """WPO's per-answer log weight (Zhou et al., arXiv 2406.11827, Eq. 2; TRL `use_weighting`), no gradient:
+
+        mean over answer tokens t of [log p(y_t) - log sum_v p(v)^2]
+
+    (the policy's probability of its own answer, length-normalised and "aligned" by the distribution's
+    peakedness). One no-grad pass of `ChunkedTokenLogps` with `sum_sq`: no [B, T, V] fp32 tensor.
+
+    Args:
+        logits: [B, T, V], aligned with `targets`.
+        targets: [B, T] answer token ids.
+        mask: [B, T] 1 on real answer tokens.
+
+    Returns:
+        [B] float32 (float64 for float64 logits); exp of it is the answer's weight.
+    """
+    with torch.no_grad():
+        safe = targets.masked_fill(mask == 0, 0)
+        logp, log_sum_sq = ChunkedTokenLogps.apply(logits, safe, chunk, True)
+        return ((logp - log_sum_sq) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
 
 def answer_logps(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,20 +313,27 @@ def pair_logps(model, batch, requires: set, shared_prefix: bool, js_top_k: int |
     `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
     clip) and `gt`, `gt_tokens` (ground-truth answer). The policy's pass of a PaMi step gives `js_top_k`
     (the config's `pami.js_top_k`) and also gets `bag_distance` [B, K], PaMi's prompt-aware distances
-    (`mmpo.pami`), measured on logits this pass computes anyway, one clip at a time.
+    (`mmpo.pami`), measured on logits this pass computes anyway, one clip at a time. With "wpo" in `requires`
+    (the policy's pass under `use_weighting`) also `chosen_wpo`, `rejected_wpo` [B] (`wpo_logps`, no gradient).
     """
     distances = js_top_k is not None and "bag" in requires
+    wpo = "wpo" in requires  # from logits kept anyway: backward holds them until the step ends
     extra = [batch.gt] if "gt" in requires else []
     if shared_prefix and batch.rejected_prompt is None:
         # chosen, rejected (and gt) share the media and prompt: encode them once.
-        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra], keep_logits=distances)
+        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra],
+                            keep_logits=distances or wpo)
     else:
-        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=distances),
-                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected)]
+        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=distances or wpo),
+                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected, keep_logits=wpo)]
         outs += [plain_logps(model, batch.prompt, a) for a in extra]
     res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
     if "gt" in requires:
         res["gt"], res["gt_tokens"] = outs[2][:2]
+    if wpo:
+        for name, answer, out in (("chosen_wpo", batch.chosen, outs[0]), ("rejected_wpo", batch.rejected, outs[1])):
+            device = out[2].device
+            res[name] = wpo_logps(out[2], answer["input_ids"].to(device), answer["attention_mask"].to(device))
     if "corrupt" in requires:
         res["corrupt"] = plain_logps(model, batch.corrupt_prompt, batch.chosen)[0]
     if "bag" in requires:

@@ -15,6 +15,8 @@ use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: MET
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,6 +109,56 @@ def _check_beta(beta: float) -> None:
         raise ValueError(f"beta must be > 0, got {beta}")
 
 
+# -- TRL's f_divergence_type: how a log-ratio u = log pi - log pi_ref enters the reward-difference losses --
+
+F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+
+@dataclass(kw_only=True)
+class FDivergence:
+    """f-DPO (Wang et al., "Beyond Reverse KL", arXiv 2309.16240): with f-divergence f as the regulariser, a
+    sequence's implicit reward is beta f'(pi/pi_ref), so each log-ratio u is replaced by a score f'(e^u) before the
+    chosen-minus-rejected difference. TRL 1.16's `f_divergence_type`, with its formulas and clamps:
+
+        reverse_kl: u (DPO)    forward_kl: 1 - e^-u    js_divergence: log 2 + log sigmoid(u)
+        alpha_divergence: (e^((a-1) u) - 1) / (a - 1), a = f_alpha_divergence_coef; the exponent is clamped at
+        80 (11 for fp16) and computed in fp32 (fp64 for fp64 inputs); a = 1 is reverse_kl.
+
+    Only losses built on the reward difference take it (TRL's list: sigmoid, sigmoid_norm, hinge, ipo, exo_pair,
+    robust, discopop): the f-DPO reparametrisation leaves a beta log Z(x) term that cancels only there.
+    """
+
+    f_divergence_type: str = "reverse_kl"
+    f_alpha_divergence_coef: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.f_divergence_type not in F_DIVERGENCES:
+            raise ValueError(f"f_divergence_type must be one of {list(F_DIVERGENCES)}, got {self.f_divergence_type!r}")
+
+    def f_score(self, u: torch.Tensor) -> torch.Tensor:
+        """The score f'(e^u) of a log-ratio tensor (see the class docstring)."""
+        kind, a = self.f_divergence_type, self.f_alpha_divergence_coef
+        if kind == "forward_kl":
+            return 1 - torch.exp(-u)
+        if kind == "js_divergence":
+            return math.log(2) + F.logsigmoid(u)
+        if kind == "alpha_divergence" and abs(a - 1.0) >= 1e-6:
+            t = (a - 1.0) * u
+            work = t if t.dtype == torch.float64 else t.float()
+            clamped = torch.clamp(work, max=11.0 if t.dtype == torch.float16 else 80.0)
+            return (torch.exp(clamped) - 1.0).to(t.dtype) * (1.0 / (a - 1.0))
+        return u  # reverse_kl (and alpha -> 1)
+
+    def scores(self, x: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) scores; their difference replaces the margin h."""
+        return self.f_score(x.chosen_logratios), self.f_score(x.rejected_logratios)
+
+    def score_margin(self, x: LossInputs) -> torch.Tensor:
+        """f'(chosen) - f'(rejected): the margin h under reverse_kl."""
+        chosen, rejected = self.scores(x)
+        return chosen - rejected
+
+
 # -- distillation (token level: they need both models' logits, so they are batch losses, not LOSSES terms) --
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -160,10 +212,11 @@ def dpkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gold: torch
 
 
 @dataclass
-class DPOLoss:
+class DPOLoss(FDivergence):
     """DPO (sigmoid). Rafailov et al., arXiv 2305.18290, Eq. 7; confirmed (TRL loss_type="sigmoid").
 
     l_i = -log sigmoid(beta * h_i),  h = [log pi(y_w) - log ref(y_w)] - [log pi(y_l) - log ref(y_l)].
+    Takes TRL's `f_divergence_type` (`FDivergence`: h becomes the difference of f-scores).
     """
 
     beta: float = 0.1
@@ -171,7 +224,7 @@ class DPOLoss:
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
-        return _reduce(-F.logsigmoid(self.beta * x.margin), x.weight), _pair_rewards(self.beta, x)
+        return _reduce(-F.logsigmoid(self.beta * self.score_margin(x)), x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
@@ -198,11 +251,12 @@ class CDPOLoss:
 
 
 @dataclass
-class RobustDPOLoss:
+class RobustDPOLoss(FDivergence):
     """rDPO, unbiased under label flips at rate eps. Chowdhury et al., arXiv 2403.00409; confirmed
     (TRL loss_type="robust"; METHODS §6.2). eps = 0 is DPO.
 
     l_i = [(1 - eps) * -log sigmoid(beta h_i) - eps * -log sigmoid(-beta h_i)] / (1 - 2 eps), eps < 0.5.
+    eps is TRL's `label_smoothing`; takes its `f_divergence_type` (`FDivergence`).
     """
 
     beta: float = 0.1
@@ -212,21 +266,23 @@ class RobustDPOLoss:
     def __post_init__(self) -> None:
         if not 0.0 <= self.eps < 0.5:
             raise ValueError(f"eps must be in [0, 0.5), got {self.eps}")
+        super().__post_init__()
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
-        z = self.beta * x.margin
+        z = self.beta * self.score_margin(x)
         losses = (-(1 - self.eps) * F.logsigmoid(z) + self.eps * F.logsigmoid(-z)) / (1 - 2 * self.eps)
         return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
-class IPOLoss:
+class IPOLoss(FDivergence):
     """IPO. Azar et al., arXiv 2310.12036, Eq. 17 with tau = beta; TRL loss_type="ipo" (METHODS §6.3).
 
     l_i = (h_bar_i - 1 / (2 beta))^2, where h_bar uses per-token averaged log-probs:
     h_bar = (pc - rc) / n_w - (pr - rr) / n_l. The length normalisation is TRL's (its source says it
-    was confirmed with the IPO authors). Rewards are logged from the normalised ratios, as TRL does.
+    was confirmed with the IPO authors). Rewards are logged from the normalised ratios (TRL 1.16 logs the
+    unnormalised ones for every loss). Takes TRL's `f_divergence_type` (`FDivergence`: scores replace the ratios).
     """
 
     beta: float = 0.1
@@ -234,17 +290,17 @@ class IPOLoss:
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x, ("chosen_tokens", "rejected_tokens"))
-        chosen = x.chosen_logratios / x.chosen_tokens.clamp(min=1)
-        rejected = x.rejected_logratios / x.rejected_tokens.clamp(min=1)
+        chosen, rejected = self.scores(x)
+        chosen, rejected = chosen / x.chosen_tokens.clamp(min=1), rejected / x.rejected_tokens.clamp(min=1)
         losses = (chosen - rejected - 1.0 / (2.0 * self.beta)) ** 2
         return _reduce(losses, x.weight), _pair_rewards(self.beta, x, per_token=True)
 
 
 @dataclass
-class HingeLoss:
+class HingeLoss(FDivergence):
     """SLiC-HF hinge. Zhao et al., arXiv 2305.10425; confirmed (TRL loss_type="hinge").
 
-    l_i = max(0, 1 - beta * h_i).
+    l_i = max(0, 1 - beta * h_i). Takes TRL's `f_divergence_type` (`FDivergence`).
     """
 
     beta: float = 0.1
@@ -252,7 +308,7 @@ class HingeLoss:
 
     def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
         _check(self, x)
-        return _reduce(torch.relu(1 - self.beta * x.margin), x.weight), _pair_rewards(self.beta, x)
+        return _reduce(torch.relu(1 - self.beta * self.score_margin(x)), x.weight), _pair_rewards(self.beta, x)
 
 
 @dataclass
@@ -408,19 +464,25 @@ class KTOPairLoss:
 class SFTLoss:
     """Token-averaged NLL regulariser (METHODS §6.4), added to a preference term with its own weight.
 
-    target="chosen": l_i = -log pi(y_w|x) / n_w   (RPO, Pang et al., arXiv 2404.19733; TRL rpo_alpha.
-        TRL averages over all tokens of the batch; here per pair, then the batch mean.)
+    target="chosen": l_i = -log pi(y_w|x) / n_w   (RPO, Pang et al., arXiv 2404.19733; TRL rpo_alpha.)
     target="gt":     l_i = -log pi(y_gt|x) / n_gt (mrDPO "gdpo", arXiv 2410.06682; code
         bytedance/video-SALMONN-2: the CE is on the ground-truth caption, weight 0.1). Requires "gt".
+    average="pair" (default): per pair, then the batch mean, so micro-batches add up to the full batch.
+    average="batch_tokens": TRL 1.16's loss_type="sft", l_i = sum_j -log pi(y_j) / sum_j n_j for every i, the
+        mean over all answer tokens of the (micro-)batch, so long answers count more and the value depends on
+        how the batch is split, as in TRL; TRL's `loss_type: [sft]` reads as this.
     No reference model is needed (requires is per instance: {"gt"} only for target="gt").
     """
 
     target: str = "chosen"
+    average: str = "pair"
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         if self.target not in ("chosen", "gt"):
             raise ValueError(f"target must be 'chosen' or 'gt', got {self.target!r}")
+        if self.average not in ("pair", "batch_tokens"):
+            raise ValueError(f"average must be 'pair' or 'batch_tokens', got {self.average!r}")
         if self.target == "gt":
             self.requires = frozenset({"gt"})  # instance attribute shadows the class default
 
@@ -431,7 +493,10 @@ class SFTLoss:
         else:
             _check(self, x, ("chosen_tokens",))
             logps, tokens = x.policy_chosen, x.chosen_tokens
-        losses = -logps / tokens.clamp(min=1)
+        if self.average == "pair":
+            losses = -logps / tokens.clamp(min=1)
+        else:  # one value for the batch, each pair's weight applied to it (TRL: WPO weights, mean(w) * value)
+            losses = (-logps.sum() / tokens.sum().clamp(min=1)).expand(logps.shape[0])
         return _reduce(losses, x.weight), {f"sft/nll_{self.target}": losses.detach().float().mean().item()}
 
 
@@ -540,11 +605,322 @@ class PaMiLoss:
         return _reduce(losses, x.weight, valid), metrics
 
 
+# -- the rest of TRL 1.16's DPOTrainer loss family (trl/trainer/dpo_trainer.py `_compute_loss`). Each is TRL's
+# per-sequence loss l_i reduced as every mmpo loss is (mean of w_i * l_i; TRL: plain mean, i.e. w = 1), and
+# equals TRL's own code in float64 (tests/test_trl_losses.py). h, rho_w = pc - rc, rho_l = pr - rr as above.
+
+
+def _uniform_weight(loss: Any, weight: torch.Tensor | None) -> None:
+    """Sorting losses pair the i-th smallest chosen with the i-th smallest rejected quantity, so l_i belongs to no
+    one pair and a per-pair weight cannot follow it (TRL refuses use_weighting with them for the same reason)."""
+    if weight is not None and weight.numel() and not bool((weight == weight.flatten()[0]).all()):
+        raise ValueError(f"{type(loss).__name__} sorts the batch, so per-pair weights (a record's `weight`, "
+                         "use_weighting) cannot apply to its terms; drop the weights or use another loss")
+
+
+@dataclass
+class EXOPairLoss(FDivergence):
+    """EXO, pairwise (Ji et al., "Towards Efficient Exact Optimization of Language Model Alignment", arXiv
+    2402.00856, Eq. 16 with K = 2); TRL loss_type="exo_pair". KL(q || p) from the model's preference distribution
+    q = softmax over {y_w, y_l} of beta * log-ratio to the smoothed label distribution p = (1 - eps, eps):
+
+        z = beta h;  l_i = s(z) (log s(z) - log(1 - eps)) + s(-z) (log s(-z) - log eps),  s = sigmoid.
+
+    eps is TRL's `label_smoothing` (mmpo's name, as in cdpo / robust); it must be > 0 (TRL refuses 0; the paper
+    recommends 1e-3, the default here). Takes TRL's `f_divergence_type` (`FDivergence`).
+    """
+
+    beta: float = 0.1
+    eps: float = 1e-3
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1) (EXO's label smoothing, TRL's label_smoothing; the paper uses "
+                             f"1e-3), got {self.eps}")
+        super().__post_init__()
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        z = self.beta * self.score_margin(x)
+        losses = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-self.eps))
+                  + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(self.eps)))
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class NCAPairLoss:
+    """NCA, pairwise (Chen et al., "Noise Contrastive Alignment of Language Models with Explicit Rewards", arXiv
+    2402.05369, the K = 2 preference case); TRL loss_type="nca_pair". Each answer's own reward counts, not only
+    the margin, so the chosen likelihood is pushed up rather than only the gap:
+
+        r_w = beta rho_w, r_l = beta rho_l;  l_i = -log s(r_w) - 0.5 log s(-r_w) - 0.5 log s(-r_l).
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        r_w, r_l = self.beta * x.chosen_logratios, self.beta * x.rejected_logratios
+        losses = -F.logsigmoid(r_w) - 0.5 * F.logsigmoid(-r_w) - 0.5 * F.logsigmoid(-r_l)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class BCOPairLoss:
+    """BCO, pairwise (Jung et al., "Binary Classifier Optimization for Large Language Model Alignment", arXiv
+    2404.04656, without its reward shift); TRL loss_type="bco_pair". A binary classifier with logit
+    beta * log-ratio: chosen answers labelled 1, rejected 0:
+
+        l_i = -log s(beta rho_w) - log s(-beta rho_l).
+
+    State: none. The paper subtracts a running mean delta of the rewards, and earlier TRL releases kept one
+    (`RunningMoments`); TRL 1.16 dropped it and computes the stateless form above, which this mirrors. So there
+    is nothing to checkpoint or resume, and DDP ranks need no shared statistic.
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = -F.logsigmoid(self.beta * x.chosen_logratios) - F.logsigmoid(-self.beta * x.rejected_logratios)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class SPPOHardLoss:
+    """SPPO, hard-label version (Wu et al., "Self-Play Preference Optimization for Language Model Alignment",
+    arXiv 2405.00675, Eq. 4.7 of Algorithm 1 with P(y_w > y_l) = 1 for the winner, 0 for the loser); TRL
+    loss_type="sppo_hard". Squared errors pull each log-ratio to +-1/(2 beta):
+
+        l_i = (rho_w - 1/(2 beta))^2 + (rho_l + 1/(2 beta))^2.
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = (x.chosen_logratios - 0.5 / self.beta) ** 2 + (x.rejected_logratios + 0.5 / self.beta) ** 2
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class AOTLoss:
+    """AOT, paired (Melnyk et al., "Distributional Preference Alignment of LLMs via Optimal Transport", arXiv
+    2406.05882); TRL loss_type="aot". First-order stochastic dominance of the policy's chosen-over-rejected
+    log-prob gap over the reference's, via the 1-D optimal transport plan, i.e. sorting across the batch:
+
+        d_i = sort_j(pc_j - pr_j)_i - sort_j(rc_j - rr_j)_i;
+        l_i = (1 - eps) * -log s(beta d_i) + eps * -log s(-beta d_i).
+
+    eps is TRL's `label_smoothing` (mmpo's name), 0 <= eps <= 0.5. The sort runs over the micro-batch each
+    process holds (TRL: the per-device batch), so unlike the per-pair losses its value depends on how the batch
+    is split: grad_accum and process count change what it computes. Per-pair weights are refused
+    (`_uniform_weight`).
+    """
+
+    beta: float = 0.1
+    eps: float = 0.0
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eps <= 0.5:
+            raise ValueError(f"eps must be in [0, 0.5], got {self.eps}")
+
+    def _delta(self, x: LossInputs) -> torch.Tensor:
+        policy = torch.sort(x.policy_chosen - x.policy_rejected, dim=0).values
+        return policy - torch.sort(x.ref_chosen - x.ref_rejected, dim=0).values
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        _uniform_weight(self, x.weight)
+        z = self.beta * self._delta(x)
+        losses = -(1 - self.eps) * F.logsigmoid(z) - self.eps * F.logsigmoid(-z)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class AOTUnpairedLoss(AOTLoss):
+    """AOT, unpaired (arXiv 2406.05882); TRL loss_type="aot_unpaired": the chosen and the rejected log-ratios are
+    sorted separately, so the distribution of chosen rewards dominates that of rejected ones with no pairing:
+
+        d_i = sort_j(rho_w,j)_i - sort_j(rho_l,j)_i;  l_i as in `AOTLoss` (same eps, same batch caveats).
+    """
+
+    def _delta(self, x: LossInputs) -> torch.Tensor:
+        return torch.sort(x.chosen_logratios, dim=0).values - torch.sort(x.rejected_logratios, dim=0).values
+
+
+@dataclass
+class APOZeroLoss:
+    """APO-zero (D'Oosterlinck et al., "Anchored Preference Optimization and Contrastive Revisions", arXiv
+    2408.06266, Eq. 7); TRL loss_type="apo_zero". For chosen answers better than the model's own: raise the
+    chosen likelihood and lower the rejected one, each anchored at the reference:
+
+        l_i = [1 - s(beta rho_w)] + s(beta rho_l).
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = 1 - torch.sigmoid(self.beta * x.chosen_logratios) + torch.sigmoid(self.beta * x.rejected_logratios)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class APODownLoss:
+    """APO-down (arXiv 2408.06266, Eq. 8); TRL loss_type="apo_down". For chosen answers worse than the model's
+    own: lower both likelihoods, the rejected one more:
+
+        l_i = s(beta rho_w) + [1 - s(beta (rho_w - rho_l))].
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        losses = torch.sigmoid(self.beta * x.chosen_logratios) + 1 - torch.sigmoid(self.beta * x.margin)
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class DiscoPOPLoss(FDivergence):
+    """DiscoPOP / LRML, the log-ratio modulated loss (Chris Lu et al., "Discovering Preference Optimization
+    Algorithms with and for Large Language Models", arXiv 2406.08414, Eq. 5); TRL loss_type="discopop". A
+    blend of the logistic (DPO) and exponential losses, the mix set by the margin itself:
+
+        z = beta h;  m = s(z / tau);  l_i = (1 - m) * -log s(z) + m * e^-z.
+
+    tau is TRL's `discopop_tau` (> 0; the paper's 0.05 is the default). Takes TRL's `f_divergence_type`.
+    """
+
+    beta: float = 0.1
+    tau: float = 0.05
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0 (TRL's discopop_tau), got {self.tau}")
+        super().__post_init__()
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x)
+        z = self.beta * self.score_margin(x)
+        m = torch.sigmoid(z / self.tau)
+        losses = -F.logsigmoid(z) * (1 - m) + torch.exp(-z) * m
+        return _reduce(losses, x.weight), _pair_rewards(self.beta, x)
+
+
+@dataclass
+class SigmoidNormLoss(FDivergence):
+    """Length-normalised DPO; TRL loss_type="sigmoid_norm" (the average-log-prob reward of SimPO, Meng et al.,
+    arXiv 2405.14734, but with the reference kept and no margin). Each log-ratio is divided by its
+    answer's token count n (TRL: completion tokens, at least 1) before the difference:
+
+        l_i = -log sigmoid(beta * (rho_w / n_w - rho_l / n_l)).
+
+    Rewards are logged unnormalised, as TRL does. Takes TRL's `f_divergence_type` (scores replace the ratios).
+    """
+
+    beta: float = 0.1
+    requires: ClassVar[frozenset[str]] = frozenset({"reference"})
+
+    def __call__(self, x: LossInputs) -> tuple[torch.Tensor, dict[str, float]]:
+        _check(self, x, ("chosen_tokens", "rejected_tokens"))
+        chosen, rejected = self.scores(x)
+        delta = chosen / x.chosen_tokens.clamp(min=1) - rejected / x.rejected_tokens.clamp(min=1)
+        return _reduce(-F.logsigmoid(self.beta * delta), x.weight), _pair_rewards(self.beta, x)
+
+
 LOSSES: dict[str, type] = {
     "dpo": DPOLoss, "cdpo": CDPOLoss, "robust": RobustDPOLoss, "ipo": IPOLoss, "hinge": HingeLoss,
     "dadpo": DADPOLoss, "clip_dpo": ClipDPOLoss, "beta_dpo": BetaDPOLoss, "kto_pair": KTOPairLoss,
     "sft": SFTLoss, "mdpo_conditional": MDPOConditionalLoss, "mdpo_anchor": MDPOAnchorLoss, "pami": PaMiLoss,
+    # TRL 1.16 loss types under TRL's names (its "sigmoid" is dpo; TRL_LOSS_NAMES maps every TRL name)
+    "exo_pair": EXOPairLoss, "nca_pair": NCAPairLoss, "bco_pair": BCOPairLoss, "sppo_hard": SPPOHardLoss,
+    "aot": AOTLoss, "aot_unpaired": AOTUnpairedLoss, "apo_zero": APOZeroLoss, "apo_down": APODownLoss,
+    "discopop": DiscoPOPLoss, "sigmoid_norm": SigmoidNormLoss,
 }
+
+
+# TRL 1.16's loss_type names -> LOSSES names (the README's loss table), all equal to TRL in float64
+# (tests/test_trl_losses.py); TRL's "sft" is mmpo's with TRL_PARAMS' batch-token average.
+TRL_PARAMS = {"sft": {"average": "batch_tokens"}}
+TRL_LOSS_NAMES = {"sigmoid": "dpo", "hinge": "hinge", "ipo": "ipo", "robust": "robust", "sft": "sft",
+                  **{n: n for n in ("exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                                    "apo_zero", "apo_down", "discopop", "sigmoid_norm")}}
+# TRL DPOConfig loss knobs (TrainConfig fields of the same name) -> the loss parameter each sets, in every term
+# whose class has that parameter (label_smoothing -> eps: robust, exo_pair, aot, aot_unpaired and mmpo's cdpo;
+# TRL 1.16's sigmoid ignores it, and so does dpo).
+TRL_KNOBS = {"beta": "beta", "label_smoothing": "eps", "discopop_tau": "tau", "f_divergence_type": "f_divergence_type",
+             "f_alpha_divergence_coef": "f_alpha_divergence_coef"}
+
+
+def resolve_trl_loss(cfg: Any) -> None:
+    """Read a TrainConfig's TRL-style loss section (`loss_type`, ...) into `cfg.loss`, then reset it to its defaults,
+    so the resolved config (a run's config.yaml, a schedule's derived config) holds only the `loss:` terms meant.
+
+    `loss_type` entries are TRL loss types (`TRL_LOSS_NAMES`) or LOSSES names; `loss_weights` gives one weight
+    each (default 1.0, as TRL); the TRL knobs (`TRL_KNOBS`: beta, label_smoothing, ...) set their parameter in
+    every term that has it. Without `loss_type` the knobs are refused (with `loss:`, each term has its params), and
+    so is a `loss:` besides `loss_type`.
+
+    Raises:
+        ConfigError: both sections, a knob without loss_type, an unknown name, miscounted weights, a bad
+            parameter, or an f-divergence other than reverse_kl with a loss without an f-divergence form (TRL
+            refuses it too).
+    """
+    from mmpo.config import LossTerm, to_dict
+
+    default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+               for f in dataclasses.fields(cfg)}
+    section = ("loss_type", "loss_weights", *TRL_KNOBS)
+    if not cfg.loss_type:
+        changed = [k for k in section if getattr(cfg, k) != default[k]]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: TRL's loss settings go with loss_type (TRL's spelling of "
+                              "`loss`); with `loss:`, set them in each term's params")
+        return
+    if [to_dict(t) for t in cfg.loss] != [to_dict(t) for t in default["loss"]]:
+        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
+    names = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type  # TRL takes one name as well
+    if cfg.loss_weights and len(cfg.loss_weights) != len(names):
+        raise ConfigError(f"loss_weights: {len(cfg.loss_weights)} weights for {len(names)} loss types")
+    knobs, terms = {k: getattr(cfg, k) for k in TRL_KNOBS}, []
+    for i, trl_name in enumerate(names):
+        name = TRL_LOSS_NAMES.get(trl_name, trl_name)
+        if name not in LOSSES:
+            raise ConfigError(f"loss_type[{i}]: unknown loss type {trl_name!r}; TRL's: {sorted(TRL_LOSS_NAMES)}, "
+                              f"mmpo's: {sorted(LOSSES)}")
+        fields = {f.name for f in dataclasses.fields(LOSSES[name])}
+        if knobs["f_divergence_type"] != "reverse_kl" and "f_divergence_type" not in fields and name != "sft":
+            raise ConfigError(f"f_divergence_type: {knobs['f_divergence_type']!r} has no valid form for loss type "
+                              f"{trl_name!r} (the f-DPO log Z term cancels only in reward-difference losses)")
+        params = {**TRL_PARAMS.get(trl_name, {}),
+                  **{param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}}
+        terms.append(LossTerm(name, float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0, params))
+    build_loss_terms([to_dict(t) for t in terms], "loss_type")  # errors name loss_type[i], as the user wrote it
+    cfg.loss = terms
+    for key in section:
+        setattr(cfg, key, default[key])
+
+
+def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Tensor:
+    """WPO (Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", arXiv 2406.11827, Eq. 2;
+    TRL `use_weighting`): a pair's weight w = exp(a_w) * exp(a_l), where a is `mmpo.logprobs.wpo_logps` of each
+    answer under the policy (mean over tokens of log p(y_t) - log sum_v p(v)^2), detached. The trainer multiplies
+    it into `LossInputs.weight`, so it scales every term's per-pair loss, as TRL's multiplies each per-sequence
+    loss. TRL's sft is one batch value: mmpo's batch-token sft gets mean(w) times it, what TRL's code means (TRL
+    1.16 itself raises there, multiplying in place into an expanded tensor); the per-pair sft gets w_i. Sorting
+    losses (aot) refuse it, as TRL does.
+    """
+    return torch.exp(chosen_wpo.detach()) * torch.exp(rejected_wpo.detach())
 
 
 def build_loss_terms(specs: list[dict], where: str = "loss") -> list[tuple[float, Any]]:

@@ -52,7 +52,7 @@ from mmpo.distributed import (
 )
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import pair_logps, plain_logps
-from mmpo.losses import LossInputs, build_loss_terms, requires_of
+from mmpo.losses import LossInputs, build_loss_terms, requires_of, wpo_weight
 from mmpo.metrics import MetricLogger
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
@@ -189,11 +189,14 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
     """
     pol = policy(batch)
     ref = reference(batch) if "reference" in requires else {}
+    # use_weighting: the policy pass also returned WPO's per-answer terms; their weight scales every term's pairs
+    wpo = wpo_weight(pol["chosen_wpo"], pol["rejected_wpo"]) if "chosen_wpo" in pol else None
+    pair_weight = batch.weight if wpo is None else batch.weight * wpo.to(batch.weight.dtype)
     inputs = LossInputs(
         policy_chosen=pol["chosen"], policy_rejected=pol["rejected"],
         ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"),
         chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"],
-        weight=batch.weight, score_delta=batch.score_delta,
+        weight=pair_weight, score_delta=batch.score_delta,
         policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
         bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.bag_mask,
         bag_distance=pol.get("bag_distance"),
@@ -203,6 +206,8 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
         value, term_metrics = term(inputs)
         total = total + weight * value
         metrics.update(term_metrics)
+    if wpo is not None:
+        metrics["wpo/weight"] = wpo.mean().item()
     metrics["logps/chosen"] = (pol["chosen"] / pol["chosen_tokens"].clamp(min=1)).mean().item()
     metrics["logps/rejected"] = (pol["rejected"] / pol["rejected_tokens"].clamp(min=1)).mean().item()
     return total, metrics
@@ -274,7 +279,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module is
     # wrapped (DDP must wrap the module whose forward the step runs); the data order, the optimizer and the
     # schedule are the same code for 1 or N ranks, so resume and the batches a rank draws do not depend on it.
-    step_module = AnswerLogps(model) if sft else PolicyLogps(model, requires, cfg.shared_prefix, cfg.pami.js_top_k)
+    policy_requires = requires | ({"wpo"} if cfg.use_weighting else set())  # WPO weights: policy pass only
+    step_module = AnswerLogps(model) if sft else PolicyLogps(model, policy_requires, cfg.shared_prefix,
+                                                             cfg.pami.js_top_k)
     # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
     # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
     average_by_hand = world > 1 and not procs.sharded and batch_loss is not None
