@@ -242,8 +242,17 @@ def save(cfg: Any, path: str | Path) -> None:
 
 
 @dataclass
+class DataSource:
+    """`data.train: {format, path}`: a set in another layout, read directly (see mmpo.formats)."""
+
+    format: str = "auto"  # a key of mmpo.formats.FORMATS (rlaif_v, trl, llamafactory, swift, ...) or auto
+    path: str = ""  # a snapshot folder (parquet / arrow / json / jsonl) or one data file
+
+
+@dataclass
 class DataConfig:
-    train: str = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft)
+    train: str | DataSource = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft), or {format, path}
+    format: str = "mmpo"  # data.train's layout: mmpo (JSONL), or what data.train: {format, path} named
     media_root: str = ""  # folder the records' media paths are relative to ("" = the JSONL's folder)
     max_length: int = 0  # prompt (media tokens included) + answer; longer samples error or skip (0 = the model's context)
     on_bad_record: str = "error"  # error | skip (bad lines, missing media, too long: counted and logged)
@@ -252,6 +261,8 @@ class DataConfig:
 
     def __post_init__(self):
         check_range(self, max_length=">= 0", num_workers=">= 0")
+        if isinstance(self.train, DataSource):  # folded into two plain fields, so the saved config reloads as is
+            self.format, self.train = self.train.format, self.train.path
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record: expected error | skip, got {self.on_bad_record!r}")
 

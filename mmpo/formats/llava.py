@@ -83,6 +83,8 @@ def read_llava_sft(row: dict, sink, options: dict) -> list[dict]:
     earlier turns kept in its prompt. Text-only rows (665k holds some) are counted `no_media`."""
     turns, _ = read_turns(need(row, "conversations", list), SHAREGPT, "conversations")
     media, media_type = _media_of(row)
+    if media_type == "video" and turns:  # LLaVA-NeXT's video data keeps LLaVA's "<image>\n" lead: it means the clip
+        turns[0] = (turns[0][0], strip_leading(turns[0][1]))
     return sft_samples(turns, media, media_type, sink, {"source_id": row.get("id")}, "conversations")
 
 
