@@ -159,18 +159,20 @@ def tiny(tmp_path_factory):
     return {"image": tiny_model("llava", root), "video": tiny_model("llava_next_video", root)}
 
 
-TRAINABLE = [(s[0], s[1], "video" if "video" in s[0] else "image") for s in PAIR_SETS if s[2]]
+TRAINABLE = [(s[0], s[1], "video" if "video" in s[0] else "image", sum(s[5].values())) for s in PAIR_SETS if s[2]]
 
 
-@pytest.mark.parametrize("src,fmt,media_type", TRAINABLE, ids=[t[0] for t in TRAINABLE])
-def test_train_reads_each_layout_directly_for_a_step(src, fmt, media_type, tiny, tmp_path):
+@pytest.mark.parametrize("src,fmt,media_type,skips", TRAINABLE, ids=[t[0] for t in TRAINABLE])
+def test_train_reads_each_layout_directly_for_a_step(src, fmt, media_type, skips, tiny, tmp_path):
     """`data.train: {format, path}`: validated before step 1, each row's media written when a batch reads it."""
     cfg = load(TrainConfig, None, [f"model.path={tiny[media_type]}", f"output_dir={tmp_path / 'run'}",
                                    f"data.train={{format: {fmt}, path: {DATA / src}}}", "max_steps=1", "batch_size=1",
-                                   "progress=false", "lora.r=4", "model.num_frames=2"])
+                                   "progress=false", "lora.r=4", "model.num_frames=2",
+                                   f"data.on_bad_record={'skip' if skips else 'error'}"])
     assert (cfg.data.format, cfg.data.train) == (fmt, str(DATA / src))
     run = train(cfg)
     assert len(read_metrics(run)) == 1
+    assert json.loads((run / "summary.json").read_text())["skipped_records"] == skips
     written = [p for p in (run / "data").rglob("*") if p.is_file()] + list((run / "data").glob("source"))
     assert written  # the batch's media: stored bytes, or the link to the source folder
 
