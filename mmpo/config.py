@@ -176,7 +176,9 @@ def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
-    if _field_type(cls, keys) is str and not quoted:
+    ftype = _field_type(cls, keys)
+    as_text = ftype is str or (str in typing.get_args(ftype) and not raw.lstrip().startswith("{"))  # data.train
+    if as_text and not quoted:
         return keys, raw
     return keys, yaml.safe_load(raw) if raw.strip() else ""
 

@@ -632,7 +632,29 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
     return records, skipped
 
 
+def is_own_jsonl(path: str | Path) -> bool:
+    """Whether `path` is an mmpo record file (JSONL with `media` and `media_type`), not a set in another layout
+    (a LLaVA conversation JSON, a LLaMA-Factory file, a parquet snapshot folder: see `mmpo.formats`)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix in (".json", ".parquet", ".arrow"):
+        return not path.exists()  # a missing path: let the usual reader say so
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    first = json.loads(raw.decode("utf-8-sig"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    return True  # mmpo's reader names the bad line
+                return not isinstance(first, dict) or "media_type" in first or "conversations" not in first and \
+                    "messages" not in first and "chosen_messages" not in first and "prompt" not in first
+    return True
+
+
 def _read_all(path: str | Path, kind: str, media_root: str | Path | None) -> list:
+    if not is_own_jsonl(path):  # the builders' inputs in the layouts people have, media read in place
+        from mmpo.formats import read_in_place
+
+        return read_in_place(path, kind, media_root)
     records, _ = scan_records(path, kind, media_root)
     try:
         return list(records)
@@ -652,7 +674,12 @@ def read_pairs(path: str | Path, media_root: str | Path | None = None) -> list[P
 
 
 def read_sft(path: str | Path, media_root: str | Path | None = None) -> list[SFTRecord]:
-    """Read and validate a whole SFT file into memory (see `read_pairs`; SFT ids may repeat)."""
+    """Read and validate a whole SFT file into memory (see `read_pairs`; SFT ids may repeat).
+
+    Also reads SFT sets in other layouts (LLaVA conversation JSON such as llava_v1_5_mix665k.json,
+    LLaVA-Video-178K / ShareGPT4Video, LLaMA-Factory `messages` + images): one sample per answer, media paths
+    as written (relative to the media root); rows that are no samples are logged, named and counted.
+    """
     return _read_all(path, "sft", media_root)
 
 
@@ -672,12 +699,28 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
     return n
 
 
+def _trl_content(r: PairRecord) -> str | list[dict]:
+    """The user message's content for TRL: the prompt as a string when the media go before it (TRL puts one image
+    part per image first), typed parts when the prompt places its images with `<image>` markers."""
+    marker = "<image>" if r.media_type == "image" else "<video>"
+    if marker not in r.prompt:
+        return r.prompt
+    parts: list[dict] = []
+    for k, text in enumerate(r.prompt.split(marker)):
+        if k:
+            parts.append({"type": "image"})
+        if text:
+            parts.append({"type": "text", "text": text})
+    return parts
+
+
 def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[dict]:
     """Rows in TRL's conversational vision-preference layout: prompt / chosen / rejected / images (+ id).
 
     The prompt is one user message and each answer one assistant message, so TRL's DPOTrainer renders them with
     the model's own chat template and inserts one image placeholder per entry of `images` (absolute paths;
-    `to_trl_dataset` decodes them). Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
+    `to_trl_dataset` decodes them), all before the text; a prompt with `<image>` markers (several images placed
+    in the text) becomes typed content parts, an image part at each marker. Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
     collator, and that column name makes it skip its text-only preprocessing, so a custom `data_collator` can
     load the clips (benchmarks/train_vs_trl.py has one).
 
@@ -698,7 +741,7 @@ def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[d
             raise ValueError(f"pair {r.id}: its rejection is in the media (rejected_media / rejected_bag); "
                              "TRL's DPO trainer uses one media item for both answers, so it cannot train on it")
         rows.append({
-            "prompt": [{"role": "user", "content": r.prompt}],
+            "prompt": [{"role": "user", "content": _trl_content(r)}],
             "chosen": [{"role": "assistant", "content": r.chosen}],
             "rejected": [{"role": "assistant", "content": r.rejected}],
             "images": [str(resolve_media(media_root, m)) for m in r.media],

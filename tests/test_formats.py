@@ -225,3 +225,44 @@ def test_llamafactory_export_has_its_dataset_info_entry(tmp_path):
 def test_registry_lists_every_format():
     assert {"mmpo", "rlaif_v", "rlhf_v", "vlfeedback", "trl", "llamafactory", "llamafactory_v1", "swift", "povid",
             "hadpo", "mdpo", "llava_video_dpo", "llava", "llamafactory_sft"} == set(FORMATS)
+
+
+@pytest.mark.parametrize("name,media_type", [("llava_mix_sample.json", "image"), ("llava_video_sample.json", "video")])
+def test_builders_read_llava_conversation_json_as_is(name, media_type, tmp_path):
+    """llava_v1_5_mix665k / LLaVA-Video-178K files feed `mmpo build augment` without a conversion."""
+    from data_builders.augment import AugmentConfig
+    from data_builders.augment import build as build_augment
+
+    root = DATA / "llava-sft"
+    samples = read_sft(root / name, media_root=root)
+    assert {s.media_type for s in samples} == {media_type}
+    assert samples[0].prompt in ("What animal is in the picture?", "What moves in the video?")  # <image>\n stripped
+    out = build_augment(load(AugmentConfig, None, [f"in_sft={root / name}", f"media_root={root}", "progress=false",
+                                                   f"out_dir={tmp_path / 'aug'}", "num_candidates=2", "num_frames=2"]))
+    pairs = read_pairs(out / "pairs.jsonl", media_root=root)
+    assert len(pairs) == len(samples) and all(p.rejected_bag and p.chosen == p.rejected for p in pairs)
+    assert [p.prompt for p in pairs] == [s.prompt for s in samples] and pairs[0].media == samples[0].media
+
+
+def test_difficulty_builder_input_may_be_a_pair_set_in_another_layout(caplog):
+    pairs = read_pairs(DATA / "povid/povid_preference.json", media_root=DATA / "povid")
+    assert len(pairs) == 1 and pairs[0].media == ("data/coco/COCO_train2014_000000353952.jpg",)
+    assert read_pairs(DATA / "rlaif-v-dataset") == []  # images inside the rows: named, and `data convert` suggested
+    assert "row 0: embedded_media: media stored in the rows: run `mmpo data convert` first" in caplog.text
+
+
+def test_trl_rows_place_interleaved_images_as_typed_parts(tmp_path):
+    import dataclasses
+
+    from mmpo.records import to_trl_rows
+
+    pair = read_pairs(convert(DATA / "povid/povid_preference.json", tmp_path / "a"))[0]
+    two = dataclasses.replace(pair, media=pair.media * 2, prompt="Compare <image> with <image> please.")
+    row = to_trl_rows([pair, two], tmp_path / "a")
+    assert row[0]["prompt"][0]["content"] == HORSE_Q  # media first: TRL adds the image part itself
+    assert row[1]["prompt"][0]["content"] == [{"type": "text", "text": "Compare "}, {"type": "image"},
+                                              {"type": "text", "text": " with "}, {"type": "image"},
+                                              {"type": "text", "text": " please."}]
+    assert len(row[1]["images"]) == 2
+    back = read_pairs(convert(WRITERS["trl"]([two], tmp_path / "a", tmp_path / "trl"), tmp_path / "b"))[0]
+    assert (back.id, back.prompt, len(back.media)) == (two.id, two.prompt, 2)

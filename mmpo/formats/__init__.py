@@ -262,3 +262,45 @@ def read_records_any(path: str | Path, kind: str, media_root: str | Path | None 
     source = open_source(path, "auto", kind, media_root)
     records = SourceRecords(source, source.source_dir, kind, "skip")
     return list(records)
+
+
+class _InPlace:
+    """The builders' sink: a path reference is kept as written (relative to their media root), checked to exist
+    when a root is given; embedded bytes need a conversion first."""
+
+    def __init__(self, media_root):
+        from mmpo.records import MediaCheck
+
+        self.check = MediaCheck(media_root) if media_root else None
+
+    def put(self, value) -> str:
+        from mmpo.formats.mapping import media_value
+
+        data, path = media_value(value)
+        if data or not path:
+            raise Unmappable("embedded_media", "media stored in the rows: run `mmpo data convert` first")
+        problem = self.check.problem(path) if self.check else ""
+        if problem:
+            raise Unmappable("missing_media", problem)
+        return os.path.normpath(path)
+
+
+def read_in_place(path: str | Path, kind: str, media_root: str | Path | None = None) -> list:
+    """Every record of a set in another layout, media paths as written (what `read_sft` / `read_pairs` give the
+    builders for LLaVA conversation JSON and friends). Unmappable rows are logged once each and counted."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    source = open_source(path, "auto", kind)
+    sink, out, skips, named = _InPlace(media_root), [], Counter(), []
+    for i, row in enumerate(source.table.iter_rows()):
+        where = source.table.where(i)
+        try:
+            out += [source.to_record(fields, where) for fields in source.records_of(i, row, sink)]
+        except (Unmappable, RecordError) as exc:
+            _skip(where, exc, "skip", skips, named)
+            log.warning("skipping %s: %s", where, exc)
+    if skips:
+        log.warning("%s (%s): %d records, %d rows skipped %s", path, source.format.name, len(out), sum(skips.values()),
+                    dict(skips))
+    return out
