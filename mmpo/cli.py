@@ -221,15 +221,21 @@ def cmd_make_data(args) -> int:
 
 
 def _data_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["convert", "export", "formats"], help="convert a set to mmpo records, export "
-                   "mmpo pairs to another trainer's layout, or list the formats")
-    p.add_argument("src", nargs="?", help="convert: a snapshot folder or data file; export: an mmpo pairs.jsonl")
-    p.add_argument("--from", dest="fmt", default="auto", help="the source's format (auto: detected from its columns)")
-    p.add_argument("--to", default="", help="export: trl | llamafactory | swift")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--media-root", default="", help="folder the source's media paths are relative to (default: its own)")
-    p.add_argument("--on-bad-record", default="skip", choices=["skip", "error"],
-                   help="skip (count and name the row in manifest.json) or error (stop naming the row)")
+    sub = p.add_subparsers(dest="action", required=True)
+    convert = sub.add_parser("convert", help="a set in another layout -> mmpo pairs.jsonl (or sft.jsonl) + manifest.json")
+    convert.add_argument("src", help="a snapshot folder (parquet / arrow / json / jsonl) or one data file")
+    convert.add_argument("--from", dest="fmt", default="auto", help="the source's format (auto: from its columns)")
+    convert.add_argument("--media-root", default="", help="folder the source's media paths are relative to "
+                         "(default: its own folder)")
+    convert.add_argument("--on-bad-record", default="skip", choices=["skip", "error"],
+                         help="skip (count and name the row in manifest.json) or error (stop, naming the row)")
+    export = sub.add_parser("export", help="mmpo pairs -> TRL / LLaMA-Factory / ms-swift files")
+    export.add_argument("src", help="an mmpo pairs.jsonl")
+    export.add_argument("--to", required=True, help="trl | llamafactory | swift")
+    export.add_argument("--media-root", default="", help="the pairs' media root (default: as training finds it)")
+    for q in (convert, export):
+        q.add_argument("--out", required=True, help="output folder")
+    sub.add_parser("formats", help="list the formats mmpo reads")
 
 
 def cmd_data(args) -> int:
@@ -240,8 +246,6 @@ def cmd_data(args) -> int:
         for name, f in formats.FORMATS.items():
             print(f"{name:18} {f.kind:5} {f.doc}")
         return 0
-    if not args.src or not args.out:
-        raise ValueError(f"data {args.action}: give SRC and --out")
     if args.action == "export":
         from mmpo.formats.writers import WRITERS
         from mmpo.records import default_media_root, read_pairs
