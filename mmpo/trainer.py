@@ -394,6 +394,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     logger.close()
     skips.merge(gather_objects(skips.state(), world))
     check_finite_parameters(model, "final weights", procs)
+    getattr(records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
     save_final(model, processor, run_dir, procs)
     if is_main:
         summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
