@@ -849,9 +849,9 @@ def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[d
     The prompt is one user message and each answer one assistant message, so TRL's DPOTrainer renders them with
     the model's own chat template and inserts one image placeholder per entry of `images` (absolute paths;
     `to_trl_dataset` decodes them), all before the text; a prompt with `<image>` markers (several images placed
-    in the text) becomes typed content parts, an image part at each marker. Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
-    collator, and that column name makes it skip its text-only preprocessing, so a custom `data_collator` can
-    load the clips (benchmarks/train_vs_trl.py has one).
+    in the text) becomes typed content parts, an image part at each marker. Video pairs keep their clip paths
+    under `images` too: TRL 1.16 has no video collator, and that column name makes it skip its text-only
+    preprocessing, so a custom `data_collator` can load the clips (benchmarks/train_vs_trl.py has one).
 
     Args:
         records: pairs whose preference is in the text (chosen != rejected on the same media).

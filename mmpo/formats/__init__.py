@@ -21,8 +21,7 @@ from mmpo.formats import hub, llamafactory, llava, own, swift, trl
 from mmpo.formats.base import Format
 from mmpo.formats.mapping import MEDIA_DIR, DryMedia, MediaStore, Unmappable
 from mmpo.formats.tables import Table, is_bad_line, open_table
-from mmpo.records import (MANIFEST_FILE, PairRecord, RecordError, SFTRecord, make_id, pair_from_json,
-                          sft_from_json, write_jsonl, write_manifest)
+from mmpo.records import RecordError, make_id, pair_from_json, sft_from_json, write_jsonl, write_manifest
 
 FORMATS: dict[str, Format] = {f.name: f for m in (own, hub, trl, llamafactory, swift, llava) for f in m.FORMATS}
 # detection tries the most specific column sets first (TRL's prompt/chosen/rejected is also in others)

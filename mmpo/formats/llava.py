@@ -107,5 +107,6 @@ FORMATS = [
     Format("llava", "sft", read_llava_sft,
            lambda c, r: "conversations" in c and bool(c & {"image", "video"}) and "rejected_conversations" not in c
            and "chosen" not in c,
-           doc="LLaVA conversation JSON SFT (llava_v1_5_mix665k, LLaVA-Video-178K, ShareGPT4Video): image/video + conversations"),
+           doc="LLaVA conversation JSON SFT (llava_v1_5_mix665k, LLaVA-Video-178K, ShareGPT4Video): "
+               "image/video + conversations"),
 ]

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from mmpo.formats.base import Format, as_list, has, pair_fields
+from mmpo.formats.base import Format, as_list, pair_fields
 from mmpo.formats.mapping import Unmappable, need, turns_prompt
 from mmpo.formats.messages import answer_text, read_turns, split_last_answer
 
