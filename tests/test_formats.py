@@ -153,10 +153,21 @@ def test_a_malformed_row_is_counted_and_named_or_stops_the_conversion(src, fmt, 
     assert str(err.value) == manifest["skipped"][0]
 
 
+class _TinyModels(dict):
+    """Tiny checkpoints by media type, made on first use (an image-only selection builds no video model)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, media_type: str) -> Path:
+        self[media_type] = tiny_model("llava" if media_type == "image" else "llava_next_video", self.root)
+        return self[media_type]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("formats_train")
-    return {"image": tiny_model("llava", root), "video": tiny_model("llava_next_video", root)}
+    return _TinyModels(tmp_path_factory.mktemp("formats_train"))
 
 
 TRAINABLE = [(s[0], s[1], "video" if "video" in s[0] else "image", sum(s[5].values())) for s in PAIR_SETS if s[2]]
