@@ -277,3 +277,35 @@ def test_trl_rows_place_interleaved_images_as_typed_parts(tmp_path):
     assert len(row[1]["images"]) == 2
     back = read_pairs(convert(WRITERS["trl"]([two], tmp_path / "a", tmp_path / "trl"), tmp_path / "b"))[0]
     assert (back.id, back.prompt, len(back.media)) == (two.id, two.prompt, 2)
+
+
+def test_a_repeated_id_is_counted_and_named_or_stops(tmp_path):
+    rows = [json.loads(line) for line in (DATA / "ms-swift-rlhf/dpo_multimodal.jsonl").read_text().splitlines()]
+    rows = [{**rows[0], "id": "same"}, {**rows[1], "id": "other"}, {**rows[0], "id": "same", "rejected_messages": [
+        rows[0]["messages"][0], {"role": "assistant", "content": "This is a cat."}]}]
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(DATA / "ms-swift-rlhf/kitten.png", src)
+    shutil.copy(DATA / "ms-swift-rlhf/puppy.png", src)
+    (src / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = convert(src / "pairs.jsonl", tmp_path / "set")
+    manifest = json.loads((tmp_path / "set/manifest.json").read_text())
+    assert [p.id for p in read_pairs(out)] == ["same", "other"] and manifest["skipped_by_reason"] == {"duplicate_id": 1}
+    assert manifest["skipped"] == [f"{src / 'pairs.jsonl'}:3: duplicate_id: the id of {src / 'pairs.jsonl'}:1 again"]
+    with pytest.raises(RecordError, match=r"pairs.jsonl:3: duplicate_id: the id of .*pairs.jsonl:1 again"):
+        convert(src / "pairs.jsonl", tmp_path / "set2", on_bad="error")
+
+
+def test_training_records_refuse_or_skip_a_repeated_id_before_step_1(tmp_path):
+    """Rows name their ids when mmpo wrote them (exports keep `id`); rows without one get an id from their place."""
+    from mmpo.formats import read_source_records
+
+    src = tmp_path / "src"
+    shutil.copytree(DATA / "ms-swift-rlhf", src)
+    row = json.loads((src / "dpo_multimodal.jsonl").read_text().splitlines()[0])
+    (src / "pairs.jsonl").write_text(json.dumps({**row, "id": "a"}) + "\n" + json.dumps({**row, "id": "a"}) + "\n")
+    with pytest.raises(RecordError, match=r"pairs.jsonl:2: duplicate_id: the id of .*pairs.jsonl:1 again"):
+        read_source_records("swift", src / "pairs.jsonl", tmp_path / "run", "pair", "error")
+    records, skipped = read_source_records("swift", src / "pairs.jsonl", tmp_path / "run", "pair", "skip")
+    assert len(records) == 1 and len(skipped) == 1 and records[0].media == ("source/kitten.png",)
+    assert (tmp_path / "run" / records[0].media[0]).read_bytes() == (DATA / "ms-swift-rlhf/kitten.png").read_bytes()

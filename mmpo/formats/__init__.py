@@ -21,7 +21,7 @@ from mmpo.formats import hub, llamafactory, llava, own, swift, trl
 from mmpo.formats.base import Format
 from mmpo.formats.mapping import MEDIA_DIR, DryMedia, MediaStore, Unmappable
 from mmpo.formats.tables import Table, is_bad_line, open_table
-from mmpo.records import RecordError, make_id, pair_from_json, sft_from_json, write_jsonl, write_manifest
+from mmpo.records import RecordError, _id_hash, make_id, pair_from_json, sft_from_json, write_jsonl, write_manifest
 
 FORMATS: dict[str, Format] = {f.name: f for m in (own, hub, trl, llamafactory, swift, llava) for f in m.FORMATS}
 # detection tries the most specific column sets first (TRL's prompt/chosen/rejected is also in others)
@@ -107,6 +107,21 @@ def _skip(where: str, exc: Exception, on_bad: str, skips: Counter, named: list) 
     named.append(f"{where}: {exc}")
 
 
+def _repeats(id_hashes: array) -> list[tuple[int, int]]:
+    """(later, first) positions of records whose id hash an earlier record has (8-byte blake2b of the id, as
+    `mmpo.records` keeps: a 64-bit collision among a million ids has odds of about 3e-8)."""
+    import numpy as np
+
+    hashes = np.frombuffer(id_hashes, dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    ranked = hashes[order]
+    out, first_of = [], {}
+    for k in np.flatnonzero(ranked[1:] == ranked[:-1]):
+        first = first_of.setdefault(int(ranked[k]), int(order[k]))
+        out.append((int(order[k + 1]), first))
+    return sorted(out)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -135,25 +150,37 @@ def convert(src: str | Path, out_dir: str | Path, fmt: str = "auto", on_bad: str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = MediaStore(out_dir, source.source_dir)
-    skips, named, seen, counts = Counter(), [], set(), Counter(rows=0, records=0)
+    skips, named, counts = Counter(), [], Counter(rows=0, records=0)
+    id_hashes, rows_of = array("Q"), array("q")  # 16 bytes a record, for the repeated-id check at the end
 
     def records() -> Iterator:
         for i, row in enumerate(source.table.iter_rows()):
             where = source.table.where(i)
             counts["rows"] += 1
             try:
-                for fields in source.records_of(i, row, store):
-                    if fields["id"] in seen:
-                        raise Unmappable("duplicate_id", f"id {fields['id']!r} repeats an earlier row's")
-                    rec = source.to_record(fields, where)
-                    seen.add(rec.id)
-                    counts["records"] += 1
-                    yield rec
+                recs = [source.to_record(fields, where) for fields in source.records_of(i, row, store)]
             except (Unmappable, RecordError) as exc:
                 _skip(where, exc, on_bad, skips, named)
+                continue
+            for rec in recs:
+                id_hashes.append(_id_hash(rec.id))
+                rows_of.append(i)
+                counts["records"] += 1
+                yield rec
 
     out_file = out_dir / OUT_FILES[source.format.kind]
     write_jsonl(out_file, records())
+    repeats = _repeats(id_hashes)
+    if repeats:  # rare: write the file again without the later records (the first of each id stays)
+        for later, first in repeats:
+            _skip(source.table.where(rows_of[later]), Unmappable(
+                "duplicate_id", f"the id of {source.table.where(rows_of[first])} again"), on_bad, skips, named)
+        drop = {later for later, _ in repeats}
+        tmp = out_file.with_suffix(".tmp")
+        with open(out_file, encoding="utf-8") as src_f, open(tmp, "w", encoding="utf-8") as dst:
+            dst.writelines(line for k, line in enumerate(src_f) if k not in drop)
+        tmp.replace(out_file)
+        counts["records"] -= len(drop)
     hashes = {"output": {out_file.name: _sha256(out_file)},
               "source": {os.path.relpath(f, source.path if source.path.is_dir() else source.path.parent): _sha256(f)
                          for f in source.table.files}}
@@ -184,23 +211,30 @@ class SourceRecords:
         if source.format.kind != kind:
             raise FormatError(f"{source.path}: format {source.format.name!r} holds {source.format.kind} records; "
                               f"this stage trains on {kind} records")
-        dry, skips, seen, digest = DryMedia(source.source_dir), Counter(), set(), hashlib.sha256()
+        dry, skips, digest, id_hashes = DryMedia(source.source_dir), Counter(), hashlib.sha256(), array("Q")
         digest.update(source.format.name.encode())
         columns = source.table.light_columns(source.format.heavy)
         for i, row in enumerate(source.table.iter_rows(columns)):
             where = source.table.where(i)
             try:
-                for k, fields in enumerate(source.records_of(i, row, dry)):
-                    if fields["id"] in seen:
-                        raise Unmappable("duplicate_id", f"id {fields['id']!r} repeats an earlier row's")
-                    rec = source.to_record(fields, where)
-                    seen.add(rec.id)
-                    digest.update(json.dumps(rec.to_json(), sort_keys=True).encode())
-                    self.rows.append(i)
-                    self.subs.append(k)
-                    self.media_types.setdefault(rec.media_type, where)
+                recs = [source.to_record(fields, where) for fields in source.records_of(i, row, dry)]
             except (Unmappable, RecordError) as exc:
                 _skip(where, exc, on_bad, skips, self.skipped)
+                continue
+            for k, rec in enumerate(recs):
+                digest.update(json.dumps(rec.to_json(), sort_keys=True).encode())
+                id_hashes.append(_id_hash(rec.id))
+                self.rows.append(i)
+                self.subs.append(k)
+                self.media_types.setdefault(rec.media_type, where)
+        repeats = _repeats(id_hashes)
+        for later, first in repeats:  # before step 1: stop naming both rows, or leave the later one out (counted)
+            _skip(source.table.where(self.rows[later]), Unmappable(
+                "duplicate_id", f"the id of {source.table.where(self.rows[first])} again"), on_bad, skips, self.skipped)
+        if repeats:
+            drop = {later for later, _ in repeats}
+            keep = [j for j in range(len(self.rows)) if j not in drop]
+            self.rows, self.subs = array("q", (self.rows[j] for j in keep)), array("i", (self.subs[j] for j in keep))
         self.skips_by_reason = dict(skips)
         self.digest = digest.hexdigest()[:16]
         self._store = None
