@@ -7,13 +7,19 @@ variant in a fresh child process under `/usr/bin/time -v`:
 
 - `read`: `mmpo.batches.read_records(...)` alone, media existence checked (what `train` does first);
 - `read-nomedia`: the same without the media check (media_root None), to show what the per-record `stat`s cost;
+- `read-index`: `mmpo.records.scan_records(...)` as training calls it now: from 32 MB on (error mode) only a numpy
+  line index is built before it returns, and a thread validates the lines (`validate_in_background`); "read s" is
+  the time until the records are usable, "wall s" includes the whole background validation (`wait()`);
 - `train`: `mmpo train max_steps=1` (batch 4, LoRA r 4, no precomputed reference). "first step s" is the time
   from launch until `metrics.jsonl` appears (written right after optimizer step 1); "wall s" includes
-  loading torch, the model and saving the adapter.
+  loading torch, the model and saving the adapter (which now waits for the background validation).
+
+`--repo DIR` runs the children against another checkout (e.g. /work/main, the reader before this change), so the
+two readers are measured side by side on the same files and machine; `--pairs 2000` gives the small-file baseline.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/read_pairs.py [--pairs 848000] [--media 8]
-        [--dir /tmp/mmpo-read-pairs] [--only read read-nomedia train]
+        [--dir /tmp/mmpo-read-pairs] [--only read read-nomedia read-index train] [--repo /work/main]
 Prints a markdown table and, last, one JSON line of headline figures.
 """
 
@@ -32,14 +38,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-VARIANTS = ("read", "read-nomedia", "train")
+VARIANTS = ("read", "read-nomedia", "read-index", "train")
 COLORS = ("red", "green", "blue", "yellow", "black", "white", "orange", "purple")
 READ_CHILD = """
 import sys, time
 from mmpo.batches import read_records
 start = time.perf_counter()
-records, skipped = read_records(sys.argv[1], None if sys.argv[2] == "-" else sys.argv[2], "pair", "error")
-print("READ", len(records), len(skipped), time.perf_counter() - start)
+root = None if sys.argv[2] == "-" else sys.argv[2]
+if sys.argv[3] == "index":
+    records, skipped = read_records(sys.argv[1], root, "pair", "error")  # background validation from 32 MB on
+    usable = time.perf_counter() - start
+    records.wait()
+else:
+    from mmpo import records as R  # the full validation pass (background=False where this mmpo has it)
+    full = "background" in R.scan_records.__code__.co_varnames
+    records, skipped = (R.scan_records(sys.argv[1], "pair", root, "error", background=False) if full else
+                        read_records(sys.argv[1], root, "pair", "error"))
+    usable = time.perf_counter() - start
+print("READ", len(records), len(skipped), usable)
 """
 
 
@@ -75,11 +91,11 @@ def make_pairs(path: Path, n: int, media: list[str]) -> int:
     return path.stat().st_size
 
 
-def timed(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
+def timed(cmd: list[str], env: dict, watch: Path | None = None, cwd: Path = REPO) -> dict:
     """Run `cmd` under /usr/bin/time -v; wall seconds, max RSS (GiB), and seconds until `watch` exists."""
     started = time.perf_counter()
     # cwd: `python -c` / `-m` put the working folder first on sys.path, so run in the repo being measured
-    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(["/usr/bin/time", "-v", *cmd], env=env, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     first = None
     while proc.poll() is None:  # poll for the metrics file: the first optimizer step has finished
@@ -96,21 +112,21 @@ def timed(cmd: list[str], env: dict, watch: Path | None = None) -> dict:
             "stdout": out}
 
 
-def run_variant(name: str, work: Path, pairs: Path, model: Path) -> dict:
-    """Measure one variant in a fresh process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+def run_variant(name: str, work: Path, pairs: Path, model: Path, repo: Path = REPO) -> dict:
+    """Measure one variant in a fresh process, importing mmpo from `repo`."""
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     py = sys.executable
     if name.startswith("read"):
         root = "-" if name == "read-nomedia" else str(work)
-        res = timed([py, "-c", READ_CHILD, str(pairs), root], env)
+        res = timed([py, "-c", READ_CHILD, str(pairs), root, "index" if name == "read-index" else "full"], env, cwd=repo)
         n, skipped, seconds = res.pop("stdout").split("READ")[1].split()
         res.update(records=int(n), skipped=int(skipped), read_s=round(float(seconds), 2))
         return res
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)  # a leftover run would resume instead of starting
     res = timed([py, "-m", "mmpo", "train", f"model.path={model}", f"data.train={pairs}", f"output_dir={out}",
-                 "max_steps=1", "progress=false", "batch_size=4", "lora.r=4"], env, watch=out / "metrics.jsonl")
+                 "max_steps=1", "progress=false", "batch_size=4", "lora.r=4"], env, watch=out / "metrics.jsonl", cwd=repo)
     res.pop("stdout")
     return res
 
@@ -121,6 +137,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--media", type=int, default=8, help="distinct image files the pairs point at")
     ap.add_argument("--dir", default="/tmp/mmpo-read-pairs", help="scratch folder (pairs, images, tiny model)")
     ap.add_argument("--only", nargs="*", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--repo", default=str(REPO), help="the checkout whose mmpo the children import")
     args = ap.parse_args(argv)
 
     work = Path(args.dir)
@@ -135,13 +152,13 @@ def main(argv=None) -> dict:
         make_tiny_model("llava", model)
     size_mb = pairs.stat().st_size / 1e6
 
-    rows = {name: run_variant(name, work, pairs, model) for name in args.only}
-    print(f"\n{args.pairs} pairs on {args.media} images, {size_mb:.1f} MB ({pairs})\n")
+    rows = {name: run_variant(name, work, pairs, model, Path(args.repo)) for name in args.only}
+    print(f"\n{args.pairs} pairs on {args.media} images, {size_mb:.1f} MB ({pairs}), mmpo from {args.repo}\n")
     print("| variant | read s | first step s | wall s | max RSS GiB |")
     print("|---|---:|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r.get('read_s', '')} | {r['first_step_s'] or ''} | {r['wall_s']} | {r['max_rss_gib']} |")
-    headline = {"pairs": args.pairs, "images": args.media, "file_mb": round(size_mb, 1), **rows}
+    headline = {"pairs": args.pairs, "images": args.media, "file_mb": round(size_mb, 1), "repo": args.repo, **rows}
     print(json.dumps(headline))
     return headline
 

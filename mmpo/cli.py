@@ -37,6 +37,10 @@ def check_input_files(cfg) -> None:
     the model's load time, and leaves no run folder behind)."""
     files = {"data.train": cfg.data.train, "distill.mimic_data": cfg.distill.mimic_data,
              "distill.preference_data": cfg.distill.preference_data, "eval_config": cfg.eval_config}
+    if cfg.data.format != "mmpo" and cfg.data.train:  # a snapshot folder or a data file in another layout
+        if not Path(cfg.data.train).exists():
+            raise FileNotFoundError(f"data.train.path: no such file or folder {cfg.data.train!r}")
+        files.pop("data.train")
     for key, path in files.items():
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{key}: no such file {path!r}")
@@ -216,6 +220,50 @@ def cmd_make_data(args) -> int:
     return 0
 
 
+def _data_parser(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True)
+    convert = sub.add_parser("convert", help="a set in another layout -> mmpo pairs.jsonl (or sft.jsonl) + manifest.json")
+    convert.add_argument("src", help="a snapshot folder (parquet / arrow / json / jsonl) or one data file")
+    convert.add_argument("--from", dest="fmt", default="auto", help="the source's format (auto: from its columns)")
+    convert.add_argument("--media-root", default="", help="folder the source's media paths are relative to "
+                         "(default: its own folder)")
+    convert.add_argument("--on-bad-record", default="skip", choices=["skip", "error"],
+                         help="skip (count and name the row in manifest.json) or error (stop, naming the row)")
+    export = sub.add_parser("export", help="mmpo pairs -> TRL / LLaMA-Factory / ms-swift files")
+    export.add_argument("src", help="an mmpo pairs.jsonl")
+    export.add_argument("--to", required=True, help="trl | llamafactory | swift")
+    export.add_argument("--media-root", default="", help="the pairs' media root (default: as training finds it)")
+    for q in (convert, export):
+        q.add_argument("--out", required=True, help="output folder")
+    sub.add_parser("formats", help="list the formats mmpo reads")
+
+
+def cmd_data(args) -> int:
+    """Convert preference / SFT sets from other layouts (RLAIF-V, TRL, LLaMA-Factory, ms-swift, ...) and back."""
+    from mmpo import formats
+
+    if args.action == "formats":
+        for name, f in formats.FORMATS.items():
+            print(f"{name:18} {f.kind:5} {f.doc}")
+        return 0
+    if args.action == "export":
+        from mmpo.formats.writers import WRITERS
+        from mmpo.records import default_media_root, read_pairs
+
+        if args.to not in WRITERS:
+            raise ValueError(f"data export: --to one of {sorted(WRITERS)}")
+        path = WRITERS[args.to](read_pairs(args.src), default_media_root(args.src, args.media_root), args.out)
+        print(f"wrote {path}")
+        return 0
+    out = formats.convert(args.src, args.out, args.fmt, args.on_bad_record, media_root=args.media_root or None)
+    import json
+
+    manifest = json.loads((Path(args.out) / "manifest.json").read_text())
+    print(f"{manifest['format']}: {manifest['counts']['records']} records from {manifest['counts']['rows']} rows "
+          f"into {out} ({manifest['counts']['skipped']} skipped: {manifest['skipped_by_reason']})")
+    return 0
+
+
 COMMANDS = {  # name -> (function, argument setup)
     "build": (cmd_build, _build_parser),
     "train": (cmd_train, _train_parser),
@@ -224,6 +272,7 @@ COMMANDS = {  # name -> (function, argument setup)
     "validate": (cmd_validate, _validate_parser),
     "make-model": (cmd_make_model, _make_model_parser),
     "make-data": (cmd_make_data, _make_data_parser),
+    "data": (cmd_data, _data_parser),
 }
 
 

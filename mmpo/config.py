@@ -176,7 +176,9 @@ def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
-    if _field_type(cls, keys) is str and not quoted:
+    ftype = _field_type(cls, keys)
+    as_text = ftype is str or (str in typing.get_args(ftype) and not raw.lstrip().startswith("{"))  # data.train
+    if as_text and not quoted:
         return keys, raw
     return keys, yaml.safe_load(raw) if raw.strip() else ""
 
@@ -242,8 +244,17 @@ def save(cfg: Any, path: str | Path) -> None:
 
 
 @dataclass
+class DataSource:
+    """`data.train: {format, path}`: a set in another layout, read directly (see mmpo.formats)."""
+
+    format: str = "auto"  # a key of mmpo.formats.FORMATS (rlaif_v, trl, llamafactory, swift, ...) or auto
+    path: str = ""  # a snapshot folder (parquet / arrow / json / jsonl) or one data file
+
+
+@dataclass
 class DataConfig:
-    train: str = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft)
+    train: str | DataSource = ""  # pair JSONL (preference stages) or SFT JSONL (stage sft), or {format, path}
+    format: str = "mmpo"  # data.train's layout: mmpo (JSONL), or what data.train: {format, path} named
     media_root: str = ""  # folder the records' media paths are relative to ("" = the JSONL's folder)
     max_length: int = 0  # prompt (media tokens included) + answer; longer samples error or skip (0 = the model's context)
     on_bad_record: str = "error"  # error | skip (bad lines, missing media, too long: counted and logged)
@@ -252,6 +263,8 @@ class DataConfig:
 
     def __post_init__(self):
         check_range(self, max_length=">= 0", num_workers=">= 0")
+        if isinstance(self.train, DataSource):  # folded into two plain fields, so the saved config reloads as is
+            self.format, self.train = self.train.format, self.train.path
         if self.on_bad_record not in ("error", "skip"):
             raise ConfigError(f"on_bad_record: expected error | skip, got {self.on_bad_record!r}")
 

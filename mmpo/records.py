@@ -490,6 +490,8 @@ class RecordFile(Sequence):
         self.media_types: dict[str, str] = {}
         self._offsets, self._linenos, self._stamp = offsets, linenos, stamp
         self._file, self._pid = None, None
+        self._verdict = None  # background validation (`validate_in_background`): shared error text, "" = none yet
+        self._media_root, self._check, self._validator = None, None, None
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -502,10 +504,27 @@ class RecordFile(Sequence):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"record {i} out of range ({len(self)} records)")
+        self._raise_verdict()
         f = self._open()
         f.seek(self._offsets[i])
         where = self.where(i)
-        return _PARSERS[self.kind](decode_line(decode_bytes(f.readline(), where), where), where)
+        if self._verdict is not None and self._check is None and self._media_root is not None:
+            self._check = MediaCheck(self._media_root)
+        # while the background pass has not reached it, a record is validated here, media included, before use
+        return _PARSERS[self.kind](decode_line(decode_bytes(f.readline(), where), where), where, self._check)
+
+    def _raise_verdict(self) -> None:
+        """Stop at the bad line the background validation found (also in DataLoader workers: shared memory)."""
+        if self._verdict is not None and self._verdict.value:
+            raise RecordError(self._verdict.value.decode("utf-8", "replace"))
+
+    def wait(self) -> None:
+        """Block until the background validation has read every line; RecordError if it found a bad one.
+
+        The trainer calls this before it saves the final weights, so a run never finishes on a bad file."""
+        if self._validator is not None:
+            self._validator.join()
+        self._raise_verdict()
 
     def where(self, i: int) -> str:
         """"file:line" of record `i`."""
@@ -534,7 +553,7 @@ class RecordFile(Sequence):
         self._file = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None, "_pid": None}
+        return {**self.__dict__, "_file": None, "_pid": None, "_validator": None, "_check": None}
 
     def __del__(self):
         self.close()
@@ -580,8 +599,118 @@ def _skip_or_raise(exc: RecordError, on_bad: str, skipped: list[str]) -> None:
     log.warning("skipping %s", exc)
 
 
+BACKGROUND_MIN_BYTES = 32 << 20  # pair files from this size are validated in the background in error mode
+
+
+def index_lines(path: str | Path, chunk_bytes: int = 16 << 20) -> tuple[array, array, str]:
+    """(offsets, line numbers) of every non-blank line and the file's sha256 (16 hex digits), without parsing.
+
+    numpy finds the newlines, 16 MB at a time; a line is blank when it holds only ASCII whitespace (only lines that
+    open with whitespace are looked at one by one). A fraction of a second for 200 MB, against many seconds to
+    decode and validate the lines (which `validate_in_background` then does).
+    """
+    offsets, linenos, hasher = array("q"), array("q"), hashlib.sha256()
+    carry, base, lineno = b"", 0, 0  # carry: the unfinished line before `base`
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(chunk_bytes)
+            hasher.update(chunk)
+            buf = carry + chunk
+            start0 = base - len(carry)
+            arr = np.frombuffer(buf, dtype=np.uint8)
+            ends = np.flatnonzero(arr == 10) if chunk else np.array([len(buf) - 1] if buf else [], dtype=np.int64)
+            if len(ends):
+                starts = np.concatenate(([0], ends[:-1] + 1))
+                filled = arr[np.minimum(starts, len(arr) - 1)] > 32  # a line opening with a character: not blank
+                for k in np.flatnonzero(~filled):  # the few lines opening with a space (or empty): look at them
+                    filled[k] = bool(buf[int(starts[k]):int(ends[k]) + 1].strip())
+                keep = np.flatnonzero(filled)
+                offsets.frombytes((starts[keep] + start0).astype(np.int64).tobytes())
+                linenos.frombytes((keep + lineno + 1).astype(np.int64).tobytes())
+                lineno += len(starts)
+                carry = buf[int(ends[-1]) + 1:]
+            else:
+                carry = buf
+            base += len(chunk)
+            if not chunk:
+                break
+    if len(offsets) and offsets[0] == 0:
+        with open(path, "rb") as f:
+            if f.read(len(_BOM)) == _BOM:  # a byte-order mark is not part of the first record
+                offsets[0] = len(_BOM)
+    return offsets, linenos, hasher.hexdigest()[:16]
+
+
+def validate_in_background(path: str | Path, kind: str = "pair", media_root: str | Path | None = None
+                           ) -> RecordFile:
+    """A RecordFile usable at once, every line validated by another process while training starts (error mode only).
+
+    Reading a big file used to hold step 1 back by the seconds it takes to validate every line in Python. Here
+    only the newlines are indexed up front; a forked process then validates the lines in file order (the same checks,
+    the repeated-id check at the end). A bad line still stops the run: the next record read raises its
+    RecordError (the message sits in shared memory, so DataLoader workers see it too), and `wait()`, which the
+    trainer calls before saving the final weights, raises it if training got there first. A record read before
+    the validator reached it is validated when it is read, media included, so nothing unchecked reaches a batch.
+    Only the first record's media type is known up front: a file mixing images and videos then fails at the first mixed
+    batch (the collator's error) rather than before step 1.
+    """
+    import multiprocessing
+    import threading
+
+    stamp = _stamp(path)
+    offsets, linenos, digest = index_lines(path)
+    records = RecordFile(path, kind, offsets, linenos, digest, stamp)
+    records._verdict = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                                   else None).Array("c", 4096, lock=False)
+    records._media_root = None if media_root is None else str(media_root)
+    parse, check = _PARSERS[kind], _media_check(media_root)
+    if len(offsets):
+        with open(path, "rb") as f:  # the first record's media type, which the trainer looks at before step 1
+            f.seek(offsets[0])
+            where = records.where(0)
+            try:
+                records.media_types[parse(decode_line(decode_bytes(f.readline(), where), where), where).media_type] \
+                    = where
+            except RecordError as exc:
+                raise exc from None
+
+    def run() -> None:
+        id_hashes = array("Q")
+        try:
+            for lineno, _, raw in iter_raw_lines(path):
+                where = f"{path}:{lineno}"
+                text = decode_bytes(raw, where)
+                if not text.strip():
+                    continue
+                rec = parse(decode_line(text, where), where, check)
+                if kind == "pair":
+                    id_hashes.append(_id_hash(rec.id))
+            if len(id_hashes if kind == "pair" else records) != len(records):
+                raise RecordError(f"{path}: {len(id_hashes)} records validated but {len(records)} lines indexed "
+                                  "(a line of Unicode spaces only?)")
+            if kind == "pair":
+                own = RecordFile(path, kind, offsets, linenos, digest, stamp)  # its own file handle
+                for later, first, rid in _repeated_ids(own, id_hashes)[:1]:
+                    raise _fail(own.where(later), "id", f"{_short(rid)} is already the id of {own.where(first)}; "
+                                "ids must be unique")
+                own.close()
+        except Exception as exc:  # RecordError, or the file changing under it: the run must stop, naming why
+            records._verdict.value = str(exc).encode("utf-8")[:4000]
+            log.error("%s", exc)
+
+    # A forked process, not a thread: a thread validating in Python would take the GIL from every Python op of the
+    # training step (measured: step 1 came 4 s later on 848k pairs); the process uses another core instead.
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods:
+        records._validator = multiprocessing.get_context("fork").Process(target=run, name="mmpo-validate", daemon=True)
+    else:
+        records._validator = threading.Thread(target=run, name="mmpo-validate", daemon=True)
+    records._validator.start()
+    return records
+
+
 def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | None = None,
-                 on_bad: str = "error") -> tuple[RecordFile, list[str]]:
+                 on_bad: str = "error", background: bool | None = None) -> tuple[RecordFile, list[str]]:
     """Validate a record file in one streaming pass, keeping only where its good records are.
 
     Every line is decoded and validated up front, so a bad line fails before training starts, naming its
@@ -600,6 +729,12 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
         (records, skipped): a lazy `RecordFile` over the good lines (with the file's `digest`), and one
         "file:line: reason" string per skipped line.
     """
+    if background is None:  # big pair files in error mode: step 1 need not wait for every line's validation
+        background = on_bad == "error" and kind == "pair" and os.path.getsize(path) >= BACKGROUND_MIN_BYTES
+    if background:
+        if on_bad != "error":
+            raise ValueError("background validation needs on_bad='error' (a skip must be counted before use)")
+        return validate_in_background(path, kind, media_root), []
     parse, check = _PARSERS[kind], _media_check(media_root)
     hasher, offsets, linenos, id_hashes = hashlib.sha256(), array("q"), array("q"), array("Q")
     skipped: list[str] = []
@@ -632,8 +767,30 @@ def scan_records(path: str | Path, kind: str = "pair", media_root: str | Path | 
     return records, skipped
 
 
+def is_own_jsonl(path: str | Path) -> bool:
+    """Whether `path` is an mmpo record file (JSONL with `media` and `media_type`), not a set in another layout
+    (a LLaVA conversation JSON, a LLaMA-Factory file, a parquet snapshot folder: see `mmpo.formats`)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix in (".json", ".parquet", ".arrow"):
+        return not path.exists()  # a missing path: let the usual reader say so
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    first = json.loads(raw.decode("utf-8-sig"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    return True  # mmpo's reader names the bad line
+                return not isinstance(first, dict) or "media_type" in first or "conversations" not in first and \
+                    "messages" not in first and "chosen_messages" not in first and "prompt" not in first
+    return True
+
+
 def _read_all(path: str | Path, kind: str, media_root: str | Path | None) -> list:
-    records, _ = scan_records(path, kind, media_root)
+    if not is_own_jsonl(path):  # the builders' inputs in the layouts people have, media read in place
+        from mmpo.formats import read_in_place
+
+        return read_in_place(path, kind, media_root)
+    records, _ = scan_records(path, kind, media_root, background=False)
     try:
         return list(records)
     finally:
@@ -652,7 +809,12 @@ def read_pairs(path: str | Path, media_root: str | Path | None = None) -> list[P
 
 
 def read_sft(path: str | Path, media_root: str | Path | None = None) -> list[SFTRecord]:
-    """Read and validate a whole SFT file into memory (see `read_pairs`; SFT ids may repeat)."""
+    """Read and validate a whole SFT file into memory (see `read_pairs`; SFT ids may repeat).
+
+    Also reads SFT sets in other layouts (LLaVA conversation JSON such as llava_v1_5_mix665k.json,
+    LLaVA-Video-178K / ShareGPT4Video, LLaMA-Factory `messages` + images): one sample per answer, media paths
+    as written (relative to the media root); rows that are no samples are logged, named and counted.
+    """
     return _read_all(path, "sft", media_root)
 
 
@@ -672,14 +834,30 @@ def write_jsonl(path: str | Path, records: Iterable[Any], append: bool = False) 
     return n
 
 
+def _trl_content(r: PairRecord) -> str | list[dict]:
+    """The user message's content for TRL: the prompt as a string when the media go before it (TRL puts one image
+    part per image first), typed parts when the prompt places its images with `<image>` markers."""
+    marker = "<image>" if r.media_type == "image" else "<video>"
+    if marker not in r.prompt:
+        return r.prompt
+    parts: list[dict] = []
+    for k, text in enumerate(r.prompt.split(marker)):
+        if k:
+            parts.append({"type": "image"})
+        if text:
+            parts.append({"type": "text", "text": text})
+    return parts
+
+
 def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[dict]:
     """Rows in TRL's conversational vision-preference layout: prompt / chosen / rejected / images (+ id).
 
     The prompt is one user message and each answer one assistant message, so TRL's DPOTrainer renders them with
     the model's own chat template and inserts one image placeholder per entry of `images` (absolute paths;
-    `to_trl_dataset` decodes them). Video pairs keep their clip paths under `images` too: TRL 1.16 has no video
-    collator, and that column name makes it skip its text-only preprocessing, so a custom `data_collator` can
-    load the clips (benchmarks/train_vs_trl.py has one).
+    `to_trl_dataset` decodes them), all before the text; a prompt with `<image>` markers (several images placed
+    in the text) becomes typed content parts, an image part at each marker. Video pairs keep their clip paths
+    under `images` too: TRL 1.16 has no video collator, and that column name makes it skip its text-only
+    preprocessing, so a custom `data_collator` can load the clips (benchmarks/train_vs_trl.py has one).
 
     Args:
         records: pairs whose preference is in the text (chosen != rejected on the same media).
@@ -698,7 +876,7 @@ def to_trl_rows(records: Iterable[PairRecord], media_root: str | Path) -> list[d
             raise ValueError(f"pair {r.id}: its rejection is in the media (rejected_media / rejected_bag); "
                              "TRL's DPO trainer uses one media item for both answers, so it cannot train on it")
         rows.append({
-            "prompt": [{"role": "user", "content": r.prompt}],
+            "prompt": [{"role": "user", "content": _trl_content(r)}],
             "chosen": [{"role": "assistant", "content": r.chosen}],
             "rejected": [{"role": "assistant", "content": r.rejected}],
             "images": [str(resolve_media(media_root, m)) for m in r.media],

@@ -134,6 +134,8 @@ def resolve_media_root(cfg: TrainConfig) -> str:
     """The training data's media root: data.media_root > the data's manifest.json > the data file's folder."""
     from mmpo.records import default_media_root  # the one rule shared with builders and schedules
 
+    if cfg.data.format != "mmpo":  # a set in another layout: its rows' media are written into the run folder
+        return str(Path(cfg.output_dir).resolve() / "data")
     return str(default_media_root(cfg.data.train, cfg.data.media_root))
 
 
@@ -260,7 +262,13 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     # Data: records are validated on read (file:line:field errors, or counted skips).
     sft = cfg.stage == "sft"
     media_root = resolve_media_root(cfg)
-    records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
+    if cfg.data.format != "mmpo":  # validated before step 1, each row converted when a batch reads it
+        from mmpo.formats import read_source_records
+
+        records, skipped = read_source_records(cfg.data.format, cfg.data.train, media_root, "sft" if sft else "pair",
+                                               cfg.data.on_bad_record, cfg.data.media_root or None)
+    else:
+        records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
     if not records:
         raise ValueError(f"{cfg.data.train}: no usable records ({len(skipped)} skipped)")
     if len(records.media_types) > 1 and cfg.batch_size > 1:  # a shuffled mix would fail at a random step
@@ -393,6 +401,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     logger.close()
     skips.merge(gather_objects(skips.state(), world))
     check_finite_parameters(model, "final weights", procs)
+    getattr(records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
     save_final(model, processor, run_dir, procs)
     if is_main:
         summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),

@@ -32,8 +32,8 @@ from mmpo.cli import main
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = ("make ", "accelerate launch", "torchrun ", "mmpo demo")
 # the order a user follows: what a command reads exists before it runs
-STAGES = ("mmpo make-model", "mmpo make-data", "mmpo eval pope-build", "mmpo build augment", "mmpo build difficulty",
-          "mmpo build self_qa", "mmpo train", "mmpo eval", "mmpo validate")
+STAGES = ("mmpo make-model", "mmpo make-data", "mmpo data convert", "mmpo eval pope-build", "mmpo build augment",
+          "mmpo build difficulty", "mmpo build self_qa", "mmpo train", "mmpo eval", "mmpo validate", "mmpo data export")
 
 
 def readme_commands() -> list[str]:
@@ -172,6 +172,8 @@ def _provide(sandbox: Path, command: str) -> None:
     for name, make in layouts.items():  # the configs name these folders, so look for the benchmark in the command
         if f"mmpo eval {name} " in command:
             make(sandbox)
+    if ("mmpo data " in command or "format:" in command) and not (sandbox / "data/rlaif-v-dataset").exists():
+        shutil.copytree(REPO / "tests/fixtures/datasets", sandbox / "data", dirs_exist_ok=True)  # the formats' samples
     if "model.adapter=runs/dadpo_image/adapter" in command:
         assert (sandbox / "runs/dadpo_image/adapter").is_dir()  # made by the dadpo_image command before it
 
