@@ -11,8 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from eval import amber, chair, eventhallusion, pope, pope_build, pope_metrics, videohallucer_metrics
-from mmpo.config import load
+from eval import amber, chair, eventhallusion, pope, pope_build, pope_metrics, sharding, videohallucer_metrics
+from mmpo.config import load, to_dict
+from mmpo.metrics import Trackers, check_trackers, flatten
+from mmpo.model_card import append_eval_results
 
 
 def _print_metrics(metrics: dict, out: str | None) -> None:
@@ -38,7 +40,25 @@ def _run_config(name: str, a: argparse.Namespace) -> tuple[object, dict]:
 
     evaluator = EVALUATORS[name]
     cfg = load(evaluator.config, a.config, a.overrides)
-    return cfg, evaluator.run(cfg)
+    check_trackers(cfg.report_to, f"{a.config}: report_to")  # a missing tracker package fails before answering
+    metrics = sharding.run(evaluator.run, cfg)  # one process, or this rank's share of N (eval/sharding.py)
+    if metrics is None:  # another rank of an N-process run: the main one scores, reports and prints
+        raise SystemExit(0)
+    publish(name, cfg, metrics)
+    return cfg, metrics
+
+
+def publish(name: str, cfg, metrics: dict) -> None:
+    """The metrics to the configured trackers, and to the model card of the evaluated adapter (or mmpo model)."""
+    numbers = {k.replace(".", "/"): v for k, v in flatten(metrics).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    trackers = Trackers(cfg.report_to, cfg.out_dir, run_name=f"eval-{name}-{Path(cfg.out_dir).name}",
+                        config={"benchmark": name, **to_dict(cfg)})
+    trackers.log({f"{name}/{k}": v for k, v in numbers.items()}, step=0)
+    trackers.finish()
+    card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
+    if card is not None:
+        print(f"results added to the model card {card}")
 
 
 def cli_pope(args: list[str]) -> int:
