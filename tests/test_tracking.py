@@ -114,10 +114,10 @@ def test_the_saved_adapter_has_a_model_card_naming_base_model_data_and_results(t
 
 
 def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monkeypatch):
+    from helpers import COLORS, color_image, color_question
     from huggingface_hub import ModelCard
 
     from eval import cli as eval_cli
-    from helpers import COLORS, color_image, color_question
 
     run, tmp = trained
     (tmp / "img").mkdir()
@@ -158,3 +158,32 @@ def test_a_tracker_whose_package_is_missing_is_an_error_naming_the_extra(tmp_pat
         pytest.skip("trackio and swanlab are both installed")
     with pytest.raises(ConfigError, match=rf"pip install 'mmpo\[{missing[0]}\]'"):
         MetricLogger(tmp_path, [missing[0]])
+
+
+@pytest.mark.slow
+def test_under_two_processes_only_the_main_one_reports(tmp_path, monkeypatch):
+    """DDP with 2 gloo processes: one MLflow run (the main process's), holding the points of metrics.jsonl."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    pairs = toy_pairs(tmp_path / "data")
+    launcher = Path(sys.executable).parent / "accelerate"
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmpo", "train",
+           f"model.path={tiny_model('llava', tmp_path)}", f"data.train={pairs}", f"output_dir={tmp_path / 'run'}",
+           "progress=false", "lora.r=4", "batch_size=2", "max_steps=2", "report_to=[tensorboard,mlflow]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MLFLOW_ALLOW_FILE_STORE": "true",
+           "MLFLOW_TRACKING_URI": f"file:{tmp_path / 'mlruns'}"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"file:{tmp_path / 'mlruns'}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "mmpo"]
+    (mlrun,) = client.search_runs([exp.experiment_id])
+    ml = [(m.step, key, m.value) for key in mlrun.data.metrics for m in client.get_metric_history(mlrun.info.run_id, key)]
+    assert sorted(ml) == sorted(_jsonl_points(tmp_path / "run"))
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
