@@ -13,6 +13,8 @@ that answers questions, `eval.predictions.answer_missing`, which:
    removes the rank files and records `world_size` and each rank's `shares` in run.json,
 5. and lets the other ranks go (`NotMainRank`): the main rank alone scores and writes the reports, so the
    answer files and metrics are those of one process.
+
+Only `run` turns this on: a runner that one rank of a training job calls (the others not) stays one process.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ class NotMainRank(Exception):
     """Raised on ranks other than 0 once their answers are gathered: the main rank scores and writes alone."""
 
 
+_SHARDED = {"on": False}  # set by `run` only: a runner called by one rank of a training job stays one process
+
+
 def rank_world() -> tuple[int, int]:
-    """(rank, world size) of the process group, (0, 1) outside one."""
-    if dist.is_available() and dist.is_initialized():
+    """(rank, world size) of the evaluation's process group; (0, 1) outside `run` or outside a group."""
+    if _SHARDED["on"] and dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
@@ -60,10 +65,12 @@ def run(evaluate: Callable, cfg) -> dict | None:
     from mmpo.distributed import start_processes
 
     start_processes("ddp")  # one process: nothing to join
+    _SHARDED["on"] = True
     try:
         return evaluate(cfg)
     except NotMainRank:
         return None
     finally:
+        _SHARDED["on"] = False
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
