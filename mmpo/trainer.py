@@ -53,7 +53,7 @@ from mmpo.distributed import (
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import pair_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, requires_of
-from mmpo.metrics import MetricLogger
+from mmpo.metrics import MetricLogger, check_trackers
 from mmpo.model_card import data_facts, write_model_card
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
@@ -238,6 +238,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
+    check_trackers(cfg.report_to)  # a missing tracker package stops every rank before any loading
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
     if model is None:
         model, processor = load_policy(cfg, procs)

@@ -158,6 +158,9 @@ def test_a_tracker_whose_package_is_missing_is_an_error_naming_the_extra(tmp_pat
         pytest.skip("trackio and swanlab are both installed")
     with pytest.raises(ConfigError, match=rf"pip install 'mmpo\[{missing[0]}\]'"):
         MetricLogger(tmp_path, [missing[0]])
+    cfg = load(TrainConfig, None, [f"output_dir={tmp_path / 'run'}", f"report_to=[{missing[0]}]"])
+    with pytest.raises(ConfigError, match=rf"report_to: {missing[0]} needs the '{missing[0]}' package"):
+        train(cfg)  # before the model or the data are read (neither is set here)
 
 
 @pytest.mark.slow
