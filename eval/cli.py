@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from eval import amber, chair, eventhallusion, pope, pope_build, pope_metrics, sharding, videohallucer_metrics
+from eval import amber, chair, eventhallusion, interop, pope, pope_build, pope_metrics, sharding, videohallucer_metrics
 from mmpo.config import load, to_dict
 from mmpo.metrics import Trackers, check_trackers, flatten
 from mmpo.model_card import append_eval_results
@@ -56,16 +56,46 @@ def publish(name: str, cfg, metrics: dict) -> None:
                         config={"benchmark": name, **to_dict(cfg)})
     trackers.log({f"{name}/{k}": v for k, v in numbers.items()}, step=0)
     trackers.finish()
+    if name == "pope" and "skipped_media" not in metrics:  # lmms-eval's results/samples layout, for its users
+        print(f"lmms-eval layout: {_write_pope_lmms(cfg)}")
     card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
     if card is not None:
         print(f"results added to the model card {card}")
+
+
+def _write_pope_lmms(cfg) -> Path:
+    """The finished run's answers (answers_<split>.jsonl) in lmms-eval's layout under out_dir/lmms_eval/."""
+    from eval.runner import load_pope_questions, pope_suffix
+
+    splits = load_pope_questions(cfg)
+    answers = {}
+    for split, (_, questions) in splits.items():
+        preds = pope.read_answers(Path(cfg.out_dir) / f"answers_{split}.jsonl", questions)
+        answers[split] = {str(q.question_id): (p.answer, q.prompt(pope_suffix(cfg.prompt_suffix)))
+                          for q, p in zip(questions, preds)}
+    settings = {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
+                                                                 else ""),
+                "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, settings)
+
+
+def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:
+    """An lmms-eval samples file scored as `pope_metrics.score_answers_file` scores mmpo's own answer files."""
+    questions = pope.read_questions(questions_path)
+    preds = interop.read_samples(samples_path, questions)
+    per_split = {}
+    for split in dict.fromkeys(q.split for q in questions):
+        idx = [i for i, q in enumerate(questions) if q.split == split]
+        per_split[split] = pope_metrics.score_predictions([questions[i] for i in idx], [preds[i] for i in idx], parser,
+                                                          None, questions_path)
+    return next(iter(per_split.values())) if len(per_split) == 1 else pope_metrics.aggregate(per_split)
 
 
 def cli_pope(args: list[str]) -> int:
     """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
     p = argparse.ArgumentParser(prog="mmpo eval pope")
     p.add_argument("--questions", help="question file (score an existing answers file)")
-    p.add_argument("--answers", help="answers JSONL to score")
+    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout, or an lmms-eval samples file)")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
     _config_flags(p, "pope")
@@ -77,6 +107,9 @@ def cli_pope(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
+    if interop.is_samples_file(a.answers):  # an lmms-eval samples file (eval/interop.py), detected by its fields
+        _print_metrics(_score_pope_samples(a.questions, a.answers, a.parser), a.out)
+        return 0
     _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser), a.out)
     return 0
 
