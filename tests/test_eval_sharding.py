@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,9 +71,10 @@ def _eval(root: Path, name: str, out: Path, processes: int, env: dict | None = N
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    """The answer files and metrics (everything but run.json, which records how the call ran, and the plots)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != "run.json" and p.suffix != ".png"}
+    """The answer files and metrics: everything but run.json (how the call ran), the plots, and lmms-eval's results
+    file (it records the date); lmms-eval's samples files by their names without the date."""
+    return {re.sub(r"\d{8}_\d{6}_", "", str(p.relative_to(out))): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "run.json" and p.suffix != ".png" and not p.name.endswith("_results.json")}
 
 
 @pytest.mark.slow
