@@ -50,6 +50,7 @@ class ChairEvalConfig:
     vocabulary: str = "coco"
     limit: int = 0  # first N images of `annotations` (0 = all; a ground-truth JSONL picks a subset such as 500)
     on_bad_media: str = "error"  # error | skip: leave out unreadable images (named in metrics.json)
+    report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
     mode: ClassVar[str] = "generate"  # captions are generated (no logits mode); read by eval.predictions.answer
     prefix_reuse: ClassVar[bool] = False
 

@@ -17,12 +17,16 @@ from eval import (
     eventhallusion,
     files,
     hallusionbench,
+    interop,
     pope,
     pope_build,
     pope_metrics,
+    sharding,
     videohallucer_metrics,
 )
-from mmpo.config import load
+from mmpo.config import load, to_dict
+from mmpo.metrics import Trackers, check_trackers, flatten
+from mmpo.model_card import append_eval_results
 
 
 def _print_metrics(metrics: dict, out: str | None) -> None:
@@ -54,14 +58,57 @@ def _run_config(name: str, a: argparse.Namespace) -> tuple[object, dict]:
 
     evaluator = EVALUATORS[name]
     cfg = load(evaluator.config, a.config, a.overrides)
-    return cfg, evaluator.run(cfg)
+    check_trackers(getattr(cfg, "report_to", []), f"{a.config}: report_to")  # a missing package: before answering
+    metrics = sharding.run(evaluator.run, cfg)  # one process, or this rank's share of N (eval/sharding.py)
+    if metrics is None:  # another rank of an N-process run: the main one scores, reports and prints
+        raise SystemExit(0)
+    publish(name, cfg, metrics)
+    return cfg, metrics
+
+
+def publish(name: str, cfg, metrics: dict) -> None:
+    """The metrics to the configured trackers, and to the model card of the evaluated adapter (or mmpo model)."""
+    numbers = {k.replace(".", "/"): v for k, v in flatten(metrics).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    trackers = Trackers(getattr(cfg, "report_to", []), cfg.out_dir, run_name=f"eval-{name}-{Path(cfg.out_dir).name}",
+                        config={"benchmark": name, **to_dict(cfg)})
+    trackers.log({f"{name}/{k}": v for k, v in numbers.items()}, step=0)
+    trackers.finish()
+    if name == "pope" and "skipped_media" not in metrics:  # lmms-eval's results/samples layout, for its users
+        print(f"lmms-eval layout: {_write_pope_lmms(cfg)}")
+    card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
+    if card is not None:
+        print(f"results added to the model card {card}")
+
+
+def _write_pope_lmms(cfg) -> Path:
+    """The finished run's answers (answers_<split>.jsonl) in lmms-eval's layout under out_dir/lmms_eval/."""
+    from eval.runner import load_pope_questions, pope_suffix
+
+    splits = load_pope_questions(cfg)
+    answers = {}
+    for split, (_, questions) in splits.items():
+        preds = pope.read_answers(Path(cfg.out_dir) / f"answers_{split}.jsonl", questions)
+        answers[split] = {str(q.question_id): (p.answer, q.prompt(pope_suffix(cfg.prompt_suffix)))
+                          for q, p in zip(questions, preds)}
+    settings = {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
+                                                                 else ""),
+                "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, settings)
+
+
+def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:
+    """An lmms-eval samples file scored as `pope_metrics.score_answers_file` scores mmpo's own answer files."""
+    questions = pope.read_questions(questions_path)
+    preds = interop.read_samples(samples_path, questions)
+    return {**pope_metrics._score_questions(questions, preds, parser, None, questions_path), "n_unanswered": 0}
 
 
 def cli_pope(args: list[str]) -> int:
     """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
     p = argparse.ArgumentParser(prog="mmpo eval pope")
     p.add_argument("--questions", help="question file (score an existing answers file)")
-    p.add_argument("--answers", help="answers JSONL to score")
+    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout, or an lmms-eval samples file)")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
     _unanswered_flag(p)
@@ -75,6 +122,9 @@ def cli_pope(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
+    if interop.is_samples_file(a.answers):  # an lmms-eval samples file (eval/interop.py), detected by its fields
+        _print_metrics(_score_pope_samples(a.questions, a.answers, a.parser), a.out)
+        return 0
     _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser, unanswered=a.unanswered), a.out)
     return 0
 

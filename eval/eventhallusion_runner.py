@@ -53,6 +53,7 @@ class EventHallusionEvalConfig:
     prefix_reuse: bool = True  # logits mode: encode each video + template prefix once (packed rows)
     limit: int = 0  # first N questions per split (0 = all)
     on_bad_media: str = "error"  # error | skip: leave out questions on unreadable videos (named in metrics.json)
+    report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)

@@ -49,6 +49,7 @@ class PopeEvalConfig:
     prefix_reuse: bool = True  # logits mode: encode each image + template prefix once (packed rows)
     limit: int = 0  # first N questions per split (0 = all); the training-time hook uses this
     on_bad_media: str = "error"  # error | skip: leave out questions on unreadable images (named in metrics.json)
+    report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -70,6 +71,7 @@ class VideoHallucerEvalConfig:
     prefix_reuse: bool = True  # logits mode: encode each video + template prefix once
     limit: int = 0  # first N pairs per category (0 = all)
     on_bad_media: str = "error"  # error | skip: leave out pairs with an unreadable video (named in metrics.json)
+    report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)

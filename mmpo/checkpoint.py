@@ -217,7 +217,8 @@ def has_results(run_dir: Path) -> bool:
 
 
 # Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
-RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "eval_config", "tensorboard", "data.num_workers",
+RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "eval_config", "tensorboard", "report_to",
+                "tracker_project", "run_name", "data.num_workers",
                 "allow_config_change", "output_dir", "dist_timeout_min"}
 
 

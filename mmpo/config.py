@@ -17,6 +17,15 @@ from typing import Any
 
 import yaml
 
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "trackio", "swanlab")  # experiment trackers (mmpo.metrics)
+
+
+def check_report_to(names: list[str]) -> None:
+    """report_to names only trackers mmpo knows (whether each is installed is checked when a run opens them)."""
+    unknown = [n for n in names if n not in REPORT_TO]
+    if unknown:
+        raise ConfigError(f"report_to: unknown tracker(s) {unknown}; expected some of {list(REPORT_TO)}")
+
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file and the key."""
@@ -353,7 +362,10 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N steps for resume (0 = never; the final adapter is always saved)
     eval_every: int = 0  # evaluate the policy every N steps (0 = never); `mmpo train` runs eval_config
     eval_config: str = ""  # a POPE eval YAML (configs/eval/pope_*.yaml; `limit` questions per split) for eval_every
-    tensorboard: bool = False  # also write tensorboard event files
+    report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard | wandb | mlflow | trackio | swanlab
+    tracker_project: str = "mmpo"  # the trackers' project / experiment name
+    run_name: str = ""  # the trackers' run name ("" = output_dir's folder name)
+    tensorboard: bool = False  # old key: true = report_to includes tensorboard
     progress: bool = True  # tqdm progress bar
     parallel: str = "auto"  # with several processes: ddp (replicate) | fsdp (shard, FSDP2) | auto (fsdp if launched so)
     dist_timeout_min: float = 180.0  # minutes a process waits for the others (main-only work: the eval hook)
@@ -370,6 +382,9 @@ class TrainConfig:
             raise ConfigError(f"parallel: expected auto | ddp | fsdp, got {self.parallel!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
+        if self.tensorboard and "tensorboard" not in self.report_to:
+            self.report_to = [*self.report_to, "tensorboard"]
+        check_report_to(self.report_to)
         check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
                     batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1", save_every=">= 0",
                     eval_every=">= 0", max_nonfinite_steps=">= 0", dist_timeout_min="> 0")

@@ -1,18 +1,113 @@
-"""Metric logging: one JSON line per logged step (and optional tensorboard), plus throughput and memory.
+"""Metric logging: one JSON line per logged step, the experiment trackers (`report_to`), throughput and memory.
 
 Metric names follow TRL's DPO trainer (`rewards/chosen`, `rewards/rejected`, `rewards/margins`,
 `rewards/accuracies`, `logps/chosen`, `logps/rejected`), so curves from both tools line up.
+
+Trackers (`report_to: [tensorboard, wandb, mlflow, trackio, swanlab]`) go through accelerate's tracking classes
+(`accelerate.tracking`, the ones `Accelerator(log_with=...)` uses), opened on the main process only: each gets
+the resolved config (flattened, `lora.r`), the run's facts (data counts and skips), and every row written to
+metrics.jsonl with its step. Each tracker's own settings come from its own environment variables
+(`WANDB_MODE=offline`, `WANDB_DIR`, `MLFLOW_TRACKING_URI`, ...); wandb and swanlab write under the run
+folder unless told otherwise. A tracker whose package is missing is an error naming the extra to install.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import resource
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from mmpo.config import REPORT_TO, ConfigError
+
+# report_to name -> (the module it needs, the pyproject extra that installs it)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+                    "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio"),
+                    "swanlab": ("swanlab", "swanlab")}
+
+
+def check_trackers(names: list[str], where: str = "report_to") -> None:
+    """Every name is a known tracker whose package is installed (ConfigError naming the extra otherwise)."""
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise ConfigError(f"{where}: unknown tracker {name!r}; expected some of {list(REPORT_TO)}")
+        module, extra = TRACKER_PACKAGES[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"{where}: {name} needs the {module!r} package, which is not installed: "
+                              f"pip install 'mmpo[{extra}]'")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested config dicts -> {"lora.r": 16, ...}; lists and None become strings (every tracker takes those)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value, default=str)
+    return out
+
+
+def _make_tracker(name: str, run_dir: Path, project: str, run_name: str):
+    """One accelerate tracker, its files under the run folder where the tracker keeps local files."""
+    from accelerate import tracking
+
+    if name == "tensorboard":
+        return tracking.TensorBoardTracker("tensorboard", str(run_dir))  # -> run_dir/tensorboard (as before)
+    if name == "wandb":
+        return tracking.WandBTracker(project, name=run_name, dir=os.environ.get("WANDB_DIR", str(run_dir)))
+    if name == "mlflow":
+        return tracking.MLflowTracker(experiment_name=project, run_name=run_name)
+    if name == "trackio":
+        return tracking.TrackioTracker(project, name=run_name)
+    return tracking.SwanLabTracker(project, experiment_name=run_name, logdir=str(run_dir / "swanlog"))
+
+
+class Trackers:
+    """The configured experiment trackers of one run (an empty list: nothing opened, every call a no-op)."""
+
+    def __init__(self, names: list[str], run_dir: str | Path, project: str = "mmpo", run_name: str = "",
+                 config: dict | None = None, enabled: bool = True):
+        names = list(dict.fromkeys(names)) if enabled else []
+        check_trackers(names)
+        run_dir = Path(run_dir)
+        self.trackers = []
+        if names:  # accelerate's trackers log through its logger, which needs its state; the process group (if
+            from accelerate import PartialState  # any) is already joined by mmpo, and PartialState reuses it
+
+            PartialState()
+        for name in names:
+            tracker = _make_tracker(name, run_dir, project, run_name or run_dir.resolve().name)
+            tracker.main_process_only = False  # opened on the main process only (no accelerate state needed)
+            tracker.start()
+            self.trackers.append(tracker)
+        if config:
+            self.store_config(config)
+
+    def store_config(self, config: dict) -> None:
+        """The run's settings and facts (resolved config, data counts), flattened."""
+        flat = flatten(config)
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":  # add_hparams takes no strings longer than a line; keep scalars
+                tracker.store_init_configuration({k: v for k, v in flat.items() if not isinstance(v, str)})
+            else:
+                tracker.store_init_configuration(flat)
+
+    def log(self, values: dict, step: int | None = None) -> None:
+        """Numbers (and short strings) at `step`."""
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
+
+    def finish(self) -> None:
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 def peak_memory_gb() -> float:
@@ -29,7 +124,10 @@ class MetricLogger:
     rows of an earlier run, when starting at 0) are dropped, so a resumed run logs each step exactly once.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False, enabled: bool = True, start_step: int = 0):
+    def __init__(self, run_dir: str | Path, report_to: list[str] | bool = (), enabled: bool = True, start_step: int = 0,
+                 project: str = "mmpo", run_name: str = "", config: dict | None = None):
+        if isinstance(report_to, bool):  # the old `tensorboard: bool` argument
+            report_to = ["tensorboard"] if report_to else []
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         if enabled and self.path.exists():
@@ -37,11 +135,7 @@ class MetricLogger:
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         self.sums: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
-        self.writer = None
-        if tensorboard and enabled:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.trackers = Trackers(report_to, run_dir, project, run_name, config, enabled)
         self.window_start = time.perf_counter()
         self.window_pairs = 0
         self.window_tokens = 0
@@ -64,18 +158,14 @@ class MetricLogger:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if self.writer is not None:
-                for k, v in row.items():
-                    if k != "step":
-                        self.writer.add_scalar(k, v, step)
+            self.trackers.log({k: v for k, v in row.items() if k != "step"}, step)
         self.sums.clear()
         self.counts.clear()
         self.window_start, self.window_pairs, self.window_tokens = time.perf_counter(), 0, 0
         return row
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.trackers.finish()
 
 
 def _rows(path: Path) -> list[dict]:

@@ -17,6 +17,7 @@ model/ (merged final model), rebirth/{sft.jsonl, adapter/}.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from collections import Counter
@@ -213,6 +214,10 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     if not merged_saved and is_main():
         model.save_pretrained(out / "model")
         processor.save_pretrained(out / "model")
+        from mmpo.model_card import data_facts, write_model_card
+
+        last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round
+        write_model_card(out / "model", cfg, last, data_facts(cfg.data.train, len(records), 0))
     if mr.rebirth and not finished(out / "rebirth"):
         data = rebirth_data(cfg, model, processor, records)
         del model, policy  # free the final model before the pre-DPO one is loaded

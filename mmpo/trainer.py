@@ -53,7 +53,8 @@ from mmpo.distributed import (
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import pair_logps, plain_logps
 from mmpo.losses import LossInputs, build_loss_terms, requires_of, wpo_weight
-from mmpo.metrics import MetricLogger
+from mmpo.metrics import MetricLogger, check_trackers
+from mmpo.model_card import data_facts, write_model_card
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
 
@@ -244,6 +245,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
+    check_trackers(cfg.report_to)  # a missing tracker package stops every rank before any loading
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
     if model is None:
         model, processor = load_policy(cfg, procs)
@@ -325,7 +327,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                 term.load_state_dict(state)
         log.info("resumed from %s at step %d", last, step)
 
-    logger = MetricLogger(run_dir, cfg.tensorboard, enabled=is_main, start_step=step)
+    facts = data_facts(cfg.data.train, len(records), len(skipped))  # for the trackers and the model card
+    logger = MetricLogger(run_dir, cfg.report_to, enabled=is_main, start_step=step, project=cfg.tracker_project,
+                          run_name=cfg.run_name, config={**cfgmod.to_dict(cfg), "data_facts": facts})
     loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
                          total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, world, rank)
     batches = iter(loader)
@@ -402,12 +406,13 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     skips.merge(gather_objects(skips.state(), world))
     check_finite_parameters(model, "final weights", procs)
     getattr(records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
-    save_final(model, processor, run_dir, procs)
+    saved = save_final(model, processor, run_dir, procs)
     if is_main:
         summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
                    "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s,
                    "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_model_card(saved, cfg, summary, facts)
     procs.barrier()
     return run_dir
 

@@ -10,7 +10,8 @@ a command's inputs exist: models and data first, then builders, training, evalua
 Not run here, with the reason: `make demo` (4 minutes; tests/test_demo.py runs the same pipeline in its quick
 mode), `make test` (this suite), and the multi-GPU `accelerate launch` / `torchrun` lines and the accelerate
 configs' headers (8 GPUs; tests/test_fsdp.py and tests/test_ddp.py launch the same commands with
-`--num_processes 2` on CPUs, tests/test_builders.py the `-m mmpo build` one).
+`--num_processes 2` on CPUs, tests/test_builders.py the `-m mmpo build` one, tests/test_eval_sharding.py
+`-m mmpo eval`).
 """
 
 from __future__ import annotations

@@ -87,6 +87,11 @@ def test_rounds_write_pairs_configs_merged_model_and_rebirth(world, mr_run):
         assert cfg.stage == "dpo" and cfg.max_steps == 3
         assert [(t.name, t.weight, t.params) for t in cfg.loss] == [("dpo", 1.0, {}), ("sft", 0.1, {"target": "gt"})]
         assert (out / f"round-{r}" / "adapter" / "adapter_model.safetensors").is_file()
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "model" / "README.md")  # the merged model's card (each round's adapter has one too)
+    assert card.data.library_name == "transformers" and "multi_round" in card.data.tags
+    assert ModelCard.load(out / "round-2" / "adapter" / "README.md").data.library_name == "peft"
     # rebirth: the final (merged) model's greedy answers, SFT'd into a fresh LoRA on the pre-DPO model
     final, processor = load_merged(ModelConfig(path=str(out / "model")))
     recs = read_sft(world["sft"], world["sft"].parent)

@@ -1,0 +1,156 @@
+"""POPE results in lmms-eval's layout, and lmms-eval samples files read back (`mmpo eval pope --answers`).
+
+lmms-eval (`lmms_eval/loggers/evaluation_tracker.py`, `--log_samples --output_path OUT`) writes
+`OUT/<model name, sanitized>/<date>_results.json` and one `<date>_samples_<task>.jsonl` per task. A samples line
+is the logged example after its sanitising: `doc_id`, `target`, `filtered_resps` (the answer after the task's
+filter, a list: one entry per request), `doc_hash` / `prompt_hash` / `target_hash` (sha256 hex), `input` (the
+prompt), and the task's per-sample metric values; for POPE (`lmms_eval/tasks/pope/utils.py`) each of
+`pope_accuracy`, `pope_precision`, `pope_recall`, `pope_f1_score`, `pope_yes_ratio` holds
+`{question_id, score, prediction, ground_truth}`. The results file holds `results[task]["<metric>,none"]`.
+
+`write_pope` (called by `mmpo eval pope --config` after the run) writes that layout under
+`out_dir/lmms_eval/`, its numbers computed by lmms-eval's own rules (exact "yes"/"no" match; its yes_ratio counts
+ground-truth yes, a known lmms-eval quirk, kept so the file reads as lmms-eval's would). `read_samples` turns a
+samples file (lmms-eval's, or this one) into predictions matched by `question_id`, which mmpo then scores with
+any parser, exactly as it scores its own answer files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+from eval.pope import PopePrediction, PopeQuestion
+
+POPE_TASKS = {"adversarial": "pope_adv", "popular": "pope_pop", "random": "pope_random"}  # lmms-eval task names
+POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()  # lmms-eval's hash_string
+
+
+def model_dir_name(path: str) -> str:
+    """lmms-eval's `model_name_sanitized` of a model path or id."""
+    return re.sub(r"[\"<>:/|\\?*\[\]]+", "__", path)
+
+
+def lmms_pope_scores(rows: list[dict]) -> dict:
+    """lmms-eval's POPE aggregation (`pope_aggregate_*`) over per-sample {prediction, ground_truth} dicts."""
+    tp = sum(r["prediction"] == "yes" and r["ground_truth"] == "yes" for r in rows)
+    fp = sum(r["prediction"] == "yes" and r["ground_truth"] == "no" for r in rows)
+    fn = sum(r["prediction"] == "no" and r["ground_truth"] == "yes" for r in rows)
+    precision = tp / (tp + fp) if tp + fp else 0
+    recall = tp / (tp + fn) if tp + fn else 0
+    yes = sum(r["ground_truth"] == "yes" for r in rows)
+    return {"pope_accuracy": sum(r["prediction"] == r["ground_truth"] for r in rows) / len(rows) if rows else 0,
+            "pope_precision": precision, "pope_recall": recall,
+            "pope_f1_score": 2 * precision * recall / (precision + recall) if precision + recall else 0,
+            "pope_yes_ratio": yes / len(rows) if rows else 0}
+
+
+def _sample(i: int, q: PopeQuestion, answer: str, prompt: str) -> dict:
+    pred, gt = answer.lower().strip(), (q.label or "").lower().strip()
+    per = {"question_id": q.question_id, "score": 1.0 if pred == gt else 0.0, "prediction": pred, "ground_truth": gt}
+    doc = {"question_id": q.question_id, "question": q.text, "answer": gt, "image_source": Path(q.image).stem,
+           "category": q.split}
+    return {"doc_id": i, "target": gt, "filtered_resps": [answer],
+            "doc_hash": _hash(json.dumps(doc, indent=2, ensure_ascii=False)), "prompt_hash": _hash(prompt),
+            "target_hash": _hash(gt), "input": prompt, **{m: per for m in POPE_METRICS}}
+
+
+def write_pope(out_dir: str | Path, model_path: str, splits: dict, answers: dict, settings: dict) -> Path:
+    """Write `out_dir/lmms_eval/<model>/<date>_results.json` and a samples file per split.
+
+    Args:
+        out_dir: the evaluation's folder.
+        model_path: the evaluated model (named as lmms-eval names it).
+        splits: {split: (question file, questions)}.
+        answers: {split: {question_id (str): (answer text, prompt)}}.
+        settings: recorded under "config" (model_args, generation settings).
+
+    Returns:
+        the results file.
+    """
+    folder = Path(out_dir) / "lmms_eval" / model_dir_name(model_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    date_id = time.strftime("%Y%m%d_%H%M%S")
+    results, n_samples = {}, {}
+    for split, (_, questions) in splits.items():
+        task = POPE_TASKS.get(split, f"pope_{split}")
+        samples = [_sample(i, q, *answers[split][str(q.question_id)]) for i, q in enumerate(questions)]
+        (folder / f"{date_id}_samples_{task}.jsonl").write_text(
+            "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+        scores = lmms_pope_scores([s["pope_accuracy"] for s in samples])
+        results[task] = {"alias": task, **{f"{m},none": v for m, v in scores.items()},
+                         **{f"{m}_stderr,none": "N/A" for m in scores}}
+        n_samples[task] = {"original": len(samples), "effective": len(samples)}
+    body = {"results": results, "versions": dict.fromkeys(results, "Yaml"), "n-shot": dict.fromkeys(results, 0),
+            "higher_is_better": {t: dict.fromkeys(POPE_METRICS, True) for t in results}, "n-samples": n_samples,
+            "config": {"model": "mmpo", **settings}, "date": time.time(),
+            "mmpo_note": "written by mmpo; values by lmms-eval's POPE rules (pope_yes_ratio counts ground truth)"}
+    path = folder / f"{date_id}_results.json"
+    path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def is_samples_file(path: str | Path) -> bool:
+    """An lmms-eval samples JSONL: its first record has `doc_id` and `filtered_resps` (or `resps`)."""
+    path = Path(path)
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+    try:
+        rec = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(rec, dict) and "doc_id" in rec and ("filtered_resps" in rec or "resps" in rec)
+
+
+def _first_text(value, where: str) -> str:
+    """The response string inside lmms-eval's (possibly nested) response lists."""
+    while isinstance(value, list) and value:
+        value = value[0]
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field 'filtered_resps': expected a response string, got {value!r}")
+    return value
+
+
+def read_samples(path: str | Path, questions: list[PopeQuestion]) -> list[PopePrediction]:
+    """Predictions from an lmms-eval POPE samples file, matched to `questions` by question_id.
+
+    The id comes from the sample's `pope_accuracy` entry (or its `doc`, where a version keeps it); the answer is the
+    first filtered response (lmms-eval's filter "none" keeps the raw text).
+
+    Raises:
+        ValueError: naming file:line for a record without an id or a response, an id answered twice or not in the
+            question file, and the questions left without an answer.
+    """
+    path = Path(path)
+    wanted = {str(q.question_id) for q in questions}
+    found: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{where}: invalid JSON") from None
+        qid = (rec.get("pope_accuracy") or {}).get("question_id", (rec.get("doc") or {}).get("question_id"))
+        if qid is None:
+            raise ValueError(f"{where}: no question_id (expected in 'pope_accuracy' or 'doc'): not a POPE samples file?")
+        qid = str(qid)
+        if qid in found:
+            raise ValueError(f"{where}: question_id {qid!r} answered twice")
+        if qid not in wanted:
+            raise ValueError(f"{where}: question_id {qid!r} is not in the question file")
+        found[qid] = _first_text(rec.get("filtered_resps", rec.get("resps")), where)
+    missing = [q.question_id for q in questions if str(q.question_id) not in found]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} questions have no answer (first ids: {missing[:5]})")
+    return [PopePrediction(q.question_id, found[str(q.question_id)], q.split) for q in questions]

@@ -1,0 +1,82 @@
+"""lmms-eval's results/samples layout (eval/interop.py): `mmpo eval pope --config` writes it, and
+`mmpo eval pope --answers` reads lmms-eval samples files, scoring them exactly as mmpo's own answer files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import COLORS, color_image, color_question, tiny_model
+
+from eval import cli as eval_cli
+from eval import pope, pope_metrics
+
+
+@pytest.fixture(scope="module")
+def pope_run(tmp_path_factory):
+    """A tiny llava's generated (free-text, so tricky) answers to 8 POPE questions, written by `mmpo eval pope`."""
+    root = tmp_path_factory.mktemp("interop")
+    (root / "img").mkdir()
+    lines = []
+    for i, c in enumerate(COLORS):
+        color_image(c, seed=i).save(root / "img" / f"{c}.png")
+        lines += [{"question_id": 2 * i + j + 1, "image": f"{c}.png", "text": color_question(o),
+                   "label": "yes" if o == c else "no"} for j, o in enumerate((c, COLORS[(i + 1) % 4]))]
+    (root / "coco_pope_random.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (root / "pope.yaml").write_text(f"questions: [{root / 'coco_pope_random.json'}]\nimage_root: {root / 'img'}\n"
+                                    "mode: generate\nmax_new_tokens: 3\nbatch_size: 4\n")
+    assert eval_cli.cli_pope(["--config", str(root / "pope.yaml"), f"model.path={tiny_model('llava', root)}",
+                              "model.device=cpu", f"out_dir={root / 'out'}"]) == 0
+    return root
+
+
+def test_the_run_writes_lmms_eval_results_and_samples_by_its_rules(pope_run):
+    (folder,) = (pope_run / "out" / "lmms_eval").iterdir()
+    assert folder.name.endswith("llava-0")  # lmms-eval's sanitized model name ("/" -> "__")
+    (results,) = folder.glob("*_results.json")
+    (samples,) = folder.glob("*_samples_pope_random.jsonl")
+    assert results.name.removesuffix("_results.json") == samples.name.removesuffix("_samples_pope_random.jsonl")
+    questions = pope.read_questions(pope_run / "coco_pope_random.json")
+    answers = pope.read_answers(pope_run / "out" / "answers_random.jsonl", questions)
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert [r["filtered_resps"] for r in rows] == [[a.answer] for a in answers]
+    assert {"doc_id", "target", "doc_hash", "prompt_hash", "target_hash", "input", "pope_f1_score"} <= rows[0].keys()
+    # lmms-eval's rule: exact "yes"/"no" after lower() and strip(); its yes_ratio counts ground-truth yes
+    exact = [a.answer.lower().strip() == q.label for q, a in zip(questions, answers)]
+    scores = json.loads(results.read_text())["results"]["pope_random"]
+    assert scores["pope_accuracy,none"] == sum(exact) / len(exact)
+    assert scores["pope_yes_ratio,none"] == 0.5
+
+
+@pytest.mark.parametrize("parser", sorted(pope.PARSERS))
+def test_a_samples_file_scores_as_the_same_answers_in_mmpos_layout(pope_run, parser, tmp_path):
+    (samples,) = (pope_run / "out" / "lmms_eval").glob("*/*_samples_pope_random.jsonl")
+    questions = str(pope_run / "coco_pope_random.json")
+    own = pope_metrics.score_answers_file(questions, pope_run / "out" / "answers_random.jsonl", parser)
+    out = tmp_path / "m.json"
+    assert eval_cli.cli_pope(["--questions", questions, "--answers", str(samples), "--parser", parser,
+                              "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == json.loads(json.dumps(own))
+
+
+def test_samples_as_other_lmms_eval_versions_write_them(pope_run, tmp_path):
+    """Responses nested one list deeper (per request), the id only in `doc`, lines in another order."""
+    questions = pope.read_questions(pope_run / "coco_pope_random.json")
+    texts = ["Yes.", "no", "There is no square.", "yes", "NO", "Yes, there is", "", "no"]
+    rows = [{"doc_id": i, "doc": {"question_id": q.question_id, "question": q.text}, "target": q.label,
+             "resps": [[t]], "filtered_resps": [[t]]} for i, (q, t) in enumerate(zip(questions, texts))]
+    samples = tmp_path / "20260101_000000_samples_pope_random.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    answers = tmp_path / "answers.jsonl"
+    pope.write_answers(answers, [pope.PopePrediction(q.question_id, t) for q, t in zip(questions, texts)])
+    for parser in pope.PARSERS:
+        assert (eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(samples), parser)
+                == pope_metrics.score_answers_file(pope_run / "coco_pope_random.json", answers, parser))
+
+
+def test_a_sample_without_a_question_id_is_an_error_naming_the_line(pope_run, tmp_path):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"doc_id": 0, "filtered_resps": ["yes"], "pope_accuracy": {"question_id": 1}})
+                       + "\n" + json.dumps({"doc_id": 1, "filtered_resps": ["no"]}) + "\n")
+    with pytest.raises(ValueError, match=rf"{samples}:2: no question_id"):
+        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(samples), "official")
