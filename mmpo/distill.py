@@ -18,7 +18,7 @@ from mmpo.distributed import start_processes
 from mmpo.logprobs import answer_logits, pair_logps, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl
 from mmpo.models import load_model
-from mmpo.records import default_media_root, read_sft
+from mmpo.records import default_media_root, scan_records
 from mmpo.schedules import derived_config, finished, seed_for
 from mmpo.trainer import train
 
@@ -79,8 +79,15 @@ def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc
     from mmpo.batches import SFTCollator
 
     media_root = str(default_media_root(data, cfg.data.media_root))
-    first = read_sft(data, media_root)[:1]
-    a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first).prompt for p in (student_proc, teacher_proc))
+    records, _ = scan_records(data, "sft", media_root, cfg.data.on_bad_record)  # skips as the training will
+    collators = [SFTCollator(p, media_root, cfg.model.num_frames, on_bad=cfg.data.on_bad_record)
+                 for p in (student_proc, teacher_proc)]
+    # the first record whose media decode (with on_bad_record=skip a corrupt one is passed over, as train does)
+    first = next((r for r in records if collators[0]([r]).ids), None)
+    records.close()
+    if first is None:
+        return  # nothing usable: the stage's own read reports it
+    a, b = (c([first]).prompt for c in collators)
     same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
     if not same:
         raise ConfigError(f"teacher {cfg.distill.teacher.path!r} and student {cfg.model.path!r} processors encode "

@@ -27,7 +27,7 @@ from mmpo import config as cfgmod
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, TrainConfig
 from mmpo.distributed import start_processes
-from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_manifest
+from mmpo.records import PairRecord, SFTRecord, pair_id, write_manifest
 from mmpo.schedules import (
     derived_config,
     finished,
@@ -36,6 +36,7 @@ from mmpo.schedules import (
     is_main,
     is_sharded,
     load_merged,
+    read_prompts,
     seed_for,
     write_atomic,
 )
@@ -137,9 +138,11 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
     if path.is_file():
         return path
     mr = cfg.multi_round
+    skipped: list[str] = []
     samples = generate_for(model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=mr.num_samples, temperature=mr.temperature,
-                           max_new_tokens=mr.max_new_tokens, seed=seed_for(cfg.seed, "round", round_no))
+                           max_new_tokens=mr.max_new_tokens, seed=seed_for(cfg.seed, "round", round_no),
+                           on_bad=cfg.data.on_bad_record, skipped=skipped)
     pairs = unique_pairs([p for rec, s in zip(records, samples)
                           if (p := rank_pair(rec, s, scorer, mr.min_gap, mr.gt_fallback)) is not None])
     if not pairs:
@@ -148,9 +151,10 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
                          "lower min_gap or enable gt_fallback")
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_main():
-        write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs),
+        write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs), "skipped": len(skipped),
                                      "chosen_is_gt": sum(p.meta["chosen_is_gt"] for p in pairs)},
-                       cfgmod.to_dict(mr), cfg.seed, media_root=resolve_media_root(cfg), round=round_no)
+                       cfgmod.to_dict(mr), cfg.seed, [{"reason": s} for s in skipped],
+                       media_root=resolve_media_root(cfg), round=round_no)
     write_atomic(path, pairs)
     return path
 
@@ -190,7 +194,9 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     out, mr = Path(cfg.output_dir), cfg.multi_round
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
     check_rerun(cfg, out, procs)
-    records = read_sft(cfg.data.train, resolve_media_root(cfg))
+    records, _ = read_prompts(cfg, resolve_media_root(cfg))  # bad lines: error, or skipped as train skips them
+    if not records:
+        raise ValueError(f"{cfg.data.train}: no usable prompts (every line was skipped)")
     rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
     start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))
     merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
@@ -230,11 +236,15 @@ def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTReco
         return data
     answers = generate_for(final_model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=1, temperature=0.0,
-                           max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed)
+                           max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed,
+                           on_bad=cfg.data.on_bad_record)
     sft = [SFTRecord(r.id, r.media, r.media_type, r.prompt, a[0], {"gt": r.answer})
-           for r, a in zip(records, answers) if a[0].strip()]
+           for r, a in zip(records, answers) if a and a[0].strip()]
     if not sft:
-        raise ValueError("rebirth: the final model gave only empty answers")
+        raise ValueError(f"rebirth: the final model gave only empty answers to the {len(records)} prompts of "
+                         f"{cfg.data.train}, so there is nothing to tune on; the rounds' results are kept in "
+                         f"{cfg.output_dir} (model/, round-*/adapter): rerun with multi_round.rebirth=false to finish "
+                         "without rebirth, or raise multi_round.max_new_tokens")
     data.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(data, sft)
     return data
