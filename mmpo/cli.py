@@ -94,9 +94,15 @@ def cmd_build(args) -> int:
 
     if args.name not in BUILDERS:
         raise ValueError(f"unknown builder {args.name!r}; choose from {sorted(BUILDERS)}")
+    from data_builders.summary import empty_reason, read_manifest, summary_line
+
     config_cls, build = BUILDERS[args.name]
     out = build(load(config_cls, args.config, args.overrides))
-    print(f"pairs written to {out}")
+    manifest = read_manifest(out)
+    print(f"{args.name}: {summary_line(manifest)}; written to {out}")
+    reason = empty_reason(manifest)
+    if reason:
+        raise ValueError(f"{args.name} wrote no pair to {out}: {reason}")
     return 0
 
 

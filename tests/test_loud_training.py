@@ -64,3 +64,34 @@ def test_rebirth_with_only_empty_answers_says_how_to_finish(world, tmp_path):
     model, processor = load_merged(cfg.model)
     with pytest.raises(ValueError, match=r"only empty answers.*multi_round\.rebirth=false"):
         rebirth_data(cfg, model, processor, read_sft(data))
+
+
+def test_a_build_that_writes_no_pair_fails_naming_why(world, tmp_path, capsys):
+    """A tiny random model cannot write the rubric judge's scores: every answer is judge_unparsable."""
+    from mmpo.cli import main
+
+    data = toy_sft(tmp_path / "data", n=2)
+    args = ["build", "self_qa", "--config", str(CONFIGS.parent / "build" / "self_qa_video.yaml"), f"in_sft={data}",
+            f"model.path={world['model']}", "model.num_frames=2", "model.dtype=float32", "max_new_tokens=3",
+            "judge_max_new_tokens=3", "questions_per_item=1", "temperatures=[0.5, 1.0]", "progress=false"]
+    assert main([*args, f"out_dir={tmp_path / 'judged'}"]) == 1
+    out, err = capsys.readouterr()
+    assert "self_qa: 0 pairs from 2 inputs" in out
+    assert "wrote no pair" in err and "judge_unparsable 4 of 4 answers" in err and "judge=yes_no" in err
+    # the way out it names works, and the console then says what was written
+    assert main([*args, f"out_dir={tmp_path / 'yes_no'}", "judge=yes_no", "min_gap=0"]) == 0
+    out = capsys.readouterr().out
+    assert "self_qa: " in out and " pairs from 2 inputs" in out and "written to" in out
+
+
+def test_a_build_whose_inputs_are_all_skipped_fails(tmp_path, capsys):
+    from mmpo.cli import main
+
+    data = toy_sft(tmp_path / "data", n=2)
+    for png in (tmp_path / "data" / "img").glob("*.png"):
+        png.write_bytes(b"broken")
+    assert main(["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_image.yaml"),
+                 f"in_sft={data}", f"out_dir={tmp_path / 'data' / 'aug'}", "progress=false"]) == 1
+    out, err = capsys.readouterr()
+    assert "augment: 0 pairs from 2 inputs; 2 skipped (first: img/s0.png" in out
+    assert "all 2 inputs were skipped" in err
