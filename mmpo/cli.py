@@ -77,7 +77,8 @@ def cmd_train(args) -> int:
 
     if dist.is_available() and dist.is_initialized():  # without this, gloo runs sometimes abort at exit
         dist.destroy_process_group()
-    print(f"run directory: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
+        print(f"run directory: {out}")
     return 0
 
 
@@ -317,8 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_noise()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("mmpo: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # mmpo.trainer.Interrupted says where it saved
+        said = str(exc) or ("rerunning the same command resumes from the last checkpoint, if one was saved"
+                            if args.command == "train" else "rerunning the same command resumes where it stopped")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mmpo: interrupted: {said}", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for the user; --debug for the traceback
         if args.debug:

@@ -328,11 +328,13 @@ class TrainConfig:
     shared_prefix: bool = True  # one packed forward per pair when chosen/rejected share media and prompt
     precompute_reference: bool = False  # reference log-probs computed once before training and cached
     log_every: int = 1  # log metrics every N optimizer steps
-    save_every: int = 0  # checkpoint every N steps for resume (0 = never; the final adapter is always saved)
+    save_every: int = 0  # checkpoint every N steps for resume (0 = only on interrupt; the final adapter is always saved)
+    save_total_limit: int = 0  # keep only the newest N checkpoints, deleting older ones (0 = keep all; HF's name)
+    save_on_interrupt: bool = True  # on SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption) finish the step, save, stop
     eval_every: int = 0  # evaluate the policy every N steps (0 = never); `mmpo train` runs eval_config
     eval_config: str = ""  # a POPE eval YAML (configs/eval/pope_*.yaml; `limit` questions per split) for eval_every
     tensorboard: bool = False  # also write tensorboard event files
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm bar on a terminal (piped output, or false: a loss line every ~5% of the steps)
     parallel: str = "auto"  # with several processes: ddp (replicate) | fsdp (shard, FSDP2) | auto (fsdp if launched so)
     dist_timeout_min: float = 180.0  # minutes a process waits for the others (main-only work: the eval hook)
     max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
@@ -350,6 +352,7 @@ class TrainConfig:
             raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
         check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
                     batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1", save_every=">= 0",
+                    save_total_limit=">= 0",
                     eval_every=">= 0", max_nonfinite_steps=">= 0", dist_timeout_min="> 0")
         if self.stage == "multi_round" and not self.lora.enabled:
             raise ConfigError("stage: multi_round merges a LoRA each round: set lora.enabled: true")

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import tiny_model, toy_sft
+from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo.config import TrainConfig, load
 
@@ -18,7 +18,13 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "train"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("loud")
-    return {"root": root, "model": tiny_model("llava", root)}
+    return {"root": root, "model": tiny_model("llava", root), "pairs": toy_pairs(root / "data", n=10)}
+
+
+def _cfg(world, out, *overrides):
+    return load(TrainConfig, None, [f"model.path={world['model']}", f"data.train={world['pairs']}",
+                                    f"output_dir={out}", "progress=false", "lora.r=4", "lr=5e-3",
+                                    "warmup_ratio=0", "batch_size=4", *overrides])
 
 
 def _sft_with_corrupt_image(folder: Path, n: int = 4) -> Path:
@@ -95,3 +101,114 @@ def test_a_build_whose_inputs_are_all_skipped_fails(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "augment: 0 pairs from 2 inputs; 2 skipped (first: img/s0.png" in out
     assert "all 2 inputs were skipped" in err
+
+
+def _signal_at(step_no: int, signum):
+    """An eval hook that sends this process a real signal at `step_no` (as Ctrl-C or a scheduler would)."""
+    import os
+
+    def hook(model, processor, step):
+        if step == step_no:
+            os.kill(os.getpid(), signum)
+        return {}
+    return hook
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes_exactly(world, tmp_path, signame):
+    """save_every=0 (the default): the interrupt alone keeps the work; the rerun equals an uninterrupted run."""
+    import signal
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mmpo.checkpoint import latest_checkpoint
+    from mmpo.metrics import read_metrics
+    from mmpo.trainer import Interrupted, train
+
+    train(_cfg(world, tmp_path / "whole", "max_steps=5", "lora.dropout=0.3"))
+    broken = _cfg(world, tmp_path / "broken", "max_steps=5", "lora.dropout=0.3", "eval_every=1")
+    with pytest.raises(Interrupted, match="stopped at step 3 of 5; checkpoint saved to .*step-3: rerun the same "
+                                          "command to resume"):
+        train(broken, eval_hook=_signal_at(3, getattr(signal, signame)))
+    assert latest_checkpoint(tmp_path / "broken").name == "step-3"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    train(_cfg(world, tmp_path / "broken", "max_steps=5", "lora.dropout=0.3"))
+    assert [r["step"] for r in read_metrics(tmp_path / "broken")] == [1, 2, 3, 4, 5]
+    a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "broken" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_save_total_limit_keeps_the_newest_checkpoints(world, tmp_path):
+    from mmpo.trainer import train
+
+    train(_cfg(world, tmp_path / "run", "max_steps=6", "save_every=1", "save_total_limit=2"))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-4", "step-5"]
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(world, tmp_path):
+    """The kernel's own ENOSPC: the step-4 checkpoint's state.pt is /dev/full (the only full disk a test can
+    have without mounting one); the run stops naming it, and step-2's checkpoint still resumes."""
+    import os
+
+    from mmpo.checkpoint import CheckpointWriteError, latest_checkpoint
+    from mmpo.trainer import train
+
+    if not os.path.exists("/dev/full"):
+        pytest.fail("this test needs /dev/full (Linux)")
+    run = tmp_path / "run"
+    full = tmp_path / "full_disk"
+    full.mkdir()
+    (full / "state.pt").symlink_to("/dev/full")
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".tmp-step-4").symlink_to(full)
+    with pytest.raises(CheckpointWriteError, match=r"step-4: checkpoint not saved: no space left on device.*"
+                                                   r"previous checkpoint .*step-2 is intact"):
+        train(_cfg(world, run, "max_steps=6", "save_every=2"))
+    assert latest_checkpoint(run).name == "step-2"
+    (run / "checkpoints" / ".tmp-step-4").unlink(missing_ok=True)
+    train(_cfg(world, run, "max_steps=6", "save_every=2"))  # resumes from step 2 and finishes
+    assert (run / "summary.json").is_file()
+
+
+def test_an_epoch_remainder_is_said_and_summary_has_final_loss_and_time(world, tmp_path, caplog):
+    import json
+    import logging
+
+    from mmpo.trainer import train
+
+    with caplog.at_level(logging.INFO, logger="mmpo"):
+        train(_cfg(world, tmp_path / "run", "epochs=1", "max_steps=0"))
+    assert "10 records at 4 per step: 2 steps per epoch use 8; 2 sit out each epoch" in caplog.text
+    assert "train[dpo] step 2/2 (100%): loss 0." in caplog.text  # progress=false still prints the loss
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["final_loss"] > 0 and summary["train_s"] > 0
+
+
+def test_ctrl_c_on_mmpo_train_keeps_a_checkpoint_and_says_rerun_resumes(world, tmp_path):
+    """The command a user runs, Ctrl-C'd (SIGINT) in the middle, with the default save_every=0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mmpo", "train", "--config", str(CONFIGS / "tiny_cpu.yaml"),
+           f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={out}", "max_steps=2000",
+           "batch_size=2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "SIGINT received: saving a checkpoint after this step" in err
+    assert "mmpo: interrupted: stopped at step" in err and "rerun the same command to resume" in err
+    assert (out / "checkpoints" / "latest").is_file()
