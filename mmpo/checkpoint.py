@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from mmpo.config import ConfigError, from_dict, save, to_dict
+from mmpo.config import ConfigError, from_dict, safe_load, save, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,8 @@ def check_rerun(cfg, run_dir: Path, procs) -> None:
 def _changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
     """{dotted key: (saved value, current value)} for the keys that change what a run computes."""
     try:
-        saved = to_dict(from_dict(type(cfg), yaml.safe_load(saved_path.read_text()) or {}, str(saved_path)))
+        saved = to_dict(from_dict(type(cfg), safe_load(saved_path.read_text(), str(saved_path)) or {},
+                                   str(saved_path)))
     except (ConfigError, yaml.YAMLError) as exc:  # written by another mmpo: compare as it stands
         log.warning("%s: %s", saved_path, exc)
         saved = yaml.safe_load(saved_path.read_text()) or {}

@@ -23,13 +23,30 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 model.path=DIR")
 
 
-def check_train_command(cfg) -> None:
-    """What `mmpo train` needs beyond the schema (`mmpo validate` checks it too): an evaluation for eval_every.
+def check_train_command(cfg):
+    """What `mmpo train` checks beyond the schema, run by `mmpo validate` too: eval_every needs an evaluation,
+    and the evaluation's own config must load (and, under FSDP, run in logits mode).
 
     (Python callers may pass their own `eval_hook` to `train`, so the schema itself cannot require eval_config.)
+
+    Returns:
+        The periodic evaluation's config, or None.
     """
+    from mmpo.config import ConfigError, load
+
     if cfg.eval_every and not cfg.eval_config:
-        raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+        raise ConfigError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+    if not cfg.eval_config or not Path(cfg.eval_config).is_file():
+        return None  # a missing file is check_input_files's to name
+    from eval.runner import PopeEvalConfig
+    from mmpo.distributed import will_shard
+
+    eval_cfg = load(PopeEvalConfig, cfg.eval_config)
+    if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
+        # every rank runs the hook under FSDP2, and ranks that stop generating at different lengths would
+        # wait for each other forever; logits mode runs the same forwards everywhere
+        raise ConfigError(f"{cfg.eval_config}: under FSDP the periodic evaluation runs in logits mode (mode=logits)")
+    return eval_cfg
 
 
 def check_input_files(cfg) -> None:
@@ -47,19 +64,12 @@ def cmd_train(args) -> int:
     from mmpo.config import TrainConfig, load
 
     cfg = load(TrainConfig, args.config, args.overrides)
-    check_train_command(cfg)
     check_input_files(cfg)
+    eval_cfg = check_train_command(cfg)
     hook = None
-    if cfg.eval_config:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
-        from eval.runner import PopeEvalConfig, make_pope_hook
+    if eval_cfg is not None:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
+        from eval.runner import make_pope_hook
 
-        eval_cfg = load(PopeEvalConfig, cfg.eval_config)
-        from mmpo.distributed import will_shard
-
-        if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
-            # every rank runs the hook under FSDP2, and ranks that stop generating at different lengths would
-            # wait for each other forever; logits mode runs the same forwards everywhere
-            raise ValueError(f"{cfg.eval_config}: under FSDP the periodic evaluation runs in logits mode (mode=logits)")
         hook = make_pope_hook(eval_cfg)
     if cfg.stage in ("sft", "dpo"):
         from mmpo.trainer import train
@@ -182,10 +192,10 @@ def cmd_validate(args) -> int:
             cfg = load(config_class_for(path), path)
             if isinstance(cfg, TrainConfig):
                 check_train_command(cfg)
-        except Exception as exc:  # the file's own problem: report it and go on to the next file
+        except Exception as exc:  # the file's own problems (all of them): report them and go on to the next file
             if args.debug:
                 raise
-            print(f"mmpo: error: {exc}", file=sys.stderr)
+            print_error(exc)
             failed += 1
             continue
         print(f"ok  {path}")
@@ -311,6 +321,12 @@ def quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
+def print_error(exc: BaseException) -> None:
+    """"mmpo: error: ..." on stderr, one line per problem (a ConfigError may list several)."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"mmpo: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
@@ -327,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one clear line for the user; --debug for the traceback
         if args.debug:
             raise
-        print(f"mmpo: error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
 
 

@@ -212,3 +212,72 @@ def test_ctrl_c_on_mmpo_train_keeps_a_checkpoint_and_says_rerun_resumes(world, t
     assert "SIGINT received: saving a checkpoint after this step" in err
     assert "mmpo: interrupted: stopped at step" in err and "rerun the same command to resume" in err
     assert (out / "checkpoints" / "latest").is_file()
+
+
+def test_validate_reports_every_error_train_would_raise(tmp_path, capsys):
+    """`model.dtype: bf16` was ok for validate and refused by train; now both refuse it, with every other error."""
+    from mmpo.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  dtype: bf16\n  device: gpu\nlr: -1\nbatch_size: 0\noptimizer: sgd\nnot_a_key: 1\n")
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    for expected in ["model.dtype: expected float32 | bfloat16 | float16, got 'bf16'",
+                     "model.device: expected auto | cpu | cuda | cuda:N | mps, got 'gpu'",
+                     "lr: expected >0, got -1", "batch_size: expected >=1, got 0",
+                     "optimizer: expected adamw | adamw_8bit, got 'sgd'", "unknown key(s) ['not_a_key']"]:
+        assert f"mmpo: error: {bad}: {expected}" in err, (expected, err)
+    assert main(["train", "--config", str(bad)]) == 1  # train refuses with the same lines, before any load
+    assert "model.dtype: expected float32 | bfloat16 | float16, got 'bf16'" in capsys.readouterr().err
+
+
+def test_command_line_mistakes_are_the_command_lines(tmp_path, capsys):
+    from mmpo.cli import main
+    from mmpo.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=r"^command line 'lr=abc': lr: expected a number, got 'abc'$"):
+        load(TrainConfig, CONFIGS / "tiny_cpu.yaml", ["lr=abc"])
+    assert main(["train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "lr=abc"]) == 1
+    assert "mmpo: error: command line 'lr=abc': lr: expected a number" in capsys.readouterr().err
+    # the hint's example is itself accepted
+    with pytest.raises(ConfigError, match=r"expected key=value \(e\.g\. lr=1e-5\)"):
+        load(TrainConfig, None, ["lr"])
+    load(TrainConfig, None, ["lr=1e-5"])
+    from eval.runner import PopeEvalConfig
+
+    with pytest.raises(ConfigError, match=r"e\.g\. (\w+)=VALUE"):
+        load(PopeEvalConfig, None, ["oops"])
+    # a single value for a list key is a one-item list
+    from data_builders.self_qa import SelfQAConfig
+
+    assert load(SelfQAConfig, None, ["question_kinds=what"]).question_kinds == ["what"]
+    assert load(SelfQAConfig, None, ["temperatures=0.5"]).temperatures == [0.5]
+    assert load(PopeEvalConfig, None, ["questions=data/my file.json"]).questions == ["data/my file.json"]
+
+
+def test_yaml_alias_bombs_are_refused_at_once(tmp_path, capsys):
+    """D10: nine levels of ten aliases each stand for 10^9 items under loss.params."""
+    import time
+
+    from mmpo.cli import main
+
+    levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        levels.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
+    bomb = tmp_path / "dpo_bomb.yaml"
+    bomb.write_text("loss:\n  - name: dpo\n    params:\n" + "".join(f"      {x}\n" for x in levels))
+    started = time.perf_counter()
+    assert main(["validate", str(bomb)]) == 1
+    assert main(["train", "--config", str(bomb)]) == 1
+    build = tmp_path / "build"
+    build.mkdir()
+    aug = build / "augment_bomb.yaml"
+    aug.write_text("op_params:\n" + "".join(f"  {x}\n" for x in levels))
+    assert main(["build", "augment", "--config", str(aug)]) == 1
+    assert time.perf_counter() - started < 30
+    err = capsys.readouterr().err
+    assert err.count("values through its aliases") == 3 and str(bomb) in err and str(aug) in err
+    recursive = tmp_path / "loop.yaml"
+    recursive.write_text("loss: &x\n  - name: dpo\n    params: {a: *x}\n")
+    assert main(["validate", str(recursive)]) == 1
+    assert "refers to its own anchor" in capsys.readouterr().err
