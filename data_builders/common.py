@@ -21,6 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from mmpo import folder_lock
 from mmpo.records import PairRecord, write_jsonl, write_manifest
 
 PAIRS_FILE = "pairs.jsonl"
@@ -66,7 +67,7 @@ class ResumableWriter:
 
     def __init__(self, out_dir: str | Path, pairs_file: str = PAIRS_FILE, fresh: bool = False):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        folder_lock.acquire(self.out_dir)  # one build per folder: a second is refused, naming this one
         self.pairs_path = self.out_dir / pairs_file
         self.done_path = self.out_dir / done_file(pairs_file)
         if fresh:
@@ -166,6 +167,7 @@ def finish(writer: ResumableWriter, cfg: Any, ids: list[str], media_root: Path, 
     counts["pairs"] = len(writer.pair_ids)
     write_manifest(writer.out_dir, counts, dataclasses.asdict(cfg), getattr(cfg, "seed", 0), skipped,
                    media_root=media_root, **extra)
+    folder_lock.release(writer.out_dir)  # the build is complete: the folder is free again
     return writer.out_dir
 
 

@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from mmpo import folder_lock
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
 from mmpo.distributed import start_processes
@@ -138,22 +139,23 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
     d, out = cfg.distill, Path(cfg.output_dir)
     check_vocab(cfg.model, d.teacher)
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
-    check_rerun(cfg, out, procs)
-    mimic_dir, pref_dir = out / "mimic", out / "preference"
-    if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
+    with folder_lock.run_folder(out, procs):  # one run per folder (rounds/stages lock their own too)
+        check_rerun(cfg, out, procs)
+        mimic_dir, pref_dir = out / "mimic", out / "preference"
+        if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
+            return out
+        teacher, teacher_proc = load_model(d.teacher, None, trainable=False)
+        student, processor = _student(cfg, mimic_dir)
+        if d.mimic_steps > 0 and not finished(mimic_dir):
+            _check_same_encoding(cfg, mimic_data, processor, teacher_proc)
+            mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
+                            data_train=mimic_data, data_media_root=cfg.data.media_root)
+            train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
+                  batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
+        if d.preference_steps > 0:
+            train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
+                  **preference_step(cfg, student, teacher))
         return out
-    teacher, teacher_proc = load_model(d.teacher, None, trainable=False)
-    student, processor = _student(cfg, mimic_dir)
-    if d.mimic_steps > 0 and not finished(mimic_dir):
-        _check_same_encoding(cfg, mimic_data, processor, teacher_proc)
-        mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
-                        data_train=mimic_data, data_media_root=cfg.data.media_root)
-        train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
-              batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
-    if d.preference_steps > 0:
-        train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
-              **preference_step(cfg, student, teacher))
-    return out
 
 
 def preference_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmpo import config as cfgmod
+from mmpo import folder_lock
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, TrainConfig
 from mmpo.distributed import start_processes
@@ -193,37 +194,38 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     score = _resolve_scorer(cfg, scorer)
     out, mr = Path(cfg.output_dir), cfg.multi_round
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
-    check_rerun(cfg, out, procs)
-    records, _ = read_prompts(cfg, resolve_media_root(cfg))  # bad lines: error, or skipped as train skips them
-    if not records:
-        raise ValueError(f"{cfg.data.train}: no usable prompts (every line was skipped)")
-    rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
-    start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))
-    merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
-    if start == len(rounds) and merged_saved and (not mr.rebirth or finished(out / "rebirth")):
-        return out  # everything finished before
-    # State at the start of the first unfinished round: the base with finished rounds merged in order.
-    model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:start]])
-    policy = None
-    for i in range(start, len(rounds)):
-        pairs = round_pairs(model, processor, cfg, records, i + 1, score, rounds[i] / "pairs.jsonl")
-        policy = fresh_lora(model, cfg, salt=i + 1)
-        if round_hook is not None:
-            round_hook(i + 1, policy, processor)
-        train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
-        if is_sharded(policy):  # FSDP2 split the weights over the ranks: rebuild the merged model from the adapters
-            model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:i + 1]])
-        else:
-            model = policy.merge_and_unload()  # the next round's reference
-            model.requires_grad_(False)
-    if not merged_saved and is_main():
-        model.save_pretrained(out / "model")
-        processor.save_pretrained(out / "model")
-    if mr.rebirth and not finished(out / "rebirth"):
-        data = rebirth_data(cfg, model, processor, records)
-        del model, policy  # free the final model before the pre-DPO one is loaded
-        rebirth(cfg, data)
-    return out
+    with folder_lock.run_folder(out, procs):  # one run per folder (rounds/stages lock their own too)
+        check_rerun(cfg, out, procs)
+        records, _ = read_prompts(cfg, resolve_media_root(cfg))  # bad lines: error, or skipped as train skips them
+        if not records:
+            raise ValueError(f"{cfg.data.train}: no usable prompts (every line was skipped)")
+        rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
+        start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))
+        merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
+        if start == len(rounds) and merged_saved and (not mr.rebirth or finished(out / "rebirth")):
+            return out  # everything finished before
+        # State at the start of the first unfinished round: the base with finished rounds merged in order.
+        model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:start]])
+        policy = None
+        for i in range(start, len(rounds)):
+            pairs = round_pairs(model, processor, cfg, records, i + 1, score, rounds[i] / "pairs.jsonl")
+            policy = fresh_lora(model, cfg, salt=i + 1)
+            if round_hook is not None:
+                round_hook(i + 1, policy, processor)
+            train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
+            if is_sharded(policy):  # FSDP2 split the weights over the ranks: rebuild the merged model from the adapters
+                model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:i + 1]])
+            else:
+                model = policy.merge_and_unload()  # the next round's reference
+                model.requires_grad_(False)
+        if not merged_saved and is_main():
+            model.save_pretrained(out / "model")
+            processor.save_pretrained(out / "model")
+        if mr.rebirth and not finished(out / "rebirth"):
+            data = rebirth_data(cfg, model, processor, records)
+            del model, policy  # free the final model before the pre-DPO one is loaded
+            rebirth(cfg, data)
+        return out
 
 
 def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTRecord]) -> Path:

@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
+from mmpo import folder_lock
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -237,8 +238,15 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     Returns:
         The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
     """
-    run_dir = Path(cfg.output_dir)
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
+    with folder_lock.run_folder(cfg.output_dir, procs):  # one run per folder: a second one is refused, naming this
+        return _train(cfg, procs, model, processor, reference, batch_loss, eval_hook)
+
+
+def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Callable | None,
+           batch_loss: Callable | None, eval_hook: Callable | None) -> Path:
+    """`train`'s body, run while this process holds the run folder."""
+    run_dir = Path(cfg.output_dir)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)

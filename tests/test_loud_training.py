@@ -281,3 +281,58 @@ def test_yaml_alias_bombs_are_refused_at_once(tmp_path, capsys):
     recursive.write_text("loss: &x\n  - name: dpo\n    params: {a: *x}\n")
     assert main(["validate", str(recursive)]) == 1
     assert "refers to its own anchor" in capsys.readouterr().err
+
+
+def _wait_for(path: Path, proc, rows: int = 1, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.is_file() and len(path.read_text().splitlines()) >= rows:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{path} never got {rows} rows (exit {proc.poll()}): {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_a_second_run_on_a_busy_folder_is_refused_naming_the_holder(world, tmp_path, capsys):
+    """D3: `mmpo train` twice on one output_dir, and `mmpo build augment` twice on one out_dir."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mmpo.cli import main
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "mmpo", "train", "--config", str(CONFIGS / "tiny_cpu.yaml"),
+                              f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={run}",
+                              "max_steps=2000", "batch_size=2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        _wait_for(run / "metrics.jsonl", first)
+        assert main(["train", "--config", str(CONFIGS / "tiny_cpu.yaml"), f"model.path={world['model']}",
+                     f"data.train={world['pairs']}", f"output_dir={run}", "max_steps=2000", "batch_size=2",
+                     "lr=1e-3"]) == 1
+        err = capsys.readouterr().err
+        assert f"{run} is in use by another mmpo process (pid {first.pid} on " in err and "mmpo train" in err
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == 130 and (run / "checkpoints" / "latest").is_file()  # the first run kept its work
+
+    data = toy_sft(tmp_path / "data", n=2)
+    out = tmp_path / "data" / "aug"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mmpo.folder_lock import acquire; "
+                               "acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_image.yaml"),
+                f"in_sft={data}", f"out_dir={out}", "progress=false"]
+        assert main(args) == 1
+        assert f"{out} is in use by another mmpo process (pid {holder.pid}" in capsys.readouterr().err
+        assert not (out / "pairs.jsonl").exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert main(args) == 0  # the holder is gone: the folder is free (flock ends with its process)
