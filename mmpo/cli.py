@@ -205,13 +205,23 @@ def cmd_validate(args) -> int:
 
 
 def _make_model_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", required=True, help="llava | llava_next | llava_next_video | video_llava | llava_onevision")
+    p.add_argument("--family", required=True,
+                   help="llava | llava_next | llava_next_video | video_llava | llava_onevision | clip (open_clip, "
+                        "for the builders' clip_model)")
     p.add_argument("--size", default="tiny", choices=["tiny", "7b"])
     p.add_argument("--out", required=True, help="folder to write the checkpoint into")
 
 
 def cmd_make_model(args) -> int:
-    """Write an offline random-init checkpoint (tiny for tests, 7B-shaped config for GPU benchmarks)."""
+    """Write an offline random-init checkpoint (tiny for tests, 7B-shaped config for GPU benchmarks), or a tiny CLIP."""
+    if args.family == "clip":  # the builders' CLIP: an open_clip local-dir folder (mmpo.clip), tiny only
+        if args.size != "tiny":
+            raise ValueError("--family clip makes a tiny random CLIP only; README \"A CLIP checkpoint\" says where to "
+                             "get a real one")
+        from mmpo.clip import make_tiny_clip
+
+        print(f"wrote a tiny random open_clip checkpoint to {make_tiny_clip(args.out)} (for clip_model=)")
+        return 0
     from mmpo.models import make_model_main
 
     make_model_main(args.family, args.size, args.out)
@@ -319,6 +329,44 @@ def quiet_known_noise() -> None:
     """
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # transformers' "Loading weights" / "Writing model shards" bars on every load and save: one local folder
+    # loads in seconds, and in a piped log each redraw is a line (mmpo's own bars and loss lines say the rest)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+    explain_fsdp_view_warning()
+
+
+def explain_fsdp_view_warning() -> None:
+    """torch's FSDP2 warns on every forward of every process that the wrapped PEFT model "returned a view tensor"
+    (the logits slice transformers returns). mmpo reads those logits only inside the same forward (log-probs are
+    taken before FSDP2's post-forward reshards the parameters) and never modifies them in place, which is what
+    the warning is about (an in-place change would skip FSDP2's pre-backward gather); 2-process FSDP2 runs log the
+    losses and save the adapter of the one-process run (tests/test_fsdp.py). Said once, on the main process,
+    instead of 120 times in 60 steps."""
+    said = []
+
+    def once(message, category, filename, lineno, file=None, line=None):
+        if int(os.environ.get("RANK", "0")) == 0 and not said:
+            said.append(True)
+            print("mmpo: note: torch warns that the FSDP2-wrapped model returns a view tensor; mmpo uses the logits "
+                  "within the step and never changes them in place, so it does not apply (FSDP2 runs match the "
+                  "one-process run: tests/test_fsdp.py); not shown again", file=sys.stderr)
+
+    # "always" so each one reaches `show` below, which prints the note once and drops the rest
+    warnings.filterwarnings("always", message=r"FSDP2-wrapped module .* returned a view tensor")
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "returned a view tensor" in str(message) and "FSDP2" in str(message):
+            return once(message, category, filename, lineno, file, line)
+        return previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def print_error(exc: BaseException) -> None:

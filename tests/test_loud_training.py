@@ -336,3 +336,53 @@ def test_a_second_run_on_a_busy_folder_is_refused_naming_the_holder(world, tmp_p
     finally:
         holder.communicate("", timeout=60)
     assert main(args) == 0  # the holder is gone: the folder is free (flock ends with its process)
+
+
+def _augment_args(data, out, *more):
+    return ["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_video.yaml"), f"in_sft={data}",
+            f"out_dir={out}", "progress=false", "num_candidates=1", *more]
+
+
+def test_a_shard_count_the_input_cannot_fill_is_refused_at_once(tmp_path, capsys):
+    """D1: shard=0/1000000000 was accepted and its merge ran for minutes, growing memory."""
+    import time
+
+    from mmpo.cli import main
+
+    data = toy_sft(tmp_path / "data", n=3)
+    started = time.perf_counter()
+    assert main(_augment_args(data, tmp_path / "out", "shard=0/1000000000")) == 1
+    assert "asks for more than 100,000 shards" in capsys.readouterr().err
+    assert main(_augment_args(data, tmp_path / "out", "shard=0/4")) == 1
+    assert "has 3 items in 3 block(s) of 1: use at most 3 shards" in capsys.readouterr().err
+    # shard folders made by hand for a billion shards: the merge refuses before laying them out
+    (tmp_path / "out" / "shards" / "0-of-1000000000").mkdir(parents=True)
+    assert main(_augment_args(data, tmp_path / "out", "merge=true")) == 1
+    assert "holds shards of 1,000,000,000 processes, but the input fills at most 3" in capsys.readouterr().err
+    assert time.perf_counter() - started < 30
+
+
+def test_an_input_edited_between_shards_is_refused_by_the_merge(tmp_path, capsys):
+    """D2: same id, new answer after shard 0 ran: the merge kept the old answer; now it names the shard."""
+    import json
+
+    from mmpo.cli import main
+
+    data = toy_sft(tmp_path / "data", n=4)
+    out = tmp_path / "data" / "out"
+    args = ["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_image.yaml"), f"in_sft={data}",
+            f"out_dir={out}", "progress=false"]
+    assert main([*args, "shard=0/2"]) == 0
+    rows = [json.loads(x) for x in data.read_text().splitlines()]
+    rows[0]["answer"] = "a new answer"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main([*args, "shard=1/2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "merge=true"]) == 1
+    err = capsys.readouterr().err
+    assert "shard 0/2 was built from another version of" in err and "fresh=true" in err
+    assert not (out / "pairs.jsonl").exists()
+    assert main([*args, "shard=0/2"]) == 1  # resuming shard 0 on the new bytes is refused too
+    assert "was started from another version" in capsys.readouterr().err
+    assert main([*args, "shard=0/2", "fresh=true"]) == 0 and main([*args, "merge=true"]) == 0
+    assert "a new answer" in (out / "pairs.jsonl").read_text()
