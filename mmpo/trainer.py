@@ -444,7 +444,10 @@ def run_label(cfg: TrainConfig) -> str:
 
 class LossLines:
     """Periodic "train[dpo] step 20/200 (10%): loss 0.6612, 1.9 s/step" lines where no progress bar is drawn
-    (piped output, progress=false): about every 5% of the steps and at the last one, so a log stays short."""
+    (piped output, progress=false): about every 5% of the steps, at least once a minute, and at the last one, so
+    a log stays short and still shows a slow run moving."""
+
+    EVERY_S = 60.0
 
     def __init__(self, label: str, total: int, start: int, enabled: bool):
         self.label, self.total, self.enabled = label, total, enabled
@@ -452,7 +455,8 @@ class LossLines:
         self.since, self.since_step = time.perf_counter(), start
 
     def maybe(self, step: int, loss: float | None) -> None:
-        if not self.enabled or (step % self.every and step != self.total):
+        due = step % self.every == 0 or step == self.total or time.perf_counter() - self.since >= self.EVERY_S
+        if not self.enabled or not due:
             return
         per_step = (time.perf_counter() - self.since) / max(step - self.since_step, 1)
         shown = "n/a" if loss is None else f"{loss:.4f}"

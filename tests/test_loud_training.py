@@ -196,14 +196,14 @@ def test_ctrl_c_on_mmpo_train_keeps_a_checkpoint_and_says_rerun_resumes(world, t
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mmpo", "train", "--config", str(CONFIGS / "tiny_cpu.yaml"),
-           f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={out}", "max_steps=2000",
+           f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={out}", "max_steps=200",
            "batch_size=2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         metrics = out / "metrics.jsonl"
-        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 12:  # a loss line every 10 steps
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
@@ -212,6 +212,9 @@ def test_ctrl_c_on_mmpo_train_keeps_a_checkpoint_and_says_rerun_resumes(world, t
     assert "SIGINT received: saving a checkpoint after this step" in err
     assert "mmpo: interrupted: stopped at step" in err and "rerun the same command to resume" in err
     assert (out / "checkpoints" / "latest").is_file()
+    # piped output: no progress-bar redraws, no transformers loading bar; loss lines instead
+    assert "\r" not in err and "Loading weights" not in err
+    assert "train[dpo] step " in err and ": loss 0." in err
 
 
 def test_validate_reports_every_error_train_would_raise(tmp_path, capsys):
@@ -386,3 +389,64 @@ def test_an_input_edited_between_shards_is_refused_by_the_merge(tmp_path, capsys
     assert "was started from another version" in capsys.readouterr().err
     assert main([*args, "shard=0/2", "fresh=true"]) == 0 and main([*args, "merge=true"]) == 0
     assert "a new answer" in (out / "pairs.jsonl").read_text()
+
+
+def test_make_model_clip_writes_a_checkpoint_the_builders_load(tmp_path, capsys):
+    from mmpo.cli import main
+    from mmpo.clip import load_clip
+
+    assert main(["make-model", "--family", "clip", "--out", str(tmp_path / "clip")]) == 0
+    assert "tiny random open_clip checkpoint" in capsys.readouterr().out
+    scorer = load_clip(tmp_path / "clip")
+    assert scorer.encode_texts(["a red square"]).shape[0] == 1
+
+
+def test_piped_builders_print_progress_lines_not_bars(tmp_path, capsys):
+    from mmpo.cli import main
+
+    data = toy_sft(tmp_path / "data", n=3)
+    assert main(["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_image.yaml"),
+                 f"in_sft={data}", f"out_dir={tmp_path / 'data' / 'aug'}"]) == 0
+    out, err = capsys.readouterr()
+    assert "\r" not in err and "augment: 3/3 items (100%)" in err
+    assert "augment: 3 pairs from 3 inputs" in out
+
+
+def test_demo_plots_show_zero_bars_a_full_axis_and_every_runs_curve(tmp_path):
+    """Plots that say what the tables say: labelled values (a 0 shows as 0.00), F1 from 0, smoothed curves, one panel
+    per run, video runs too, each titled with its model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from demo import report
+
+    splits = {s: {"f1": 0.0, "yes_ratio": 0.0} for s in ("random", "popular", "adversarial")}
+    axes_seen = []
+    original = plt.subplots
+
+    def spy(*args, **kwargs):
+        fig, ax = original(*args, **kwargs)
+        axes_seen.append(ax)
+        return fig, ax
+    plt.subplots = spy
+    try:
+        report.plot_pope(tmp_path / "pope.png", splits, {"DPO": [splits]}, plt)
+        rows = [{"step": i, "loss": 0.7 - 0.01 * i + (0.05 if i % 2 else -0.05)} for i in range(1, 21)]
+        report.plot_curves(tmp_path / "curves.png", {"DPO": rows, "DA-DPO": rows}, plt, {"PaMi-VDPO": rows})
+    finally:
+        plt.subplots = original
+    pope_ax = axes_seen[0]
+    assert pope_ax.get_ylim()[0] == 0
+    assert [t.get_text() for t in pope_ax.texts].count("0.00") == 6  # every zero bar says so
+    panels = [ax for ax in axes_seen[1].flat if ax.axison]
+    assert [ax.get_title() for ax in panels] == ["DPO (tiny LLaVA)", "DA-DPO (tiny LLaVA)",
+                                                 "PaMi-VDPO (tiny LLaVA-NeXT-Video)"]
+    raw, smooth = panels[0].lines[0].get_ydata(), panels[0].lines[1].get_ydata()
+    variation = lambda ys: sum(abs(ys[i] - ys[i - 1]) for i in range(1, len(ys)))  # noqa: E731
+    assert abs(smooth[0] - raw[0]) < 1e-9 and variation(smooth) < 0.3 * variation(raw)
+    assert (tmp_path / "pope.png").stat().st_size > 0 and (tmp_path / "curves.png").stat().st_size > 0
+    text = "# r\n\nprose line\n\n| model | a |\n|---|---|\n| SFT | 1 |\n\nBest method on the adversarial split: **X**\n"
+    assert report.summary_lines(text) == ["| model | a |", "|---|---|", "| SFT | 1 |",
+                                          "Best method on the adversarial split: **X**"]
