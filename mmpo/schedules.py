@@ -6,6 +6,7 @@ checks, merged models, fresh adapters, on-policy generation and seeds. Each sche
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -13,8 +14,6 @@ import numpy as np
 import torch
 
 from mmpo.config import ModelConfig, TrainConfig
-import logging
-
 from mmpo.media import MediaError, load_media
 from mmpo.models import add_lora, generate_answers, has_adapter, load_model
 from mmpo.records import SFTRecord, scan_records, write_jsonl

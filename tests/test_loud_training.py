@@ -4,7 +4,6 @@ Each test runs the real command or call and checks the message a user reads, the
 nothing already done is lost.
 """
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -450,3 +449,41 @@ def test_demo_plots_show_zero_bars_a_full_axis_and_every_runs_curve(tmp_path):
     text = "# r\n\nprose line\n\n| model | a |\n|---|---|\n| SFT | 1 |\n\nBest method on the adversarial split: **X**\n"
     assert report.summary_lines(text) == ["| model | a |", "|---|---|", "| SFT | 1 |",
                                           "Best method on the adversarial split: **X**"]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_prints_each_event_once_and_resumes_after_sigterm(world, tmp_path):
+    """Item 4 and the SIGTERM a scheduler sends: `accelerate launch` (FSDP2, 2 CPU processes, gloo) of 20 steps,
+    SIGTERM in the middle, then the same command again. Each event prints once; torch's FSDP2 view-tensor warning
+    is explained once instead of printed every step by every process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+           str(repo / "configs/accelerate/fsdp.yaml"), "--num_processes", "2", "-m", "mmpo", "train", "--config",
+           str(CONFIGS / "tiny_cpu.yaml"), f"model.path={world['model']}", f"data.train={world['pairs']}",
+           f"output_dir={out}", "max_steps=20", "batch_size=2", "gradient_checkpointing=true",
+           "shared_prefix=false"]  # this path's forwards return views: torch warns on each one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(repo)}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    _wait_for(out / "metrics.jsonl", first, rows=4, timeout=240)
+    os.killpg(first.pid, signal.SIGTERM)  # what a scheduler does to the job: every process gets it
+    _, err1 = first.communicate(timeout=240)
+    assert (out / "checkpoints" / "latest").is_file(), err1[-3000:]
+    assert err1.count("SIGTERM received: saving a checkpoint") == 1, err1[-3000:]
+    assert err1.count("mmpo: interrupted: stopped at step") == 1, err1[-3000:]
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for text in (err1, second.stderr):
+        assert "returned a view tensor" not in text  # torch's own line, every step on every process: gone
+        assert text.count("FSDP2-wrapped model returns a view tensor") == 1  # explained once instead
+        assert "\r" not in text
+    assert second.stderr.count("resumed from") == 1 and second.stdout.count("run directory:") == 1
+    from mmpo.metrics import read_metrics
+
+    assert [r["step"] for r in read_metrics(out) if "loss" in r] == list(range(1, 21))
