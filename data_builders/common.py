@@ -21,6 +21,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from mmpo import folder_lock
 from mmpo.records import PairRecord, write_jsonl, write_manifest
 
 PAIRS_FILE = "pairs.jsonl"
@@ -66,7 +67,7 @@ class ResumableWriter:
 
     def __init__(self, out_dir: str | Path, pairs_file: str = PAIRS_FILE, fresh: bool = False):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        folder_lock.acquire(self.out_dir)  # one build per folder: a second is refused, naming this one
         self.pairs_path = self.out_dir / pairs_file
         self.done_path = self.out_dir / done_file(pairs_file)
         if fresh:
@@ -143,12 +144,37 @@ def prepared_items(items: list, prepare: Callable[[Any], Any], num_workers: int 
 
 
 def progress(iterable: Iterable, total: int, enabled: bool, desc: str, unit: str = "item") -> Iterable:
-    """tqdm progress bar when `enabled`, else the iterable itself."""
+    """A tqdm bar when `enabled` and stderr is a terminal; piped (a log file), a line about every 5% instead (a
+    bar's redraws would each become a line); not `enabled`, the iterable itself."""
     if not enabled:
         return iterable
+    if not _on_terminal():
+        return _progress_lines(iterable, total, desc, unit)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit)
+
+
+def _on_terminal() -> bool:
+    import sys
+
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_lines(iterable: Iterable, total: int, desc: str, unit: str) -> Iterator:
+    """"augment: 50/1000 items (5%)" log lines, about every 5% of `total` and at the end."""
+    import logging
+
+    log = logging.getLogger("data_builders")
+    every = max(1, total // 20)
+    n = 0
+    for n, item in enumerate(iterable, 1):
+        yield item
+        if n % every == 0 or n == total:
+            log.info("%s: %d/%d %ss (%d%%)", desc, n, total, unit, 100 * n // max(total, 1))
 
 
 def finish(writer: ResumableWriter, cfg: Any, ids: list[str], media_root: Path, **extra: Any) -> Path:
@@ -166,6 +192,7 @@ def finish(writer: ResumableWriter, cfg: Any, ids: list[str], media_root: Path, 
     counts["pairs"] = len(writer.pair_ids)
     write_manifest(writer.out_dir, counts, dataclasses.asdict(cfg), getattr(cfg, "seed", 0), skipped,
                    media_root=media_root, **extra)
+    folder_lock.release(writer.out_dir)  # the build is complete: the folder is free again
     return writer.out_dir
 
 

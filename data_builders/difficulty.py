@@ -189,7 +189,7 @@ def _score_all(cfg, records, mine, root, writer, clip, model, processor, on_reco
     batches = [records[i:i + cfg.batch_size] for i in range(0, len(records), cfg.batch_size) if i in owned]
     todo = [b for b in batches if any(not writer.is_done(r.id) for r in b)]
     n_done = 0
-    for batch in progress(todo, len(todo), cfg.progress, "difficulty"):
+    for batch in progress(todo, len(todo), cfg.progress, "difficulty", unit="batch"):
         for group in _load_batch(batch, root, cfg.model.num_frames, writer).values():
             for row in score_batch(group, clip, model, processor):
                 if writer.is_done(row["id"]):  # scored before the restart (same batch, same numbers)

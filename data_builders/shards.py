@@ -16,6 +16,7 @@ are often sorted (by source, by length) and contiguous ranges would give one sha
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from data_builders.common import PAIRS_FILE, ResumableWriter, done_file, fsync_text, valid_lines
+from mmpo import folder_lock
 from mmpo.records import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,45 @@ def parse_shard(text: str, environ: dict | None = None) -> Shard | None:
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match or not 0 <= int(match[1]) < int(match[2]):
         raise ValueError(f"shard: {text!r} is not i/N with 0 <= i < N (e.g. shard=0/4)")
+    if int(match[2]) > MAX_SHARDS:
+        raise ValueError(f"shard: {text!r} asks for more than {MAX_SHARDS:,} shards")
     return Shard(int(match[1]), int(match[2]))
+
+
+MAX_SHARDS = 100_000  # far above any cluster; a typo like 0/1000000000 is refused before anything is laid out
+DIGEST_FILE = "input.sha256"  # the input file's digest, written when a build folder starts
+
+
+def check_count(shard: Shard, ids: Sequence[str], block: int, path: str) -> None:
+    """A shard count the input can fill: at most one shard per block of `block` items (more would leave shards with
+    nothing to build, and a merge walking a billion empty shards runs for minutes growing memory)."""
+    blocks = max(-(-len(ids) // block), 1)
+    if shard.count > blocks:
+        raise ValueError(f"shard: {shard} asks for {shard.count:,} shards, but {path} has {len(ids)} items in "
+                         f"{blocks} block(s) of {block}: use at most {blocks} shards")
+
+
+def input_digest(path: str | Path) -> str:
+    """sha256 of the input file's bytes (16 hex digits, as record files' digests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def check_input(folder: Path, path: str, digest: str, fresh: bool) -> None:
+    """Refuse to continue a build folder started from other bytes of its input (an item edited in between would
+    keep its old pairs); then record this input's digest in the folder."""
+    recorded = folder / DIGEST_FILE
+    if recorded.is_file() and not fresh:
+        before = recorded.read_text().strip()
+        if before != digest:
+            raise ValueError(f"{folder} was started from another version of {path} (sha256 {before}, now {digest}): "
+                             "an edited item would keep its old pairs; rebuild it with fresh=true, or restore the "
+                             "input")
+    folder.mkdir(parents=True, exist_ok=True)
+    fsync_text(recorded, digest + "\n")
 
 
 def check_unique(ids: Sequence[str], path: str) -> None:
@@ -102,10 +142,15 @@ def plan(cfg: Any, ids: Sequence[str], path: str, block: int) -> tuple[Shard | N
         (shard, folder, positions): None, out_dir and every position for a whole build.
     """
     shard = parse_shard(cfg.shard)
+    folder = Path(cfg.out_dir) if shard is None else shard.folder(cfg.out_dir)
+    if shard is not None:
+        check_count(shard, ids, block, path)
+        check_unique(ids, path)
+    with folder_lock.locked(folder):  # checked and recorded by one process at a time
+        check_input(folder, path, input_digest(path), getattr(cfg, "fresh", False))
     if shard is None:
-        return None, Path(cfg.out_dir), list(range(len(ids)))
-    check_unique(ids, path)
-    return shard, shard.folder(cfg.out_dir), [p for p in range(len(ids)) if shard.owns(p, block)]
+        return None, folder, list(range(len(ids)))
+    return shard, folder, [p for p in range(len(ids)) if shard.owns(p, block)]
 
 
 def use_rank_gpu() -> None:
@@ -125,8 +170,9 @@ def _comparable(config: dict, merge_only: Sequence[str]) -> dict:
     return {k: v for k, v in plain.items() if k not in RUN_ONLY_KEYS and k not in merge_only}
 
 
-def found_shards(out_dir: Path) -> list[Shard]:
-    """The shards of `out_dir` (all i of one N, started or not), from the `shards/i-of-N` folders there."""
+def found_shards(out_dir: Path, most: int = MAX_SHARDS) -> list[Shard]:
+    """The shards of `out_dir` (all i of one N, started or not), from the `shards/i-of-N` folders there; an N above
+    `most` is refused before any list of them is made."""
     counts = sorted({int(m[2]) for d in (out_dir / SHARDS_DIR).glob("*-of-*")
                      if (m := re.fullmatch(r"(\d+)-of-(\d+)", d.name))})
     if not counts:
@@ -134,13 +180,20 @@ def found_shards(out_dir: Path) -> list[Shard]:
     if len(counts) > 1:
         raise ValueError(f"merge: {out_dir / SHARDS_DIR} holds shards of {counts} processes; remove the folders of "
                          "the count you no longer use")
+    if counts[0] > most:
+        raise ValueError(f"merge: {out_dir / SHARDS_DIR} holds shards of {counts[0]:,} processes, but the input fills "
+                         f"at most {most}: remove those folders")
     return [Shard(i, counts[0]) for i in range(counts[0])]
 
 
 def _unfinished(shard: Shard, writer: ResumableWriter, ids: Sequence[str], block: int, config: dict,
-                merge_only: Sequence[str]) -> str:
+                merge_only: Sequence[str], path: str = "", digest: str = "") -> str:
     """Why `shard` cannot be merged yet ("" when it can)."""
     manifest = writer.out_dir / MANIFEST_FILE
+    recorded = writer.out_dir / DIGEST_FILE
+    if recorded.is_file() and recorded.read_text().strip() != digest:
+        return (f"shard {shard} was built from another version of {path} (sha256 {recorded.read_text().strip()}, "
+                f"now {digest}); rebuild it with shard={shard} fresh=true")
     mine = [ids[p] for p in range(len(ids)) if shard.owns(p, block)]
     left = sum(not writer.is_done(i) for i in mine)
     if left or not manifest.is_file():
@@ -183,17 +236,22 @@ def merge(cfg: Any, ids: Sequence[str], path: str, block: int, pairs_file: str =
     check_unique(ids, path)
     out_dir = Path(cfg.out_dir)
     config = dataclasses.asdict(cfg)
-    shards = found_shards(out_dir)
+    shards = found_shards(out_dir, most=max(-(-len(ids) // block), 1))
+    digest = input_digest(path)
     writers, problems = {}, []
     for shard in shards:
         if not shard.folder(out_dir).is_dir():
             problems.append(f"shard {shard} has not run; run it with shard={shard}")
             continue
         writers[shard.index] = ResumableWriter(shard.folder(out_dir), pairs_file)
-        problems.append(_unfinished(shard, writers[shard.index], ids, block, config, merge_only))
-    if any(problems):
-        raise ValueError("cannot merge yet: " + "; ".join(p for p in problems if p))
-    lines = {i: {json.loads(x)["id"]: x for x in valid_lines(w.pairs_path)} for i, w in writers.items()}
+        problems.append(_unfinished(shard, writers[shard.index], ids, block, config, merge_only, path, digest))
+    try:
+        if any(problems):
+            raise ValueError("cannot merge yet: " + "; ".join(p for p in problems if p))
+        lines = {i: {json.loads(x)["id"]: x for x in valid_lines(w.pairs_path)} for i, w in writers.items()}
+    finally:  # the shards were only read: free their folders (a shard may be rerun next)
+        for w in writers.values():
+            folder_lock.release(w.out_dir)
     records, rows, seen = [], [], set()
     for position, item_id in enumerate(ids):
         shard = owner(position, block, len(shards))
@@ -205,6 +263,7 @@ def merge(cfg: Any, ids: Sequence[str], path: str, block: int, pairs_file: str =
                 records.append(lines[shard][rid] + "\n")
     fsync_text(out_dir / pairs_file, "".join(records))
     fsync_text(out_dir / done_file(pairs_file), "".join(rows))
+    fsync_text(out_dir / DIGEST_FILE, digest + "\n")
     log.info("merged %d shards into %s", len(shards), out_dir / pairs_file)
     return ResumableWriter(out_dir, pairs_file)
 

@@ -250,6 +250,7 @@ def video_stage(out: Path, settings: DemoSettings, world_dir: Path, from_scratch
     sets, self_qa = video_sets(out, {m.data for m in methods}, model_dir, world_dir, sft_path, clip_dir, settings,
                                timer)
     after: dict[str, list[dict]] = {}
+    curves: dict[str, list[dict]] = {}  # each method's first seed, for the report's training curves
     for method in methods:
         pairs, media_root = sets[method.data]
         if not pairs.read_text().strip():
@@ -260,10 +261,14 @@ def video_stage(out: Path, settings: DemoSettings, world_dir: Path, from_scratch
             with timer(f"train {method.name} (video, seed {seed})"):
                 adapter = vm.train_pami(model_dir, pairs, out / "runs" / tag, media_root, seed=seed,
                                         steps=settings.video_steps or method.steps, lr=method.lr, loss=method.loss)
+            if seed == 0:
+                from mmpo.metrics import read_metrics
+
+                curves[method.name] = [r for r in read_metrics(out / "runs" / tag) if "loss" in r]
             with timer(f"evaluate {method.name} (video, seed {seed})"):
                 after.setdefault(method.name, []).append(evaluate(str(adapter), tag))
                 print("   " + _video_summary(after[method.name][-1]))
-    return {"before": before, "after": after, "self_qa": self_qa,
+    return {"before": before, "after": after, "self_qa": self_qa, "curves": curves,
             "notes": {m.name: m.note for m in methods}}
 
 
@@ -357,8 +362,8 @@ def run(out: Path, quick: bool = False, from_scratch: bool = False, seeds: int =
                                video, chair)
     (out / "results.json").write_text(json.dumps({"before": before, "after": after, "chair": chair, "video": video,
                                                   "times": timer.times}, indent=2))
-    print(f"\nreport: {path}")
-    print(path.read_text())
+    print(f"\nreport: {path} (the tables below, with the method notes; the plots are beside it)")
+    print("\n".join(report.summary_lines(path.read_text())))
     return {"before": before, "after": after, "chair": chair, "video": video, "report": path}
 
 

@@ -79,32 +79,68 @@ def report_markdown(before: dict, after: dict[str, list[dict]], times: dict[str,
     return "\n".join(lines) + "\n"
 
 
+def summary_lines(markdown: str) -> list[str]:
+    """What `mmpo demo` prints at the end: the report's tables and verdict lines, without its prose (report.md)."""
+    keep = ("|", "Best method", "Fewest captions", "## ")
+    return [line for line in markdown.splitlines() if line.startswith(keep)]
+
+
+def label_bars(ax, bars, digits: int = 2) -> None:
+    """Each bar's value above it, so a bar of 0 reads "0.00" instead of leaving the axes looking empty."""
+    ax.bar_label(bars, fmt=f"%.{digits}f", fontsize=6, padding=1)
+
+
 def plot_pope(path: Path, before: dict, after: dict[str, list[dict]], plt) -> None:
-    """Bars of POPE F1 per split (mean over seeds) for the SFT model and each method."""
+    """Bars of POPE F1 per split (mean over seeds) for the SFT model and each method, on a 0-1 axis (a cut axis
+    makes small differences look large), each bar labelled with its value."""
     splits = list(before)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = ["SFT"] + list(after)
     width = 0.8 / len(names)
     for i, name in enumerate(names):
         vals = [before[s]["f1"] if name == "SFT" else statistics.fmean(r[s]["f1"] for r in after[name]) for s in splits]
-        ax.bar([j + i * width for j in range(len(splits))], vals, width, label=name)
+        label_bars(ax, ax.bar([j + i * width for j in range(len(splits))], vals, width, label=name))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(splits))], splits)
     ax.set_ylabel("POPE F1")
-    ax.set_ylim(0.4, 1.0)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_title("POPE F1 per split (tiny LLaVA after SFT, and each method's LoRA on it)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_curves(path: Path, curves: dict[str, list[dict]], plt) -> None:
-    """Training loss per step of each method's first seed."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, rows in curves.items():
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=8)
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average, debiased as tensorboard's smoothing (the first points are not pulled to 0)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, 1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight ** i))
+    return out
+
+
+def plot_curves(path: Path, curves: dict[str, list[dict]], plt, video_curves: dict | None = None) -> None:
+    """Training loss per step of each method's first seed, one panel per run (the losses of different methods
+    are on different scales and would overlap): raw loss faint, its moving average solid; image and video runs."""
+    runs = [(name, "tiny LLaVA", rows) for name, rows in curves.items()]
+    runs += [(name, "tiny LLaVA-NeXT-Video", rows) for name, rows in (video_curves or {}).items()]
+    runs = [r for r in runs if r[2]]
+    if not runs:
+        return
+    cols = min(3, len(runs))
+    rows_n = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.4 * cols, 2.6 * rows_n), squeeze=False)
+    for ax, (name, model, rows) in zip(axes.flat, runs):
+        steps, loss = [r["step"] for r in rows], [r["loss"] for r in rows]
+        ax.plot(steps, loss, color="tab:blue", alpha=0.25, lw=0.8, label="loss")
+        ax.plot(steps, smooth(loss), color="tab:blue", lw=1.6, label="moving average (0.9)")
+        ax.set_title(f"{name} ({model})", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.set_ylabel("loss", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -117,7 +153,7 @@ def write_plots(out: Path, before: dict, after: dict[str, list[dict]], curves: d
     import matplotlib.pyplot as plt
 
     plot_pope(out / POPE_PLOT, before, after, plt)
-    plot_curves(out / CURVES_PLOT, curves, plt)
+    plot_curves(out / CURVES_PLOT, curves, plt, (video or {}).get("curves"))
     if video:
         plot_video(out / VIDEO_PLOT, video, plt)
 
@@ -213,10 +249,11 @@ def plot_video(path: Path, video: dict, plt) -> None:
     width = 0.8 / len(rows)
     for i, (name, runs) in enumerate(rows):
         vals = [statistics.fmean(video_columns(r)[k] for r in runs) for k in keys]
-        ax.bar([j + i * width for j in range(len(keys))], vals, width, label=name)
+        label_bars(ax, ax.bar([j + i * width for j in range(len(keys))], vals, width, label=name))
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))], keys, fontsize=7)
     ax.set_ylabel("pair accuracy")
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.15)
+    ax.set_title("VideoHallucer-style pair accuracy (tiny LLaVA-NeXT-Video after SFT, and each method)", fontsize=9)
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

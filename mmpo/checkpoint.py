@@ -11,6 +11,7 @@ leaves either the old or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from mmpo.config import ConfigError, from_dict, save, to_dict
+from mmpo.config import ConfigError, from_dict, safe_load, save, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, procs) -> Path:
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler, extra: dict, procs,
+                    keep_last: int = 0) -> Path:
     """Write `run_dir/checkpoints/step-{step}` atomically and point `latest` at it. Every rank calls it.
 
     Each rank writes `rank{r}.pt`: its RNG state and `extra` (its skipped records, loss statistics), which differ
@@ -68,34 +70,102 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, scheduler,
         scheduler: its state is saved.
         extra: this rank's state to restore (counters, loss states, skipped records).
         procs: the `mmpo.distributed.Processes`.
+        keep_last: prune to the newest `keep_last` checkpoints once this one is in place (0 = keep all).
 
     Returns:
         The checkpoint folder.
+
+    Raises:
+        CheckpointWriteError: some rank could not write its part (e.g. a full disk); the half-written folder is
+            removed and `latest` still points at the previous checkpoint.
     """
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
     if procs.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
     procs.barrier()
-    if procs.sharded:
-        import torch.distributed.checkpoint as dcp
+    error = None
+    try:
+        if procs.sharded:
+            import torch.distributed.checkpoint as dcp
 
-        model_state, optim_state = _sharded_state(model, optimizer)
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
-    elif procs.is_main:
-        torch.save({"params": trainable_state(model), "optimizer": optimizer.state_dict()}, tmp / "state.pt")
-    torch.save({"step": step, "world": procs.world, "sharded": procs.sharded, "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "extra": extra}, tmp / f"rank{procs.rank}.pt")
-    procs.barrier()  # every rank's part is written before the folder becomes the latest checkpoint
+            model_state, optim_state = _sharded_state(model, optimizer)
+            dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp))
+        elif procs.is_main:
+            _write(tmp / "state.pt", {"params": trainable_state(model), "optimizer": optimizer.state_dict()})
+        _write(tmp / f"rank{procs.rank}.pt", {"step": step, "world": procs.world, "sharded": procs.sharded,
+                                              "scheduler": scheduler.state_dict(), "rng": rng_state(), "extra": extra})
+    except (OSError, RuntimeError) as exc:  # a full disk, a quota: every rank must hear of it (no one waits forever)
+        error = exc
+    from mmpo.distributed import all_ranks
+
+    # every rank's part is written before the folder becomes the latest checkpoint
+    if not all_ranks(error is None, procs.world, procs.device):
+        if procs.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(write_failure(final, error, latest_checkpoint(run_dir))) from error
     if procs.is_main:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         pointer = root / ".latest.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, root / "latest")
+        if keep_last:
+            prune_checkpoints(root, keep_last)
     procs.barrier()
     return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota); the one before it is left as it was."""
+
+
+def _write(path: Path, obj) -> None:
+    """torch.save through a Python file, fsynced: a full disk then raises OSError(ENOSPC) naming the problem, where
+    torch's own file writer reports only "[enforce fail at inline_container.cc] unexpected pos"."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what caused it, on any rank's side of a collective) is a full disk or quota."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def write_failure(final: Path, error: BaseException | None, previous: Path | None) -> str:
+    """The message for a checkpoint that could not be written: which one, why, and what is still there."""
+    if error is None:
+        why = "another process could not write its part"
+    elif _is_disk_full(error):
+        try:
+            free = f"; {shutil.disk_usage(final.parent).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = ""
+        why = f"no space left on device{free}"
+    else:
+        why = str(error).splitlines()[0] if str(error) else type(error).__name__
+    kept = (f"the previous checkpoint {previous} is intact, and a rerun resumes from it" if previous
+            else "no earlier checkpoint exists")
+    return f"{final}: checkpoint not saved: {why}; {kept}"
+
+
+def prune_checkpoints(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` step folders under `root` (save_total_limit); `latest`'s is always kept."""
+    steps = sorted((p for p in root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    latest = (root / "latest").read_text().strip() if (root / "latest").is_file() else ""
+    removed = [p for p in steps[:-keep] if p.name != latest]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
 
 
 def _sharded_state(model, optimizer):
@@ -197,7 +267,8 @@ def check_rerun(cfg, run_dir: Path, procs) -> None:
 def _changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
     """{dotted key: (saved value, current value)} for the keys that change what a run computes."""
     try:
-        saved = to_dict(from_dict(type(cfg), yaml.safe_load(saved_path.read_text()) or {}, str(saved_path)))
+        saved = to_dict(from_dict(type(cfg), safe_load(saved_path.read_text(), str(saved_path)) or {},
+                                   str(saved_path)))
     except (ConfigError, yaml.YAMLError) as exc:  # written by another mmpo: compare as it stands
         log.warning("%s: %s", saved_path, exc)
         saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -217,8 +288,8 @@ def has_results(run_dir: Path) -> bool:
 
 
 # Settings that never change what a run computes (display, logging, checkpoint cadence, worker count).
-RERUN_EXEMPT = {"progress", "log_every", "save_every", "eval_every", "eval_config", "tensorboard", "report_to",
-                "tracker_project", "run_name", "data.num_workers",
+RERUN_EXEMPT = {"progress", "log_every", "save_every", "save_total_limit", "save_on_interrupt", "eval_every",
+                "eval_config", "tensorboard", "report_to", "tracker_project", "run_name", "data.num_workers",
                 "allow_config_change", "output_dir", "dist_timeout_min"}
 
 

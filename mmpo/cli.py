@@ -23,13 +23,30 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 model.path=DIR")
 
 
-def check_train_command(cfg) -> None:
-    """What `mmpo train` needs beyond the schema (`mmpo validate` checks it too): an evaluation for eval_every.
+def check_train_command(cfg):
+    """What `mmpo train` checks beyond the schema, run by `mmpo validate` too: eval_every needs an evaluation,
+    and the evaluation's own config must load (and, under FSDP, run in logits mode).
 
     (Python callers may pass their own `eval_hook` to `train`, so the schema itself cannot require eval_config.)
+
+    Returns:
+        The periodic evaluation's config, or None.
     """
+    from mmpo.config import ConfigError, load
+
     if cfg.eval_every and not cfg.eval_config:
-        raise ValueError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+        raise ConfigError("eval_every needs something to evaluate: set eval_config to a POPE eval YAML")
+    if not cfg.eval_config or not Path(cfg.eval_config).is_file():
+        return None  # a missing file is check_input_files's to name
+    from eval.runner import PopeEvalConfig
+    from mmpo.distributed import will_shard
+
+    eval_cfg = load(PopeEvalConfig, cfg.eval_config)
+    if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
+        # every rank runs the hook under FSDP2, and ranks that stop generating at different lengths would
+        # wait for each other forever; logits mode runs the same forwards everywhere
+        raise ConfigError(f"{cfg.eval_config}: under FSDP the periodic evaluation runs in logits mode (mode=logits)")
+    return eval_cfg
 
 
 def check_input_files(cfg) -> None:
@@ -51,19 +68,12 @@ def cmd_train(args) -> int:
     from mmpo.config import TrainConfig, load
 
     cfg = load(TrainConfig, args.config, args.overrides)
-    check_train_command(cfg)
     check_input_files(cfg)
+    eval_cfg = check_train_command(cfg)
     hook = None
-    if cfg.eval_config:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
-        from eval.runner import PopeEvalConfig, make_pope_hook
+    if eval_cfg is not None:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
+        from eval.runner import make_pope_hook
 
-        eval_cfg = load(PopeEvalConfig, cfg.eval_config)
-        from mmpo.distributed import will_shard
-
-        if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
-            # every rank runs the hook under FSDP2, and ranks that stop generating at different lengths would
-            # wait for each other forever; logits mode runs the same forwards everywhere
-            raise ValueError(f"{cfg.eval_config}: under FSDP the periodic evaluation runs in logits mode (mode=logits)")
         hook = make_pope_hook(eval_cfg)
     if cfg.stage in ("sft", "dpo"):
         from mmpo.trainer import train
@@ -81,7 +91,8 @@ def cmd_train(args) -> int:
 
     if dist.is_available() and dist.is_initialized():  # without this, gloo runs sometimes abort at exit
         dist.destroy_process_group()
-    print(f"run directory: {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not one per process
+        print(f"run directory: {out}")
     return 0
 
 
@@ -98,9 +109,15 @@ def cmd_build(args) -> int:
 
     if args.name not in BUILDERS:
         raise ValueError(f"unknown builder {args.name!r}; choose from {sorted(BUILDERS)}")
+    from data_builders.summary import empty_reason, read_manifest, summary_line
+
     config_cls, build = BUILDERS[args.name]
     out = build(load(config_cls, args.config, args.overrides))
-    print(f"pairs written to {out}")
+    manifest = read_manifest(out)
+    print(f"{args.name}: {summary_line(manifest)}; written to {out}")
+    reason = empty_reason(manifest)
+    if reason:
+        raise ValueError(f"{args.name} wrote no pair to {out}: {reason}")
     return 0
 
 
@@ -179,10 +196,10 @@ def cmd_validate(args) -> int:
             cfg = load(config_class_for(path), path)
             if isinstance(cfg, TrainConfig):
                 check_train_command(cfg)
-        except Exception as exc:  # the file's own problem: report it and go on to the next file
+        except Exception as exc:  # the file's own problems (all of them): report them and go on to the next file
             if args.debug:
                 raise
-            print(f"mmpo: error: {exc}", file=sys.stderr)
+            print_error(exc)
             failed += 1
             continue
         print(f"ok  {path}")
@@ -192,13 +209,23 @@ def cmd_validate(args) -> int:
 
 
 def _make_model_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", required=True, help="llava | llava_next | llava_next_video | video_llava | llava_onevision")
+    p.add_argument("--family", required=True,
+                   help="llava | llava_next | llava_next_video | video_llava | llava_onevision | clip (open_clip, "
+                        "for the builders' clip_model)")
     p.add_argument("--size", default="tiny", choices=["tiny", "7b"])
     p.add_argument("--out", required=True, help="folder to write the checkpoint into")
 
 
 def cmd_make_model(args) -> int:
-    """Write an offline random-init checkpoint (tiny for tests, 7B-shaped config for GPU benchmarks)."""
+    """Write an offline random-init checkpoint (tiny for tests, 7B-shaped config for GPU benchmarks), or a tiny CLIP."""
+    if args.family == "clip":  # the builders' CLIP: an open_clip local-dir folder (mmpo.clip), tiny only
+        if args.size != "tiny":
+            raise ValueError("--family clip makes a tiny random CLIP only; README \"A CLIP checkpoint\" says where to "
+                             "get a real one")
+        from mmpo.clip import make_tiny_clip
+
+        print(f"wrote a tiny random open_clip checkpoint to {make_tiny_clip(args.out)} (for clip_model=)")
+        return 0
     from mmpo.models import make_model_main
 
     make_model_main(args.family, args.size, args.out)
@@ -351,6 +378,50 @@ def quiet_known_noise() -> None:
     """
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # transformers' "Loading weights" / "Writing model shards" bars on every load and save: one local folder
+    # loads in seconds, and in a piped log each redraw is a line (mmpo's own bars and loss lines say the rest)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+    explain_fsdp_view_warning()
+
+
+def explain_fsdp_view_warning() -> None:
+    """torch's FSDP2 warns on every forward of every process that the wrapped PEFT model "returned a view tensor"
+    (the logits slice transformers returns). mmpo reads those logits only inside the same forward (log-probs are
+    taken before FSDP2's post-forward reshards the parameters) and never modifies them in place, which is what
+    the warning is about (an in-place change would skip FSDP2's pre-backward gather); 2-process FSDP2 runs log the
+    losses and save the adapter of the one-process run (tests/test_fsdp.py). Said once, on the main process,
+    instead of 120 times in 60 steps."""
+    said = []
+
+    def once(message, category, filename, lineno, file=None, line=None):
+        if int(os.environ.get("RANK", "0")) == 0 and not said:
+            said.append(True)
+            print("mmpo: note: torch warns that the FSDP2-wrapped model returns a view tensor; mmpo uses the logits "
+                  "within the step and never changes them in place, so it does not apply (FSDP2 runs match the "
+                  "one-process run: tests/test_fsdp.py); not shown again", file=sys.stderr)
+
+    # "always" so each one reaches `show` below, which prints the note once and drops the rest
+    warnings.filterwarnings("always", message=r"FSDP2-wrapped module .* returned a view tensor")
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "returned a view tensor" in str(message) and "FSDP2" in str(message):
+            return once(message, category, filename, lineno, file, line)
+        return previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
+def print_error(exc: BaseException) -> None:
+    """"mmpo: error: ..." on stderr, one line per problem (a ConfigError may list several)."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        print(f"mmpo: error: {line}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,13 +431,16 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_noise()
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("mmpo: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # mmpo.trainer.Interrupted says where it saved
+        said = str(exc) or ("rerunning the same command resumes from the last checkpoint, if one was saved"
+                            if args.command == "train" else "rerunning the same command resumes where it stopped")
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mmpo: interrupted: {said}", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for the user; --debug for the traceback
         if args.debug:
             raise
-        print(f"mmpo: error: {exc}", file=sys.stderr)
+        print_error(exc)
         return 1
 
 

@@ -7,8 +7,10 @@ falls back to a default (nanoGPT's unknown-key ValueError, litgpt's typed TrainA
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +30,36 @@ def check_report_to(names: list[str]) -> None:
 
 
 class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file and the key."""
+    """A config file or override is invalid; the message names the file and the key.
+
+    It may hold several problems (`errors`, one line each), so one check lists everything that needs fixing.
+    """
+
+    def __init__(self, *messages):
+        self.errors = [line for msg in messages for line in str(msg).split("\n")] or [""]
+        super().__init__("\n".join(self.errors))
+
+
+class Problems:
+    """Collects the ConfigErrors of several checks, so a config with three mistakes reports three, not the first.
+
+    with problems.check(): ...   # each check in its own block
+    problems.raise_any()         # one ConfigError listing all of them
+    """
+
+    def __init__(self):
+        self.errors: list[str] = []
+
+    @contextlib.contextmanager
+    def check(self):
+        try:
+            yield
+        except ConfigError as exc:
+            self.errors.extend(exc.errors)
+
+    def raise_any(self) -> None:
+        if self.errors:
+            raise ConfigError(*self.errors)
 
 
 @dataclass
@@ -43,7 +74,15 @@ class ModelConfig:
     num_frames: int = 8  # frames sampled per video for this model
 
     def __post_init__(self):
-        check_range(self, num_frames=">= 1")
+        problems = Problems()
+        with problems.check():
+            check_range(self, num_frames=">= 1")
+        with problems.check():  # what mmpo.models.load_model accepts (its DTYPES), checked before any load
+            check_choice(self, dtype=("float32", "bfloat16", "float16"),
+                         attn_implementation=("eager", "sdpa", "flash_attention_2"))
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            problems.errors.append(f"device: expected auto | cpu | cuda | cuda:N | mps, got {self.device!r}")
+        problems.raise_any()
 
 
 @dataclass
@@ -130,14 +169,68 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    problems = Problems()
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {k: _check_type(v, hints[k], _key_path(where, k)) for k, v in data.items()}
-    try:
-        return cls(**kwargs)
+        problems.errors.append(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {}
+    for k, v in data.items():
+        if k in names:
+            with problems.check():
+                kwargs[k] = _check_type(v, hints[k], _key_path(where, k))
+    try:  # the section's own checks run too (bad keys at their defaults), so every problem is listed at once
+        built = cls(**kwargs)
     except ConfigError as exc:  # a check in __post_init__ ("key: problem"): name the file and section too
-        raise ConfigError(_key_path(where, str(exc))) from None
+        problems.errors.extend(_key_path(where, e) for e in exc.errors)
+    problems.raise_any()
+    return built
+
+
+MAX_YAML_VALUES = 100_000  # values a config may expand to, aliases counted at every use (real configs: < 500)
+
+
+def safe_load(text: str, where: str = "config") -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past MAX_YAML_VALUES values.
+
+    A few lines of nested aliases ("billion laughs") stand for 10^9 items; PyYAML builds them shared, but every
+    copy of the config (dataclasses.asdict, the saved config.yaml, a rerun's comparison) expands them, and the
+    command never finishes. The expanded size is counted on the composed node graph first (each node once), so
+    such a file is refused in microseconds, naming the file.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, where)
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: the YAML expands to {size:,} values through its aliases (&anchor / *alias), "
+                              f"more than any config needs ({MAX_YAML_VALUES:,}); refused")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict, where: str) -> int:
+    """Values under `node` with every alias expanded; `sizes` memoises by node (None while being counted)."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] is None:
+            raise ConfigError(f"{where}: a YAML alias refers to its own anchor (a recursive structure); refused")
+        return sizes[key]
+    sizes[key] = None
+    children: list = []
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, where)
+        if total > MAX_YAML_VALUES * 10:  # enough to refuse; stop counting
+            break
+    sizes[key] = total
+    return total
 
 
 def _key_path(where: str, key: str) -> str:
@@ -150,16 +243,32 @@ def check_range(cfg: Any, **rules: str) -> None:
 
     Conditions: "> x", ">= x", or an interval "[a, b]", "[a, b)". Raises ConfigError naming the field.
     """
+    problems = Problems()
     for name, rule in rules.items():
-        value = getattr(cfg, name)
-        if rule.startswith(("[", "(")):
-            lo, hi = (float(v) for v in rule[1:-1].split(","))
-            ok = (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
-        else:
-            op, bound = rule.split()
-            ok = value > float(bound) if op == ">" else value >= float(bound)
-        if not ok:
-            raise ConfigError(f"{name}: expected {rule.replace(' ', '')}, got {value!r}")
+        with problems.check():
+            _check_rule(cfg, name, rule)
+    problems.raise_any()
+
+
+def check_choice(cfg: Any, **choices: tuple) -> None:
+    """Each field's value is one of its `choices` (e.g. dtype=("float32", "bfloat16")); all misses are reported."""
+    bad = [f"{name}: expected {' | '.join(map(str, valid))}, got {getattr(cfg, name)!r}"
+           for name, valid in choices.items() if getattr(cfg, name) not in valid]
+    if bad:
+        raise ConfigError(*bad)
+
+
+def _check_rule(cfg: Any, name: str, rule: str) -> None:
+    """One `check_range` rule on one field."""
+    value = getattr(cfg, name)
+    if rule.startswith(("[", "(")):
+        lo, hi = (float(v) for v in rule[1:-1].split(","))
+        ok = (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
+    else:
+        op, bound = rule.split()
+        ok = value > float(bound) if op == ">" else value >= float(bound)
+    if not ok:
+        raise ConfigError(f"{name}: expected {rule.replace(' ', '')}, got {value!r}")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -181,15 +290,33 @@ def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]
     schema types as a string, which takes the text as written unless quoted (YAML would cut `runs/exp #2` at the
     `#` and turn `2024-01-01` into a date)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value (e.g. train.lr=1e-5)")
+        raise ConfigError(f"override {text!r}: expected key=value (e.g. {_example_override(cls)})")
     key, raw = text.split("=", 1)
     keys = key.strip().split(".")
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
-    ftype = _field_type(cls, keys)
-    as_text = ftype is str or (str in typing.get_args(ftype) and not raw.lstrip().startswith("{"))  # data.train
-    if as_text and not quoted:
+    kind = _field_type(cls, keys)
+    # data.train is a path or {format, path}: the path is text, a YAML mapping is parsed
+    union_with_str = typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind)
+    if (kind is str or (union_with_str and not raw.lstrip().startswith("{"))) and not quoted:
         return keys, raw
-    return keys, yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"command line {text!r}: invalid YAML value: {str(exc).splitlines()[0]}") from None
+    if typing.get_origin(kind) in (list, tuple) and not isinstance(value, (list, tuple)):
+        value = [raw if typing.get_args(kind) and typing.get_args(kind)[0] is str and not quoted else value]
+    return keys, value
+
+
+def _example_override(cls: type | None) -> str:
+    """A `key=value` the schema of `cls` accepts, for the hint of a malformed override."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return "lr=1e-5"
+    hints = typing.get_type_hints(cls)
+    if "lr" in hints:
+        return "lr=1e-5"
+    name = next((f.name for f in dataclasses.fields(cls) if hints[f.name] is str), dataclasses.fields(cls)[0].name)
+    return f"{name}=VALUE"
 
 
 def _check_override_keys(text: str, keys: list[str], cls: type | None) -> None:
@@ -209,6 +336,9 @@ def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -
     for text in overrides:
         keys, value = _parse_override(text, cls)
         _check_override_keys(text, keys, cls)
+        kind = _field_type(cls, keys)
+        if kind is not None and not dataclasses.is_dataclass(kind):  # the command line's own mistake is named so
+            _check_type(value, kind, f"command line {text!r}: {'.'.join(keys)}")  # checked here; built by from_dict
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -238,7 +368,7 @@ def load(cls: type, path: str | Path | None = None, overrides: list[str] | None 
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = safe_load(text, str(path)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from None
         if not isinstance(data, dict):
@@ -274,8 +404,7 @@ class DataConfig:
         check_range(self, max_length=">= 0", num_workers=">= 0")
         if isinstance(self.train, DataSource):  # folded into two plain fields, so the saved config reloads as is
             self.format, self.train = self.train.format, self.train.path
-        if self.on_bad_record not in ("error", "skip"):
-            raise ConfigError(f"on_bad_record: expected error | skip, got {self.on_bad_record!r}")
+        check_choice(self, on_bad_record=("error", "skip"))
 
 
 @dataclass
@@ -359,14 +488,16 @@ class TrainConfig:
     shared_prefix: bool = True  # one packed forward per pair when chosen/rejected share media and prompt
     precompute_reference: bool = False  # reference log-probs computed once before training and cached
     log_every: int = 1  # log metrics every N optimizer steps
-    save_every: int = 0  # checkpoint every N steps for resume (0 = never; the final adapter is always saved)
+    save_every: int = 0  # checkpoint every N steps for resume (0 = only on interrupt; the final adapter is always saved)
+    save_total_limit: int = 0  # keep only the newest N checkpoints, deleting older ones (0 = keep all; HF's name)
+    save_on_interrupt: bool = True  # on SIGINT / SIGTERM (Ctrl-C, a scheduler's preemption) finish the step, save, stop
     eval_every: int = 0  # evaluate the policy every N steps (0 = never); `mmpo train` runs eval_config
     eval_config: str = ""  # a POPE eval YAML (configs/eval/pope_*.yaml; `limit` questions per split) for eval_every
     report_to: list[str] = field(default_factory=list)  # experiment trackers: tensorboard | wandb | mlflow | trackio | swanlab
     tracker_project: str = "mmpo"  # the trackers' project / experiment name
     run_name: str = ""  # the trackers' run name ("" = output_dir's folder name)
     tensorboard: bool = False  # old key: true = report_to includes tensorboard
-    progress: bool = True  # tqdm progress bar
+    progress: bool = True  # tqdm bar on a terminal (piped output, or false: a loss line every ~5% of the steps)
     parallel: str = "auto"  # with several processes: ddp (replicate) | fsdp (shard, FSDP2) | auto (fsdp if launched so)
     dist_timeout_min: float = 180.0  # minutes a process waits for the others (main-only work: the eval hook)
     max_nonfinite_steps: int = 3  # stop (exit non-zero) after this many consecutive skipped non-finite steps (0 = never)
@@ -376,34 +507,52 @@ class TrainConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # stage distill
 
     def __post_init__(self):
-        if self.stage not in ("dpo", "sft", "multi_round", "distill"):
-            raise ConfigError(f"stage: expected dpo | sft | multi_round | distill, got {self.stage!r}")
-        if self.parallel not in ("auto", "ddp", "fsdp"):
-            raise ConfigError(f"parallel: expected auto | ddp | fsdp, got {self.parallel!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision: expected fp32 | bf16 | fp16, got {self.precision!r}")
+        """Every check `mmpo train` makes of the settings themselves, all reported at once (`mmpo validate` runs
+        exactly these: what one accepts, the other does too)."""
+        problems = Problems()
+        with problems.check():
+            check_choice(self, stage=("dpo", "sft", "multi_round", "distill"), parallel=("auto", "ddp", "fsdp"),
+                         precision=("fp32", "bf16", "fp16"), optimizer=("adamw", "adamw_8bit"))
         if self.tensorboard and "tensorboard" not in self.report_to:
             self.report_to = [*self.report_to, "tensorboard"]
-        check_report_to(self.report_to)
-        check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
-                    batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1", save_every=">= 0",
-                    eval_every=">= 0", max_nonfinite_steps=">= 0", dist_timeout_min="> 0")
+        with problems.check():
+            check_report_to(self.report_to)
+        with problems.check():
+            check_range(self, lr="> 0", weight_decay=">= 0", warmup_ratio="[0, 1)", max_steps=">= 0", epochs="> 0",
+                        batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1",
+                        save_every=">= 0", save_total_limit=">= 0", eval_every=">= 0", max_nonfinite_steps=">= 0",
+                        dist_timeout_min="> 0")
         if self.stage == "multi_round" and not self.lora.enabled:
-            raise ConfigError("stage: multi_round merges a LoRA each round: set lora.enabled: true")
+            problems.errors.append("stage: multi_round merges a LoRA each round: set lora.enabled: true")
+        if self.model.load_in_4bit and not self.lora.enabled:
+            problems.errors.append("lora.enabled: full fine-tuning of a 4-bit model is not possible; enable LoRA "
+                                   "(lora.enabled=true) or drop model.load_in_4bit")
         if self.stage == "distill":
             d = self.distill
             if d.preference_loss not in ("dpo", "kto_pair", "dpkd"):
-                raise ConfigError(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got {d.preference_loss!r}")
+                problems.errors.append(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got "
+                                       f"{d.preference_loss!r}")
             if d.preference_steps > 0 and not d.preference_data:
-                raise ConfigError("distill.preference_data: a pair JSONL is needed when distill.preference_steps > 0")
+                problems.errors.append("distill.preference_data: a pair JSONL is needed when "
+                                       "distill.preference_steps > 0")
         # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
         # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
-        from mmpo.losses import build_loss_terms, resolve_trl_loss
+        from mmpo.losses import build_loss_terms, requires_of, resolve_trl_loss
 
-        resolve_trl_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
-        build_loss_terms([to_dict(t) for t in self.loss], "loss")
-        if self.use_weighting and {"aot", "aot_unpaired"} & {t.name for t in self.loss}:
-            raise ConfigError("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights cannot apply")
-        if self.use_weighting and (self.stage == "sft" or (self.stage == "distill" and self.distill.preference_loss == "dpkd")):
-            raise ConfigError("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no such terms")
+        with problems.check():
+            resolve_trl_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
+            terms = build_loss_terms([to_dict(t) for t in self.loss], "loss")
+            names = {t.name for t in self.loss}
+            if self.use_weighting and {"aot", "aot_unpaired"} & names:
+                problems.errors.append("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights "
+                                       "cannot apply")
+            if self.use_weighting and (self.stage == "sft" or (self.stage == "distill"
+                                                               and self.distill.preference_loss == "dpkd")):
+                problems.errors.append("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no "
+                                       "such terms")
+            if (self.stage == "dpo" and not self.lora.enabled and not self.precompute_reference
+                    and "reference" in requires_of(terms)):
+                problems.errors.append("lora.enabled: full fine-tuning (lora.enabled: false) has no adapter to "
+                                       "disable for the reference: set precompute_reference: true")
+        problems.raise_any()
 

@@ -12,13 +12,14 @@ from typing import Callable
 
 import torch
 
+from mmpo import folder_lock
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
 from mmpo.distributed import start_processes
 from mmpo.logprobs import answer_logits, pair_logps, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl
 from mmpo.models import load_model
-from mmpo.records import default_media_root, read_sft
+from mmpo.records import default_media_root, scan_records
 from mmpo.schedules import derived_config, finished, seed_for
 from mmpo.trainer import train
 
@@ -79,8 +80,15 @@ def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc
     from mmpo.batches import SFTCollator
 
     media_root = str(default_media_root(data, cfg.data.media_root))
-    first = read_sft(data, media_root)[:1]
-    a, b = (SFTCollator(p, media_root, cfg.model.num_frames)(first).prompt for p in (student_proc, teacher_proc))
+    records, _ = scan_records(data, "sft", media_root, cfg.data.on_bad_record)  # skips as the training will
+    collators = [SFTCollator(p, media_root, cfg.model.num_frames, on_bad=cfg.data.on_bad_record)
+                 for p in (student_proc, teacher_proc)]
+    # the first record whose media decode (with on_bad_record=skip a corrupt one is passed over, as train does)
+    first = next((r for r in records if collators[0]([r]).ids), None)
+    records.close()
+    if first is None:
+        return  # nothing usable: the stage's own read reports it
+    a, b = (c([first]).prompt for c in collators)
     same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
     if not same:
         raise ConfigError(f"teacher {cfg.distill.teacher.path!r} and student {cfg.model.path!r} processors encode "
@@ -131,22 +139,23 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
     d, out = cfg.distill, Path(cfg.output_dir)
     check_vocab(cfg.model, d.teacher)
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
-    check_rerun(cfg, out, procs)
-    mimic_dir, pref_dir = out / "mimic", out / "preference"
-    if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
+    with folder_lock.run_folder(out, procs):  # one run per folder (rounds/stages lock their own too)
+        check_rerun(cfg, out, procs)
+        mimic_dir, pref_dir = out / "mimic", out / "preference"
+        if finished(pref_dir) or (d.preference_steps == 0 and (d.mimic_steps == 0 or finished(mimic_dir))):
+            return out
+        teacher, teacher_proc = load_model(d.teacher, None, trainable=False)
+        student, processor = _student(cfg, mimic_dir)
+        if d.mimic_steps > 0 and not finished(mimic_dir):
+            _check_same_encoding(cfg, mimic_data, processor, teacher_proc)
+            mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
+                            data_train=mimic_data, data_media_root=cfg.data.media_root)
+            train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
+                  batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
+        if d.preference_steps > 0:
+            train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
+                  **preference_step(cfg, student, teacher))
         return out
-    teacher, teacher_proc = load_model(d.teacher, None, trainable=False)
-    student, processor = _student(cfg, mimic_dir)
-    if d.mimic_steps > 0 and not finished(mimic_dir):
-        _check_same_encoding(cfg, mimic_data, processor, teacher_proc)
-        mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
-                        data_train=mimic_data, data_media_root=cfg.data.media_root)
-        train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
-              batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
-    if d.preference_steps > 0:
-        train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
-              **preference_step(cfg, student, teacher))
-    return out
 
 
 def preference_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:

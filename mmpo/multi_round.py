@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Callable
 
 from mmpo import config as cfgmod
+from mmpo import folder_lock
 from mmpo.checkpoint import check_rerun
 from mmpo.config import ConfigError, LossTerm, TrainConfig
 from mmpo.distributed import start_processes
-from mmpo.records import PairRecord, SFTRecord, pair_id, read_sft, write_manifest
+from mmpo.records import PairRecord, SFTRecord, pair_id, write_manifest
 from mmpo.schedules import (
     derived_config,
     finished,
@@ -37,6 +38,7 @@ from mmpo.schedules import (
     is_main,
     is_sharded,
     load_merged,
+    read_prompts,
     seed_for,
     write_atomic,
 )
@@ -138,9 +140,11 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
     if path.is_file():
         return path
     mr = cfg.multi_round
+    skipped: list[str] = []
     samples = generate_for(model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=mr.num_samples, temperature=mr.temperature,
-                           max_new_tokens=mr.max_new_tokens, seed=seed_for(cfg.seed, "round", round_no))
+                           max_new_tokens=mr.max_new_tokens, seed=seed_for(cfg.seed, "round", round_no),
+                           on_bad=cfg.data.on_bad_record, skipped=skipped)
     pairs = unique_pairs([p for rec, s in zip(records, samples)
                           if (p := rank_pair(rec, s, scorer, mr.min_gap, mr.gt_fallback)) is not None])
     if not pairs:
@@ -149,9 +153,10 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
                          "lower min_gap or enable gt_fallback")
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_main():
-        write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs),
+        write_manifest(path.parent, {"prompts": len(records), "pairs": len(pairs), "skipped": len(skipped),
                                      "chosen_is_gt": sum(p.meta["chosen_is_gt"] for p in pairs)},
-                       cfgmod.to_dict(mr), cfg.seed, media_root=resolve_media_root(cfg), round=round_no)
+                       cfgmod.to_dict(mr), cfg.seed, [{"reason": s} for s in skipped],
+                       media_root=resolve_media_root(cfg), round=round_no)
     write_atomic(path, pairs)
     return path
 
@@ -190,39 +195,42 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
     score = _resolve_scorer(cfg, scorer)
     out, mr = Path(cfg.output_dir), cfg.multi_round
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
-    check_rerun(cfg, out, procs)
-    records = read_sft(cfg.data.train, resolve_media_root(cfg))
-    rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
-    start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))
-    merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
-    if start == len(rounds) and merged_saved and (not mr.rebirth or finished(out / "rebirth")):
-        return out  # everything finished before
-    # State at the start of the first unfinished round: the base with finished rounds merged in order.
-    model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:start]])
-    policy = None
-    for i in range(start, len(rounds)):
-        pairs = round_pairs(model, processor, cfg, records, i + 1, score, rounds[i] / "pairs.jsonl")
-        policy = fresh_lora(model, cfg, salt=i + 1)
-        if round_hook is not None:
-            round_hook(i + 1, policy, processor)
-        train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
-        if is_sharded(policy):  # FSDP2 split the weights over the ranks: rebuild the merged model from the adapters
-            model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:i + 1]])
-        else:
-            model = policy.merge_and_unload()  # the next round's reference
-            model.requires_grad_(False)
-    if not merged_saved and is_main():
-        model.save_pretrained(out / "model")
-        processor.save_pretrained(out / "model")
-        from mmpo.model_card import data_facts, write_model_card
+    with folder_lock.run_folder(out, procs):  # one run per folder (rounds/stages lock their own too)
+        check_rerun(cfg, out, procs)
+        records, _ = read_prompts(cfg, resolve_media_root(cfg))  # bad lines: error, or skipped as train skips them
+        if not records:
+            raise ValueError(f"{cfg.data.train}: no usable prompts (every line was skipped)")
+        rounds = [out / f"round-{r}" for r in range(1, mr.num_rounds + 1)]
+        start = next((i for i, d in enumerate(rounds) if not finished(d)), len(rounds))
+        merged_saved = not mr.save_merged or (out / "model" / "config.json").is_file()
+        if start == len(rounds) and merged_saved and (not mr.rebirth or finished(out / "rebirth")):
+            return out  # everything finished before
+        # State at the start of the first unfinished round: the base with finished rounds merged in order.
+        model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:start]])
+        policy = None
+        for i in range(start, len(rounds)):
+            pairs = round_pairs(model, processor, cfg, records, i + 1, score, rounds[i] / "pairs.jsonl")
+            policy = fresh_lora(model, cfg, salt=i + 1)
+            if round_hook is not None:
+                round_hook(i + 1, policy, processor)
+            train(round_config(cfg, rounds[i], pairs), model=policy, processor=processor, eval_hook=eval_hook)
+            if is_sharded(policy):  # FSDP2 split the weights over the ranks: rebuild the merged model from the adapters
+                model, processor = load_merged(cfg.model, [d / "adapter" for d in rounds[:i + 1]])
+            else:
+                model = policy.merge_and_unload()  # the next round's reference
+                model.requires_grad_(False)
+        if not merged_saved and is_main():
+            model.save_pretrained(out / "model")
+            processor.save_pretrained(out / "model")
+            from mmpo.model_card import data_facts, write_model_card
 
-        last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round
-        write_model_card(out / "model", cfg, last, data_facts(cfg.data.train, len(records), 0))
-    if mr.rebirth and not finished(out / "rebirth"):
-        data = rebirth_data(cfg, model, processor, records)
-        del model, policy  # free the final model before the pre-DPO one is loaded
-        rebirth(cfg, data)
-    return out
+            last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round
+            write_model_card(out / "model", cfg, last, data_facts(cfg.data.train, len(records), 0))
+        if mr.rebirth and not finished(out / "rebirth"):
+            data = rebirth_data(cfg, model, processor, records)
+            del model, policy  # free the final model before the pre-DPO one is loaded
+            rebirth(cfg, data)
+        return out
 
 
 def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTRecord]) -> Path:
@@ -235,11 +243,15 @@ def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTReco
         return data
     answers = generate_for(final_model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=1, temperature=0.0,
-                           max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed)
+                           max_new_tokens=cfg.multi_round.max_new_tokens, seed=cfg.seed,
+                           on_bad=cfg.data.on_bad_record)
     sft = [SFTRecord(r.id, r.media, r.media_type, r.prompt, a[0], {"gt": r.answer})
-           for r, a in zip(records, answers) if a[0].strip()]
+           for r, a in zip(records, answers) if a and a[0].strip()]
     if not sft:
-        raise ValueError("rebirth: the final model gave only empty answers")
+        raise ValueError(f"rebirth: the final model gave only empty answers to the {len(records)} prompts of "
+                         f"{cfg.data.train}, so there is nothing to tune on; the rounds' results are kept in "
+                         f"{cfg.output_dir} (model/, round-*/adapter): rerun with multi_round.rebirth=false to finish "
+                         "without rebirth, or raise multi_round.max_new_tokens")
     data.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(data, sft)
     return data

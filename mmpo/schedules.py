@@ -6,6 +6,7 @@ checks, merged models, fresh adapters, on-policy generation and seeds. Each sche
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -13,9 +14,11 @@ import numpy as np
 import torch
 
 from mmpo.config import ModelConfig, TrainConfig
-from mmpo.media import load_media
+from mmpo.media import MediaError, load_media
 from mmpo.models import add_lora, generate_answers, has_adapter, load_model
-from mmpo.records import SFTRecord, write_jsonl
+from mmpo.records import SFTRecord, scan_records, write_jsonl
+
+log = logging.getLogger(__name__)
 
 
 def derived_config(cfg: TrainConfig, **changes) -> TrainConfig:
@@ -96,23 +99,53 @@ def media_groups(records: list, size: int):
         yield group
 
 
+def read_prompts(cfg: TrainConfig, media_root: str) -> tuple[list[SFTRecord], list[str]]:
+    """A schedule's SFT prompts file, honouring `data.on_bad_record` as `mmpo.trainer.train` does: bad lines and
+    missing media raise naming file:line, or (skip) are left out, logged once and returned as "file:line: reason".
+    """
+    records, skipped = scan_records(cfg.data.train, "sft", media_root, cfg.data.on_bad_record)
+    try:
+        return list(records), skipped
+    finally:
+        records.close()
+
+
+def _media_or_skip(record: SFTRecord, media_root: str, num_frames: int, on_bad: str, skipped: list[str]):
+    """The record's decoded media, or None (on_bad "skip") with the reason added to `skipped` and logged once."""
+    try:
+        return load_media(media_root, record.media, record.media_type, num_frames)
+    except MediaError as exc:
+        where = record.where or f"record {record.id!r}"
+        if on_bad != "skip":
+            raise MediaError(f"{where}: {exc} (data.on_bad_record=skip leaves such records out)") from None
+        skipped.append(f"{where}: {exc}")
+        log.warning("skipping %s: %s", where, exc)
+        return None
+
+
 def generate_for(model, processor, records: list[SFTRecord], media_root: str, num_frames: int, *, batch_size: int,
-                 num_samples: int, temperature: float, max_new_tokens: int, seed: int) -> list[list[str]]:
+                 num_samples: int, temperature: float, max_new_tokens: int, seed: int, on_bad: str = "error",
+                 skipped: list[str] | None = None) -> list[list[str]]:
     """Answers for every SFT record's (media, prompt); batch b is seeded with `seed + b`.
 
+    Media are decoded here, so a corrupt file is met here (not when the prompts file is read, which only checks
+    that the files exist): `on_bad` "error" raises naming the record's file:line; "skip" gives the record no
+    answers (an empty list, which no pair or rebirth sample is made from) and adds it to `skipped`.
+
     Returns:
-        One list of `num_samples` answers per record, in record order.
+        One list of `num_samples` answers per record (empty for a skipped record), in record order.
     """
     model.eval()
+    skipped = [] if skipped is None else skipped
     out: list[list[str]] = []
     for b, group in enumerate(media_groups(records, batch_size)):
-        media = [load_media(media_root, r.media, r.media_type, num_frames) for r in group]
-        out += generate_answers(model, processor, [r.prompt for r in group], media, group[0].media_type,
-                                num_samples=num_samples, temperature=temperature,
-                                max_new_tokens=max_new_tokens, seed=seed + b)
+        media = [_media_or_skip(r, media_root, num_frames, on_bad, skipped) for r in group]
+        usable = [(r, m) for r, m in zip(group, media) if m is not None]
+        answers = iter(generate_answers(model, processor, [r.prompt for r, _ in usable], [m for _, m in usable],
+                                        group[0].media_type, num_samples=num_samples, temperature=temperature,
+                                        max_new_tokens=max_new_tokens, seed=seed + b) if usable else [])
+        out += [next(answers) if m is not None else [] for m in media]
     return out
-
-
 
 
 def seed_for(seed: int, *purpose) -> int:

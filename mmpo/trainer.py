@@ -19,7 +19,11 @@ import functools
 import json
 import logging
 import math
+import os
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
+from mmpo import folder_lock
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -241,8 +246,15 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     Returns:
         The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
     """
-    run_dir = Path(cfg.output_dir)
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
+    with folder_lock.run_folder(cfg.output_dir, procs):  # one run per folder: a second one is refused, naming this
+        return _train(cfg, procs, model, processor, reference, batch_loss, eval_hook)
+
+
+def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Callable | None,
+           batch_loss: Callable | None, eval_hook: Callable | None) -> Path:
+    """`train`'s body, run while this process holds the run folder."""
+    run_dir = Path(cfg.output_dir)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
     check_trackers(cfg.report_to)  # a missing tracker package stops every rank before any loading
@@ -285,6 +297,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     collate = SFTCollator(**common) if sft else PairCollator(**common, requires=frozenset(requires))
     per_epoch = max(len(records) // (cfg.batch_size * world), 1)
     total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
+    if is_main:
+        note_epoch_remainder(len(records), cfg.batch_size, world, cfg.data.shuffle)
 
     # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module is
     # wrapped (DDP must wrap the module whose forward the step runs); the data order, the optimizer and the
@@ -325,7 +339,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
         for (_, term), state in zip(terms, extra.get("loss_states", []), strict=True):
             if state is not None and hasattr(term, "load_state_dict"):
                 term.load_state_dict(state)
-        log.info("resumed from %s at step %d", last, step)
+        if is_main:
+            log.info("resumed from %s at step %d", last, step)
 
     facts = data_facts(cfg.data.train, len(records), len(skipped))  # for the trackers and the model card
     logger = MetricLogger(run_dir, cfg.report_to, enabled=is_main, start_step=step, project=cfg.tracker_project,
@@ -333,74 +348,89 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
                          total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, world, rank)
     batches = iter(loader)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train[{cfg.stage}]", disable=not (cfg.progress and is_main))
+    label = f"train[{run_label(cfg)}]"
+    bar = tqdm(total=total_steps, initial=step, desc=label, disable=not (cfg.progress and is_main and on_terminal()))
+    lines = LossLines(label, total_steps, step, enabled=is_main and bar.disable)
+    started, last_loss = time.perf_counter(), None
+    stop = StopRequest(cfg.save_on_interrupt)
     model.train()
-    while step < total_steps:
-        # -- accumulate gradients over grad_accum micro-batches
-        finite, synced = True, world == 1
-        for micro in range(cfg.grad_accum):
-            batch = next(batches).to(device)
-            skips.note(batch.skipped)
-            # Under DDP every rank must join each synchronised backward, so a batch whose records were all
-            # skipped on one rank is skipped on all of them.
-            if not all_ranks(bool(batch.ids), world, device):
-                continue
-            last_micro = micro == cfg.grad_accum - 1
-            # Gradients of the earlier micro-batches accumulate locally; the last one reduces the sum across ranks.
-            with gradient_sync(step_module, procs, sync=last_micro), autocast(cfg.precision, device):
-                loss, metrics = batch_loss(batch, step / total_steps)
-                # A non-finite loss still goes through backward, so no rank leaves the others waiting in the
-                # all-reduce; the update is skipped below on every rank alike.
-                (loss / cfg.grad_accum).backward()
-            synced = synced or last_micro
-            finite = all_ranks(finite and bool(torch.isfinite(loss)), world, device)
-            if finite:  # the metrics of the whole micro-batch, all ranks together
-                logger.add(mean_over_ranks({"loss": loss.item(), **metrics}, procs), pairs=len(batch.ids) * world,
-                           tokens=batch_tokens(batch) * world)
-        if average_by_hand or (not synced and not procs.sharded):  # also when the last micro-batch was skipped
-            average_gradients(params, world)
+    with stop:
+        while step < total_steps:
+            # -- accumulate gradients over grad_accum micro-batches
+            finite, synced = True, world == 1
+            for micro in range(cfg.grad_accum):
+                batch = next(batches).to(device)
+                skips.note(batch.skipped)
+                # Under DDP every rank must join each synchronised backward, so a batch whose records were all
+                # skipped on one rank is skipped on all of them.
+                if not all_ranks(bool(batch.ids), world, device):
+                    continue
+                last_micro = micro == cfg.grad_accum - 1
+                # Gradients of the earlier micro-batches accumulate locally; the last one reduces the sum across ranks.
+                with gradient_sync(step_module, procs, sync=last_micro), autocast(cfg.precision, device):
+                    loss, metrics = batch_loss(batch, step / total_steps)
+                    # A non-finite loss still goes through backward, so no rank leaves the others waiting in the
+                    # all-reduce; the update is skipped below on every rank alike.
+                    (loss / cfg.grad_accum).backward()
+                synced = synced or last_micro
+                finite = all_ranks(finite and bool(torch.isfinite(loss)), world, device)
+                if finite:  # the metrics of the whole micro-batch, all ranks together
+                    logger.add(mean_over_ranks({"loss": loss.item(), **metrics}, procs), pairs=len(batch.ids) * world,
+                               tokens=batch_tokens(batch) * world)
+            if average_by_hand or (not synced and not procs.sharded):  # also when the last micro-batch was skipped
+                average_gradients(params, world)
 
-        # -- clip, guard, step
-        grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
-        if finite and bool(torch.isfinite(grad_norm)):  # both already agreed by every rank
-            optimizer.step()
-            nonfinite["consecutive"] = 0
-        else:
-            nonfinite["nonfinite_steps"] += 1
-            nonfinite["consecutive"] += 1
-            log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
-            if cfg.max_nonfinite_steps and nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
-                raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"],
-                                                        latest_checkpoint(run_dir)))
-        # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
-        # warns when the very first update was skipped; that order is intended here).
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-            scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
+            # -- clip, guard, step
+            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            if finite and bool(torch.isfinite(grad_norm)):  # both already agreed by every rank
+                optimizer.step()
+                nonfinite["consecutive"] = 0
+            else:
+                nonfinite["nonfinite_steps"] += 1
+                nonfinite["consecutive"] += 1
+                log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
+                if cfg.max_nonfinite_steps and nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
+                    raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"],
+                                                            latest_checkpoint(run_dir)))
+            # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
+            # warns when the very first update was skipped; that order is intended here).
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
 
-        # -- log, evaluate, checkpoint
-        # skipped_records here counts what this (the main) process saw; summary.json adds every rank's
-        counters = {"skipped_records": skips.total(), "nonfinite_steps": nonfinite["nonfinite_steps"]}
-        if step % cfg.log_every == 0 or step == total_steps:
-            row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
-            bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-        # Under FSDP2 every rank runs the hook (a forward needs all the shards); the main one logs it.
-        if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and (is_main or procs.sharded):
-            model.eval()
-            evaluated = eval_hook(model, processor, step)
-            if evaluated:
-                logger.flush(step, {f"eval/{k}": v for k, v in evaluated.items()})
-            reshard(model, procs)
-            model.train()
-        # The last step is not checkpointed: the final adapter below is what a finished run keeps.
-        if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-            check_finite_parameters(model, f"checkpoint at step {step}", procs)
-            save_checkpoint(run_dir, step, model, optimizer, scheduler, {
-                "nonfinite": nonfinite, "skips": skips.state(),
-                "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]}, procs)
+            # -- log, evaluate, checkpoint
+            # skipped_records here counts what this (the main) process saw; summary.json adds every rank's
+            counters = {"skipped_records": skips.total(), "nonfinite_steps": nonfinite["nonfinite_steps"]}
+            if step % cfg.log_every == 0 or step == total_steps:
+                row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
+                last_loss = row.get("loss", last_loss)
+                bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+            lines.maybe(step, last_loss)
+            # Under FSDP2 every rank runs the hook (a forward needs all the shards); the main one logs it.
+            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and (is_main or procs.sharded):
+                model.eval()
+                evaluated = eval_hook(model, processor, step)
+                if evaluated:
+                    logger.flush(step, {f"eval/{k}": v for k, v in evaluated.items()})
+                reshard(model, procs)
+                model.train()
+            # The last step is not checkpointed: the final adapter below is what a finished run keeps.
+            # An interrupt (SIGINT / SIGTERM) is acted on here, between steps, by every rank at the same step.
+            interrupted = stop.enabled and not all_ranks(stop.signum is None, world, device)
+            periodic = cfg.save_every and step % cfg.save_every == 0
+            if (periodic or interrupted) and step < total_steps:
+                check_finite_parameters(model, f"checkpoint at step {step}", procs)
+                saved = save_checkpoint(run_dir, step, model, optimizer, scheduler, {
+                    "nonfinite": nonfinite, "skips": skips.state(),
+                    "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]}, procs,
+                    keep_last=cfg.save_total_limit)
+                if interrupted:
+                    bar.close()
+                    logger.close()
+                    raise Interrupted(step, total_steps, saved)
     bar.close()
     logger.close()
     skips.merge(gather_objects(skips.state(), world))
@@ -408,13 +438,107 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     getattr(records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
     saved = save_final(model, processor, run_dir, procs)
     if is_main:
-        summary = {"steps": step, "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
+        summary = {"steps": step, "final_loss": last_loss, "train_s": round(time.perf_counter() - started, 3),
+                   "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
                    "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s,
                    "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         write_model_card(saved, cfg, summary, facts)
     procs.barrier()
     return run_dir
+
+
+# ----------------------------------------------------------------------------- what a run says
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal: a tqdm bar there redraws one line; in a piped log every redraw is a new line."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+def run_label(cfg: TrainConfig) -> str:
+    """What the run trains, for its bar and loss lines: the stage for SFT, else its loss terms ("pami+dpo")."""
+    return "sft" if cfg.stage == "sft" else "+".join(t.name for t in cfg.loss)
+
+
+class LossLines:
+    """Periodic "train[dpo] step 20/200 (10%): loss 0.6612, 1.9 s/step" lines where no progress bar is drawn
+    (piped output, progress=false): about every 5% of the steps, at least once a minute, and at the last one, so
+    a log stays short and still shows a slow run moving."""
+
+    EVERY_S = 60.0
+
+    def __init__(self, label: str, total: int, start: int, enabled: bool):
+        self.label, self.total, self.enabled = label, total, enabled
+        self.every = max(1, total // 20)
+        self.since, self.since_step = time.perf_counter(), start
+
+    def maybe(self, step: int, loss: float | None) -> None:
+        due = step % self.every == 0 or step == self.total or time.perf_counter() - self.since >= self.EVERY_S
+        if not self.enabled or not due:
+            return
+        per_step = (time.perf_counter() - self.since) / max(step - self.since_step, 1)
+        shown = "n/a" if loss is None else f"{loss:.4f}"
+        log.info("%s step %d/%d (%d%%): loss %s, %.2f s/step", self.label, step, self.total,
+                 100 * step // self.total, shown, per_step)
+        self.since, self.since_step = time.perf_counter(), step
+
+
+def note_epoch_remainder(n: int, batch_size: int, world: int, shuffle: bool) -> None:
+    """Say once what an epoch leaves out: every micro-batch is full (so accumulation 1x8 equals 8x1 and resume is
+    exact), so n % (batch_size * world) records sit out each epoch. TRL's DPOTrainer (transformers' Trainer,
+    dataloader_drop_last=False) keeps them as a smaller last batch instead."""
+    per = batch_size * world
+    left = n % per if n >= per else 0
+    if left:
+        which = "different ones each epoch (reshuffled)" if shuffle else "the same last ones every epoch (shuffle off)"
+        log.info("%d records at %d per step%s: %d steps per epoch use %d; %d sit out each epoch, %s; a batch_size "
+                 "that divides %d uses them all", n, batch_size, f" x {world} processes" if world > 1 else "",
+                 n // per, n - left, left, which, n)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT / SIGTERM after saving a checkpoint; rerunning the same command resumes it."""
+
+    def __init__(self, step: int, total: int, checkpoint: Path):
+        super().__init__(f"stopped at step {step} of {total}; checkpoint saved to {checkpoint}: rerun the same "
+                         "command to resume from it")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handlers for the training loop: the first signal asks for a checkpoint after the current
+    step (cluster schedulers send SIGTERM before preempting a job); a second one stops at once (KeyboardInterrupt).
+
+    Only the main thread can install handlers; elsewhere (or with `enabled` false) signals act as usual.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"mmpo: {signal.Signals(signum).name} received: saving a checkpoint after this step "
+                  "(send it again to stop at once, without one)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 class TrainingDiverged(RuntimeError):
