@@ -295,9 +295,9 @@ def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]
     keys = key.strip().split(".")
     quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
     kind = _field_type(cls, keys)
-    # data.train is a path or {format, path}: the path is text, a YAML mapping is parsed
+    # str | X (data.train: a path or {format, path}; loss_type: a name or a list): a YAML mapping or list is parsed
     union_with_str = typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind)
-    if (kind is str or (union_with_str and not raw.lstrip().startswith("{"))) and not quoted:
+    if (kind is str or (union_with_str and not raw.lstrip().startswith(("{", "[")))) and not quoted:
         return keys, raw
     try:
         value = safe_load(raw) if raw.strip() else ""
