@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
+from mmpo.models.positions import TOKEN_TYPES_KEY, continue_positions, extend_token_types, mask_positions
 
 IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
-TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids")
+# per-token tensors (extended over answer tokens); everything else a processor returns is a media tensor
+TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids", TOKEN_TYPES_KEY)
 MEDIA_TYPES = ("image", "video")
 
 
@@ -134,20 +136,21 @@ def media_keys(batch: dict) -> list[str]:
     return [k for k in batch if k not in TEXT_KEYS]
 
 
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip padding: cumsum(mask) - 1, clamped at 0 for leading pads (TRL / HF generate)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+position_ids_from_mask = mask_positions  # the 1-D rule (`mmpo.models.positions`), under its old name
 
 
-def join_prompt_answer(prompt_batch: dict, answer_batch: dict) -> dict:
+def join_prompt_answer(prompt_batch: dict, answer_batch: dict, prompt_pos: torch.Tensor | None = None) -> dict:
     """One plain model input: prompt + answer, explicit positions, labels on answer tokens only.
 
     Args:
         prompt_batch: output of `encode_prompts` (left-padded).
         answer_batch: output of `encode_answers` (right-padded), same batch size.
+        prompt_pos: the prompt's positions from `mmpo.models.positions.prompt_positions` (needed for M-RoPE
+            families; None: 1-D positions from the mask).
 
     Returns:
-        dict with input_ids, attention_mask, position_ids, labels [B, Lp+La] and the prompt's media tensors.
+        dict with input_ids, attention_mask, position_ids, labels [B, Lp+La] (+ mm_token_type_ids extended
+        over the answer, where the processor gave them) and the prompt's media tensors.
     """
     p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
     a_ids, a_mask = answer_batch["input_ids"], answer_batch["attention_mask"]
@@ -156,7 +159,11 @@ def join_prompt_answer(prompt_batch: dict, answer_batch: dict) -> dict:
     a_ids, a_mask = a_ids.to(p_ids.device), a_mask.to(p_ids.device)
     mask = torch.cat([p_mask, a_mask], dim=1)
     labels = torch.cat([torch.full_like(p_ids, IGNORE_INDEX), a_ids.masked_fill(a_mask == 0, IGNORE_INDEX)], dim=1)
-    out = {"input_ids": torch.cat([p_ids, a_ids], dim=1), "attention_mask": mask,
-           "position_ids": position_ids_from_mask(mask), "labels": labels}
+    if prompt_pos is None or prompt_pos.dim() == 2:  # 1-D: the mask's cumsum (answer padding repeats the last)
+        positions = position_ids_from_mask(mask)
+    else:  # M-RoPE: the answer continues from the prompt's last position in every axis
+        positions = torch.cat([prompt_pos, continue_positions(prompt_pos, a_ids.shape[1])], dim=-1)
+    out = {"input_ids": torch.cat([p_ids, a_ids], dim=1), "attention_mask": mask, "position_ids": positions,
+           "labels": labels, **extend_token_types(prompt_batch, [a_ids.shape[1]])}
     out.update({k: prompt_batch[k] for k in media_keys(prompt_batch)})
     return out

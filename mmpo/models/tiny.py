@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+from mmpo.models.families import FAMILY_SPECS
+
+# Families with a word-level tiny builder here; the others (Qwen-VL, SmolVLM) are built by the real-format
+# factory (`mmpo.models.real_format`), which `make_tiny_model` calls for them.
 FAMILIES = ("llava", "llava_next", "llava_next_video", "video_llava", "llava_onevision")
-VIDEO_FAMILIES = ("llava_next_video", "video_llava", "llava_onevision")
+VIDEO_FAMILIES = tuple(f for f in FAMILIES if FAMILY_SPECS[f].video)
 SIZES = ("tiny", "7b")
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
@@ -252,12 +256,7 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
 
 
 def _model_class(family: str):
-    import transformers as tf
-
-    return {"llava": tf.LlavaForConditionalGeneration, "llava_next": tf.LlavaNextForConditionalGeneration,
-            "llava_next_video": tf.LlavaNextVideoForConditionalGeneration,
-            "video_llava": tf.VideoLlavaForConditionalGeneration,
-            "llava_onevision": tf.LlavaOnevisionForConditionalGeneration}[family]
+    return FAMILY_SPECS[family].transformers_class()
 
 
 def build_model(model_dir, device="cuda", dtype=torch.bfloat16):
