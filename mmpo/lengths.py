@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
 from mmpo.models.inputs import encode_prompts, prompt_text
 from mmpo.records import resolve_media
 
@@ -80,7 +81,7 @@ def record_length(rec, processor, media_tokens: MediaTokens, media_root) -> int:
     media = [rec.media[0]] + ([rec.rejected_media[0]] if getattr(rec, "rejected_media", None) else [])
     sizes = [_image_size(resolve_media(media_root, m)) if rec.media_type == "image" else None for m in media]
     answers = [rec.answer] if hasattr(rec, "answer") else [rec.chosen, rec.rejected]
-    answer = max(len(tok(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
+    answer = max(len(r) for r in answer_token_rows(tok, answers)) + 1
     return prompt - 1 + max(media_tokens(rec.media_type, s) for s in sizes) + answer
 
 
@@ -125,6 +126,7 @@ def preflight(records, processor, media_root, num_frames: int, limit: int, sampl
     n = len(records)
     idx = range(n) if n <= sample else sorted(random.Random(seed).sample(range(n), sample))
     media_tokens = MediaTokens(processor, num_frames)
+    check_answer_tokens(processor)  # finds the template's answer prefix (SmolVLM's " ") before answers are counted
     lengths, over = [], []
     for i in idx:
         rec = records[i]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mmpo.models.answer_tokens import check_answer_tokens
+from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
 from mmpo.models.inputs import encode_prompts, media_keys
 from mmpo.models.positions import TOKEN_TYPES_KEY, prompt_positions
 
@@ -26,7 +26,7 @@ def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
     tok = getattr(processor, "tokenizer", processor)
     ids = []
     for word in variants:
-        first = tok(word, add_special_tokens=False)["input_ids"][:1]
+        first = answer_token_rows(tok, [word])[0][:1]  # with the template's answer prefix (SmolVLM: " Yes")
         if first and first[0] != tok.unk_token_id and first[0] not in ids:
             ids.append(first[0])
     if not ids:
