@@ -19,7 +19,8 @@ A template may also put text between the generation prompt and the answer: SmolV
 "Assistant:" with no space, and a rendered conversation reads "Assistant: Yes", so the model's first answer
 token is " Yes" (9230), not "Yes" (10539). That is the template's layout, not a tokenizer setting: when the
 rendered reply starts with whitespace that the generation prompt lacks, and the answers tokenised with that
-whitespace in front equal the in-context tokens, the whitespace becomes the tokenizer's answer prefix
+whitespace in front equal the in-context tokens, and the tokenizer is byte-level BPE (which never adds a space
+itself), the whitespace becomes the tokenizer's answer prefix
 (`answer_prefix`), prepended by `answer_token_rows` everywhere answers are tokenised alone.
 """
 
@@ -74,13 +75,22 @@ def check_answer_tokens(processor) -> None:
         if in_context is None:
             break  # nothing to compare against (logged once)
         alone = answer_token_rows(tok, [probe])[0]
-        if alone != in_context and gap and tok(gap + probe, add_special_tokens=False)["input_ids"] == in_context:
+        if alone != in_context and gap and _byte_level(tok) and \
+                tok(gap + probe, add_special_tokens=False)["input_ids"] == in_context:
             _PREFIX[tok] = gap  # the template's own space before the answer (SmolVLM), not a tokenizer setting
             alone = answer_token_rows(tok, [probe])[0]
         if alone != in_context:
             _PREFIX.pop(tok, None)
             raise AnswerTokenError(_mismatch_message(tok, probe, alone, in_context))
     _CHECKED.add(tok)
+
+
+def _byte_level(tok) -> bool:
+    """A byte-level BPE (GPT-2 style) tokenizer: a space is a character it never adds itself, so a space in the
+    template is the template's. SentencePiece / Metaspace tokenizers add the "▁" themselves, and there a missing
+    one is the tokenizer setting the guard exists to catch (LLaVA-1.5 loaded with add_prefix_space=False)."""
+    pre = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+    return pre is not None and "ByteLevel" in str(pre) and "Metaspace" not in str(pre)
 
 
 def template_gap(processor) -> str:
