@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
-from mmpo.models.inputs import encode_prompts, prompt_text
+from mmpo.models.families import family_of_processor, multi_image_families
+from mmpo.models.inputs import IMAGE_MARKER, encode_prompts, prompt_text
 from mmpo.records import resolve_media
 
 log = logging.getLogger(__name__)
@@ -52,37 +53,67 @@ def _image_size(path) -> tuple[int, int]:
 
 
 class MediaTokens:
-    """How many tokens one media placeholder expands to, measured once per (media type, size)."""
+    """How many tokens a prompt's media placeholders expand to, measured once per (media type, sizes).
+
+    Several images are measured together: a family may encode an image differently when it is one of several
+    (LLaVA-OneVision drops the anyres tiles then), so their count is not the sum of single-image counts.
+    """
 
     def __init__(self, processor, num_frames: int):
         self.processor, self.num_frames = processor, num_frames
         self.tok = getattr(processor, "tokenizer", processor)
         self.cache: dict[tuple, int] = {}
 
-    def __call__(self, media_type: str, size: tuple[int, int] | None) -> int:
-        key = (media_type, size)
+    def __call__(self, media_type: str, size: tuple[int, int] | None | list) -> int:
+        sizes = tuple(size) if isinstance(size, list) else (size,)
+        key = (media_type, sizes)
         if key not in self.cache:
             if media_type == "image":
-                blank = Image.new("RGB", size, (127, 127, 127))
+                blanks = [Image.new("RGB", s, (127, 127, 127)) for s in sizes]
             else:  # videos: the processor resizes frames, so any size gives the same count
-                blank = np.full((self.num_frames, 64, 64, 3), 127, dtype=np.uint8)
-            ids = encode_prompts(self.processor, [""], [blank], media_type)["input_ids"][0].tolist()
-            placeholder_only = self.tok(prompt_text(self.processor, "", media_type),
+                blanks = [np.full((self.num_frames, 64, 64, 3), 127, dtype=np.uint8)]
+            media = blanks if len(blanks) > 1 else blanks[0]
+            ids = encode_prompts(self.processor, [""], [media], media_type)["input_ids"][0].tolist()
+            placeholder_only = self.tok(prompt_text(self.processor, "", media_type, len(blanks)),
                                         add_special_tokens=True)["input_ids"]
-            self.cache[key] = len(ids) - len(placeholder_only) + 1
+            self.cache[key] = len(ids) - len(placeholder_only) + len(blanks)
         return self.cache[key]
 
 
+def check_record_media(rec, processor) -> None:
+    """A record's media fit its prompt and the model: one `<image>` marker per image (or none), several images only
+    for a multi-image family, `rejected_media` image for image. Raises ValueError naming the record's file:line."""
+    where = getattr(rec, "where", "") or f"record {rec.id}"
+    n = len(rec.media)
+    markers = rec.prompt.count(IMAGE_MARKER) if rec.media_type == "image" else 0
+    if markers and markers != n:
+        raise ValueError(f"{where}: the prompt has {markers} {IMAGE_MARKER} marker(s) but the record has {n} image(s) "
+                         f"in 'media'; write one {IMAGE_MARKER} per image where it belongs, or none (images first)")
+    rejected = getattr(rec, "rejected_media", None)
+    if rejected and len(rejected) != n:
+        raise ValueError(f"{where}: 'rejected_media' has {len(rejected)} item(s) but 'media' has {n}: "
+                         "name the rejected side's media one for one")
+    family = family_of_processor(processor)
+    if n > 1 and family is not None and not family.multi_image:
+        raise ValueError(f"{where}: {n} {rec.media_type}s in one record, but {family.name} models take one per "
+                         f"prompt; families that take several images: {', '.join(multi_image_families())}")
+
+
 def record_length(rec, processor, media_tokens: MediaTokens, media_root) -> int:
-    """Tokens of `rec` as the collator builds it: prompt with media + the longer answer + EOS."""
+    """Tokens of `rec` as the collator builds it: prompt with all its media + the longer answer + EOS."""
+    check_record_media(rec, processor)
     tok = media_tokens.tok
-    prompt = len(tok(prompt_text(processor, rec.prompt, rec.media_type), add_special_tokens=True)["input_ids"])
+    n = len(rec.media)
+    text = prompt_text(processor, rec.prompt, rec.media_type, n)
+    prompt = len(tok(text, add_special_tokens=True)["input_ids"])  # n placeholders, one token each
     # the rejected side may show other media (a counterfactual image): an anyres model counts it by its own size
-    media = [rec.media[0]] + ([rec.rejected_media[0]] if getattr(rec, "rejected_media", None) else [])
-    sizes = [_image_size(resolve_media(media_root, m)) if rec.media_type == "image" else None for m in media]
+    sides = [rec.media] + ([rec.rejected_media] if getattr(rec, "rejected_media", None) else [])
+    media = max(media_tokens(rec.media_type, [_image_size(resolve_media(media_root, m))
+                                              if rec.media_type == "image" else None for m in side])
+                for side in sides)
     answers = [rec.answer] if hasattr(rec, "answer") else [rec.chosen, rec.rejected]
     answer = max(len(r) for r in answer_token_rows(tok, answers)) + 1
-    return prompt - 1 + max(media_tokens(rec.media_type, s) for s in sizes) + answer
+    return prompt - n + media + answer
 
 
 @dataclass(frozen=True)
@@ -130,6 +161,7 @@ def preflight(records, processor, media_root, num_frames: int, limit: int, sampl
     lengths, over = [], []
     for i in idx:
         rec = records[i]
+        check_record_media(rec, processor)  # a data error, whatever on_bad_record says
         try:
             length = record_length(rec, processor, media_tokens, media_root)
         except OSError:  # unreadable media: the collator reports it with its own rule (error or skip)

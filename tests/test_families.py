@@ -308,3 +308,111 @@ def test_collated_batch_carries_token_types_and_trains(paths, loaded, tmp_path):
     batch = PairCollator(proc, str(pairs.parent))(read_pairs(pairs, pairs.parent))
     assert batch.prompt["mm_token_type_ids"].shape == batch.prompt["input_ids"].shape
     assert set(batch.prompt["mm_token_type_ids"].unique().tolist()) == {0, 1}
+
+
+# ---------------------------------------------------------------- several images per pair
+
+MULTI = ["llava_onevision", "qwen2_5_vl", "idefics3"]
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, loaded):
+    root = tmp_path_factory.mktemp("multi")
+    onevision = real_format_model("llava_onevision", root)
+    return {"llava_onevision": load_model(ModelConfig(path=str(onevision), device="cpu")),
+            **{f: loaded[f] for f in MULTI[1:]}}
+
+
+def _multi_pairs(root, n_images, name="multi.jsonl", prompt=None, n_rows=2):
+    """Pairs with `n_images` images each (sizes differ, so tilings and grids differ per image)."""
+    from mmpo.records import PairRecord, write_jsonl
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    recs = []
+    for i in range(n_rows):
+        rels = []
+        for j in range(n_images):
+            rel = f"img/m{i}_{j}.png"
+            color_image(["red", "green", "blue"][j % 3], size=40 + 8 * j, seed=10 * i + j).save(root / rel)
+            rels.append(rel)
+        text = prompt or ("Compare " + " and ".join(["<image>"] * n_images) + ": which one is red?" if i == 0
+                          else "Which of these images is red?")
+        recs.append(PairRecord(id=f"m{i}", media=tuple(rels), media_type="image", prompt=text,
+                               chosen="The first one.", rejected=f"Image {n_images}."))
+    write_jsonl(root / name, recs)
+    return root / name
+
+
+@pytest.mark.parametrize("family", MULTI)
+@pytest.mark.parametrize("n_images", [2, 3])
+def test_several_images_packed_equals_plain_and_every_image_counts(multi, family, n_images, tmp_path):
+    from mmpo.logprobs import pair_logps
+
+    model, proc = multi[family]
+    pairs = _multi_pairs(tmp_path, n_images)
+    recs = read_pairs(pairs, tmp_path)
+    batch = PairCollator(proc, str(tmp_path))(recs)
+    with torch.no_grad():
+        packed = pair_logps(model, batch, set(), shared_prefix=True)
+        plain = pair_logps(model, batch, set(), shared_prefix=False)
+    for key in ("chosen", "rejected"):
+        torch.testing.assert_close(packed[key], plain[key], rtol=1e-5, atol=1e-4)
+    # each image reaches the model: replacing any one of them changes the log-probs of its row
+    for j in range(n_images):
+        color_image("yellow", size=40 + 8 * j, seed=99).save(tmp_path / f"img/m0_{j}.png")
+        with torch.no_grad():
+            changed = pair_logps(model, PairCollator(proc, str(tmp_path))(recs), set(), shared_prefix=True)
+        assert not torch.allclose(changed["chosen"][0], packed["chosen"][0]), j
+        assert torch.equal(changed["chosen"][1], packed["chosen"][1])  # the other row's images did not change
+        color_image(["red", "green", "blue"][j % 3], size=40 + 8 * j, seed=j).save(tmp_path / f"img/m0_{j}.png")
+
+
+@pytest.mark.parametrize("family", MULTI)
+def test_several_images_match_the_processors_own_encoding_and_the_length_preflight(multi, family, tmp_path):
+    from mmpo.lengths import MediaTokens, record_length
+    from mmpo.media import load_media
+
+    _, proc = multi[family]
+    pairs = _multi_pairs(tmp_path, 3)
+    recs = read_pairs(pairs, tmp_path)
+    batch = PairCollator(proc, str(tmp_path))(recs)
+    for i, r in enumerate(recs):
+        images = load_media(tmp_path, r.media, "image")
+        content = ([{"type": "text", "text": "Compare "}, {"type": "image"}, {"type": "text", "text": " and "},
+                    {"type": "image"}, {"type": "text", "text": " and "}, {"type": "image"},
+                    {"type": "text", "text": ": which one is red?"}] if i == 0
+                   else [{"type": "image"}] * 3 + [{"type": "text", "text": r.prompt}])
+        text = proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                        tokenize=False)
+        own = proc(text=[text], images=[images], return_tensors="pt")["input_ids"][0].tolist()
+        ours = batch.prompt["input_ids"][i][batch.prompt["attention_mask"][i].bool()].tolist()
+        assert ours == own
+        n_answer = max(int(batch.chosen["attention_mask"][i].sum()), int(batch.rejected["attention_mask"][i].sum()))
+        assert record_length(r, proc, MediaTokens(proc, 8), tmp_path) == len(own) + n_answer
+
+
+def test_several_images_train_and_a_single_image_family_refuses_them(multi, paths, tmp_path):
+    pairs = _multi_pairs(tmp_path / "data", 2, n_rows=4)
+    train(_train_cfg(paths["qwen2_5_vl"], pairs, tmp_path / "run", "batch_size=2", "max_steps=2",
+                     "loss=[{name: dpo}, {name: mdpo_conditional}]"))
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 2 and all(math.isfinite(r["loss"]) for r in rows)
+    from helpers import tiny_model
+
+    llava = tiny_model("llava", tmp_path)
+    with pytest.raises(ValueError, match=r"multi.jsonl:1: 2 images in one record, but llava models take one per "
+                                         r"prompt; families that take several images: llava_onevision, .*idefics3"):
+        train(_train_cfg(llava, pairs, tmp_path / "refused"))
+
+
+@pytest.mark.parametrize("prompt", ["<image> and <image> and <image>: which?", "Just one <image> here."])
+def test_image_markers_that_do_not_match_the_media_name_the_record(multi, prompt, tmp_path):
+    _, proc = multi["qwen2_5_vl"]
+    pairs = _multi_pairs(tmp_path, 2, prompt=prompt)
+    with pytest.raises(ValueError, match=r"multi.jsonl:1: the prompt has \d <image> marker\(s\) but the record has 2"):
+        PairCollator(proc, str(tmp_path))(read_pairs(pairs, tmp_path))
+
+
+def test_a_leading_marker_equals_images_first(multi):
+    _, proc = multi["qwen2_5_vl"]
+    assert prompt_text(proc, "<image>\nWhat is it?", "image") == prompt_text(proc, "What is it?", "image")

@@ -37,11 +37,13 @@ class Family:
         `get_rope_index`, text continuing from the prompt's last position).
     video: takes `pixel_values_videos`.
     multi_image: a prompt may hold several images (placeholders where the prompt puts them).
+    processor_class: the transformers processor class (name) its checkpoints load with.
     """
 
     name: str
     model_types: tuple[str, ...]
     model_class: str
+    processor_class: str
     vision_modules: tuple[str, ...]
     projector: str
     lora_target: str = DEFAULT_LORA_TARGET
@@ -63,24 +65,27 @@ class Family:
 _LLAVA_PROJ = "model.multi_modal_projector"
 
 FAMILY_SPECS: dict[str, Family] = {
-    "llava": Family("llava", ("llava",), "LlavaForConditionalGeneration", ("model.vision_tower",), _LLAVA_PROJ),
-    "llava_next": Family("llava_next", ("llava_next",), "LlavaNextForConditionalGeneration",
+    "llava": Family("llava", ("llava",), "LlavaForConditionalGeneration", "LlavaProcessor", ("model.vision_tower",), _LLAVA_PROJ),
+    "llava_next": Family("llava_next", ("llava_next",), "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
                          ("model.vision_tower",), _LLAVA_PROJ),
     "llava_next_video": Family("llava_next_video", ("llava_next_video",), "LlavaNextVideoForConditionalGeneration",
+                               "LlavaNextVideoProcessor",
                                ("model.vision_tower", "model.vision_resampler"), _LLAVA_PROJ, video=True),
-    "video_llava": Family("video_llava", ("video_llava",), "VideoLlavaForConditionalGeneration",
+    "video_llava": Family("video_llava", ("video_llava",), "VideoLlavaForConditionalGeneration", "VideoLlavaProcessor",
                           ("model.image_tower", "model.video_tower"), _LLAVA_PROJ, video=True),
     "llava_onevision": Family("llava_onevision", ("llava_onevision",), "LlavaOnevisionForConditionalGeneration",
+                              "LlavaOnevisionProcessor",
                               ("model.vision_tower",), _LLAVA_PROJ, video=True, multi_image=True),
     # Qwen-VL: the projector (`merger`) sits inside the vision tower; positions are M-RoPE.
-    "qwen2_vl": Family("qwen2_vl", ("qwen2_vl",), "Qwen2VLForConditionalGeneration", ("model.visual",),
+    "qwen2_vl": Family("qwen2_vl", ("qwen2_vl",), "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", ("model.visual",),
                        "model.visual.merger", positions="mrope", video=True, multi_image=True),
-    "qwen2_5_vl": Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", ("model.visual",),
+    "qwen2_5_vl": Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor",
+                         ("model.visual",),
                          "model.visual.merger", positions="mrope", video=True, multi_image=True),
-    "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", ("model.visual",),
+    "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", ("model.visual",),
                        "model.visual.merger", positions="mrope", video=True, multi_image=True),
     # SmolVLM is Idefics3: SigLIP `vision_model`, pixel-shuffle `connector`, Llama `text_model`.
-    "idefics3": Family("idefics3", ("idefics3", "smolvlm"), "Idefics3ForConditionalGeneration",
+    "idefics3": Family("idefics3", ("idefics3", "smolvlm"), "Idefics3ForConditionalGeneration", "Idefics3Processor",
                        ("model.vision_model",), "model.connector", lora_target=rf".*text_model.*\.{LINEARS}",
                        multi_image=True),
 }
@@ -108,6 +113,19 @@ def family_of_model_type(model_type: str | None) -> Family:
             return fam
     supported = sorted(t for f in FAMILY_SPECS.values() for t in f.model_types)
     raise ValueError(f"unsupported model type {model_type!r}; supported model types: {supported}")
+
+
+def family_of_processor(processor) -> Family | None:
+    """The family whose checkpoints load `processor`'s class (None for a bare tokenizer or an unknown class)."""
+    name = type(processor).__name__
+    aliases = {"SmolVLMProcessor": "Idefics3Processor"}
+    name = aliases.get(name, name)
+    return next((f for f in FAMILY_SPECS.values() if f.processor_class == name), None)
+
+
+def multi_image_families() -> tuple[str, ...]:
+    """Families that take several images in one prompt."""
+    return tuple(f.name for f in FAMILY_SPECS.values() if f.multi_image)
 
 
 def media_rows(batch: dict, key: str, image_counts: list[int]) -> list:

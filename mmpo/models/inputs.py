@@ -29,31 +29,75 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
 # per-token tensors (extended over answer tokens); everything else a processor returns is a media tensor
 TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids", TOKEN_TYPES_KEY)
 MEDIA_TYPES = ("image", "video")
+# Where a prompt places its images (TRL / LLaMA-Factory convention, shared with the data-format helper): one literal
+# marker per image, in order; a prompt without markers gets all its images before the text.
+IMAGE_MARKER = "<image>"
 
 
-def prompt_text(processor, prompt: str, media_type: str | None) -> str:
-    """One user turn with one media part (placeholder) and the prompt text, plus the generation prompt.
+class MediaCountError(ValueError):
+    """A prompt's `<image>` markers do not match the number of images it comes with."""
+
+
+def user_content(prompt: str, media_type: str | None, n_media: int = 1) -> list[dict]:
+    """The user turn's content parts: media placeholders where the prompt's markers are, else media first.
+
+    The text between markers is kept as written (LLaMA-Factory replaces each marker in place); only the space
+    between a marker and the start or end of the prompt goes, so "<image>\\nWhat is it?" and "What is it?" give
+    the same turn.
+
+    Raises:
+        MediaCountError: the prompt has `<image>` markers, but not one per image.
+    """
+    if media_type is None:
+        return [{"type": "text", "text": prompt}]
+    if media_type not in MEDIA_TYPES:
+        raise ValueError(f"media_type must be one of {MEDIA_TYPES} or None, got {media_type!r}")
+    if media_type == "image" and IMAGE_MARKER in prompt:
+        pieces = prompt.split(IMAGE_MARKER)
+        if len(pieces) - 1 != n_media:
+            raise MediaCountError(f"the prompt has {len(pieces) - 1} {IMAGE_MARKER} marker(s) but {n_media} image(s); "
+                                  f"write one {IMAGE_MARKER} per image where it belongs, or none (images first)")
+        if not pieces[0].strip():
+            pieces[1] = pieces[1].lstrip()
+        if not pieces[-1].strip():
+            pieces[-2] = pieces[-2].rstrip()
+        content = []
+        for i, piece in enumerate(pieces):
+            if piece.strip():
+                content.append({"type": "text", "text": piece})
+            if i < n_media:
+                content.append({"type": "image"})
+        return content
+    return [{"type": media_type}] * n_media + [{"type": "text", "text": prompt}]
+
+
+def prompt_text(processor, prompt: str, media_type: str | None, n_media: int = 1) -> str:
+    """One user turn with its media parts (placeholders) and the prompt text, plus the generation prompt.
 
     Args:
         processor: a checkpoint's processor (carries the chat template).
-        prompt: the question / instruction text.
+        prompt: the question / instruction text (may place images with `<image>` markers, `user_content`).
         media_type: "image", "video" or None (text only).
+        n_media: number of media items (several images: a multi-image family's prompt).
 
     Returns:
         The templated text, e.g. "USER: <image>\\nis there a cat ? ASSISTANT:".
     """
-    content = [{"type": "text", "text": prompt}]
-    if media_type is not None:
-        if media_type not in MEDIA_TYPES:
-            raise ValueError(f"media_type must be one of {MEDIA_TYPES} or None, got {media_type!r}")
-        content.insert(0, {"type": media_type})
-    messages = [{"role": "user", "content": content}]
+    messages = [{"role": "user", "content": user_content(prompt, media_type, n_media)}]
     return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def media_count(item) -> int:
+    """Media items in one row's media: a list of images counts its length, anything else is one item."""
+    return len(item) if isinstance(item, (list, tuple)) else 1
+
+
 def _as_media_list(media, media_type: str) -> list:
-    """Processors want a list of PIL images, or a list of (T,H,W,3) uint8 arrays for videos."""
+    """Processors want a list of PIL images, or a list of (T,H,W,3) uint8 arrays for videos; rows with several
+    images make it a list of lists (one per row), which multi-image processors take."""
     items = list(media)
+    if any(isinstance(m, (list, tuple)) for m in items):
+        return [list(m) if isinstance(m, (list, tuple)) else [m] for m in items]
     if media_type == "video":
         items = [np.asarray(v) for v in items]
         bad = [i for i, v in enumerate(items) if v.ndim != 4 or v.shape[-1] != 3]
@@ -68,14 +112,18 @@ def encode_prompts(processor, prompts: list[str], media, media_type: str | None)
     Args:
         processor: a checkpoint's processor.
         prompts: B prompt texts (templated here with `prompt_text`).
-        media: B PIL images or B uint8 (T,H,W,3) arrays (one per prompt); None for text only.
+        media: B PIL images or B uint8 (T,H,W,3) arrays (one per prompt), or per prompt a list of PIL images
+            (several images: placed by the prompt's `<image>` markers, else before the text); None for text only.
         media_type: "image", "video" or None.
 
     Returns:
         dict with input_ids [B,Lp], attention_mask [B,Lp] and the media tensors the processor made
         (pixel_values [+ image_sizes] for images, pixel_values_videos for videos).
     """
-    texts = [prompt_text(processor, p, media_type if media is not None else None) for p in prompts]
+    if media is None:
+        texts = [prompt_text(processor, p, None) for p in prompts]
+    else:
+        texts = [prompt_text(processor, p, media_type, media_count(m)) for p, m in zip(prompts, media, strict=True)]
     return encode_templated(processor, texts, media, media_type)
 
 
