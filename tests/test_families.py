@@ -416,3 +416,93 @@ def test_image_markers_that_do_not_match_the_media_name_the_record(multi, prompt
 def test_a_leading_marker_equals_images_first(multi):
     _, proc = multi["qwen2_5_vl"]
     assert prompt_text(proc, "<image>\nWhat is it?", "image") == prompt_text(proc, "What is it?", "image")
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_equal_one_on_qwen2_5_vl(paths, tmp_path):
+    """As tests/test_fsdp.py does for LLaVA: FSDP2 over 2 CPU processes logs what one process logs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from mmpo.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    pairs = toy_pairs(tmp_path / "data", n=8)
+    args = ["--config", str(repo / "configs/train/tiny_cpu.yaml"), f"model.path={paths['qwen2_5_vl']}",
+            f"data.train={pairs}", "max_steps=3"]
+    assert main(["train", *args, f"output_dir={tmp_path / 'one'}", "batch_size=4"]) == 0
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+              str(repo / "configs/accelerate/fsdp.yaml"), "--num_processes", "2", "-m", "mmpo", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([*launch, *args, f"output_dir={tmp_path / 'two'}", "batch_size=2"], env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallel"] == "fsdp"
+    one, two = ([r for r in read_metrics(tmp_path / d) if "loss" in r] for d in ("one", "two"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for x, y in zip(one, two):
+        for key in ("loss", "grad_norm", "logps/chosen"):
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-6), (x["step"], key)
+    a, b = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).norm() / max(a[k].norm(), 1e-12)) for k in a) < 1e-4
+
+
+# ---------------------------------------------------------------- Qwen-VL video, PaMi bags, rejected media
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_video_logps_equal_a_plain_hf_forward(loaded, family):
+    model, proc = loaded[family]
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (4, 56, 56, 3), dtype=np.uint8), rng.integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)]
+    prompt = encode_prompts(proc, PROMPTS, videos, "video")
+    chosen = encode_answers(proc, CHOSEN)
+    with torch.no_grad():
+        plain = plain_logps(model, prompt, chosen)[0]
+        packed = packed_logps(model, prompt, [chosen])[0][0]
+        for i in range(2):
+            msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPTS[i]}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": CHOSEN[i]}]}]
+            enc = proc(text=[proc.apply_chat_template(msgs, tokenize=False)], videos=[videos[i]], return_tensors="pt")
+            n, n_prompt = int(chosen["attention_mask"][i].sum()), int(prompt["attention_mask"][i].sum())
+            target = enc["input_ids"][0, n_prompt:n_prompt + n]
+            assert target.tolist() == chosen["input_ids"][i, :n].tolist()
+            logp = torch.log_softmax(model(**enc).logits[0].float(), -1)[n_prompt - 1:n_prompt - 1 + n]
+            hf = logp.gather(-1, target[:, None]).sum()
+            assert abs(plain[i] - hf) <= 1e-4 * abs(hf)
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-4)
+
+
+def test_pami_bag_and_rejected_media_on_qwen2_5_vl(paths, loaded, tmp_path):
+    import dataclasses
+
+    from mmpo.logprobs import pair_logps
+    from mmpo.records import AugSpec
+
+    model, proc = loaded["qwen2_5_vl"]
+    pairs = toy_pairs(tmp_path / "data", n=3)
+    bag = (AugSpec("mdpo_crop", {}, 1), AugSpec("gaussian_noise", {"std": 80.0}, 2))
+    recs = [dataclasses.replace(r, rejected_bag=bag, rejected_media=("img/2.png",) if i == 0 else None)
+            for i, r in enumerate(read_pairs(pairs, pairs.parent))]
+    batch = PairCollator(proc, str(pairs.parent), requires=frozenset({"bag", "corrupt"}))(recs)
+    with torch.no_grad():
+        out = pair_logps(model, batch, {"bag", "corrupt"}, shared_prefix=True, js_top_k=0)
+        # each bag clip equals a forward of the augmented image on its own (patches are not sliced by row)
+        from mmpo.batches import augment_each
+        from mmpo.media import load_media
+
+        for j in range(2):
+            for i, r in enumerate(recs):
+                alone = encode_prompts(proc, [r.prompt], [augment_each(load_media(pairs.parent, r.media, "image"),
+                                                                       bag[j])], "image")
+                ans = encode_answers(proc, [r.chosen])
+                assert plain_logps(model, alone, ans)[0][0] == pytest.approx(float(out["bag"][i, j]), rel=1e-4)
+        rejected = encode_prompts(proc, [recs[0].prompt], [load_media(pairs.parent, ("img/2.png",), "image")], "image")
+        expect = plain_logps(model, rejected, encode_answers(proc, [recs[0].rejected]))[0][0]
+    assert float(out["rejected"][0]) == pytest.approx(float(expect), rel=1e-4)
+    assert out["bag_distance"].shape == (3, 2) and (out["bag_distance"] > 0).all()
+    assert out["corrupt"].shape == (3,)

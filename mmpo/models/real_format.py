@@ -438,3 +438,26 @@ def save_hub_weights(family: str, out: Path, seed: int = 0) -> dict:
         state[hub] = value.detach().to(torch.bfloat16).contiguous()
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     return state
+
+
+# Qwen/Qwen2.5-VL-7B-Instruct's config.json values where they differ from the vendored 3B one (hub model card and
+# config: 28 layers of width 3,584, 28 heads / 4 KV heads, untied 152,064-row embeddings; the vision tower is the
+# 3B's, projecting to 3,584)
+QWEN2_5_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_window_layers=28)
+
+
+def make_vlm_7b_config(family: str, out_dir) -> Path:
+    """A 7B-shaped checkpoint folder (config, tokenizer, processor; no weights) for GPU benchmarks.
+
+    Only Qwen2.5-VL-7B-Instruct: the vendored 3B files with the 7B's published widths (`QWEN2_5_VL_7B`).
+    """
+    if family != "qwen2_5_vl":
+        raise ValueError(f"a 7B-shaped config is available for qwen2_5_vl only, not {family!r}")
+    out = make_real_format_model(family, out_dir, shrink=False)
+
+    def widen(cfg: dict) -> None:
+        cfg.update(QWEN2_5_VL_7B)
+        cfg["vision_config"]["out_hidden_size"] = QWEN2_5_VL_7B["hidden_size"]
+    _edit_json(out / "config.json", widen)
+    return out
