@@ -6,10 +6,10 @@ for 8 OneVision frames (shared real-format notes). A fixed default of 2048 rejec
 NeXT-Video record mid-run, so the default limit is the model's own context length, and the pre-flight
 reports the length distribution and how many records exceed the limit before any training happens.
 
-Lengths are exact without decoding pixels: the templated text is tokenised as it will be (one media
-placeholder), and the placeholder's expansion is measured once per distinct (media type, image size)
-with a blank image or clip of that size (a video's token count does not depend on its resolution;
-processors resize frames).
+Lengths are exact without decoding pixels: the templated text is tokenised as it will be (one placeholder
+per media item), and the placeholders' expansion is measured once per distinct (media type, sizes) with
+blank images or a blank clip of those sizes (LLaVA video processors resize frames; Qwen-VL keeps a video's
+aspect ratio within its pixel limits, so the clip's frame size is read from the file's header).
 """
 
 from __future__ import annotations
@@ -45,6 +45,22 @@ def resolve_max_length(configured: int, model) -> int:
     return configured if configured > 0 else context_length(model)
 
 
+def _video_size(path) -> tuple[int, int]:
+    """(width, height) of a video's stream from its header (rotation metadata not applied)."""
+    import av
+
+    try:
+        with av.open(str(path)) as box:
+            stream = box.streams.video[0]
+            return stream.codec_context.width, stream.codec_context.height
+    except Exception as exc:  # noqa: BLE001 - PyAV's errors are not all OSErrors; the collator reports bad media
+        raise OSError(f"{path}: {exc}") from None
+
+
+def _media_size(media_type: str, path) -> tuple[int, int]:
+    return _image_size(path) if media_type == "image" else _video_size(path)
+
+
 def _image_size(path) -> tuple[int, int]:
     """(width, height) as `load_image` will return it: header only, EXIF rotations (5-8) swap the sides."""
     with Image.open(path) as img:
@@ -70,8 +86,9 @@ class MediaTokens:
         if key not in self.cache:
             if media_type == "image":
                 blanks = [Image.new("RGB", s, (127, 127, 127)) for s in sizes]
-            else:  # videos: the processor resizes frames, so any size gives the same count
-                blanks = [np.full((self.num_frames, 64, 64, 3), 127, dtype=np.uint8)]
+            else:  # videos: LLaVA processors resize frames (any size counts the same); Qwen-VL keeps the aspect
+                w, h = sizes[0] or (64, 64)
+                blanks = [np.full((self.num_frames, h, w, 3), 127, dtype=np.uint8)]
             media = blanks if len(blanks) > 1 else blanks[0]
             ids = encode_prompts(self.processor, [""], [media], media_type)["input_ids"][0].tolist()
             placeholder_only = self.tok(prompt_text(self.processor, "", media_type, len(blanks)),
@@ -108,8 +125,7 @@ def record_length(rec, processor, media_tokens: MediaTokens, media_root) -> int:
     prompt = len(tok(text, add_special_tokens=True)["input_ids"])  # n placeholders, one token each
     # the rejected side may show other media (a counterfactual image): an anyres model counts it by its own size
     sides = [rec.media] + ([rec.rejected_media] if getattr(rec, "rejected_media", None) else [])
-    media = max(media_tokens(rec.media_type, [_image_size(resolve_media(media_root, m))
-                                              if rec.media_type == "image" else None for m in side])
+    media = max(media_tokens(rec.media_type, [_media_size(rec.media_type, resolve_media(media_root, m)) for m in side])
                 for side in sides)
     answers = [rec.answer] if hasattr(rec, "answer") else [rec.chosen, rec.rejected]
     answer = max(len(r) for r in answer_token_rows(tok, answers)) + 1

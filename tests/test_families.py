@@ -467,7 +467,8 @@ def test_qwen_video_logps_equal_a_plain_hf_forward(loaded, family):
         for i in range(2):
             msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": PROMPTS[i]}]},
                     {"role": "assistant", "content": [{"type": "text", "text": CHOSEN[i]}]}]
-            enc = proc(text=[proc.apply_chat_template(msgs, tokenize=False)], videos=[videos[i]], return_tensors="pt")
+            enc = proc(text=[proc.apply_chat_template(msgs, tokenize=False)], videos=[videos[i]], return_tensors="pt",
+                       **({"do_sample_frames": False} if family == "qwen3_vl" else {}))  # the frames mmpo sampled
             n, n_prompt = int(chosen["attention_mask"][i].sum()), int(prompt["attention_mask"][i].sum())
             target = enc["input_ids"][0, n_prompt:n_prompt + n]
             assert target.tolist() == chosen["input_ids"][i, :n].tolist()
@@ -506,3 +507,22 @@ def test_pami_bag_and_rejected_media_on_qwen2_5_vl(paths, loaded, tmp_path):
     assert float(out["rejected"][0]) == pytest.approx(float(expect), rel=1e-4)
     assert out["bag_distance"].shape == (3, 2) and (out["bag_distance"] > 0).all()
     assert out["corrupt"].shape == (3,)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_qwen_video_keeps_mmpos_frames_and_the_preflight_counts_its_tokens(loaded, family, tmp_path):
+    from videos import make_frames, write_clip
+
+    from mmpo.lengths import MediaTokens, record_length
+    from mmpo.records import PairRecord, write_jsonl
+
+    _, proc = loaded[family]
+    write_clip(tmp_path / "wide.mp4", make_frames(T=8, H=48, W=96))
+    rec = PairRecord(id="v", media=("wide.mp4",), media_type="video", prompt="What moves?", chosen="A square.",
+                     rejected="A circle.")
+    write_jsonl(tmp_path / "v.jsonl", [rec])
+    rec = read_pairs(tmp_path / "v.jsonl", tmp_path)[0]
+    batch = PairCollator(proc, str(tmp_path), num_frames=8)([rec])
+    assert int(batch.prompt["video_grid_thw"][0, 0]) == 4  # 8 frames / temporal patch 2: none dropped
+    n_answer = max(int(batch.chosen["attention_mask"].sum()), int(batch.rejected["attention_mask"].sum()))
+    assert record_length(rec, proc, MediaTokens(proc, 8), tmp_path) == int(batch.prompt["attention_mask"].sum()) + n_answer

@@ -135,6 +135,10 @@ def encode_templated(processor, texts: list[str], media, media_type: str | None)
     if media is not None:
         key = "images" if media_type == "image" else "videos"
         kwargs[key] = _as_media_list(media, media_type)
+        video_processor = getattr(processor, "video_processor", None)
+        if media_type == "video" and getattr(video_processor, "do_sample_frames", False):
+            # the frames are already mmpo's sample (model.num_frames / fps); Qwen3-VL would sample them again
+            kwargs["do_sample_frames"] = False
         if media_type == "image" and type(processor).__name__ == "VideoLlavaProcessor":
             # Video-LLaVA's image processor still defaults to the deprecated `pixel_values_images` key
             kwargs["return_legacy_image_output"] = False
