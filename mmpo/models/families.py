@@ -65,7 +65,8 @@ class Family:
 _LLAVA_PROJ = "model.multi_modal_projector"
 
 FAMILY_SPECS: dict[str, Family] = {
-    "llava": Family("llava", ("llava",), "LlavaForConditionalGeneration", "LlavaProcessor", ("model.vision_tower",), _LLAVA_PROJ),
+    "llava": Family("llava", ("llava",), "LlavaForConditionalGeneration", "LlavaProcessor", ("model.vision_tower",),
+                    _LLAVA_PROJ),
     "llava_next": Family("llava_next", ("llava_next",), "LlavaNextForConditionalGeneration", "LlavaNextProcessor",
                          ("model.vision_tower",), _LLAVA_PROJ),
     "llava_next_video": Family("llava_next_video", ("llava_next_video",), "LlavaNextVideoForConditionalGeneration",
