@@ -212,7 +212,7 @@ def test_step_1_logged_logps_equal_a_plain_hf_forward(paths, loaded, family, bat
     assert logged["loss"] == pytest.approx(math.log(2), abs=1e-5)  # fresh LoRA = its reference
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_precomputed_reference_equals_live(paths, family, tmp_path):
     pairs = toy_pairs(tmp_path / "data", n=4)
     runs = {}
@@ -272,7 +272,7 @@ def test_default_lora_targets_the_language_model_only(paths, family):
     assert len(lora) == 2 * 7 and all(text in n for n in lora)  # 2 layers x q k v o gate up down
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+@pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_4bit_lora_trains_on_cpu(paths, family):
     bnb = pytest.importorskip("bitsandbytes")
     model, proc = load_model(ModelConfig(path=str(paths[family]), device="cpu", load_in_4bit=True),
