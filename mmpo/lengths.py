@@ -23,7 +23,7 @@ from PIL import Image
 
 from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
 from mmpo.models.families import family_of_processor, multi_image_families
-from mmpo.models.inputs import IMAGE_MARKER, encode_prompts, prompt_text
+from mmpo.models.inputs import IMAGE_MARKER, MARKERS, encode_prompts, prompt_text
 from mmpo.records import resolve_media
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,12 @@ def check_record_media(rec, processor) -> None:
     for a multi-image family, `rejected_media` image for image. Raises ValueError naming the record's file:line."""
     where = getattr(rec, "where", "") or f"record {rec.id}"
     n = len(rec.media)
-    markers = rec.prompt.count(IMAGE_MARKER) if rec.media_type == "image" else 0
+    marker = MARKERS.get(rec.media_type, IMAGE_MARKER)
+    markers = rec.prompt.count(marker)
     if markers and markers != n:
-        raise ValueError(f"{where}: the prompt has {markers} {IMAGE_MARKER} marker(s) but the record has {n} image(s) "
-                         f"in 'media'; write one {IMAGE_MARKER} per image where it belongs, or none (images first)")
+        raise ValueError(f"{where}: the prompt has {markers} {marker} marker(s) but the record has {n} "
+                         f"{rec.media_type}(s) in 'media'; write one {marker} per {rec.media_type} where it belongs, "
+                         f"or none ({rec.media_type}s first)")
     rejected = getattr(rec, "rejected_media", None)
     if rejected and len(rejected) != n:
         raise ValueError(f"{where}: 'rejected_media' has {len(rejected)} item(s) but 'media' has {n}: "

@@ -526,3 +526,10 @@ def test_qwen_video_keeps_mmpos_frames_and_the_preflight_counts_its_tokens(loade
     assert int(batch.prompt["video_grid_thw"][0, 0]) == 4  # 8 frames / temporal patch 2: none dropped
     n_answer = max(int(batch.chosen["attention_mask"].sum()), int(batch.rejected["attention_mask"].sum()))
     assert record_length(rec, proc, MediaTokens(proc, 8), tmp_path) == int(batch.prompt["attention_mask"].sum()) + n_answer
+
+
+def test_a_video_marker_places_the_video(multi):
+    _, proc = multi["qwen2_5_vl"]
+    assert prompt_text(proc, "<video>\nWhat moves?", "video") == prompt_text(proc, "What moves?", "video")
+    text = prompt_text(proc, "Watch <video> and say what moves.", "video")
+    assert "Watch <|vision_start|><|video_pad|><|vision_end|> and say what moves." in text

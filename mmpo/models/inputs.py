@@ -29,9 +29,10 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy and HF models skip
 # per-token tensors (extended over answer tokens); everything else a processor returns is a media tensor
 TEXT_KEYS = ("input_ids", "attention_mask", "position_ids", "labels", "token_type_ids", TOKEN_TYPES_KEY)
 MEDIA_TYPES = ("image", "video")
-# Where a prompt places its images (TRL / LLaMA-Factory convention, shared with the data-format helper): one literal
-# marker per image, in order; a prompt without markers gets all its images before the text.
+# Where a prompt places its media (TRL / LLaMA-Factory convention, shared with the data-format readers): one literal
+# marker per item, in order; a prompt without markers gets all its media before the text.
 IMAGE_MARKER = "<image>"
+MARKERS = {"image": IMAGE_MARKER, "video": "<video>"}
 
 
 class MediaCountError(ValueError):
@@ -46,17 +47,18 @@ def user_content(prompt: str, media_type: str | None, n_media: int = 1) -> list[
     the same turn.
 
     Raises:
-        MediaCountError: the prompt has `<image>` markers, but not one per image.
+        MediaCountError: the prompt has `<image>` (`<video>`) markers, but not one per media item.
     """
     if media_type is None:
         return [{"type": "text", "text": prompt}]
     if media_type not in MEDIA_TYPES:
         raise ValueError(f"media_type must be one of {MEDIA_TYPES} or None, got {media_type!r}")
-    if media_type == "image" and IMAGE_MARKER in prompt:
-        pieces = prompt.split(IMAGE_MARKER)
+    marker = MARKERS[media_type]
+    if marker in prompt:
+        pieces = prompt.split(marker)
         if len(pieces) - 1 != n_media:
-            raise MediaCountError(f"the prompt has {len(pieces) - 1} {IMAGE_MARKER} marker(s) but {n_media} image(s); "
-                                  f"write one {IMAGE_MARKER} per image where it belongs, or none (images first)")
+            raise MediaCountError(f"the prompt has {len(pieces) - 1} {marker} marker(s) but {n_media} {media_type}(s); "
+                                  f"write one {marker} per {media_type} where it belongs, or none ({media_type}s first)")
         if not pieces[0].strip():
             pieces[1] = pieces[1].lstrip()
         if not pieces[-1].strip():
@@ -66,7 +68,7 @@ def user_content(prompt: str, media_type: str | None, n_media: int = 1) -> list[
             if piece.strip():
                 content.append({"type": "text", "text": piece})
             if i < n_media:
-                content.append({"type": "image"})
+                content.append({"type": media_type})
         return content
     return [{"type": media_type}] * n_media + [{"type": "text", "text": prompt}]
 
