@@ -419,8 +419,9 @@ def test_a_leading_marker_equals_images_first(multi):
 
 
 @pytest.mark.slow
-def test_fsdp2_two_processes_equal_one_on_qwen2_5_vl(paths, tmp_path):
-    """As tests/test_fsdp.py does for LLaVA: FSDP2 over 2 CPU processes logs what one process logs."""
+@pytest.mark.parametrize("parallel", ["fsdp", "ddp"])
+def test_fsdp2_and_ddp_two_processes_equal_one_on_qwen2_5_vl(paths, tmp_path, parallel):
+    """As tests/test_fsdp.py does for LLaVA: FSDP2 (or DDP) over 2 CPU processes logs what one process logs."""
     import os
     import subprocess
     import sys
@@ -436,12 +437,12 @@ def test_fsdp2_two_processes_equal_one_on_qwen2_5_vl(paths, tmp_path):
             f"data.train={pairs}", "max_steps=3"]
     assert main(["train", *args, f"output_dir={tmp_path / 'one'}", "batch_size=4"]) == 0
     launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-              str(repo / "configs/accelerate/fsdp.yaml"), "--num_processes", "2", "-m", "mmpo", "train"]
+              str(repo / f"configs/accelerate/{parallel}.yaml"), "--num_processes", "2", "-m", "mmpo", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([*launch, *args, f"output_dir={tmp_path / 'two'}", "batch_size=2"], env=env,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallel"] == "fsdp"
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["parallel"] == parallel
     one, two = ([r for r in read_metrics(tmp_path / d) if "loss" in r] for d in ("one", "two"))
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     for x, y in zip(one, two):
