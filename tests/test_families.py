@@ -534,3 +534,27 @@ def test_a_video_marker_places_the_video(multi):
     assert prompt_text(proc, "<video>\nWhat moves?", "video") == prompt_text(proc, "What moves?", "video")
     text = prompt_text(proc, "Watch <video> and say what moves.", "video")
     assert "Watch <|vision_start|><|video_pad|><|vision_end|> and say what moves." in text
+
+
+def test_several_rejected_images_one_for_one(multi, tmp_path):
+    import dataclasses
+
+    from mmpo.logprobs import pair_logps
+    from mmpo.media import load_media
+
+    model, proc = multi["idefics3"]
+    pairs = _multi_pairs(tmp_path, 2)
+    recs = read_pairs(pairs, tmp_path)
+    color_image("yellow", size=40, seed=7).save(tmp_path / "img/r0.png")
+    recs = [dataclasses.replace(recs[0], rejected_media=("img/r0.png", recs[0].media[1]), rejected=recs[0].chosen),
+            recs[1]]
+    with torch.no_grad():
+        out = pair_logps(model, PairCollator(proc, str(tmp_path))(recs), set(), shared_prefix=True)
+        rejected = encode_prompts(proc, [recs[0].prompt], [load_media(tmp_path, recs[0].rejected_media, "image")],
+                                  "image")
+        expect = plain_logps(model, rejected, encode_answers(proc, [recs[0].chosen]))[0][0]
+    assert float(out["rejected"][0]) == pytest.approx(float(expect), rel=1e-4)
+    assert float(out["rejected"][0]) != pytest.approx(float(out["chosen"][0]), rel=1e-4)  # same text, other image
+    bad = [dataclasses.replace(recs[0], rejected_media=("img/r0.png",))]
+    with pytest.raises(ValueError, match=r"multi.jsonl:1: 'rejected_media' has 1 item\(s\) but 'media' has 2"):
+        PairCollator(proc, str(tmp_path))(bad)
