@@ -64,9 +64,32 @@ def lm_forward_flops(text_cfg, prompt_tokens: float, answer_tokens: list[float])
     return dense + attention + lm_head
 
 
+def qwen_vision_forward_flops(model_cfg, media_tokens: float) -> float:
+    """Qwen2/2.5-VL's vision tower: media_tokens x merge^2 patches (an image is one temporal patch), windowed
+    attention (window_size px) except in `fullatt_block_indexes` (Qwen2-VL: all full), a gated MLP (2.5) or a
+    plain one (2), then the merger MLP (merge^2 * d -> merge^2 * d -> text width) per token."""
+    v = model_cfg.vision_config
+    merge = v.spatial_merge_size
+    patches = media_tokens * merge ** 2
+    d = getattr(v, "embed_dim", None) or v.hidden_size
+    ff = getattr(v, "intermediate_size", None) or int(getattr(v, "mlp_ratio", 4) * d)
+    gated = hasattr(v, "fullatt_block_indexes")
+    full = set(getattr(v, "fullatt_block_indexes", range(v.depth)))
+    window = ((getattr(v, "window_size", 0) or 0) // v.patch_size) ** 2 or patches
+    flops = 0.0
+    for layer in range(v.depth):
+        keys = patches if layer in full else min(window, patches)
+        flops += 2 * (4 * d * d + (3 if gated else 2) * d * ff) * patches + 2 * 2 * d * patches * keys
+    flops += 2 * 3 * v.temporal_patch_size * v.patch_size ** 2 * d * patches  # patch embedding (a 3-D conv)
+    wide, dt = d * merge ** 2, getattr(v, "out_hidden_size", None) or _text(model_cfg).hidden_size
+    return flops + 2 * (wide * wide + wide * dt) * media_tokens
+
+
 def vision_forward_flops(model_cfg, media_tokens: float, frames: int = 1) -> float:
     """Forward FLOPs of the vision tower (ViT on (patches + CLS) per frame) and the 2-layer projector."""
     v = model_cfg.vision_config
+    if hasattr(v, "spatial_merge_size"):  # Qwen-VL: patches follow the image size, not a fixed square
+        return qwen_vision_forward_flops(model_cfg, media_tokens)
     patches = (v.image_size // v.patch_size) ** 2 + 1
     d, ff, layers = v.hidden_size, v.intermediate_size, v.num_hidden_layers
     per_frame = layers * (2 * (4 * d * d + 2 * d * ff) * patches + 2 * 2 * d * patches * patches)

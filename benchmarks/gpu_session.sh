@@ -15,6 +15,9 @@
 #   video7b       train_vs_trl video7b (LLaVA-NeXT-Video-7B shapes, 8 frames): if >= 100 s are left
 #   levers        the other mmpo levers flipped (-shared_prefix, -gradient_checkpointing, -chunked_logsoftmax;
 #                 +precompute_reference if llava7b had no time for it) and TRL -gradient_checkpointing: the rest
+#   qwen7b        (only when named: `bash benchmarks/gpu_session.sh qwen7b`, not in `all`) train_vs_trl qwen7b and
+#                 qwen7b_qlora: Qwen2.5-VL-7B-Instruct shapes (M-RoPE, 576 image tokens), bf16 LoRA and QLoRA, TRL vs
+#                 mmpo; dry-run stand-in qwen_tiny (the shrunk real-format Qwen2.5-VL)              budget 300 s
 # train_vs_trl parts get --budget-s (their timeout less 25 s): they start no variant that would not end in time,
 # print a table of the ones that ran, and keep going when one variant fails (an OOM, say). The 7B checkpoint is
 # built once (llava7b) and reused by llava7b_qlora and levers (video7b deletes it first only if under 40 GB are free).
@@ -62,7 +65,7 @@
 # If one part failed early and the machine is still warm, rerun just that part: `bash benchmarks/gpu_session.sh
 # PART` with the same carry (a rerun reuses the 7B checkpoint if the machine kept /dev/shm or /tmp). Then give_back.
 set -uo pipefail  # no -e: a failing part must not end the session; each part's exit code goes to the summary
-part=${1:?usage: gpu_session.sh all|prep|tests|llava7b|llava7b_qlora|eval|video7b|levers}
+part=${1:?usage: gpu_session.sh all|prep|tests|llava7b|llava7b_qlora|eval|video7b|levers|qwen7b}
 dry=${DRY_RUN:-0}
 PY=${PY:-python3}
 scale=1
@@ -94,11 +97,13 @@ end=$((SECONDS + total))
 # The GPU configuration of each train_vs_trl part and its CPU stand-in; variant names depend on whether the
 # configuration checkpoints by default (7B: on, so its lever is "-gradient_checkpointing"; CPU stand-ins: off).
 if [ "$dry" = 1 ]; then
-  c_llava=llava15_cpu c_qlora=qlora_tiny c_video=video_tiny gc_flip=+ steps=(--warmup 1 --steps 1 --no-memory)
+  c_llava=llava15_cpu c_qlora=qlora_tiny c_video=video_tiny c_qwen=(qwen_tiny) gc_flip=+
+  steps=(--warmup 1 --steps 1 --no-memory)
   eval_args=(--device cpu --layout llava15 --images 2 --repeats 1 --tune-steps 0)
   lsm_args=(--device cpu --vocabs 350 32000 --positions 16 --repeats 1)
 else
-  c_llava=llava7b c_qlora=llava7b_qlora c_video=video7b gc_flip=- steps=(--warmup 2 --steps 6)
+  c_llava=llava7b c_qlora=llava7b_qlora c_video=video7b c_qwen=(qwen7b qwen7b_qlora) gc_flip=-
+  steps=(--warmup 2 --steps 6)
   eval_args=(--device cuda --size 7b --images 20 --repeats 2)
   lsm_args=(--device cuda)
 fi
@@ -167,6 +172,7 @@ cmd_eval="$(q "$PY" benchmarks/eval_speed.py "${eval_args[@]}")"
 # below 40 GB free, the LLaVA-1.5 checkpoint makes room for the video one (levers would then rebuild it)
 cmd_video="[ \$(df -BG --output=avail $(q "$work") | tail -1 | tr -dc 0-9) -ge 40 ] || rm -rf $(q "$work")/models/llava-7b-*
 $(q "${tvt[@]}" --configs "$c_video" --only trl mmpo) --budget-s \$PART_BUDGET"
+cmd_qwen="$(q "${tvt[@]}" --configs "${c_qwen[@]}" --only trl mmpo) --budget-s \$PART_BUDGET"
 levers_cmd() {  # the levers llava7b did not measure: +precompute_reference too, unless its log has it
   local levers=("mmpo -chunked_logsoftmax" "mmpo -shared_prefix" "mmpo ${gc_flip}gradient_checkpointing"
                 "trl ${gc_flip}gradient_checkpointing")
@@ -202,6 +208,7 @@ case "$part" in
   eval) run_part eval 300 40 "$cmd_eval" ;;
   video7b) run_part video7b 500 100 "$cmd_video" ;;
   levers) run_part levers 500 50 "$(levers_cmd)" ;;
+  qwen7b) run_part qwen7b 300 100 "$cmd_qwen" ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 note "total $SECONDS s (deadline $total s)"

@@ -78,6 +78,16 @@ CONFIGS = {
                           pairs=64, batch=4, lora_r=64, precision="bf16", qlora=True, gc=True),
     "video7b": dict(family="llava_next_video", size="7b", frames=8, prompt_words=(35, 45), answer_words=(130, 170),
                     pairs=32, batch=2, lora_r=64, precision="bf16", qlora=False, gc=True),
+    # Qwen2.5-VL-7B-Instruct shapes (mmpo make-model --family qwen2_5_vl --size 7b: the real tokenizer and
+    # processor), M-RoPE; 672 x 672 px images = 24 x 24 merged patches = 576 image tokens, LLaVA-1.5's count
+    "qwen7b": dict(family="qwen2_5_vl", size="7b", frames=1, side=672, prompt_words=(35, 45),
+                   answer_words=(130, 170), pairs=64, batch=4, lora_r=64, precision="bf16", qlora=False, gc=True),
+    "qwen7b_qlora": dict(family="qwen2_5_vl", size="7b", frames=1, side=672, prompt_words=(35, 45),
+                         answer_words=(130, 170), pairs=64, batch=4, lora_r=64, precision="bf16", qlora=True, gc=True),
+    # their CPU stand-in for the dry run: the shrunk real-format Qwen2.5-VL (16 image tokens at 112 px)
+    "qwen_tiny": dict(family="qwen2_5_vl", size="tiny", image_size=112, patch=14, frames=1, side=112,
+                      prompt_words=(8, 14), answer_words=(10, 30), pairs=16, batch=4, lora_r=8, precision="fp32",
+                      qlora=False, gc=False),
 }
 LEVERS = ("shared_prefix", "precompute_reference", "gradient_checkpointing", "chunked_logsoftmax")
 
@@ -165,7 +175,7 @@ def trl_rows(pairs: Path, processor, media_type: str) -> list[dict]:
 
     from mmpo.models import prompt_text
 
-    bos, eos = processor.tokenizer.bos_token, processor.tokenizer.eos_token
+    bos, eos = processor.tokenizer.bos_token or "", processor.tokenizer.eos_token  # Qwen adds no BOS
     rows = []
     for line in pairs.read_text().splitlines():
         r = json.loads(line)
@@ -182,7 +192,7 @@ def layout_stats(pairs: Path, processor, media_type: str, frames: int) -> dict:
 
     records, _ = read_records(pairs, pairs.parent, "pair", "error")
     collate = PairCollator(processor, str(pairs.parent), num_frames=frames, max_length=10**6)
-    media_id = processor.tokenizer.convert_tokens_to_ids("<video>" if media_type == "video" else "<image>")
+    media_id = processor.tokenizer.convert_tokens_to_ids(getattr(processor, f"{media_type}_token", f"<{media_type}>"))
     sums = dict(media=0, prompt=0, chosen=0, rejected=0)
     for i in range(0, len(records), 8):
         b = collate(records[i:i + 8])
@@ -251,7 +261,10 @@ def _trl_model(env: dict):
     spec = env["spec"]
     kwargs = dict(dtype=torch.bfloat16 if spec["precision"] == "bf16" else torch.float32)
     if spec["qlora"]:
-        skip = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
+        from mmpo.models.families import spec as family_spec
+
+        family = family_spec(spec["family"])
+        skip = [*family.vision_modules, family.projector, "lm_head"]
         kwargs.update(device_map={"": env["device"]}, quantization_config=BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=skip))  # = mmpo's: bf16 on GPU, fp32 CPU
@@ -370,7 +383,7 @@ def setup(config: str, args) -> dict:
     processor = AutoProcessor.from_pretrained(model_dir)
     mcfg = AutoConfig.from_pretrained(model_dir)
     media_type = "video" if spec["family"] == "llava_next_video" else "image"
-    pairs = make_pairs(spec, processor, work, mcfg.vision_config.image_size)
+    pairs = make_pairs(spec, processor, work, spec.get("side") or mcfg.vision_config.image_size)
     return dict(spec=spec, work=work, model=str(model_dir), processor=processor, model_cfg=mcfg, pairs=str(pairs),
                 device=args.device, media_type=media_type, trl_rows=trl_rows(pairs, processor, media_type),
                 stats=layout_stats(pairs, processor, media_type, spec["frames"]))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmpo.lengths import too_long_message
+from mmpo.lengths import check_record_media, too_long_message
 from mmpo.media import MediaError, augment, load_media
 from mmpo.models import encode_answers, encode_prompts
 from mmpo.pami import encode_bag
@@ -111,6 +111,11 @@ def _required_field(recs: list, name: str, get, need: str) -> list:
     return values
 
 
+def augment_each(media, spec: AugSpec):
+    """`augment` for one media item, or for each image of a multi-image record (the same spec on every image)."""
+    return [augment(m, spec) for m in media] if isinstance(media, list) else augment(media, spec)
+
+
 def default_corruption(record: PairRecord) -> AugSpec:
     """mDPO's corruption: keep 1-20% of the image (RandomResizedCrop, luka-group/mDPO); seeded by the id."""
     # sha256, not hash(): str hashes are salted per process, which would make the corruption differ between
@@ -159,6 +164,7 @@ class PairCollator:
     def _encode(self, recs: list[PairRecord]) -> tuple[PairBatch | None, list]:
         media, errors = [], []
         for r in recs:
+            check_record_media(r, self.processor)
             try:
                 media.append(self._media(r))
             except MediaError as exc:
@@ -180,7 +186,7 @@ class PairCollator:
             extra["rejected_prompt"] = encode_prompts(self.processor, prompts, rej, mtype)
         if "corrupt" in self.requires:
             # A pair that names rejected media (a counterfactual image/clip) uses it as the corruption.
-            cor = [self._media(r, r.rejected_media) if r.rejected_media else augment(m, default_corruption(r))
+            cor = [self._media(r, r.rejected_media) if r.rejected_media else augment_each(m, default_corruption(r))
                    for r, m in zip(recs, media)]
             extra["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
         if "bag" in self.requires:
@@ -209,6 +215,7 @@ class SFTCollator:
     def __call__(self, recs: list[SFTRecord]) -> SFTBatch:
         skipped, keep, media = [], [], []
         for r in recs:
+            check_record_media(r, self.processor)
             try:
                 media.append(load_media(self.media_root, r.media, r.media_type, self.num_frames))
                 keep.append(r)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from mmpo.models.inputs import join_prompt_answer, media_keys
+from mmpo.models.positions import continue_positions, extend_token_types, prompt_positions
 from mmpo.pami import clip_distance
 
 LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to ~2 x B x 128 x V
@@ -170,7 +171,7 @@ def answer_logits(model, prompt_batch: dict, answer_batch: dict) -> torch.Tensor
     Only the last prompt position and the answer (minus its final token) go through the lm_head: these
     predict exactly the answer tokens, and the lm_head never runs on the hundreds of media tokens.
     """
-    batch = join_prompt_answer(prompt_batch, answer_batch)
+    batch = join_prompt_answer(prompt_batch, answer_batch, prompt_positions(model, prompt_batch))
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=answer_batch["input_ids"].shape[1] + 1,
                 use_cache=False, **_model_media(batch))
@@ -237,8 +238,9 @@ def packed_inputs(model, prompt_batch: dict, segment_batches: list[dict]) -> dic
     """Model inputs for ONE row per prompt: `[left-padded prompt | segment_1 | segment_2 | ...]`.
 
     Each segment (an answer when training, a question when evaluating) sees the prompt and itself but not
-    the other segments (`block_mask`), and its position ids continue from the prompt's length, so it gets
-    exactly the positions and logits it would have in its own plain row. The media and prompt are
+    the other segments (`block_mask`), and its position ids continue from the prompt's last position (1-D,
+    or all three M-RoPE axes: `mmpo.models.positions`), so it gets exactly the positions and logits it would
+    have in its own plain row. The media and prompt are
     encoded once for all segments.
 
     Worked example (prompt of 3 real tokens after 1 pad, segments "a b" and "c"):
@@ -253,27 +255,29 @@ def packed_inputs(model, prompt_batch: dict, segment_batches: list[dict]) -> dic
             have an empty (all-padding) segment.
 
     Returns:
-        input_ids, attention_mask [B, 1, T, T], position_ids and the prompt's media tensors.
+        input_ids, attention_mask [B, 1, T, T], position_ids ([B, T], or [3, B, T] for M-RoPE),
+        mm_token_type_ids where the processor gave them, and the prompt's media tensors.
     """
     if not supports_packing(model):
         raise ValueError(f"shared-prefix packing needs sdpa or eager attention, not {_attn_implementation(model)!r}: "
                          "set model.attn_implementation: sdpa, or shared_prefix: false")
     p_ids, p_mask = prompt_batch["input_ids"], prompt_batch["attention_mask"]
     device = p_ids.device
-    prompt_len = p_mask.sum(-1, keepdim=True)
-    ids, masks, segs, poss = [p_ids], [p_mask], [torch.zeros_like(p_ids)], [(p_mask.cumsum(-1) - 1).clamp(min=0)]
+    p_pos = prompt_positions(model, prompt_batch)
+    ids, masks, segs, poss = [p_ids], [p_mask], [torch.zeros_like(p_ids)], [p_pos]
     for j, seg in enumerate(segment_batches, start=1):
         s_ids, s_mask = seg["input_ids"].to(device), seg["attention_mask"].to(device)
         ids.append(s_ids)
         masks.append(s_mask)
         segs.append(torch.full_like(s_ids, j))
-        poss.append(prompt_len + torch.arange(s_ids.shape[1], device=device)[None])
+        poss.append(continue_positions(p_pos, s_ids.shape[1]).expand(*p_pos.shape[:-1], -1))
     input_ids, valid = torch.cat(ids, 1), torch.cat(masks, 1).bool()
+    types = extend_token_types(prompt_batch, [s["input_ids"].shape[1] for s in segment_batches])
     float_dtype = None if _attn_implementation(model) == "sdpa" else next(model.parameters()).dtype
     if float_dtype is not None and not float_dtype.is_floating_point:  # 4-bit weights: use compute dtype
         float_dtype = torch.float32
     return {"input_ids": input_ids, "attention_mask": block_mask(torch.cat(segs, 1), valid, float_dtype),
-            "position_ids": torch.cat(poss, 1), **_model_media(prompt_batch)}
+            "position_ids": torch.cat(poss, -1), **types, **_model_media(prompt_batch)}
 
 
 def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_logits: bool = False) -> list[tuple]:

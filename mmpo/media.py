@@ -366,8 +366,12 @@ def load_video(path: str | Path | Sequence[str | Path], num_frames: int = 8,
 
 
 def load_media(root: str | Path, rels: str | Sequence[str], media_type: str,
-               num_frames: int = 8) -> Image.Image | np.ndarray:
-    """Load a record's media from under `root` (the first item; multi-image is future work).
+               num_frames: int = 8) -> Image.Image | np.ndarray | list[Image.Image]:
+    """Load a record's media from under `root`: one image or video, or a list of images for several.
+
+    A record with one path gives the item itself (what every single-media caller expects); several images give a
+    list in the record's order (the prompt's `<image>` markers, or all images before the text, place them:
+    `mmpo.models.prompt_text`). Several videos in one record are refused.
 
     Args:
         root: media root folder.
@@ -376,15 +380,19 @@ def load_media(root: str | Path, rels: str | Sequence[str], media_type: str,
         num_frames: frames to sample for videos.
 
     Returns:
-        RGB PIL image, or (T, H, W, 3) uint8 video.
+        RGB PIL image, (T, H, W, 3) uint8 video, or a list of RGB PIL images.
 
     Raises:
         MediaError: a path escapes `root`, or the file is missing or unreadable.
-        ValueError: unknown media_type.
+        ValueError: unknown media_type, or several videos.
     """
     rels = [rels] if isinstance(rels, str) else list(rels)
     if not rels:
         raise MediaError(f"{root}: no media paths given")
+    if len(rels) > 1:
+        if media_type != "image":
+            raise ValueError(f"{len(rels)} {media_type}s in one record: several media per record are images only")
+        return [load_media(root, rel, media_type, num_frames) for rel in rels]
     try:
         path = resolve_media(root, rels[0])
     except ValueError as exc:

@@ -47,7 +47,7 @@ def encode_bag(processor, recs, media: list, prompts: list[str], media_type: str
         for i, (r, m) in enumerate(zip(recs, media, strict=True)):
             bag = r.rejected_bag or ()
             if j < len(bag):
-                clips.append(augment(m, bag[j]))
+                clips.append([augment(x, bag[j]) for x in m] if isinstance(m, list) else augment(m, bag[j]))
                 mask[i, j] = True
             else:  # padding instance: any valid media, masked out of the loss
                 clips.append(m)

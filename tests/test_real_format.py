@@ -52,7 +52,7 @@ def procs(paths):
 
 def test_vendored_files_are_small_and_verbatim():
     total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
-    assert total < 3_000_000, total  # gzip keeps the two tokenizers at ~2.4 MB together
+    assert total < 3_600_000, total  # gzip keeps the three tokenizers at ~3.1 MB together (Qwen-VL reuses Qwen2's)
     raw = gzip.decompress((FIXTURES / "llava" / "tokenizer.json.gz").read_bytes())
     assert hashlib.sha256(raw).hexdigest() == LLAVA_TOKENIZER_SHA256
 

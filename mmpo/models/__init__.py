@@ -1,6 +1,8 @@
-"""LLaVA-family models: tiny and real-format offline checkpoints, loading (4-bit, LoRA, reference mode), model inputs."""
+"""Vision-language models (LLaVA, Qwen-VL, SmolVLM families; the registry in families.py): tiny and real-format
+offline checkpoints, loading (4-bit, LoRA, reference mode), position ids and model inputs."""
 
 from mmpo.models.answer_tokens import AnswerTokenError, check_answer_tokens
+from mmpo.models.families import FAMILY_SPECS, Family, family_of_model_type
 from mmpo.models.generate import generate_answers
 from mmpo.models.inputs import (
     IGNORE_INDEX,
@@ -36,7 +38,7 @@ from mmpo.models.tiny import (
 )
 
 __all__ = [
-    "FAMILIES", "VIDEO_FAMILIES", "IGNORE_INDEX",
+    "FAMILIES", "VIDEO_FAMILIES", "IGNORE_INDEX", "FAMILY_SPECS", "Family", "family_of_model_type",
     "make_tiny_model", "build_model", "build_tokenizer", "count_parameters", "make_model_main",
     "make_real_format_model", "REAL_FORMAT_FAMILIES",
     "load_model", "add_lora", "reference_mode", "AdaptersOff", "family_of", "supports_video", "has_adapter", "base_model",

@@ -14,6 +14,14 @@ checkpoint's saved settings. The eval path's own suffix check (eval/answering.py
 one guards the answer side.
 
     check_answer_tokens(processor)   # cached per tokenizer object; raises AnswerTokenError on a mismatch
+
+A template may also put text between the generation prompt and the answer: SmolVLM's generation prompt ends
+"Assistant:" with no space, and a rendered conversation reads "Assistant: Yes", so the model's first answer
+token is " Yes" (9230), not "Yes" (10539). That is the template's layout, not a tokenizer setting: when the
+rendered reply starts with whitespace that the generation prompt lacks, and the answers tokenised with that
+whitespace in front equal the in-context tokens, and the tokenizer is byte-level BPE (which never adds a space
+itself), the whitespace becomes the tokenizer's answer prefix
+(`answer_prefix`), prepended by `answer_token_rows` everywhere answers are tokenised alone.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ log = logging.getLogger(__name__)
 PROBES = ("Yes", "No", "yes", "no", "The red square is on the left.")
 PROBE_QUESTION = "Is there a red square in the image?"
 _CHECKED: weakref.WeakSet = weakref.WeakSet()  # tokenizers checked (passed or uncheckable), by identity
+_PREFIX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> answer prefix (when not "")
 
 
 class AnswerTokenError(ValueError):
@@ -34,8 +43,17 @@ class AnswerTokenError(ValueError):
 
 
 def answer_token_rows(tokenizer, answers: list[str]) -> list[list[int]]:
-    """Each answer's token ids on its own: no special tokens (no BOS), no EOS. What `encode_answers` pads."""
-    return tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    """Each answer's token ids on its own: no special tokens (no BOS), no EOS. What `encode_answers` pads.
+
+    The tokenizer's answer prefix (found by `check_answer_tokens`, e.g. SmolVLM's " ") goes in front.
+    """
+    prefix = answer_prefix(tokenizer)
+    return tokenizer([prefix + a for a in answers], add_special_tokens=False)["input_ids"]
+
+
+def answer_prefix(processor) -> str:
+    """Text the chat template puts between the generation prompt and the answer ("" for most; " " for SmolVLM)."""
+    return _PREFIX.get(getattr(processor, "tokenizer", processor), "")
 
 
 def check_answer_tokens(processor) -> None:
@@ -51,14 +69,45 @@ def check_answer_tokens(processor) -> None:
     tok = getattr(processor, "tokenizer", processor)
     if tok in _CHECKED:
         return
+    gap = template_gap(processor)
     for probe in PROBES:
         in_context = answer_ids_in_context(processor, probe)
         if in_context is None:
             break  # nothing to compare against (logged once)
         alone = answer_token_rows(tok, [probe])[0]
+        if alone != in_context and gap and _byte_level(tok) and \
+                tok(gap + probe, add_special_tokens=False)["input_ids"] == in_context:
+            _PREFIX[tok] = gap  # the template's own space before the answer (SmolVLM), not a tokenizer setting
+            alone = answer_token_rows(tok, [probe])[0]
         if alone != in_context:
+            _PREFIX.pop(tok, None)
             raise AnswerTokenError(_mismatch_message(tok, probe, alone, in_context))
     _CHECKED.add(tok)
+
+
+def _byte_level(tok) -> bool:
+    """A byte-level BPE (GPT-2 style) tokenizer: a space is a character it never adds itself, so a space in the
+    template is the template's. SentencePiece / Metaspace tokenizers add the "▁" themselves, and there a missing
+    one is the tokenizer setting the guard exists to catch (LLaVA-1.5 loaded with add_prefix_space=False)."""
+    pre = getattr(getattr(tok, "backend_tokenizer", None), "pre_tokenizer", None)
+    return pre is not None and "ByteLevel" in str(pre) and "Metaspace" not in str(pre)
+
+
+def template_gap(processor) -> str:
+    """Whitespace a rendered conversation has between the generation prompt and the answer ("" if none)."""
+    tok = getattr(processor, "tokenizer", processor)
+    render = processor if getattr(processor, "chat_template", None) else tok
+    if not getattr(render, "chat_template", None):
+        return ""
+    user = [{"role": "user", "content": [{"type": "text", "text": PROBE_QUESTION}]}]
+    probe = PROBES[-1]
+    prompt = render.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    full = render.apply_chat_template(user + [{"role": "assistant", "content": [{"type": "text", "text": probe}]}],
+                                      tokenize=False)
+    if not full.startswith(prompt) or probe not in full[len(prompt):]:
+        return ""
+    gap = full[len(prompt):full.index(probe, len(prompt))]
+    return gap if gap and not gap.strip() else ""
 
 
 def answer_ids_in_context(processor, answer: str) -> list[int] | None:

@@ -9,26 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from pathlib import Path
 
 import torch
 
 from mmpo.config import LoraConfig, ModelConfig, to_dict
-from mmpo.models.tiny import FAMILIES, VIDEO_FAMILIES
+from mmpo.models.families import DEFAULT_LORA_TARGET, Family, family_of_model_type
 from mmpo.records import make_id
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Modules that stay in full precision under 4-bit and are frozen in full fine-tuning, per family.
-# transformers 5 needs FULL prefixes in llm_int8_skip_modules: a bare "vision_tower" left the CLIP
-# linears quantised (ENVIRONMENT.md §2c gotcha 2).
-VISION_MODULES = {
-    "llava": ["model.vision_tower"],
-    "llava_next": ["model.vision_tower"],
-    "llava_next_video": ["model.vision_tower", "model.vision_resampler"],
-    "video_llava": ["model.image_tower", "model.video_tower"],
-    "llava_onevision": ["model.vision_tower"],
-}
-PROJECTOR = "multi_modal_projector"
+# Modules that stay in full precision under 4-bit and are frozen in full fine-tuning come from the family
+# registry (`Family.vision_modules`, `Family.projector`). transformers 5 needs FULL prefixes in
+# llm_int8_skip_modules: a bare "vision_tower" left the CLIP linears quantised (ENVIRONMENT.md §2c gotcha 2).
 
 
 def resolve_device(device: str) -> torch.device:
@@ -48,13 +41,19 @@ def _check_folder(path: str, what: str) -> Path:
 
 
 def _family_of_config(config) -> str:
-    family = getattr(config, "model_type", None)
-    if family not in FAMILIES:
-        raise ValueError(f"unsupported model type {family!r}; supported families: {FAMILIES}")
-    return family
+    return _spec_of_config(config).name
 
 
-def _quantization_config(family: str, device: torch.device):
+def _spec_of_config(config) -> Family:
+    return family_of_model_type(getattr(config, "model_type", None))
+
+
+def family_spec(model) -> Family:
+    """The model's registry entry (`mmpo.models.families.Family`)."""
+    return _spec_of_config(base_model(model).config)
+
+
+def _quantization_config(family: Family, device: torch.device):
     """NF4 + double quantisation; vision tower, projector and lm_head stay unquantised (QLoRA recipe)."""
     from transformers import BitsAndBytesConfig
 
@@ -62,7 +61,7 @@ def _quantization_config(family: str, device: torch.device):
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
         # bf16 compute on GPU; the CPU 4-bit kernels were measured in fp32 (ENVIRONMENT.md §2c)
         bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
-        llm_int8_skip_modules=VISION_MODULES[family] + [f"model.{PROJECTOR}", "lm_head"])
+        llm_int8_skip_modules=[*family.vision_modules, family.projector, "lm_head"])
 
 
 def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool = False):
@@ -85,7 +84,7 @@ def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     device = resolve_device(cfg.device)
     common = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
-    family = _family_of_config(AutoConfig.from_pretrained(folder, **common))
+    family = _spec_of_config(AutoConfig.from_pretrained(folder, **common))
     kwargs = dict(dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, **common)
     if cfg.load_in_4bit:
         kwargs.update(quantization_config=_quantization_config(family, device), device_map={"": str(device)})
@@ -157,8 +156,8 @@ def set_full_finetune(model, train_projector: bool = False):
     Returns:
         The same model.
     """
-    family = family_of(model)
-    frozen = tuple(VISION_MODULES[family]) + (() if train_projector else (f"model.{PROJECTOR}",))
+    family = family_spec(model)
+    frozen = tuple(family.vision_modules) + (() if train_projector else (family.projector,))
     for name, param in model.named_parameters():
         param.requires_grad_(not name.startswith(frozen))
     return model
@@ -168,9 +167,11 @@ def add_lora(model, lora: LoraConfig):
     """Wrap the model with a fresh LoRA adapter on the language model's linear layers.
 
     Args:
-        model: a LLaVA-family model (plain or 4-bit prepared).
+        model: a supported model (plain or 4-bit prepared).
         lora: rank, alpha, dropout, target regex (language model only; the vision tower also has
-            q/k/v_proj, ENVIRONMENT.md §2e), and whether the projector trains too.
+            q/k/v_proj, ENVIRONMENT.md §2e), and whether the projector trains too. The config's default
+            regex is replaced by the family's own default (`Family.lora_target`: SmolVLM's language model
+            is `model.text_model`, which the LLaVA default would not match).
 
     Returns:
         A `peft.PeftModel`. With `train_projector`, the projector is a full-weight `modules_to_save`
@@ -179,9 +180,12 @@ def add_lora(model, lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=lora.target_modules,
-                              modules_to_save=[PROJECTOR] if lora.train_projector else None)
+    family = family_spec(model)
+    target = family.lora_target if lora.target_modules == DEFAULT_LORA_TARGET else lora.target_modules
+    if not any(re.fullmatch(target, name) for name, _ in model.named_modules()):
+        raise ValueError(f"lora.target_modules {target!r} matches no module of this {family.name} model")
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                              modules_to_save=[family.projector_leaf] if lora.train_projector else None)
     return get_peft_model(model, peft_cfg)
 
 
@@ -249,13 +253,13 @@ def base_model(model):
 
 
 def family_of(model) -> str:
-    """The model's family name, one of FAMILIES (from `config.model_type`)."""
-    return _family_of_config(base_model(model).config)
+    """The model's family name, a key of `mmpo.models.families.FAMILY_SPECS` (from `config.model_type`)."""
+    return family_spec(model).name
 
 
 def supports_video(model) -> bool:
     """True if the model's family takes video input (`pixel_values_videos`)."""
-    return family_of(model) in VIDEO_FAMILIES
+    return family_spec(model).video
 
 
 def fingerprint(*parts) -> str:

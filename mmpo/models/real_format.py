@@ -35,7 +35,8 @@ import torch
 from mmpo.models.tiny import CLIP_L336, LLAMA2_7B, PINPOINTS_7B, SIGLIP_SO400M, _model_class
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "real_format"
-REAL_FORMAT_FAMILIES = ("llava", "llava_next_video", "llava_onevision")
+REAL_FORMAT_FAMILIES = ("llava", "llava_next_video", "llava_onevision")  # saved in the hub's legacy LLaVA layout
+VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")  # the newer families (tests/test_families.py)
 
 # Shrunk shapes. Widths are multiples of 64 so bitsandbytes 4-bit works (ENVIRONMENT.md §2c); two vision
 # layers so LLaVA's `vision_feature_layer: -2` still picks a real layer.
@@ -111,15 +112,18 @@ def make_real_format_model(family: str, out_dir, seed: int = 0, shrink: bool = T
     Returns:
         The checkpoint folder; it loads with `mmpo.models.load_model` / the transformers Auto classes.
     """
+    family = {"smolvlm": "idefics3"}.get(family, family)
     if family not in BUILDERS:
-        raise ValueError(f"unknown real-format family {family!r}; choose one of {REAL_FORMAT_FAMILIES}")
+        raise ValueError(f"unknown real-format family {family!r}; choose one of {REAL_FORMAT_FAMILIES + VLM_FAMILIES}")
     if not FIXTURES.is_dir():
         raise FileNotFoundError(f"real-format fixture files not found at {FIXTURES} (they ship with the repository's "
                                 "tests/, not with an installed package)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     BUILDERS[family](out, shrink)
-    if shrink:
+    if shrink and family in VLM_FAMILIES:
+        save_hub_weights(family, out, seed)
+    elif shrink:
         save_legacy_weights(family, out, seed)
     return out
 
@@ -202,7 +206,109 @@ def _llava_onevision(out: Path, shrink: bool) -> None:
     _save(out, "llava_onevision", proc, config)
 
 
-BUILDERS = {"llava": _llava, "llava_next_video": _llava_next_video, "llava_onevision": _llava_onevision}
+# ---------------------------------------------------------------- Qwen-VL and SmolVLM (Idefics3)
+# The vendored hub files are copied verbatim, then only sizes change: widths, depths, image resolution (the
+# processors' pixel limits / tile sizes) and the M-RoPE sections that must fit the smaller head width.
+
+QWEN_FILES = {
+    "qwen2_vl": ("config.json", "preprocessor_config.json", "chat_template.json", "generation_config.json",
+                 "tokenizer_config.json"),
+    "qwen2_5_vl": ("config.json", "preprocessor_config.json", "chat_template.json", "generation_config.json",
+                   "tokenizer_config.json"),
+    "qwen3_vl": ("config.json", "preprocessor_config.json", "video_preprocessor_config.json", "chat_template.json",
+                 "generation_config.json", "tokenizer_config.json"),
+}
+IDEFICS3_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
+                  "generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "tokenizer.json.gz")
+SMALL_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1)  # head width 32
+# Qwen image pixel limits (real: 3,136 .. 12,845,056 px; Qwen3-VL 65,536 .. 16,777,216): a test image of
+# up to 112 x 112 px costs at most 16 tokens (2 x 2 patches merge into one token)
+SMALL_PIXELS = (28 * 28, 112 * 112)
+# SmolVLM: 128-px tiles of 16-px patches, pixel shuffle 4 -> 4 tokens per tile (real 512 px -> 64 tokens), an
+# image up to 256 px on its longest side (real 2,048): at most 2 x 2 tiles + the global image
+SMALL_IDEFICS_TILE, SMALL_IDEFICS_LONGEST = 128, 256
+# the hub's weight-key layout of Qwen2-VL / Qwen2.5-VL (their model.safetensors.index.json): the language model
+# at `model.*`, the vision tower at `visual.*`; Qwen3-VL and SmolVLM are stored as transformers 5 names them
+QWEN_LEGACY_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+
+
+def qwen_bpe_files(out: Path) -> None:
+    """vocab.json + merges.txt of the Qwen-VL tokenizers, byte-identical to the hub's (one BPE for Qwen2, 2.5
+    and 3-VL; the same vocabulary and merges as the vendored Qwen2 tokenizer.json of LLaVA-OneVision)."""
+    model = json.loads(gzip.decompress((FIXTURES / "llava_onevision" / "tokenizer.json.gz").read_bytes()))["model"]
+    (out / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False, separators=(",", ":")),
+                                    encoding="utf-8")
+    (out / "merges.txt").write_text("".join(" ".join(m) + "\n" for m in model["merges"]), encoding="utf-8")
+
+
+def _qwen(family: str):
+    def build(out: Path, shrink: bool) -> None:
+        for name in QWEN_FILES[family]:
+            _copy_unpacked(FIXTURES / family / name, out)
+        qwen_bpe_files(out)
+        if shrink:
+            _edit_json(out / "config.json", _SHRINK_QWEN[family])
+            for name in ("preprocessor_config.json", "video_preprocessor_config.json"):
+                if (out / name).is_file():
+                    _edit_json(out / name, _shrink_qwen_pixels)
+    build.__doc__ = f"{family}: the vendored hub files, verbatim, and the shared Qwen-VL BPE."
+    return build
+
+
+def _shrink_qwen_pixels(cfg: dict) -> None:
+    lo, hi = SMALL_PIXELS
+    if "size" in cfg and "longest_edge" in cfg["size"]:  # Qwen3-VL names the pixel limits size.{shortest,longest}_edge
+        cfg["size"] = {"shortest_edge": lo, "longest_edge": hi}
+    else:
+        cfg.update(min_pixels=lo, max_pixels=hi)
+
+
+def _shrink_qwen2_vl(cfg: dict) -> None:
+    cfg.update(SMALL_TEXT, rope_scaling=dict(cfg["rope_scaling"], mrope_section=[4, 6, 6]))  # 16 = head 32 / 2
+    cfg["vision_config"].update(depth=2, embed_dim=64, num_heads=2, hidden_size=SMALL_TEXT["hidden_size"])
+
+
+def _shrink_qwen2_5_vl(cfg: dict) -> None:
+    cfg.update(SMALL_TEXT, rope_scaling=dict(cfg["rope_scaling"], mrope_section=[4, 6, 6]))
+    cfg["vision_config"].update(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+                                out_hidden_size=SMALL_TEXT["hidden_size"], fullatt_block_indexes=[1])
+
+
+def _shrink_qwen3_vl(cfg: dict) -> None:
+    text = cfg["text_config"]
+    text.update(SMALL_TEXT, head_dim=32, rope_scaling=dict(text["rope_scaling"], mrope_section=[6, 5, 5]))
+    cfg["vision_config"].update(depth=2, hidden_size=64, intermediate_size=128, num_heads=2,
+                                out_hidden_size=SMALL_TEXT["hidden_size"], deepstack_visual_indexes=[1])
+
+
+_SHRINK_QWEN = {"qwen2_vl": _shrink_qwen2_vl, "qwen2_5_vl": _shrink_qwen2_5_vl, "qwen3_vl": _shrink_qwen3_vl}
+
+
+def _idefics3(out: Path, shrink: bool) -> None:
+    """SmolVLM-256M-Instruct's own files, verbatim (tokenizer.json included)."""
+    for name in IDEFICS3_FILES:
+        _copy_unpacked(FIXTURES / "idefics3" / name, out)
+    if not shrink:
+        return
+    tile, longest = SMALL_IDEFICS_TILE, SMALL_IDEFICS_LONGEST
+    per_tile = (tile // 16) ** 2 // 4 ** 2  # patches / scale_factor^2
+
+    def config(cfg: dict) -> None:
+        cfg["text_config"].update(SMALL_TEXT, head_dim=32)
+        cfg["vision_config"].update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                    image_size=tile, max_image_size={"longest_edge": tile},
+                                    size={"longest_edge": longest})
+    _edit_json(out / "config.json", config)
+    _edit_json(out / "preprocessor_config.json", lambda c: c.update(max_image_size={"longest_edge": tile},
+                                                                    size={"longest_edge": longest}))
+    _edit_json(out / "processor_config.json", lambda c: c.update(image_seq_len=per_tile))
+
+
+BUILDERS = {"llava": _llava, "llava_next_video": _llava_next_video, "llava_onevision": _llava_onevision,
+            "qwen2_vl": _qwen("qwen2_vl"), "qwen2_5_vl": _qwen("qwen2_5_vl"), "qwen3_vl": _qwen("qwen3_vl"),
+            "idefics3": _idefics3}
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -310,3 +416,48 @@ def save_legacy_weights(family: str, out: Path, seed: int = 0) -> dict:
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return state
+
+
+def save_hub_weights(family: str, out: Path, seed: int = 0) -> dict:
+    """Random weights for a Qwen-VL / SmolVLM folder's config in the hub's key layout (one file, bf16).
+
+    Returns:
+        The saved state dict (hub names -> tensors).
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    torch.manual_seed(seed)
+    model = _model_class(family)(AutoConfig.from_pretrained(out))
+    prefixes = QWEN_LEGACY_PREFIXES if family in ("qwen2_vl", "qwen2_5_vl") else ()
+    state = {}
+    for name, value in model.state_dict().items():
+        if name == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False):
+            continue  # tied: the hub stores the embedding only
+        hub = next((old + name[len(new):] for new, old in prefixes if name.startswith(new)), name)
+        state[hub] = value.detach().to(torch.bfloat16).contiguous()
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return state
+
+
+# Qwen/Qwen2.5-VL-7B-Instruct's config.json values where they differ from the vendored 3B one (hub model card and
+# config: 28 layers of width 3,584, 28 heads / 4 KV heads, untied 152,064-row embeddings; the vision tower is the
+# 3B's, projecting to 3,584)
+QWEN2_5_VL_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                     num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, max_window_layers=28)
+
+
+def make_vlm_7b_config(family: str, out_dir) -> Path:
+    """A 7B-shaped checkpoint folder (config, tokenizer, processor; no weights) for GPU benchmarks.
+
+    Only Qwen2.5-VL-7B-Instruct: the vendored 3B files with the 7B's published widths (`QWEN2_5_VL_7B`).
+    """
+    if family != "qwen2_5_vl":
+        raise ValueError(f"a 7B-shaped config is available for qwen2_5_vl only, not {family!r}")
+    out = make_real_format_model(family, out_dir, shrink=False)
+
+    def widen(cfg: dict) -> None:
+        cfg.update(QWEN2_5_VL_7B)
+        cfg["vision_config"]["out_hidden_size"] = QWEN2_5_VL_7B["hidden_size"]
+    _edit_json(out / "config.json", widen)
+    return out

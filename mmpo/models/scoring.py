@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from mmpo.models.answer_tokens import check_answer_tokens
-from mmpo.models.inputs import encode_prompts, media_keys, position_ids_from_mask
+from mmpo.models.answer_tokens import answer_token_rows, check_answer_tokens
+from mmpo.models.inputs import encode_prompts, media_keys
+from mmpo.models.positions import TOKEN_TYPES_KEY, prompt_positions
 
 YES_VARIANTS, NO_VARIANTS = ("Yes", "yes"), ("No", "no")
 
@@ -25,7 +26,7 @@ def answer_token_ids(processor, variants: tuple[str, ...]) -> list[int]:
     tok = getattr(processor, "tokenizer", processor)
     ids = []
     for word in variants:
-        first = tok(word, add_special_tokens=False)["input_ids"][:1]
+        first = answer_token_rows(tok, [word])[0][:1]  # with the template's answer prefix (SmolVLM: " Yes")
         if first and first[0] != tok.unk_token_id and first[0] not in ids:
             ids.append(first[0])
     if not ids:
@@ -44,9 +45,10 @@ def margins_plain(model, processor, prompts: list[str], media: list, media_type:
     """Margins with one left-padded forward over full prompts (the reference path)."""
     dev = next(model.parameters()).device
     batch = {k: v.to(dev) for k, v in encode_prompts(processor, prompts, media, media_type).items()}
+    types = {TOKEN_TYPES_KEY: batch[TOKEN_TYPES_KEY]} if TOKEN_TYPES_KEY in batch else {}
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=position_ids_from_mask(batch["attention_mask"]), logits_to_keep=1, use_cache=False,
-                **{k: batch[k] for k in media_keys(batch)})
+                position_ids=prompt_positions(model, batch), logits_to_keep=1, use_cache=False,
+                **types, **{k: batch[k] for k in media_keys(batch)})
     return yes_no_margin(out.logits[:, -1], *ids).tolist()
 
 

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import torch
 
+from mmpo.models.families import FAMILY_ALIASES, FAMILY_SPECS
+
+# Families with a word-level tiny builder here; the others (Qwen-VL, SmolVLM) are built by the real-format
+# factory (`mmpo.models.real_format`), which `make_tiny_model` calls for them.
 FAMILIES = ("llava", "llava_next", "llava_next_video", "video_llava", "llava_onevision")
-VIDEO_FAMILIES = ("llava_next_video", "video_llava", "llava_onevision")
+VIDEO_FAMILIES = tuple(f for f in FAMILIES if FAMILY_SPECS[f].video)
 SIZES = ("tiny", "7b")
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>", "<video>"]
@@ -216,7 +220,9 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
     """Write an offline checkpoint folder (config, tokenizer, processor with chat template; weights if tiny).
 
     Args:
-        family: one of FAMILIES.
+        family: one of FAMILIES, or a real-format family (qwen2_vl, qwen2_5_vl, qwen3_vl, idefics3 / smolvlm):
+            those are written by `mmpo.models.real_format` (the real tokenizer and processor, shrunk weights;
+            size "7b": the published 7B config, qwen2_5_vl only).
         out_dir: folder to write (created).
         size: "tiny" (random weights, seconds on CPU) or "7b" (published shapes; no weights file, use
             `build_model` on a GPU).
@@ -230,8 +236,15 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
     Returns:
         The checkpoint folder.
     """
+    from mmpo.models.real_format import VLM_FAMILIES, make_real_format_model, make_vlm_7b_config
+
+    family = FAMILY_ALIASES.get(family, family)
+    if family in VLM_FAMILIES:  # no word-level recipe: the shrunk real-format checkpoint is the tiny one
+        if size == "7b":
+            return make_vlm_7b_config(family, out_dir)
+        return make_real_format_model(family, out_dir, seed=seed)
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES + VLM_FAMILIES}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     out = Path(out_dir)
@@ -252,12 +265,7 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
 
 
 def _model_class(family: str):
-    import transformers as tf
-
-    return {"llava": tf.LlavaForConditionalGeneration, "llava_next": tf.LlavaNextForConditionalGeneration,
-            "llava_next_video": tf.LlavaNextVideoForConditionalGeneration,
-            "video_llava": tf.VideoLlavaForConditionalGeneration,
-            "llava_onevision": tf.LlavaOnevisionForConditionalGeneration}[family]
+    return FAMILY_SPECS[family].transformers_class()
 
 
 def build_model(model_dir, device="cuda", dtype=torch.bfloat16):
