@@ -87,12 +87,13 @@ def will_shard(parallel: str) -> bool:
 
 
 def decoder_layers(model) -> list:
-    """The language model's decoder layers (the FSDP2 sharding unit), found by the layer list's module path."""
+    """The language model's decoder layers (the FSDP2 sharding unit), found by the layer list's module path
+    (`*language_model.layers` in LLaVA and Qwen-VL, `*text_model.layers` in SmolVLM / Idefics3)."""
     layers = [m for name, m in model.named_modules()
-              if name.endswith("language_model.layers") and isinstance(m, torch.nn.ModuleList)]
+              if name.endswith(("language_model.layers", "text_model.layers")) and isinstance(m, torch.nn.ModuleList)]
     if len(layers) != 1:
         raise ValueError(f"FSDP: cannot find the decoder layers of {type(model).__name__} to shard: looked for one "
-                         f"ModuleList named '*language_model.layers', found {len(layers)}")
+                         f"ModuleList named '*language_model.layers' or '*text_model.layers', found {len(layers)}")
     return list(layers[0])
 
 

@@ -558,3 +558,13 @@ def test_several_rejected_images_one_for_one(multi, tmp_path):
     bad = [dataclasses.replace(recs[0], rejected_media=("img/r0.png",))]
     with pytest.raises(ValueError, match=r"multi.jsonl:1: 'rejected_media' has 1 item\(s\) but 'media' has 2"):
         PairCollator(proc, str(tmp_path))(bad)
+
+
+@pytest.mark.parametrize("family", VLM_FAMILIES)
+def test_fsdp_finds_one_decoder_layer_list(loaded, family):
+    """FSDP2 shards each decoder layer: every family's layer list is found (SmolVLM's is `text_model.layers`)."""
+    from mmpo.distributed import decoder_layers
+
+    model, _ = loaded[family]
+    layers = decoder_layers(model)
+    assert layers and all(type(layer).__name__.endswith("DecoderLayer") for layer in layers)
