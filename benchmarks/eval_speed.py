@@ -3,7 +3,7 @@
 Paths (eval/answering.py): `generate` (greedy, the published protocol), `logits` (one forward per batch of
 full prompts, yes-vs-no token scores) and `logits+prefix` (each image + template head encoded once: one packed
 row `[head | q1 | q2 | ...]` per image). The question set mimics POPE: N images x 6 questions x 3 splits,
-the same images in every split (shared BENCHMARKS.md §1.1), so an image carries 18 questions.
+the same images in every split (docs/BENCHMARKS.md §1.1), so an image carries 18 questions.
 
 A random tiny model rarely answers a clean "yes"/"no", so by default the tiny model is first tuned for a
 few steps on a text-only rule (yes for questions about red/green); agreement is then measured on the

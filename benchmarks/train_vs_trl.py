@@ -273,7 +273,7 @@ def _trl_model(env: dict):
 
 
 def _video_collator(processor, frames: int):
-    """TRL's vision collator handles images only: the shared ENVIRONMENT.md §3 video collator."""
+    """TRL's vision collator handles images only: the docs/ENVIRONMENT.md §3 video collator."""
     from trl.trainer.utils import flush_left, pad
 
     from mmpo.media import load_media

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-torch.set_num_threads(1)  # ENVIRONMENT.md "Threads": 2 threads on the busy 2-core box are 10-100x slower
+torch.set_num_threads(1)  # docs/ENVIRONMENT.md "Threads": 2 threads on the busy 2-core box are 10-100x slower
 
 from demo import video_models as vm  # noqa: E402
 from demo.world import WorldConfig, build_world  # noqa: E402

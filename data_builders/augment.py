@@ -1,7 +1,7 @@
 """Augmentation builder (PaMi-VDPO / VDPO, and mDPO-style image corruption): SFT samples -> pairs.
 
 Each SFT sample (media, prompt, answer) becomes one conditional-media pair: chosen = rejected = the
-answer, and the rejected side is the media under an augmentation (METHODS.md §1, "Data builder").
+answer, and the rejected side is the media under an augmentation (docs/METHODS.md §1, "Data builder").
 A bag of K candidate `AugSpec`s is sampled deterministically from (seed, record id) and stored as
 specs in `rejected_bag` (the trainer applies them on the fly), not as pixels.
 

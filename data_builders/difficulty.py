@@ -1,4 +1,4 @@
-"""Difficulty builder (DA-DPO, METHODS.md §3): pairs -> the same pairs with difficulty scores.
+"""Difficulty builder (DA-DPO, docs/METHODS.md §3): pairs -> the same pairs with difficulty scores.
 
 Two scorers per response [RECONSTRUCTION of the unreleased estimation scripts]:
 - contrastive: CLIP cosine(image or frames, response text), long answers averaged by sentence

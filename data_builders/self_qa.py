@@ -1,4 +1,4 @@
-"""Self-QA builder (VideoSAVi, METHODS.md §2): the model questions, answers and judges itself.
+"""Self-QA builder (VideoSAVi, docs/METHODS.md §2): the model questions, answers and judges itself.
 
 Preset `videosavi_v1` [paper v1; selection rules RECONSTRUCTION]: per video/image the model writes
 questions from What/Why/How/temporal templates, samples one answer per temperature, scores each

@@ -47,7 +47,7 @@ CLASS_COLOURS = {"circle": "red", "square": "blue", "triangle": "green", "cross"
 OCCLUDER_RGB = (128, 128, 128)
 
 # Question templates. The image one is POPE's default template (AoiDragon/POPE main.py --template); the
-# video ones follow VideoHallucer's object_relation / temporal questions (BENCHMARKS.md §2.1).
+# video ones follow VideoHallucer's object_relation / temporal questions (docs/BENCHMARKS.md §2.1).
 IMAGE_Q = "Is there a {} in the image?"
 VIDEO_Q = "Is there a {} in the video?"
 ORDER_Q = "Does the {} appear before the {}?"
@@ -85,7 +85,7 @@ class WorldConfig:
     max_video_objects: int = 3  # objects per video at most (each gets >= 2 of the `frames` frames)
     video_linger: int = 1  # frames an object stays after the next one has entered (0: back-to-back windows)
     frames: int = 8  # frames per video (>= 8)
-    video_width: int = 64  # >= 64: decord 0.6.0 mangles 16/48-px-wide frames (ENVIRONMENT.md §2a)
+    video_width: int = 64  # >= 64: decord 0.6.0 mangles 16/48-px-wide frames (docs/ENVIRONMENT.md §2a)
     video_height: int = 64
     fps: int = 4
     qa_per_image: int = 4  # yes/no questions per training image (half yes, half no when possible)
@@ -592,7 +592,7 @@ def _vh(video: str, q: str, a: str) -> dict:
 
 
 def write_videohallucer(gts: list[dict], cfg: WorldConfig, out_dir: str | Path) -> dict[str, int]:
-    """VideoHallucer-format pair files (BENCHMARKS.md §2.1) from the video ground truth.
+    """VideoHallucer-format pair files (docs/BENCHMARKS.md §2.1) from the video ground truth.
 
     object_relation/object_relation.json: basic = a present object (yes), hallucination = its absent
     co-occurring partner (no; an absent non-partner when the partner is there); type "subject" when the

@@ -1,6 +1,6 @@
 """Answer questions about images and videos, in batches: the model-facing half of evaluation.
 
-Two answer modes (shared DESIGN.md "Evaluation"):
+Two answer modes (docs/DESIGN.md "Evaluation"):
 - `generate`: greedy `generate_answers`, parsed by the benchmark's reference rule (what papers report); any
   prompt, e.g. CHAIR's "Please describe this image in detail.".
 - `logits`: one forward per batch of questions; the answer is "yes" if score(yes) > score(no) at the first

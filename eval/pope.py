@@ -1,6 +1,6 @@
 """POPE (Polling-based Object Probing Evaluation): question and answer files, prompt suffixes, parsers.
 
-Matches the reference scorers described in shared BENCHMARKS.md §1:
+Matches the reference scorers described in docs/BENCHMARKS.md §1:
 - question files: AoiDragon/POPE `output/coco/*.json` (JSON Lines despite the name) and
   `output/seem/*/*.json` (one JSON array); the legacy 2,910-question random file of commit e3e3926
   (used by LLaVA-1.5, with its "imange" typos kept verbatim) reads like any other file;
@@ -30,7 +30,7 @@ from eval.pope_parsers import (  # noqa: F401  (re-exported: eval.pope.PARSERS e
 from mmpo.records import jsonl_lines, resolve_media
 
 SPLITS = ("random", "popular", "adversarial")
-# Text appended to the question before it is sent to the model (BENCHMARKS.md §1.3).
+# Text appended to the question before it is sent to the model (docs/BENCHMARKS.md §1.3).
 PROMPT_SUFFIXES = {
     "official": "",  # AoiDragon/POPE README, HA-DPO pope_eval.py: the bare question
     "llava": "\nAnswer the question using a single word or phrase.",  # LLaVA scripts/v1_5/eval/pope.sh

@@ -1,6 +1,6 @@
 """Build POPE question files by the reference procedure (AoiDragon/POPE `main.py` + `utils.py::pope`).
 
-Procedure (shared BENCHMARKS.md §1.2), reproduced step by step:
+Procedure (docs/BENCHMARKS.md §1.2), reproduced step by step:
 1. keep images with at least `sample_num` objects; `rng.sample` `img_num` of them;
 2. count object frequency and pairwise co-occurrence over the CHOSEN images only;
 3. per image, for i < sample_num: the positive is `objects[i]` (annotation order), followed by one

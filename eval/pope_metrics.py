@@ -1,4 +1,4 @@
-"""POPE metrics exactly as the reference `evaluate.py` computes them (shared BENCHMARKS.md §1): accuracy,
+"""POPE metrics exactly as the reference `evaluate.py` computes them (docs/BENCHMARKS.md §1): accuracy,
 precision, recall, F1 with yes as the positive class and yes_ratio over predictions; per-split results,
 their mean (LLaVA-1.5's "POPE" column) and the pooled counts (lmms-eval).
 """

@@ -1,6 +1,6 @@
 """POPE answer parsers: the reference rules that turn a model's raw answer into "yes" / "no" / "unknown".
 
-Split out of `eval/pope.py` (which re-exports every name here); see shared BENCHMARKS.md §1.4:
+Split out of `eval/pope.py` (which re-exports every name here); see docs/BENCHMARKS.md §1.4:
 the official `evaluate.py`, lmms-eval `tasks/pope/utils.py`, VLMEvalKit `YOrN_Extraction` (current, and
 its pre-May-2025 period pattern as `vlmevalkit_pre2025`).
 """

@@ -1,6 +1,6 @@
 """VideoHallucer (patrick-tssn/VideoHallucer): paired question files and the reference results layout.
 
-Matches the reference kit at ae4c2f2 (shared BENCHMARKS.md §2):
+Matches the reference kit at ae4c2f2 (docs/BENCHMARKS.md §2):
 - data: `videohallucer_datasets/<category>/<category>.json`, an array of pairs
   `{"basic": {video, question, answer}, "hallucination": {..., "explanation"?}, "type"?}`;
   semantic_detail pairs use different videos, interaction has no `type`, fact_detect answers are both "no";

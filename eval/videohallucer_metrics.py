@@ -1,4 +1,4 @@
-"""VideoHallucer scores exactly as the reference kit at ae4c2f2 computes them (shared BENCHMARKS.md §2):
+"""VideoHallucer scores exactly as the reference kit at ae4c2f2 computes them (docs/BENCHMARKS.md §2):
 - hit rule and scores: `evaluations/evaluation_utils.py::cal_score`, the "all" mean of `evaluation.py`;
 - bias scores: `evaluations/evaluation_bias_sep.py`, formulas copied as written.
 """

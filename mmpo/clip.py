@@ -10,7 +10,7 @@ randomly initialised one from a custom tiny config (shared ENVIRONMENT notes §2
 
 Scores, all cosine similarities of L2-normalised embeddings, under `torch.no_grad`:
 - `frame_text_similarity`: s_clip(y) = mean over frames of cos(CLIP_img(frame), CLIP_txt(y)); a
-  text longer than the context is split into sentences whose scores are averaged (METHODS.md §2,
+  text longer than the context is split into sentences whose scores are averaged (docs/METHODS.md §2,
   VideoSAVi reconstruction; DA-DPO scores long answers the same way).
 - `media_similarity`: cosine of the mean frame embeddings of two images/clips (blind to frame order, so the
   augment builder's prefilter compares aligned frames instead).

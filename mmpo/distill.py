@@ -1,4 +1,4 @@
-"""Distillation (LLaVA-MoD, arXiv 2408.15881; code shufangxun/LLaVA-MoD; METHODS.md §5, §6.5): a mimic stage
+"""Distillation (LLaVA-MoD, arXiv 2408.15881; code shufangxun/LLaVA-MoD; docs/METHODS.md §5, §6.5): a mimic stage
 (token-level forward KL(p_T || p_S) on answer tokens, `mimic/`), then a preference stage with the TEACHER as the
 reference (`preference/`): dpo | kto_pair | dpkd. The KL and DPKD maths live in `mmpo.losses`; this module
 wires them to the two models and runs both stages through `mmpo.trainer.train`.

@@ -10,7 +10,7 @@ Reduction: `mean_i(w_i * l_i)` (w = 1 when `weight` is None), not sum(w*l)/sum(w
 its pair's gradient and equal micro-batches give the full-batch loss and gradient (TRL's "gradient
 accumulation 1x8 == 8x1" invariant). Losses that drop samples (beta-DPO's filter, PaMi's empty bags)
 average over the kept ones, as their reference code does. Metrics are detached floats; `rewards/*`
-use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: METHODS.md §0-§6.
+use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: docs/METHODS.md §0-§6.
 """
 
 from __future__ import annotations

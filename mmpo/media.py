@@ -11,7 +11,7 @@ target fps; `load_video_info` says which decoder ran). Every failure, a truncate
 Augmentations are pure functions `fn(media, rng, **params) -> media` in the plain dict
 `AUGMENTATIONS`; `augment(media, AugSpec)` seeds `rng` from the spec, so the same spec always gives
 the same pixels. They build the rejected side of conditional-media pairs: mDPO's image corruption
-(`mdpo_crop`, luka-group/mDPO) and the PaMi-VDPO augmentation pool (METHODS.md §1: frame shuffle,
+(`mdpo_crop`, luka-group/mDPO) and the PaMi-VDPO augmentation pool (docs/METHODS.md §1: frame shuffle,
 temporal reversal and random crop confirmed; the other ops are our reconstruction). Per-frame ops
 (noise, blur, jitter, crops, masks) have one implementation on (T, H, W, 3) arrays; an image goes
 through the same code as a one-frame video.
@@ -462,7 +462,7 @@ def _check_video(video: np.ndarray, op: str) -> np.ndarray:
 # -- temporal ops (videos only) ------------------------------------------------------------------
 
 def frame_shuffle(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random permutation of the frames (PaMi-VDPO pool, METHODS.md §1); never the identity if T > 1.
+    """Random permutation of the frames (PaMi-VDPO pool, docs/METHODS.md §1); never the identity if T > 1.
 
     Returns:
         New (T, H, W, 3) uint8 video; the input is not modified.
@@ -475,7 +475,7 @@ def frame_shuffle(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def temporal_reverse(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Play the clip backwards (PaMi-VDPO pool, METHODS.md §1). Deterministic; `rng` is unused.
+    """Play the clip backwards (PaMi-VDPO pool, docs/METHODS.md §1). Deterministic; `rng` is unused.
 
     Returns:
         New (T, H, W, 3) uint8 video; the input is not modified.
@@ -505,7 +505,7 @@ def frame_drop(video: np.ndarray, rng: np.random.Generator, drop: float = 0.5) -
 
 
 def segment_swap(video: np.ndarray, rng: np.random.Generator, segments: int = 4) -> np.ndarray:
-    """Split the clip into `segments` temporal chunks and swap two of them (METHODS.md §1, reconstruction).
+    """Split the clip into `segments` temporal chunks and swap two of them (docs/METHODS.md §1, reconstruction).
 
     Args:
         segments: number of chunks (capped at T).
@@ -563,7 +563,7 @@ def spatial_crop(frames: np.ndarray, rng: np.random.Generator, scale: float = 0.
 def mdpo_crop(frames: np.ndarray, rng: np.random.Generator, scale: Sequence[float] = (0.01, 0.2),
               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> np.ndarray:
     """mDPO's image corruption: `RandomResizedCrop(scale=(0.01, 0.2))` back to full size, i.e. keep
-    1-20% of the image (luka-group/mDPO `mdpo_trainer.py`; METHODS.md §6.6).
+    1-20% of the image (luka-group/mDPO `mdpo_trainer.py`; docs/METHODS.md §6.6).
 
     Args:
         scale: range of the kept area fraction.

@@ -1,4 +1,4 @@
-"""Multi-round DPO (mrDPO, arXiv 2410.06682; code bytedance/video-SALMONN-2; METHODS.md §4), per round r:
+"""Multi-round DPO (mrDPO, arXiv 2410.06682; code bytedance/video-SALMONN-2; docs/METHODS.md §4), per round r:
 
     merge the LoRA into the weights -> attach a fresh LoRA (zero effect at the start)
     -> reference = adapters disabled = the merged policy of round r-1
@@ -80,7 +80,7 @@ def rank_pair(record: SFTRecord, samples: list[str], scorer: Callable, min_gap: 
               gt_fallback: bool) -> PairRecord | None:
     """Best-vs-worst pair from scored samples, or None when the score gap is not above `min_gap`.
 
-    The sampling count and gap rule are the RECONSTRUCTION of METHODS.md §4 step 3. When `gt_fallback`
+    The sampling count and gap rule are the RECONSTRUCTION of docs/METHODS.md §4 step 3. When `gt_fallback`
     and no sample scores as well as the ground-truth answer itself, the ground truth is the chosen
     answer (an off-policy positive, like Reg-DPO's GT-pairs, METHODS §6.4) so that a weak model whose
     samples are all wrong still gets pairs; `meta["chosen_is_gt"]` records which case it was.

@@ -1,6 +1,6 @@
 """Tests for mmpo.losses: hand-worked arithmetic per loss, reductions to DPO, and invariants.
 
-Expected values are computed here with math.log / math.exp from the formulas in METHODS.md,
+Expected values are computed here with math.log / math.exp from the formulas in docs/METHODS.md,
 never by calling the implementation under test.
 """
 

@@ -21,7 +21,7 @@ from eval.pope import (
 from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
 from eval.pope_parsers import _VLM_PERIOD_PRE2025, _vlm_process_punctuation
 
-# Reference result of each parser on tricky answers (worked from the reference code, BENCHMARKS.md §1.4).
+# Reference result of each parser on tricky answers (worked from the reference code, docs/BENCHMARKS.md §1.4).
 TRICKY = [
     # text,                      official, lmms,      vlmevalkit
     ("No\nThe image shows a cat", "yes", "unknown", "no"),  # official splits on ' ' only: token "No\nThe"

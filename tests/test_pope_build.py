@@ -1,4 +1,4 @@
-"""POPE question builder, checked item by item against AoiDragon/POPE utils.py::pope (BENCHMARKS.md §1.2)."""
+"""POPE question builder, checked item by item against AoiDragon/POPE utils.py::pope (docs/BENCHMARKS.md §1.2)."""
 
 import json
 import random

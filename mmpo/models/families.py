@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# the language model's linear layers; the vision towers have q/k/v_proj too (ENVIRONMENT.md §2e)
+# the language model's linear layers; the vision towers have q/k/v_proj too (docs/ENVIRONMENT.md §2e)
 LINEARS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 DEFAULT_LORA_TARGET = rf".*language_model.*\.{LINEARS}"  # = config.LoraConfig.target_modules' default
 

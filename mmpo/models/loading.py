@@ -1,8 +1,8 @@
 """Load any LLaVA-family checkpoint from a local folder: dtype, device, 4-bit NF4, LoRA, reference mode.
 
 The reference policy is the same model with its adapters disabled (`reference_mode`), never a second
-copy of the weights (torchtune `disable_adapter`, TRL `use_adapter`; STYLE.md principle 12).
-Library facts used here are measured in ENVIRONMENT.md §2c (bitsandbytes on CPU) and §2e (peft).
+copy of the weights (torchtune `disable_adapter`, TRL `use_adapter`; docs/STYLE.md principle 12).
+Library facts used here are measured in docs/ENVIRONMENT.md §2c (bitsandbytes on CPU) and §2e (peft).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mmpo.records import make_id
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Modules that stay in full precision under 4-bit and are frozen in full fine-tuning come from the family
 # registry (`Family.vision_modules`, `Family.projector`). transformers 5 needs FULL prefixes in
-# llm_int8_skip_modules: a bare "vision_tower" left the CLIP linears quantised (ENVIRONMENT.md §2c gotcha 2).
+# llm_int8_skip_modules: a bare "vision_tower" left the CLIP linears quantised (docs/ENVIRONMENT.md §2c gotcha 2).
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,7 +59,7 @@ def _quantization_config(family: Family, device: torch.device):
 
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        # bf16 compute on GPU; the CPU 4-bit kernels were measured in fp32 (ENVIRONMENT.md §2c)
+        # bf16 compute on GPU; the CPU 4-bit kernels were measured in fp32 (docs/ENVIRONMENT.md §2c)
         bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
         llm_int8_skip_modules=[*family.vision_modules, family.projector, "lm_head"])
 
@@ -169,7 +169,7 @@ def add_lora(model, lora: LoraConfig):
     Args:
         model: a supported model (plain or 4-bit prepared).
         lora: rank, alpha, dropout, target regex (language model only; the vision tower also has
-            q/k/v_proj, ENVIRONMENT.md §2e), and whether the projector trains too. The config's default
+            q/k/v_proj, docs/ENVIRONMENT.md §2e), and whether the projector trains too. The config's default
             regex is replaced by the family's own default (`Family.lora_target`: SmolVLM's language model
             is `model.text_model`, which the LLaVA default would not match).
 

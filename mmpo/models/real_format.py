@@ -38,7 +38,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "real_fo
 REAL_FORMAT_FAMILIES = ("llava", "llava_next_video", "llava_onevision")  # saved in the hub's legacy LLaVA layout
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")  # the newer families (tests/test_families.py)
 
-# Shrunk shapes. Widths are multiples of 64 so bitsandbytes 4-bit works (ENVIRONMENT.md §2c); two vision
+# Shrunk shapes. Widths are multiples of 64 so bitsandbytes 4-bit works (docs/ENVIRONMENT.md §2c); two vision
 # layers so LLaVA's `vision_feature_layer: -2` still picks a real layer.
 SMALL_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 SMALL_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,

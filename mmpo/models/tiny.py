@@ -4,7 +4,7 @@ ones (config, tokenizer and processor only) for GPU benchmarks.
 A checkpoint folder written here loads with `AutoModelForImageTextToText.from_pretrained(dir)` and
 `AutoProcessor.from_pretrained(dir)` and never touches the hub. The recipe (word-level tokenizer with a
 BOS post-processor, `num_additional_image_tokens=1`, image/video token counts per family) follows the
-measured notes in ENVIRONMENT.md §2d; the 7B shapes are those of the published configs
+measured notes in docs/ENVIRONMENT.md §2d; the 7B shapes are those of the published configs
 (llava-hf/llava-1.5-7b-hf, llava-hf/LLaVA-NeXT-Video-7B-hf, LanguageBind/Video-LLaVA-7B-hf,
 llava-hf/llava-onevision-qwen2-7b-ov-hf).
 """
@@ -74,14 +74,14 @@ VOCAB_7B = {"llava_onevision": 152064}  # others: 32000 (Llama-2 vocabulary size
 PINPOINTS_7B = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 PINPOINTS_ONEVISION_7B = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
 
-# Tiny shapes: hidden sizes are multiples of 64 so bitsandbytes 4-bit works (ENVIRONMENT.md §2c).
+# Tiny shapes: hidden sizes are multiples of 64 so bitsandbytes 4-bit works (docs/ENVIRONMENT.md §2c).
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
 TINY_TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=1024)
 
 
 def build_tokenizer(words=None, vocab_size: int | None = None):
-    """A word-level fast tokenizer with BOS added by a post-processor (ENVIRONMENT.md §3 snippet).
+    """A word-level fast tokenizer with BOS added by a post-processor (docs/ENVIRONMENT.md §3 snippet).
 
     Args:
         words: extra words appended to the base vocabulary (lowercased, deduplicated).
@@ -161,7 +161,7 @@ def _processor(family: str, tok, img: int, patch: int, pinpoints):
     import transformers as tf
 
     common = dict(tokenizer=tok, chat_template=CHAT_TEMPLATE)
-    # CLIP keeps a CLS token that the "default" strategy drops: 1 additional token (ENVIRONMENT.md §2d).
+    # CLIP keeps a CLS token that the "default" strategy drops: 1 additional token (docs/ENVIRONMENT.md §2d).
     clip = dict(patch_size=patch, vision_feature_select_strategy="default", num_additional_image_tokens=1)
     if family == "llava":
         return tf.LlavaProcessor(image_processor=tf.CLIPImageProcessor(**_image_kwargs(img)), **clip, **common)
@@ -198,11 +198,11 @@ def _model_config(family: str, size: str, tok, img: int, patch: int, frames: int
     if family == "llava_next":
         return tf.LlavaNextConfig(**base, image_grid_pinpoints=pinpoints, image_seq_length=n)
     if family == "llava_next_video":
-        # video tokens: (img/patch)^2 / 4 per frame (2x2 average pool, no CLS; ENVIRONMENT.md §2d)
+        # video tokens: (img/patch)^2 / 4 per frame (2x2 average pool, no CLS; docs/ENVIRONMENT.md §2d)
         return tf.LlavaNextVideoConfig(**base, image_grid_pinpoints=pinpoints, image_seq_length=n,
                                        video_seq_length=n // 4 * frames)
     if family == "video_llava":
-        # video tokens: ((img/patch)^2 + 1) per frame, CLS kept (ENVIRONMENT.md §2d)
+        # video tokens: ((img/patch)^2 + 1) per frame, CLS kept (docs/ENVIRONMENT.md §2d)
         return tf.VideoLlavaConfig(**base, image_seq_length=n, video_seq_length=(n + 1) * frames)
     return tf.LlavaOnevisionConfig(**base, image_grid_pinpoints=pinpoints, vision_feature_select_strategy="full",
                                    vision_aspect_ratio="anyres_max_9")
