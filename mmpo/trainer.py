@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
+from mmpo import determinism
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -237,7 +238,9 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
-    seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    determinism.apply(cfg.seed, cfg.deterministic)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    if is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
+        (run_dir / "run.json").write_text(json.dumps(determinism.environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
     if model is None:
         model, processor = load_policy(cfg, procs)
     seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
