@@ -238,7 +238,8 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
-    determinism.apply(cfg.seed, cfg.deterministic)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    determinism.apply(cfg.seed, cfg.deterministic)
     if is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
         (run_dir / "run.json").write_text(json.dumps(determinism.environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
     if model is None:
