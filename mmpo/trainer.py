@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo import config as cfgmod
-from mmpo import determinism
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
+from mmpo.determinism import environment, make_deterministic
 from mmpo.distributed import (
     NO_4BIT_FSDP,
     Processes,
@@ -238,10 +238,11 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
-    # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
-    determinism.apply(cfg.seed, cfg.deterministic)
+    seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    if cfg.deterministic:  # deterministic kernels, cuBLAS workspace, no cuDNN autotuning (README Reproducibility)
+        make_deterministic()
     if is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
-        (run_dir / "run.json").write_text(json.dumps(determinism.environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
+        (run_dir / "run.json").write_text(json.dumps(environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
     if model is None:
         model, processor = load_policy(cfg, procs)
     seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
