@@ -1,9 +1,10 @@
-"""Seeds, deterministic kernels and the record of what a run's numbers depend on.
+"""Deterministic kernels and the record of what a run's numbers depend on.
 
 Why: a research tool is trusted when a rerun with the same seed gives the same numbers. On one CPU thread torch's
 kernels are already deterministic for identical inputs; on GPUs several kernels (scatter/index_add backward,
-cuBLAS split-K reductions, cuDNN autotuning) are not unless asked. `apply` asks, and `environment` writes down
-what the numbers also depend on (library versions, thread count, device), so two runs can be compared.
+cuBLAS split-K reductions, cuDNN autotuning) are not unless asked. `make_deterministic` asks, and `environment` writes down
+what the numbers also depend on (library versions, thread count, device), so two runs can be compared. Seeding
+is the trainer's `seed_everything` (Python, numpy, torch: every CUDA device too), on or off.
 See README "Reproducibility" for the contract.
 """
 
@@ -11,20 +12,12 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 
 import numpy as np
 import torch
 
 # cuBLAS needs a fixed workspace for deterministic GEMMs (CUDA >= 10.2); must be set before the first cuBLAS call.
 CUBLAS_WORKSPACE = ":4096:8"
-
-
-def seed_all(seed: int) -> None:
-    """Seed Python's `random`, numpy's global stream and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds all CUDA devices
 
 
 def make_deterministic() -> None:
@@ -39,13 +32,6 @@ def make_deterministic() -> None:
     if hasattr(torch.backends.cuda, "matmul"):
         torch.backends.cuda.matmul.allow_tf32 = False  # TF32 rounding differs between kernel choices
     torch.backends.cudnn.allow_tf32 = False
-
-
-def apply(seed: int, deterministic: bool) -> None:
-    """Seed every RNG and, when `deterministic`, switch torch to deterministic kernels."""
-    if deterministic:
-        make_deterministic()
-    seed_all(seed)
 
 
 def environment(seed: int, deterministic: bool) -> dict:
