@@ -445,7 +445,11 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 4, crf: int = 10)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # mbtree=0: x264's macroblock-tree rate control made other bytes for the same frames now and then (2-3
+        # distinct files in 25 encodes of one clip; two demo runs rendered 14 of 400 training videos differently,
+        # up to 8 grey levels apart once decoded, so PaMi-VDPO trained on other pixels; benchmarks/LOG.md
+        # 2026-12-06). Without it, 75 encodes of the clips that differed repeated byte for byte.
+        stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

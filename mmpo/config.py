@@ -461,6 +461,7 @@ class TrainConfig:
     stage: str = "dpo"  # dpo | sft | multi_round | distill
     output_dir: str = "runs/train"  # run directory: config.yaml, metrics.jsonl, checkpoints/, adapter/
     seed: int = 0  # seeds torch, numpy, python and the data order
+    deterministic: bool = False  # deterministic GPU kernels + cuBLAS workspace (mmpo/determinism.py; README Reproducibility)
     model: ModelConfig = field(default_factory=ModelConfig)  # the policy (and, with adapters off, the reference)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapter settings (lora.enabled false = full fine-tune)
     data: DataConfig = field(default_factory=DataConfig)  # training data

@@ -39,6 +39,7 @@ from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
 from mmpo.config import TrainConfig
+from mmpo.determinism import environment, make_deterministic
 from mmpo.distributed import (
     NO_4BIT_FSDP,
     Processes,
@@ -259,6 +260,10 @@ def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Call
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
     check_trackers(cfg.report_to)  # a missing tracker package stops every rank before any loading
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
+    if cfg.deterministic:  # deterministic kernels, cuBLAS workspace, no cuDNN autotuning (README Reproducibility)
+        make_deterministic()
+    if is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
+        (run_dir / "run.json").write_text(json.dumps(environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
     if model is None:
         model, processor = load_policy(cfg, procs)
     seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
