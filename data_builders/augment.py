@@ -147,6 +147,9 @@ def write_media(media, path: Path) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        # mbtree=0: x264's macroblock-tree rate control now and then writes other bytes for the same frames
+        # (benchmarks/LOG.md, issue 25); without it a materialized rejection is the same file every run
+        stream.options = {"x264-params": "mbtree=0"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
