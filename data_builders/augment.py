@@ -25,6 +25,7 @@ from PIL import Image
 
 from data_builders import shards
 from data_builders.common import BadInput, ResumableWriter, finish, prepared_items, progress
+from mmpo.formats.mapping import SOURCE_LINK
 from mmpo.media import IMAGE_OPS, VIDEO_OPS, MediaError, augment, load_media
 from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id, read_sft
 
@@ -156,20 +157,22 @@ def write_media(media, path: Path) -> Path:
     return path
 
 
-def make_pair(rec: SFTRecord, specs: tuple, scores: dict, rejected_media: tuple | None) -> PairRecord:
+def make_pair(rec: SFTRecord, specs: tuple, scores: dict, rejected_media: tuple | None, prefix: str = "") -> PairRecord:
     """The conditional-media pair: same text on both sides, the rejection is in the media.
 
     The materialized spec is kept in meta["rejected_spec"] so the fixed rejection stays reproducible.
     """
     bag = None if rejected_media else specs
-    return PairRecord(id=pair_id(rec.media, rec.prompt, rec.answer, rec.answer, rejected_media, bag),
-                      media=rec.media, media_type=rec.media_type, prompt=rec.prompt, chosen=rec.answer,
+    media = tuple(prefix + m for m in rec.media)  # prefix: see set_media_root
+    return PairRecord(id=pair_id(media, rec.prompt, rec.answer, rec.answer, rejected_media, bag),
+                      media=media, media_type=rec.media_type, prompt=rec.prompt, chosen=rec.answer,
                       rejected=rec.answer, rejected_media=rejected_media, rejected_bag=bag, scores=scores,
                       source="augment",
                       meta={"sft_id": rec.id, **rec.meta, **({"rejected_spec": specs[0].to_json()} if rejected_media else {})})
 
 
-def process(rec: SFTRecord, prep: dict, cfg: AugmentConfig, root: Path, scorer) -> tuple[list, dict]:
+def process(rec: SFTRecord, prep: dict, cfg: AugmentConfig, root: Path, scorer, prefix: str = ""
+            ) -> tuple[list, dict]:
     """Main-process half: prefilter with CLIP, optionally materialize, build the pair.
 
     Raises:
@@ -197,14 +200,35 @@ def process(rec: SFTRecord, prep: dict, cfg: AugmentConfig, root: Path, scorer) 
         specs = (specs[best],)
         scores = {"clip_sim": [sims[best]]} if sims is not None else {}
     counts["pairs"] = 1
-    return [make_pair(rec, specs, scores, rejected_media)], counts
+    return [make_pair(rec, specs, scores, rejected_media, prefix)], counts
 
 
 def _relative(path: Path, root: Path) -> str:
+    return str(path.resolve().relative_to(root.resolve()))
+
+
+def set_media_root(cfg: AugmentConfig, root: Path) -> tuple[Path, str]:
+    """The media root of the built set, and the prefix its chosen media paths get.
+
+    Materialized rejections live in `out_dir/media`. When that is inside the input's media root, the set keeps that
+    root. Otherwise the set's root is `out_dir` itself, with a link `out_dir/source` to the input's root, so the
+    chosen media read as `source/<path>` and the rejections as `media/<file>` (media paths never leave their root).
+    """
+    if not cfg.materialize:
+        return root, ""
     try:
-        return str(path.resolve().relative_to(root.resolve()))
+        _relative(Path(cfg.out_dir) / "media", root)
+        return root, ""
     except ValueError:
-        raise ValueError(f"augment: materialize needs out_dir inside media_root ({root}); got {path}") from None
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        link = out / SOURCE_LINK
+        if link.is_symlink() and link.resolve() != root.resolve():
+            raise ValueError(f"augment: {link} links to {link.resolve()}, not this input's media root {root}; "
+                             "use another out_dir") from None
+        if not link.is_symlink():
+            link.symlink_to(root.resolve(), target_is_directory=True)
+        return out, SOURCE_LINK + "/"
 
 
 def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) -> Path:
@@ -221,12 +245,11 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
     """
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
-    if cfg.materialize:
-        _relative(Path(cfg.out_dir) / "media", root)  # fail before any work
+    set_root, prefix = set_media_root(cfg, root)
     records = read_sft(cfg.in_sft)
     ids = [r.id for r in records]
     if cfg.merge:
-        return finish(shards.merge(cfg, ids, cfg.in_sft, BLOCK), cfg, ids, root, builder="augment")
+        return finish(shards.merge(cfg, ids, cfg.in_sft, BLOCK), cfg, ids, set_root, builder="augment")
     shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_sft, BLOCK)
     writer = ResumableWriter(out_dir, fresh=cfg.fresh)
     scorer = None
@@ -241,10 +264,10 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
     stream = prepared_items(todo, job, cfg.num_workers)
     for n, (rec, prep) in enumerate(progress(stream, len(todo), cfg.progress, "augment"), 1):
         try:
-            pairs, counts = process(rec, prep, cfg, root, scorer)
+            pairs, counts = process(rec, prep, cfg, set_root, scorer, prefix)
             writer.commit(rec.id, pairs, counts)
         except BadInput as exc:
             writer.commit(rec.id, [], {}, skipped=f"{'/'.join(rec.media)}: {exc}")
         if on_record is not None:
             on_record(n)
-    return finish(writer, cfg, [ids[p] for p in mine], root, builder="augment", **shards.shard_manifest(shard))
+    return finish(writer, cfg, [ids[p] for p in mine], set_root, builder="augment", **shards.shard_manifest(shard))

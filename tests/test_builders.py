@@ -180,6 +180,22 @@ def test_augment_image_materialize_writes_rejected_media_and_trains(world, tmp_p
     _train(world, world["image_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: mdpo_conditional}]")
 
 
+def test_augment_materialize_into_a_folder_outside_the_media_root(world, tmp_path):
+    """out_dir need not sit under the media root: the set's root becomes out_dir, the input's media are read through
+    the link out_dir/source, and the set trains with no data.media_root (issue 24 item 10)."""
+    out_dir = tmp_path / "elsewhere" / "mat"
+    cfg = load(AugmentConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={out_dir}", "progress=false",
+                                     "materialize=true", "fresh=true"])
+    out = build_augment(cfg)
+    assert (out / "source").resolve() == Path(world["root"]).resolve()
+    pairs = read_pairs(out / "pairs.jsonl", media_root=default_media_root(out / "pairs.jsonl", ""))
+    assert len(pairs) == 6
+    for p in pairs:
+        assert p.media[0].startswith("source/") and p.rejected_media[0].startswith("media/")
+        assert (out / p.media[0]).is_file() and (out / p.rejected_media[0]).is_file()
+    _train(world, world["image_model"], out / "pairs.jsonl", tmp_path / "run", "[{name: mdpo_conditional}]")
+
+
 class Crash(RuntimeError):
     pass
 
