@@ -2,6 +2,8 @@
 `image_longest_edge`) on shrunk real-format Qwen-VL and SmolVLM checkpoints, checked against the processor's own
 encoding; several images in the CLIP-based builders."""
 
+import json
+
 import numpy as np
 import pytest
 from helpers import real_format_model
@@ -80,3 +82,97 @@ def test_a_resolution_setting_the_family_does_not_take_is_refused(paths):
         load_model(ModelConfig(path=str(paths["qwen3_vl"]), device="cpu", image_longest_edge=64))
     with pytest.raises(ConfigError, match="min_pixels"):
         ModelConfig(min_pixels=5000, max_pixels=2000)
+
+
+# -- several images in the CLIP-based builders ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def two_images(tmp_path_factory):
+    """Image SFT records with two images each, and a tiny CLIP."""
+    from helpers import color_image
+
+    from mmpo.clip import make_tiny_clip
+    from mmpo.records import SFTRecord
+
+    root = tmp_path_factory.mktemp("two_images")
+    (root / "img").mkdir()
+    recs = []
+    for i in range(3):
+        for j, color in enumerate(("red", "blue")):
+            color_image(color, size=48 + 8 * j, seed=i).save(root / f"img/{i}_{j}.png")
+        recs.append(SFTRecord(f"s{i}", (f"img/{i}_0.png", f"img/{i}_1.png"), "image",
+                              "Which picture is red?", "The first one is red."))
+    write_jsonl(root / "sft.jsonl", recs)
+    return {"root": root, "sft": root / "sft.jsonl", "clip": make_tiny_clip(root / "clip")}
+
+
+def test_augment_augments_every_image_and_scores_them_one_for_one(two_images):
+    """Materialised rejected media: one file per image, each `augment(image_i, spec)` (the trainer's rule for a
+    bag); the CLIP prefilter's similarity is the mean of each image's cosine to its own augmented copy."""
+    from data_builders.augment import AugmentConfig
+    from data_builders.augment import build as build_augment
+    from mmpo.clip import load_clip
+    from mmpo.config import load
+    from mmpo.media import augment, load_media
+    from mmpo.records import AugSpec
+
+    root = two_images["root"]
+    cfg = load(AugmentConfig, None, [f"in_sft={two_images['sft']}", f"out_dir={root / 'aug'}", "progress=false",
+                                     "materialize=true", f"clip_model={two_images['clip']}", "max_similarity=1.01"])
+    out = build_augment(cfg)
+    pairs = read_pairs(out / "pairs.jsonl", media_root=root)
+    assert len(pairs) == 3
+    scorer = load_clip(str(two_images["clip"]))
+    for p in pairs:
+        assert len(p.rejected_media) == 2
+        spec = AugSpec(**p.meta["rejected_spec"])
+        originals = load_media(root, p.media, "image")
+        written = load_media(root, p.rejected_media, "image")
+        for original, got in zip(originals, written, strict=True):
+            assert np.array_equal(np.asarray(got), np.asarray(augment(original, spec)))
+        a, b = scorer.encode_images(originals), scorer.encode_images(written)
+        assert p.scores["clip_sim"][0] == pytest.approx(float((a * b).sum(-1).mean()), abs=1e-5)
+
+
+def test_difficulty_clip_score_over_several_images_is_the_mean_over_images_and_sentences(two_images):
+    from data_builders.difficulty import clip_scores
+    from mmpo.clip import load_clip
+    from mmpo.media import load_media
+
+    root = two_images["root"]
+    scorer = load_clip(str(two_images["clip"]))
+    images = load_media(root, ("img/0_0.png", "img/0_1.png"), "image")
+    rec = PairRecord(id="d", media=("img/0_0.png", "img/0_1.png"), media_type="image", prompt="?",
+                     chosen="The first one is red. The second one is blue.", rejected="Both are green.")
+    (cw, cl), = clip_scores(scorer, [(rec, images, images)])
+    img = scorer.encode_images(images)
+    for score, text in ((cw, rec.chosen), (cl, rec.rejected)):
+        txt = scorer.encode_texts(scorer.split_text(text))
+        assert score == pytest.approx(float((img @ txt.T).mean()), abs=1e-5)
+    assert cw != pytest.approx(clip_scores(scorer, [(rec, images[0], images[0])])[0][0], abs=1e-6)  # both count
+
+
+def test_self_qa_on_two_image_records_with_qwen2_5_vl(two_images, paths, tmp_path):
+    """The generator sees both images (a multi-image family) and the CLIP check scores over both."""
+    from data_builders.judging import rubric_judge
+    from data_builders.self_qa import SelfQAConfig
+    from data_builders.self_qa import build as build_self_qa
+    from mmpo.config import load
+
+    def judge(prompts, media, temperature, seed):
+        assert all(isinstance(m, list) and len(m) == 2 for m in media)
+        outs = []
+        for p in prompts:
+            s = min(10, 1 + len(p.split("Answer:")[1].split("Give four")[0].split()))
+            outs.append(f"Relevance: {s}, Accuracy: {s}, Temporal grounding: {s}, Clarity: {s}")
+        return outs
+
+    cfg = load(SelfQAConfig, None, [f"in_sft={two_images['sft']}", f"out_dir={tmp_path / 'sq'}", "progress=false",
+                                    f"model.path={paths['qwen2_5_vl']}", "model.device=cpu", "max_new_tokens=6",
+                                    "questions_per_item=1", "temperatures=[0.7, 1.3]", "min_gap=0",
+                                    f"clip_model={two_images['clip']}"])
+    out = build_self_qa(cfg, judge=rubric_judge(judge))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["answers"] == 3 * 1 * 2 and manifest["counts"].get("skipped", 0) == 0
+    pairs = read_pairs(out / "pairs.jsonl", media_root=two_images["root"])
+    assert all(len(p.media) == 2 for p in pairs)
