@@ -176,3 +176,112 @@ def test_self_qa_on_two_image_records_with_qwen2_5_vl(two_images, paths, tmp_pat
     assert manifest["counts"]["answers"] == 3 * 1 * 2 and manifest["counts"].get("skipped", 0) == 0
     pairs = read_pairs(out / "pairs.jsonl", media_root=two_images["root"])
     assert all(len(p.media) == 2 for p in pairs)
+
+
+# -- evaluation runners on the new families -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bench_data(tmp_path_factory):
+    from test_benchmark_runners import _amber_data, _chair_data, _eh_data
+
+    root = tmp_path_factory.mktemp("bench_families")
+    return {"chair": _chair_data(root / "chair"), "amber": _amber_data(root / "amber"),
+            "eventhallusion": _eh_data(root / "eh"), "root": root}
+
+
+def _predictions(out) -> dict:
+    """predictions.jsonl as {row key: answer}; logits-mode margins are compared by `_margins`."""
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    return {json.dumps({k: v for k, v in r.items() if k not in ("answer", "margin")}, sort_keys=True): r["answer"]
+            for r in rows}
+
+
+def _margins(out) -> dict:
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    return {json.dumps({k: v for k, v in r.items() if k not in ("answer", "margin")}, sort_keys=True): r.get("margin")
+            for r in rows}
+
+
+def _same_margins(a, b):
+    ma, mb = _margins(a), _margins(b)
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert ma[k] is None or ma[k] == pytest.approx(mb[k], abs=1e-4), k
+
+
+def _run(name, path, data, out, **kw):
+    from eval import EVALUATORS
+
+    extra = {"lemmatizer": "table"} if name == "chair" else {}
+    model = ModelConfig(path=str(path), device="cpu", num_frames=4)
+    cfg = EVALUATORS[name].config(model=model, out_dir=str(out), **data, **extra, **kw)
+    return cfg, EVALUATORS[name].run(cfg, *load_model(model))
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+def test_chair_captions_are_the_models_greedy_answers(paths, bench_data, family, tmp_path):
+    from eval import chair, runner
+    from mmpo.models import generate_answers
+
+    cfg, m = _run("chair", paths[family], bench_data["chair"], tmp_path / "chair", max_new_tokens=6, batch_size=3)
+    model, proc = load_model(ModelConfig(path=str(paths[family]), device="cpu"))
+    rows = [json.loads(x) for x in (tmp_path / "chair" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and "chair_i" in m
+    for r in rows:
+        image = runner.load_image(f"{cfg.image_root}/COCO_val2014_{int(r['image_id']):012d}.jpg")
+        assert [r["answer"]] == generate_answers(model, proc, [chair.PROMPT], [image], "image", max_new_tokens=6)[0]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
+def test_amber_generate_batched_equals_one_by_one_and_logits_answer_yes_or_no(paths, bench_data, family, tmp_path):
+    data = bench_data["amber"]
+    _, batched = _run("amber", paths[family], data, tmp_path / "b", max_new_tokens=4, batch_size=5)
+    _, single = _run("amber", paths[family], data, tmp_path / "s", max_new_tokens=4, batch_size=1)
+    assert _predictions(tmp_path / "b") == _predictions(tmp_path / "s") and len(_predictions(tmp_path / "b")) == 12
+    assert batched == single  # the generative query (id 1) is not a yes/no question: the runner leaves it out
+    _, logits = _run("amber", paths[family], data, tmp_path / "l", mode="logits", batch_size=5)
+    answers = _predictions(tmp_path / "l")
+    assert len(answers) == 12 and set(answers.values()) <= {"Yes", "No", "yes", "no"}
+
+
+@pytest.mark.parametrize("mode", ["generate", "logits"])
+def test_eventhallusion_on_qwen2_5_vl_video(paths, bench_data, mode, tmp_path):
+    data = bench_data["eventhallusion"]
+    _, batched = _run("eventhallusion", paths["qwen2_5_vl"], data, tmp_path / "b", mode=mode, max_new_tokens=4,
+                      batch_size=4)
+    _, single = _run("eventhallusion", paths["qwen2_5_vl"], data, tmp_path / "s", mode=mode, max_new_tokens=4,
+                     batch_size=1)
+    assert _predictions(tmp_path / "b") == _predictions(tmp_path / "s") and len(_predictions(tmp_path / "b")) == 12
+    _same_margins(tmp_path / "b", tmp_path / "s")
+    assert batched.keys() == single.keys()
+
+
+@pytest.mark.parametrize("mode", ["generate", "logits"])
+def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
+    from videos import make_frames, write_clip
+
+    from eval import runner, videohallucer_metrics
+
+    data = tmp_path / "vh" / "object_relation"
+    (data / "videos").mkdir(parents=True)
+    for i in range(2):
+        write_clip(data / "videos" / f"clip{i}.mp4", make_frames(T=4, H=48, W=64, seed=i), fps=4)
+    pairs = [{"basic": {"video": f"clip{i}.mp4", "question": "Is there a square in the video?", "answer": "yes"},
+              "hallucination": {"video": f"clip{i}.mp4", "question": "Is there a cat in the video?", "answer": "no"},
+              "type": "object"} for i in range(2)]
+    (data / "object_relation.json").write_text(json.dumps(pairs, indent=4))
+    results = {}
+    for bs in (1, 4):
+        cfg = runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(paths["qwen2_5_vl"]), device="cpu",
+                                                               num_frames=4),
+                                             data_dir=str(tmp_path / "vh"), categories=["object_relation"],
+                                             out_dir=str(tmp_path / f"out{bs}"), mode=mode, batch_size=bs,
+                                             max_new_tokens=4)
+        results[bs] = runner.run_videohallucer(cfg)
+        assert len(_predictions(tmp_path / f"out{bs}")) == 4
+    assert _predictions(tmp_path / "out1") == _predictions(tmp_path / "out4")
+    _same_margins(tmp_path / "out1", tmp_path / "out4")
+    assert results[1]["object_relation"]["n_pairs"] == 2
+    scored = videohallucer_metrics.score_answers_file(data / "object_relation.json",
+                                                      tmp_path / "out4" / "results" / "object_relation.json")
+    assert scored["pair_accuracy"] == results[4]["object_relation"]["pair_accuracy"]
