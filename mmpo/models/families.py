@@ -89,6 +89,12 @@ FAMILY_SPECS: dict[str, Family] = {
                          "model.visual.merger", positions="mrope", video=True, multi_image=True, resize="pixels"),
     "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", ("model.visual",),
                        "model.visual.merger", positions="mrope", video=True, multi_image=True, resize="pixels"),
+    # Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B): Qwen3-VL with sparse MoE MLPs. Its experts are fused 3-D parameters,
+    # not Linear modules (nor is the router `mlp.gate`): the default LoRA reaches the attention only, and 4-bit
+    # quantises the attention only, the experts and router stay in the load dtype (tests/test_families_more.py).
+    "qwen3_vl_moe": Family("qwen3_vl_moe", ("qwen3_vl_moe",), "Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor",
+                           ("model.visual",), "model.visual.merger", positions="mrope", video=True, multi_image=True,
+                           resize="pixels"),
     # SmolVLM is Idefics3: SigLIP `vision_model`, pixel-shuffle `connector`, Llama `text_model`.
     "idefics3": Family("idefics3", ("idefics3", "smolvlm"), "Idefics3ForConditionalGeneration", "Idefics3Processor",
                        ("model.vision_model",), "model.connector", lora_target=rf".*text_model.*\.{LINEARS}",
