@@ -291,10 +291,18 @@ def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory):
-    from mmpo.models.real_format import make_real_format_model
+    from mmpo.cli import main
 
-    path = make_real_format_model("qwen3_vl_moe", tmp_path_factory.mktemp("moe") / "qwen3_vl_moe")
+    path = tmp_path_factory.mktemp("moe") / "qwen3_vl_moe"
+    assert main(["make-model", "--family", "qwen3_vl_moe", "--out", str(path)]) == 0
     return path, load_model(ModelConfig(path=str(path), device="cpu"))
+
+
+def test_qwen3_vl_moe_has_no_7b_shape(tmp_path):
+    from mmpo.models import make_tiny_model
+
+    with pytest.raises(ValueError, match="no Qwen3-VL-MoE config is vendored"):
+        make_tiny_model("qwen3_vl_moe", tmp_path / "7b", size="7b")
 
 
 def test_qwen3_vl_moe_logps_equal_a_plain_hf_forward(moe):
