@@ -101,8 +101,9 @@ def prepare(rec: SFTRecord, cfg: AugmentConfig, root: Path, need_pixels: bool) -
         media = load_media(root, rec.media, rec.media_type, cfg.num_frames)
         specs = sample_specs(cfg, rec.id, rec.media_type)
         out = {"specs": specs, "media": media if need_pixels else None, "augmented": []}
-        if need_pixels:
-            out["augmented"] = [augment(media, s) for s in specs]
+        if need_pixels:  # several images: each gets the same spec, as the trainer applies a bag (batches.py)
+            out["augmented"] = [[augment(m, s) for m in media] if isinstance(media, list) else augment(media, s)
+                                for s in specs]
         return out
     except (MediaError, ValueError, OSError) as exc:
         return {"error": str(exc).splitlines()[0][:300]}
@@ -114,9 +115,12 @@ def clip_similarities(scorer, media, augmented: list) -> list[float]:
 
     Aligned frames, not `ClipScorer.media_similarity`: the cosine of mean frame embeddings is blind to
     frame order, so it would call every shuffled or reversed clip identical and drop exactly the
-    temporal ops PaMi-VDPO confirms. For an image this is the plain image cosine.
+    temporal ops PaMi-VDPO confirms. For an image this is the plain image cosine; for several images the mean of
+    each image's cosine to its own augmented copy.
     """
     def frames(m):
+        if isinstance(m, list):  # several images: aligned one for one like frames
+            return m
         return [m] if isinstance(m, Image.Image) else [Image.fromarray(f) for f in m]
 
     groups = [frames(media)] + [frames(a) for a in augmented]
@@ -135,8 +139,10 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames[:, :h, :w])
 
 
-def write_media(media, path: Path) -> Path:
-    """Write an image (PNG) or a clip (H.264 mp4 via PyAV) for `materialize`."""
+def write_media(media, path: Path) -> Path | list[Path]:
+    """Write an image (PNG) or a clip (H.264 mp4 via PyAV) for `materialize`; several images: `<path>_<i>.png`."""
+    if isinstance(media, list):
+        return [write_media(m, path.with_name(f"{path.name}_{i}")) for i, m in enumerate(media)]
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(media, Image.Image):
         media.save(path.with_suffix(".png"))
@@ -196,7 +202,7 @@ def process(rec: SFTRecord, prep: dict, cfg: AugmentConfig, root: Path, scorer, 
     if cfg.materialize:
         best = int(np.argmin(sims)) if sims is not None else 0  # the least similar = the most distinct
         path = write_media(augmented[best], Path(cfg.out_dir) / "media" / rec.id)
-        rejected_media = (_relative(path, root),)
+        rejected_media = tuple(_relative(p, root) for p in (path if isinstance(path, list) else [path]))
         specs = (specs[best],)
         scores = {"clip_sim": [sims[best]]} if sims is not None else {}
     counts["pairs"] = 1

@@ -115,9 +115,15 @@ def gen_scores(model, processor, batch: list, media_type: str) -> list[tuple[flo
 
 
 def _frames(media) -> list:
-    """An image or a (T, H, W, 3) clip as a list of PIL frames."""
+    """An image, several images or a (T, H, W, 3) clip as a list of PIL frames.
+
+    Several images count like a clip's frames: s(y) is the cosine averaged over every image and sentence, so
+    an answer true of one image and not the others scores between the two.
+    """
     from PIL import Image
 
+    if isinstance(media, list):
+        return list(media)
     return [media] if isinstance(media, Image.Image) else [Image.fromarray(f) for f in media]
 
 

@@ -72,11 +72,17 @@ class ModelConfig:
     trust_remote_code: bool = False  # only if the user asks for it
     attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
     num_frames: int = 8  # frames sampled per video for this model
+    # image resolution (0 = the checkpoint's own); fewer pixels = fewer image tokens (docs/ARCHITECTURE.md)
+    min_pixels: int = 0  # Qwen-VL: the fewest pixels an image is resized to (image processor size.shortest_edge)
+    max_pixels: int = 0  # Qwen-VL: the most pixels an image is resized to (image processor size.longest_edge)
+    image_longest_edge: int = 0  # SmolVLM/Idefics3: an image's longest side before it is cut into tiles
 
     def __post_init__(self):
         problems = Problems()
         with problems.check():
-            check_range(self, num_frames=">= 1")
+            check_range(self, num_frames=">= 1", min_pixels=">= 0", max_pixels=">= 0", image_longest_edge=">= 0")
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            problems.errors.append(f"min_pixels ({self.min_pixels}) is above max_pixels ({self.max_pixels})")
         with problems.check():  # what mmpo.models.load_model accepts (its DTYPES), checked before any load
             check_choice(self, dtype=("float32", "bfloat16", "float16"),
                          attn_implementation=("eager", "sdpa", "flash_attention_2"))

@@ -38,6 +38,9 @@ class Family:
     video: takes `pixel_values_videos`.
     multi_image: a prompt may hold several images (placeholders where the prompt puts them).
     processor_class: the transformers processor class (name) its checkpoints load with.
+    resize: how `model.min_pixels/max_pixels/image_longest_edge` set its image resolution: "pixels" (a pixel
+        budget, image processor `size = {shortest_edge: min, longest_edge: max}`: Qwen-VL), "longest_edge"
+        (`size.longest_edge`, before tiling: Idefics3) or "" (fixed by the checkpoint).
     """
 
     name: str
@@ -50,6 +53,7 @@ class Family:
     positions: str = "mask"
     video: bool = False
     multi_image: bool = False
+    resize: str = ""
 
     @property
     def projector_leaf(self) -> str:
@@ -79,16 +83,22 @@ FAMILY_SPECS: dict[str, Family] = {
                               ("model.vision_tower",), _LLAVA_PROJ, video=True, multi_image=True),
     # Qwen-VL: the projector (`merger`) sits inside the vision tower; positions are M-RoPE.
     "qwen2_vl": Family("qwen2_vl", ("qwen2_vl",), "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor", ("model.visual",),
-                       "model.visual.merger", positions="mrope", video=True, multi_image=True),
+                       "model.visual.merger", positions="mrope", video=True, multi_image=True, resize="pixels"),
     "qwen2_5_vl": Family("qwen2_5_vl", ("qwen2_5_vl",), "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor",
                          ("model.visual",),
-                         "model.visual.merger", positions="mrope", video=True, multi_image=True),
+                         "model.visual.merger", positions="mrope", video=True, multi_image=True, resize="pixels"),
     "qwen3_vl": Family("qwen3_vl", ("qwen3_vl",), "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", ("model.visual",),
-                       "model.visual.merger", positions="mrope", video=True, multi_image=True),
+                       "model.visual.merger", positions="mrope", video=True, multi_image=True, resize="pixels"),
+    # Qwen3-VL-MoE (e.g. Qwen3-VL-30B-A3B): Qwen3-VL with sparse MoE MLPs. Its experts are fused 3-D parameters,
+    # not Linear modules (nor is the router `mlp.gate`): the default LoRA reaches the attention only, and 4-bit
+    # quantises the attention only, the experts and router stay in the load dtype (tests/test_families_more.py).
+    "qwen3_vl_moe": Family("qwen3_vl_moe", ("qwen3_vl_moe",), "Qwen3VLMoeForConditionalGeneration", "Qwen3VLProcessor",
+                           ("model.visual",), "model.visual.merger", positions="mrope", video=True, multi_image=True,
+                           resize="pixels"),
     # SmolVLM is Idefics3: SigLIP `vision_model`, pixel-shuffle `connector`, Llama `text_model`.
     "idefics3": Family("idefics3", ("idefics3", "smolvlm"), "Idefics3ForConditionalGeneration", "Idefics3Processor",
                        ("model.vision_model",), "model.connector", lora_target=rf".*text_model.*\.{LINEARS}",
-                       multi_image=True),
+                       multi_image=True, resize="longest_edge"),
 }
 FAMILY_ALIASES = {"smolvlm": "idefics3", "qwen2.5_vl": "qwen2_5_vl"}  # names users type for a registry key
 

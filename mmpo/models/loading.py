@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from mmpo.config import LoraConfig, ModelConfig, to_dict
-from mmpo.models.families import DEFAULT_LORA_TARGET, Family, family_of_model_type
+from mmpo.models.families import DEFAULT_LORA_TARGET, FAMILY_SPECS, Family, family_of_model_type
 from mmpo.records import make_id
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,7 +91,7 @@ def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool
     model = AutoModelForImageTextToText.from_pretrained(folder, **kwargs)
     if not cfg.load_in_4bit:
         model = model.to(device)
-    processor = AutoProcessor.from_pretrained(folder, **common)
+    processor = set_image_size(AutoProcessor.from_pretrained(folder, **common), family, cfg)
     model = _attach_trainable(model, cfg, lora, trainable)
     return model, processor
 
@@ -113,13 +113,46 @@ def load_skeleton(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: b
         raise ValueError("a 4-bit model cannot be built without its weights")
     common = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
     config = AutoConfig.from_pretrained(folder, **common)
-    _family_of_config(config)
+    family = _spec_of_config(config)
     with torch.device("meta"):
         model = AutoModelForImageTextToText.from_config(config, dtype=DTYPES[cfg.dtype],
                                                         attn_implementation=cfg.attn_implementation,
                                                         trust_remote_code=cfg.trust_remote_code)
-    processor = AutoProcessor.from_pretrained(folder, **common)
+    processor = set_image_size(AutoProcessor.from_pretrained(folder, **common), family, cfg)
     return _attach_trainable(model, cfg, lora, trainable), processor
+
+
+def set_image_size(processor, family: Family, cfg: ModelConfig):
+    """Apply `model.min_pixels` / `max_pixels` / `image_longest_edge` to the processor's IMAGE processor.
+
+    Set on the loaded processor, so every encoding (collator, length pre-flight, evaluation) counts the same
+    image tokens. Video frames keep the checkpoint's own limits: Qwen's video processors have their own budget
+    (Qwen3-VL's covers all frames), and `AutoProcessor.from_pretrained(min_pixels=...)` would change Qwen2.5-VL's
+    video processor too but not Qwen3-VL's, hence the explicit assignment. A setting the family does not use
+    is an error, not silently ignored.
+    """
+    pixels = {"min_pixels": cfg.min_pixels, "max_pixels": cfg.max_pixels}
+    wanted = {k: v for k, v in {**pixels, "image_longest_edge": cfg.image_longest_edge}.items() if v}
+    if not wanted:
+        return processor
+    usable = {"pixels": set(pixels), "longest_edge": {"image_longest_edge"}}.get(family.resize, set())
+    if set(wanted) - usable:
+        users = {"pixels": "min_pixels/max_pixels", "longest_edge": "image_longest_edge"}
+        by = ", ".join(f"{f.name}: {users[f.resize]}" for f in FAMILY_SPECS.values() if f.resize)
+        raise ValueError(f"model.{'/'.join(sorted(set(wanted) - usable))}: {family.name} checkpoints do not take "
+                         f"this setting (image resolution settings by family: {by})")
+    images = processor.image_processor
+    size = {k: v for k, v in dict(images.size).items() if v is not None}
+    if family.resize == "pixels":
+        size["shortest_edge"] = cfg.min_pixels or size["shortest_edge"]
+        size["longest_edge"] = cfg.max_pixels or size["longest_edge"]
+        if size["shortest_edge"] > size["longest_edge"]:
+            raise ValueError(f"model.min_pixels/max_pixels: {size['shortest_edge']} > {size['longest_edge']} "
+                             "(one of them is the checkpoint's own value)")
+    else:
+        size["longest_edge"] = cfg.image_longest_edge
+    images.size = type(images.size)(**size) if not isinstance(images.size, dict) else size
+    return processor
 
 
 def _attach_trainable(model, cfg: ModelConfig, lora: LoraConfig | None, trainable: bool):

@@ -121,7 +121,7 @@ def make_real_format_model(family: str, out_dir, seed: int = 0, shrink: bool = T
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     BUILDERS[family](out, shrink)
-    if shrink and family in VLM_FAMILIES:
+    if shrink and (family in VLM_FAMILIES or family == "qwen3_vl_moe"):
         save_hub_weights(family, out, seed)
     elif shrink:
         save_legacy_weights(family, out, seed)
@@ -285,6 +285,23 @@ def _shrink_qwen3_vl(cfg: dict) -> None:
 
 _SHRINK_QWEN = {"qwen2_vl": _shrink_qwen2_vl, "qwen2_5_vl": _shrink_qwen2_5_vl, "qwen3_vl": _shrink_qwen3_vl}
 
+# Qwen3-VL-MoE [RECONSTRUCTION]: no hub config of it is vendored (docs/shared real-format notes hold none), so its
+# checkpoint is Qwen3-VL's vendored files (the same processor, tokenizer and chat template) with the config's
+# model types and the sparse-MLP keys of transformers' `Qwen3VLMoeTextConfig` (small: 4 experts, 2 per token)
+QWEN3_VL_MOE_TEXT = dict(model_type="qwen3_vl_moe_text", num_experts=4, num_experts_per_tok=2,
+                         moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[])
+
+
+def _qwen3_vl_moe(out: Path, shrink: bool) -> None:
+    """qwen3_vl_moe: Qwen3-VL's vendored files with the MoE config keys (`QWEN3_VL_MOE_TEXT`)."""
+    _qwen("qwen3_vl")(out, shrink)
+
+    def moe(cfg: dict) -> None:
+        cfg.update(model_type="qwen3_vl_moe", architectures=["Qwen3VLMoeForConditionalGeneration"])
+        cfg["text_config"].update(QWEN3_VL_MOE_TEXT)
+        cfg["vision_config"]["model_type"] = "qwen3_vl_moe"
+    _edit_json(out / "config.json", moe)
+
 
 def _idefics3(out: Path, shrink: bool) -> None:
     """SmolVLM-256M-Instruct's own files, verbatim (tokenizer.json included)."""
@@ -308,6 +325,7 @@ def _idefics3(out: Path, shrink: bool) -> None:
 
 BUILDERS = {"llava": _llava, "llava_next_video": _llava_next_video, "llava_onevision": _llava_onevision,
             "qwen2_vl": _qwen("qwen2_vl"), "qwen2_5_vl": _qwen("qwen2_5_vl"), "qwen3_vl": _qwen("qwen3_vl"),
+            "qwen3_vl_moe": _qwen3_vl_moe,
             "idefics3": _idefics3}
 
 

@@ -239,7 +239,9 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
     from mmpo.models.real_format import VLM_FAMILIES, make_real_format_model, make_vlm_7b_config
 
     family = FAMILY_ALIASES.get(family, family)
-    if family in VLM_FAMILIES:  # no word-level recipe: the shrunk real-format checkpoint is the tiny one
+    if family in (*VLM_FAMILIES, "qwen3_vl_moe"):  # no word-level recipe: the shrunk real-format one is the tiny one
+        if size == "7b" and family == "qwen3_vl_moe":
+            raise ValueError("--size 7b: no Qwen3-VL-MoE config is vendored to widen (the tiny one is reconstructed)")
         if size == "7b":
             return make_vlm_7b_config(family, out_dir)
         return make_real_format_model(family, out_dir, seed=seed)
