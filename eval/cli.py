@@ -98,9 +98,11 @@ def _write_pope_lmms(cfg) -> Path:
 
 
 def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:
-    """An lmms-eval samples file scored as `pope_metrics.score_answers_file` scores mmpo's own answer files."""
+    """An lmms-eval samples file or VLMEvalKit table scored as `pope_metrics.score_answers_file` scores mmpo's own
+    answer files."""
     questions = pope.read_questions(questions_path)
-    preds = interop.read_samples(samples_path, questions)
+    read = interop.read_pope_table if interop.detect(samples_path) == "vlmevalkit" else interop.read_samples
+    preds = read(samples_path, questions)
     return {**pope_metrics._score_questions(questions, preds, parser, None, questions_path), "n_unanswered": 0}
 
 
@@ -108,7 +110,8 @@ def cli_pope(args: list[str]) -> int:
     """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
     p = argparse.ArgumentParser(prog="mmpo eval pope")
     p.add_argument("--questions", help="question file (score an existing answers file)")
-    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout, or an lmms-eval samples file)")
+    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout), an lmms-eval samples file or a "
+                   "VLMEvalKit prediction table (.tsv)")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
     _unanswered_flag(p)
@@ -122,7 +125,7 @@ def cli_pope(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    if interop.is_samples_file(a.answers):  # an lmms-eval samples file (eval/interop.py), detected by its fields
+    if interop.detect(a.answers):  # lmms-eval samples / VLMEvalKit table (eval/interop.py), detected by its fields
         _print_metrics(_score_pope_samples(a.questions, a.answers, a.parser), a.out)
         return 0
     _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser, unanswered=a.unanswered), a.out)
@@ -273,7 +276,8 @@ def cli_hallusionbench(args: list[str]) -> int:
     `--config F [key=value ...]` (answer with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval hallusionbench")
     p.add_argument("--questions", help="HallusionBench.json (the release's question file)")
-    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout)")
+    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout), an "
+                   "lmms-eval samples file or a VLMEvalKit prediction table (.tsv)")
     p.add_argument("--parser", default="lmms", choices=hallusionbench.PARSERS,
                    help="lmms: 'yes' anywhere in the answer (lmms-eval); vlmevalkit: YOrN_Extraction")
     p.add_argument("--out", help="write the metrics JSON here")
@@ -289,5 +293,7 @@ def cli_hallusionbench(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered), a.out)
+    tool = interop.detect(a.answers)  # lmms-eval samples / VLMEvalKit table (eval/interop.py), else the reference's
+    preds = {"lmms-eval": interop.read_hb_samples, "vlmevalkit": interop.read_hb_table}[tool](a.answers) if tool else None
+    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered, preds), a.out)
     return 0

@@ -97,6 +97,16 @@ def write_pope(out_dir: str | Path, model_path: str, splits: dict, answers: dict
     return path
 
 
+def detect(path: str | Path) -> str | None:
+    """Which other tool wrote an answers file, from its fields/columns: "lmms-eval" (a samples JSONL),
+    "vlmevalkit" (a prediction table), or None (mmpo's or the benchmark's own layout)."""
+    if is_samples_file(path):
+        return "lmms-eval"
+    if is_vlmevalkit_table(path):
+        return "vlmevalkit"
+    return None
+
+
 def is_samples_file(path: str | Path) -> bool:
     """An lmms-eval samples JSONL: its first record has `doc_id` and `filtered_resps` (or `resps`)."""
     path = Path(path)
@@ -150,6 +160,152 @@ def read_samples(path: str | Path, questions: list[PopeQuestion]) -> list[PopePr
         if qid not in wanted:
             raise ValueError(f"{where}: question_id {qid!r} is not in the question file")
         found[qid] = _first_text(rec.get("filtered_resps", rec.get("resps")), where)
+    missing = [q.question_id for q in questions if str(q.question_id) not in found]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} questions have no answer (first ids: {missing[:5]})")
+    return [PopePrediction(q.question_id, found[str(q.question_id)], q.split) for q in questions]
+
+
+# ---- HallusionBench samples (lmms-eval `hallusion_bench_image`) --------------------------------------------------
+# `lmms_eval/tasks/hallusion_bench/evaluate_hb.py::hb_process_results` logs, under each metric (aAcc, qAcc, fAcc),
+# the doc without its image plus `model_prediction`: category, subcategory, set_id, figure_id, question_id are there.
+
+def read_hb_samples(path: str | Path) -> dict[tuple, str]:
+    """{HallusionBench question key: prediction} from an lmms-eval `hallusion_bench_image` samples file.
+
+    The key comes from the sample's `aAcc` entry (or its `doc`); the prediction is the entry's `model_prediction`,
+    else the first filtered response. Raises ValueError naming file:line for a record without the ids or answered
+    twice.
+    """
+    path = Path(path)
+    out: dict[tuple, str] = {}
+    for n, rec in _jsonl(path):
+        where = f"{path}:{n}"
+        entry = next((rec[m] for m in ("aAcc", "qAcc", "fAcc", "doc") if isinstance(rec.get(m), dict)), None)
+        if entry is None or not all(k in entry for k in HB_KEY):
+            raise ValueError(f"{where}: no HallusionBench ids {HB_KEY} (expected in 'aAcc' or 'doc'): "
+                             "not a hallusion_bench_image samples file?")
+        key = tuple(str(entry[k]) for k in HB_KEY)
+        if key in out:
+            raise ValueError(f"{where}: question {'_'.join(key)} answered twice")
+        text = entry.get("model_prediction")
+        out[key] = text if isinstance(text, str) else _first_text(rec.get("filtered_resps", rec.get("resps")), where)
+    return out
+
+
+HB_KEY = ("category", "subcategory", "set_id", "figure_id", "question_id")
+
+
+def _jsonl(path: Path):
+    """(line number, object) of a JSONL file's non-blank lines; ValueError naming file:line for invalid JSON."""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{n}: invalid JSON") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
+        yield n, rec
+
+
+# ---- VLMEvalKit prediction tables -----------------------------------------------------------------------------------
+# `vlmeval/inference.py::infer_data_job` writes `<work_dir>/<model>_<dataset>.xlsx` (or .tsv): the dataset's TSV rows
+# (`index`, `question`, `answer` "Yes"/"No", `category`, `l2-category`, ...; `image` dropped) plus `prediction`.
+# Items: HallusionBench (`vlmeval/dataset/utils/yorn.py::Hallusion_rating`) reads set_id, figure_id, question_id as
+# the 4th-6th "_" fields of `index`, `category` is VD/VS and `l2-category` the subcategory; POPE (`POPE_rating`)
+# lists every split a question belongs to in `category` ("adversarial,popular") and has no POPE question_id, so a
+# row is matched to a question file by split, image name (`image_path`, where the table has it) and question text.
+
+VLMEVALKIT_COLUMNS = ("index", "prediction")
+
+
+def is_vlmevalkit_table(path: str | Path) -> bool:
+    """A VLMEvalKit prediction table: a .tsv/.xlsx whose header has `index` and `prediction`."""
+    path = Path(path)
+    if path.suffix == ".xlsx":
+        return path.is_file()
+    if path.suffix != ".tsv" or not path.is_file():
+        return False
+    with path.open(encoding="utf-8", newline="") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    return all(c in header for c in VLMEVALKIT_COLUMNS)
+
+
+def read_vlmevalkit_table(path: str | Path, need: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, {column: text}) of a VLMEvalKit prediction table (TSV; .xlsx needs openpyxl, not a dependency).
+
+    Raises:
+        ValueError: naming the file for an .xlsx (save it as .tsv), a missing column in `need`, and file:line for a
+            row whose cell count differs from the header's.
+    """
+    import csv
+
+    path = Path(path)
+    if path.suffix == ".xlsx":
+        raise ValueError(f"{path}: .xlsx tables need openpyxl, which mmpo does not install; save the table as .tsv "
+                         "(tab-separated, same columns) and pass that")
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, [])
+        missing = [c for c in (*VLMEVALKIT_COLUMNS, *need) if c not in header]
+        if missing:
+            raise ValueError(f"{path}:1: column(s) {missing} missing (header: {header})")
+        rows = []
+        for cells in reader:
+            if not any(cells):
+                continue
+            if len(cells) != len(header):
+                raise ValueError(f"{path}:{reader.line_num}: {len(cells)} cells, the header has {len(header)}")
+            rows.append((reader.line_num, dict(zip(header, cells))))
+    return rows
+
+
+def read_hb_table(path: str | Path) -> dict[tuple, str]:
+    """{HallusionBench question key: prediction} from VLMEvalKit's `<model>_HallusionBench` table (ids as
+    `Hallusion_rating` reads them: `index`'s 4th-6th "_" fields)."""
+    out: dict[tuple, str] = {}
+    for n, row in read_vlmevalkit_table(path, ("category", "l2-category")):
+        parts = row["index"].split("_")
+        if len(parts) < 6:
+            raise ValueError(f"{path}:{n}: index {row['index']!r}: expected category_subcategory_x_set_figure_question "
+                             "(VLMEvalKit's HallusionBench index)")
+        key = (row["category"], row["l2-category"], parts[3], parts[4], parts[5])
+        if key in out:
+            raise ValueError(f"{path}:{n}: question {'_'.join(key)} answered twice")
+        out[key] = row["prediction"]
+    return out
+
+
+def read_pope_table(path: str | Path, questions: list[PopeQuestion]) -> list[PopePrediction]:
+    """Predictions for `questions` (one split) from VLMEvalKit's `<model>_POPE` table.
+
+    A row answers a question when its `category` lists the question's split, its question text is the same, and
+    (when the table has `image_path`) its image file's stem is the question's. Rows of other splits are ignored.
+
+    Raises:
+        ValueError: naming file:line for a row matching two questions or a question answered twice, and the file
+            for questions left without an answer.
+    """
+    path = Path(path)
+    by_text: dict[tuple, list[PopeQuestion]] = {}
+    for q in questions:
+        by_text.setdefault((q.split, q.text.strip()), []).append(q)
+    found: dict[str, str] = {}
+    for n, row in read_vlmevalkit_table(path, ("question", "category")):
+        for split in row["category"].split(","):
+            cands = by_text.get((split.strip(), row["question"].strip()), [])
+            if row.get("image_path"):
+                cands = [q for q in cands if Path(q.image).stem == Path(row["image_path"]).stem]
+            if len(cands) > 1:
+                raise ValueError(f"{path}:{n}: matches {len(cands)} questions (ids {[q.question_id for q in cands]}); "
+                                 "the table needs an image_path column to tell them apart")
+            if cands:
+                qid = str(cands[0].question_id)
+                if qid in found:
+                    raise ValueError(f"{path}:{n}: question_id {qid!r} answered twice")
+                found[qid] = row["prediction"]
     missing = [q.question_id for q in questions if str(q.question_id) not in found]
     if missing:
         raise ValueError(f"{path}: {len(missing)} questions have no answer (first ids: {missing[:5]})")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import COLORS, color_image, color_question, tiny_model
+from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model
 
 from eval import cli as eval_cli
-from eval import pope, pope_metrics
+from eval import hallusionbench, pope, pope_metrics
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +80,90 @@ def test_a_sample_without_a_question_id_is_an_error_naming_the_line(pope_run, tm
                        + "\n" + json.dumps({"doc_id": 1, "filtered_resps": ["no"]}) + "\n")
     with pytest.raises(ValueError, match=rf"{samples}:2: no question_id"):
         eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(samples), "official")
+
+
+# ---- VLMEvalKit prediction tables (vlmeval/inference.py: the dataset's TSV rows, `image` dropped, + prediction) ----
+
+def _tsv(path, header, rows):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("parser", sorted(pope.PARSERS))
+def test_a_vlmevalkit_pope_table_scores_as_the_same_answers_in_the_other_layouts(pope_run, parser, tmp_path):
+    """VLMEvalKit's POPE table lists every split of a question in `category` and has no POPE id: rows are matched
+    by split, image name and question text; a row of another split alone is ignored."""
+    questions = pope.read_questions(pope_run / "coco_pope_random.json")
+    answers = pope.read_answers(pope_run / "out" / "answers_random.jsonl", questions)
+    rows = [[i, q.text, q.label.capitalize(), "random,popular" if i % 2 else "random", f"images/{q.image}", a.answer]
+            for i, (q, a) in enumerate(zip(questions, answers))]
+    rows.append([99, questions[0].text, "Yes", "adversarial", "images/other.png", "yes"])
+    table = _tsv(tmp_path / "llava_POPE.tsv", ["index", "question", "answer", "category", "image_path", "prediction"],
+                 reversed(rows))
+    (samples,) = (pope_run / "out" / "lmms_eval").glob("*/*_samples_pope_random.jsonl")
+    q_file = str(pope_run / "coco_pope_random.json")
+    own = pope_metrics.score_answers_file(q_file, pope_run / "out" / "answers_random.jsonl", parser)
+    for answers_file in (table, samples):
+        out = tmp_path / "m.json"
+        assert eval_cli.cli_pope(["--questions", q_file, "--answers", str(answers_file), "--parser", parser,
+                                  "--out", str(out)]) == 0
+        assert json.loads(out.read_text()) == json.loads(json.dumps(own)), answers_file
+
+
+def test_a_vlmevalkit_table_without_image_names_that_cannot_tell_questions_apart_is_an_error(pope_run, tmp_path):
+    questions = pope.read_questions(pope_run / "coco_pope_random.json")
+    same = [q for q in questions if q.text == questions[0].text]
+    assert len(same) > 1  # the fixture asks the same question about several images
+    table = _tsv(tmp_path / "m_POPE.tsv", ["index", "question", "answer", "category", "prediction"],
+                 [[0, "x", "No", "random", "no"], [1, questions[0].text, "Yes", "random", "yes"]])
+    with pytest.raises(ValueError, match=rf"{table}:3: matches {len(same)} questions"):
+        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(table), "official")
+
+
+def test_an_xlsx_table_names_the_file_and_asks_for_tsv(pope_run, tmp_path):
+    table = tmp_path / "m_POPE.xlsx"
+    table.write_bytes(b"PK")
+    with pytest.raises(ValueError, match=rf"{table}: .xlsx tables need openpyxl"):
+        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(table), "official")
+
+
+HB_SAMPLE = SAMPLES / "hallusionbench_sample.json"
+HB_PREDICTIONS = ["Yes, same size.", "No.", "The eyes deceive: no.", "Yes and no.", "YES", "Not really.", "no",
+                  "Yes.", "yes", "no", "Nope", "I cannot tell.", "Yes", "yes, Arizona", "No", "No", "Yes", "Yes",
+                  "No, it is 3.14.", "yes"]
+
+
+@pytest.mark.parametrize("parser", hallusionbench.PARSERS)
+def test_hallusionbench_from_lmms_eval_samples_and_a_vlmevalkit_table_scores_as_the_reference_layout(parser, tmp_path):
+    """The image questions (what both harnesses ask) answered alike in three layouts give identical metrics:
+    lmms-eval logs the doc (no image) + model_prediction under aAcc/qAcc/fAcc (evaluate_hb.py::hb_process_results);
+    VLMEvalKit's index carries set/figure/question ids as its 4th-6th "_" fields (yorn.py::Hallusion_rating)."""
+    items = json.loads(HB_SAMPLE.read_text())
+    asked = [(it, p) for it, p in zip(items, HB_PREDICTIONS) if it.get("filename")]
+    own = tmp_path / "HallusionBench_result.json"
+    own.write_text(json.dumps([{**it, "model_prediction": p} for it, p in asked]))
+    samples = tmp_path / "20260101_000000_samples_hallusion_bench_image.jsonl"
+    samples.write_text("".join(json.dumps({"doc_id": i, "target": it["gt_answer_details"], "filtered_resps": [p],
+                                           **dict.fromkeys(("aAcc", "qAcc", "fAcc"), {**it, "model_prediction": p})})
+                               + "\n" for i, (it, p) in enumerate(reversed(asked))))
+    table = _tsv(tmp_path / "llava_HallusionBench.tsv",
+                 ["index", "question", "answer", "category", "l2-category", "image_path", "prediction"],
+                 [["_".join(str(it[k]) for k in ("category", "subcategory", "visual_input", "set_id", "figure_id",
+                                                  "question_id")),
+                   it["question"], "Yes" if it["gt_answer"] == "1" else "No", it["category"], it["subcategory"],
+                   it["filename"], p] for it, p in asked])
+    expected = hallusionbench.score_answers_file(HB_SAMPLE, own, parser)
+    # the excerpt's no-image questions are left out, as the harnesses leave them
+    assert expected["n_not_asked_no_image"] == len(items) - len(asked) > 0
+    for answers_file in (samples, table):
+        out = tmp_path / "m.json"
+        assert eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(answers_file),
+                                            "--parser", parser, "--out", str(out)]) == 0
+        assert json.loads(out.read_text()) == json.loads(json.dumps(expected)), answers_file
+
+
+def test_a_hallusionbench_sample_without_its_ids_is_an_error_naming_the_line(tmp_path):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"doc_id": 0, "filtered_resps": ["yes"], "aAcc": {"category": "VD"}}) + "\n")
+    with pytest.raises(ValueError, match=rf"{samples}:1: no HallusionBench ids"):
+        eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(samples)])
