@@ -76,6 +76,8 @@ def publish(name: str, cfg, metrics: dict) -> None:
     trackers.finish()
     if name == "pope" and "skipped_media" not in metrics:  # lmms-eval's results/samples layout, for its users
         print(f"lmms-eval layout: {_write_pope_lmms(cfg)}")
+    if name == "hallusionbench":
+        print(f"lmms-eval layout: {_write_hb_lmms(cfg)}")
     card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
     if card is not None:
         print(f"results added to the model card {card}")
@@ -91,10 +93,27 @@ def _write_pope_lmms(cfg) -> Path:
         preds = pope.read_answers(Path(cfg.out_dir) / f"answers_{split}.jsonl", questions)
         answers[split] = {str(q.question_id): (p.answer, q.prompt(pope_suffix(cfg.prompt_suffix)))
                           for q, p in zip(questions, preds)}
-    settings = {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
-                                                                 else ""),
-                "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
-    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, settings)
+    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, _lmms_settings(cfg))
+
+
+def _lmms_settings(cfg) -> dict:
+    """What lmms-eval's results file records of the run (`config`)."""
+    return {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
+                                                            else ""),
+            "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+
+
+def _write_hb_lmms(cfg) -> Path:
+    """The finished run's answers.json (the reference result layout) in lmms-eval's layout under out_dir/lmms_eval/,
+    valued by lmms-eval's offline rule whatever `parser` scored the run."""
+    answers = Path(cfg.out_dir) / "answers.json"
+    items = files.load_array(answers, "answered questions")
+    preds = hallusionbench.read_predictions(answers)
+    m = hallusionbench.score(hallusionbench.read_questions(answers), preds, "lmms")
+    return interop.write_hallusionbench(cfg.out_dir, cfg.model.path,
+                                        [{k: v for k, v in it.items() if k != "model_prediction"} for it in items],
+                                        [it["model_prediction"] for it in items],
+                                        {k: m[k] for k in interop.HB_METRICS}, _lmms_settings(cfg))
 
 
 def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:

@@ -1,4 +1,5 @@
-"""POPE results in lmms-eval's layout, and lmms-eval samples files read back (`mmpo eval pope --answers`).
+"""Other tools' evaluation files: lmms-eval's results/samples layout written (POPE, HallusionBench) and read back,
+and VLMEvalKit prediction tables read (`mmpo eval pope|hallusionbench --answers`, detected by `detect`).
 
 lmms-eval (`lmms_eval/loggers/evaluation_tracker.py`, `--log_samples --output_path OUT`) writes
 `OUT/<model name, sanitized>/<date>_results.json` and one `<date>_samples_<task>.jsonl` per task. A samples line
@@ -27,6 +28,7 @@ from eval.pope import PopePrediction, PopeQuestion
 
 POPE_TASKS = {"adversarial": "pope_adv", "popular": "pope_pop", "random": "pope_random"}  # lmms-eval task names
 POPE_METRICS = ("pope_accuracy", "pope_precision", "pope_recall", "pope_f1_score", "pope_yes_ratio")
+HB_METRICS = ("aAcc", "qAcc", "fAcc")  # lmms-eval hallusion_bench_image.yaml metric_list
 
 
 def _hash(text: str) -> str:
@@ -57,20 +59,20 @@ def _sample(i: int, q: PopeQuestion, answer: str, prompt: str) -> dict:
     per = {"question_id": q.question_id, "score": 1.0 if pred == gt else 0.0, "prediction": pred, "ground_truth": gt}
     doc = {"question_id": q.question_id, "question": q.text, "answer": gt, "image_source": Path(q.image).stem,
            "category": q.split}
-    return {"doc_id": i, "target": gt, "filtered_resps": [answer],
-            "doc_hash": _hash(json.dumps(doc, indent=2, ensure_ascii=False)), "prompt_hash": _hash(prompt),
-            "target_hash": _hash(gt), "input": prompt, **{m: per for m in POPE_METRICS}}
+    return _logged(i, doc, gt, answer, prompt, dict.fromkeys(POPE_METRICS, per))
 
 
-def write_pope(out_dir: str | Path, model_path: str, splits: dict, answers: dict, settings: dict) -> Path:
-    """Write `out_dir/lmms_eval/<model>/<date>_results.json` and a samples file per split.
+def write_lmms(out_dir: str | Path, model_path: str, tasks: dict[str, tuple[list[dict], dict]], settings: dict,
+               note: str) -> Path:
+    """The one writer of lmms-eval's layout: `out_dir/lmms_eval/<model>/<date>_results.json` and one
+    `<date>_samples_<task>.jsonl` per task.
 
     Args:
         out_dir: the evaluation's folder.
         model_path: the evaluated model (named as lmms-eval names it).
-        splits: {split: (question file, questions)}.
-        answers: {split: {question_id (str): (answer text, prompt)}}.
+        tasks: {lmms-eval task name: (samples, {metric: value})}; every metric is higher-is-better.
         settings: recorded under "config" (model_args, generation settings).
+        note: how the values were computed (stored as `mmpo_note`).
 
     Returns:
         the results file.
@@ -79,22 +81,59 @@ def write_pope(out_dir: str | Path, model_path: str, splits: dict, answers: dict
     folder.mkdir(parents=True, exist_ok=True)
     date_id = time.strftime("%Y%m%d_%H%M%S")
     results, n_samples = {}, {}
-    for split, (_, questions) in splits.items():
-        task = POPE_TASKS.get(split, f"pope_{split}")
-        samples = [_sample(i, q, *answers[split][str(q.question_id)]) for i, q in enumerate(questions)]
+    for task, (samples, scores) in tasks.items():
         (folder / f"{date_id}_samples_{task}.jsonl").write_text(
             "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
-        scores = lmms_pope_scores([s["pope_accuracy"] for s in samples])
         results[task] = {"alias": task, **{f"{m},none": v for m, v in scores.items()},
                          **{f"{m}_stderr,none": "N/A" for m in scores}}
         n_samples[task] = {"original": len(samples), "effective": len(samples)}
     body = {"results": results, "versions": dict.fromkeys(results, "Yaml"), "n-shot": dict.fromkeys(results, 0),
-            "higher_is_better": {t: dict.fromkeys(POPE_METRICS, True) for t in results}, "n-samples": n_samples,
-            "config": {"model": "mmpo", **settings}, "date": time.time(),
-            "mmpo_note": "written by mmpo; values by lmms-eval's POPE rules (pope_yes_ratio counts ground truth)"}
+            "higher_is_better": {t: dict.fromkeys(s, True) for t, (_, s) in tasks.items()}, "n-samples": n_samples,
+            "config": {"model": "mmpo", **settings}, "date": time.time(), "mmpo_note": note}
     path = folder / f"{date_id}_results.json"
     path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+
+
+def _logged(i: int, doc: dict, target: str, answer: str, prompt: str, per_metric: dict) -> dict:
+    """One samples line as lmms-eval logs it (`doc_hash` of the doc dumped with indent 2, sha256 hashes)."""
+    return {"doc_id": i, "target": target, "filtered_resps": [answer],
+            "doc_hash": _hash(json.dumps(doc, indent=2, ensure_ascii=False)), "prompt_hash": _hash(prompt),
+            "target_hash": _hash(target), "input": prompt, **per_metric}
+
+
+def write_pope(out_dir: str | Path, model_path: str, splits: dict, answers: dict, settings: dict) -> Path:
+    """POPE in lmms-eval's layout (`write_lmms`): a `pope_<split>` task per split, scored by lmms-eval's rules.
+
+    Args:
+        splits: {split: (question file, questions)}.
+        answers: {split: {question_id (str): (answer text, prompt)}}.
+    """
+    tasks = {}
+    for split, (_, questions) in splits.items():
+        samples = [_sample(i, q, *answers[split][str(q.question_id)]) for i, q in enumerate(questions)]
+        tasks[POPE_TASKS.get(split, f"pope_{split}")] = (samples, lmms_pope_scores([s["pope_accuracy"] for s in samples]))
+    return write_lmms(out_dir, model_path, tasks, settings,
+                      "written by mmpo; values by lmms-eval's POPE rules (pope_yes_ratio counts ground truth)")
+
+
+def write_hallusionbench(out_dir: str | Path, model_path: str, items: list[dict], predictions: list[str],
+                         scores: dict, settings: dict) -> Path:
+    """HallusionBench in lmms-eval's layout (`write_lmms`, task `hallusion_bench_image`).
+
+    Each sample logs, under aAcc/qAcc/fAcc, the question's item (lmms-eval's doc without its image) with
+    `model_prediction` (`evaluate_hb.py::hb_process_results`); the prompt is the question (empty pre/post prompt);
+    `scores` are the {aAcc, qAcc, fAcc} fractions of lmms-eval's offline rule (`hb_aggregation_result_intern`; its
+    default aggregation asks GPT-4, not run here).
+    """
+    samples = []
+    for i, (item, pred) in enumerate(zip(items, predictions)):
+        logged = {**item, "model_prediction": pred}
+        samples.append(_logged(i, item, str(item["gt_answer_details"]), pred, str(item["question"]),
+                               dict.fromkeys(HB_METRICS, logged)))
+    return write_lmms(out_dir, model_path, {"hallusion_bench_image": (samples, scores)}, settings,
+                      "written by mmpo; values by lmms-eval's offline keyword rule (hb_aggregation_result_intern), "
+                      "as fractions; its default GPT-4 judge is not run")
 
 
 def detect(path: str | Path) -> str | None:

@@ -167,3 +167,33 @@ def test_a_hallusionbench_sample_without_its_ids_is_an_error_naming_the_line(tmp
     samples.write_text(json.dumps({"doc_id": 0, "filtered_resps": ["yes"], "aAcc": {"category": "VD"}}) + "\n")
     with pytest.raises(ValueError, match=rf"{samples}:1: no HallusionBench ids"):
         eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(samples)])
+
+
+def test_a_hallusionbench_run_writes_lmms_eval_samples_that_score_as_its_answers(tmp_path):
+    """`mmpo eval hallusionbench --config` writes lmms-eval's layout through the same writer as POPE; the samples
+    file, read back by `--answers`, scores exactly as the run's answers.json, and the results file holds lmms-eval's
+    offline-rule values."""
+    items = json.loads(HB_SAMPLE.read_text())
+    for i, name in enumerate(sorted({it["filename"] for it in items if "filename" in it})):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        color_image(COLORS[i % 4], seed=i).save(tmp_path / name)
+    (tmp_path / "hb.yaml").write_text(f"questions: {HB_SAMPLE}\nimage_root: {tmp_path}\nmax_new_tokens: 3\n"
+                                      "batch_size: 8\nparser: vlmevalkit\n")
+    out = tmp_path / "out"
+    assert eval_cli.cli_hallusionbench(["--config", str(tmp_path / "hb.yaml"), "model.device=cpu",
+                                        f"model.path={tiny_model('llava', tmp_path)}", f"out_dir={out}"]) == 0
+    (results,) = (out / "lmms_eval").glob("*/*_results.json")
+    (samples,) = (out / "lmms_eval").glob("*/*_samples_hallusion_bench_image.jsonl")
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    answered = json.loads((out / "answers.json").read_text())
+    assert [r["filtered_resps"] for r in rows] == [[a["model_prediction"]] for a in answered]
+    assert rows[0]["aAcc"] == rows[0]["qAcc"] == answered[0] and rows[0]["target"] == answered[0]["gt_answer_details"]
+    lmms = hallusionbench.score_answers_file(HB_SAMPLE, out / "answers.json", "lmms")
+    written = json.loads(results.read_text())["results"]["hallusion_bench_image"]
+    assert {k: written[f"{k},none"] for k in ("aAcc", "qAcc", "fAcc")} == {k: lmms[k] for k in ("aAcc", "qAcc", "fAcc")}
+    for parser in hallusionbench.PARSERS:
+        m = tmp_path / f"{parser}.json"
+        assert eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(samples), "--parser",
+                                            parser, "--out", str(m)]) == 0
+        own = hallusionbench.score_answers_file(HB_SAMPLE, out / "answers.json", parser)
+        assert json.loads(m.read_text()) == json.loads(json.dumps(own))
