@@ -210,7 +210,8 @@ def cli_chair(args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mmpo eval chair")
     p.add_argument("--annotations", help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
     p.add_argument("--captions", help="COCO captions JSON: ground truth also from reference captions (as the original)")
-    p.add_argument("--answers", help="captions JSONL to score: image_id + caption")
+    p.add_argument("--answers", help="captions JSONL to score: image_id + caption (or an lmms-eval coco_cap_chair "
+                   "samples file)")
     p.add_argument("--lemmatizer", default="auto", choices=("auto", "table", "nltk"),
                    help="auto: NLTK's reference pipeline where its data is installed, else the offline table")
     p.add_argument("--vocabulary", default="coco", choices=chair.VOCABULARIES,
@@ -226,7 +227,8 @@ def cli_chair(args: list[str]) -> int:
         return 0
     if not (a.annotations and a.answers):
         p.error("give --annotations and --answers (score a file) or --config (run a model)")
-    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer, a.vocabulary)
+    answered = interop.read_chair_samples(a.answers) if interop.detect(a.answers) == "lmms-eval" else None
+    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer, a.vocabulary, answered)
     _print_metrics({k: v for k, v in m.items() if k != "captions"}, None)
     if a.out:  # the file keeps the per-caption details
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

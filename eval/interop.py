@@ -232,6 +232,35 @@ def read_hb_samples(path: str | Path) -> dict[tuple, str]:
     return out
 
 
+def read_chair_samples(path: str | Path) -> dict[int, str]:
+    """{image_id: caption} from an lmms-eval `coco_cap_chair` samples file.
+
+    `lmms_eval/tasks/coco_cap_chair/utils.py::coco_cap_chair_process_result` logs {answer, pred, image_id} under
+    each metric (`coco_cap_chair_i`, ...; image_id is the doc's `question_id`); the caption is the first filtered
+    response. Raises ValueError naming file:line for a record without an image id, or one answered twice.
+    """
+    path = Path(path)
+    out: dict[int, str] = {}
+    for n, rec in _jsonl(path):
+        where = f"{path}:{n}"
+        entry = next((rec[m] for m in CHAIR_METRICS if isinstance(rec.get(m), dict)), None)
+        image_id = entry.get("image_id") if entry else (rec.get("doc") or {}).get("question_id")
+        if image_id is None:
+            raise ValueError(f"{where}: no image_id (expected in 'coco_cap_chair_i' or doc 'question_id'): "
+                             "not a coco_cap_chair samples file?")
+        try:
+            image_id = int(image_id)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: image_id {image_id!r} is not an integer") from None
+        if image_id in out:
+            raise ValueError(f"{where}: image_id {image_id} answered twice")
+        out[image_id] = _first_text(rec.get("filtered_resps", rec.get("resps")), where)
+    return out
+
+
+CHAIR_METRICS = ("coco_cap_chair_i", "coco_cap_chair_s", "coco_cap_recall")  # process_result's keys
+
+
 HB_KEY = ("category", "subcategory", "set_id", "figure_id", "question_id")
 
 

@@ -197,3 +197,23 @@ def test_a_hallusionbench_run_writes_lmms_eval_samples_that_score_as_its_answers
                                             parser, "--out", str(m)]) == 0
         own = hallusionbench.score_answers_file(HB_SAMPLE, out / "answers.json", parser)
         assert json.loads(m.read_text()) == json.loads(json.dumps(own))
+
+
+def test_chair_from_lmms_eval_samples_scores_as_the_same_captions_in_mmpos_layout(tmp_path):
+    """coco_cap_chair logs {answer, pred, image_id} under each metric (utils.py::coco_cap_chair_process_result);
+    the caption is the filtered response. Same captions, same metrics."""
+    captions = {139: "A man on a motorcycle next to a dog and a dog.", 285: "Wine glasses on a dining table.",
+                632: "A toilet with its seat up."}
+    own = tmp_path / "captions.jsonl"
+    own.write_text("".join(json.dumps({"image_id": i, "caption": c}) + "\n" for i, c in captions.items()))
+    samples = tmp_path / "20260101_000000_samples_coco_cap_chair.jsonl"
+    samples.write_text("".join(json.dumps({"doc_id": n, "target": [], "filtered_resps": [c], **dict.fromkeys(
+        ("coco_cap_chair_i", "coco_cap_chair_s", "coco_cap_recall"), {"answer": [], "pred": [], "image_id": i})})
+        + "\n" for n, (i, c) in enumerate(reversed(captions.items()))))
+    args = ["--annotations", str(SAMPLES / "chair_coco_instances_sample.json"), "--captions",
+            str(SAMPLES / "chair_coco_captions_sample.json"), "--lemmatizer", "table"]
+    for answers in (own, samples):
+        assert eval_cli.cli_chair([*args, "--answers", str(answers), "--out", str(tmp_path / f"{answers.stem}.json")]) == 0
+    m = json.loads((tmp_path / f"{samples.stem}.json").read_text())
+    assert m == json.loads((tmp_path / "captions.json").read_text())
+    assert (m["n_mentions"], m["n_hallucinated"]) == (7, 2)  # tests/test_chair_amber_eventhallusion.py's worked count
