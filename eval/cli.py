@@ -78,6 +78,8 @@ def publish(name: str, cfg, metrics: dict) -> None:
         print(f"lmms-eval layout: {_write_pope_lmms(cfg)}")
     if name == "hallusionbench":
         print(f"lmms-eval layout: {_write_hb_lmms(cfg)}")
+    if name == "chair":
+        print(f"lmms-eval layout: {_write_chair_lmms(cfg, metrics)}")
     card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
     if card is not None:
         print(f"results added to the model card {card}")
@@ -114,6 +116,21 @@ def _write_hb_lmms(cfg) -> Path:
                                         [{k: v for k, v in it.items() if k != "model_prediction"} for it in items],
                                         [it["model_prediction"] for it in items],
                                         {k: m[k] for k in interop.HB_METRICS}, _lmms_settings(cfg))
+
+
+def _write_chair_lmms(cfg, metrics: dict) -> Path:
+    """The finished run's answers.jsonl in lmms-eval's layout under out_dir/lmms_eval/: the ground truth as the run
+    read it, the mentioned classes from its metrics' per-caption rows."""
+    from eval.chair_words import Lemmatizer
+
+    parsed = chair.load_annotations(cfg.annotations)
+    images = chair.read_images(cfg.annotations, cfg.captions or None, Lemmatizer(cfg.lemmatizer),
+                               chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed), parsed)
+    gt = {im.image_id: sorted(im.gt_objects) for im in images}
+    mentioned = {p["image_id"]: [c for _, c in p["mentioned"]] for p in metrics["captions"]}
+    captions = chair.read_captions(Path(cfg.out_dir) / "answers.jsonl")
+    return interop.write_chair(cfg.out_dir, cfg.model.path, captions, gt, mentioned, cfg.prompt,
+                               {**_lmms_settings(cfg), "lemmatizer": cfg.lemmatizer})
 
 
 def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:

@@ -63,16 +63,17 @@ def _sample(i: int, q: PopeQuestion, answer: str, prompt: str) -> dict:
 
 
 def write_lmms(out_dir: str | Path, model_path: str, tasks: dict[str, tuple[list[dict], dict]], settings: dict,
-               note: str) -> Path:
+               note: str, lower_is_better: tuple[str, ...] = ()) -> Path:
     """The one writer of lmms-eval's layout: `out_dir/lmms_eval/<model>/<date>_results.json` and one
     `<date>_samples_<task>.jsonl` per task.
 
     Args:
         out_dir: the evaluation's folder.
         model_path: the evaluated model (named as lmms-eval names it).
-        tasks: {lmms-eval task name: (samples, {metric: value})}; every metric is higher-is-better.
+        tasks: {lmms-eval task name: (samples, {metric: value})}.
         settings: recorded under "config" (model_args, generation settings).
         note: how the values were computed (stored as `mmpo_note`).
+        lower_is_better: metrics whose `higher_is_better` is false (CHAIR's).
 
     Returns:
         the results file.
@@ -88,7 +89,8 @@ def write_lmms(out_dir: str | Path, model_path: str, tasks: dict[str, tuple[list
                          **{f"{m}_stderr,none": "N/A" for m in scores}}
         n_samples[task] = {"original": len(samples), "effective": len(samples)}
     body = {"results": results, "versions": dict.fromkeys(results, "Yaml"), "n-shot": dict.fromkeys(results, 0),
-            "higher_is_better": {t: dict.fromkeys(s, True) for t, (_, s) in tasks.items()}, "n-samples": n_samples,
+            "higher_is_better": {t: {m: m not in lower_is_better for m in s} for t, (_, s) in tasks.items()},
+            "n-samples": n_samples,
             "config": {"model": "mmpo", **settings}, "date": time.time(), "mmpo_note": note}
     path = folder / f"{date_id}_results.json"
     path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -144,6 +146,35 @@ def detect(path: str | Path) -> str | None:
     if is_vlmevalkit_table(path):
         return "vlmevalkit"
     return None
+
+
+def lmms_chair_scores(rows: list[dict]) -> dict:
+    """lmms-eval's coco_cap_chair aggregation (`coco_cap_chair_aggregate_results_chair_i/_s`, in %) over per-sample
+    {answer: ground-truth classes, pred: mentioned classes}. 0 where nothing is mentioned (lmms-eval divides by 0)."""
+    mentions = sum(len(r["pred"]) for r in rows)
+    halluc = [sum(c not in r["answer"] for c in r["pred"]) for r in rows]
+    return {"coco_cap_chair_i": 100 * sum(halluc) / mentions if mentions else 0.0,
+            "coco_cap_chair_s": 100 * sum(h > 0 for h in halluc) / len(rows) if rows else 0.0}
+
+
+def write_chair(out_dir: str | Path, model_path: str, captions: dict[int, str], gt: dict[int, list[str]],
+                mentioned: dict[int, list[str]], prompt: str, settings: dict) -> Path:
+    """CHAIR in lmms-eval's layout (`write_lmms`, task `coco_cap_chair`).
+
+    Each sample logs {answer: the image's ground-truth classes, pred: the classes its caption mentions, image_id}
+    under each of `coco_cap_chair_i`, `coco_cap_chair_s`, `coco_cap_recall` (`coco_cap_chair_process_result`); the
+    mentions are mmpo's (`eval.chair`, with the run's lemmatizer), the results its chair_i/chair_s in % as lmms-eval
+    aggregates them.
+    """
+    samples = []
+    for i, (image_id, caption) in enumerate(captions.items()):
+        per = {"answer": gt[image_id], "pred": mentioned[image_id], "image_id": image_id}
+        samples.append(_logged(i, {"question_id": str(image_id), "gt_object": gt[image_id]}, json.dumps(gt[image_id]),
+                               caption, prompt, dict.fromkeys(CHAIR_METRICS, per)))
+    scores = lmms_chair_scores([s["coco_cap_chair_i"] for s in samples])
+    return write_lmms(out_dir, model_path, {"coco_cap_chair": (samples, scores)}, settings,
+                      "written by mmpo; mentions by mmpo's CHAIR words (see its metrics.json lemmatizer), values by "
+                      "lmms-eval's aggregation (%)", lower_is_better=tuple(scores))
 
 
 def is_samples_file(path: str | Path) -> bool:

@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model
 
+from eval import chair, hallusionbench, pope, pope_metrics
 from eval import cli as eval_cli
-from eval import hallusionbench, pope, pope_metrics
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,35 @@ def test_chair_from_lmms_eval_samples_scores_as_the_same_captions_in_mmpos_layou
     m = json.loads((tmp_path / f"{samples.stem}.json").read_text())
     assert m == json.loads((tmp_path / "captions.json").read_text())
     assert (m["n_mentions"], m["n_hallucinated"]) == (7, 2)  # tests/test_chair_amber_eventhallusion.py's worked count
+
+
+def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads_back(tmp_path):
+    """`_write_chair_lmms` (what `mmpo eval chair --config` calls after the run) on a finished run's answers.jsonl:
+    lmms-eval's chair_i / chair_s (in %) over the logged {answer, pred}, and the samples file scores as answers.jsonl."""
+    from eval.chair_runner import ChairEvalConfig
+    from mmpo.config import ModelConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    captions = {139: "A man on a motorcycle next to a dog and a dog.", 285: "Wine glasses on a dining table.",
+                632: "A toilet with its seat up."}
+    (out / "answers.jsonl").write_text("".join(json.dumps({"image_id": i, "caption": c}) + "\n"
+                                               for i, c in captions.items()))
+    cfg = ChairEvalConfig(model=ModelConfig(path="org/captioner"), lemmatizer="table", out_dir=str(out),
+                          annotations=str(SAMPLES / "chair_coco_instances_sample.json"),
+                          captions=str(SAMPLES / "chair_coco_captions_sample.json"))
+    own = chair.score_answers_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
+    results = eval_cli._write_chair_lmms(cfg, own)
+    assert results.parent.name == "org__captioner"
+    written = json.loads(results.read_text())
+    # 7 mentions, 2 hallucinated (the dogs of 139), 1 of 3 captions (tests/test_chair_amber_eventhallusion.py)
+    assert written["results"]["coco_cap_chair"]["coco_cap_chair_i,none"] == 100 * 2 / 7
+    assert written["results"]["coco_cap_chair"]["coco_cap_chair_s,none"] == 100 * 1 / 3
+    assert written["higher_is_better"]["coco_cap_chair"] == {"coco_cap_chair_i": False, "coco_cap_chair_s": False}
+    (samples,) = results.parent.glob("*_samples_coco_cap_chair.jsonl")
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert rows[0]["coco_cap_chair_i"]["pred"] == ["person", "motorcycle", "dog", "dog"]
+    m = tmp_path / "m.json"
+    assert eval_cli.cli_chair(["--annotations", cfg.annotations, "--captions", cfg.captions, "--lemmatizer", "table",
+                               "--answers", str(samples), "--out", str(m)]) == 0
+    assert json.loads(m.read_text()) == json.loads(json.dumps(own))
