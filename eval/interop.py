@@ -182,11 +182,11 @@ def is_samples_file(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".jsonl" or not path.is_file():
         return False
-    with path.open(encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
+    with path.open("rb") as f:  # bytes: a bad byte further on is the layout's own reader's to report, by line
+        first = next((line for line in f if line.strip()), b"")
     try:
-        rec = json.loads(first)
-    except json.JSONDecodeError:
+        rec = json.loads(first.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(rec, dict) and "doc_id" in rec and ("filtered_resps" in rec or "resps" in rec)
 
@@ -327,8 +327,8 @@ def is_vlmevalkit_table(path: str | Path) -> bool:
         return path.is_file()
     if path.suffix != ".tsv" or not path.is_file():
         return False
-    with path.open(encoding="utf-8", newline="") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
+    with path.open("rb") as f:
+        header = f.readline().decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
     return all(c in header for c in VLMEVALKIT_COLUMNS)
 
 
@@ -339,12 +339,21 @@ def read_vlmevalkit_table(path: str | Path, need: tuple[str, ...] = ()) -> list[
         ValueError: naming the file for an .xlsx (save it as .tsv), a missing column in `need`, and file:line for a
             row whose cell count differs from the header's.
     """
-    import csv
 
     path = Path(path)
     if path.suffix == ".xlsx":
         raise ValueError(f"{path}: .xlsx tables need openpyxl, which mmpo does not install; save the table as .tsv "
                          "(tab-separated, same columns) and pass that")
+    try:
+        return _table_rows(path, need)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start} of a read block); "
+                         "VLMEvalKit writes UTF-8") from None
+
+
+def _table_rows(path: Path, need: tuple[str, ...]) -> list[tuple[int, dict]]:
+    import csv
+
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, [])

@@ -249,3 +249,17 @@ def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads
     assert eval_cli.cli_chair(["--annotations", cfg.annotations, "--captions", cfg.captions, "--lemmatizer", "table",
                                "--answers", str(samples), "--out", str(m)]) == 0
     assert json.loads(m.read_text()) == json.loads(json.dumps(own))
+
+
+def test_bad_vlmevalkit_tables_name_the_file_and_line(pope_run, tmp_path):
+    q_file = str(pope_run / "coco_pope_random.json")
+    table = tmp_path / "m_POPE.tsv"
+    table.write_text("index\tquestion\tcategory\tprediction\n0\tIs there a red square?\trandom\n")
+    with pytest.raises(ValueError, match=rf"{table}:2: 3 cells, the header has 4"):
+        eval_cli._score_pope_samples(q_file, str(table), "official")
+    table.write_text("index\tquestion\tprediction\n")
+    with pytest.raises(ValueError, match=rf"{table}:1: column\(s\) \['category'\] missing"):
+        eval_cli._score_pope_samples(q_file, str(table), "official")
+    table.write_bytes(b"index\tquestion\tcategory\tprediction\n0\tcaf\xe9\trandom\tyes\n")
+    with pytest.raises(ValueError, match=rf"{table}: not UTF-8"):
+        eval_cli._score_pope_samples(q_file, str(table), "official")
