@@ -244,7 +244,8 @@ def score(images: list[ChairImage], captions: dict[int, str], lemmatizer: Lemmat
 
 
 def score_answers_file(ground_truth: str | Path, answers: str | Path, captions: str | Path | None = None,
-                       lemmatizer: str = "auto", vocabulary: str = "coco") -> dict:
+                       lemmatizer: str = "auto", vocabulary: str = "coco", answered: dict[int, str] | None = None
+                       ) -> dict:
     """`mmpo eval chair --annotations GT --answers A`: score every image of GT that A answers.
 
     Args:
@@ -253,12 +254,13 @@ def score_answers_file(ground_truth: str | Path, answers: str | Path, captions: 
         captions: COCO captions JSON (ground truth from reference captions too, as the original).
         lemmatizer: "auto" | "table" | "nltk" (`eval.chair_words.Lemmatizer`).
         vocabulary: "coco" | "categories" (`load_vocabulary`).
+        answered: A already read ({image_id: caption}; another tool's layout, eval/interop.py).
     """
     lem = Lemmatizer(lemmatizer)
     parsed = load_annotations(ground_truth)
     vocab = load_vocabulary(vocabulary, ground_truth, parsed)
     images = read_images(ground_truth, captions, lem, vocab, parsed)
-    answered = read_captions(answers)
+    answered = read_captions(answers) if answered is None else answered
     unknown = sorted(set(answered) - {im.image_id for im in images})
     if unknown:
         raise ValueError(f"{answers}: image ids not in {ground_truth}: {unknown[:5]}")

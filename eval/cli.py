@@ -76,6 +76,10 @@ def publish(name: str, cfg, metrics: dict) -> None:
     trackers.finish()
     if name == "pope" and "skipped_media" not in metrics:  # lmms-eval's results/samples layout, for its users
         print(f"lmms-eval layout: {_write_pope_lmms(cfg)}")
+    if name == "hallusionbench":
+        print(f"lmms-eval layout: {_write_hb_lmms(cfg)}")
+    if name == "chair":
+        print(f"lmms-eval layout: {_write_chair_lmms(cfg, metrics)}")
     card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
     if card is not None:
         print(f"results added to the model card {card}")
@@ -91,16 +95,50 @@ def _write_pope_lmms(cfg) -> Path:
         preds = pope.read_answers(Path(cfg.out_dir) / f"answers_{split}.jsonl", questions)
         answers[split] = {str(q.question_id): (p.answer, q.prompt(pope_suffix(cfg.prompt_suffix)))
                           for q, p in zip(questions, preds)}
-    settings = {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
-                                                                 else ""),
-                "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
-    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, settings)
+    return interop.write_pope(cfg.out_dir, cfg.model.path, splits, answers, _lmms_settings(cfg))
+
+
+def _lmms_settings(cfg) -> dict:
+    """What lmms-eval's results file records of the run (`config`)."""
+    return {"model_args": f"pretrained={cfg.model.path}" + (f",adapter={cfg.model.adapter}" if cfg.model.adapter
+                                                            else ""),
+            "mode": cfg.mode, "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size}
+
+
+def _write_hb_lmms(cfg) -> Path:
+    """The finished run's answers.json (the reference result layout) in lmms-eval's layout under out_dir/lmms_eval/,
+    valued by lmms-eval's offline rule whatever `parser` scored the run."""
+    answers = Path(cfg.out_dir) / "answers.json"
+    items = files.load_array(answers, "answered questions")
+    preds = hallusionbench.read_predictions(answers)
+    m = hallusionbench.score(hallusionbench.read_questions(answers), preds, "lmms")
+    return interop.write_hallusionbench(cfg.out_dir, cfg.model.path,
+                                        [{k: v for k, v in it.items() if k != "model_prediction"} for it in items],
+                                        [it["model_prediction"] for it in items],
+                                        {k: m[k] for k in interop.HB_METRICS}, _lmms_settings(cfg))
+
+
+def _write_chair_lmms(cfg, metrics: dict) -> Path:
+    """The finished run's answers.jsonl in lmms-eval's layout under out_dir/lmms_eval/: the ground truth as the run
+    read it, the mentioned classes from its metrics' per-caption rows."""
+    from eval.chair_words import Lemmatizer
+
+    parsed = chair.load_annotations(cfg.annotations)
+    images = chair.read_images(cfg.annotations, cfg.captions or None, Lemmatizer(cfg.lemmatizer),
+                               chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed), parsed)
+    gt = {im.image_id: sorted(im.gt_objects) for im in images}
+    mentioned = {p["image_id"]: [c for _, c in p["mentioned"]] for p in metrics["captions"]}
+    captions = chair.read_captions(Path(cfg.out_dir) / "answers.jsonl")
+    return interop.write_chair(cfg.out_dir, cfg.model.path, captions, gt, mentioned, cfg.prompt,
+                               {**_lmms_settings(cfg), "lemmatizer": cfg.lemmatizer})
 
 
 def _score_pope_samples(questions_path: str, samples_path: str, parser: str) -> dict:
-    """An lmms-eval samples file scored as `pope_metrics.score_answers_file` scores mmpo's own answer files."""
+    """An lmms-eval samples file or VLMEvalKit table scored as `pope_metrics.score_answers_file` scores mmpo's own
+    answer files."""
     questions = pope.read_questions(questions_path)
-    preds = interop.read_samples(samples_path, questions)
+    read = interop.read_pope_table if interop.detect(samples_path) == "vlmevalkit" else interop.read_samples
+    preds = read(samples_path, questions)
     return {**pope_metrics._score_questions(questions, preds, parser, None, questions_path), "n_unanswered": 0}
 
 
@@ -108,7 +146,8 @@ def cli_pope(args: list[str]) -> int:
     """`mmpo eval pope --questions Q --answers A [--parser P] [--out M.json]` or `--config F [key=value ...]`."""
     p = argparse.ArgumentParser(prog="mmpo eval pope")
     p.add_argument("--questions", help="question file (score an existing answers file)")
-    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout, or an lmms-eval samples file)")
+    p.add_argument("--answers", help="answers JSONL to score (mmpo / official layout), an lmms-eval samples file or a "
+                   "VLMEvalKit prediction table (.tsv)")
     p.add_argument("--parser", default="official", choices=sorted(pope.PARSERS))
     p.add_argument("--out", help="write the metrics JSON here")
     _unanswered_flag(p)
@@ -122,7 +161,7 @@ def cli_pope(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    if interop.is_samples_file(a.answers):  # an lmms-eval samples file (eval/interop.py), detected by its fields
+    if interop.detect(a.answers):  # lmms-eval samples / VLMEvalKit table (eval/interop.py), detected by its fields
         _print_metrics(_score_pope_samples(a.questions, a.answers, a.parser), a.out)
         return 0
     _print_metrics(pope_metrics.score_answers_file(a.questions, a.answers, a.parser, unanswered=a.unanswered), a.out)
@@ -188,7 +227,8 @@ def cli_chair(args: list[str]) -> int:
     p = argparse.ArgumentParser(prog="mmpo eval chair")
     p.add_argument("--annotations", help="COCO instances JSON, or a ground-truth JSONL (image_id, gt_objects)")
     p.add_argument("--captions", help="COCO captions JSON: ground truth also from reference captions (as the original)")
-    p.add_argument("--answers", help="captions JSONL to score: image_id + caption")
+    p.add_argument("--answers", help="captions JSONL to score: image_id + caption (or an lmms-eval coco_cap_chair "
+                   "samples file)")
     p.add_argument("--lemmatizer", default="auto", choices=("auto", "table", "nltk"),
                    help="auto: NLTK's reference pipeline where its data is installed, else the offline table")
     p.add_argument("--vocabulary", default="coco", choices=chair.VOCABULARIES,
@@ -204,7 +244,8 @@ def cli_chair(args: list[str]) -> int:
         return 0
     if not (a.annotations and a.answers):
         p.error("give --annotations and --answers (score a file) or --config (run a model)")
-    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer, a.vocabulary)
+    answered = interop.read_chair_samples(a.answers) if interop.detect(a.answers) == "lmms-eval" else None
+    m = chair.score_answers_file(a.annotations, a.answers, a.captions, a.lemmatizer, a.vocabulary, answered)
     _print_metrics({k: v for k, v in m.items() if k != "captions"}, None)
     if a.out:  # the file keeps the per-caption details
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +314,8 @@ def cli_hallusionbench(args: list[str]) -> int:
     `--config F [key=value ...]` (answer with a model, then score)."""
     p = argparse.ArgumentParser(prog="mmpo eval hallusionbench")
     p.add_argument("--questions", help="HallusionBench.json (the release's question file)")
-    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout)")
+    p.add_argument("--answers", help="its items with 'model_prediction' (the reference result layout), an "
+                   "lmms-eval samples file or a VLMEvalKit prediction table (.tsv)")
     p.add_argument("--parser", default="lmms", choices=hallusionbench.PARSERS,
                    help="lmms: 'yes' anywhere in the answer (lmms-eval); vlmevalkit: YOrN_Extraction")
     p.add_argument("--out", help="write the metrics JSON here")
@@ -289,5 +331,7 @@ def cli_hallusionbench(args: list[str]) -> int:
         return 0
     if not (a.questions and a.answers):
         p.error("give --questions and --answers (score a file) or --config (run a model)")
-    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered), a.out)
+    tool = interop.detect(a.answers)  # lmms-eval samples / VLMEvalKit table (eval/interop.py), else the reference's
+    preds = {"lmms-eval": interop.read_hb_samples, "vlmevalkit": interop.read_hb_table}[tool](a.answers) if tool else None
+    _print_metrics(hallusionbench.score_answers_file(a.questions, a.answers, a.parser, a.unanswered, preds), a.out)
     return 0

@@ -182,16 +182,16 @@ def write_predictions(path: str | Path, question_file: str | Path, predictions: 
 
 
 def score_answers_file(questions_path: str | Path, answers_path: str | Path, parser: str = "lmms",
-                       unanswered: str = "error") -> dict:
+                       unanswered: str = "error", preds: dict[tuple, str] | None = None) -> dict:
     """`mmpo eval hallusionbench --questions HallusionBench.json --answers A`: A's predictions for Q's questions.
 
     Questions without an image that A does not answer are left out and counted (`n_not_asked_no_image`): the
     harnesses, and mmpo's runner, ask only the image questions. `unanswered`: "error" (every image question needs
     a `model_prediction` in A), or "skip": score the answered ones (a run with `on_bad_media: skip` asks fewer);
-    `n_unanswered` counts those left out.
+    `n_unanswered` counts those left out. `preds`: A already read (another tool's layout, eval/interop.py).
     """
     questions = read_questions(questions_path)
-    preds = read_predictions(answers_path)
+    preds = read_predictions(answers_path) if preds is None else preds
     unknown = sorted(set(preds) - {q.key for q in questions})
     if unknown:
         raise ValueError(f"{answers_path}: questions not in {questions_path}: {['_'.join(k) for k in unknown[:3]]}")
