@@ -2,7 +2,8 @@
 
 Writes an `openbmb/RLAIF-V-Dataset`-schema parquet (an `image` struct {bytes, path} per row, 100 rows per row
 group as `datasets` writes image sets) of N rows in a scratch folder outside the repo (default
-/tmp/mmpo-convert-parquet). Every row embeds a distinct JPEG (the fixture's 64x48 placeholder, ~0.2 KB, with the row number appended
+/tmp/mmpo-convert-parquet). Every row embeds a distinct JPEG (the fixture's 64x48 placeholder, ~0.2 KB,
+with the row number appended
 after its end marker, so each is stored as its own content-addressed file), then measures in fresh child
 processes under `/usr/bin/time -v`, one core (OMP_NUM_THREADS=1):
 

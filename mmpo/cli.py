@@ -210,8 +210,8 @@ def cmd_validate(args) -> int:
 
 def _make_model_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", required=True, help="llava | llava_next | llava_next_video | video_llava | "
-                   "llava_onevision | qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_vl_moe | smolvlm (7b: LLaVA families, qwen2_5_vl) | "
-                   "clip (open_clip, for the builders' clip_model)")
+                   "llava_onevision | qwen2_vl | qwen2_5_vl | qwen3_vl | qwen3_vl_moe | smolvlm "
+                   "(7b: LLaVA families, qwen2_5_vl) | clip (open_clip, for the builders' clip_model)")
     p.add_argument("--size", default="tiny", choices=["tiny", "7b"])
     p.add_argument("--out", required=True, help="folder to write the checkpoint into")
 
