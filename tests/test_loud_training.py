@@ -125,13 +125,14 @@ def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes_exactly(world, tmp_pa
     from mmpo.metrics import read_metrics
     from mmpo.trainer import Interrupted, train
 
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)  # SIG_IGN in a background job
     train(_cfg(world, tmp_path / "whole", "max_steps=5", "lora.dropout=0.3"))
     broken = _cfg(world, tmp_path / "broken", "max_steps=5", "lora.dropout=0.3", "eval_every=1")
     with pytest.raises(Interrupted, match="stopped at step 3 of 5; checkpoint saved to .*step-3: rerun the same "
                                           "command to resume"):
         train(broken, eval_hook=_signal_at(3, getattr(signal, signame)))
     assert latest_checkpoint(tmp_path / "broken").name == "step-3"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers given back
     train(_cfg(world, tmp_path / "broken", "max_steps=5", "lora.dropout=0.3"))
     assert [r["step"] for r in read_metrics(tmp_path / "broken")] == [1, 2, 3, 4, 5]
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
