@@ -75,10 +75,13 @@ def test_augment_then_pami_dpo_video_training_repeat_bit_for_bit(world, tmp_path
         assert all(row.pop(key) > 0 for key in MEASURED)
     assert rows[0] == rows[1] and len(rows[0]) == 4  # every logged number, float for float
     assert rows[0][-1]["pami/tau"] != rows[0][0]["pami/tau"] and rows[0][-1]["grad_norm"] > 0  # PaMi bags at work
-    weights = sorted(p.relative_to(a) for p in (a / "adapter").rglob("*") if p.is_file())
+    # every file of the adapter but its model card, which names its own run folder (run0 / run1)
+    weights = sorted(p.relative_to(a) for p in (a / "adapter").rglob("*") if p.is_file() and p.name != "README.md")
     assert any(str(w).endswith(".safetensors") for w in weights)
     for w in weights:
         _same_bytes(a / w, b / w)
+    card = [(d / "adapter" / "README.md").read_text().replace(d.name, "RUN") for d in (a, b)]
+    assert card[0] == card[1]  # and the cards agree once the folder name is set aside
     env = json.loads((a / "run.json").read_text())
     assert env["deterministic"] and env["deterministic_algorithms"] and env["torch_threads"] == 1
     assert env["cublas_workspace_config"] and env["torch"] and env["transformers"]
