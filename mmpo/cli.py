@@ -288,7 +288,25 @@ def cmd_data(args) -> int:
     manifest = json.loads((Path(args.out) / "manifest.json").read_text())
     print(f"{manifest['format']}: {manifest['counts']['records']} records from {manifest['counts']['rows']} rows "
           f"into {out} ({manifest['counts']['skipped']} skipped: {manifest['skipped_by_reason']})")
+    if manifest["counts"]["records"] == 0 and manifest["counts"]["rows"] > 0:  # as a builder that wrote no pair
+        print(f"mmpo: error: {out}: no record converted; first skip: {(manifest['skipped'] or ['?'])[0]}; "
+              f"{_format_hint(args.src, manifest['format'])}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _format_hint(src: str, used: str) -> str:
+    """What to try when every row was skipped: the format the columns look like, if it is another one."""
+    from mmpo import formats
+
+    try:
+        source = formats.open_source(src, "auto")
+        found = source.format.name
+    except (formats.FormatError, ValueError):
+        return f"the rows do not fit --from {used}; `mmpo data formats` lists the layouts"
+    if found != used:
+        return f"the columns look like --from {found} (or --from auto), not --from {used}"
+    return "see manifest.json's 'skipped' for every row's reason"
 
 
 COMMANDS = {  # name -> (function, argument setup)

@@ -43,7 +43,8 @@ def data_facts(train_path: str | Path, n_records: int, n_invalid: int) -> dict:
             reasons[reason] = reasons.get(reason, 0) + 1
         facts["manifest"] = {"counts": body.get("counts", {}), "skipped": len(skipped), "skipped_by_reason": reasons,
                              "builder": (body.get("config") or {}).get("builder", body.get("builder", "")),
-                             "seed": body.get("seed"), "mmpo_version": body.get("mmpo_version")}
+                             "seed": body.get("seed"), "mmpo_version": body.get("mmpo_version"),
+                             "source": body.get("source", ""), "format": body.get("format", "")}  # data convert
         datasets = body.get("datasets") or (body.get("config") or {}).get("datasets")
         if datasets:
             facts["datasets"] = [datasets] if isinstance(datasets, str) else list(datasets)
@@ -101,7 +102,10 @@ def _data_lines(data: dict, summary: dict) -> list[str]:
              f"({json.dumps(summary.get('skipped_by_reason', {}))})."]
     man = data.get("manifest")
     if man:
-        lines.append(f"- Manifest (`{MANIFEST_FILE}`): builder `{man.get('builder') or '?'}`, seed {man.get('seed')}, "
+        made_by = (f"builder `{man['builder']}`" if man.get("builder") else
+                   f"`mmpo data convert` from `{man['source']}` (format `{man.get('format')}`)" if man.get("source")
+                   else "no builder named")
+        lines.append(f"- Manifest (`{MANIFEST_FILE}`): {made_by}, seed {man.get('seed')}, "
                      f"counts {json.dumps(man.get('counts', {}))}, {man.get('skipped', 0)} inputs skipped "
                      f"({json.dumps(man.get('skipped_by_reason', {}))}).")
     else:

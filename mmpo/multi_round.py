@@ -42,7 +42,7 @@ from mmpo.schedules import (
     seed_for,
     write_atomic,
 )
-from mmpo.trainer import resolve_media_root, train
+from mmpo.trainer import resolve_media_root, share_like_umask, train
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,7 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
         if not merged_saved and is_main():
             model.save_pretrained(out / "model")
             processor.save_pretrained(out / "model")
+            share_like_umask(out / "model")
             from mmpo.model_card import data_facts, write_model_card
 
             last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round

@@ -399,7 +399,8 @@ def decode_line(line: str, where: str) -> Any:
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
-        raise RecordError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        # json's message may end in "at" itself ("Invalid control character at")
+        raise RecordError(f"{where}: invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})") from None
 
 
 def jsonl_lines(text: str) -> list[str]:

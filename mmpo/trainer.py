@@ -586,4 +586,15 @@ def save_final(model, processor, run_dir: Path, procs: Processes) -> Path:
         model.save_pretrained(out, **({"state_dict": state} if state is not None else {}))
         if processor is not None:
             processor.save_pretrained(out)
+        share_like_umask(out)
     return out
+
+
+def share_like_umask(folder: Path) -> None:
+    """Give the saved files the permissions the user's umask asks for: safetensors writes weights 0600, so on a
+    shared file system nobody else could read the adapter."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)

@@ -309,3 +309,28 @@ def test_training_records_refuse_or_skip_a_repeated_id_before_step_1(tmp_path):
     records, skipped = read_source_records("swift", src / "pairs.jsonl", tmp_path / "run", "pair", "skip")
     assert len(records) == 1 and len(skipped) == 1 and records[0].media == ("source/kitten.png",)
     assert (tmp_path / "run" / records[0].media[0]).read_bytes() == (DATA / "ms-swift-rlhf/kitten.png").read_bytes()
+
+
+def test_a_wrong_format_that_converts_nothing_exits_1_naming_the_right_one(tmp_path, capsys):
+    """`--from swift` on an RLAIF-V parquet: every row skipped -> exit 1, naming the format its columns fit."""
+    from mmpo.cli import main
+
+    assert main(["data", "convert", "--from", "swift", str(DATA / "rlaif-v-dataset"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "no record converted" in err and "--from rlaif_v (or --from auto), not --from swift" in err
+
+
+def test_a_bad_json_line_is_named_without_a_doubled_word(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"id": "a' + bytes([1]) + b'"}' + b"\n")  # a raw control character: "Invalid control character at"
+    with pytest.raises(RecordError) as err:
+        read_pairs(path)
+    assert "pairs.jsonl:1: invalid JSON (Invalid control character at column" in str(err.value)
+
+
+def test_a_model_card_says_a_converted_set_came_from_data_convert(tmp_path):
+    from mmpo.model_card import _data_lines, data_facts
+
+    out = convert(DATA / "rlaif-v-dataset", tmp_path / "c", "auto")
+    lines = _data_lines(data_facts(out, 2, 0), {})
+    assert "`mmpo data convert` from `" in lines[1] and "(format `rlaif_v`)" in lines[1] and "`?`" not in lines[1]

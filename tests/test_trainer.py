@@ -1,6 +1,7 @@
 """The training loop on a tiny LLaVA: learning, exact resume, accumulation invariance, bad data, references."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -59,6 +60,10 @@ def test_final_adapter_loads_with_peft(world, tmp_path):
     base = AutoModelForImageTextToText.from_pretrained(world["model"])
     model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+    umask = os.umask(0)
+    os.umask(umask)
+    # safetensors writes 0600; the saved folder follows the umask, so colleagues can read the adapter
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "run" / "adapter").iterdir()} == {0o666 & ~umask}
 
 
 class Crash(RuntimeError):
