@@ -67,10 +67,20 @@ def run(evaluate: Callable, cfg) -> dict | None:
     start_processes("ddp")  # one process: nothing to join
     _SHARDED["on"] = True
     try:
-        return evaluate(cfg)
+        result = evaluate(cfg)
     except NotMainRank:
-        return None
-    finally:
-        _SHARDED["on"] = False
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        result = None
+    except BaseException:
+        _leave()  # no barrier: the other ranks may never reach it
+        raise
+    # Every rank waits here for the main one's scoring: a rank that tore the group down while its last gather's
+    # bytes were still on their way aborted in gloo ("terminate called without an active exception", seen in CI).
+    barrier()
+    _leave()
+    return result
+
+
+def _leave() -> None:
+    _SHARDED["on"] = False
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
