@@ -46,7 +46,7 @@ def bare_decode(root: Path, n: int, num_frames: int) -> float:
 
 
 def augment_time(sft: Path, out: Path, clip: str, device: str, num_frames: int, workers: int) -> float:
-    from data_builders.augment import AugmentConfig, build
+    from mmpo.builders.augment import AugmentConfig, build
 
     cfg = AugmentConfig(in_sft=str(sft), out_dir=str(out), clip_model=clip, clip_device=device, num_frames=num_frames,
                         num_workers=workers, progress=False, fresh=True, max_similarity=0.99999)
@@ -57,7 +57,7 @@ def augment_time(sft: Path, out: Path, clip: str, device: str, num_frames: int, 
 
 def self_qa_rate(sft: Path, out: Path, model_dir: Path, device: str, n_items: int) -> tuple[float, int]:
     """Answers per second of the v1 preset with a tiny model as generator and judge."""
-    from data_builders.self_qa import SelfQAConfig, build
+    from mmpo.builders.self_qa import SelfQAConfig, build
     from mmpo.config import ModelConfig
     from mmpo.records import read_sft, write_jsonl
 

@@ -36,8 +36,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from demo import pipeline
-    from demo.video_models import video_methods
+    from mmpo.demo import pipeline
+    from mmpo.demo.video_models import video_methods
 
     result = pipeline.run(Path(args.out), from_scratch=args.from_scratch, seeds=args.seeds, video=not args.no_video,
                           methods=tuple(m.name for m in pipeline.METHODS),
@@ -75,7 +75,7 @@ def main() -> None:
 
 def video_table(video: dict, headline: dict) -> list[str]:
     """The video rows (pair accuracy, mean ± std over seeds) and their gains, added to `headline`."""
-    from demo.report import cell, video_columns
+    from mmpo.demo.report import cell, video_columns
 
     before = video_columns(video["before"])
     lines = ["Video (tiny LLaVA-NeXT-Video, held-out VideoHallucer-style pairs, pair accuracy; temporal split by the "

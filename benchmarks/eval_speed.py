@@ -1,6 +1,6 @@
 """Benchmark: POPE answering speed of the three runner paths on the same model and questions.
 
-Paths (eval/answering.py): `generate` (greedy, the published protocol), `logits` (one forward per batch of
+Paths (mmpo/eval/answering.py): `generate` (greedy, the published protocol), `logits` (one forward per batch of
 full prompts, yes-vs-no token scores) and `logits+prefix` (each image + template head encoded once: one packed
 row `[head | q1 | q2 | ...]` per image). The question set mimics POPE: N images x 6 questions x 3 splits,
 the same images in every split (docs/BENCHMARKS.md §1.1), so an image carries 18 questions.
@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from eval import pope  # noqa: E402
-from eval.answering import Item, answer_items  # noqa: E402
 from mmpo.config import ModelConfig  # noqa: E402
+from mmpo.eval import pope  # noqa: E402
+from mmpo.eval.answering import Item, answer_items  # noqa: E402
 from mmpo.logprobs import plain_logps  # noqa: E402
 from mmpo.models import build_model, encode_answers, encode_prompts, load_model, make_tiny_model  # noqa: E402
 

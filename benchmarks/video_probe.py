@@ -7,7 +7,7 @@ Pipeline (demo.video_models, each stage timed):
 2. SFT of a tiny LLaVA-NeXT-Video (mmpo trainer, stage sft) -> VideoHallucer object_relation/temporal
    basic / hallucinated / pair accuracy with eval.runner.run_videohallucer (logits mode), temporal pairs also
    split by the prior (t_prior, t_counter, t_none);
-3. preference stage on the SFT model (`--sft TAG --pref ...`): PaMi-VDPO bags from data_builders.augment
+3. preference stage on the SFT model (`--sft TAG --pref ...`): PaMi-VDPO bags from mmpo.builders.augment
    (pami, pami+dpo, single-clip vdpo; `--ops`, `--k`, `--delta-min`, `--floor-from`, `--tau-*`,
    `--anneal-until` study the selection), plain DPO on ground-truth yes/no pairs (dpo_gt), or VideoSAVi
    (savi: self-QA pairs on unlabelled videos, `--savi-judge`; the pairs' label accuracy is checked against
@@ -39,8 +39,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)  # docs/ENVIRONMENT.md "Threads": 2 threads on the busy 2-core box are 10-100x slower
 
-from demo import video_models as vm  # noqa: E402
-from demo.world import WorldConfig, build_world  # noqa: E402
+from mmpo.demo import video_models as vm  # noqa: E402
+from mmpo.demo.world import WorldConfig, build_world  # noqa: E402
 from mmpo.records import PairRecord, pair_id, read_sft, write_jsonl  # noqa: E402
 
 
@@ -94,8 +94,8 @@ def world(args, out: Path) -> tuple[Path, Path]:
 
 def evaluate(model_dir: Path, adapter: str, eval_dir: Path, out: Path) -> dict:
     """VideoHallucer (object_relation, temporal) by yes/no logits with the project's runner."""
-    from eval.runner import VideoHallucerEvalConfig, run_videohallucer
     from mmpo.config import ModelConfig
+    from mmpo.eval.runner import VideoHallucerEvalConfig, run_videohallucer
 
     cfg = VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), adapter=adapter, device="cpu",
                                                     num_frames=vm.NUM_FRAMES),
@@ -148,7 +148,7 @@ def pair_label_accuracy(pairs: Path, video_dir: Path, cfg) -> dict:
     ground truth (video_events.json), which VideoSAVi itself never reads."""
     import re
 
-    from demo.world import order_prior
+    from mmpo.demo.world import order_prior
 
     truth = {g["video"]: g["order"] for g in json.loads((video_dir / "video_events.json").read_text())}
     hits: dict = {}
@@ -211,7 +211,7 @@ def question_kind(prompt: str, kind: str, cfg) -> str:
     """presence | order_pair (the two objects are a co-occurring pair) | order_none."""
     import re
 
-    from demo.world import order_prior
+    from mmpo.demo.world import order_prior
 
     if kind == "qa":
         return "presence"
@@ -256,12 +256,12 @@ def js_table(model_dir: Path, wdir: Path, n_videos: int, adapter: str = "") -> d
 
 @torch.no_grad()
 def judge_check(model_dir: Path, edir: Path, n_pairs: int = 60) -> dict:
-    """Does the model's yes/no judge (data_builders.judging, VideoSAVi's self-judge) prefer the true answer?
+    """Does the model's yes/no judge (mmpo.builders.judging, VideoSAVi's self-judge) prefer the true answer?
 
     For the first n held-out pairs of each category, both questions are judged with "yes" and with "no" as the
     candidate answer: {category: [share where S_judge(true) > S_judge(wrong), mean |S_judge(yes) - S_judge(no)|]}.
     """
-    from data_builders.judging import yes_no_judge
+    from mmpo.builders.judging import yes_no_judge
     from mmpo.config import ModelConfig
     from mmpo.media import load_video
     from mmpo.models import load_model

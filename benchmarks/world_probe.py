@@ -36,8 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(1)  # DEMO-NOTES: 2 threads on the busy 2-core box made steps ~4x slower
 
-from demo.image_models import cache_features, lm_logits  # noqa: E402  (the demo's own, so the probe measures it)
-from demo.world import WorldConfig, build_world, caption, render_image  # noqa: E402
+from mmpo.demo.image_models import cache_features, lm_logits  # noqa: E402  (the demo's own, so the probe measures it)
+from mmpo.demo.world import WorldConfig, build_world, caption, render_image  # noqa: E402
 from mmpo.records import read_sft  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
     if args.no_clip_pretrain or args.clip_steps == 0:
         stats["clip_s"] = round(time.time() - t0, 1)
         return model.visual.eval(), stats
-    from demo.image_models import contrastive_train
+    from mmpo.demo.image_models import contrastive_train
 
     loss = contrastive_train(model, images, texts, args.clip_steps, lr=args.clip_lr, batch_size=args.clip_batch,
                              seed=args.seed, log=lambda line: print(line, flush=True))
@@ -98,7 +98,7 @@ def pretrain_clip(scenes, cfg, out: Path, args) -> tuple[torch.nn.Module, dict]:
 def make_llava(visual, words, out: Path, args):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from demo.clip_to_hf import attach_tower
+    from mmpo.demo.clip_to_hf import attach_tower
     from mmpo.models.tiny import make_tiny_model
 
     path = make_tiny_model("llava", out / "llava", words=words, seed=args.seed, image_size=64)
@@ -229,7 +229,7 @@ def main(argv=None) -> dict:
         ids, n_prompt = encode(processor, r.prompt, r.answer, n_img)
         samples.append((index[r.media[0]], ids, n_prompt))
 
-    from eval.pope_build import build, load_ground_truth
+    from mmpo.eval.pope_build import build, load_ground_truth
 
     gt = load_ground_truth(out / "world" / "annotations.json")
     n_elig = sum(len(im["objects"]) >= args.sample_num for im in gt)

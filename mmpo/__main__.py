@@ -2,6 +2,6 @@
 
 import sys
 
-from mmpo.cli import main
+from mmpo.app.cli import main
 
 sys.exit(main())

@@ -317,7 +317,7 @@ class DADPOLoss:
     (Artanic30/DA-DPO llava/train/da_dpo.py; METHODS §3). Rewards log the unscaled beta, as it does.
 
     beta_i = beta * alpha * (1 + |score_delta_i|);  l_i = -log sigmoid(beta_i * h_i).
-    score_delta is the fused difficulty score gap, built offline (data_builders/difficulty.py).
+    score_delta is the fused difficulty score gap, built offline (mmpo/builders/difficulty.py).
     """
 
     beta: float = 0.1

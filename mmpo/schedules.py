@@ -151,7 +151,7 @@ def generate_for(model, processor, records: list[SFTRecord], media_root: str, nu
 def seed_for(seed: int, *purpose) -> int:
     """A seed for one purpose of a run (a round's sampling, a fresh LoRA), independent of the others.
 
-    `numpy.random.SeedSequence` mixes the run seed with the purpose, as `data_builders/augment.py` does,
+    `numpy.random.SeedSequence` mixes the run seed with the purpose, as `mmpo/builders/augment.py` does,
     instead of magic multipliers whose products can collide.
     """
     words = [seed] + [int.from_bytes(str(p).encode(), "little") % 2**32 for p in purpose]

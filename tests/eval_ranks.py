@@ -8,8 +8,8 @@ import torch
 
 torch.set_num_threads(1)
 
-from eval import predictions  # noqa: E402
-from mmpo.cli import main  # noqa: E402
+from mmpo.app.cli import main  # noqa: E402
+from mmpo.eval import predictions  # noqa: E402
 
 if os.environ.get("KILL_RANK") == os.environ.get("RANK"):
     real, calls = predictions.append_rows, []

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from data_builders import BUILDERS
+from mmpo.builders import BUILDERS
 from mmpo.config import load
 
 

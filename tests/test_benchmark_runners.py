@@ -15,11 +15,11 @@ import torch
 from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model, yes_no_model
 from videos import write_clip
 
-from eval import EVALUATORS, chair, chair_runner, eventhallusion, runner
-from eval.amber_runner import AmberEvalConfig
-from eval.chair_runner import ChairEvalConfig
-from eval.eventhallusion_runner import EventHallusionEvalConfig
 from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.eval import EVALUATORS, chair, chair_runner, eventhallusion, runner
+from mmpo.eval.amber_runner import AmberEvalConfig
+from mmpo.eval.chair_runner import ChairEvalConfig
+from mmpo.eval.eventhallusion_runner import EventHallusionEvalConfig
 from mmpo.logprobs import plain_logps
 from mmpo.media import MediaError
 from mmpo.models import encode_answers, encode_prompts, generate_answers, load_model
@@ -299,7 +299,7 @@ def test_console_line_agrees_with_the_report(bench, name, tmp_path, capsys):
     percentages; `mmpo eval NAME --config F` now prints the report's numbers, to its decimals."""
     import yaml
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     mode = {} if name == "chair" else {"mode": "logits"}
     cfg = bench["cfg"](name, f"{name}_console", max_new_tokens=12, limit=2, **mode)
@@ -353,7 +353,7 @@ def test_configs_refuse_unknown_modes_and_options():
 
 
 def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
-    from mmpo import cli as mmpo_cli
+    from mmpo.app import cli as mmpo_cli
 
     runnable = {n for n, e in EVALUATORS.items() if e.config is not None}
     assert runnable == {"pope", "videohallucer", "chair", "amber", "eventhallusion", "hallusionbench"}
@@ -373,7 +373,7 @@ def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
     help_text = next(a.help for a in mmpo_cli.make_parser()._subparsers._group_actions[0].choices["eval"]._actions
                      if a.dest == "benchmark")
     assert help_text.split(" | ") == list(EVALUATORS)
-    import eval as package
+    import mmpo.eval as package
 
     assert not hasattr(runner, "RUNNERS")  # the old second list is gone
     assert package.runner.run_pope is EVALUATORS["pope"].run and package.pope_build.build_files  # the demo's use

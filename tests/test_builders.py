@@ -17,15 +17,15 @@ import torch
 from helpers import COLORS, color_image, tiny_model, toy_pairs, toy_sft
 from videos import make_frames, write_clip
 
-from data_builders import BUILDERS
-from data_builders.augment import AugmentConfig, sample_specs
-from data_builders.augment import build as build_augment
-from data_builders.difficulty import DifficultyConfig, vote
-from data_builders.difficulty import build as build_difficulty
-from data_builders.judging import parse_judgement, rubric_judge, yes_no_score
-from data_builders.self_qa import SelfQAConfig
-from data_builders.self_qa import build as build_self_qa
-from mmpo.cli import main
+from mmpo.app.cli import main
+from mmpo.builders import BUILDERS
+from mmpo.builders.augment import AugmentConfig, sample_specs
+from mmpo.builders.augment import build as build_augment
+from mmpo.builders.difficulty import DifficultyConfig, vote
+from mmpo.builders.difficulty import build as build_difficulty
+from mmpo.builders.judging import parse_judgement, rubric_judge, yes_no_score
+from mmpo.builders.self_qa import SelfQAConfig
+from mmpo.builders.self_qa import build as build_self_qa
 from mmpo.config import TrainConfig, load
 from mmpo.metrics import read_metrics
 from mmpo.records import (
@@ -124,7 +124,7 @@ def test_cli_build_train_eval_with_no_media_root(world, tmp_path):
     metrics = json.loads((runs / "pope" / "metrics.json").read_text())
     assert len((runs / "pope" / "predictions.jsonl").read_text().splitlines()) == 4
     # the run's metrics are what the reference scorer gives for the answers file it wrote
-    from eval.pope_metrics import score_answers_file
+    from mmpo.eval.pope_metrics import score_answers_file
     rescored = score_answers_file(questions, runs / "pope" / "answers_pope.jsonl", "official")
     assert metrics["accuracy"] == pytest.approx(rescored["accuracy"]) and metrics["f1"] == pytest.approx(rescored["f1"])
 
@@ -269,7 +269,7 @@ def test_self_qa_video_with_fake_judge_end_to_end(world, tmp_path):
 
 def test_self_qa_clip_order_must_agree(world, tmp_path):
     clip = lambda media, texts: [-len(t) for t in texts]  # noqa: E731  CLIP prefers the shorter answer
-    from data_builders.self_qa import select_pair
+    from mmpo.builders.self_qa import select_pair
 
     cfg = SelfQAConfig(min_gap=1.0)
     judged = [2.0, 9.0, 5.0]
@@ -490,7 +490,7 @@ def test_difficulty_resume_is_byte_identical_in_bf16(world, tmp_path):
 def test_difficulty_clip_scores_in_one_batch_equal_the_per_answer_scorer(world):
     """The batched CLIP scores equal `frame_text_similarity` per answer: images and clips, a pair with its own
     rejected media, and an answer long enough to be scored by sentence."""
-    from data_builders.difficulty import clip_scores
+    from mmpo.builders.difficulty import clip_scores
     from mmpo.clip import load_clip
     from mmpo.records import PairRecord
 
@@ -641,7 +641,7 @@ def test_augment_under_accelerate_launch_builds_one_shard_per_rank(world, tmp_pa
     ("", {"WORLD_SIZE": "3", "RANK": "2"}, (2, 3)), ("0/1", {"WORLD_SIZE": "3", "RANK": "2"}, (0, 1)),
 ])
 def test_parse_shard(text, env, expected):
-    from data_builders.shards import parse_shard
+    from mmpo.builders.shards import parse_shard
 
     got = parse_shard(text, env)
     assert (got if got is None else (got.index, got.count)) == expected
@@ -649,7 +649,7 @@ def test_parse_shard(text, env, expected):
 
 @pytest.mark.parametrize("text", ["4/4", "1/0", "-1/2", "1", "a/b", "1/2/3"])
 def test_parse_shard_refuses(text):
-    from data_builders.shards import parse_shard
+    from mmpo.builders.shards import parse_shard
 
     with pytest.raises(ValueError, match="is not i/N with 0 <= i < N"):
         parse_shard(text, {})

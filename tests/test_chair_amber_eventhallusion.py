@@ -11,7 +11,7 @@ import json
 import pytest
 from helpers import SAMPLES
 
-from eval import EVALUATORS, amber, chair, chair_words, eventhallusion
+from mmpo.eval import EVALUATORS, amber, chair, chair_words, eventhallusion
 
 # caption -> the reference's (words, node_words) from caption_to_words
 CHAIR_REFERENCE = [
@@ -178,7 +178,7 @@ def test_chair_metrics_against_the_files_own_categories(tmp_path, capsys):
     assert chair.read_images(shapes, vocabulary=chair.load_vocabulary("categories", shapes))[0].gt_objects == \
         {"circle"}
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     assert main(["eval", "chair", "--annotations", str(shapes), "--answers", str(answers), "--lemmatizer", "table",
                  "--vocabulary", "categories", "--out", str(tmp_path / "m.json")]) == 0
@@ -292,7 +292,7 @@ def test_eventhallusion_rejects_bad_files(tmp_path):
 
 
 def test_cli_scores_each_benchmark(tmp_path, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     answers = _amber_answers(tmp_path)
     assert main(["eval", "amber", "--questions", str(SAMPLES / "amber_query_discriminative_sample.json"),

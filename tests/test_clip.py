@@ -133,8 +133,8 @@ def test_contrastive_train_lowers_the_loss(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from demo.image_models import contrastive_train
     from mmpo.clip import load_clip, make_tiny_clip
+    from mmpo.demo.image_models import contrastive_train
 
     scorer = load_clip(make_tiny_clip(tmp_path / "c", seed=0, image_size=64))
     red, blue = np.zeros((64, 64, 3), np.uint8), np.zeros((64, 64, 3), np.uint8)

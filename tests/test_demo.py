@@ -8,8 +8,8 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_demo_runs_every_stage(tmp_path):
-    from demo import pipeline
-    from eval import chair, pope, pope_metrics, videohallucer_metrics
+    from mmpo.demo import pipeline
+    from mmpo.eval import chair, pope, pope_metrics, videohallucer_metrics
 
     result = pipeline.run(tmp_path, quick=True)
     for rel in ("world/annotations.json", "world/sft.jsonl", "models/llava/config.json", "models/clip",
@@ -58,7 +58,7 @@ def test_quick_demo_runs_every_stage(tmp_path):
 
 
 def test_demo_output_folder_is_cleaned_only_when_it_is_a_demo_folder(tmp_path):
-    from demo.pipeline import prepare_out
+    from mmpo.demo.pipeline import prepare_out
 
     foreign = tmp_path / "mine"
     (foreign / "eval").mkdir(parents=True)

@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 
-from demo import video_models as vm
-from demo.world import WorldConfig, build_world
 from mmpo.config import ModelConfig
+from mmpo.demo import video_models as vm
+from mmpo.demo.world import WorldConfig, build_world
 from mmpo.models import load_model
 from mmpo.records import read_pairs
 
@@ -100,7 +100,7 @@ def test_prior_breakdown_scores_each_tag(tmp_path):
 def test_savi_questions_come_from_what_the_model_named():
     import numpy as np
 
-    from demo.world import WorldConfig
+    from mmpo.demo.world import WorldConfig
 
     cfg = WorldConfig()
     named = vm.named_objects("First a red circle appears, then a green triangle, then a blue square.", cfg.classes)

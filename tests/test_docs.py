@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ["mmpo", "eval", "data_builders", "demo", "benchmarks", "tests", "configs", "docs", "README.md"]
+SCANNED = ["mmpo", "benchmarks", "tests", "configs", "docs", "README.md"]
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt"}
 DOCS = "METHODS|BENCHMARKS|STYLE|ENVIRONMENT|DESIGN"
 # a path-like prefix, the document's name, then ".md" (or, for the `METHODS §2` form, a section sign next)

@@ -28,7 +28,7 @@ import pytest
 from helpers import COLORS, SAMPLES, color_image
 from videos import make_frames, write_clip
 
-from mmpo.cli import main
+from mmpo.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_RUN = ("make ", "accelerate launch", "torchrun ", "mmpo demo")
@@ -73,7 +73,7 @@ def test_the_documents_show_the_commands_this_test_runs():
 
 def _videohallucer_datasets(root: Path) -> None:
     """The reference layout, <category>/<category>.json + videos/, from the vendored real excerpts."""
-    from eval.videohallucer import CATEGORIES
+    from mmpo.eval.videohallucer import CATEGORIES
 
     for cat in CATEGORIES:
         folder = root / cat
@@ -121,7 +121,7 @@ def _amber_layout(sandbox: Path) -> None:
 
 def _eventhallusion_layout(sandbox: Path) -> None:
     """EventHallusion's questions/<split>_questions.json (fixtures in its format) and videos/<split>/<id>.mp4."""
-    from eval import eventhallusion
+    from mmpo.eval import eventhallusion
 
     root = sandbox / "data/eventhallusion"
     if root.exists():

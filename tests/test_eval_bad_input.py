@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers import SAMPLES
 
-from eval import amber, chair, chair_words, eventhallusion, files, pope_build, predictions, report
-from eval.cli import amber_summary
-from mmpo.cli import main
+from mmpo.app.cli import main
+from mmpo.eval import amber, chair, chair_words, eventhallusion, files, pope_build, predictions, report
+from mmpo.eval.cli import amber_summary
 
 AMBER_Q = str(SAMPLES / "amber_query_discriminative_sample.json")
 AMBER_A = str(SAMPLES / "amber_annotations_sample.json")

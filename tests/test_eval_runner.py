@@ -1,4 +1,4 @@
-"""eval/runner.py on tiny models: logits vs generate agreement, prefix reuse = plain path, resume, reports,
+"""mmpo/eval/runner.py on tiny models: logits vs generate agreement, prefix reuse = plain path, resume, reports,
 VideoHallucer in the reference layout, the trainer hook, the CLI functions and the shipped eval configs."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from helpers import COLORS, color_image, color_question, tiny_model, yes_no_model
 from videos import make_frames, write_clip
 
-from eval import EVALUATORS, answering, pope, pope_metrics, predictions, runner, videohallucer_metrics
-from eval import cli as eval_cli
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
+from mmpo.eval import EVALUATORS, answering, pope, pope_metrics, predictions, runner, videohallucer_metrics
+from mmpo.eval import cli as eval_cli
 from mmpo.media import MediaError
 from mmpo.models import add_lora, load_model, scoring
 

@@ -1,4 +1,4 @@
-"""Evaluation on 2 gloo processes (eval/sharding.py): the same answer files and metrics as one process, each
+"""Evaluation on 2 gloo processes (mmpo/eval/sharding.py): the same answer files and metrics as one process, each
 rank's share in run.json, and a rerun after one rank was killed answers only what is missing."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from helpers import COLORS, color_image, color_question, tiny_model
 from videos import make_frames, write_clip
 
-from eval import sharding
+from mmpo.eval import sharding
 
 TESTS = Path(__file__).resolve().parent
 

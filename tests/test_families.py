@@ -231,7 +231,7 @@ def test_precomputed_reference_equals_live(paths, family, tmp_path):
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_logits_mode_margins_equal_a_plain_forward_with_and_without_prefix_reuse(loaded, family):
-    from eval.answering import Item, answer_items
+    from mmpo.eval.answering import Item, answer_items
 
     model, proc = loaded[family]
     images = {"a.png": color_image("red", size=48), "b.png": color_image("blue", size=48, seed=3)}
@@ -429,7 +429,7 @@ def test_fsdp2_and_ddp_two_processes_equal_one_on_qwen2_5_vl(paths, tmp_path, pa
 
     from safetensors.torch import load_file
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     repo = Path(__file__).resolve().parents[1]
     pairs = toy_pairs(tmp_path / "data", n=8)

@@ -109,8 +109,8 @@ def two_images(tmp_path_factory):
 def test_augment_augments_every_image_and_scores_them_one_for_one(two_images):
     """Materialised rejected media: one file per image, each `augment(image_i, spec)` (the trainer's rule for a
     bag); the CLIP prefilter's similarity is the mean of each image's cosine to its own augmented copy."""
-    from data_builders.augment import AugmentConfig
-    from data_builders.augment import build as build_augment
+    from mmpo.builders.augment import AugmentConfig
+    from mmpo.builders.augment import build as build_augment
     from mmpo.clip import load_clip
     from mmpo.config import load
     from mmpo.media import augment, load_media
@@ -135,7 +135,7 @@ def test_augment_augments_every_image_and_scores_them_one_for_one(two_images):
 
 
 def test_difficulty_clip_score_over_several_images_is_the_mean_over_images_and_sentences(two_images):
-    from data_builders.difficulty import clip_scores
+    from mmpo.builders.difficulty import clip_scores
     from mmpo.clip import load_clip
     from mmpo.media import load_media
 
@@ -154,9 +154,9 @@ def test_difficulty_clip_score_over_several_images_is_the_mean_over_images_and_s
 
 def test_self_qa_on_two_image_records_with_qwen2_5_vl(two_images, paths, tmp_path):
     """The generator sees both images (a multi-image family) and the CLIP check scores over both."""
-    from data_builders.judging import rubric_judge
-    from data_builders.self_qa import SelfQAConfig
-    from data_builders.self_qa import build as build_self_qa
+    from mmpo.builders.judging import rubric_judge
+    from mmpo.builders.self_qa import SelfQAConfig
+    from mmpo.builders.self_qa import build as build_self_qa
     from mmpo.config import load
 
     def judge(prompts, media, temperature, seed):
@@ -210,7 +210,7 @@ def _same_margins(a, b):
 
 
 def _run(name, path, data, out, **kw):
-    from eval import EVALUATORS
+    from mmpo.eval import EVALUATORS
 
     extra = {"lemmatizer": "table"} if name == "chair" else {}
     model = ModelConfig(path=str(path), device="cpu", num_frames=4)
@@ -220,7 +220,7 @@ def _run(name, path, data, out, **kw):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
 def test_chair_captions_are_the_models_greedy_answers(paths, bench_data, family, tmp_path):
-    from eval import chair, runner
+    from mmpo.eval import chair, runner
     from mmpo.models import generate_answers
 
     cfg, m = _run("chair", paths[family], bench_data["chair"], tmp_path / "chair", max_new_tokens=6, batch_size=3)
@@ -260,7 +260,7 @@ def test_eventhallusion_on_qwen2_5_vl_video(paths, bench_data, mode, tmp_path):
 def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
     from videos import make_frames, write_clip
 
-    from eval import runner, videohallucer_metrics
+    from mmpo.eval import runner, videohallucer_metrics
 
     data = tmp_path / "vh" / "object_relation"
     (data / "videos").mkdir(parents=True)
@@ -291,7 +291,7 @@ def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
 
 @pytest.fixture(scope="module")
 def moe(tmp_path_factory):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     path = tmp_path_factory.mktemp("moe") / "qwen3_vl_moe"
     assert main(["make-model", "--family", "qwen3_vl_moe", "--out", str(path)]) == 0

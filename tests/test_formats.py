@@ -241,8 +241,8 @@ def test_registry_lists_every_format():
 @pytest.mark.parametrize("name,media_type", [("llava_mix_sample.json", "image"), ("llava_video_sample.json", "video")])
 def test_builders_read_llava_conversation_json_as_is(name, media_type, tmp_path):
     """llava_v1_5_mix665k / LLaVA-Video-178K files feed `mmpo build augment` without a conversion."""
-    from data_builders.augment import AugmentConfig
-    from data_builders.augment import build as build_augment
+    from mmpo.builders.augment import AugmentConfig
+    from mmpo.builders.augment import build as build_augment
 
     root = DATA / "llava-sft"
     samples = read_sft(root / name, media_root=root)
@@ -313,7 +313,7 @@ def test_training_records_refuse_or_skip_a_repeated_id_before_step_1(tmp_path):
 
 def test_a_wrong_format_that_converts_nothing_exits_1_naming_the_right_one(tmp_path, capsys):
     """`--from swift` on an RLAIF-V parquet: every row skipped -> exit 1, naming the format its columns fit."""
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     assert main(["data", "convert", "--from", "swift", str(DATA / "rlaif-v-dataset"), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 from helpers import tiny_model, toy_pairs
 from safetensors.torch import load_file
 
-from mmpo.cli import main
+from mmpo.app.cli import main
 from mmpo.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from helpers import COLORS, SAMPLES, color_image, yes_no_model
 
-from eval import EVALUATORS, hallusionbench
-from eval.hallusionbench_runner import HallusionBenchEvalConfig, run_hallusionbench
-from mmpo.cli import main
+from mmpo.app.cli import main
 from mmpo.config import ConfigError, ModelConfig, load
+from mmpo.eval import EVALUATORS, hallusionbench
+from mmpo.eval.hallusionbench_runner import HallusionBenchEvalConfig, run_hallusionbench
 from mmpo.models import load_model
 
 SAMPLE = SAMPLES / "hallusionbench_sample.json"

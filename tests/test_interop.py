@@ -1,4 +1,4 @@
-"""lmms-eval's results/samples layout (eval/interop.py): `mmpo eval pope --config` writes it, and
+"""lmms-eval's results/samples layout (mmpo/eval/interop.py): `mmpo eval pope --config` writes it, and
 `mmpo eval pope --answers` reads lmms-eval samples files, scoring them exactly as mmpo's own answer files."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model
 
-from eval import chair, hallusionbench, pope, pope_metrics
-from eval import cli as eval_cli
+from mmpo.eval import chair, hallusionbench, pope, pope_metrics
+from mmpo.eval import cli as eval_cli
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +222,8 @@ def test_chair_from_lmms_eval_samples_scores_as_the_same_captions_in_mmpos_layou
 def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads_back(tmp_path):
     """`_write_chair_lmms` (what `mmpo eval chair --config` calls after the run) on a finished run's answers.jsonl:
     lmms-eval's chair_i / chair_s (in %) over the logged {answer, pred}, and the samples file scores as answers.jsonl."""
-    from eval.chair_runner import ChairEvalConfig
     from mmpo.config import ModelConfig
+    from mmpo.eval.chair_runner import ChairEvalConfig
 
     out = tmp_path / "run"
     out.mkdir()

@@ -73,7 +73,7 @@ def test_rebirth_with_only_empty_answers_says_how_to_finish(world, tmp_path):
 
 def test_a_build_that_writes_no_pair_fails_naming_why(world, tmp_path, capsys):
     """A tiny random model cannot write the rubric judge's scores: every answer is judge_unparsable."""
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     data = toy_sft(tmp_path / "data", n=2)
     args = ["build", "self_qa", "--config", str(CONFIGS.parent / "build" / "self_qa_video.yaml"), f"in_sft={data}",
@@ -90,7 +90,7 @@ def test_a_build_that_writes_no_pair_fails_naming_why(world, tmp_path, capsys):
 
 
 def test_a_build_whose_inputs_are_all_skipped_fails(tmp_path, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     data = toy_sft(tmp_path / "data", n=2)
     for png in (tmp_path / "data" / "img").glob("*.png"):
@@ -219,7 +219,7 @@ def test_ctrl_c_on_mmpo_train_keeps_a_checkpoint_and_says_rerun_resumes(world, t
 
 def test_validate_reports_every_error_train_would_raise(tmp_path, capsys):
     """`model.dtype: bf16` was ok for validate and refused by train; now both refuse it, with every other error."""
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  dtype: bf16\n  device: gpu\nlr: -1\nbatch_size: 0\noptimizer: sgd\nnot_a_key: 1\n")
@@ -235,7 +235,7 @@ def test_validate_reports_every_error_train_would_raise(tmp_path, capsys):
 
 
 def test_command_line_mistakes_are_the_command_lines(tmp_path, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
     from mmpo.config import ConfigError, load
 
     with pytest.raises(ConfigError, match=r"^command line 'lr=abc': lr: expected a number, got 'abc'$"):
@@ -246,12 +246,12 @@ def test_command_line_mistakes_are_the_command_lines(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"expected key=value \(e\.g\. lr=1e-5\)"):
         load(TrainConfig, None, ["lr"])
     load(TrainConfig, None, ["lr=1e-5"])
-    from eval.runner import PopeEvalConfig
+    from mmpo.eval.runner import PopeEvalConfig
 
     with pytest.raises(ConfigError, match=r"e\.g\. (\w+)=VALUE"):
         load(PopeEvalConfig, None, ["oops"])
     # a single value for a list key is a one-item list
-    from data_builders.self_qa import SelfQAConfig
+    from mmpo.builders.self_qa import SelfQAConfig
 
     assert load(SelfQAConfig, None, ["question_kinds=what"]).question_kinds == ["what"]
     assert load(SelfQAConfig, None, ["temperatures=0.5"]).temperatures == [0.5]
@@ -262,7 +262,7 @@ def test_yaml_alias_bombs_are_refused_at_once(tmp_path, capsys):
     """D10: nine levels of ten aliases each stand for 10^9 items under loss.params."""
     import time
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i in range(1, 10):
@@ -304,7 +304,7 @@ def test_a_second_run_on_a_busy_folder_is_refused_naming_the_holder(world, tmp_p
     import subprocess
     import sys
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = tmp_path / "run"
@@ -350,7 +350,7 @@ def test_a_shard_count_the_input_cannot_fill_is_refused_at_once(tmp_path, capsys
     """D1: shard=0/1000000000 was accepted and its merge ran for minutes, growing memory."""
     import time
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     data = toy_sft(tmp_path / "data", n=3)
     started = time.perf_counter()
@@ -369,7 +369,7 @@ def test_an_input_edited_between_shards_is_refused_by_the_merge(tmp_path, capsys
     """D2: same id, new answer after shard 0 ran: the merge kept the old answer; now it names the shard."""
     import json
 
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     data = toy_sft(tmp_path / "data", n=4)
     out = tmp_path / "data" / "out"
@@ -392,7 +392,7 @@ def test_an_input_edited_between_shards_is_refused_by_the_merge(tmp_path, capsys
 
 
 def test_make_model_clip_writes_a_checkpoint_the_builders_load(tmp_path, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
     from mmpo.clip import load_clip
 
     assert main(["make-model", "--family", "clip", "--out", str(tmp_path / "clip")]) == 0
@@ -402,7 +402,7 @@ def test_make_model_clip_writes_a_checkpoint_the_builders_load(tmp_path, capsys)
 
 
 def test_piped_builders_print_progress_lines_not_bars(tmp_path, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     data = toy_sft(tmp_path / "data", n=3)
     assert main(["build", "augment", "--config", str(CONFIGS.parent / "build" / "augment_image.yaml"),
@@ -420,7 +420,7 @@ def test_demo_plots_show_zero_bars_a_full_axis_and_every_runs_curve(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from demo import report
+    from mmpo.demo import report
 
     splits = {s: {"f1": 0.0, "yes_ratio": 0.0} for s in ("random", "popular", "adversarial")}
     axes_seen = []

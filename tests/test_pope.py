@@ -9,8 +9,8 @@ from fractions import Fraction as F
 import pytest
 from helpers import SAMPLES  # noqa: E402
 
-from eval import EVALUATORS
-from eval.pope import (
+from mmpo.eval import EVALUATORS
+from mmpo.eval.pope import (
     PARSERS,
     PROMPT_SUFFIXES,
     PopePrediction,
@@ -18,8 +18,8 @@ from eval.pope import (
     read_questions,
     write_answers,
 )
-from eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
-from eval.pope_parsers import _VLM_PERIOD_PRE2025, _vlm_process_punctuation
+from mmpo.eval.pope_metrics import aggregate, score, score_answers_file, score_predictions
+from mmpo.eval.pope_parsers import _VLM_PERIOD_PRE2025, _vlm_process_punctuation
 
 # Reference result of each parser on tricky answers (worked from the reference code, docs/BENCHMARKS.md §1.4).
 TRICKY = [
@@ -259,7 +259,7 @@ def test_score_answers_file_end_to_end(tmp_path):
 
 
 def test_report_files(tmp_path):
-    from eval.report import write_pope_report
+    from mmpo.eval.report import write_pope_report
 
     rnd = read_questions(SAMPLES / "pope_random_sample.jsonl")
     preds = [PopePrediction(q.question_id, ANSWERS[q.question_id]) for q in rnd]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import SAMPLES  # noqa: E402
 
-from eval.pope import read_questions
-from eval.pope_build import build, build_files, build_split, load_ground_truth, question_text
+from mmpo.eval.pope import read_questions
+from mmpo.eval.pope_build import build, build_files, build_split, load_ground_truth, question_text
 
 CATS = ["person", "car", "dog", "umbrella", "apple", "bench", "kite", "oven"]
 # Objects per image in annotation order; a.jpg repeats "person" (deduplicated), f.jpg has one object (skipped).
@@ -152,7 +152,7 @@ REFERENCE = dict(tie_break="first_seen", legacy_typo=True)
                                           (["--legacy-typo"], dict(legacy_typo=True)),
                                           ([], {})])
 def test_cli_build_equals_api(tmp_path, flags, kwargs):
-    from eval.cli import cli_pope_build
+    from mmpo.eval.cli import cli_pope_build
 
     ann = _coco(tmp_path)
     args = ["--annotations", str(ann), "--num-images", "5", "--seed", "3"]

@@ -25,7 +25,7 @@ from mmpo.models.real_format import FIXTURES, REAL_FORMAT_FAMILIES, legacy_key, 
 from mmpo.models.scoring import yes_no_ids
 from mmpo.records import read_pairs
 
-# the hub's tokenizer.json for llava-1.5-7b-hf (tests/fixtures/real_format/llava/SOURCE.md)
+# the hub's tokenizer.json for llava-1.5-7b-hf (mmpo/models/hub_files/llava/SOURCE.md)
 LLAVA_TOKENIZER_SHA256 = "1a53b8e0a82f29402951898f46cda70e0dd2850086374991eff038b163090fdc"
 # token ids transformers' processor tests assert for the hub processors' prompt
 # "<video> What is shown in this video?" with the generation prompt

@@ -111,7 +111,7 @@ def test_world_videos_encode_to_the_same_bytes_every_time(tmp_path):
     distinct files in 25 encodes of one clip, and 14 of 400 training videos differed between two demo runs (up to
     8 grey levels once decoded). The clips are ones that differed; the old encoder settings fail this (not every
     time: it is nondeterministic), `mbtree=0` repeats."""
-    from demo.world import WorldConfig, _scene_seed, render_video, sample_video, write_mp4
+    from mmpo.demo.world import WorldConfig, _scene_seed, render_video, sample_video, write_mp4
 
     cfg = WorldConfig()
     for i in (7, 16, 44):  # training videos 00007, 00016 and 00044 differed between the two demo runs

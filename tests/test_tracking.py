@@ -117,7 +117,7 @@ def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monke
     from helpers import COLORS, color_image, color_question
     from huggingface_hub import ModelCard
 
-    from eval import cli as eval_cli
+    from mmpo.eval import cli as eval_cli
 
     run, tmp = trained
     (tmp / "img").mkdir()

@@ -302,7 +302,7 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
     ("lr=0", r"lr: expected >0"),
 ])
 def test_non_finite_or_out_of_range_settings_are_refused_by_validate_and_train(world, tmp_path, override, message):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model:\n  path: {world['model']}\ndata:\n  train: {world['pairs']}\n")
@@ -321,7 +321,7 @@ def test_non_finite_or_out_of_range_settings_are_refused_by_validate_and_train(w
     ["lr=1.0e+6", "max_grad_norm=0"],
 ])
 def test_diverging_runs_stop_with_an_error_and_save_nothing_non_finite(world, tmp_path, overrides, capsys):
-    from mmpo.cli import main
+    from mmpo.app.cli import main
 
     args = [f"model.path={world['model']}", f"data.train={world['pairs']}", f"output_dir={tmp_path / 'run'}",
             "progress=false", "lora.r=4", "max_steps=8", "save_every=1", *overrides]

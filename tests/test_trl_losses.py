@@ -471,7 +471,7 @@ def test_mmpo_train_with_a_trl_loss_section_equals_the_loss_section_and_weights_
     """`mmpo train` on a TRL-style config logs exactly what the same terms written as `loss:` log; with
     use_weighting the loss changes and the WPO weight is logged (positive; above 1 where the answer's tokens are
     likelier than the distribution's sum of squares, which the "aligned" form of WPO's Eq. 2 allows)."""
-    from mmpo.cli import main
+    from mmpo.app.cli import main
     from mmpo.metrics import read_metrics
 
     common = [f"model.path={tiny['model']}", f"data.train={tiny['pairs']}", "progress=false", "lora.r=4",
@@ -504,7 +504,7 @@ def test_sft_batch_token_average_by_hand():
 def test_every_new_loss_trains_in_one_run(tiny, tmp_path):
     """All ten new terms at once in a real `mmpo train` run on the tiny LLaVA: finite losses, TRL's reward
     metrics logged, and the summed loss falls over 6 steps on the toy preference."""
-    from mmpo.cli import main
+    from mmpo.app.cli import main
     from mmpo.metrics import read_metrics
 
     names = ["exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down",

@@ -8,9 +8,9 @@ import json
 import pytest
 from helpers import SAMPLES  # noqa: E402
 
-from eval import EVALUATORS
-from eval.videohallucer import CATEGORIES, VHPrediction, read_pairs, to_reference_layout, write_results
-from eval.videohallucer_metrics import bias_scores, fact_score, hit, overall, score_category
+from mmpo.eval import EVALUATORS
+from mmpo.eval.videohallucer import CATEGORIES, VHPrediction, read_pairs, to_reference_layout, write_results
+from mmpo.eval.videohallucer_metrics import bias_scores, fact_score, hit, overall, score_category
 
 
 def sample(cat):
@@ -134,7 +134,7 @@ def test_score_answers_file_reference_layout(tmp_path):
 
 
 def test_report_files(tmp_path):
-    from eval.report import write_videohallucer_report
+    from mmpo.eval.report import write_videohallucer_report
 
     results = {"object_relation": score_category(read_pairs(sample("object_relation")), OBJ_REL),
                "temporal": _uniform("temporal", "Yes.", "No.")}

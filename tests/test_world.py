@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo import world as W
+from mmpo.demo import world as W
 from mmpo.records import read_sft
 
 
@@ -185,7 +185,7 @@ def _random_open_clip_tower():
 
 
 def test_clip_to_hf_hidden_states_match():
-    from demo.clip_to_hf import convert_state_dict, to_hf_vision_model
+    from mmpo.demo.clip_to_hf import convert_state_dict, to_hf_vision_model
 
     v = _random_open_clip_tower()
     hf = to_hf_vision_model(v)
@@ -207,7 +207,7 @@ def test_clip_to_hf_hidden_states_match():
 def test_attach_tower_into_tiny_llava(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    from demo.clip_to_hf import attach_tower
+    from mmpo.demo.clip_to_hf import attach_tower
     from mmpo.models.tiny import make_tiny_model
 
     v = _random_open_clip_tower()
@@ -301,7 +301,7 @@ def test_temporal_pairs_ask_the_pair_and_tag_the_prior(tmp_path):
 
 def test_caption_pairs_add_exactly_one_absent_partner(built):
     """Caption-DPO's pairs: chosen = the true caption, rejected = it plus one absent co-occurring partner."""
-    from demo.pairs import caption_pairs
+    from mmpo.demo.pairs import caption_pairs
 
     cfg, root, _ = built
     scenes = json.loads((root / "scenes.json").read_text())["train"]

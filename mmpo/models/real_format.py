@@ -13,7 +13,7 @@ Only widths, depths and the image side shrink (the SMALL_* values below; the rea
 comments), so a CPU test takes seconds yet meets what real checkpoints bring: ids above 32000, a 152k
 vocabulary, SentencePiece's "▁" prefix, a template that puts a space before the answer.
 
-Where each family's files come from (details and licences in tests/fixtures/real_format/<family>/SOURCE.md):
+Where each family's files come from (details and licences in mmpo/models/hub_files/<family>/SOURCE.md):
 - llava: the verbatim non-weight files of llava-hf/llava-1.5-7b-hf, copied as they are, then resized.
 - llava_next_video: no hub files available; built here from the same Llama-2 vocabulary (non-legacy
   SentencePiece handling, `<video>` 32000, `<image>` 32001) and the settings transformers' own conversion
@@ -34,7 +34,7 @@ import torch
 
 from mmpo.models.tiny import CLIP_L336, LLAMA2_7B, PINPOINTS_7B, SIGLIP_SO400M, _model_class
 
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "real_format"
+FIXTURES = Path(__file__).resolve().parent / "hub_files"  # package data: an installed mmpo makes these models too
 REAL_FORMAT_FAMILIES = ("llava", "llava_next_video", "llava_onevision")  # saved in the hub's legacy LLaVA layout
 VLM_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3")  # the newer families (tests/test_families.py)
 

@@ -3,7 +3,7 @@
 score(w) = logsumexp of the logits of the first token of each case variant of w ("Yes", "yes") that the
 tokenizer has as a distinct, known token; the softmax normaliser cancels in the difference, so
 `margin` = score(yes) - score(no) is a log-odds between the two answers. Used by evaluation's logits mode
-(eval/answering.py) and by the self-QA builder's yes/no judge (data_builders/judging.py).
+(mmpo/eval/answering.py) and by the self-QA builder's yes/no judge (mmpo/builders/judging.py).
 """
 
 from __future__ import annotations
