@@ -130,7 +130,7 @@ for name in ("mmpo", "torch", "torchvision", "transformers", "accelerate", "peft
         print(f"{name} NOT IMPORTABLE: {type(exc).__name__}: {exc}")
 import torch
 print("cuda", torch.cuda.is_available(), torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "")
-import mmpo.trainer, eval.answering  # noqa: E401,F401 - the library's own imports
+import mmpo.trainer, mmpo.eval.answering  # noqa: E401,F401 - the library's own imports
 print("mmpo imports ok")
 if torch.cuda.is_available():  # bitsandbytes' CUDA library loads and quantizes: the QLoRA parts need it
     try:

@@ -1,11 +1,11 @@
 """Experiment: a tiny video LLaVA that follows a temporal prior on VideoHallucer-style pairs, and what the video
 preference methods do to it.
 
-Pipeline (demo.video_models, each stage timed):
-1. world (demo.world.build_world, video side; `--order-prob` is the temporal prior) + held-out evaluation
+Pipeline (mmpo.demo.video_models, each stage timed):
+1. world (mmpo.demo.world.build_world, video side; `--order-prob` is the temporal prior) + held-out evaluation
    videos (`video_eval_world`, half the pair videos counter-prior);
 2. SFT of a tiny LLaVA-NeXT-Video (mmpo trainer, stage sft) -> VideoHallucer object_relation/temporal
-   basic / hallucinated / pair accuracy with eval.runner.run_videohallucer (logits mode), temporal pairs also
+   basic / hallucinated / pair accuracy with mmpo.eval.runner.run_videohallucer (logits mode), temporal pairs also
    split by the prior (t_prior, t_counter, t_none);
 3. preference stage on the SFT model (`--sft TAG --pref ...`): PaMi-VDPO bags from mmpo.builders.augment
    (pami, pami+dpo, single-clip vdpo; `--ops`, `--k`, `--delta-min`, `--floor-from`, `--tau-*`,

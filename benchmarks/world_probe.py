@@ -1,12 +1,12 @@
 """Experiment: which world + SFT recipe makes the tiny LLaVA hallucinate measurably, fast, on one CPU thread.
 
 Pipeline (the demo's, with each stage timed):
-1. build the image world (demo.world) with the given knobs;
+1. build the image world (mmpo.demo.world) with the given knobs;
 2. pretrain a tiny open_clip CLIP contrastively on the world's captions (mmpo.clip.make_tiny_clip);
-3. convert its image tower to transformers (demo.clip_to_hf), put it in a tiny LLaVA from the model
+3. convert its image tower to transformers (mmpo.demo.clip_to_hf), put it in a tiny LLaVA from the model
    factory (mmpo.models.tiny), freeze it, and cache its patch features once;
 4. SFT only projector + language model on the world's SFT JSONL (loss on answer tokens), from cached features;
-5. score POPE random / adversarial splits built by eval.pope_build from annotations.json, by logits
+5. score POPE random / adversarial splits built by mmpo.eval.pope_build from annotations.json, by logits
    (yes vs no at the answer position), and a strict adversarial set (every negative an absent partner).
 Finally the cached-feature path is checked against a plain LLaVA forward with pixel values, and the
 counterfactual re-render (scene minus the asked object) is scored.

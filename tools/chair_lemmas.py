@@ -5,7 +5,7 @@ CHAIR (lmms-eval `tasks/coco_cap_chair/utils.py`) lemmatises every caption token
 two-word list). Only those tokens matter, and they are few: a token matters only if some POS gives it a
 lemma in that vocabulary, which by WordNet's `morphy` rules means the token is such a word, an exception-list
 form of one, or one rule suffix away from one. This script enumerates exactly those tokens and records their
-lemma under each of the four POS the reference can pass (n, v, a, r), so `eval.chair_words` needs neither
+lemma under each of the four POS the reference can pass (n, v, a, r), so `mmpo.eval.chair_words` needs neither
 NLTK's WordNet download nor its POS tagger model for every other token.
 
 Run with NLTK installed and an nltk_data folder holding WordNet 3.0 as `corpora/wordnet` (NLTK's own
