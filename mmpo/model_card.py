@@ -113,14 +113,28 @@ def _data_lines(data: dict, summary: dict) -> list[str]:
     return lines
 
 
-def eval_table(title: str, metrics: dict) -> str:
-    """A results subsection: one row per numeric metric (nested keys joined with '/')."""
+def eval_table(title: str, metrics: dict, source: str = "") -> str:
+    """A results subsection: one row per group of metrics (a split, a category), one column per metric.
+
+    Rates and scores (floats) and the item count `n` are shown; other integers (confusion counts, file sizes)
+    stay in the evaluation's metrics.json, which `source` names. `{"f1": .8, "splits": {"random": {"f1": .9}}}`
+    gives the rows "all" and "splits/random".
+    """
     from mmpo.metrics import flatten
 
-    rows = [(k.replace(".", "/"), v) for k, v in flatten(metrics).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    body = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in rows)
-    return f"### {title}\n\n| metric | value |\n|---|---|\n{body}\n"
+    rows: dict[str, dict[str, float | int]] = {}
+    for key, value in flatten(metrics).items():
+        group, _, name = key.replace("/", ".").rpartition(".")  # metrics.jsonl names are "pope/random/f1"
+        shown = isinstance(value, float) or (name == "n" and isinstance(value, int) and not isinstance(value, bool))
+        if shown:
+            rows.setdefault(group.replace(".", "/") or "all", {})[name] = value
+    columns = list(dict.fromkeys(name for row in rows.values() for name in row))
+    lines = [f"| | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
+    for group, row in rows.items():
+        cells = (f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
+        lines.append(f"| {group} | {' | '.join(cells)} |")
+    where = f"\n\nEvery number: `{source}`." if source else ""
+    return f"### {title}\n\n" + "\n".join(lines) + where + "\n"
 
 
 def _training_evals(run_dir: Path) -> str:
@@ -133,7 +147,8 @@ def _training_evals(run_dir: Path) -> str:
     last = rows[-1]
     metrics = {k.removeprefix("eval/"): v for k, v in last.items() if k.startswith("eval/")}
     steps = ", ".join(str(r["step"]) for r in rows)
-    return eval_table(f"During training (eval_every; step {last['step']}, evaluated at steps {steps})", metrics)
+    return eval_table(f"During training (eval_every; step {last['step']}, evaluated at steps {steps})", metrics,
+                      "the run's metrics.jsonl")
 
 
 def write_model_card(folder: str | Path, cfg, summary: dict, data: dict) -> Path:
@@ -202,7 +217,7 @@ def append_eval_results(folder: str | Path, benchmark: str, metrics: dict, out_d
     if "mmpo" not in (card.data.tags or []):  # a base model's own card is not ours to edit
         return None
     text = card.content.replace(NO_RESULTS + "\n", "")
-    section = eval_table(f"mmpo eval {benchmark} ({out_dir})", metrics)
+    section = eval_table(f"mmpo eval {benchmark} ({out_dir})", metrics, f"{out_dir}/metrics.json")
     text = text.rstrip("\n") + "\n\n" + section if EVAL_HEADING in text else \
         text.rstrip("\n") + f"\n\n{EVAL_HEADING}\n\n{section}"
     ModelCard(text).save(path)

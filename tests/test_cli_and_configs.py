@@ -90,9 +90,14 @@ def test_a_missing_data_file_is_named_before_any_model_loads(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_make_model_command(tmp_path):
+def test_make_model_command(tmp_path, capsys):
+    from mmpo.models.tiny import count_parameters, parameter_count
+
     assert main(["make-model", "--family", "llava", "--out", str(tmp_path / "m")]) == 0
     assert (tmp_path / "m" / "config.json").is_file()
+    n = count_parameters(tmp_path / "m")
+    assert f"(tiny, {parameter_count(n)} parameters," in capsys.readouterr().out and 1e3 < n < 1e9
+    assert [parameter_count(x) for x in (980, 1_234_567, 7_615_616_512)] == ["980", "1.23M", "7.62B"]
 
 
 def test_train_with_a_periodic_pope_evaluation(tmp_path):

@@ -311,5 +311,13 @@ def make_model_main(family: str, size: str, out) -> Path:
     path = make_tiny_model(family, out, size=size)
     n = count_parameters(path)
     weights = "random weights saved" if size == "tiny" else "config only; build with mmpo.models.build_model on a GPU"
-    print(f"wrote {family} ({size}, {n / 1e9:.3f}B params, {weights}) to {path}")
+    print(f"wrote {family} ({size}, {parameter_count(n)} parameters, {weights}) to {path}")
     return path
+
+
+def parameter_count(n: int) -> str:
+    """7_615_616_512 -> "7.62B", 1_234_567 -> "1.23M", 980 -> "980": a tiny model is not "0.000B"."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
