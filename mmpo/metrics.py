@@ -69,6 +69,20 @@ def _make_tracker(name: str, run_dir: Path, project: str, run_name: str):
     return tracking.SwanLabTracker(project, experiment_name=run_name, logdir=str(run_dir / "swanlog"))
 
 
+def _tensorboard_hparams(writer, scalars: dict) -> None:
+    """The HParams summaries, into the run's own events file.
+
+    accelerate's `store_init_configuration` (torch's `add_hparams`) opens a second writer in a new folder named
+    by the time, and accelerate adds a third with an hparams.yml copy (the run folder has config.yaml already):
+    one run showed as three in TensorBoard. Long strings do not fit an hparam; scalars only.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    for summary in hparams(scalars, metric_dict={}):
+        writer._get_file_writer().add_summary(summary)
+    writer.flush()
+
+
 class Trackers:
     """The configured experiment trackers of one run (an empty list: nothing opened, every call a no-op)."""
 
@@ -94,8 +108,8 @@ class Trackers:
         """The run's settings and facts (resolved config, data counts), flattened."""
         flat = flatten(config)
         for tracker in self.trackers:
-            if tracker.name == "tensorboard":  # add_hparams takes no strings longer than a line; keep scalars
-                tracker.store_init_configuration({k: v for k, v in flat.items() if not isinstance(v, str)})
+            if tracker.name == "tensorboard":
+                _tensorboard_hparams(tracker.writer, {k: v for k, v in flat.items() if not isinstance(v, str)})
             else:
                 tracker.store_init_configuration(flat)
 

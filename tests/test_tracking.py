@@ -75,6 +75,9 @@ def test_each_tracker_logs_the_step_metrics_of_metrics_jsonl(trained):
     acc.Reload()
     tb = [(e.step, k, e.value) for k in acc.Tags()["scalars"] for e in acc.Scalars(k)]
     assert sorted((s, k) for s, k, _ in tb) == sorted((s, k) for s, k, _ in points)
+    assert acc.PluginTagToContent("hparams")  # the run's settings, in the same events file
+    (only,) = (run / "tensorboard").iterdir()  # one run: no timestamp-named folders beside it
+    assert only.name.startswith("events.out.tfevents.")
     assert all(v == pytest.approx(dict(((s, k), x) for s, k, x in tb)[(s, k)], rel=1e-6) for s, k, v in points
                if sum(1 for p in points if p[:2] == (s, k)) == 1)
 
