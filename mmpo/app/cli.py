@@ -275,11 +275,11 @@ def cmd_data(args) -> int:
         return 0
     if args.action == "export":
         from mmpo.formats.writers import WRITERS
-        from mmpo.records import default_media_root, read_pairs
+        from mmpo.records import default_media_root
 
         if args.to not in WRITERS:
             raise ValueError(f"data export: --to one of {sorted(WRITERS)}")
-        path = WRITERS[args.to](read_pairs(args.src), default_media_root(args.src, args.media_root), args.out)
+        path = WRITERS[args.to](formats.read_set(args.src, "pair"), default_media_root(args.src, args.media_root), args.out)
         print(f"wrote {path}")
         return 0
     out = formats.convert(args.src, args.out, args.fmt, args.on_bad_record, media_root=args.media_root or None)
