@@ -122,6 +122,17 @@ def _check_common(obj: Any, fields: set, required: tuple, where: str) -> dict:
     return obj
 
 
+def _checked_opening(obj: Any, fields: set, required: tuple, where: str, check: MediaCheck | None) -> tuple[str, ...]:
+    """What both record kinds check first, in this order: the keys, the media type, the media paths (files under
+    the root when `check` is given) and the prompt. Returns the media paths."""
+    _check_common(obj, fields, required, where)
+    media = _media_list(obj["media"], where, "media")
+    if check is not None:
+        check(media, where, "media")
+    _check_str(obj, "prompt", where)
+    return media
+
+
 def _bag_specs(raw: Any, where: str) -> tuple[AugSpec, ...]:
     if not isinstance(raw, list) or not raw:
         raise field_error(where, "rejected_bag", "expected a non-empty list of {op, params, seed}")
@@ -152,11 +163,7 @@ def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | Med
         RecordError: the first problem found.
     """
     check = media_check(media_root)
-    _check_common(obj, _PAIR_FIELDS, _PAIR_REQUIRED, where)
-    media = _media_list(obj["media"], where, "media")
-    if check is not None:
-        check(media, where, "media")
-    _check_str(obj, "prompt", where)
+    media = _checked_opening(obj, _PAIR_FIELDS, _PAIR_REQUIRED, where, check)
     _check_str(obj, "chosen", where)
     _check_str(obj, "rejected", where)
     rejected_media = None
@@ -184,12 +191,7 @@ def pair_from_json(obj: Any, where: str = "record", media_root: str | Path | Med
 
 def sft_from_json(obj: Any, where: str = "record", media_root: str | Path | MediaCheck | None = None) -> SFTRecord:
     """Validate one decoded JSON object and build an SFTRecord (arguments as `pair_from_json`)."""
-    check = media_check(media_root)
-    _check_common(obj, _SFT_FIELDS, _SFT_REQUIRED, where)
-    media = _media_list(obj["media"], where, "media")
-    if check is not None:
-        check(media, where, "media")
-    _check_str(obj, "prompt", where)
+    media = _checked_opening(obj, _SFT_FIELDS, _SFT_REQUIRED, where, media_check(media_root))
     _check_str(obj, "answer", where)
     meta = _check_object(obj, "meta", where)
     rid = obj.get("id") or make_id(list(media), obj["prompt"], obj["answer"])
