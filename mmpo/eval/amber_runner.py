@@ -58,8 +58,10 @@ def load_questions(cfg: AmberEvalConfig) -> dict[tuple, tuple[amber.AmberQuestio
 
 def run_amber(cfg: AmberEvalConfig, model=None, processor=None) -> dict:
     """Answer every discriminative question and score it as `inference.py` does; resumable (module docstring).
-    Arguments as every runner's (`mmpo/eval/runs.py`); returns `amber.score`'s result, plus mode, prompt suffix and
-    skipped media."""
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: `amber.score`'s
+    result, plus mode, prompt suffix and skipped media.
+    """
     questions = load_questions(cfg)
     items = [Item(k, path, q.query + cfg.prompt_suffix) for k, (q, path) in questions.items()]
     done, bad = answer_questions(cfg, {"mode": cfg.mode, "prompt_suffix": cfg.prompt_suffix}, KEY, items, "image",

@@ -62,8 +62,11 @@ def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer, vocabulary: CocoWo
 
 
 def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
-    """Caption every image and score CHAIR_i, CHAIR_s and recall; resumable (see module docstring). Arguments as
-    every runner's (`mmpo/eval/runs.py`); returns `chair.score`'s result, plus mode, prompt and skipped media."""
+    """Caption every image and score CHAIR_i, CHAIR_s and recall; resumable (see module docstring).
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: `chair.score`'s
+    result, plus mode, prompt and skipped media.
+    """
     out = Path(cfg.out_dir)
     lemmatizer = Lemmatizer(cfg.lemmatizer)
     for key, hint in (("annotations", ""), ("captions", " (captions= leaves the reference captions out)")):

@@ -74,8 +74,11 @@ def load_questions(cfg: EventHallusionEvalConfig, files: dict[str, Path]) -> dic
 
 
 def run_eventhallusion(cfg: EventHallusionEvalConfig, model=None, processor=None) -> dict:
-    """Answer every question on its video and score QA accuracy per split and overall; resumable. Arguments as
-    every runner's (`mmpo/eval/runs.py`); returns `eventhallusion.score`'s result, plus mode and skipped media."""
+    """Answer every question on its video and score QA accuracy per split and overall; resumable.
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json:
+    `eventhallusion.score`'s result, plus mode and skipped media.
+    """
     files = question_files(cfg.questions)
     questions = load_questions(cfg, files)
     items = [Item(k, path, q.prompt()) for k, (q, path) in questions.items()]

@@ -59,9 +59,11 @@ def load_questions(cfg: HallusionBenchEvalConfig) -> tuple[dict[tuple, tuple], i
 
 
 def run_hallusionbench(cfg: HallusionBenchEvalConfig, model=None, processor=None) -> dict:
-    """Answer every image question and score aAcc / qAcc / fAcc by the keyword rules; resumable. Arguments as every
-    runner's (`mmpo/eval/runs.py`); returns `hallusionbench.score`'s result, plus mode, prompt suffix, what was not
-    asked and skipped media."""
+    """Answer every image question and score aAcc / qAcc / fAcc by the keyword rules; resumable.
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json:
+    `hallusionbench.score`'s result, plus mode, prompt suffix, what was not asked and skipped media.
+    """
     questions, no_image = load_questions(cfg)
     if not questions:
         raise ValueError(f"{cfg.questions}: no question has an image (filename); nothing to ask")

@@ -118,8 +118,11 @@ def _pope_prediction(q: pope.PopeQuestion, split: str, answers: dict) -> pope.Po
 
 
 def run_pope(cfg: PopeEvalConfig, model=None, processor=None) -> dict:
-    """Evaluate a model on POPE; resumable (see module docstring). Arguments as every runner's (`mmpo/eval/runs.py`);
-    returns one split's result, or `aggregate` of several."""
+    """Evaluate a model on POPE; resumable (see module docstring).
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: one split's result,
+    or `aggregate` of several.
+    """
     out = Path(cfg.out_dir)
     splits = load_pope_questions(cfg)
     done, bad = answer_questions(cfg, {"mode": cfg.mode, "prompt_suffix": pope_suffix(cfg.prompt_suffix)}, KEY,

@@ -89,9 +89,11 @@ def _vh_category(cfg: VideoHallucerEvalConfig, cat: str, f: Path, pairs: list, d
 
 
 def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) -> dict:
-    """Evaluate a video model on VideoHallucer (each question asked on its own video with PROMPT_SUFFIX); resumable.
-    Arguments as every runner's (`mmpo/eval/runs.py`); returns {category: score_category(+bias)} plus "overall" (mean
-    over the published categories present)."""
+    """Evaluate a video model on VideoHallucer (each question asked on its own video with PROMPT_SUFFIX).
+
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: {category:
+    score_category(+bias)} plus "overall" (mean over the published categories present).
+    """
     out = Path(cfg.out_dir)
     data = {}
     for f in vh_category_files(cfg):
