@@ -5,7 +5,7 @@ Pipeline (mmpo.demo.video_models, each stage timed):
 1. world (mmpo.demo.world.build_world, video side; `--order-prob` is the temporal prior) + held-out evaluation
    videos (`video_eval_world`, half the pair videos counter-prior);
 2. SFT of a tiny LLaVA-NeXT-Video (mmpo trainer, stage sft) -> VideoHallucer object_relation/temporal
-   basic / hallucinated / pair accuracy with mmpo.eval.runner.run_videohallucer (logits mode), temporal pairs also
+   basic / hallucinated / pair accuracy with mmpo.eval.videohallucer_runner.run_videohallucer (logits mode), temporal pairs also
    split by the prior (t_prior, t_counter, t_none);
 3. preference stage on the SFT model (`--sft TAG --pref ...`): PaMi-VDPO bags from mmpo.builders.augment
    (pami, pami+dpo, single-clip vdpo; `--ops`, `--k`, `--delta-min`, `--floor-from`, `--tau-*`,
@@ -95,7 +95,7 @@ def world(args, out: Path) -> tuple[Path, Path]:
 def evaluate(model_dir: Path, adapter: str, eval_dir: Path, out: Path) -> dict:
     """VideoHallucer (object_relation, temporal) by yes/no logits with the project's runner."""
     from mmpo.config import ModelConfig
-    from mmpo.eval.runner import VideoHallucerEvalConfig, run_videohallucer
+    from mmpo.eval.videohallucer_runner import VideoHallucerEvalConfig, run_videohallucer
 
     cfg = VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), adapter=adapter, device="cpu",
                                                     num_frames=vm.NUM_FRAMES),

@@ -7,7 +7,7 @@ import json
 import pytest
 from helpers import tiny_model, toy_pairs
 
-import mmpo.records as records_mod
+import mmpo.records.reading as records_mod  # scan_records reads the threshold there
 from mmpo.config import TrainConfig, load
 from mmpo.records import RecordError, index_lines, iter_raw_lines, scan_records, validate_in_background
 from mmpo.trainer import train

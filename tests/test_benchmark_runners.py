@@ -16,12 +16,12 @@ from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model, ye
 from videos import write_clip
 
 from mmpo.config import ConfigError, ModelConfig, load
-from mmpo.eval import EVALUATORS, chair, chair_runner, eventhallusion, runner
+from mmpo.eval import EVALUATORS, chair, chair_runner, eventhallusion
 from mmpo.eval.amber_runner import AmberEvalConfig
 from mmpo.eval.chair_runner import ChairEvalConfig
 from mmpo.eval.eventhallusion_runner import EventHallusionEvalConfig
 from mmpo.logprobs import plain_logps
-from mmpo.media import MediaError
+from mmpo.media import MediaError, load_image
 from mmpo.models import encode_answers, encode_prompts, generate_answers, load_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_chair_captions_each_image_with_the_prompt_and_scores_them(bench):
     rows = _rows(out / "predictions.jsonl")
     model, proc = bench["loaded"]["chair"]
     for r in rows:  # the runner's caption is the model's greedy answer to the benchmark's prompt
-        image = runner.load_image(Path(cfg.image_root) / f"COCO_val2014_{int(r['image_id']):012d}.jpg")
+        image = load_image(Path(cfg.image_root) / f"COCO_val2014_{int(r['image_id']):012d}.jpg")
         assert [r["answer"]] == generate_answers(model, proc, [chair.PROMPT], [image], "image", max_new_tokens=12)[0]
         assert r["answer"] == CAPTION
     # person, dog, chair in each of 3 captions: only the person of image 139 is there (gt 3 + 3 + 2 classes)
@@ -375,5 +375,4 @@ def test_one_registry_serves_the_cli_validate_and_the_demo(capsys):
     assert help_text.split(" | ") == list(EVALUATORS)
     import mmpo.eval as package
 
-    assert not hasattr(runner, "RUNNERS")  # the old second list is gone
-    assert package.runner.run_pope is EVALUATORS["pope"].run and package.pope_build.build_files  # the demo's use
+    assert package.pope_runner.run_pope is EVALUATORS["pope"].run and package.pope_build.build_files  # the demo's use

@@ -12,7 +12,7 @@ from helpers import SAMPLES
 
 from mmpo.app.cli import main
 from mmpo.eval import amber, chair, chair_words, eventhallusion, files, pope_build, predictions, report
-from mmpo.eval.cli import amber_summary
+from mmpo.eval.commands import amber_summary
 
 AMBER_Q = str(SAMPLES / "amber_query_discriminative_sample.json")
 AMBER_A = str(SAMPLES / "amber_annotations_sample.json")

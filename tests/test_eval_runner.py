@@ -1,5 +1,6 @@
-"""mmpo/eval/runner.py on tiny models: logits vs generate agreement, prefix reuse = plain path, resume, reports,
-VideoHallucer in the reference layout, the trainer hook, the CLI functions and the shipped eval configs."""
+"""mmpo/eval/pope_runner.py and videohallucer_runner.py on tiny models: logits vs generate agreement, prefix reuse =
+plain path, resume, reports, VideoHallucer in the reference layout, the trainer hook, the CLI and the shipped eval
+configs."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from helpers import COLORS, color_image, color_question, tiny_model, yes_no_mode
 from videos import make_frames, write_clip
 
 from mmpo.config import ConfigError, LoraConfig, ModelConfig, load
-from mmpo.eval import EVALUATORS, answering, pope, pope_metrics, predictions, runner, videohallucer_metrics
+from mmpo.eval import EVALUATORS, answering, pope, pope_metrics, predictions, videohallucer_metrics, videohallucer_runner
 from mmpo.eval import cli as eval_cli
-from mmpo.media import MediaError
+from mmpo.eval import pope_runner as runner
+from mmpo.media import MediaError, load_image
 from mmpo.models import add_lora, load_model, scoring
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
@@ -73,9 +75,9 @@ def test_logits_agree_with_clean_generations(world):
 @pytest.mark.parametrize("batch_size", [3, 20])  # 20: several images per packed forward
 def test_prefix_reuse_equals_plain_path(world, batch_size):
     cfg = _cfg(world, "unused")
-    items = runner._pope_items(cfg, runner.load_pope_questions(cfg), {})
+    items = predictions.by_media(runner.pope_items(cfg, runner.load_pope_questions(cfg)))
     kw = dict(mode="logits", batch_size=batch_size)
-    args = (world["model"], world["processor"], items, "image", runner.load_image)
+    args = (world["model"], world["processor"], items, "image", load_image)
     plain = answering.answer_items(*args, prefix_reuse=False, **kw)
     shared = answering.answer_items(*args, prefix_reuse=True, **kw)
     assert plain.keys() == shared.keys() and len(plain) == 32
@@ -91,7 +93,7 @@ def test_packed_questions_of_different_lengths_equal_plain_path(world):
              "is there a blue or a yellow square in the middle of the image ?"]
     items = [answering.Item((i, j), str(root / f"{c}.png"), texts[(i + j) % 4])
              for i, c in enumerate(COLORS) for j in range(i + 1)]  # 1, 2, 3, 4 questions per image
-    args = (world["model"], world["processor"], items, "image", runner.load_image)
+    args = (world["model"], world["processor"], items, "image", load_image)
     plain = answering.answer_items(*args, mode="logits", batch_size=10)
     shared = answering.answer_items(*args, mode="logits", batch_size=10, prefix_reuse=True)
     assert plain.keys() == shared.keys() and len(plain) == 10
@@ -181,10 +183,10 @@ def test_videohallucer_run_reference_layout(tmp_path):
               "type": "object"} for i in range(2)]
     (data / "object_relation.json").write_text(json.dumps(pairs, indent=4))
     model_dir = tiny_model("llava_next_video", tmp_path)
-    cfg = runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
+    cfg = videohallucer_runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
                                          data_dir=str(tmp_path / "vh"), categories=["object_relation"],
                                          out_dir=str(tmp_path / "out"), mode="logits", batch_size=2)
-    res = runner.run_videohallucer(cfg)
+    res = videohallucer_runner.run_videohallucer(cfg)
     assert res["object_relation"]["n_pairs"] == 2 and "bias" in res["object_relation"]
     assert res["overall"]["categories"] == ["object_relation"]
     rows = _rows(tmp_path / "out" / "predictions.jsonl")
@@ -197,7 +199,7 @@ def test_videohallucer_run_reference_layout(tmp_path):
     # the default categories on a folder holding one of them: the message says which to ask for
     with pytest.raises(FileNotFoundError, match=r"temporal.json: no such file; `categories` lists .* holds "
                                                 r"\['object_relation'\]: e.g. categories=\[object_relation\]"):
-        runner.run_videohallucer(dataclasses.replace(cfg, categories=["object_relation", "temporal"],
+        videohallucer_runner.run_videohallucer(dataclasses.replace(cfg, categories=["object_relation", "temporal"],
                                                      out_dir=str(tmp_path / "out2")))
 
 
@@ -208,7 +210,7 @@ def test_cli_scoring_and_build(tmp_path, capsys):
     answers = ["Yes, there is.", "No.", "no", "yes"]  # official parser: yes, no, no, yes -> TP 1, TN 1, FN 1, FP 1
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"question_id": i, "answer": a}) + "\n"
                                               for i, a in enumerate(answers, 1)))
-    assert eval_cli.cli_pope(["--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.jsonl"),
+    assert eval_cli.main("pope", ["--questions", str(tmp_path / "q.json"), "--answers", str(tmp_path / "a.jsonl"),
                             "--out", str(tmp_path / "m.json")]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert (m["tp"], m["tn"], m["fp"], m["fn"], m["accuracy"]) == (1, 1, 1, 1, 0.5)
@@ -219,7 +221,7 @@ def test_cli_scoring_and_build(tmp_path, capsys):
     (tmp_path / "temporal.json").write_text(json.dumps([{k: {kk: vv for kk, vv in v.items() if kk != "predict"}
                                                          for k, v in pairs[0].items()}]))
     (tmp_path / "res_temporal.json").write_text(json.dumps(pairs))
-    assert eval_cli.cli_videohallucer(["--data", str(tmp_path / "temporal.json"), "--answers",
+    assert eval_cli.main("videohallucer", ["--data", str(tmp_path / "temporal.json"), "--answers",
                                      str(tmp_path / "res_temporal.json"), "--out", str(tmp_path / "vh.json")]) == 0
     vh = json.loads((tmp_path / "vh.json").read_text())
     assert (vh["basic_accuracy"], vh["hallucinated_accuracy"], vh["pair_accuracy"]) == (1.0, 0.0, 0.0)
@@ -229,12 +231,12 @@ def test_cli_scoring_and_build(tmp_path, capsys):
             "annotations": [{"id": 10 * i + j, "image_id": i, "category_id": (i + j) % 6}
                             for i in range(6) for j in range(3)]}
     (tmp_path / "coco.json").write_text(json.dumps(coco))
-    assert eval_cli.cli_pope_build(["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
+    assert eval_cli.main("pope-build", ["--annotations", str(tmp_path / "coco.json"), "--out", str(tmp_path / "pope"),
                                   "--num-images", "4", "--seed", "1"]) == 0
     for split in pope.SPLITS:
         assert len(pope.read_questions(tmp_path / "pope" / f"coco_pope_{split}.json")) == 4 * 6
     with pytest.raises(SystemExit):
-        eval_cli.cli_pope(["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
+        eval_cli.main("pope", ["--questions", str(tmp_path / "q.json")])  # neither --answers nor --config
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -248,7 +250,7 @@ def test_shipped_configs_load(path):
 def test_config_rejects_unknown_mode():
     with pytest.raises(ConfigError, match="mode"):
         load(runner.PopeEvalConfig, None, ["mode=beam"])
-    for cls in (runner.PopeEvalConfig, runner.VideoHallucerEvalConfig):
+    for cls in (runner.PopeEvalConfig, videohallucer_runner.VideoHallucerEvalConfig):
         with pytest.raises(ConfigError, match="on_bad_media"):
             load(cls, None, ["on_bad_media=ignore"])
 
@@ -292,7 +294,7 @@ def test_pope_skips_unreadable_images_and_names_them(world, tmp_path, prefix_reu
     # the answers kept are those of the same questions asked without the unreadable images
     good = [answering.Item(("random", str(q)), str(img / f"{BAD_IMAGES[(q - 1) // 2]}.png"),
                            color_question(COLORS[(q - 1) % 2])) for q in (1, 2, 5, 6)]
-    want = answering.answer_items(world["model"], world["processor"], good, "image", runner.load_image,
+    want = answering.answer_items(world["model"], world["processor"], good, "image", load_image,
                                   mode="logits", batch_size=3)
     for r in rows:
         assert r["margin"] == pytest.approx(want[("random", str(r["question_id"]))][1], abs=1e-4)
@@ -349,11 +351,11 @@ def test_videohallucer_skips_pairs_with_unreadable_videos(tmp_path):
     model_dir = tiny_model("llava_next_video", tmp_path)
 
     def cfg(out, **kw):
-        return runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
+        return videohallucer_runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(model_dir), device="cpu", num_frames=4),
                                               data_dir=str(tmp_path / "vh"), categories=["object_relation"],
                                               out_dir=str(tmp_path / out), mode="logits", batch_size=2, **kw)
 
-    res = runner.run_videohallucer(cfg("skip", on_bad_media="skip"))["object_relation"]
+    res = videohallucer_runner.run_videohallucer(cfg("skip", on_bad_media="skip"))["object_relation"]
     broken = str(data / "videos" / "broken.mp4")
     assert res["n_pairs"] == 2 and res["bias"]["n_pairs"] == 2
     assert res["skipped_media"]["n_pairs"] == 1 and list(res["skipped_media"]["files"]) == [broken]
@@ -364,7 +366,7 @@ def test_videohallucer_skips_pairs_with_unreadable_videos(tmp_path):
     assert [p["hallucination"]["video"] for p in kept] == ["clip0.mp4", "clip0.mp4"]  # pairs 0 and 2
     assert "object_relation: skipped 1 pairs on 1 unreadable videos" in (tmp_path / "skip" / "report.md").read_text()
     with pytest.raises(MediaError, match=r"broken\.mp4: unreadable or truncated video"):
-        runner.run_videohallucer(cfg("err"))
+        videohallucer_runner.run_videohallucer(cfg("err"))
     # issue 24 item 7: the run's own results file rescores to its numbers with --unanswered skip
     results = tmp_path / "skip" / "results" / "object_relation.json"
     with pytest.raises(ValueError, match=r"2 pairs, but .* has 3; .*add --unanswered skip"):
@@ -399,7 +401,7 @@ def test_pope_console_line_agrees_with_the_report(world, tmp_path, capsys):
 
     cfg = _cfg(world, "console", mode="logits", limit=4)
     (tmp_path / "pope.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
-    assert eval_cli.cli_pope(["--config", str(tmp_path / "pope.yaml")]) == 0
+    assert eval_cli.main("pope", ["--config", str(tmp_path / "pope.yaml")]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     m = json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
     shown = {k: f"{100 * m[k]:.2f}" for k in ("f1", "accuracy", "yes_ratio")}

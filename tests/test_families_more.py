@@ -220,7 +220,8 @@ def _run(name, path, data, out, **kw):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "idefics3"])
 def test_chair_captions_are_the_models_greedy_answers(paths, bench_data, family, tmp_path):
-    from mmpo.eval import chair, runner
+    from mmpo.eval import chair
+    from mmpo.media import load_image
     from mmpo.models import generate_answers
 
     cfg, m = _run("chair", paths[family], bench_data["chair"], tmp_path / "chair", max_new_tokens=6, batch_size=3)
@@ -228,7 +229,7 @@ def test_chair_captions_are_the_models_greedy_answers(paths, bench_data, family,
     rows = [json.loads(x) for x in (tmp_path / "chair" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and "chair_i" in m
     for r in rows:
-        image = runner.load_image(f"{cfg.image_root}/COCO_val2014_{int(r['image_id']):012d}.jpg")
+        image = load_image(f"{cfg.image_root}/COCO_val2014_{int(r['image_id']):012d}.jpg")
         assert [r["answer"]] == generate_answers(model, proc, [chair.PROMPT], [image], "image", max_new_tokens=6)[0]
 
 
@@ -260,7 +261,7 @@ def test_eventhallusion_on_qwen2_5_vl_video(paths, bench_data, mode, tmp_path):
 def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
     from videos import make_frames, write_clip
 
-    from mmpo.eval import runner, videohallucer_metrics
+    from mmpo.eval import videohallucer_metrics, videohallucer_runner
 
     data = tmp_path / "vh" / "object_relation"
     (data / "videos").mkdir(parents=True)
@@ -272,12 +273,12 @@ def test_videohallucer_on_qwen2_5_vl_video(paths, mode, tmp_path):
     (data / "object_relation.json").write_text(json.dumps(pairs, indent=4))
     results = {}
     for bs in (1, 4):
-        cfg = runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(paths["qwen2_5_vl"]), device="cpu",
+        cfg = videohallucer_runner.VideoHallucerEvalConfig(model=ModelConfig(path=str(paths["qwen2_5_vl"]), device="cpu",
                                                                num_frames=4),
                                              data_dir=str(tmp_path / "vh"), categories=["object_relation"],
                                              out_dir=str(tmp_path / f"out{bs}"), mode=mode, batch_size=bs,
                                              max_new_tokens=4)
-        results[bs] = runner.run_videohallucer(cfg)
+        results[bs] = videohallucer_runner.run_videohallucer(cfg)
         assert len(_predictions(tmp_path / f"out{bs}")) == 4
     assert _predictions(tmp_path / "out1") == _predictions(tmp_path / "out4")
     _same_margins(tmp_path / "out1", tmp_path / "out4")

@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_model
 
 from mmpo.config import TrainConfig, load
-from mmpo.formats import FORMATS, FormatError, convert, open_source
+from mmpo.formats import FORMATS, FormatError, convert, open_source, read_set
 from mmpo.formats.writers import WRITERS
 from mmpo.metrics import read_metrics
 from mmpo.records import RecordError, read_pairs, read_sft
@@ -245,7 +245,7 @@ def test_builders_read_llava_conversation_json_as_is(name, media_type, tmp_path)
     from mmpo.builders.augment import build as build_augment
 
     root = DATA / "llava-sft"
-    samples = read_sft(root / name, media_root=root)
+    samples = read_set(root / name, "sft", media_root=root)
     assert {s.media_type for s in samples} == {media_type}
     assert samples[0].prompt in ("What animal is in the picture?", "What moves in the video?")  # <image>\n stripped
     out = build_augment(load(AugmentConfig, None, [f"in_sft={root / name}", f"media_root={root}", "progress=false",
@@ -256,10 +256,17 @@ def test_builders_read_llava_conversation_json_as_is(name, media_type, tmp_path)
 
 
 def test_difficulty_builder_input_may_be_a_pair_set_in_another_layout(caplog):
-    pairs = read_pairs(DATA / "povid/povid_preference.json", media_root=DATA / "povid")
+    pairs = read_set(DATA / "povid/povid_preference.json", "pair", media_root=DATA / "povid")
     assert len(pairs) == 1 and pairs[0].media == ("data/coco/COCO_train2014_000000353952.jpg",)
-    assert read_pairs(DATA / "rlaif-v-dataset") == []  # images inside the rows: named, and `data convert` suggested
+    assert read_set(DATA / "rlaif-v-dataset", "pair") == []  # images inside the rows: named, and `data convert` suggested
     assert "row 0: embedded_media: media stored in the rows: run `mmpo data convert` first" in caplog.text
+
+
+def test_the_record_readers_name_the_reader_of_other_layouts():
+    """mmpo.records reads mmpo's own JSONL only (formats builds on records, not the reverse); another layout is
+    refused naming the file and what reads it."""
+    with pytest.raises(RecordError, match=r"povid_preference.json: not an mmpo record file .*mmpo.formats.read_set"):
+        read_pairs(DATA / "povid/povid_preference.json")
 
 
 def test_trl_rows_place_interleaved_images_as_typed_parts(tmp_path):

@@ -10,6 +10,7 @@ from helpers import COLORS, SAMPLES, color_image, color_question, tiny_model
 
 from mmpo.eval import chair, hallusionbench, pope, pope_metrics
 from mmpo.eval import cli as eval_cli
+from mmpo.eval.commands import write_chair_lmms
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def pope_run(tmp_path_factory):
     (root / "coco_pope_random.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (root / "pope.yaml").write_text(f"questions: [{root / 'coco_pope_random.json'}]\nimage_root: {root / 'img'}\n"
                                     "mode: generate\nmax_new_tokens: 3\nbatch_size: 4\n")
-    assert eval_cli.cli_pope(["--config", str(root / "pope.yaml"), f"model.path={tiny_model('llava', root)}",
+    assert eval_cli.main("pope", ["--config", str(root / "pope.yaml"), f"model.path={tiny_model('llava', root)}",
                               "model.device=cpu", f"out_dir={root / 'out'}"]) == 0
     return root
 
@@ -54,7 +55,7 @@ def test_a_samples_file_scores_as_the_same_answers_in_mmpos_layout(pope_run, par
     questions = str(pope_run / "coco_pope_random.json")
     own = pope_metrics.score_answers_file(questions, pope_run / "out" / "answers_random.jsonl", parser)
     out = tmp_path / "m.json"
-    assert eval_cli.cli_pope(["--questions", questions, "--answers", str(samples), "--parser", parser,
+    assert eval_cli.main("pope", ["--questions", questions, "--answers", str(samples), "--parser", parser,
                               "--out", str(out)]) == 0
     assert json.loads(out.read_text()) == json.loads(json.dumps(own))
 
@@ -70,7 +71,7 @@ def test_samples_as_other_lmms_eval_versions_write_them(pope_run, tmp_path):
     answers = tmp_path / "answers.jsonl"
     pope.write_answers(answers, [pope.PopePrediction(q.question_id, t) for q, t in zip(questions, texts)])
     for parser in pope.PARSERS:
-        assert (eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(samples), parser)
+        assert (pope_metrics.score_samples_file(str(pope_run / "coco_pope_random.json"), str(samples), parser)
                 == pope_metrics.score_answers_file(pope_run / "coco_pope_random.json", answers, parser))
 
 
@@ -79,7 +80,7 @@ def test_a_sample_without_a_question_id_is_an_error_naming_the_line(pope_run, tm
     samples.write_text(json.dumps({"doc_id": 0, "filtered_resps": ["yes"], "pope_accuracy": {"question_id": 1}})
                        + "\n" + json.dumps({"doc_id": 1, "filtered_resps": ["no"]}) + "\n")
     with pytest.raises(ValueError, match=rf"{samples}:2: no question_id"):
-        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(samples), "official")
+        pope_metrics.score_samples_file(str(pope_run / "coco_pope_random.json"), str(samples), "official")
 
 
 # ---- VLMEvalKit prediction tables (vlmeval/inference.py: the dataset's TSV rows, `image` dropped, + prediction) ----
@@ -105,7 +106,7 @@ def test_a_vlmevalkit_pope_table_scores_as_the_same_answers_in_the_other_layouts
     own = pope_metrics.score_answers_file(q_file, pope_run / "out" / "answers_random.jsonl", parser)
     for answers_file in (table, samples):
         out = tmp_path / "m.json"
-        assert eval_cli.cli_pope(["--questions", q_file, "--answers", str(answers_file), "--parser", parser,
+        assert eval_cli.main("pope", ["--questions", q_file, "--answers", str(answers_file), "--parser", parser,
                                   "--out", str(out)]) == 0
         assert json.loads(out.read_text()) == json.loads(json.dumps(own)), answers_file
 
@@ -117,14 +118,14 @@ def test_a_vlmevalkit_table_without_image_names_that_cannot_tell_questions_apart
     table = _tsv(tmp_path / "m_POPE.tsv", ["index", "question", "answer", "category", "prediction"],
                  [[0, "x", "No", "random", "no"], [1, questions[0].text, "Yes", "random", "yes"]])
     with pytest.raises(ValueError, match=rf"{table}:3: matches {len(same)} questions"):
-        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(table), "official")
+        pope_metrics.score_samples_file(str(pope_run / "coco_pope_random.json"), str(table), "official")
 
 
 def test_an_xlsx_table_names_the_file_and_asks_for_tsv(pope_run, tmp_path):
     table = tmp_path / "m_POPE.xlsx"
     table.write_bytes(b"PK")
     with pytest.raises(ValueError, match=rf"{table}: .xlsx tables need openpyxl"):
-        eval_cli._score_pope_samples(str(pope_run / "coco_pope_random.json"), str(table), "official")
+        pope_metrics.score_samples_file(str(pope_run / "coco_pope_random.json"), str(table), "official")
 
 
 HB_SAMPLE = SAMPLES / "hallusionbench_sample.json"
@@ -157,7 +158,7 @@ def test_hallusionbench_from_lmms_eval_samples_and_a_vlmevalkit_table_scores_as_
     assert expected["n_not_asked_no_image"] == len(items) - len(asked) > 0
     for answers_file in (samples, table):
         out = tmp_path / "m.json"
-        assert eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(answers_file),
+        assert eval_cli.main("hallusionbench", ["--questions", str(HB_SAMPLE), "--answers", str(answers_file),
                                             "--parser", parser, "--out", str(out)]) == 0
         assert json.loads(out.read_text()) == json.loads(json.dumps(expected)), answers_file
 
@@ -166,7 +167,7 @@ def test_a_hallusionbench_sample_without_its_ids_is_an_error_naming_the_line(tmp
     samples = tmp_path / "s.jsonl"
     samples.write_text(json.dumps({"doc_id": 0, "filtered_resps": ["yes"], "aAcc": {"category": "VD"}}) + "\n")
     with pytest.raises(ValueError, match=rf"{samples}:1: no HallusionBench ids"):
-        eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(samples)])
+        eval_cli.main("hallusionbench", ["--questions", str(HB_SAMPLE), "--answers", str(samples)])
 
 
 def test_a_hallusionbench_run_writes_lmms_eval_samples_that_score_as_its_answers(tmp_path):
@@ -180,7 +181,7 @@ def test_a_hallusionbench_run_writes_lmms_eval_samples_that_score_as_its_answers
     (tmp_path / "hb.yaml").write_text(f"questions: {HB_SAMPLE}\nimage_root: {tmp_path}\nmax_new_tokens: 3\n"
                                       "batch_size: 8\nparser: vlmevalkit\n")
     out = tmp_path / "out"
-    assert eval_cli.cli_hallusionbench(["--config", str(tmp_path / "hb.yaml"), "model.device=cpu",
+    assert eval_cli.main("hallusionbench", ["--config", str(tmp_path / "hb.yaml"), "model.device=cpu",
                                         f"model.path={tiny_model('llava', tmp_path)}", f"out_dir={out}"]) == 0
     (results,) = (out / "lmms_eval").glob("*/*_results.json")
     (samples,) = (out / "lmms_eval").glob("*/*_samples_hallusion_bench_image.jsonl")
@@ -193,7 +194,7 @@ def test_a_hallusionbench_run_writes_lmms_eval_samples_that_score_as_its_answers
     assert {k: written[f"{k},none"] for k in ("aAcc", "qAcc", "fAcc")} == {k: lmms[k] for k in ("aAcc", "qAcc", "fAcc")}
     for parser in hallusionbench.PARSERS:
         m = tmp_path / f"{parser}.json"
-        assert eval_cli.cli_hallusionbench(["--questions", str(HB_SAMPLE), "--answers", str(samples), "--parser",
+        assert eval_cli.main("hallusionbench", ["--questions", str(HB_SAMPLE), "--answers", str(samples), "--parser",
                                             parser, "--out", str(m)]) == 0
         own = hallusionbench.score_answers_file(HB_SAMPLE, out / "answers.json", parser)
         assert json.loads(m.read_text()) == json.loads(json.dumps(own))
@@ -213,14 +214,14 @@ def test_chair_from_lmms_eval_samples_scores_as_the_same_captions_in_mmpos_layou
     args = ["--annotations", str(SAMPLES / "chair_coco_instances_sample.json"), "--captions",
             str(SAMPLES / "chair_coco_captions_sample.json"), "--lemmatizer", "table"]
     for answers in (own, samples):
-        assert eval_cli.cli_chair([*args, "--answers", str(answers), "--out", str(tmp_path / f"{answers.stem}.json")]) == 0
+        assert eval_cli.main("chair", [*args, "--answers", str(answers), "--out", str(tmp_path / f"{answers.stem}.json")]) == 0
     m = json.loads((tmp_path / f"{samples.stem}.json").read_text())
     assert m == json.loads((tmp_path / "captions.json").read_text())
     assert (m["n_mentions"], m["n_hallucinated"]) == (7, 2)  # tests/test_chair_amber_eventhallusion.py's worked count
 
 
 def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads_back(tmp_path):
-    """`_write_chair_lmms` (what `mmpo eval chair --config` calls after the run) on a finished run's answers.jsonl:
+    """`write_chair_lmms` (what `mmpo eval chair --config` calls after the run) on a finished run's answers.jsonl:
     lmms-eval's chair_i / chair_s (in %) over the logged {answer, pred}, and the samples file scores as answers.jsonl."""
     from mmpo.config import ModelConfig
     from mmpo.eval.chair_runner import ChairEvalConfig
@@ -235,7 +236,7 @@ def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads
                           annotations=str(SAMPLES / "chair_coco_instances_sample.json"),
                           captions=str(SAMPLES / "chair_coco_captions_sample.json"))
     own = chair.score_answers_file(cfg.annotations, out / "answers.jsonl", cfg.captions, "table")
-    results = eval_cli._write_chair_lmms(cfg, own)
+    results = write_chair_lmms(cfg, own)
     assert results.parent.name == "org__captioner"
     written = json.loads(results.read_text())
     # 7 mentions, 2 hallucinated (the dogs of 139), 1 of 3 captions (tests/test_chair_amber_eventhallusion.py)
@@ -246,7 +247,7 @@ def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
     assert rows[0]["coco_cap_chair_i"]["pred"] == ["person", "motorcycle", "dog", "dog"]
     m = tmp_path / "m.json"
-    assert eval_cli.cli_chair(["--annotations", cfg.annotations, "--captions", cfg.captions, "--lemmatizer", "table",
+    assert eval_cli.main("chair", ["--annotations", cfg.annotations, "--captions", cfg.captions, "--lemmatizer", "table",
                                "--answers", str(samples), "--out", str(m)]) == 0
     assert json.loads(m.read_text()) == json.loads(json.dumps(own))
 
@@ -256,10 +257,10 @@ def test_bad_vlmevalkit_tables_name_the_file_and_line(pope_run, tmp_path):
     table = tmp_path / "m_POPE.tsv"
     table.write_text("index\tquestion\tcategory\tprediction\n0\tIs there a red square?\trandom\n")
     with pytest.raises(ValueError, match=rf"{table}:2: 3 cells, the header has 4"):
-        eval_cli._score_pope_samples(q_file, str(table), "official")
+        pope_metrics.score_samples_file(q_file, str(table), "official")
     table.write_text("index\tquestion\tprediction\n")
     with pytest.raises(ValueError, match=rf"{table}:1: column\(s\) \['category'\] missing"):
-        eval_cli._score_pope_samples(q_file, str(table), "official")
+        pope_metrics.score_samples_file(q_file, str(table), "official")
     table.write_bytes(b"index\tquestion\tcategory\tprediction\n0\tcaf\xe9\trandom\tyes\n")
     with pytest.raises(ValueError, match=rf"{table}: not UTF-8"):
-        eval_cli._score_pope_samples(q_file, str(table), "official")
+        pope_metrics.score_samples_file(q_file, str(table), "official")

@@ -246,7 +246,7 @@ def test_command_line_mistakes_are_the_command_lines(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"expected key=value \(e\.g\. lr=1e-5\)"):
         load(TrainConfig, None, ["lr"])
     load(TrainConfig, None, ["lr=1e-5"])
-    from mmpo.eval.runner import PopeEvalConfig
+    from mmpo.eval.pope_runner import PopeEvalConfig
 
     with pytest.raises(ConfigError, match=r"e\.g\. (\w+)=VALUE"):
         load(PopeEvalConfig, None, ["oops"])

@@ -152,11 +152,11 @@ REFERENCE = dict(tie_break="first_seen", legacy_typo=True)
                                           (["--legacy-typo"], dict(legacy_typo=True)),
                                           ([], {})])
 def test_cli_build_equals_api(tmp_path, flags, kwargs):
-    from mmpo.eval.cli import cli_pope_build
+    from mmpo.eval.cli import main
 
     ann = _coco(tmp_path)
     args = ["--annotations", str(ann), "--num-images", "5", "--seed", "3"]
-    assert cli_pope_build(args + ["--out", str(tmp_path / "cli"), *flags]) == 0
+    assert main("pope-build", args + ["--out", str(tmp_path / "cli"), *flags]) == 0
     api = build(load_ground_truth(ann), img_num=5, seed=3, **kwargs)
     for split, questions in api.items():
         assert read_questions(tmp_path / "cli" / f"coco_pope_{split}.json") == questions
@@ -165,4 +165,4 @@ def test_cli_build_equals_api(tmp_path, flags, kwargs):
         assert any("imange" in q.text for q in api["popular"])
         assert [q.text.replace("imange", "image") for q in api["popular"]] != [q.text for q in default["popular"]]
         with pytest.raises(SystemExit):
-            cli_pope_build(args + ["--out", str(tmp_path / "x"), "--reference", "--tie-break", "name"])
+            main("pope-build", args + ["--out", str(tmp_path / "x"), "--reference", "--tie-break", "name"])

@@ -143,7 +143,7 @@ def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monke
                    "label": "yes" if o == c else "no"} for j, o in enumerate((c, COLORS[(i + 1) % 4]))]
     (tmp / "q.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (tmp / "pope.yaml").write_text(f"questions: [{tmp / 'q.json'}]\nimage_root: {tmp / 'img'}\nmode: logits\n")
-    assert eval_cli.cli_pope(["--config", str(tmp / "pope.yaml"), f"model.path={tiny_model('llava', tmp)}",
+    assert eval_cli.main("pope", ["--config", str(tmp / "pope.yaml"), f"model.path={tiny_model('llava', tmp)}",
                               f"model.adapter={run / 'adapter'}", "model.device=cpu", f"out_dir={tmp / 'ev'}",
                               "report_to=[mlflow]"]) == 0
     metrics = json.loads((tmp / "ev" / "metrics.json").read_text())

@@ -39,7 +39,7 @@ def check_train_command(cfg):
     if not cfg.eval_config or not Path(cfg.eval_config).is_file():
         return None  # a missing file is check_input_files's to name
     from mmpo.distributed import will_shard
-    from mmpo.eval.runner import PopeEvalConfig
+    from mmpo.eval.pope_runner import PopeEvalConfig
 
     eval_cfg = load(PopeEvalConfig, cfg.eval_config)
     if will_shard(cfg.parallel) and eval_cfg.mode == "generate":
@@ -72,7 +72,7 @@ def cmd_train(args) -> int:
     eval_cfg = check_train_command(cfg)
     hook = None
     if eval_cfg is not None:  # the periodic evaluation: POPE on `limit` questions per split, into metrics.jsonl
-        from mmpo.eval.runner import make_pope_hook
+        from mmpo.eval.pope_runner import make_pope_hook
 
         hook = make_pope_hook(eval_cfg)
     if cfg.stage in ("sft", "dpo"):
@@ -129,10 +129,11 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 def cmd_eval(args) -> int:
     """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer / CHAIR / AMBER / EventHallusion."""
     from mmpo.eval import EVALUATORS
+    from mmpo.eval.cli import main
 
     if args.benchmark not in EVALUATORS:
         raise ValueError(f"unknown benchmark {args.benchmark!r}; choose from {sorted(EVALUATORS)}")
-    return EVALUATORS[args.benchmark].command(args.rest)
+    return main(args.benchmark, args.rest)
 
 
 def _demo_parser(p: argparse.ArgumentParser) -> None:
@@ -275,11 +276,11 @@ def cmd_data(args) -> int:
         return 0
     if args.action == "export":
         from mmpo.formats.writers import WRITERS
-        from mmpo.records import default_media_root, read_pairs
+        from mmpo.records import default_media_root
 
         if args.to not in WRITERS:
             raise ValueError(f"data export: --to one of {sorted(WRITERS)}")
-        path = WRITERS[args.to](read_pairs(args.src), default_media_root(args.src, args.media_root), args.out)
+        path = WRITERS[args.to](formats.read_set(args.src, "pair"), default_media_root(args.src, args.media_root), args.out)
         print(f"wrote {path}")
         return 0
     out = formats.convert(args.src, args.out, args.fmt, args.on_bad_record, media_root=args.media_root or None)

@@ -25,9 +25,10 @@ from PIL import Image
 
 from mmpo.builders import shards
 from mmpo.builders.common import BadInput, ResumableWriter, finish, prepared_items, progress
+from mmpo.formats import read_set
 from mmpo.formats.mapping import SOURCE_LINK
 from mmpo.media import IMAGE_OPS, VIDEO_OPS, MediaError, augment, load_media
-from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id, read_sft
+from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id
 
 # The confirmed PaMi ops first (frame shuffle, temporal reversal, crop), then our reconstruction.
 DEFAULT_VIDEO_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "segment_swap",
@@ -252,7 +253,7 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
     set_root, prefix = set_media_root(cfg, root)
-    records = read_sft(cfg.in_sft)
+    records = read_set(cfg.in_sft, "sft")
     ids = [r.id for r in records]
     if cfg.merge:
         return finish(shards.merge(cfg, ids, cfg.in_sft, BLOCK), cfg, ids, set_root, builder="augment")

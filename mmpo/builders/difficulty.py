@@ -29,8 +29,9 @@ import numpy as np
 from mmpo.builders import shards
 from mmpo.builders.common import ResumableWriter, finish, fsync_text, progress
 from mmpo.config import ModelConfig
+from mmpo.formats import read_set
 from mmpo.media import MediaError, load_media
-from mmpo.records import PairRecord, default_media_root, read_pairs
+from mmpo.records import PairRecord, default_media_root
 
 RAW_FILE = "raw_scores.jsonl"
 SCORERS = ("clip", "gen")
@@ -260,7 +261,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     if cfg.batch_size < 1:
         raise ValueError("difficulty: batch_size must be >= 1")
     root = default_media_root(cfg.in_pairs, cfg.media_root)
-    records = read_pairs(cfg.in_pairs)
+    records = read_set(cfg.in_pairs, "pair")
     ids = [r.id for r in records]
     if cfg.merge:
         writer = shards.merge(cfg, ids, cfg.in_pairs, cfg.batch_size, RAW_FILE, merge_only=VOTE_KEYS)

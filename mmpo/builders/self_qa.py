@@ -36,8 +36,9 @@ from mmpo.builders import shards
 from mmpo.builders.common import BadInput, ResumableWriter, finish, progress
 from mmpo.builders.judging import JUDGES, Judge, rubric_judge, yes_no_judge
 from mmpo.config import ModelConfig
+from mmpo.formats import read_set
 from mmpo.media import MediaError, load_media
-from mmpo.records import PairRecord, SFTRecord, default_media_root, pair_id, read_sft
+from mmpo.records import PairRecord, SFTRecord, default_media_root, pair_id
 
 PRESETS = ("videosavi_v1", "critique_refine")
 # kind -> (instruction that asks the model for a question, fallback question if it writes nothing)
@@ -330,7 +331,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
     """
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
-    records = read_sft(cfg.in_sft)
+    records = read_set(cfg.in_sft, "sft")
     ids = [r.id for r in records]
     size = items_per_block(cfg)
     if cfg.merge:

@@ -29,7 +29,7 @@ from mmpo.builders import difficulty
 from mmpo.config import ModelConfig, TrainConfig, from_dict
 from mmpo.demo import report
 from mmpo.demo.world import CAPTION_Q, WorldConfig, build_world
-from mmpo.eval import chair_runner, pope_build, runner
+from mmpo.eval import chair_runner, pope_build, pope_runner, videohallucer_runner
 
 ASSETS = Path(__file__).parent / "assets"
 RUN_FOLDERS = ("world", "models", "runs", "eval", "pairs", "video")  # what `run` writes under `out`, besides the report
@@ -142,10 +142,10 @@ def _eligible(ann: dict, k: int) -> int:
 
 def evaluate_pope(model_path: Path, adapter: str, questions: list[str], world_dir: Path, out_dir: Path) -> dict:
     """POPE (logits mode, prefix reuse) -> {split: {f1, accuracy, precision, recall, yes_ratio}}."""
-    cfg = runner.PopeEvalConfig(model=ModelConfig(path=str(model_path), adapter=adapter), questions=questions,
+    cfg = pope_runner.PopeEvalConfig(model=ModelConfig(path=str(model_path), adapter=adapter), questions=questions,
                                 image_root=str(world_dir), out_dir=str(out_dir), mode="logits", batch_size=32,
                                 prefix_reuse=True)
-    metrics = runner.run_pope(cfg)
+    metrics = pope_runner.run_pope(cfg)
     return {s: metrics["splits"][s] for s in metrics["splits"]} if "splits" in metrics else metrics
 
 
@@ -225,11 +225,11 @@ def video_stage(out: Path, settings: DemoSettings, world_dir: Path, from_scratch
     from mmpo.demo import video_models as vm
 
     def evaluate(adapter: str, tag: str) -> dict:
-        cfg = runner.VideoHallucerEvalConfig(
+        cfg = videohallucer_runner.VideoHallucerEvalConfig(
             model=ModelConfig(path=str(model_dir), adapter=adapter, num_frames=vm.NUM_FRAMES),
             data_dir=str(vh_dir), video_root=str(vh_dir.parent / "videos"), categories=list(VIDEO_CATS),
             out_dir=str(out / "eval" / tag), mode="logits", batch_size=16)
-        res = runner.run_videohallucer(cfg)
+        res = videohallucer_runner.run_videohallucer(cfg)
         prior = vm.prior_breakdown(out / "eval" / tag, vh_dir)
         return {c: res[c] for c in VIDEO_CATS} | {"overall": res["overall"], "temporal_by_prior": prior}
 

@@ -5,7 +5,7 @@ The repository (junyangwang0410/AMBER @534babf) ships no inference script: its R
 two strings exactly (`mmpo/eval/amber.py`). So:
 - generate mode sends the query as written (plus `prompt_suffix`, "" by default; VLMEvalKit's AMBER adds
   "\\nPlease answer yes or no.") and keeps the raw answer: "yes" or "Yes." counts as neither, as in the reference;
-- logits mode answers "Yes" when logit(yes) > logit(no) at the first answer token, else "No" (`LOGITS_ANSWERS`).
+- logits mode answers "Yes" when logit(yes) > logit(no) at the first answer token, else "No" (`runs.yes_no_answer`).
 Resumable as the other runners are (`mmpo/eval/predictions.py`); outputs under `out_dir`: predictions.jsonl, run.json,
 answers.json (the reference layout: `mmpo eval amber --answers` and `inference.py --inference_data` read it),
 metrics.json, report.md, amber_dimensions.png and amber_answers.png. With `on_bad_media: skip` the questions on
@@ -20,26 +20,11 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import amber, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import (
-    BAD_MEDIA,
-    answer_missing,
-    by_media,
-    check_choice,
-    check_run,
-    model_settings,
-    skipped_summary,
-    stored_answers,
-)
-from mmpo.media import load_image
-from mmpo.records import resolve_media
+from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.runs import answer_questions, answered, finish, media_path, yes_no_answer
 
-KEY = ("id",)  # the field of a predictions.jsonl row's key
-LOGITS_ANSWERS = ("Yes", "No")  # logits mode: the only two responses inference.py counts
-
-
-def logits_answer(margin: float) -> str:
-    """The response a margin stands for: "Yes" if logit(yes) > logit(no), else "No"."""
-    return LOGITS_ANSWERS[0] if margin > 0 else LOGITS_ANSWERS[1]
+KEY = ("id",)  # the field of a predictions.jsonl row's key; logits mode answers "Yes" / "No", the only two
+# responses inference.py counts (`runs.yes_no_answer`)
 
 
 @dataclass
@@ -63,48 +48,27 @@ class AmberEvalConfig:
         check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
 
 
-def load_questions(cfg: AmberEvalConfig) -> dict[str, tuple[amber.AmberQuestion, str]]:
-    """{question id: (question, image path)} with `cfg.limit` applied; image names may not leave image_root."""
+def load_questions(cfg: AmberEvalConfig) -> dict[tuple, tuple[amber.AmberQuestion, str]]:
+    """{(question id,): (question, image path)} with `cfg.limit` applied; image names may not leave image_root."""
     questions = amber.read_questions(cfg.questions, cfg.annotations)
     questions = questions[:cfg.limit] if cfg.limit else questions
-    out = {}
-    for q in questions:
-        try:
-            out[str(q.id)] = (q, str(resolve_media(cfg.image_root, q.image)))
-        except ValueError as e:
-            raise ValueError(f"{cfg.questions}: id {q.id}: field 'image': {e}") from None
-    return out
+    return {(str(q.id),): (q, media_path(cfg.image_root, q.image, f"{cfg.questions}: id {q.id}: field 'image'"))
+            for q in questions}
 
 
 def run_amber(cfg: AmberEvalConfig, model=None, processor=None) -> dict:
     """Answer every discriminative question and score it as `inference.py` does; resumable (module docstring).
 
-    Args:
-        cfg: the evaluation config.
-        model: optional already-loaded model (else `load_model(cfg.model)`).
-        processor: its processor.
-
-    Returns:
-        the metrics written to metrics.json (`amber.score`'s result, plus mode, prompt suffix and skipped media).
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: `amber.score`'s
+    result, plus mode, prompt suffix and skipped media.
     """
-    out = Path(cfg.out_dir)
     questions = load_questions(cfg)
-    check_run(out, {"mode": cfg.mode, "prompt_suffix": cfg.prompt_suffix, **model_settings(cfg.model),
-                    "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
-    pred_path = out / "predictions.jsonl"
-    done = stored_answers(pred_path, KEY)
-    items = by_media([Item((i,), path, q.query + cfg.prompt_suffix)
-                      for i, (q, path) in questions.items() if (i,) not in done])
-    answers, bad = answer_missing(cfg, pred_path, KEY, items, "image", load_image, model, processor, logits_answer)
-    done.update(answers)
-    answered = [q for i, (q, _) in questions.items() if (i,) in done]  # skip mode: a rerun retries the rest
-    if not answered:
-        raise ValueError(f"{cfg.questions}: no question has a readable image (e.g. {sorted(bad)[:2]})")
-    responses = [amber.AmberAnswer(q.id, *done[(str(q.id),)]) for q in answered]
-    amber.write_answers(out / "answers.json", responses)
-    metrics = {**amber.score(answered, {a.id: a for a in responses}), "mode": cfg.mode,
+    items = [Item(k, path, q.query + cfg.prompt_suffix) for k, (q, path) in questions.items()]
+    done, bad = answer_questions(cfg, {"mode": cfg.mode, "prompt_suffix": cfg.prompt_suffix}, KEY, items, "image",
+                                 model, processor, yes_no_answer)
+    asked = answered(questions, done, bad, cfg.questions, "no question has a readable image")
+    responses = [amber.AmberAnswer(q.id, *done[(str(q.id),)]) for q in asked]
+    amber.write_answers(Path(cfg.out_dir) / "answers.json", responses)
+    metrics = {**amber.score(asked, {a.id: a for a in responses}), "mode": cfg.mode,
                "prompt_suffix": cfg.prompt_suffix, "query_file": Path(cfg.questions).name}
-    if cfg.on_bad_media == "skip":
-        metrics["skipped_media"] = skipped_summary(bad, len(questions) - len(answered), "questions")
-    report.write_amber_report(out, metrics)
-    return metrics
+    return finish(cfg, metrics, bad, len(questions) - len(asked), "questions", report.write_amber_report)

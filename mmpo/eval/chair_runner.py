@@ -18,18 +18,8 @@ from mmpo.config import ModelConfig
 from mmpo.eval import chair, report
 from mmpo.eval.answering import Item
 from mmpo.eval.chair_words import CocoWords, Lemmatizer
-from mmpo.eval.predictions import (
-    BAD_MEDIA,
-    answer_missing,
-    check_choice,
-    check_run,
-    model_settings,
-    skipped_summary,
-    stored_answers,
-    write_rows,
-)
-from mmpo.media import load_image
-from mmpo.records import resolve_media
+from mmpo.eval.predictions import BAD_MEDIA, check_choice, write_rows
+from mmpo.eval.runs import answer_questions, answered, finish, media_path
 
 KEY = ("image_id",)  # the field of a predictions.jsonl row's key
 
@@ -61,31 +51,21 @@ class ChairEvalConfig:
 
 
 def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer, vocabulary: CocoWords | None = None,
-                parsed=None) -> dict[str, tuple[chair.ChairImage, str]]:
-    """{image id: (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root.
+                parsed=None) -> dict[tuple, tuple[chair.ChairImage, str]]:
+    """{(image id,): (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root.
 
     `parsed`: `chair.load_annotations(cfg.annotations)` when already read (COCO's file is parsed once)."""
     images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer, vocabulary, parsed)
     images = images[:cfg.limit] if cfg.limit else images
-    out = {}
-    for im in images:
-        try:
-            out[str(im.image_id)] = (im, str(resolve_media(cfg.image_root, im.file_name)))
-        except ValueError as e:
-            raise ValueError(f"{cfg.annotations}: image {im.image_id}: {e}") from None
-    return out
+    return {(str(im.image_id),): (im, media_path(cfg.image_root, im.file_name, f"{cfg.annotations}: image {im.image_id}"))
+            for im in images}
 
 
 def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
     """Caption every image and score CHAIR_i, CHAIR_s and recall; resumable (see module docstring).
 
-    Args:
-        cfg: the evaluation config.
-        model: optional already-loaded model (else `load_model(cfg.model)`).
-        processor: its processor.
-
-    Returns:
-        the metrics written to metrics.json (`chair.score`'s result, plus mode, prompt and skipped media).
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json: `chair.score`'s
+    result, plus mode, prompt and skipped media.
     """
     out = Path(cfg.out_dir)
     lemmatizer = Lemmatizer(cfg.lemmatizer)
@@ -96,20 +76,12 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
     parsed = chair.load_annotations(cfg.annotations)  # before any captioning: a bad file fails fast
     vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed)
     images = load_images(cfg, lemmatizer, vocabulary, parsed)
-    check_run(out, {"prompt": cfg.prompt, **model_settings(cfg.model), "max_new_tokens": cfg.max_new_tokens})
-    pred_path = out / "predictions.jsonl"
-    done = stored_answers(pred_path, KEY)
-    items = [Item((i,), path, cfg.prompt) for i, (_, path) in images.items() if (i,) not in done]
-    answers, bad = answer_missing(cfg, pred_path, KEY, items, "image", load_image, model, processor)
-    done.update(answers)
-    answered = [im for i, (im, _) in images.items() if (i,) in done]  # skip mode: a rerun retries the rest
-    if not answered:
-        raise ValueError(f"{cfg.annotations}: no image could be read (e.g. {sorted(bad)[:2]})")
-    captions = {im.image_id: done[(str(im.image_id),)][0] for im in answered}
+    items = [Item(k, path, cfg.prompt) for k, (_, path) in images.items()]
+    done, bad = answer_questions(cfg, {"prompt": cfg.prompt}, KEY, items, "image", model, processor,
+                                 group_by_media=False)
+    captioned = answered(images, done, bad, cfg.annotations, "no image could be read")
+    captions = {im.image_id: done[(str(im.image_id),)][0] for im in captioned}
     write_rows(out / "answers.jsonl", [{"image_id": i, "caption": c} for i, c in captions.items()])
-    metrics = {**chair.score(answered, captions, lemmatizer, vocabulary), "mode": cfg.mode, "prompt": cfg.prompt,
+    metrics = {**chair.score(captioned, captions, lemmatizer, vocabulary), "mode": cfg.mode, "prompt": cfg.prompt,
                "ground_truth_file": Path(cfg.annotations).name}
-    if cfg.on_bad_media == "skip":
-        metrics["skipped_media"] = skipped_summary(bad, len(images) - len(answered), "images")
-    report.write_chair_report(out, metrics)
-    return metrics
+    return finish(cfg, metrics, bad, len(images) - len(captioned), "images", report.write_chair_report)

@@ -20,26 +20,10 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import hallusionbench, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import (
-    BAD_MEDIA,
-    answer_missing,
-    by_media,
-    check_choice,
-    check_run,
-    model_settings,
-    skipped_summary,
-    stored_answers,
-)
-from mmpo.media import load_image
-from mmpo.records import resolve_media
+from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.runs import answer_questions, answered, finish, media_path, yes_no_answer
 
 KEY = ("category", "subcategory", "set_id", "figure_id", "question_id")  # HBQuestion.key's fields
-LOGITS_ANSWERS = ("Yes", "No")  # logits mode: answers both keyword rules read as yes / no
-
-
-def logits_answer(margin: float) -> str:
-    """The answer a margin stands for: "Yes" if logit(yes) > logit(no), else "No"."""
-    return LOGITS_ANSWERS[0] if margin > 0 else LOGITS_ANSWERS[1]
 
 
 @dataclass
@@ -69,48 +53,27 @@ def load_questions(cfg: HallusionBenchEvalConfig) -> tuple[dict[tuple, tuple], i
     questions = hallusionbench.read_questions(cfg.questions)
     with_image = [q for q in questions if q.filename is not None]
     with_image = with_image[:cfg.limit] if cfg.limit else with_image
-    out = {}
-    for q in with_image:
-        try:
-            out[q.key] = (q, str(resolve_media(cfg.image_root, q.filename)))
-        except ValueError as e:
-            raise ValueError(f"{cfg.questions}: question {q.key_text}: field 'filename': {e}") from None
+    out = {q.key: (q, media_path(cfg.image_root, q.filename, f"{cfg.questions}: question {q.key_text}: field 'filename'"))
+           for q in with_image}
     return out, len(questions) - sum(q.filename is not None for q in questions)
 
 
 def run_hallusionbench(cfg: HallusionBenchEvalConfig, model=None, processor=None) -> dict:
     """Answer every image question and score aAcc / qAcc / fAcc by the keyword rules; resumable.
 
-    Args:
-        cfg: the evaluation config.
-        model: optional already-loaded model (else `load_model(cfg.model)`).
-        processor: its processor.
-
-    Returns:
-        the metrics written to metrics.json (`hallusionbench.score`'s result, plus mode, prompt suffix, what was
-        not asked and skipped media).
+    Arguments as every runner's (`mmpo/eval/runs.py`); returns the metrics written to metrics.json:
+    `hallusionbench.score`'s result, plus mode, prompt suffix, what was not asked and skipped media.
     """
-    out = Path(cfg.out_dir)
     questions, no_image = load_questions(cfg)
     if not questions:
         raise ValueError(f"{cfg.questions}: no question has an image (filename); nothing to ask")
-    check_run(out, {"mode": cfg.mode, "prompt_suffix": cfg.prompt_suffix, **model_settings(cfg.model),
-                    "max_new_tokens": cfg.max_new_tokens if cfg.mode == "generate" else None})
-    pred_path = out / "predictions.jsonl"
-    done = stored_answers(pred_path, KEY)
-    items = by_media([Item(k, path, q.question + cfg.prompt_suffix) for k, (q, path) in questions.items()
-                      if k not in done])
-    answers, bad = answer_missing(cfg, pred_path, KEY, items, "image", load_image, model, processor, logits_answer)
-    done.update(answers)
-    answered = [q for k, (q, _) in questions.items() if k in done]  # skip mode: a rerun retries the rest
-    if not answered:
-        raise ValueError(f"{cfg.questions}: no question has a readable image (e.g. {sorted(bad)[:2]})")
-    predictions = {q.key: done[q.key][0] for q in answered}
-    hallusionbench.write_predictions(out / "answers.json", cfg.questions, predictions)
-    metrics = {**hallusionbench.score(answered, predictions, cfg.parser), "mode": cfg.mode,
+    items = [Item(k, path, q.question + cfg.prompt_suffix) for k, (q, path) in questions.items()]
+    done, bad = answer_questions(cfg, {"mode": cfg.mode, "prompt_suffix": cfg.prompt_suffix}, KEY, items, "image",
+                                 model, processor, yes_no_answer)
+    asked = answered(questions, done, bad, cfg.questions, "no question has a readable image")
+    predictions = {q.key: done[q.key][0] for q in asked}
+    hallusionbench.write_predictions(Path(cfg.out_dir) / "answers.json", cfg.questions, predictions)
+    metrics = {**hallusionbench.score(asked, predictions, cfg.parser), "mode": cfg.mode,
                "prompt_suffix": cfg.prompt_suffix, "n_not_asked_no_image": no_image,
                "question_file": Path(cfg.questions).name}
-    if cfg.on_bad_media == "skip":
-        metrics["skipped_media"] = skipped_summary(bad, len(questions) - len(answered), "questions")
-    report.write_hallusionbench_report(out, metrics)
-    return metrics
+    return finish(cfg, metrics, bad, len(questions) - len(asked), "questions", report.write_hallusionbench_report)

@@ -7,7 +7,7 @@ Matches the reference scorers described in docs/BENCHMARKS.md §1:
 - parsers: the official `evaluate.py`, lmms-eval `tasks/pope/utils.py`, VLMEvalKit `YOrN_Extraction`;
 - metrics (`evaluate.py`: positive class = yes, yes_ratio over *predictions*): `mmpo/eval/pope_metrics.py`.
 
-Pure Python on purpose (no torch): the runner (`mmpo/eval/runner.py`) produces `PopePrediction`s and calls
+Pure Python on purpose (no torch): the runner (`mmpo/eval/pope_runner.py`) produces `PopePrediction`s and calls
 `pope_metrics.score_predictions`; `mmpo eval pope --questions Q --answers A` calls `score_answers_file`.
 """
 

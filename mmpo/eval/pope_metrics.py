@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mmpo.eval import interop
 from mmpo.eval.pope import PopePrediction, PopeQuestion, read_answers, read_questions
 from mmpo.eval.pope_parsers import PARSERS, UNKNOWN_AS_NO
 
@@ -128,6 +129,15 @@ def score_answers_file(questions_path: str | Path, answers_path: str | Path, par
     answered = {str(p.question_id) for p in preds}
     questions = [q for q in questions if str(q.question_id) in answered]
     return {**_score_questions(questions, preds, parser, prompt_suffix, questions_path), "n_unanswered": left_out}
+
+
+def score_samples_file(questions_path: str | Path, samples_path: str | Path, parser: str = "official") -> dict:
+    """An lmms-eval samples file or a VLMEvalKit prediction table (`interop.detect` tells them apart) scored as
+    `score_answers_file` scores mmpo's own answers files."""
+    questions = read_questions(questions_path)
+    read = interop.read_pope_table if interop.detect(samples_path) == "vlmevalkit" else interop.read_samples
+    preds = read(samples_path, questions)
+    return {**_score_questions(questions, preds, parser, None, questions_path), "n_unanswered": 0}
 
 
 def _score_questions(questions, preds, parser, prompt_suffix, questions_path) -> dict:

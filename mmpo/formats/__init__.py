@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from array import array
 from collections import Counter
@@ -19,15 +20,28 @@ from typing import Any, Iterator
 
 from mmpo.formats import hub, llamafactory, llava, own, swift, trl
 from mmpo.formats.base import Format
-from mmpo.formats.mapping import MEDIA_DIR, DryMedia, MediaStore, Unmappable
+from mmpo.formats.mapping import MEDIA_DIR, DryMedia, MediaStore, Unmappable, media_value
 from mmpo.formats.tables import Table, is_bad_line, open_table
-from mmpo.records import RecordError, _id_hash, make_id, pair_from_json, sft_from_json, write_jsonl, write_manifest
+from mmpo.records import (
+    MediaCheck,
+    RecordError,
+    id_hash,
+    is_own_jsonl,
+    make_id,
+    pair_from_json,
+    read_pairs,
+    read_sft,
+    sft_from_json,
+    write_jsonl,
+    write_manifest,
+)
 
 FORMATS: dict[str, Format] = {f.name: f for m in (own, hub, trl, llamafactory, swift, llava) for f in m.FORMATS}
 # detection tries the most specific column sets first (TRL's prompt/chosen/rejected is also in others)
 DETECT_ORDER = ("mmpo", "rlaif_v", "rlhf_v", "vlfeedback", "swift", "llamafactory_v1", "povid", "hadpo",
                 "llamafactory", "mdpo", "llava_video_dpo", "trl", "llava", "llamafactory_sft")
 OUT_FILES = {"pair": "pairs.jsonl", "sft": "sft.jsonl"}
+log = logging.getLogger(__name__)
 
 
 class FormatError(ValueError):
@@ -163,7 +177,7 @@ def convert(src: str | Path, out_dir: str | Path, fmt: str = "auto", on_bad: str
                 _skip(where, exc, on_bad, skips, named)
                 continue
             for rec in recs:
-                id_hashes.append(_id_hash(rec.id))
+                id_hashes.append(id_hash(rec.id))
                 rows_of.append(i)
                 counts["records"] += 1
                 yield rec
@@ -223,7 +237,7 @@ class SourceRecords:
                 continue
             for k, rec in enumerate(recs):
                 digest.update(json.dumps(rec.to_json(), sort_keys=True).encode())
-                id_hashes.append(_id_hash(rec.id))
+                id_hashes.append(id_hash(rec.id))
                 self.rows.append(i)
                 self.subs.append(k)
                 self.media_types.setdefault(rec.media_type, where)
@@ -289,26 +303,14 @@ def read_source_records(spec_format: str, path: str | Path, root: str | Path, ki
     return records, records.skipped
 
 
-def read_records_any(path: str | Path, kind: str, media_root: str | Path | None = None) -> list:
-    """Every record of `path` in memory: mmpo JSONL as is, any other known layout converted on the fly into
-    `media_root` (the builders' inputs: LLaVA conversation JSON, LLaMA-Factory SFT, a pair set)."""
-    source = open_source(path, "auto", kind, media_root)
-    records = SourceRecords(source, source.source_dir, kind, "skip")
-    return list(records)
-
-
 class _InPlace:
     """The builders' sink: a path reference is kept as written (relative to their media root), checked to exist
     when a root is given; embedded bytes need a conversion first."""
 
     def __init__(self, media_root):
-        from mmpo.records import MediaCheck
-
         self.check = MediaCheck(media_root) if media_root else None
 
     def put(self, value) -> str:
-        from mmpo.formats.mapping import media_value
-
         data, path = media_value(value)
         if data or not path:
             raise Unmappable("embedded_media", "media stored in the rows: run `mmpo data convert` first")
@@ -319,11 +321,8 @@ class _InPlace:
 
 
 def read_in_place(path: str | Path, kind: str, media_root: str | Path | None = None) -> list:
-    """Every record of a set in another layout, media paths as written (what `read_sft` / `read_pairs` give the
-    builders for LLaVA conversation JSON and friends). Unmappable rows are logged once each and counted."""
-    import logging
-
-    log = logging.getLogger(__name__)
+    """Every record of a set in another layout, media paths as written (what `read_set` gives the builders for LLaVA
+    conversation JSON and friends). Unmappable rows are logged once each and counted."""
     source = open_source(path, "auto", kind)
     sink, out, skips, named = _InPlace(media_root), [], Counter(), []
     for i, row in enumerate(source.table.iter_rows()):
@@ -337,3 +336,17 @@ def read_in_place(path: str | Path, kind: str, media_root: str | Path | None = N
         log.warning("%s (%s): %d records, %d rows skipped %s", path, source.format.name, len(out), sum(skips.values()),
                     dict(skips))
     return out
+
+
+def read_set(path: str | Path, kind: str, media_root: str | Path | None = None) -> list:
+    """Every record of a (small) set in memory, whatever its layout: the builders' inputs.
+
+    mmpo's own JSONL is read as `mmpo.records.read_pairs` / `read_sft` read it (media checked under `media_root`
+    when given); a set in another layout (LLaVA conversation JSON such as llava_v1_5_mix665k.json, LLaVA-Video-178K /
+    ShareGPT4Video, LLaMA-Factory `messages` + images, a pair set such as POVID) through `read_in_place`, media paths
+    as written (relative to the media root): one SFT sample per answer; rows that are no records are logged, named
+    and counted.
+    """
+    if not is_own_jsonl(path):
+        return read_in_place(path, kind, media_root)
+    return (read_pairs if kind == "pair" else read_sft)(path, media_root)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from mmpo.formats.base import Format, as_list, has, pair_fields, sft_samples
+from mmpo.formats.export_media import check_writable, media_paths
 from mmpo.formats.mapping import Unmappable, need, turns_prompt
 from mmpo.formats.messages import OPENAI, SHAREGPT, answer_text, read_turns, split_last_answer
 
@@ -129,8 +130,6 @@ def read_sft(row: dict, sink, opts: dict) -> list[dict]:
 
 def write_rows(records, media_root) -> list[dict]:
     """mmpo pairs as LLaMA-Factory sharegpt preference rows (one user turn, `images` / `videos`, + `id`)."""
-    from mmpo.formats.writers import check_writable, media_paths
-
     rows = []
     for r in records:
         check_writable(r, "LLaMA-Factory")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from mmpo.formats.base import Format, as_list, pair_fields
+from mmpo.formats.export_media import check_writable, media_paths
 from mmpo.formats.mapping import Unmappable, need, turns_prompt
 from mmpo.formats.messages import answer_text, read_turns, split_last_answer
 
@@ -41,8 +42,6 @@ def read_swift(row: dict, sink, options: dict) -> dict:
 def write_rows(records, media_root) -> list[dict]:
     """mmpo pairs as ms-swift rows: user + assistant messages, `images` / `videos`, `rejected_response` (+ id);
     a `rejected_media` pair repeats the answer and names `rejected_images` / `rejected_videos`."""
-    from mmpo.formats.writers import check_writable, media_paths
-
     rows = []
     for r in records:
         check_writable(r, "ms-swift", allow_rejected_media=True)

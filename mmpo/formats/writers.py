@@ -6,78 +6,32 @@ formats) or embedded (TRL), so the folder written is self-contained; each row ke
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from mmpo.records import PairRecord, resolve_media
-
-EXPORT_MEDIA = "media"
-
-
-def check_writable(r: PairRecord, target: str, allow_rejected_media: bool = False) -> None:
-    """Refuse what the target cannot hold: a rejection in augmentations (or in other media, except ms-swift)."""
-    if r.rejected_bag is not None or (r.rejected_media is not None and not allow_rejected_media):
-        raise ValueError(f"pair {r.id}: its rejection is in the media (rejected_media / rejected_bag), which "
-                         f"{target}'s preference format cannot hold")
-
-
-class _Copier:
-    """Copies a record's media under `out/media/` (same relative paths), once per file."""
-
-    def __init__(self, out: Path):
-        self.out, self.done = out, set()
-
-    def __call__(self, root, rels) -> list[str]:
-        paths = []
-        for rel in rels:
-            dest = f"{EXPORT_MEDIA}/{rel}"
-            if dest not in self.done:
-                (self.out / dest).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(resolve_media(root, rel), self.out / dest)
-                self.done.add(dest)
-            paths.append(dest)
-        return paths
-
-
-_COPIER: list[_Copier] = []
-
-
-def media_paths(r: PairRecord, media_root, rels=None) -> list[str]:
-    """The record's media as paths in the written folder (copied there by the active writer)."""
-    return _COPIER[-1](media_root, r.media if rels is None else rels)
-
-
-def _with_copier(out: Path, fn, records, media_root):
-    _COPIER.append(_Copier(out))
-    try:
-        return fn(records, media_root)
-    finally:
-        _COPIER.pop()
+from mmpo.formats import llamafactory, swift
+from mmpo.formats.export_media import with_copier
+from mmpo.records import to_trl_rows
 
 
 def write_llamafactory(records, media_root, out: str | Path, name: str = "mmpo_pairs") -> Path:
     """`out/<name>.json` (sharegpt preference rows) + `out/dataset_info.json` with its entry + `out/media/`."""
-    from mmpo.formats.llamafactory import info_entry, write_rows
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    rows = _with_copier(out, write_rows, records, media_root)
+    rows = with_copier(out, llamafactory.write_rows, records, media_root)
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    info[name] = info_entry(f"{name}.json", records[0].media_type if records else "image")
+    info[name] = llamafactory.info_entry(f"{name}.json", records[0].media_type if records else "image")
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return out / f"{name}.json"
 
 
 def write_swift(records, media_root, out: str | Path, name: str = "mmpo_pairs") -> Path:
     """`out/<name>.jsonl` (ms-swift RLHF rows) + `out/media/`."""
-    from mmpo.formats.swift import write_rows
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _with_copier(out, write_rows, list(records), media_root)
+    rows = with_copier(out, swift.write_rows, list(records), media_root)
     path = out / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -88,8 +42,6 @@ def write_trl(records, media_root, out: str | Path, name: str = "train") -> Path
     `rlaif-v_formatted` schema: `images` a list of {bytes, path}); `datasets.load_dataset("parquet", ...)` and
     `DPOTrainer` read it as is. Video pairs are refused: TRL has no video collator."""
     import datasets
-
-    from mmpo.records import to_trl_rows
 
     records = list(records)
     if any(r.media_type != "image" for r in records):
