@@ -155,7 +155,7 @@ def test_guidance_term_is_the_ground_truth_nll_not_the_chosen_one(world, tmp_pat
     assert not torch.equal(batch.extra["gt"]["input_ids"], batch.chosen["input_ids"])
     # step 1: the policy is the base (fresh LoRA), so the logged term is the base's NLL of the gt answer
     def nll(key):
-        logp, n = plain_logps(base, batch.prompt, getattr(batch, key))
+        logp, n = plain_logps(base, batch.prompt, batch.extra["gt"] if key == "gt" else batch.chosen)
         return float((-logp / n).mean())
 
     with torch.no_grad():
@@ -300,5 +300,5 @@ def test_old_distill_keys_in_a_file_are_refused_naming_the_new_ones(tmp_path):
     path.write_text("stage: distill\ndistill:\n  preference_loss: kto_pair\n  beta: 0.2\n")
     with pytest.raises(ConfigError) as err:
         load(TrainConfig, path)
-    assert [e.split(": removed")[0] for e in err.value.errors] == [f"{path}: distill.beta",
-                                                                   f"{path}: distill.preference_loss"]
+    removed = [e.split(": removed")[0] for e in err.value.errors if ": removed" in e]
+    assert removed == [f"{path}: distill.beta", f"{path}: distill.preference_loss"]

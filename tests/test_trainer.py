@@ -182,7 +182,7 @@ def test_precomputed_reference_equals_adapter_reference(world, tmp_path):
     for rec in recs[:5]:
         want = reference(PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"reference"}))([rec]))
         for key in ("chosen", "rejected"):
-            assert table[rec.id][key] == pytest.approx(float(want[key][0]), abs=1e-4), (rec.id, key)
+            assert table[rec.id][key] == pytest.approx(float(getattr(want, key)[0]), abs=1e-4), (rec.id, key)
 
 
 def test_bad_records_error_or_are_counted(world, tmp_path):
