@@ -1,19 +1,19 @@
 """From records to model tensors: reading training files and collating pairs / SFT samples into typed batches.
 
 A collated batch is a frozen dataclass (`PairBatch`, `SFTBatch`), the trainer's only input format; each
-field's comment gives its shape. Fields a loss needs beyond the pair itself (corrupted media, PaMi bags,
-the ground-truth answer, the score gap) are filled only when a loss `requires` them, and a record that
-lacks what a loss requires is an error naming the record, never a silent default.
+field's comment gives its shape. What a loss needs beyond the pair itself (corrupted media, PaMi bags,
+the ground-truth answer, the score gap) is collated only when a loss `requires` it, by that requirement's own
+piece (`mmpo.requirements`), into `PairBatch.extra`; a record that lacks what a loss requires is an error
+naming the record, never a silent default.
 
 Worked example: two image pairs, loss dpo (requires {"reference"}) ->
     ids ["a1", "b2"], prompt["input_ids"] [2, Lp] (16 image tokens each), chosen["input_ids"] [2, Lc],
-    rejected["input_ids"] [2, Lr], weight tensor([1., 1.]), everything optional None.
+    rejected["input_ids"] [2, Lr], weight tensor([1., 1.]), extra {} (nothing beyond the pair).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from mmpo.lengths import check_record_media, too_long_message
-from mmpo.media import MediaError, augment, load_media
+from mmpo.media import MediaError, load_media
 from mmpo.models import encode_answers, encode_prompts
-from mmpo.pami import encode_bag
-from mmpo.records import AugSpec, PairRecord, RecordFile, SFTRecord, scan_records
+from mmpo.records import PairRecord, RecordFile, SFTRecord, scan_records
+from mmpo.requirements import Collating, needed
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,9 @@ class PairBatch:
     rejected: dict  # the same for the rejected answers, [B, Lr]
     weight: torch.Tensor  # [B] per-pair loss weight (1.0 where the record sets none)
     skipped: list  # (id, kind, message) of records left out of this batch; kind "too_long" | "bad_media"
-    score_delta: torch.Tensor | None = None  # [B] scores.delta, when a loss requires "delta" (DA-DPO, CLIP-DPO)
-    rejected_prompt: dict | None = None  # prompts with the rejected media, when some pair names rejected_media
-    corrupt_prompt: dict | None = None  # prompts with corrupted media, when a loss requires "corrupt" (mDPO)
-    bag_prompts: list | None = None  # K prompt batches of augmented clips, when a loss requires "bag" (PaMi)
-    bag_mask: torch.Tensor | None = None  # [B, K] true on real bag instances (records have up to K specs)
-    gt: dict | None = None  # encode_answers(meta.gt), when a loss requires "gt" (mrDPO guidance)
+    # what the requirements collated, by name (mmpo.requirements: each one's `collate` says what it holds), e.g.
+    # "corrupt": prompts with corrupted media; "bag": {"prompts": K prompt batches, "mask": [B, K]}; "gt": answers
+    extra: dict = field(default_factory=dict)
 
     def to(self, device) -> "PairBatch":
         """The batch with every tensor on `device`."""
@@ -101,32 +98,10 @@ def _nothing_left(batch_type, skipped: list):
     return PairBatch([], {}, {}, {}, torch.zeros(0), skipped)
 
 
-def _required_field(recs: list, name: str, get, need: str) -> list:
-    """`get(record)` for every record, or a ValueError naming the first record that lacks it."""
-    values = [get(r) for r in recs]
-    missing = [r for r, v in zip(recs, values) if v is None]
-    if missing:
-        r = missing[0]
-        raise ValueError(f"{r.where or 'record ' + r.id}: a loss term needs {name} ({need}), and this record has none")
-    return values
-
-
-def augment_each(media, spec: AugSpec):
-    """`augment` for one media item, or for each image of a multi-image record (the same spec on every image)."""
-    return [augment(m, spec) for m in media] if isinstance(media, list) else augment(media, spec)
-
-
-def default_corruption(record: PairRecord) -> AugSpec:
-    """mDPO's corruption: keep 1-20% of the image (RandomResizedCrop, luka-group/mDPO); seeded by the id."""
-    # sha256, not hash(): str hashes are salted per process, which would make the corruption differ between
-    # runs and DataLoader workers (and break exact resume).
-    seed = int(hashlib.sha256(record.id.encode()).hexdigest()[:8], 16)
-    return AugSpec("mdpo_crop" if record.media_type == "image" else "spatial_crop", {}, seed)
-
-
 @dataclass
 class PairCollator:
-    """Turns a list of PairRecords into a `PairBatch`, with the fields the loss terms `requires`."""
+    """Turns a list of PairRecords into a `PairBatch`, with what the loss terms `requires` (each requirement's
+    collate piece, `mmpo.requirements`) in its `extra`."""
 
     processor: object
     media_root: str
@@ -140,8 +115,8 @@ class PairCollator:
 
     def _too_long(self, batch: PairBatch, recs: list[PairRecord]) -> list[tuple[str, str, str]]:
         plen = batch.prompt["attention_mask"].sum(-1)
-        if batch.rejected_prompt is not None:  # other media on the rejected side may cost more tokens (anyres)
-            plen = torch.maximum(plen, batch.rejected_prompt["attention_mask"].sum(-1))
+        if "rejected_media" in batch.extra:  # other media on the rejected side may cost more tokens (anyres)
+            plen = torch.maximum(plen, batch.extra["rejected_media"]["attention_mask"].sum(-1))
         alen = torch.maximum(batch.chosen["attention_mask"].sum(-1), batch.rejected["attention_mask"].sum(-1))
         return [(r.id, "too_long", too_long_message(r, int(p + a), self.max_length))
                 for r, p, a in zip(recs, plen, alen, strict=True) if p + a > self.max_length]
@@ -176,29 +151,13 @@ class PairCollator:
             raise ValueError("a batch mixes images and videos; sort or split the pair file by media_type")
         mtype = recs[0].media_type
         prompts = [r.prompt for r in recs]
-        extra = {}
-        if "delta" in self.requires:
-            deltas = _required_field(recs, "scores.delta", lambda r: r.scores.get("delta"),
-                                     "the score gap `mmpo build difficulty` or `self_qa` with a CLIP model writes")
-            extra["score_delta"] = torch.tensor(deltas, dtype=torch.float32)
-        if any(r.rejected_media for r in recs):
-            rej = [self._media(r, r.rejected_media) if r.rejected_media else m for r, m in zip(recs, media)]
-            extra["rejected_prompt"] = encode_prompts(self.processor, prompts, rej, mtype)
-        if "corrupt" in self.requires:
-            # A pair that names rejected media (a counterfactual image/clip) uses it as the corruption.
-            cor = [self._media(r, r.rejected_media) if r.rejected_media else augment_each(m, default_corruption(r))
-                   for r, m in zip(recs, media)]
-            extra["corrupt_prompt"] = encode_prompts(self.processor, prompts, cor, mtype)
-        if "bag" in self.requires:
-            extra.update(encode_bag(self.processor, recs, media, prompts, mtype))
-        if "gt" in self.requires:
-            gts = _required_field(recs, "meta.gt", lambda r: r.meta.get("gt") or None, "a ground-truth answer")
-            extra["gt"] = encode_answers(self.processor, [str(g) for g in gts])
+        pieces = Collating(self.processor, recs, media, prompts, mtype, self._media)
+        extra = {r.name: value for r in needed(self.requires) if (value := r.collate(pieces)) is not None}
         batch = PairBatch(
             ids=[r.id for r in recs], prompt=encode_prompts(self.processor, prompts, media, mtype),
             chosen=encode_answers(self.processor, [r.chosen for r in recs]),
             rejected=encode_answers(self.processor, [r.rejected for r in recs]),
-            weight=torch.tensor([1.0 if r.weight is None else r.weight for r in recs]), skipped=[], **extra)
+            weight=torch.tensor([1.0 if r.weight is None else r.weight for r in recs]), skipped=[], extra=extra)
         return batch, []
 
 

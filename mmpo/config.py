@@ -1,23 +1,36 @@
-"""Typed configs: dataclasses with one-line field docs, loaded from YAML plus `key=value` overrides.
+"""The training config: `TrainConfig` and its sections, typed dataclasses with one-line field docs.
 
-The schema lives in code (each field's comment is its documentation); YAML files only override it.
-Unknown keys and wrong types are errors that name the file and the key, so a typo never silently
-falls back to a default (nanoGPT's unknown-key ValueError, litgpt's typed TrainArgs).
+The schema lives in code (each field's comment is its documentation); YAML files and `key=value` overrides only
+override it, through `mmpo.schema` (`load`, `from_dict`: unknown keys and wrong types name the file and the key).
+`ModelConfig` and `LoraConfig` are the model layer's own (`mmpo.models.settings`), `LossTerm` the losses'
+(`mmpo.losses`): a `loss:` entry is validated into its loss object once, when the config is read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-import yaml
+from mmpo.losses import LOSSES, TRL_KNOBS, TRL_LOSS_NAMES, TRL_PARAMS, LossTerm, requires_of
+from mmpo.models.settings import LoraConfig, ModelConfig
+from mmpo.schema import (
+    ConfigError,
+    Problems,
+    apply_overrides,
+    check_choice,
+    check_range,
+    from_dict,
+    load,
+    safe_load,
+    save,
+    to_dict,
+)
+
+# The names other modules read from here, though defined below it (the loader, the model and loss sections).
+__all__ = ["REPORT_TO", "ConfigError", "DataConfig", "DataSource", "DistillConfig", "LoraConfig", "LossTerm",
+           "ModelConfig", "MultiRoundConfig", "PamiConfig", "Problems", "TrainConfig", "apply_overrides",
+           "check_choice", "check_range", "check_report_to", "from_dict", "load", "safe_load", "save", "to_dict"]
 
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "trackio", "swanlab")  # experiment trackers (mmpo.metrics)
 
@@ -27,365 +40,6 @@ def check_report_to(names: list[str]) -> None:
     unknown = [n for n in names if n not in REPORT_TO]
     if unknown:
         raise ConfigError(f"report_to: unknown tracker(s) {unknown}; expected some of {list(REPORT_TO)}")
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file and the key.
-
-    It may hold several problems (`errors`, one line each), so one check lists everything that needs fixing.
-    """
-
-    def __init__(self, *messages):
-        self.errors = [line for msg in messages for line in str(msg).split("\n")] or [""]
-        super().__init__("\n".join(self.errors))
-
-
-class Problems:
-    """Collects the ConfigErrors of several checks, so a config with three mistakes reports three, not the first.
-
-    with problems.check(): ...   # each check in its own block
-    problems.raise_any()         # one ConfigError listing all of them
-    """
-
-    def __init__(self):
-        self.errors: list[str] = []
-
-    @contextlib.contextmanager
-    def check(self):
-        try:
-            yield
-        except ConfigError as exc:
-            self.errors.extend(exc.errors)
-
-    def raise_any(self) -> None:
-        if self.errors:
-            raise ConfigError(*self.errors)
-
-
-@dataclass
-class ModelConfig:
-    path: str = ""  # local folder of a Hugging Face checkpoint (any LLaVA family); never a hub id download
-    adapter: str = ""  # optional PEFT adapter folder loaded on top of `path`
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    load_in_4bit: bool = False  # NF4 via bitsandbytes, double quant, compute in bf16 on CUDA / fp32 on CPU
-    trust_remote_code: bool = False  # only if the user asks for it
-    attn_implementation: str = "sdpa"  # eager | sdpa | flash_attention_2
-    num_frames: int = 8  # frames sampled per video for this model
-    # image resolution (0 = the checkpoint's own); fewer pixels = fewer image tokens (docs/ARCHITECTURE.md)
-    min_pixels: int = 0  # Qwen-VL: the fewest pixels an image is resized to (image processor size.shortest_edge)
-    max_pixels: int = 0  # Qwen-VL: the most pixels an image is resized to (image processor size.longest_edge)
-    image_longest_edge: int = 0  # SmolVLM/Idefics3: an image's longest side before it is cut into tiles
-
-    def __post_init__(self):
-        problems = Problems()
-        with problems.check():
-            check_range(self, num_frames=">= 1", min_pixels=">= 0", max_pixels=">= 0", image_longest_edge=">= 0")
-        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
-            problems.errors.append(f"min_pixels ({self.min_pixels}) is above max_pixels ({self.max_pixels})")
-        with problems.check():  # what mmpo.models.load_model accepts (its DTYPES), checked before any load
-            check_choice(self, dtype=("float32", "bfloat16", "float16"),
-                         attn_implementation=("eager", "sdpa", "flash_attention_2"))
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
-            problems.errors.append(f"device: expected auto | cpu | cuda | cuda:N | mps, got {self.device!r}")
-        problems.raise_any()
-
-
-@dataclass
-class LoraConfig:
-    enabled: bool = True  # train a LoRA adapter (False: full fine-tuning of the language model)
-    r: int = 16  # LoRA rank
-    alpha: int = 32  # LoRA alpha (scale = alpha / r)
-    dropout: float = 0.0  # LoRA dropout
-    # regex over module names: the language model's linear layers only (the vision tower has q/k/v too)
-    target_modules: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-    train_projector: bool = False  # also train the multimodal projector (full weights)
-
-    def __post_init__(self):
-        check_range(self, r=">= 1", alpha="> 0", dropout="[0, 1)")
-
-
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Return `value` converted to `annotation`, or raise ConfigError naming `where`."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return from_dict(annotation, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        inner = args[0] if args else Any
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return dict(value)
-    if annotation is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(value):  # .nan / .inf parse as YAML floats; no setting means them
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    return value
-
-
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build dataclass `cls` from a plain dict; unknown keys and wrong types raise ConfigError.
-
-    Args:
-        cls: the dataclass type.
-        data: values to set; missing fields keep their defaults.
-        where: prefix for error messages (file name and key path).
-
-    Returns:
-        An instance of `cls`.
-    """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    problems = Problems()
-    unknown = sorted(set(data) - names)
-    if unknown:
-        problems.errors.append(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
-    kwargs = {}
-    for k, v in data.items():
-        if k in names:
-            with problems.check():
-                kwargs[k] = _check_type(v, hints[k], _key_path(where, k))
-    try:  # the section's own checks run too (bad keys at their defaults), so every problem is listed at once
-        built = cls(**kwargs)
-    except ConfigError as exc:  # a check in __post_init__ ("key: problem"): name the file and section too
-        problems.errors.extend(_key_path(where, e) for e in exc.errors)
-    problems.raise_any()
-    return built
-
-
-MAX_YAML_VALUES = 100_000  # values a config may expand to, aliases counted at every use (real configs: < 500)
-
-
-def safe_load(text: str, where: str = "config") -> Any:
-    """`yaml.safe_load`, refusing documents whose aliases expand past MAX_YAML_VALUES values.
-
-    A few lines of nested aliases ("billion laughs") stand for 10^9 items; PyYAML builds them shared, but every
-    copy of the config (dataclasses.asdict, the saved config.yaml, a rerun's comparison) expands them, and the
-    command never finishes. The expanded size is counted on the composed node graph first (each node once), so
-    such a file is refused in microseconds, naming the file.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node, {}, where)
-        if size > MAX_YAML_VALUES:
-            raise ConfigError(f"{where}: the YAML expands to {size:,} values through its aliases (&anchor / *alias), "
-                              f"more than any config needs ({MAX_YAML_VALUES:,}); refused")
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _expanded_size(node: yaml.Node, sizes: dict, where: str) -> int:
-    """Values under `node` with every alias expanded; `sizes` memoises by node (None while being counted)."""
-    key = id(node)
-    if key in sizes:
-        if sizes[key] is None:
-            raise ConfigError(f"{where}: a YAML alias refers to its own anchor (a recursive structure); refused")
-        return sizes[key]
-    sizes[key] = None
-    children: list = []
-    if isinstance(node, yaml.MappingNode):
-        children = [n for pair in node.value for n in pair]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    total = 1
-    for child in children:
-        total += _expanded_size(child, sizes, where)
-        if total > MAX_YAML_VALUES * 10:  # enough to refuse; stop counting
-            break
-    sizes[key] = total
-    return total
-
-
-def _key_path(where: str, key: str) -> str:
-    """"file.yaml" + "lora" -> "file.yaml: lora"; "file.yaml: lora" + "r" -> "file.yaml: lora.r"."""
-    return f"{where}.{key}" if ": " in where else f"{where}: {key}"
-
-
-def check_range(cfg: Any, **rules: str) -> None:
-    """Range checks in one place: `rules` maps a field to a condition on it, e.g. lr="> 0", dropout="[0, 1)".
-
-    Conditions: "> x", ">= x", or an interval "[a, b]", "[a, b)". Raises ConfigError naming the field.
-    """
-    problems = Problems()
-    for name, rule in rules.items():
-        with problems.check():
-            _check_rule(cfg, name, rule)
-    problems.raise_any()
-
-
-def check_choice(cfg: Any, **choices: tuple) -> None:
-    """Each field's value is one of its `choices` (e.g. dtype=("float32", "bfloat16")); all misses are reported."""
-    bad = [f"{name}: expected {' | '.join(map(str, valid))}, got {getattr(cfg, name)!r}"
-           for name, valid in choices.items() if getattr(cfg, name) not in valid]
-    if bad:
-        raise ConfigError(*bad)
-
-
-def _check_rule(cfg: Any, name: str, rule: str) -> None:
-    """One `check_range` rule on one field."""
-    value = getattr(cfg, name)
-    if rule.startswith(("[", "(")):
-        lo, hi = (float(v) for v in rule[1:-1].split(","))
-        ok = (lo <= value if rule[0] == "[" else lo < value) and (value <= hi if rule[-1] == "]" else value < hi)
-    else:
-        op, bound = rule.split()
-        ok = value > float(bound) if op == ">" else value >= float(bound)
-    if not ok:
-        raise ConfigError(f"{name}: expected {rule.replace(' ', '')}, got {value!r}")
-
-
-def to_dict(cfg: Any) -> dict:
-    """The config as plain nested dicts (what `save` writes)."""
-    return dataclasses.asdict(cfg)
-
-
-def _field_type(cls: type | None, keys: list[str]) -> Any:
-    """The annotation of dotted field `keys` in dataclass `cls` (None when the path leaves the schema)."""
-    for key in keys:
-        if cls is None or not dataclasses.is_dataclass(cls):
-            return None
-        cls = typing.get_type_hints(cls).get(key)
-    return cls
-
-
-def _parse_override(text: str, cls: type | None = None) -> tuple[list[str], Any]:
-    """`key=value` -> (dotted keys, value). The value is YAML (numbers, lists, mappings), except for a field the
-    schema types as a string, which takes the text as written unless quoted (YAML would cut `runs/exp #2` at the
-    `#` and turn `2024-01-01` into a date)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected key=value (e.g. {_example_override(cls)})")
-    key, raw = text.split("=", 1)
-    keys = key.strip().split(".")
-    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""  # a YAML string on purpose ("\n" escapes)
-    kind = _field_type(cls, keys)
-    # str | X (data.train: a path or {format, path}; loss_type: a name or a list): a YAML mapping or list is parsed
-    union_with_str = typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind)
-    if (kind is str or (union_with_str and not raw.lstrip().startswith(("{", "[")))) and not quoted:
-        return keys, raw
-    try:
-        value = safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"command line {text!r}: invalid YAML value: {str(exc).splitlines()[0]}") from None
-    if typing.get_origin(kind) in (list, tuple) and not isinstance(value, (list, tuple)):
-        value = [raw if typing.get_args(kind) and typing.get_args(kind)[0] is str and not quoted else value]
-    return keys, value
-
-
-def _example_override(cls: type | None) -> str:
-    """A `key=value` the schema of `cls` accepts, for the hint of a malformed override."""
-    if cls is None or not dataclasses.is_dataclass(cls):
-        return "lr=1e-5"
-    hints = typing.get_type_hints(cls)
-    if "lr" in hints:
-        return "lr=1e-5"
-    name = next((f.name for f in dataclasses.fields(cls) if hints[f.name] is str), dataclasses.fields(cls)[0].name)
-    return f"{name}=VALUE"
-
-
-def _check_override_keys(text: str, keys: list[str], cls: type | None) -> None:
-    """A command-line key the schema does not have is the command line's mistake, not the config file's."""
-    for depth, key in enumerate(keys):
-        if cls is None or not dataclasses.is_dataclass(cls):
-            return  # below a free-form value (a dict or list): nothing to check against
-        names = sorted(f.name for f in dataclasses.fields(cls))
-        if key not in names:
-            section = ".".join(keys[:depth]) or "the top level"
-            raise ConfigError(f"command line {text!r}: unknown key {key!r} in {section}; valid keys: {names}")
-        cls = typing.get_type_hints(cls).get(key)
-
-
-def apply_overrides(data: dict, overrides: list[str], cls: type | None = None) -> dict:
-    """Set dotted `key=value` overrides into a nested dict (values typed by `cls`'s schema where it has the key)."""
-    for text in overrides:
-        keys, value = _parse_override(text, cls)
-        _check_override_keys(text, keys, cls)
-        kind = _field_type(cls, keys)
-        if kind is not None and not dataclasses.is_dataclass(kind):  # the command line's own mistake is named so
-            _check_type(value, kind, f"command line {text!r}: {'.'.join(keys)}")  # checked here; built by from_dict
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {k} is not a section")
-        node[keys[-1]] = value
-    return data
-
-
-def load(cls: type, path: str | Path | None = None, overrides: list[str] | None = None) -> Any:
-    """Load config `cls` from a YAML file (optional) plus `key=value` overrides.
-
-    Args:
-        cls: the top-level config dataclass.
-        path: YAML file; its keys override the dataclass defaults.
-        overrides: dotted `key=value` strings applied after the file.
-
-    Returns:
-        A validated instance of `cls`.
-    """
-    data: dict = {}
-    where = "config"
-    if path is not None:
-        where = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-        try:
-            data = safe_load(text, str(path)) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    data = apply_overrides(data, overrides or [], cls)
-    return from_dict(cls, data, where)
-
-
-def save(cfg: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (into a run directory)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 @dataclass
@@ -411,13 +65,6 @@ class DataConfig:
         if isinstance(self.train, DataSource):  # folded into two plain fields, so the saved config reloads as is
             self.format, self.train = self.train.format, self.train.path
         check_choice(self, on_bad_record=("error", "skip"))
-
-
-@dataclass
-class LossTerm:
-    name: str = "dpo"  # a key of mmpo.losses.LOSSES
-    weight: float = 1.0  # the term's weight in the explicit weighted sum
-    params: dict = field(default_factory=dict)  # the loss class's hyperparameters (e.g. beta)
 
 
 @dataclass
@@ -451,14 +98,20 @@ class DistillConfig:
     mimic_steps: int = 100  # steps of mimic distillation (token-level forward KL on answer tokens)
     mimic_data: str = ""  # SFT JSONL for mimic distillation ("" = data.train's SFT file if stage data is SFT)
     mimic_nll_weight: float = 0.0  # add the student's own NLL (LLaVA-MoD kd_lm) with this weight
-    preference_steps: int = 100  # steps of preference distillation (DPO with the teacher as reference)
-    preference_loss: str = "dpo"  # dpo | kto_pair | dpkd
+    preference_steps: int = 100  # steps of preference distillation: the `loss:` terms, the teacher as the reference
     preference_data: str = ""  # pair JSONL for preference distillation (required if preference_steps > 0)
-    beta: float = 0.1  # beta of the preference distillation loss
+    # DPKD is a stage option, not a LOSSES term: it compares both models' logits token by token, not log-probs
+    dpkd: bool = False  # the preference stage runs DPKD (arXiv 2406.19774) instead of the `loss:` terms
+    dpkd_beta: float = 0.1  # DPKD's beta
     dpkd_ratio: float = 0.5  # DPKD k: total = (1 - k) * CE(gold) + k * L_DPKD (LMOps dpkd kd_ratio)
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "preference_loss": "removed: the preference stage trains the top-level `loss:` terms (e.g. loss: [{name: "
+                           "kto_pair, params: {beta: 0.1}}]); for DPKD set distill.dpkd: true",
+        "beta": "removed: a loss's beta goes in its `loss:` term's params (loss: [{name: dpo, params: {beta: 0.1}}]); "
+                "DPKD's is distill.dpkd_beta"}
 
     def __post_init__(self):
-        check_range(self, mimic_steps=">= 0", preference_steps=">= 0", beta="> 0", dpkd_ratio="[0, 1]",
+        check_range(self, mimic_steps=">= 0", preference_steps=">= 0", dpkd_beta="> 0", dpkd_ratio="[0, 1]",
                     mimic_nll_weight=">= 0")
 
 
@@ -471,7 +124,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the policy (and, with adapters off, the reference)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapter settings (lora.enabled false = full fine-tune)
     data: DataConfig = field(default_factory=DataConfig)  # training data
-    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])  # summed terms (ignored by stage sft)
+    loss: list[LossTerm] | None = None  # summed terms (unset: one dpo term, or what loss_type says; stage sft: none)
     # TRL's spelling of `loss` (a DPOConfig's loss section carries over; README "Losses"), read into `loss`:
     loss_type: list[str] | str = field(default_factory=list)  # TRL loss type(s), e.g. [sigmoid, sft] (or mmpo names)
     loss_weights: list[float] = field(default_factory=list)  # with loss_type: one weight each (default 1.0)
@@ -515,8 +168,17 @@ class TrainConfig:
 
     def __post_init__(self):
         """Every check `mmpo train` makes of the settings themselves, all reported at once (`mmpo validate` runs
-        exactly these: what one accepts, the other does too)."""
+        exactly these: what one accepts, the other does too). Loss names and parameters were checked as each
+        `LossTerm` was read (by the loss classes themselves); here, how the terms fit the rest."""
         problems = Problems()
+        self._check_settings(problems)
+        with problems.check():
+            resolve_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
+            self._check_loss(problems)
+        problems.raise_any()
+
+    def _check_settings(self, problems: Problems) -> None:
+        """Choices, ranges and combinations of the settings besides the loss."""
         with problems.check():
             check_choice(self, stage=("dpo", "sft", "multi_round", "distill"), parallel=("auto", "ddp", "fsdp"),
                          precision=("fp32", "bf16", "fp16"), optimizer=("adamw", "adamw_8bit"))
@@ -534,32 +196,74 @@ class TrainConfig:
         if self.model.load_in_4bit and not self.lora.enabled:
             problems.errors.append("lora.enabled: full fine-tuning of a 4-bit model is not possible; enable LoRA "
                                    "(lora.enabled=true) or drop model.load_in_4bit")
-        if self.stage == "distill":
-            d = self.distill
-            if d.preference_loss not in ("dpo", "kto_pair", "dpkd"):
-                problems.errors.append(f"distill.preference_loss: expected dpo | kto_pair | dpkd, got "
-                                       f"{d.preference_loss!r}")
-            if d.preference_steps > 0 and not d.preference_data:
-                problems.errors.append("distill.preference_data: a pair JSONL is needed when "
-                                       "distill.preference_steps > 0")
-        # Loss names and hyperparameters (beta > 0, ...) are checked by the loss classes themselves; building the
-        # terms here makes `mmpo validate` refuse what `mmpo train` would (losses import this module: lazily).
-        from mmpo.losses import build_loss_terms, requires_of, resolve_trl_loss
+        if self.stage == "distill" and self.distill.preference_steps > 0 and not self.distill.preference_data:
+            problems.errors.append("distill.preference_data: a pair JSONL is needed when "
+                                   "distill.preference_steps > 0")
 
-        with problems.check():
-            resolve_trl_loss(self)  # TRL's loss_type section, if given, becomes `loss` (config.yaml holds only that)
-            terms = build_loss_terms([to_dict(t) for t in self.loss], "loss")
-            names = {t.name for t in self.loss}
-            if self.use_weighting and {"aot", "aot_unpaired"} & names:
-                problems.errors.append("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights "
-                                       "cannot apply")
-            if self.use_weighting and (self.stage == "sft" or (self.stage == "distill"
-                                                               and self.distill.preference_loss == "dpkd")):
-                problems.errors.append("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no "
-                                       "such terms")
-            if (self.stage == "dpo" and not self.lora.enabled and not self.precompute_reference
-                    and "reference" in requires_of(terms)):
-                problems.errors.append("lora.enabled: full fine-tuning (lora.enabled: false) has no adapter to "
-                                       "disable for the reference: set precompute_reference: true")
-        problems.raise_any()
+    def _check_loss(self, problems: Problems) -> None:
+        """The resolved terms against the stage and the other settings."""
+        names = {t.name for t in self.loss}
+        if self.use_weighting and {"aot", "aot_unpaired"} & names:
+            problems.errors.append("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights "
+                                   "cannot apply")
+        if self.use_weighting and (self.stage == "sft" or (self.stage == "distill" and self.distill.dpkd)):
+            problems.errors.append("use_weighting: WPO weights the loss terms' pairs; stage sft and dpkd have no "
+                                   "such terms")
+        if (self.stage == "dpo" and not self.lora.enabled and not self.precompute_reference
+                and "reference" in requires_of(self.loss)):
+            problems.errors.append("lora.enabled: full fine-tuning (lora.enabled: false) has no adapter to "
+                                   "disable for the reference: set precompute_reference: true")
 
+
+TRL_SECTION = ("loss_type", "loss_weights", *TRL_KNOBS)  # TrainConfig's TRL-style loss settings
+
+
+def resolve_loss(cfg: TrainConfig) -> None:
+    """Set `cfg.loss`: as written, or read from the TRL-style section (`loss_type`, ...), which is then reset to its
+    defaults, so the resolved config (a run's config.yaml, a schedule's derived config) holds only the terms meant;
+    neither written: one dpo term.
+
+    `loss_type` entries are TRL loss types (`TRL_LOSS_NAMES`) or LOSSES names; `loss_weights` gives one weight
+    each (default 1.0, as TRL); the TRL knobs (`TRL_KNOBS`: beta, label_smoothing, ...) set their parameter in
+    every term that has it. Without `loss_type` the knobs are refused (with `loss:`, each term has its params), and
+    so is a `loss:` beside `loss_type`, whatever it holds.
+
+    Raises:
+        ConfigError: both sections, a knob without loss_type, an unknown name, miscounted weights, a bad
+            parameter, or an f-divergence other than reverse_kl with a loss without an f-divergence form (TRL
+            refuses it too).
+    """
+    default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+               for f in dataclasses.fields(cfg)}
+    if not cfg.loss_type:
+        changed = [k for k in TRL_SECTION if getattr(cfg, k) != default[k]]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: TRL's loss settings go with loss_type (TRL's spelling of "
+                              "`loss`); with `loss:`, set them in each term's params")
+        if cfg.loss is None:
+            cfg.loss = [LossTerm()]
+        return
+    if cfg.loss is not None:
+        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
+    names = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type  # TRL takes one name as well
+    if cfg.loss_weights and len(cfg.loss_weights) != len(names):
+        raise ConfigError(f"loss_weights: {len(cfg.loss_weights)} weights for {len(names)} loss types")
+    cfg.loss = [trl_term(cfg, i, name) for i, name in enumerate(names)]
+    for key in TRL_SECTION:
+        setattr(cfg, key, default[key])
+
+
+def trl_term(cfg: TrainConfig, i: int, trl_name: str) -> LossTerm:
+    """The `loss:` term of the i-th `loss_type` entry, with the TRL knobs its loss class has."""
+    name = TRL_LOSS_NAMES.get(trl_name, trl_name)
+    if name not in LOSSES:
+        raise ConfigError(f"loss_type[{i}]: unknown loss type {trl_name!r}; TRL's: {sorted(TRL_LOSS_NAMES)}, "
+                          f"mmpo's: {sorted(LOSSES)}")
+    fields = {f.name for f in dataclasses.fields(LOSSES[name])}
+    knobs = {k: getattr(cfg, k) for k in TRL_KNOBS}
+    if knobs["f_divergence_type"] != "reverse_kl" and "f_divergence_type" not in fields and name != "sft":
+        raise ConfigError(f"f_divergence_type: {knobs['f_divergence_type']!r} has no valid form for loss type "
+                          f"{trl_name!r} (the f-DPO log Z term cancels only in reward-difference losses)")
+    params = {**TRL_PARAMS.get(trl_name, {}), **{param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}}
+    weight = float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0
+    return from_dict(LossTerm, {"name": name, "weight": weight, "params": params}, f"loss_type[{i}]")  # as written

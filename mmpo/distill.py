@@ -1,7 +1,9 @@
 """Distillation (LLaVA-MoD, arXiv 2408.15881; code shufangxun/LLaVA-MoD; docs/METHODS.md §5, §6.5): a mimic stage
 (token-level forward KL(p_T || p_S) on answer tokens, `mimic/`), then a preference stage with the TEACHER as the
-reference (`preference/`): dpo | kto_pair | dpkd. The KL and DPKD maths live in `mmpo.losses`; this module
-wires them to the two models and runs both stages through `mmpo.trainer.train`.
+reference (`preference/`): the config's `loss:` terms (dpo, LLaVA-MoD's kto_pair, any LOSSES entry), or DPKD
+(`distill.dpkd`: a token-level loss on both models' logits, so a stage option rather than a term). The KL and DPKD
+maths live in `mmpo.losses`; this module wires them to the two models and runs both stages through
+`mmpo.trainer.train`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import torch
 
 from mmpo import folder_lock
 from mmpo.checkpoint import check_rerun
-from mmpo.config import ConfigError, LossTerm, ModelConfig, TrainConfig
+from mmpo.config import ConfigError, ModelConfig, TrainConfig
 from mmpo.distributed import start_processes
-from mmpo.logprobs import answer_logits, pair_logps, token_logps
-from mmpo.losses import dpkd, masked_mean, mimic_kl
+from mmpo.logprobs import answer_logits, token_logps
+from mmpo.losses import dpkd, masked_mean, mimic_kl, requires_of
 from mmpo.models import load_model
 from mmpo.records import default_media_root, scan_records
+from mmpo.requirements import PairLogps, pair_logps
 from mmpo.schedules import derived_config, finished, seed_for
 from mmpo.trainer import train
 
@@ -56,9 +59,9 @@ def mimic_loss(student, teacher, nll_weight: float) -> Callable:
     return batch_loss
 
 
-def teacher_reference(teacher, requires: set, shared_prefix: bool) -> Callable[[dict], dict]:
+def teacher_reference(teacher, requires: set, shared_prefix: bool) -> Callable[..., PairLogps]:
     """The reference callable for preference distillation: pair log-probs under the teacher, no grad."""
-    def reference(batch: dict) -> dict:
+    def reference(batch) -> PairLogps:
         with torch.no_grad():
             return pair_logps(teacher, batch, requires, shared_prefix)
     return reference
@@ -159,20 +162,19 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
 
 
 def preference_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
-    """The preference stage's config: stage dpo on distill.preference_data with the chosen loss.
+    """The preference stage's config: stage dpo on distill.preference_data with the `loss:` terms.
 
     DPKD is not a LOSSES term (it needs both models' logits, not log-probs): its stage has no loss terms
     and runs `dpkd_loss` as the batch loss, so the saved config does not claim a DPO loss that never ran.
     """
     d = cfg.distill
-    terms = [] if d.preference_loss == "dpkd" else [LossTerm(name=d.preference_loss, params={"beta": d.beta})]
-    return derived_config(cfg, stage="dpo", output_dir=str(run_dir), max_steps=d.preference_steps, loss=terms,
-                          data_train=d.preference_data, precompute_reference=False)
+    return derived_config(cfg, stage="dpo", output_dir=str(run_dir), max_steps=d.preference_steps,
+                          loss=[] if d.dpkd else cfg.loss, data_train=d.preference_data, precompute_reference=False)
 
 
 def preference_step(cfg: TrainConfig, student, teacher) -> dict:
     """`train` keyword arguments of the preference stage: the teacher reference, or the DPKD batch_loss."""
     d = cfg.distill
-    if d.preference_loss == "dpkd":
-        return {"batch_loss": dpkd_loss(student, teacher, d.beta, d.dpkd_ratio)}
-    return {"reference": teacher_reference(teacher, {"reference"}, cfg.shared_prefix)}
+    if d.dpkd:
+        return {"batch_loss": dpkd_loss(student, teacher, d.dpkd_beta, d.dpkd_ratio)}
+    return {"reference": teacher_reference(teacher, requires_of(cfg.loss), cfg.shared_prefix)}

@@ -21,7 +21,6 @@ import torch
 
 from mmpo.models.inputs import join_prompt_answer, media_keys
 from mmpo.models.positions import continue_positions, extend_token_types, prompt_positions
-from mmpo.pami import clip_distance
 
 LOGSOFTMAX_CHUNK = 128  # answer positions per chunk; bounds the fp32 working set to ~2 x B x 128 x V
 
@@ -308,46 +307,3 @@ def packed_logps(model, prompt_batch: dict, answer_batches: list[dict], keep_log
         results.append((*logps, predicting) if keep_logits else logps)
         start += length
     return results
-
-
-def pair_logps(model, batch, requires: set, shared_prefix: bool, js_top_k: int | None = None) -> dict:
-    """All answer log-probs a step needs from one model (policy or reference), for a `mmpo.batches.PairBatch`.
-
-    Returns a dict with `chosen`, `rejected`, `chosen_tokens`, `rejected_tokens` and, when required,
-    `corrupt` (chosen answer under corrupted media), `bag` [B, K] (chosen answer under each augmented
-    clip) and `gt`, `gt_tokens` (ground-truth answer). The policy's pass of a PaMi step gives `js_top_k`
-    (the config's `pami.js_top_k`) and also gets `bag_distance` [B, K], PaMi's prompt-aware distances
-    (`mmpo.pami`), measured on logits this pass computes anyway, one clip at a time. With "wpo" in `requires`
-    (the policy's pass under `use_weighting`) also `chosen_wpo`, `rejected_wpo` [B] (`wpo_logps`, no gradient).
-    """
-    distances = js_top_k is not None and "bag" in requires
-    wpo = "wpo" in requires  # from logits kept anyway: backward holds them until the step ends
-    extra = [batch.gt] if "gt" in requires else []
-    if shared_prefix and batch.rejected_prompt is None:
-        # chosen, rejected (and gt) share the media and prompt: encode them once.
-        outs = packed_logps(model, batch.prompt, [batch.chosen, batch.rejected, *extra],
-                            keep_logits=distances or wpo)
-    else:
-        outs = [plain_logps(model, batch.prompt, batch.chosen, keep_logits=distances or wpo),
-                plain_logps(model, batch.rejected_prompt or batch.prompt, batch.rejected, keep_logits=wpo)]
-        outs += [plain_logps(model, batch.prompt, a) for a in extra]
-    res = {"chosen": outs[0][0], "chosen_tokens": outs[0][1], "rejected": outs[1][0], "rejected_tokens": outs[1][1]}
-    if "gt" in requires:
-        res["gt"], res["gt_tokens"] = outs[2][:2]
-    if wpo:
-        for name, answer, out in (("chosen_wpo", batch.chosen, outs[0]), ("rejected_wpo", batch.rejected, outs[1])):
-            device = out[2].device
-            res[name] = wpo_logps(out[2], answer["input_ids"].to(device), answer["attention_mask"].to(device))
-    if "corrupt" in requires:
-        res["corrupt"] = plain_logps(model, batch.corrupt_prompt, batch.chosen)[0]
-    if "bag" in requires:
-        bag, dist = [], []
-        for prompt in batch.bag_prompts:
-            clip = plain_logps(model, prompt, batch.chosen, keep_logits=distances)
-            bag.append(clip[0])
-            if distances:
-                dist.append(clip_distance(outs[0][2], clip[2], batch.chosen["attention_mask"], js_top_k))
-        res["bag"] = torch.stack(bag, 1)
-        if distances:
-            res["bag_distance"] = torch.stack(dist, 1)
-    return res

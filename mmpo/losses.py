@@ -1,10 +1,11 @@
 """Preference losses: one small class per loss and a plain `LOSSES` dict.
 
 Every loss maps one `LossInputs` (answer log-probs summed over tokens, [B], plus optional per-pair
-tensors) to `(scalar loss, metrics)`. The trainer reads `requires` ("reference", "corrupt", "bag", "gt",
-"delta") to know which extra forward passes to run and which record fields every pair must carry (a pair
-without the required `meta.gt` or `scores.delta` is an error, not a default), and sums `weight * term` over
-the config's `loss: [{name, weight, params}]` (`build_loss_terms`).
+tensors) to `(scalar loss, metrics)`. Its `requires` ("reference", "corrupt", "bag", "gt", "delta": the
+objects of `mmpo.requirements`) says which extra inputs are collated, which extra forwards run and which
+LossInputs fields are set (a pair without the required `meta.gt` or `scores.delta` is an error, not a
+default); the trainer sums `weight * term` over
+the config's `loss: [{name, weight, params}]`, each entry a `LossTerm` holding its built loss object.
 
 Reduction: `mean_i(w_i * l_i)` (w = 1 when `weight` is None), not sum(w*l)/sum(w), so a weight scales
 its pair's gradient and equal micro-batches give the full-batch loss and gradient (TRL's "gradient
@@ -15,17 +16,17 @@ use the unscaled beta, as TRL and the DA-DPO / beta-DPO code log them. Math: doc
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmpo.config import ConfigError, from_dict
 from mmpo.logprobs import token_forward_kl, token_logps
 from mmpo.pami import pami_tau
+from mmpo.requirements import REQUIREMENTS
+from mmpo.schema import ConfigError, from_dict
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,10 @@ class LossInputs:
         return self.chosen_logratios - self.rejected_logratios
 
 
-# Which LossInputs fields each requirement name promises (checked before every call).
-_REQUIRED_FIELDS = {"reference": ("ref_chosen", "ref_rejected"), "corrupt": ("policy_corrupt", "ref_corrupt"),
-                    "bag": ("bag_policy", "bag_ref", "bag_distance"), "gt": ("gt_logps", "gt_tokens"),
-                    "delta": ("score_delta",)}
-
-
 def _check(loss: Any, x: LossInputs, fields: tuple[str, ...] = (), pairwise: bool = True) -> None:
-    """Raise ValueError naming the loss and any missing input (pairwise=False: ref_rejected unused)."""
-    _check_beta(getattr(loss, "beta", 1.0))
-    needed = [f for req in sorted(loss.requires) for f in _REQUIRED_FIELDS[req]] + list(fields)
+    """Raise ValueError naming the loss and any missing input (pairwise=False: ref_rejected unused). The fields
+    each requirement promises are its `fields` (`mmpo.requirements`)."""
+    needed = [f for req in sorted(loss.requires) for f in REQUIREMENTS[req].fields] + list(fields)
     if not pairwise:
         needed = [f for f in needed if f != "ref_rejected"]
     missing = [f for f in needed if getattr(x, f) is None]
@@ -862,104 +857,26 @@ TRL_KNOBS = {"beta": "beta", "label_smoothing": "eps", "discopop_tau": "tau", "f
              "f_alpha_divergence_coef": "f_alpha_divergence_coef"}
 
 
-def resolve_trl_loss(cfg: Any) -> None:
-    """Read a TrainConfig's TRL-style loss section (`loss_type`, ...) into `cfg.loss`, then reset it to its defaults,
-    so the resolved config (a run's config.yaml, a schedule's derived config) holds only the `loss:` terms meant.
+@dataclass
+class LossTerm:
+    """One entry of a train config's `loss:` list. Validated once, when the config is read: `loss` then holds the
+    built loss object (an instance of `LOSSES[name]` with `params` as its fields), which the trainer runs."""
 
-    `loss_type` entries are TRL loss types (`TRL_LOSS_NAMES`) or LOSSES names; `loss_weights` gives one weight
-    each (default 1.0, as TRL); the TRL knobs (`TRL_KNOBS`: beta, label_smoothing, ...) set their parameter in
-    every term that has it. Without `loss_type` the knobs are refused (with `loss:`, each term has its params), and
-    so is a `loss:` besides `loss_type`.
+    name: str = "dpo"  # a key of LOSSES
+    weight: float = 1.0  # the term's weight in the explicit weighted sum
+    params: dict = field(default_factory=dict)  # the loss class's fields (e.g. beta), checked by the class
 
-    Raises:
-        ConfigError: both sections, a knob without loss_type, an unknown name, miscounted weights, a bad
-            parameter, or an f-divergence other than reverse_kl with a loss without an f-divergence form (TRL
-            refuses it too).
-    """
-    from mmpo.config import LossTerm, to_dict
-
-    default = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-               for f in dataclasses.fields(cfg)}
-    section = ("loss_type", "loss_weights", *TRL_KNOBS)
-    if not cfg.loss_type:
-        changed = [k for k in section if getattr(cfg, k) != default[k]]
-        if changed:
-            raise ConfigError(f"{', '.join(changed)}: TRL's loss settings go with loss_type (TRL's spelling of "
-                              "`loss`); with `loss:`, set them in each term's params")
-        return
-    if [to_dict(t) for t in cfg.loss] != [to_dict(t) for t in default["loss"]]:
-        raise ConfigError("loss, loss_type: set one of them (loss_type is TRL's spelling of loss)")
-    names = [cfg.loss_type] if isinstance(cfg.loss_type, str) else cfg.loss_type  # TRL takes one name as well
-    if cfg.loss_weights and len(cfg.loss_weights) != len(names):
-        raise ConfigError(f"loss_weights: {len(cfg.loss_weights)} weights for {len(names)} loss types")
-    knobs, terms = {k: getattr(cfg, k) for k in TRL_KNOBS}, []
-    for i, trl_name in enumerate(names):
-        name = TRL_LOSS_NAMES.get(trl_name, trl_name)
-        if name not in LOSSES:
-            raise ConfigError(f"loss_type[{i}]: unknown loss type {trl_name!r}; TRL's: {sorted(TRL_LOSS_NAMES)}, "
-                              f"mmpo's: {sorted(LOSSES)}")
-        fields = {f.name for f in dataclasses.fields(LOSSES[name])}
-        if knobs["f_divergence_type"] != "reverse_kl" and "f_divergence_type" not in fields and name != "sft":
-            raise ConfigError(f"f_divergence_type: {knobs['f_divergence_type']!r} has no valid form for loss type "
-                              f"{trl_name!r} (the f-DPO log Z term cancels only in reward-difference losses)")
-        params = {**TRL_PARAMS.get(trl_name, {}),
-                  **{param: knobs[knob] for knob, param in TRL_KNOBS.items() if param in fields}}
-        terms.append(LossTerm(name, float(cfg.loss_weights[i]) if cfg.loss_weights else 1.0, params))
-    build_loss_terms([to_dict(t) for t in terms], "loss_type")  # errors name loss_type[i], as the user wrote it
-    cfg.loss = terms
-    for key in section:
-        setattr(cfg, key, default[key])
-
-
-def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Tensor:
-    """WPO (Zhou et al., "WPO: Enhancing RLHF with Weighted Preference Optimization", arXiv 2406.11827, Eq. 2;
-    TRL `use_weighting`): a pair's weight w = exp(a_w) * exp(a_l), where a is `mmpo.logprobs.wpo_logps` of each
-    answer under the policy (mean over tokens of log p(y_t) - log sum_v p(v)^2), detached. The trainer multiplies
-    it into `LossInputs.weight`, so it scales every term's per-pair loss, as TRL's multiplies each per-sequence
-    loss. TRL's sft is one batch value: mmpo's batch-token sft gets mean(w) times it, what TRL's code means (TRL
-    1.16 itself raises there, multiplying in place into an expanded tensor); the per-pair sft gets w_i. Sorting
-    losses (aot) refuse it, as TRL does.
-    """
-    return torch.exp(chosen_wpo.detach()) * torch.exp(rejected_wpo.detach())
-
-
-def build_loss_terms(specs: list[dict], where: str = "loss") -> list[tuple[float, Any]]:
-    """Build the weighted loss terms of a train config (`loss: [{name, weight, params}]`).
-
-    Args:
-        specs: entries with `name` (a LOSSES key), optional `weight` (default 1.0) and `params`
-            (the loss dataclass's fields).
-        where: prefix for error messages (e.g. "train.yaml: loss").
-
-    Returns:
-        [(weight, loss object)] in config order; the trainer sums weight * loss(inputs).
-
-    Raises:
-        ConfigError: unknown loss name, unknown or mistyped parameter, invalid value.
-    """
-    terms = []
-    for i, spec in enumerate(specs):
-        at = f"{where}[{i}]"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{at}: expected a mapping {{name, weight, params}}, got {spec!r}")
-        extra = sorted(set(spec) - {"name", "weight", "params"})
-        if extra:
-            raise ConfigError(f"{at}: unknown key(s) {extra}; valid keys: ['name', 'params', 'weight']")
-        name = spec.get("name")
-        if not isinstance(name, str) or name not in LOSSES:
-            raise ConfigError(f"{at}: unknown loss {name!r}; valid names: {sorted(LOSSES)}")
-        weight = spec.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ConfigError(f"{at}.weight: expected a number, got {weight!r}")
-        try:  # from_dict names unknown/mistyped keys; __post_init__ checks values (ValueError)
-            loss = from_dict(LOSSES[name], dict(spec.get("params") or {}), f"{at}.params ({name})")
-            _check_beta(getattr(loss, "beta", 1.0))
+    def __post_init__(self) -> None:
+        if self.name not in LOSSES:
+            raise ConfigError(f"name: unknown loss {self.name!r}; valid names: {sorted(LOSSES)}")
+        at = f"params ({self.name})"
+        try:  # from_dict names unknown/mistyped keys; the class's __post_init__ checks values (ValueError)
+            self.loss = from_dict(LOSSES[self.name], dict(self.params), at)
+            _check_beta(getattr(self.loss, "beta", 1.0))
         except ValueError as exc:
-            raise exc if isinstance(exc, ConfigError) else ConfigError(f"{at}.params ({name}): {exc}") from None
-        terms.append((float(weight), loss))
-    return terms
+            raise exc if isinstance(exc, ConfigError) else ConfigError(f"{at}: {exc}") from None
 
 
-def requires_of(terms: list[tuple[float, Any]]) -> set[str]:
-    """Union of what the terms need ("reference", "corrupt", "bag", "gt"): which passes to run."""
-    return set().union(*(loss.requires for _, loss in terms)) if terms else set()
+def requires_of(terms: list[LossTerm]) -> set[str]:
+    """Union of what the terms' losses need ("reference", "corrupt", "bag", "gt", "delta")."""
+    return set().union(*(t.loss.requires for t in terms))

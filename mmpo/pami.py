@@ -3,11 +3,11 @@
 A PaMi pair holds one video and a bag of K augmentation specs (`PairRecord.rejected_bag`, written by
 `mmpo build augment`). Training needs three things beyond a DPO pair, all here:
 
-1. the bag's clips, made on the fly from the specs and encoded with the prompt (`encode_bag`, called by the
-   pair collator when a loss requires "bag");
+1. the bag's clips, made on the fly from the specs and encoded with the prompt (`encode_bag`, the collate piece of
+   `mmpo.requirements.Bag`);
 2. the prompt-aware distance of each clip from the original, d_k = mean over answer tokens of
    JS(p(.|v) || p(.|v_k)) under the current policy (`js_divergence`, `clip_distance`; the policy's pass in
-   `mmpo.logprobs.pair_logps` computes it from logits it already has, so it costs no forward of its own);
+   `mmpo.requirements.pair_logps` computes it from logits it already has, so it costs no forward of its own);
 3. the close-to-far temperature that turns distances into instance weights (`pami_tau`).
 
 The loss itself is `mmpo.losses.PaMiLoss`, next to the other losses and their registry.
@@ -29,8 +29,8 @@ _LOG2 = math.log(2.0)
 # ----------------------------------------------------------------------------- 1. the bag
 
 def encode_bag(processor, recs, media: list, prompts: list[str], media_type: str) -> dict:
-    """The K augmented clips of each record, encoded with its prompt: {"bag_prompts": K encodings of
-    [B, ...], "bag_mask": [B, K] bool}. Records with fewer specs than the longest bag are padded with their
+    """The K augmented clips of each record, encoded with its prompt: {"prompts": K encodings of
+    [B, ...], "mask": [B, K] bool}. Records with fewer specs than the longest bag are padded with their
     own media, masked out of the loss.
 
     Raises:
@@ -52,7 +52,7 @@ def encode_bag(processor, recs, media: list, prompts: list[str], media_type: str
             else:  # padding instance: any valid media, masked out of the loss
                 clips.append(m)
         bag_prompts.append(encode_prompts(processor, prompts, clips, media_type))
-    return {"bag_prompts": bag_prompts, "bag_mask": mask}
+    return {"prompts": bag_prompts, "mask": mask}
 
 
 # ----------------------------------------------------------------------------- 2. the distance

@@ -18,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from mmpo.distributed import gather_objects
-from mmpo.logprobs import pair_logps
 from mmpo.models import AdaptersOff, has_adapter
 from mmpo.models.loading import fingerprint, model_fingerprint
+from mmpo.requirements import PairLogps, pair_logps
 
 
 def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable:
@@ -31,7 +31,7 @@ def adapter_reference(model, requires: set, shared_prefix: bool) -> Callable:
     """
     adapters_off = AdaptersOff(model) if has_adapter(model) else contextlib.nullcontext
 
-    def reference(batch) -> dict:
+    def reference(batch) -> PairLogps:
         with torch.no_grad(), adapters_off():
             return pair_logps(model, batch, requires, shared_prefix)
     return reference
@@ -63,7 +63,8 @@ def load_reference_cache(path: Path) -> dict[str, dict]:
 
 def precompute_reference(reference: Callable, records, collate, batch_size: int, cache_path: Path, procs,
                          device, context=contextlib.nullcontext) -> dict[str, dict]:
-    """One pass over the data under the reference: {record id: {name: value}}, saved to `cache_path`.
+    """One pass over the data under the reference: {record id: {name: value}} (`PairLogps.table`), saved to
+    `cache_path`.
 
     With several processes the pass is split: under DDP each rank computes every world-th batch with its own
     copy of the model and the parts are gathered; under FSDP2 every forward needs all the ranks, so each runs
@@ -95,7 +96,7 @@ def precompute_reference(reference: Callable, records, collate, batch_size: int,
         with context():
             out = reference(batch)
         for i, rid in enumerate(batch.ids):
-            table[rid] = {k: v[i].detach().float().cpu() for k, v in out.items()}
+            table[rid] = {k: v[i].detach().float().cpu() for k, v in out.table().items()}
     if not procs.sharded:
         for part in gather_objects(table, procs.world):
             table.update(part)
@@ -109,7 +110,7 @@ def precompute_reference(reference: Callable, records, collate, batch_size: int,
 
 def cached_reference(table: dict[str, dict], device) -> Callable:
     """The reference callable that reads the precomputed table (by record id) instead of running a model."""
-    def reference(batch) -> dict:
+    def reference(batch) -> PairLogps:
         rows = [table[rid] for rid in batch.ids]
-        return {k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]}
+        return PairLogps.from_table({k: torch.stack([r[k] for r in rows]).to(device) for k in rows[0]})
     return reference

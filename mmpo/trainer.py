@@ -14,6 +14,7 @@ teacher passed in by the distillation schedule. Reference-free losses (SFT alone
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -26,8 +27,9 @@ import sys
 import threading
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,7 +40,7 @@ from mmpo import folder_lock
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
 from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
-from mmpo.config import TrainConfig
+from mmpo.config import TrainConfig, to_dict
 from mmpo.determinism import environment, make_deterministic
 from mmpo.distributed import (
     NO_4BIT_FSDP,
@@ -57,12 +59,13 @@ from mmpo.distributed import (
     start_processes,
 )
 from mmpo.lengths import check_lengths
-from mmpo.logprobs import pair_logps, plain_logps
-from mmpo.losses import LossInputs, build_loss_terms, requires_of, wpo_weight
+from mmpo.logprobs import plain_logps
+from mmpo.losses import LossInputs, LossTerm, requires_of
 from mmpo.metrics import MetricLogger, check_trackers
 from mmpo.model_card import data_facts, write_model_card
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
+from mmpo.requirements import PairLogps, needed, pair_logps
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ class PolicyLogps(torch.nn.Module):
         super().__init__()
         self.model, self.requires, self.shared_prefix, self.js_top_k = model, requires, shared_prefix, js_top_k
 
-    def forward(self, batch: PairBatch) -> dict:
+    def forward(self, batch: PairBatch) -> PairLogps:
         return pair_logps(self.model, batch, self.requires, self.shared_prefix, js_top_k=self.js_top_k)
 
 
@@ -164,15 +167,14 @@ def load_policy(cfg: TrainConfig, procs: Processes):
     return load_skeleton(cfg.model, cfg.lora, trainable=True)
 
 
-def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max_length: int, procs: Processes,
-                   device):
+def make_reference(cfg: TrainConfig, model, requires: set, records, collate, procs: Processes, device):
     """The reference callable: the policy with adapters off, or (`precompute_reference`) its cached table."""
     if not cfg.precompute_reference:
         if not has_adapter(model):
             raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
                                      "reference: set precompute_reference: true")
         return ref.adapter_reference(model, requires, cfg.shared_prefix)
-    cache = ref.cache_path(cfg, records.digest, requires, max_length, collate.media_root)
+    cache = ref.cache_path(cfg, records.digest, requires, collate.max_length, collate.media_root)
     table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix), records, collate,
                                      cfg.batch_size, cache, procs, device,
                                      context=lambda: autocast(cfg.precision, device))  # as the live reference runs
@@ -181,7 +183,7 @@ def make_reference(cfg: TrainConfig, model, requires: set, records, collate, max
 
 # ----------------------------------------------------------------------------- one step
 
-def preference_step(batch: PairBatch, progress: float, *, policy, reference, terms,
+def preference_step(batch: PairBatch, progress: float, *, policy, reference, terms: list[LossTerm],
                     requires: set) -> tuple[torch.Tensor, dict]:
     """The loss of one DPO-family micro-batch: policy log-probs -> reference log-probs -> weighted sum of terms.
 
@@ -189,36 +191,30 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
         batch: the micro-batch.
         progress: 0..1 through training (schedules inside losses, e.g. PaMi's close-to-far temperature).
         policy: `PolicyLogps` (possibly DDP-wrapped): every policy forward of the step in one call.
-        reference: batch -> reference log-probs (adapters off, the cached table, or a teacher).
-        terms: [(weight, loss)] from `build_loss_terms`.
-        requires: what the terms need ("reference", "corrupt", "bag", "gt", "delta").
+        reference: batch -> reference `PairLogps` (adapters off, the cached table, or a teacher).
+        terms: the config's `LossTerm`s (weight, built loss).
+        requires: what the policy's pass computed ("reference", "corrupt", "bag", "gt", "delta", "wpo").
 
     Returns:
         (loss, metrics).
     """
     pol = policy(batch)
-    ref = reference(batch) if "reference" in requires else {}
-    # use_weighting: the policy pass also returned WPO's per-answer terms; their weight scales every term's pairs
-    wpo = wpo_weight(pol["chosen_wpo"], pol["rejected_wpo"]) if "chosen_wpo" in pol else None
-    pair_weight = batch.weight if wpo is None else batch.weight * wpo.to(batch.weight.dtype)
-    inputs = LossInputs(
-        policy_chosen=pol["chosen"], policy_rejected=pol["rejected"],
-        ref_chosen=ref.get("chosen"), ref_rejected=ref.get("rejected"),
-        chosen_tokens=pol["chosen_tokens"], rejected_tokens=pol["rejected_tokens"],
-        weight=pair_weight, score_delta=batch.score_delta,
-        policy_corrupt=pol.get("corrupt"), ref_corrupt=ref.get("corrupt"),
-        bag_policy=pol.get("bag"), bag_ref=ref.get("bag"), bag_mask=batch.bag_mask,
-        bag_distance=pol.get("bag_distance"),
-        gt_logps=pol.get("gt"), gt_tokens=pol.get("gt_tokens"), progress=progress)
+    ref = reference(batch) if "reference" in requires else None
+    # The pair's own inputs, then what each requirement fills in (mmpo.requirements: WPO scales the weight).
+    fields = {"policy_chosen": pol.chosen, "policy_rejected": pol.rejected, "chosen_tokens": pol.chosen_tokens,
+              "rejected_tokens": pol.rejected_tokens, "weight": batch.weight, "progress": progress}
+    for need in needed(requires):
+        fields.update(need.fill(batch, pol, ref))
+    inputs = LossInputs(**fields)
     total, metrics = 0.0, {}
-    for weight, term in terms:
-        value, term_metrics = term(inputs)
-        total = total + weight * value
+    for term in terms:
+        value, term_metrics = term.loss(inputs)
+        total = total + term.weight * value
         metrics.update(term_metrics)
-    if wpo is not None:
-        metrics["wpo/weight"] = wpo.mean().item()
-    metrics["logps/chosen"] = (pol["chosen"] / pol["chosen_tokens"].clamp(min=1)).mean().item()
-    metrics["logps/rejected"] = (pol["rejected"] / pol["rejected_tokens"].clamp(min=1)).mean().item()
+    for need in needed(requires):
+        metrics.update(need.metrics(pol))
+    metrics["logps/chosen"] = (pol.chosen / pol.chosen_tokens.clamp(min=1)).mean().item()
+    metrics["logps/rejected"] = (pol.rejected / pol.rejected_tokens.clamp(min=1)).mean().item()
     return total, metrics
 
 
@@ -229,44 +225,93 @@ def sft_step(batch: SFTBatch, progress: float, *, policy) -> tuple[torch.Tensor,
     return loss, {"sft/nll": loss.item()}
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- set-up: everything before step 1
 
-def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | None = None,
-          batch_loss: Callable | None = None, eval_hook: Callable | None = None) -> Path:
-    """Train a model as `cfg` says and write the run directory.
+@dataclass
+class Run:
+    """What `setup` prepares and the loop uses: one training run, ready for its first (or resumed) step."""
 
-    Args:
-        cfg: the resolved training config.
-        model, processor: an already loaded policy (schedules pass merged models); loaded from
-            `cfg.model` / `cfg.lora` when None.
-        reference: callable(batch) -> reference log-probs; default: adapters disabled, or the
-            precomputed cache when `cfg.precompute_reference`.
-        batch_loss: callable(batch, progress) -> (loss, metrics); default from the stage.
-        eval_hook: callable(model, processor, step) -> metrics, run every `cfg.eval_every` steps.
+    cfg: TrainConfig
+    procs: Processes
+    model: torch.nn.Module  # the policy (an adapter on it, or full weights; sharded under FSDP2)
+    processor: Any
+    device: torch.device
+    params: list[torch.Tensor]  # the trainable tensors (taken while FSDP2's are the sharded ones)
+    records: Any  # the training records (a lazy `RecordFile`, or a set in another layout)
+    invalid: list[str]  # lines refused on read ("file:line: reason")
+    terms: list[LossTerm]  # the loss terms (empty for SFT and a schedule's own batch_loss)
+    step_module: torch.nn.Module  # the module whose forward the step runs (DDP wraps this one)
+    batch_loss: Callable  # (batch, progress) -> (loss, metrics): `preference_step`, `sft_step` or a schedule's
+    average_by_hand: bool  # a schedule's batch_loss under DDP: gradients averaged after backward
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: Any  # DataLoader of collated micro-batches, from the start step on
+    total_steps: int
+    start_step: int  # 0, or the resumed checkpoint's step
+    nonfinite: dict  # {"nonfinite_steps", "consecutive"}: the divergence guard's counters (checkpointed)
+    skips: SkipLedger  # records left out, by reason (checkpointed)
+    prepass_s: float  # seconds spent precomputing (or loading) reference log-probs
 
-    Returns:
-        The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
-    """
-    procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
-    with folder_lock.run_folder(cfg.output_dir, procs):  # one run per folder: a second one is refused, naming this
-        return _train(cfg, procs, model, processor, reference, batch_loss, eval_hook)
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
 
 
-def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Callable | None,
-           batch_loss: Callable | None, eval_hook: Callable | None) -> Path:
-    """`train`'s body, run while this process holds the run folder."""
+def setup(cfg: TrainConfig, procs: Processes, model=None, processor=None, reference: Callable | None = None,
+          batch_loss: Callable | None = None) -> Run:
+    """Everything before step 1, in the order it must happen: the run folder, the seeds, the model, the data,
+    the step function (and its reference), the optimizer and schedule, then the resumed state, if any.
+    `train`'s arguments have the same meaning here."""
     run_dir = Path(cfg.output_dir)
-    is_main, world, rank = procs.is_main, procs.world, procs.rank
     check_rerun(cfg, run_dir, procs)  # and writes this run's config.yaml
     check_trackers(cfg.report_to)  # a missing tracker package stops every rank before any loading
     seed_everything(cfg.seed)  # the same fresh LoRA on every rank (a schedule's model is built alike everywhere)
     if cfg.deterministic:  # deterministic kernels, cuBLAS workspace, no cuDNN autotuning (README Reproducibility)
         make_deterministic()
-    if is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
+    if procs.is_main:  # run.json: what the numbers depend on besides config.yaml (versions, threads, switches)
         (run_dir / "run.json").write_text(json.dumps(environment(cfg.seed, cfg.deterministic), indent=1) + "\n")
+    model, processor, device, params = prepare_model(cfg, procs, model, processor)
+    records, invalid, collate = prepare_data(cfg, procs, model, processor)
+    per_epoch = max(len(records) // (cfg.batch_size * procs.world), 1)
+    total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
+    if procs.is_main:
+        note_epoch_remainder(len(records), cfg.batch_size, procs.world, cfg.data.shuffle)
+    # The step: its module (one forward per backward, for DDP), its reference, its loss terms. A stateful loss
+    # (beta_dpo's running statistics) starts fresh in every run, even from a config object used before.
+    terms = [] if cfg.stage == "sft" else copy.deepcopy(cfg.loss)
+    requires = requires_of(terms)
+    policy_requires = requires | ({"wpo"} if cfg.use_weighting else set())  # WPO weights: the policy pass only
+    step_module, average_by_hand = make_step_module(cfg, procs, model, policy_requires, schedule=batch_loss)
+    prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
+    if batch_loss is None and reference is None and "reference" in requires:
+        started = time.perf_counter()
+        reference = make_reference(cfg, model, requires, records, collate, procs, device)
+        prepass_s = time.perf_counter() - started
+    reshard(model, procs)
+    if batch_loss is None:
+        batch_loss = (functools.partial(sft_step, policy=step_module) if cfg.stage == "sft" else
+                      functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,
+                                        requires=policy_requires))
+    optimizer = make_optimizer(cfg, params)
+    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
+    step, nonfinite, skips = resume(cfg, procs, model, optimizer, scheduler, terms, invalid)
+    loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
+                         total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, procs.world, procs.rank)
+    return Run(cfg=cfg, procs=procs, model=model, processor=processor, device=device, params=params, records=records,
+               invalid=invalid, terms=terms, step_module=step_module, batch_loss=batch_loss,
+               average_by_hand=average_by_hand, optimizer=optimizer, scheduler=scheduler, loader=loader,
+               total_steps=total_steps, start_step=step, nonfinite=nonfinite, skips=skips, prepass_s=prepass_s)
+
+
+def prepare_model(cfg: TrainConfig, procs: Processes, model, processor):
+    """The policy ready to train: loaded (unless a schedule passed one), activation checkpointing, FSDP2 shards.
+
+    Returns:
+        (model, processor, device, trainable params).
+    """
     if model is None:
         model, processor = load_policy(cfg, procs)
-    seed_everything(cfg.seed + rank)  # from here on, each rank its own stream (dropout)
+    seed_everything(cfg.seed + procs.rank)  # from here on, each rank its own stream (dropout)
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
@@ -277,103 +322,133 @@ def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Call
     # Taken now, while FSDP2's parameters are the sharded ones: after a forward without backward its root group
     # stays gathered, and model.parameters() would then list the gathered copies, which never get gradients.
     params = [p for p in model.parameters() if p.requires_grad]
+    return model, processor, device, params
 
-    # Data: records are validated on read (file:line:field errors, or counted skips).
+
+def prepare_data(cfg: TrainConfig, procs: Processes, model, processor):
+    """The training records, validated on read (file:line:field errors, or counted skips), the length pre-flight,
+    and the collator (with what the loss terms require).
+
+    Returns:
+        (records, invalid lines, collate).
+    """
     sft = cfg.stage == "sft"
     media_root = resolve_media_root(cfg)
     if cfg.data.format != "mmpo":  # validated before step 1, each row converted when a batch reads it
-        from mmpo.formats import read_source_records
+        from mmpo.formats import read_source_records  # pyarrow and the format readers, only for such a set
 
-        records, skipped = read_source_records(cfg.data.format, cfg.data.train, media_root, "sft" if sft else "pair",
+        records, invalid = read_source_records(cfg.data.format, cfg.data.train, media_root, "sft" if sft else "pair",
                                                cfg.data.on_bad_record, cfg.data.media_root or None)
     else:
-        records, skipped = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
+        records, invalid = read_records(cfg.data.train, media_root, "sft" if sft else "pair", cfg.data.on_bad_record)
     if not records:
-        raise ValueError(f"{cfg.data.train}: no usable records ({len(skipped)} skipped)")
+        raise ValueError(f"{cfg.data.train}: no usable records ({len(invalid)} skipped)")
     if len(records.media_types) > 1 and cfg.batch_size > 1:  # a shuffled mix would fail at a random step
         firsts = ", ".join(f"{kind}s from {where}" for kind, where in records.media_types.items())
         raise ValueError(f"{cfg.data.train} mixes media types ({firsts}), and a batch holds one type: split the file "
                          "by media_type (or train with batch_size: 1)")
-    max_length = check_lengths(cfg, records, processor, media_root, model, is_main)
-    terms = [] if sft else build_loss_terms([cfgmod.to_dict(t) for t in cfg.loss], "loss")
-    requires = requires_of(terms)
+    max_length = check_lengths(cfg, records, processor, media_root, model, procs.is_main)
     common = dict(processor=processor, media_root=media_root, num_frames=cfg.model.num_frames,
                   max_length=max_length, on_bad=cfg.data.on_bad_record)
-    collate = SFTCollator(**common) if sft else PairCollator(**common, requires=frozenset(requires))
-    per_epoch = max(len(records) // (cfg.batch_size * world), 1)
-    total_steps = cfg.max_steps or max(int(cfg.epochs * per_epoch / cfg.grad_accum), 1)
-    if is_main:
-        note_epoch_remainder(len(records), cfg.batch_size, world, cfg.data.shuffle)
+    requires = frozenset() if sft else frozenset(requires_of(cfg.loss))
+    return records, invalid, SFTCollator(**common) if sft else PairCollator(**common, requires=requires)
 
-    # The step function, the reference, the optimizer: one forward per backward for DDP. Only the step module is
-    # wrapped (DDP must wrap the module whose forward the step runs); the data order, the optimizer and the
-    # schedule are the same code for 1 or N ranks, so resume and the batches a rank draws do not depend on it.
-    policy_requires = requires | ({"wpo"} if cfg.use_weighting else set())  # WPO weights: policy pass only
-    step_module = AnswerLogps(model) if sft else PolicyLogps(model, policy_requires, cfg.shared_prefix,
-                                                             cfg.pami.js_top_k)
-    # A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its gradients are then
-    # averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
-    average_by_hand = world > 1 and not procs.sharded and batch_loss is not None
-    if average_by_hand:
+
+def make_step_module(cfg: TrainConfig, procs: Processes, model, requires: set, schedule: Callable | None):
+    """The module whose one forward computes every policy log-prob of a step (`PolicyLogps` / `AnswerLogps`).
+
+    Only the step module is wrapped by DDP (DDP must wrap the module whose forward the step runs); the data order,
+    the optimizer and the schedule are the same code for 1 or N ranks, so resume and the batches a rank draws do
+    not depend on it. A schedule's own batch_loss calls the model directly, not through a DDP wrapper: its
+    gradients are then averaged by hand (FSDP2 needs neither: it hooks the model's own modules).
+
+    Returns:
+        (step module, whether gradients are averaged by hand).
+    """
+    module = AnswerLogps(model) if cfg.stage == "sft" else PolicyLogps(model, requires, cfg.shared_prefix,
+                                                                        cfg.pami.js_top_k)
+    by_hand = procs.world > 1 and not procs.sharded and schedule is not None
+    if by_hand:
         broadcast_from_main(model, procs)
-    elif world > 1 and not procs.sharded:
-        step_module = replicate(step_module, procs)
-    prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
-    if batch_loss is None and not sft and "reference" in requires and reference is None:
+    elif procs.world > 1 and not procs.sharded:
+        module = replicate(module, procs)
+    return module, by_hand
+
+
+def resume(cfg: TrainConfig, procs: Processes, model, optimizer, scheduler, terms: list[LossTerm], invalid: list):
+    """The latest checkpoint's state, if the run folder has one: parameters, optimizer, scheduler, RNG, loss
+    states, skipped records and the data position.
+
+    Returns:
+        (step, nonfinite counters, skip ledger): (0, zeros, a fresh ledger) for a new run.
+    """
+    last = latest_checkpoint(Path(cfg.output_dir))
+    if last is None:
+        return 0, {"nonfinite_steps": 0, "consecutive": 0}, SkipLedger(invalid_lines=len(invalid))
+    step, extra = load_checkpoint(last, model, optimizer, scheduler, procs)
+    if "nonfinite" not in extra:
+        raise ValueError(f"{last}: a checkpoint from an older mmpo, which this one cannot resume; use another "
+                         "output_dir")
+    for term, state in zip(terms, extra.get("loss_states", []), strict=True):
+        if state is not None and hasattr(term.loss, "load_state_dict"):
+            term.loss.load_state_dict(state)
+    if procs.is_main:
+        log.info("resumed from %s at step %d", last, step)
+    return step, extra["nonfinite"], SkipLedger(len(invalid), extra["skips"])
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | None = None,
+          batch_loss: Callable | None = None, eval_hook: Callable | None = None) -> Path:
+    """Train a model as `cfg` says and write the run directory: `setup`, then `loop`, then `finish`.
+
+    Args:
+        cfg: the resolved training config.
+        model, processor: an already loaded policy (schedules pass merged models); loaded from
+            `cfg.model` / `cfg.lora` when None.
+        reference: callable(batch) -> reference `PairLogps`; default: adapters disabled, or the
+            precomputed cache when `cfg.precompute_reference`.
+        batch_loss: callable(batch, progress) -> (loss, metrics); default from the stage.
+        eval_hook: callable(model, processor, step) -> metrics, run every `cfg.eval_every` steps.
+
+    Returns:
+        The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
+    """
+    procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
+    with folder_lock.run_folder(cfg.output_dir, procs):  # one run per folder: a second one is refused, naming this
+        run = setup(cfg, procs, model, processor, reference, batch_loss)
         started = time.perf_counter()
-        reference = make_reference(cfg, model, requires, records, collate, max_length, procs, device)
-        prepass_s = time.perf_counter() - started
-    reshard(model, procs)
-    if batch_loss is None:
-        batch_loss = (functools.partial(sft_step, policy=step_module) if sft else
-                      functools.partial(preference_step, policy=step_module, reference=reference, terms=terms,
-                                        requires=requires))
-    optimizer = make_optimizer(cfg, params)
-    scheduler = warmup_cosine(optimizer, total_steps, cfg.warmup_ratio)
+        step, last_loss = loop(run, eval_hook)
+        return finish(run, step, last_loss, time.perf_counter() - started)
 
-    # Resume: parameters, optimizer, scheduler, RNG, loss states, skipped records and the data position.
-    step, nonfinite = 0, {"nonfinite_steps": 0, "consecutive": 0}
-    skips = SkipLedger(invalid_lines=len(skipped))
-    last = latest_checkpoint(run_dir)
-    if last is not None:
-        step, extra = load_checkpoint(last, model, optimizer, scheduler, procs)
-        if "nonfinite" not in extra:
-            raise ValueError(f"{last}: a checkpoint from an older mmpo, which this one cannot resume; use another "
-                             "output_dir")
-        nonfinite, skips = extra["nonfinite"], SkipLedger(len(skipped), extra["skips"])
-        for (_, term), state in zip(terms, extra.get("loss_states", []), strict=True):
-            if state is not None and hasattr(term, "load_state_dict"):
-                term.load_state_dict(state)
-        if is_main:
-            log.info("resumed from %s at step %d", last, step)
 
-    facts = data_facts(cfg.data.train, len(records), len(skipped))  # for the trackers and the model card
-    logger = MetricLogger(run_dir, cfg.report_to, enabled=is_main, start_step=step, project=cfg.tracker_project,
-                          run_name=cfg.run_name, config={**cfgmod.to_dict(cfg), "data_facts": facts})
-    loader = make_loader(records, collate, cfg.batch_size, cfg.seed, step * cfg.grad_accum,
-                         total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, world, rank)
-    batches = iter(loader)
-    label = f"train[{run_label(cfg)}]"
-    bar = tqdm(total=total_steps, initial=step, desc=label, disable=not (cfg.progress and is_main and on_terminal()))
-    lines = LossLines(label, total_steps, step, enabled=is_main and bar.disable)
-    started, last_loss = time.perf_counter(), None
-    stop = StopRequest(cfg.save_on_interrupt)
-    model.train()
+def loop(run: Run, eval_hook: Callable | None = None) -> tuple[int, float | None]:
+    """The training loop: for each optimizer step, accumulate micro-batches, clip, guard, step, log, evaluate,
+    checkpoint. Returns (steps done, the last logged loss)."""
+    cfg, procs, device, world = run.cfg, run.procs, run.device, run.procs.world
+    step, total, last_loss = run.start_step, run.total_steps, None
+    logger = MetricLogger(run.run_dir, cfg.report_to, enabled=procs.is_main, start_step=step,
+                          project=cfg.tracker_project, run_name=cfg.run_name,
+                          config={**to_dict(cfg), "data_facts": data_facts_of(run)})
+    console = Console(f"train[{run_label(cfg)}]", total, step, cfg.progress, procs.is_main)
+    batches, stop = iter(run.loader), StopRequest(cfg.save_on_interrupt)
+    run.model.train()
     with stop:
-        while step < total_steps:
+        while step < total:
             # -- accumulate gradients over grad_accum micro-batches
             finite, synced = True, world == 1
             for micro in range(cfg.grad_accum):
                 batch = next(batches).to(device)
-                skips.note(batch.skipped)
+                run.skips.note(batch.skipped)
                 # Under DDP every rank must join each synchronised backward, so a batch whose records were all
                 # skipped on one rank is skipped on all of them.
                 if not all_ranks(bool(batch.ids), world, device):
                     continue
                 last_micro = micro == cfg.grad_accum - 1
                 # Gradients of the earlier micro-batches accumulate locally; the last one reduces the sum across ranks.
-                with gradient_sync(step_module, procs, sync=last_micro), autocast(cfg.precision, device):
-                    loss, metrics = batch_loss(batch, step / total_steps)
+                with gradient_sync(run.step_module, procs, sync=last_micro), autocast(cfg.precision, device):
+                    loss, metrics = run.batch_loss(batch, step / total)  # the step: forwards and the loss terms
                     # A non-finite loss still goes through backward, so no rank leaves the others waiting in the
                     # all-reduce; the update is skipped below on every rank alike.
                     (loss / cfg.grad_accum).backward()
@@ -382,75 +457,104 @@ def _train(cfg: TrainConfig, procs: Processes, model, processor, reference: Call
                 if finite:  # the metrics of the whole micro-batch, all ranks together
                     logger.add(mean_over_ranks({"loss": loss.item(), **metrics}, procs), pairs=len(batch.ids) * world,
                                tokens=batch_tokens(batch) * world)
-            if average_by_hand or (not synced and not procs.sharded):  # also when the last micro-batch was skipped
-                average_gradients(params, world)
+            if run.average_by_hand or (not synced and not procs.sharded):  # also when the last micro-batch was skipped
+                average_gradients(run.params, world)
 
             # -- clip, guard, step
-            grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
-            if finite and bool(torch.isfinite(grad_norm)):  # both already agreed by every rank
-                optimizer.step()
-                nonfinite["consecutive"] = 0
-            else:
-                nonfinite["nonfinite_steps"] += 1
-                nonfinite["consecutive"] += 1
-                log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
-                if cfg.max_nonfinite_steps and nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
-                    raise TrainingDiverged(diverged_message(cfg, step + 1, nonfinite["consecutive"],
-                                                            latest_checkpoint(run_dir)))
-            # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
-            # warns when the very first update was skipped; that order is intended here).
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = guarded_update(run, finite, step)
             step += 1
-            bar.update(1)
 
             # -- log, evaluate, checkpoint
             # skipped_records here counts what this (the main) process saw; summary.json adds every rank's
-            counters = {"skipped_records": skips.total(), "nonfinite_steps": nonfinite["nonfinite_steps"]}
-            if step % cfg.log_every == 0 or step == total_steps:
-                row = logger.flush(step, {"lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm), **counters})
+            counters = {"skipped_records": run.skips.total(), "nonfinite_steps": run.nonfinite["nonfinite_steps"]}
+            if step % cfg.log_every == 0 or step == total:
+                row = logger.flush(step, {"lr": run.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                                          **counters})
                 last_loss = row.get("loss", last_loss)
-                bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-            lines.maybe(step, last_loss)
-            # Under FSDP2 every rank runs the hook (a forward needs all the shards); the main one logs it.
-            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0 and (is_main or procs.sharded):
-                model.eval()
-                evaluated = eval_hook(model, processor, step)
-                if evaluated:
-                    logger.flush(step, {f"eval/{k}": v for k, v in evaluated.items()})
-                reshard(model, procs)
-                model.train()
+            console.update(step, last_loss)
+            if eval_hook is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                evaluate(run, eval_hook, step, logger)
             # The last step is not checkpointed: the final adapter below is what a finished run keeps.
             # An interrupt (SIGINT / SIGTERM) is acted on here, between steps, by every rank at the same step.
             interrupted = stop.enabled and not all_ranks(stop.signum is None, world, device)
-            periodic = cfg.save_every and step % cfg.save_every == 0
-            if (periodic or interrupted) and step < total_steps:
-                check_finite_parameters(model, f"checkpoint at step {step}", procs)
-                saved = save_checkpoint(run_dir, step, model, optimizer, scheduler, {
-                    "nonfinite": nonfinite, "skips": skips.state(),
-                    "loss_states": [getattr(t, "state_dict", lambda: None)() for _, t in terms]}, procs,
-                    keep_last=cfg.save_total_limit)
+            if ((cfg.save_every and step % cfg.save_every == 0) or interrupted) and step < total:
+                saved = checkpoint(run, step)
                 if interrupted:
-                    bar.close()
+                    console.close()
                     logger.close()
-                    raise Interrupted(step, total_steps, saved)
-    bar.close()
+                    raise Interrupted(step, total, saved)
+    console.close()
     logger.close()
-    skips.merge(gather_objects(skips.state(), world))
-    check_finite_parameters(model, "final weights", procs)
-    getattr(records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
-    saved = save_final(model, processor, run_dir, procs)
-    if is_main:
-        summary = {"steps": step, "final_loss": last_loss, "train_s": round(time.perf_counter() - started, 3),
-                   "skipped_records": skips.total(), "skipped_by_reason": skips.by_reason(),
-                   "nonfinite_steps": nonfinite["nonfinite_steps"], "reference_prepass_s": prepass_s,
+    return step, last_loss
+
+
+def guarded_update(run: Run, finite: bool, step: int) -> torch.Tensor:
+    """Clip the gradients and take the optimizer step, or skip it when the loss or the gradient norm is not finite
+    (too many in a row: `TrainingDiverged`); the schedule steps either way. Returns the gradient norm."""
+    cfg = run.cfg
+    grad_norm = full_tensor(torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm or float("inf")))
+    if finite and bool(torch.isfinite(grad_norm)):  # both already agreed by every rank
+        run.optimizer.step()
+        run.nonfinite["consecutive"] = 0
+    else:
+        run.nonfinite["nonfinite_steps"] += 1
+        run.nonfinite["consecutive"] += 1
+        log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
+        if cfg.max_nonfinite_steps and run.nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
+            raise TrainingDiverged(diverged_message(cfg, step + 1, run.nonfinite["consecutive"],
+                                                    latest_checkpoint(run.run_dir)))
+    # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
+    # warns when the very first update was skipped; that order is intended here).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def evaluate(run: Run, eval_hook: Callable, step: int, logger: MetricLogger) -> None:
+    """Run the eval hook on the policy and log what it returns. Under FSDP2 every rank runs it (a forward needs
+    all the shards); the main one logs it."""
+    if not (run.procs.is_main or run.procs.sharded):
+        return
+    run.model.eval()
+    evaluated = eval_hook(run.model, run.processor, step)
+    if evaluated:
+        logger.flush(step, {f"eval/{k}": v for k, v in evaluated.items()})
+    reshard(run.model, run.procs)
+    run.model.train()
+
+
+def checkpoint(run: Run, step: int) -> Path:
+    """Save a resumable checkpoint at `step` (weights checked finite first); returns its folder."""
+    check_finite_parameters(run.model, f"checkpoint at step {step}", run.procs)
+    return save_checkpoint(run.run_dir, step, run.model, run.optimizer, run.scheduler, {
+        "nonfinite": run.nonfinite, "skips": run.skips.state(),
+        "loss_states": [getattr(t.loss, "state_dict", lambda: None)() for t in run.terms]}, run.procs,
+        keep_last=run.cfg.save_total_limit)
+
+
+def finish(run: Run, step: int, last_loss: float | None, train_s: float) -> Path:
+    """After the last step: every rank's skips, the final weights (checked finite), summary.json, the model card."""
+    procs, world = run.procs, run.procs.world
+    run.skips.merge(gather_objects(run.skips.state(), world))
+    check_finite_parameters(run.model, "final weights", procs)
+    getattr(run.records, "wait", lambda: None)()  # a big file's background validation: a bad line fails the run here
+    saved = save_final(run.model, run.processor, run.run_dir, procs)
+    if procs.is_main:
+        summary = {"steps": step, "final_loss": last_loss, "train_s": round(train_s, 3),
+                   "skipped_records": run.skips.total(), "skipped_by_reason": run.skips.by_reason(),
+                   "nonfinite_steps": run.nonfinite["nonfinite_steps"], "reference_prepass_s": run.prepass_s,
                    "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_model_card(saved, cfg, summary, facts)
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_model_card(saved, run.cfg, summary, data_facts_of(run))
     procs.barrier()
-    return run_dir
+    return run.run_dir
+
+
+def data_facts_of(run: Run) -> dict:
+    """The data's facts for the trackers and the model card (the manifest's counts and skips)."""
+    return data_facts(run.cfg.data.train, len(run.records), len(run.invalid))
 
 
 # ----------------------------------------------------------------------------- what a run says
@@ -466,6 +570,23 @@ def on_terminal() -> bool:
 def run_label(cfg: TrainConfig) -> str:
     """What the run trains, for its bar and loss lines: the stage for SFT, else its loss terms ("pami+dpo")."""
     return "sft" if cfg.stage == "sft" else "+".join(t.name for t in cfg.loss)
+
+
+class Console:
+    """What a run shows as it goes: a tqdm bar on a terminal, else `LossLines` (main process only)."""
+
+    def __init__(self, label: str, total: int, start: int, progress: bool, is_main: bool):
+        self.bar = tqdm(total=total, initial=start, desc=label, disable=not (progress and is_main and on_terminal()))
+        self.lines = LossLines(label, total, start, enabled=is_main and self.bar.disable)
+
+    def update(self, step: int, loss: float | None) -> None:
+        self.bar.update(1)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        self.lines.maybe(step, loss)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class LossLines:
@@ -551,10 +672,10 @@ class TrainingDiverged(RuntimeError):
 
 
 def diverged_message(cfg: TrainConfig, step: int, count: int, last_checkpoint) -> str:
-    betas = [t.params["beta"] for t in cfg.loss if "beta" in t.params]
+    betas = [t.loss.beta for t in cfg.loss if hasattr(t.loss, "beta")]
     kept = f"the last checkpoint ({last_checkpoint}) is untouched" if last_checkpoint else "nothing was saved"
     return (f"step {step}: {count} consecutive steps with a non-finite loss or gradient (max_nonfinite_steps="
-            f"{cfg.max_nonfinite_steps}); stopped. Likely cause: lr={cfg.lr} or the loss's beta={betas or 'default'} "
+            f"{cfg.max_nonfinite_steps}); stopped. Likely cause: lr={cfg.lr} or the loss's beta={betas} "
             f"too large or too small for this model, or fp16 overflow (precision={cfg.precision}); {kept}")
 
 

@@ -346,7 +346,7 @@ def _multi_pairs(root, n_images, name="multi.jsonl", prompt=None, n_rows=2):
 @pytest.mark.parametrize("family", MULTI)
 @pytest.mark.parametrize("n_images", [2, 3])
 def test_several_images_packed_equals_plain_and_every_image_counts(multi, family, n_images, tmp_path):
-    from mmpo.logprobs import pair_logps
+    from mmpo.requirements import pair_logps
 
     model, proc = multi[family]
     pairs = _multi_pairs(tmp_path, n_images)
@@ -356,14 +356,14 @@ def test_several_images_packed_equals_plain_and_every_image_counts(multi, family
         packed = pair_logps(model, batch, set(), shared_prefix=True)
         plain = pair_logps(model, batch, set(), shared_prefix=False)
     for key in ("chosen", "rejected"):
-        torch.testing.assert_close(packed[key], plain[key], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(getattr(packed, key), getattr(plain, key), rtol=1e-5, atol=1e-4)
     # each image reaches the model: replacing any one of them changes the log-probs of its row
     for j in range(n_images):
         color_image("yellow", size=40 + 8 * j, seed=99).save(tmp_path / f"img/m0_{j}.png")
         with torch.no_grad():
             changed = pair_logps(model, PairCollator(proc, str(tmp_path))(recs), set(), shared_prefix=True)
-        assert not torch.allclose(changed["chosen"][0], packed["chosen"][0]), j
-        assert torch.equal(changed["chosen"][1], packed["chosen"][1])  # the other row's images did not change
+        assert not torch.allclose(changed.chosen[0], packed.chosen[0]), j
+        assert torch.equal(changed.chosen[1], packed.chosen[1])  # the other row's images did not change
         color_image(["red", "green", "blue"][j % 3], size=40 + 8 * j, seed=j).save(tmp_path / f"img/m0_{j}.png")
 
 
@@ -482,8 +482,8 @@ def test_qwen_video_logps_equal_a_plain_hf_forward(loaded, family):
 def test_pami_bag_and_rejected_media_on_qwen2_5_vl(paths, loaded, tmp_path):
     import dataclasses
 
-    from mmpo.logprobs import pair_logps
     from mmpo.records import AugSpec
+    from mmpo.requirements import pair_logps
 
     model, proc = loaded["qwen2_5_vl"]
     pairs = toy_pairs(tmp_path / "data", n=3)
@@ -494,20 +494,20 @@ def test_pami_bag_and_rejected_media_on_qwen2_5_vl(paths, loaded, tmp_path):
     with torch.no_grad():
         out = pair_logps(model, batch, {"bag", "corrupt"}, shared_prefix=True, js_top_k=0)
         # each bag clip equals a forward of the augmented image on its own (patches are not sliced by row)
-        from mmpo.batches import augment_each
         from mmpo.media import load_media
+        from mmpo.requirements import augment_each
 
         for j in range(2):
             for i, r in enumerate(recs):
                 alone = encode_prompts(proc, [r.prompt], [augment_each(load_media(pairs.parent, r.media, "image"),
                                                                        bag[j])], "image")
                 ans = encode_answers(proc, [r.chosen])
-                assert plain_logps(model, alone, ans)[0][0] == pytest.approx(float(out["bag"][i, j]), rel=1e-4)
+                assert plain_logps(model, alone, ans)[0][0] == pytest.approx(float(out.extra["bag"][i, j]), rel=1e-4)
         rejected = encode_prompts(proc, [recs[0].prompt], [load_media(pairs.parent, ("img/2.png",), "image")], "image")
         expect = plain_logps(model, rejected, encode_answers(proc, [recs[0].rejected]))[0][0]
-    assert float(out["rejected"][0]) == pytest.approx(float(expect), rel=1e-4)
-    assert out["bag_distance"].shape == (3, 2) and (out["bag_distance"] > 0).all()
-    assert out["corrupt"].shape == (3,)
+    assert float(out.rejected[0]) == pytest.approx(float(expect), rel=1e-4)
+    assert out.extra["bag_distance"].shape == (3, 2) and (out.extra["bag_distance"] > 0).all()
+    assert out.extra["corrupt"].shape == (3,)
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
@@ -539,8 +539,8 @@ def test_a_video_marker_places_the_video(multi):
 def test_several_rejected_images_one_for_one(multi, tmp_path):
     import dataclasses
 
-    from mmpo.logprobs import pair_logps
     from mmpo.media import load_media
+    from mmpo.requirements import pair_logps
 
     model, proc = multi["idefics3"]
     pairs = _multi_pairs(tmp_path, 2)
@@ -553,8 +553,8 @@ def test_several_rejected_images_one_for_one(multi, tmp_path):
         rejected = encode_prompts(proc, [recs[0].prompt], [load_media(tmp_path, recs[0].rejected_media, "image")],
                                   "image")
         expect = plain_logps(model, rejected, encode_answers(proc, [recs[0].chosen]))[0][0]
-    assert float(out["rejected"][0]) == pytest.approx(float(expect), rel=1e-4)
-    assert float(out["rejected"][0]) != pytest.approx(float(out["chosen"][0]), rel=1e-4)  # same text, other image
+    assert float(out.rejected[0]) == pytest.approx(float(expect), rel=1e-4)
+    assert float(out.rejected[0]) != pytest.approx(float(out.chosen[0]), rel=1e-4)  # same text, other image
     bad = [dataclasses.replace(recs[0], rejected_media=("img/r0.png",))]
     with pytest.raises(ValueError, match=r"multi.jsonl:1: 'rejected_media' has 1 item\(s\) but 'media' has 2"):
         PairCollator(proc, str(tmp_path))(bad)

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from mmpo.config import ConfigError
+from mmpo.config import ConfigError, from_dict
 from mmpo.losses import (
     LOSSES,
     BetaDPOLoss,
     LossInputs,
-    build_loss_terms,
+    LossTerm,
     requires_of,
 )
 from mmpo.pami import js_divergence, pami_tau
@@ -385,15 +385,16 @@ def test_missing_reference_is_a_clear_error():
 # ----------------------------------------------------------------------------- registry and config
 
 
-def test_build_loss_terms_and_requires():
+def test_loss_terms_hold_their_built_losses_and_requires():
     """A gdpo config (dpo + 0.1 * sft on gt) and an mDPO config; requirements are unions."""
-    terms = build_loss_terms([{"name": "dpo", "params": {"beta": 0.2}},
-                              {"name": "sft", "weight": 0.1, "params": {"target": "gt"}}])
-    assert [w for w, _ in terms] == [1.0, 0.1] and terms[0][1].beta == 0.2
+    terms = [from_dict(LossTerm, spec) for spec in ({"name": "dpo", "params": {"beta": 0.2}},
+                                                    {"name": "sft", "weight": 0.1, "params": {"target": "gt"}})]
+    assert [t.weight for t in terms] == [1.0, 0.1] and isinstance(terms[0].loss, LOSSES["dpo"])
+    assert terms[0].loss.beta == 0.2 and terms[1].loss.target == "gt"
     assert requires_of(terms) == {"reference", "gt"}
-    mdpo = build_loss_terms([{"name": n} for n in ("dpo", "mdpo_conditional", "mdpo_anchor")])
+    mdpo = [LossTerm(n) for n in ("dpo", "mdpo_conditional", "mdpo_anchor")]
     assert requires_of(mdpo) == {"reference", "corrupt"}
-    assert requires_of(build_loss_terms([{"name": "pami"}])) == {"reference", "bag"}
+    assert requires_of([LossTerm("pami")]) == {"reference", "bag"}
     assert requires_of([]) == set()
 
 
@@ -407,9 +408,9 @@ def test_build_loss_terms_and_requires():
     ({"name": "ipo", "params": {"beta": 0.0}}, "beta must be > 0"),
     ({"name": "pami", "params": {"mil_reduce": "max"}}, "mil_reduce"),
 ])
-def test_build_loss_terms_errors(spec, message):
-    with pytest.raises(ConfigError, match=message):
-        build_loss_terms([spec])
+def test_loss_term_errors_name_the_entry(spec, message):
+    with pytest.raises(ConfigError, match=r"train.yaml: loss\[0\].*" + message):
+        from_dict(LossTerm, spec, "train.yaml: loss[0]")
 
 
 # -- distillation maths -----------------------------------------------------------------------------------

@@ -151,11 +151,11 @@ def test_guidance_term_is_the_ground_truth_nll_not_the_chosen_one(world, tmp_pat
     base, processor = load_merged(ModelConfig(path=str(world["model"])))
     batch = PairCollator(processor, str(world["sft"].parent), 4, requires=frozenset({"gt"}))(pairs[:2])
     gt_ids = encode_answers(processor, [p.meta["gt"] for p in pairs[:2]])["input_ids"]
-    assert torch.equal(batch.gt["input_ids"], gt_ids)
-    assert not torch.equal(batch.gt["input_ids"], batch.chosen["input_ids"])
+    assert torch.equal(batch.extra["gt"]["input_ids"], gt_ids)
+    assert not torch.equal(batch.extra["gt"]["input_ids"], batch.chosen["input_ids"])
     # step 1: the policy is the base (fresh LoRA), so the logged term is the base's NLL of the gt answer
     def nll(key):
-        logp, n = plain_logps(base, batch.prompt, getattr(batch, key))
+        logp, n = plain_logps(base, batch.prompt, batch.extra["gt"] if key == "gt" else batch.chosen)
         return float((-logp / n).mean())
 
     with torch.no_grad():
@@ -246,7 +246,7 @@ def _hand_batch(world):
 
 def test_preference_distillation_is_dpo_with_the_teacher_as_reference(world, tmp_path):
     run_distill(_distill_cfg(world, tmp_path, "distill.mimic_steps=0", "distill.preference_steps=1",
-                             "batch_size=8", "distill.beta=0.5"))
+                             "batch_size=8", "loss=[{name: dpo, params: {beta: 0.5}}]"))
     student, teacher, batch = _hand_batch(world)  # batch_size 8 = every pair: the mean ignores the order
     with torch.no_grad():
         h = (_answer_logps(student, batch, "chosen") - _answer_logps(teacher, batch, "chosen")
@@ -258,7 +258,7 @@ def test_preference_distillation_is_dpo_with_the_teacher_as_reference(world, tmp
 
 def test_dpkd_with_teacher_equal_to_student_is_ce_plus_log2(world, tmp_path):
     run_distill(_distill_cfg(world, tmp_path, f"model.path={world['teacher']}", "distill.mimic_steps=0",
-                             "distill.preference_steps=1", "distill.preference_loss=dpkd", "batch_size=8",
+                             "distill.preference_steps=1", "distill.dpkd=true", "batch_size=8",
                              "distill.dpkd_ratio=0.25"))
     _, teacher, batch = _hand_batch(world)
     with torch.no_grad():
@@ -288,5 +288,17 @@ def test_config_errors(world, tmp_path):
         run_multi_round(_mr_cfg(world, tmp_path, "lora.enabled=false"))
     with pytest.raises(ConfigError, match="unknown scorer"):
         run_multi_round(_mr_cfg(world, tmp_path, "multi_round.scorer=nope"))
-    with pytest.raises(ConfigError, match="preference_loss"):
+    # the old loss picker is refused, saying where the loss goes now (the top-level `loss:` list)
+    with pytest.raises(ConfigError, match=r"distill.preference_loss: removed: .*`loss:`.*distill.dpkd: true"):
         run_distill(_distill_cfg(world, tmp_path, "distill.preference_loss=ipo"))
+    with pytest.raises(ConfigError, match=r"distill.beta: removed: .*params.*dpkd_beta"):
+        load(TrainConfig, None, ["stage=distill", "distill.beta=0.5"])
+
+
+def test_old_distill_keys_in_a_file_are_refused_naming_the_new_ones(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("stage: distill\ndistill:\n  preference_loss: kto_pair\n  beta: 0.2\n")
+    with pytest.raises(ConfigError) as err:
+        load(TrainConfig, path)
+    removed = [e.split(": removed")[0] for e in err.value.errors if ": removed" in e]
+    assert removed == [f"{path}: distill.beta", f"{path}: distill.preference_loss"]

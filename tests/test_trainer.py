@@ -107,7 +107,7 @@ def test_one_8_pair_backward_equals_eight_1_pair_backwards(world):
 
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
-    from mmpo.losses import build_loss_terms
+    from mmpo.losses import LossTerm
     from mmpo.models import load_model
     from mmpo.records import read_pairs
     from mmpo.reference import adapter_reference
@@ -122,7 +122,7 @@ def test_one_8_pair_backward_equals_eight_1_pair_backwards(world):
     requires = {"reference"}
     loss_fn = functools.partial(preference_step, policy=PolicyLogps(model, requires, True),
                                 reference=adapter_reference(model, requires, True),
-                                terms=build_loss_terms([{"name": "dpo"}]), requires=requires)
+                                terms=[LossTerm("dpo")], requires=requires)
     collate = PairCollator(processor, str(world["pairs"].parent), requires=frozenset(requires))
     recs = read_pairs(world["pairs"])[:8]
 
@@ -182,7 +182,7 @@ def test_precomputed_reference_equals_adapter_reference(world, tmp_path):
     for rec in recs[:5]:
         want = reference(PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"reference"}))([rec]))
         for key in ("chosen", "rejected"):
-            assert table[rec.id][key] == pytest.approx(float(want[key][0]), abs=1e-4), (rec.id, key)
+            assert table[rec.id][key] == pytest.approx(float(getattr(want, key)[0]), abs=1e-4), (rec.id, key)
 
 
 def test_bad_records_error_or_are_counted(world, tmp_path):
@@ -229,9 +229,9 @@ def test_pami_bag_trains_on_video(tmp_path_factory, tmp_path):
     from videos import make_frames, write_clip
 
     from mmpo.batches import PairCollator
-    from mmpo.logprobs import pair_logps
     from mmpo.models import load_model
     from mmpo.records import AugSpec, PairRecord, read_pairs
+    from mmpo.requirements import pair_logps
 
     root = tmp_path_factory.mktemp("pami")
     model = tiny_model("llava_next_video", root)
@@ -252,7 +252,7 @@ def test_pami_bag_trains_on_video(tmp_path_factory, tmp_path):
     def bag_gap() -> float:  # log p(chosen | clip) - mean_k log p(chosen | augmented clip_k): what PaMi widens
         with torch.no_grad():
             pol = pair_logps(model, batch, {"bag"}, shared_prefix=True)
-        return float((pol["chosen"] - pol["bag"].mean(1)).mean())
+        return float((pol.chosen - pol.extra["bag"].mean(1)).mean())
 
     before = bag_gap()
     train(cfg, model=model, processor=processor)
@@ -274,10 +274,11 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
 
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
-    from mmpo.logprobs import answer_logits, pair_logps
+    from mmpo.logprobs import answer_logits
     from mmpo.models import load_model
     from mmpo.pami import js_divergence
     from mmpo.records import AugSpec, read_pairs
+    from mmpo.requirements import pair_logps
 
     model, processor = load_model(ModelConfig(path=str(world["model"])), LoraConfig(r=4), trainable=True)
     bag = (AugSpec("mdpo_crop", {}, 1), AugSpec("gaussian_noise", {"std": 80.0}, 2))
@@ -285,11 +286,11 @@ def test_pami_distances_from_the_step_logits_equal_a_separate_pass(world):
     batch = PairCollator(processor, str(world["pairs"].parent), requires=frozenset({"bag", "reference"}))(recs)
     pol = pair_logps(model, batch, {"bag", "reference"}, shared_prefix=True, js_top_k=0)
     mask = batch.chosen["attention_mask"]
-    ours = pol["bag_distance"]
+    ours = pol.extra["bag_distance"]
     with torch.no_grad():
         base = answer_logits(model, batch.prompt, batch.chosen)
         separate = torch.stack([js_divergence(base, answer_logits(model, p, batch.chosen), mask)
-                                for p in batch.bag_prompts], 1)
+                                for p in batch.extra["bag"]["prompts"]], 1)
     assert ours.shape == (3, 2) and (ours > 0).all()
     assert torch.allclose(ours, separate, atol=1e-5)
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mmpo.losses import LOSSES, LossInputs, build_loss_terms
+from mmpo.losses import LOSSES, LossInputs, LossTerm
 
 trl_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
 
@@ -174,11 +174,10 @@ def test_alpha_divergence_coefficient_one_is_reverse_kl_and_scores_by_hand():
 def test_weighted_sum_of_several_loss_types_equals_trl():
     """TRL's MPO-style list, loss_type [sigmoid, bco_pair, apo_zero] with weights [0.8, 0.2, 1.0], as mmpo terms."""
     batch = random_batch(4)
-    terms = build_loss_terms([{"name": "dpo", "weight": 0.8, "params": {"beta": 0.2}},
-                              {"name": "bco_pair", "weight": 0.2, "params": {"beta": 0.2}},
-                              {"name": "apo_zero", "weight": 1.0, "params": {"beta": 0.2}}])
+    terms = [LossTerm("dpo", 0.8, {"beta": 0.2}), LossTerm("bco_pair", 0.2, {"beta": 0.2}),
+             LossTerm("apo_zero", 1.0, {"beta": 0.2})]
     x = mmpo_inputs(batch)
-    mine = sum(w * term(x)[0] for w, term in terms)
+    mine = sum(t.weight * t.loss(x)[0] for t in terms)
     theirs = trl_loss(batch, {"loss_type": ["sigmoid", "bco_pair", "apo_zero"], "weights": [0.8, 0.2, 1.0],
                               "beta": 0.2})
     assert_same(mine, theirs, batch["token_logps"])
@@ -266,10 +265,10 @@ def test_aot_refuses_per_pair_weights_but_takes_a_uniform_one():
     ({"name": "sppo_hard", "params": {"beta": 0.0}}, "beta must be > 0"),
 ])
 def test_bad_parameters_are_refused(spec, message):
-    from mmpo.config import ConfigError
+    from mmpo.config import ConfigError, from_dict
 
     with pytest.raises(ConfigError, match=message):
-        build_loss_terms([spec])
+        from_dict(LossTerm, spec, "train.yaml: loss[0]")
 
 
 def test_every_new_loss_needs_the_reference():
@@ -331,7 +330,7 @@ def test_wpo_weighting_equals_trl_use_weighting(name, trl_type, params):
     plainly) equals mmpo's (chunked log-probs, `wpo_logps`, `wpo_weight` into LossInputs.weight), value and
     gradient w.r.t. the logits (rel 1e-9)."""
     from mmpo.logprobs import answer_logps, wpo_logps
-    from mmpo.losses import wpo_weight
+    from mmpo.requirements import wpo_weight
 
     logits, targets, batch = _logits_batch(1)
     mask = batch["completion"][:, 1:]
@@ -354,7 +353,7 @@ def test_trl_sft_with_use_weighting_fails_in_trl_and_is_mean_weight_times_the_va
     """TRL 1.16 multiplies the WPO weights in place into sft's expanded batch value and raises; what its code
     means (the comment: only the mean is used) is mean(w) * value, which mmpo's batch-token sft gives."""
     from mmpo.logprobs import answer_logps, wpo_logps
-    from mmpo.losses import wpo_weight
+    from mmpo.requirements import wpo_weight
 
     logits, targets, batch = _logits_batch(2)
     mask = batch["completion"][:, 1:]
@@ -385,14 +384,15 @@ def test_pair_logps_wpo_fields_on_a_real_model_packed_and_plain(tiny):
     answer logits (a separate pass), packed and unpacked alike; without "wpo" it adds nothing."""
     from mmpo.batches import PairCollator
     from mmpo.config import LoraConfig, ModelConfig
-    from mmpo.logprobs import answer_logits, pair_logps
+    from mmpo.logprobs import answer_logits
     from mmpo.models import load_model
     from mmpo.records import read_pairs
+    from mmpo.requirements import pair_logps
 
     model, processor = load_model(ModelConfig(path=str(tiny["model"])), LoraConfig(r=4), trainable=True)
     batch = PairCollator(processor, str(tiny["pairs"].parent), requires=frozenset({"reference"}))(
         read_pairs(tiny["pairs"])[:3])
-    assert "chosen_wpo" not in pair_logps(model, batch, {"reference"}, shared_prefix=True)
+    assert "chosen_wpo" not in pair_logps(model, batch, {"reference"}, shared_prefix=True).extra
     with torch.no_grad():
         want = {}
         for key, answer in (("chosen_wpo", batch.chosen), ("rejected_wpo", batch.rejected)):
@@ -404,9 +404,9 @@ def test_pair_logps_wpo_fields_on_a_real_model_packed_and_plain(tiny):
     for shared in (True, False):
         got = pair_logps(model, batch, {"reference", "wpo"}, shared_prefix=shared)
         for key in want:
-            assert torch.allclose(got[key].double(), want[key], rtol=1e-4, atol=1e-4), (shared, key)
-            assert not got[key].requires_grad
-        assert got["chosen"].requires_grad
+            assert torch.allclose(got.extra[key].double(), want[key], rtol=1e-4, atol=1e-4), (shared, key)
+            assert not got.extra[key].requires_grad
+        assert got.chosen.requires_grad
 
 
 # ----------------------------------------------------------------------------- TRL's loss section in a config
@@ -447,6 +447,7 @@ def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["loss_type=[sigmoid]", "loss=[{name: ipo}]"], "set one of them"),
+    (["loss_type=[sigmoid]", "loss=[{name: dpo}]"], "loss, loss_type: set one of them"),  # even the default's twin
     (["loss_type=[sigmoid, sft]", "loss_weights=[1.0]"], "1 weights for 2 loss types"),
     (["loss_type=[sigmod]"], "unknown loss type 'sigmod'"),
     (["beta=0.2"], "go with loss_type"),
@@ -457,7 +458,7 @@ def test_trl_loss_type_section_becomes_loss_terms_and_round_trips(tmp_path):
     (["loss_type=[aot]", "use_weighting=true"], "use_weighting: aot and aot_unpaired sort"),
     (["loss=[{name: aot_unpaired}]", "use_weighting=true"], "use_weighting"),
     (["stage=sft", "use_weighting=true"], "use_weighting: WPO weights"),
-    (["stage=distill", "distill.preference_loss=dpkd", "distill.preference_data=x.jsonl", "use_weighting=true"],
+    (["stage=distill", "distill.dpkd=true", "distill.preference_data=x.jsonl", "use_weighting=true"],
      "use_weighting: WPO weights"),
 ])
 def test_trl_loss_section_mistakes_are_refused(overrides, message):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from mmpo.config import LoraConfig, ModelConfig, to_dict
 from mmpo.models.families import DEFAULT_LORA_TARGET, FAMILY_SPECS, Family, family_of_model_type
+from mmpo.models.settings import LoraConfig, ModelConfig
 from mmpo.records import make_id
+from mmpo.schema import to_dict
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Modules that stay in full precision under 4-bit and are frozen in full fine-tuning come from the family

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-from mmpo.models.tiny import CLIP_L336, LLAMA2_7B, PINPOINTS_7B, SIGLIP_SO400M, _model_class
+from mmpo.models.families import FAMILY_SPECS
+from mmpo.models.shapes import CLIP_L336, LLAMA2_7B, PINPOINTS_7B, SIGLIP_SO400M
 
 FIXTURES = Path(__file__).resolve().parent / "hub_files"  # package data: an installed mmpo makes these models too
 REAL_FORMAT_FAMILIES = ("llava", "llava_next_video", "llava_onevision")  # saved in the hub's legacy LLaVA layout
@@ -391,7 +392,7 @@ def _save(out: Path, family: str, processor, config) -> None:
     """Processor (tokenizer, chat template, image/video processors), config and generation config."""
     from transformers import GenerationConfig
 
-    config.architectures = [_model_class(family).__name__]
+    config.architectures = [FAMILY_SPECS[family].transformers_class().__name__]
     config.dtype = HUB_DTYPES[family]
     processor.save_pretrained(out)
     config.save_pretrained(out)
@@ -420,7 +421,7 @@ def save_legacy_weights(family: str, out: Path, seed: int = 0) -> dict:
     from transformers import AutoConfig
 
     torch.manual_seed(seed)
-    model = _model_class(family)(AutoConfig.from_pretrained(out))
+    model = FAMILY_SPECS[family].transformers_class()(AutoConfig.from_pretrained(out))
     state = {legacy_key(k): v.detach().to(HUB_DTYPES[family]).contiguous() for k, v in model.state_dict().items()}
     names = list(state)
     per_shard = -(-len(names) // NUM_SHARDS)  # contiguous runs of tensors, none empty
@@ -446,7 +447,7 @@ def save_hub_weights(family: str, out: Path, seed: int = 0) -> dict:
     from transformers import AutoConfig
 
     torch.manual_seed(seed)
-    model = _model_class(family)(AutoConfig.from_pretrained(out))
+    model = FAMILY_SPECS[family].transformers_class()(AutoConfig.from_pretrained(out))
     prefixes = QWEN_LEGACY_PREFIXES if family in ("qwen2_vl", "qwen2_5_vl") else ()
     state = {}
     for name, value in model.state_dict().items():

@@ -16,6 +16,16 @@ from pathlib import Path
 import torch
 
 from mmpo.models.families import FAMILY_ALIASES, FAMILY_SPECS
+from mmpo.models.real_format import VLM_FAMILIES, make_real_format_model, make_vlm_7b_config
+from mmpo.models.shapes import (
+    CLIP_L336,
+    LLAMA2_7B,
+    PINPOINTS_7B,
+    PINPOINTS_ONEVISION_7B,
+    QWEN2_7B,
+    SIGLIP_SO400M,
+    VOCAB_7B,
+)
 
 # Families with a word-level tiny builder here; the others (Qwen-VL, SmolVLM) are built by the real-format
 # factory (`mmpo.models.real_format`), which `make_tiny_model` calls for them.
@@ -58,21 +68,6 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- ' ASSISTANT:' -}}{%- endif -%}"
 )
-
-# Published 7B shapes. CLIP ViT-L/14-336 (LLaVA-1.5 vision tower) and Llama-2-7B / Vicuna-7B.
-CLIP_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                 patch_size=14, image_size=336, projection_dim=768)
-LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                 num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
-# llava-onevision-qwen2-7b: SigLIP so400m-patch14-384 + Qwen2-7B.
-SIGLIP_SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26, num_attention_heads=16,
-                     patch_size=14, image_size=384)
-QWEN2_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6)
-VOCAB_7B = {"llava_onevision": 152064}  # others: 32000 (Llama-2 vocabulary size)
-# LLaVA-NeXT anyres grid (llava-v1.6 / NeXT-Video configs).
-PINPOINTS_7B = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-PINPOINTS_ONEVISION_7B = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
 
 # Tiny shapes: hidden sizes are multiples of 64 so bitsandbytes 4-bit works (docs/ENVIRONMENT.md §2c).
 TINY_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
@@ -236,8 +231,6 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
     Returns:
         The checkpoint folder.
     """
-    from mmpo.models.real_format import VLM_FAMILIES, make_real_format_model, make_vlm_7b_config
-
     family = FAMILY_ALIASES.get(family, family)
     if family in (*VLM_FAMILIES, "qwen3_vl_moe"):  # no word-level recipe: the shrunk real-format one is the tiny one
         if size == "7b" and family == "qwen3_vl_moe":
@@ -256,18 +249,14 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
     pinpoints = _pinpoints(family, size, img)
     proc = _processor(family, tok, img, patch, pinpoints)
     cfg = _model_config(family, size, tok, img, patch, frames, pinpoints)
-    cfg.architectures = [_model_class(family).__name__]
+    cfg.architectures = [FAMILY_SPECS[family].transformers_class().__name__]
     if size == "7b":
         cfg.save_pretrained(out)  # config only: never allocate 7B weights on a CPU machine
     else:
         torch.manual_seed(seed)
-        _model_class(family)(cfg).save_pretrained(out)
+        FAMILY_SPECS[family].transformers_class()(cfg).save_pretrained(out)
     proc.save_pretrained(out)
     return out
-
-
-def _model_class(family: str):
-    return FAMILY_SPECS[family].transformers_class()
 
 
 def build_model(model_dir, device="cuda", dtype=torch.bfloat16):
