@@ -1,4 +1,5 @@
-"""The package's shape, checked: layers import only downwards, no import cycle, every module imports alone.
+"""The package's shape, checked: layers import only downwards, no import cycle, every module imports alone,
+no function longer than a screen.
 
 The layers, bottom up (docs/DESIGN.md):
 
@@ -111,6 +112,19 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str]:
 def test_find_cycle_sees_a_cycle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(graph())
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_no_function_over_80_lines():
+    """A function a reader cannot see in one screen is split (the training loop included: trainer.loop)."""
+    long = [f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path in module_names().values() for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80]
+    assert not long, "\n".join(long)
 
 
 def test_the_check_sees_the_imports_it_guards():
