@@ -246,7 +246,7 @@ def check_rerun(cfg, run_dir: Path, procs) -> None:
     main one replaces the file.
     """
     saved_path = run_dir / "config.yaml"
-    changed = _changed_keys(cfg, saved_path) if saved_path.is_file() and has_results(run_dir) else {}
+    changed = changed_keys(cfg, saved_path) if saved_path.is_file() and has_results(run_dir) else {}
     if changed and not cfg.allow_config_change:
         raise ConfigError(f"{run_dir} holds a run made with another config ({_listing(changed)}); use another "
                           "output_dir, or allow_config_change=true to continue it with the new values")
@@ -264,7 +264,7 @@ def check_rerun(cfg, run_dir: Path, procs) -> None:
     procs.barrier()
 
 
-def _changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
+def changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
     """{dotted key: (saved value, current value)} for the keys that change what a run computes."""
     try:
         saved = to_dict(from_dict(type(cfg), safe_load(saved_path.read_text(), str(saved_path)) or {},
@@ -279,6 +279,17 @@ def _changed_keys(cfg, saved_path: Path) -> dict[str, tuple]:
 
 def _listing(changed: dict) -> str:
     return ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(changed.items())[:8])
+
+
+def finished(run_dir: Path) -> bool:
+    """A `train` run is finished once summary.json exists (it is written after the final adapter/model)."""
+    return (run_dir / "summary.json").is_file()
+
+
+def finished_with_this_config(cfg, run_dir: Path) -> bool:
+    """The folder holds a finished run of this very config (settings in RERUN_EXEMPT aside): nothing to train."""
+    saved = run_dir / "config.yaml"
+    return finished(run_dir) and saved.is_file() and not changed_keys(cfg, saved)
 
 
 def has_results(run_dir: Path) -> bool:

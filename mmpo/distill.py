@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from mmpo import folder_lock
-from mmpo.checkpoint import check_rerun
+from mmpo.checkpoint import check_rerun, finished
 from mmpo.config import ConfigError, ModelConfig, TrainConfig
 from mmpo.distributed import start_processes
 from mmpo.logprobs import answer_logits, token_logps
@@ -23,7 +23,7 @@ from mmpo.losses import dpkd, masked_mean, mimic_kl, requires_of
 from mmpo.models import load_model
 from mmpo.records import default_media_root, scan_records
 from mmpo.requirements import PairLogps, pair_logps
-from mmpo.schedules import derived_config, finished, seed_for
+from mmpo.schedules import derived_config, seed_for
 from mmpo.trainer import train
 
 

@@ -26,13 +26,12 @@ from typing import Callable
 
 from mmpo import config as cfgmod
 from mmpo import folder_lock
-from mmpo.checkpoint import check_rerun
+from mmpo.checkpoint import check_rerun, finished
 from mmpo.config import ConfigError, LossTerm, TrainConfig
 from mmpo.distributed import start_processes
 from mmpo.records import PairRecord, SFTRecord, pair_id, write_manifest
 from mmpo.schedules import (
     derived_config,
-    finished,
     fresh_lora,
     generate_for,
     is_main,

@@ -32,11 +32,6 @@ def derived_config(cfg: TrainConfig, **changes) -> TrainConfig:
     return out
 
 
-def finished(run_dir: Path) -> bool:
-    """A `train` run is finished once summary.json exists (it is written after the final adapter/model)."""
-    return (run_dir / "summary.json").is_file()
-
-
 def is_sharded(model) -> bool:
     """True once FSDP2 has split the model's weights over the processes (`mmpo.distributed.shard_from_main`)."""
     from torch.distributed.fsdp import FSDPModule

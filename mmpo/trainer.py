@@ -39,7 +39,13 @@ from mmpo import config as cfgmod
 from mmpo import folder_lock
 from mmpo import reference as ref
 from mmpo.batches import PairBatch, PairCollator, SFTBatch, SFTCollator, SkipLedger, make_loader, read_records
-from mmpo.checkpoint import check_rerun, latest_checkpoint, load_checkpoint, save_checkpoint
+from mmpo.checkpoint import (
+    check_rerun,
+    finished_with_this_config,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from mmpo.config import TrainConfig, to_dict
 from mmpo.determinism import environment, make_deterministic
 from mmpo.distributed import (
@@ -417,6 +423,11 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
     """
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)
     with folder_lock.run_folder(cfg.output_dir, procs):  # one run per folder: a second one is refused, naming this
+        if finished_with_this_config(cfg, Path(cfg.output_dir)):  # rerunning a finished command changes nothing
+            if procs.is_main:
+                log.warning("%s holds this run, finished (summary.json): nothing to train; to train again, use "
+                            "another output_dir", cfg.output_dir)
+            return Path(cfg.output_dir)
         run = setup(cfg, procs, model, processor, reference, batch_loss)
         started = time.perf_counter()
         step, last_loss = loop(run, eval_hook)

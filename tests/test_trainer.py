@@ -349,6 +349,19 @@ def test_a_rerun_with_another_config_is_refused_unless_asked(world, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
 
 
+def test_rerunning_a_finished_run_trains_nothing(world, tmp_path, caplog):
+    """Without checkpoints (save_every 0) a rerun of a finished command once trained again from step 0 over it."""
+    train(_cfg(world, tmp_path / "run", "max_steps=3"))
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in [*run.glob("*.json*"), *(run / "adapter").iterdir()]}
+    with caplog.at_level("WARNING", logger="mmpo"):
+        assert train(_cfg(world, run, "max_steps=3", "log_every=3")) == run
+    assert "holds this run, finished (summary.json): nothing to train" in caplog.text
+    assert {p.name: p.read_bytes() for p in [*run.glob("*.json*"), *(run / "adapter").iterdir()]} == before
+    with pytest.raises(ValueError, match=r"another config \(max_steps: 3 -> 4"):  # a longer run is not this one
+        train(_cfg(world, run, "max_steps=4"))
+
+
 class _Payload:
     def __reduce__(self):
         return (print, ("this ran code",))
@@ -365,6 +378,7 @@ def test_caches_and_checkpoints_holding_pickled_objects_are_refused(world, tmp_p
     train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
     state = latest_checkpoint(tmp_path / "run") / "state.pt"
     torch.save({"step": 2, "extra": _Payload()}, state)
+    (tmp_path / "run" / "summary.json").unlink()  # as if stopped after that checkpoint: a rerun resumes from it
     with pytest.raises(ValueError, match="refusing to load a checkpoint"):
         train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
     assert "this ran code" not in capsys.readouterr().out
