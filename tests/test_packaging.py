@@ -7,6 +7,7 @@ generic names that collide with other projects' (issue 24). The wheel is built t
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_holds_one_package_and_its_data(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(REPO),
+    # built from a copy: setuptools writes build/ and *.egg-info beside the sources, not in the user's checkout
+    source = tmp_path / "source"
+    shutil.copytree(REPO / "mmpo", source / "mmpo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source),
                     "-w", str(tmp_path)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("mmpo-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
