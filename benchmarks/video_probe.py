@@ -10,14 +10,18 @@ Pipeline (mmpo.demo.video_models, each stage timed):
 3. preference stage on the SFT model (`--sft TAG --pref ...`): PaMi-VDPO bags from mmpo.builders.augment
    (pami, pami+dpo, single-clip vdpo; `--ops`, `--k`, `--delta-min`, `--floor-from`, `--tau-*`,
    `--anneal-until` study the selection), plain DPO on ground-truth yes/no pairs (dpo_gt), or VideoSAVi
-   (savi: self-QA pairs on unlabelled videos, `--savi-judge`; the pairs' label accuracy is checked against
-   the unlabelled videos' ground truth, which the method never reads), then the same eval;
+   (savi: self-QA pairs on unlabelled videos, `--savi-judge`, `--savi-preset`, `--savi-clip-check`,
+   `--savi-temperatures`, `--savi-order-prob`; the pairs' label accuracy is checked against the unlabelled
+   videos' ground truth, which the method never reads), then the same eval; `--sft shipped` starts from the
+   demo's shipped video model (with `--max-objects 3 --linger 1` the world is the demo's);
 4. `--js N`: PaMi's prompt-aware JS distance per augmentation and question kind under the SFT model.
 
 Usage:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/video_probe.py --tag T2 --max-objects 3 --linger 1 --steps 1000
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/video_probe.py --tag Pe --sft T2 --max-objects 3 --linger 1 \
         --pref pami+dpo
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/video_probe.py --tag So --sft shipped --max-objects 3 --linger 1 \
+        --pref savi --pref-steps 50 --pref-lr 5e-4 --savi-clip-check order
 Prints one JSON line of results (and appends it to --results if given). The world options must repeat the
 SFT run's (they name the world folder).
 """
@@ -41,7 +45,7 @@ torch.set_num_threads(1)  # docs/ENVIRONMENT.md "Threads": 2 threads on the busy
 
 from mmpo.demo import video_models as vm  # noqa: E402
 from mmpo.demo.world import WorldConfig, build_world  # noqa: E402
-from mmpo.records import PairRecord, pair_id, read_sft, write_jsonl  # noqa: E402
+from mmpo.records import read_sft  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -63,7 +67,11 @@ def parse_args(argv=None):
     a("--judge-check", action="store_true", help="only check the --sft model's yes/no judge on held-out pairs")
     a("--pref", default="", choices=["", "pami", "vdpo", "dpo_gt", "pami+dpo", "savi"])
     a("--savi-videos", type=int, default=vm.SAVI_VIDEOS), a("--savi-clip", default=str(vm.SHIPPED_CLIP))
-    a("--savi-judge", default=vm.SAVI_JUDGE, choices=["yes_no", "likelihood"])
+    a("--savi-judge", default=vm.SAVI_JUDGE, choices=list(vm.SAVI_JUDGES))
+    a("--savi-preset", default="videosavi_v1", choices=["videosavi_v1", "critique_refine"])
+    a("--savi-clip-check", default="answer", choices=list(vm.SAVI_CLIP_CHECKS))
+    a("--savi-temperatures", default=",".join(map(str, vm.SAVI_TEMPERATURES)))
+    a("--savi-order-prob", type=float, default=None, help="the unlabelled videos' temporal prior (default: the world's)")
     a("--savi-min-gap", type=float, default=vm.SAVI_MIN_GAP)
     a("--reuse-pairs", default="", help="tag of an earlier savi run whose pairs to train on again")
     a("--pref-steps", type=int, default=vm.PAMI_STEPS), a("--pref-lr", type=float, default=vm.PAMI_LR)
@@ -110,19 +118,6 @@ def evaluate(model_dir: Path, adapter: str, eval_dir: Path, out: Path) -> dict:
         f"t_{t}": {k[:5]: round(v[k], 4) for k in keep} | {"n": v["n_pairs"]} for t, v in by_prior.items()}
 
 
-def gt_pairs(sft_path: Path, out: Path) -> Path:
-    """Plain DPO pairs from SFT QA: chosen = the true yes/no answer, rejected = the other one, same video."""
-    recs = []
-    for r in read_sft(sft_path):
-        if r.answer not in ("yes", "no"):
-            continue  # captions have no single wrong answer
-        wrong = {"yes": "no", "no": "yes"}[r.answer]
-        recs.append(PairRecord(id=pair_id(list(r.media), r.prompt, r.answer, wrong), media=r.media,
-                               media_type=r.media_type, prompt=r.prompt, chosen=r.answer, rejected=wrong))
-    write_jsonl(out, recs)
-    return out
-
-
 def losses(args) -> list[dict]:
     pami = {"name": "pami", "params": {"beta": args.beta, "delta_min": args.delta_min, "mil_reduce": args.mil_reduce,
                                        "tau_start": args.tau_start, "tau_end": args.tau_end,
@@ -132,13 +127,21 @@ def losses(args) -> list[dict]:
             "pami+dpo": [pami, dict(dpo, weight=args.dpo_weight)]}[args.pref]
 
 
+def unlabelled_folder(args, wdir: Path) -> Path:
+    """VideoSAVi's unlabelled videos: one folder per count (and temporal prior, when not the world's)."""
+    prior = "" if args.savi_order_prob is None else f"_order{args.savi_order_prob}"
+    return wdir.parent / f"unlabelled_{args.savi_videos}{prior}"
+
+
 def savi(args, model_dir: Path, wdir: Path, out: Path) -> tuple[Path, dict]:
     """VideoSAVi pairs on unlabelled videos (vm.savi_pairs with the self_qa builder) and the builder's counts."""
-    folder = wdir.parent / f"unlabelled_{args.savi_videos}"
+    folder = unlabelled_folder(args, wdir)
     videos = folder / "videos.jsonl" if folder.joinpath("videos.jsonl").exists() else \
-        vm.unlabelled_videos(wdir, folder, n_videos=args.savi_videos)
+        vm.unlabelled_videos(wdir, folder, n_videos=args.savi_videos, order_prob=args.savi_order_prob)
     pairs = vm.savi_pairs(model_dir, wdir, videos, out / "savi", clip_model=args.savi_clip, seed=args.seed,
-                          min_gap=args.savi_min_gap, judge=args.savi_judge)
+                          min_gap=args.savi_min_gap, judge=args.savi_judge, preset=args.savi_preset,
+                          clip_check=args.savi_clip_check,
+                          temperatures=tuple(float(t) for t in args.savi_temperatures.split(",")))
     counts = json.loads((pairs.parent / "manifest.json").read_text())["counts"]
     return pairs, counts | pair_label_accuracy(pairs, videos.parent, vm.world_config(wdir))
 
@@ -152,6 +155,7 @@ def pair_label_accuracy(pairs: Path, video_dir: Path, cfg) -> dict:
 
     truth = {g["video"]: g["order"] for g in json.loads((video_dir / "video_events.json").read_text())}
     hits: dict = {}
+    chosen = {"yes": 0, "no": 0, "other": 0}
     for line in pairs.read_text().splitlines():
         p = json.loads(line)
         seq = truth[p["media"][0]]
@@ -165,14 +169,36 @@ def pair_label_accuracy(pairs: Path, video_dir: Path, cfg) -> dict:
             obj = re.match(r"Is there a (\w+) in the video\?", p["prompt"]).group(1)
             ans, kind = ("yes" if obj in seq else "no"), "presence"
         hits.setdefault(kind, []).append(p["chosen"].strip().lower().rstrip(".") == ans)
-    return {f"label_acc_{k}": [round(sum(v) / len(v), 3), len(v)] for k, v in sorted(hits.items())}
+        chosen[vm.yes_no_word(p["chosen"]) or "other"] += 1
+    return {f"label_acc_{k}": [round(sum(v) / len(v), 3), len(v)] for k, v in sorted(hits.items())} | {
+        "label_acc_all": round(sum(map(sum, hits.values())) / max(1, sum(map(len, hits.values()))), 3),
+        "chosen": dict(chosen)}
+
+
+SHIPPED = "shipped"  # --sft shipped: the demo's shipped video model (mmpo/demo/assets/models/video_llava)
+
+
+def shipped_sft(wdir: Path, edir: Path, sft_out: Path) -> tuple[Path, Path]:
+    """The shipped video model and its SFT data on this world, evaluated once (cached in sft_out/result.json).
+
+    With the demo's world options (`--max-objects 3 --linger 1`, the rest default) the training, held-out and
+    unlabelled videos are the demo's, so this is the demo's SFT row."""
+    model_dir = Path(vm.SHIPPED_CLIP).parent / "video_llava"
+    sft_out.mkdir(parents=True, exist_ok=True)
+    sft_data = vm.suffixed_sft(wdir, sft_out / "sft_video_vh.jsonl")
+    if not (sft_out / "result.json").exists():
+        (sft_out / "result.json").write_text(json.dumps({"eval": evaluate(model_dir, "", edir, sft_out / "eval")}))
+    return model_dir, sft_data
 
 
 def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
     """Pairs -> LoRA preference training on the SFT model -> evaluation."""
 
     sft_out = Path(args.out) / args.sft
-    model_dir, sft_data = sft_out / "sft" / "model", sft_out / "sft_video_vh.jsonl"
+    if args.sft == SHIPPED:
+        model_dir, sft_data = shipped_sft(wdir, edir, sft_out)
+    else:
+        model_dir, sft_data = sft_out / "sft" / "model", sft_out / "sft_video_vh.jsonl"
     t0 = time.time()
     res = {}
     k = 1 if args.pref == "vdpo" else args.k
@@ -181,19 +207,19 @@ def preference(args, out: Path, wdir: Path, edir: Path) -> dict:
         pairs, res["savi_counts"] = Path(args.out) / args.reuse_pairs / "savi" / "pairs.jsonl", earlier["savi_counts"]
     elif args.pref == "savi":
         pairs, res["savi_counts"] = savi(args, model_dir, wdir, out)
+    elif args.pref == "dpo_gt":  # the demo's DPO control: true vs wrong answer, each SFT question once
+        pairs = vm.answer_pairs(vm.yes_no_records(sft_data, out / "yes_no_sft.jsonl"), out / "gt_pairs.jsonl")
     else:
         source = vm.yes_no_records(sft_data, out / "yes_no_sft.jsonl")
         pairs = bag = vm.pami_pairs(source, wdir, out / "pairs", num_candidates=k, ops=args.ops.split(","), seed=args.seed)
-    if args.pref == "dpo_gt":
-        pairs = gt_pairs(source, out / "gt_pairs.jsonl")
-    elif args.pref == "pami+dpo":
+    if args.pref == "pami+dpo":
         # one file: bag pairs carry chosen = rejected; the dpo term needs chosen != rejected, so each
         # record gets rejected = the wrong answer and its bag (pami ignores *_rejected, METHODS §1)
         pairs = vm.with_wrong_answers(bag, out / "pami_dpo_pairs.jsonl")
     res["pairs_s"] = round(time.time() - t0, 1)
     t0 = time.time()
     # self-QA pairs name the unlabelled videos (relative to their folder), every other set the world's
-    media_root = wdir.parent / f"unlabelled_{args.savi_videos}" if args.pref == "savi" else wdir
+    media_root = unlabelled_folder(args, wdir) if args.pref == "savi" else wdir
     adapter = vm.train_pami(model_dir, pairs, out / "pref", media_root, seed=args.seed, steps=args.pref_steps,
                             lr=args.pref_lr, loss=losses(args), batch_size=args.pref_batch)
     res["pref_s"] = round(time.time() - t0, 1)

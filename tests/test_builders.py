@@ -281,6 +281,30 @@ def test_self_qa_clip_order_must_agree(world, tmp_path):
     assert select_pair(answers, judged_close, None, cfg) == (None, "judge_gap_small")
 
 
+def test_self_qa_clip_override_sees_the_question_and_filters(world, tmp_path):
+    """`clip` replaces the CLIP check and gets the question: here it backs "yes" only for the square question,
+    so only that question's pairs (judged yes > no) are kept and carry its scores as the delta."""
+    seen = []
+
+    def clip(media, question, answers):
+        seen.append(question)
+        sign = 1.0 if "square" in question else -1.0
+        return [sign * (1.0 if a == "yes" else -1.0) for a in answers]
+
+    def generate(prompts, media, temperature, seed):
+        return ["yes" if temperature < 1 else "no" for _ in prompts]
+
+    judge = lambda qa, media, word: [9.0 if a == "yes" else 2.0 for _, a in qa]  # noqa: E731
+    ask = lambda index, media, word: ["Is there a square ?", "Is there a ring ?"]  # noqa: E731
+    cfg = load(SelfQAConfig, None, [f"in_sft={world['image_sft']}", f"out_dir={tmp_path / 'clip'}", "progress=false",
+                                    "temperatures=[0.5, 1.5]"])
+    out = build_self_qa(cfg, generate=generate, judge=judge, ask=ask, clip=clip)
+    pairs = read_pairs(out / "pairs.jsonl", media_root=world["root"])
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert pairs and all(p.prompt == "Is there a square ?" and p.scores["delta"] == 2.0 for p in pairs)
+    assert counts["dropped_clip_disagrees"] == len(pairs) and set(seen) == {"Is there a square ?", "Is there a ring ?"}
+
+
 def test_yes_no_judge_scores_from_the_models_logits(world, tmp_path):
     """The real tiny model as generator and yes/no judge: no judgement is unparsable, scores lie in 1-10."""
     assert yes_no_score(0.0) == 5.5 and yes_no_score(50.0) == pytest.approx(10.0) and yes_no_score(-50.0) == 1.0

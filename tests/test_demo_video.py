@@ -143,3 +143,65 @@ def test_savi_pairs_with_a_fixed_asker_and_the_likelihood_judge(world, sft, tmp_
     if kept:
         adapter = vm.train_pami(model_dir, pairs, tmp_path / "savi", tmp_path / "unl", steps=2, loss=vm.SAVI_LOSS)
         assert (adapter / "adapter_config.json").exists()
+
+
+def test_first_entry_before_reads_the_first_frame_each_object_is_seen():
+    x, y = [0, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1]
+    assert vm.first_entry_before(x, y) == pytest.approx(1.0)
+    assert vm.first_entry_before(y, x) == pytest.approx(0.0)
+    assert vm.first_entry_before([0] * 8, [0] * 8) == 0.5  # never seen: no evidence either way
+    # unsure frames: x is half-seen at frame 0, y surely at frame 1 -> x first with prob 0.5, else y first
+    assert vm.first_entry_before([0.5, 0, 0, 1], [0, 1, 1, 1]) == pytest.approx(0.5)
+
+
+def _ordered_video(world) -> tuple:
+    """A world video with two objects entering at different frames: (frames, first, second)."""
+    from mmpo.media import load_video
+
+    for gt in json.loads((world / "video_events.json").read_text()):
+        if len(gt["order"]) >= 2:
+            return load_video(world / gt["video"], num_frames=vm.NUM_FRAMES), gt["order"][0], gt["order"][1]
+    raise AssertionError("the test world has no video with two objects")
+
+
+def test_order_clip_check_scores_the_claim_against_the_frames_in_order(world):
+    """The shipped CLIP sees the world's classes frame by frame: "yes" to "does the first-entering object appear
+    before the second?" scores above "no", the frames reversed flip it, and presence follows the objects shown."""
+    frames, first, second = _ordered_video(world)
+    check = vm.order_clip_check(vm.SHIPPED_CLIP, vm.world_config(world))
+    question = f"Does the {first} appear before the {second}?" + vm.VH_SUFFIX
+    yes, no, other = check(frames, question, ["Yes.", "no", "a circle"])
+    assert yes > 0 > no and yes == pytest.approx(-no) and other == 0.0
+    yes_reversed, _, _ = check(frames[::-1].copy(), question, ["yes", "no", "x"])
+    assert yes_reversed == pytest.approx(-yes, abs=1e-5)
+    absent = next(c for c in vm.world_config(world).classes if c not in (first, second))
+    present_yes, absent_yes = (check(frames, f"Is there a {o} in the video?", ["yes"])[0] for o in (first, absent))
+    assert present_yes > absent_yes
+    assert check(frames, "What is shown in the video?", ["yes", "no"]) == [0.0, 0.0]
+
+
+def test_frame_judge_answers_from_each_still_frame(world, sft):
+    """The per-frame judge: P(yes) to "does x appear before y?" is `first_entry_before` of the model's own
+    presence answers on each frame alone (the frame repeated to a clip), P(yes) to "is there a x?" their
+    maximum; yes and no scores sum to 11, other text is None."""
+    import numpy as np
+
+    _, model_dir = sft
+    frames, first, second = _ordered_video(world)
+    model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=vm.NUM_FRAMES, device="cpu"))
+    judge = vm.frame_judge(model, processor, vm.world_config(world))
+    q = f"Does the {first} appear before the {second}?" + vm.VH_SUFFIX
+    yes, no, other = judge([(q, "yes"), (q, "No."), (q, "a ring")], [frames] * 3, "video")
+    assert yes + no == pytest.approx(11.0) and other is None
+    # the same per-frame probabilities through the likelihood judge, one still frame at a time
+    stills = [np.repeat(frames[t:t + 1], len(frames), axis=0) for t in range(len(frames))]
+    likely = vm.likelihood_judge(model, processor)
+    p = {o: [(likely([(f"Is there a {o} in the video?" + vm.VH_SUFFIX, "yes")], [c], "video")[0] - 1) / 9
+             for c in stills] for o in (first, second)}
+    assert (yes - 1) / 9 == pytest.approx(vm.first_entry_before(p[first], p[second]), abs=1e-4)
+    presence_q = [(f"Is there a {first} in the video?" + vm.VH_SUFFIX, "yes")]
+    assert (judge(presence_q, [frames], "video")[0] - 1) / 9 == pytest.approx(max(p[first]), abs=1e-4)
+    # still_presence=False: presence from the whole clip (the likelihood judge), order still from the stills
+    mixed = vm.frame_judge(model, processor, vm.world_config(world), still_presence=False)
+    assert mixed(presence_q, [frames], "video")[0] == pytest.approx(likely(presence_q, [frames], "video")[0], abs=1e-4)
+    assert mixed([(q, "yes")], [frames], "video")[0] == pytest.approx(yes, abs=1e-4)

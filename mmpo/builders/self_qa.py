@@ -20,7 +20,9 @@ prompt) and the judge a `mmpo.builders.judging.Judge` (`rubric`: the model write
 logits), so tests can run the real tiny model as generator with a fake judge (`build(..., judge=...)`). A
 question writer `fn(input_position, media, word) -> list[str]` may replace the model's own question writing
 (`build(..., ask=...)`; the demo's tiny model fills question templates from its own caption because it cannot
-write questions).
+write questions), and a CLIP check `fn(media, question, answers) -> scores` may replace the default one, which
+scores each bare answer against the frames (`build(..., clip=...)`; the demo's order-aware check scores a
+statement built from the question and the answer against the frames in order, `demo.video_models`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ CRITIQUE_PROMPT = ("Question: {q} Answer: {a} Check the answer against the {m}: 
 REFINE_PROMPT = "Question: {q} First answer: {a} Critique: {c} Write a corrected answer to the question."
 
 Generate = Callable[[list, list, float, int], list]
+ClipCheck = Callable[[object, str, list], list]  # (media, question, answers) -> s_clip per answer (higher = better)
 
 
 @dataclass
@@ -175,7 +178,7 @@ def _v1(cfg, questions, media, word, seed, generate, judge, clip_fn, counts) -> 
         judged = scores[j * k:(j + 1) * k]
         counts[j]["answers"] += len(ans)
         counts[j]["judge_unparsable"] += sum(x is None for x in judged)
-        clip = clip_fn(media[j], ans) if clip_fn is not None else None
+        clip = clip_fn(media[j], questions[j], ans) if clip_fn is not None else None
         pair, reason = select_pair(ans, judged, clip, cfg)
         if reason:
             counts[j][f"dropped_{reason}"] += 1
@@ -197,7 +200,7 @@ def _critique_refine(cfg, questions, media, word, seed, generate, clip_fn, count
             continue
         scores = {}
         if clip_fn is not None:
-            c1, c0 = clip_fn(media[j], [a1[j], a0[j]])
+            c1, c0 = clip_fn(media[j], questions[j], [a1[j], a0[j]])
             scores = {"clip_chosen": c1, "clip_rejected": c0, "delta": c1 - c0}
         pairs.append({"chosen": a1[j], "rejected": a0[j], "scores": scores, "meta": {"critique": crit[j]}})
     return pairs
@@ -212,7 +215,7 @@ def process_group(cfg: SelfQAConfig, group: list[tuple[int, SFTRecord, object]],
         group: (input position, record, decoded media) per item, in input order.
         generate: question/answer generator `fn(prompts, media, temperature, seed) -> list[str]`.
         judge: S_judge per (question, answer) (`mmpo.builders.judging`); unused by critique_refine.
-        clip_fn: `fn(media, texts) -> list[float]` CLIP scores, or None.
+        clip_fn: `ClipCheck` (media, question, answers) -> CLIP scores, or None.
         ask: question writer `fn(input_position, media, word) -> questions` replacing `ask_questions`, or None.
 
     Returns:
@@ -277,13 +280,14 @@ def process_block(cfg: SelfQAConfig, block: list[tuple[int, SFTRecord]], root: P
     return [results[pos] for pos, _ in block]
 
 
-def _clip_fn(cfg: SelfQAConfig):
+def _clip_fn(cfg: SelfQAConfig) -> ClipCheck | None:
+    """The default CLIP check: each answer's text against the frames (mean over frames; the question unused)."""
     if not cfg.clip_model:
         return None
     from mmpo.clip import load_clip
 
     scorer = load_clip(cfg.clip_model, "cpu")
-    return lambda media, texts: [round(float(x), 6) for x in scorer.frame_text_similarity(media, texts)]
+    return lambda media, question, texts: [round(float(x), 6) for x in scorer.frame_text_similarity(media, texts)]
 
 
 def _check_config(cfg: SelfQAConfig) -> None:
@@ -315,7 +319,8 @@ def _own_models(cfg: SelfQAConfig, media_types: set[str]) -> dict:
 
 
 def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge | None = None,
-          ask: Ask | None = None, on_record: Callable[[int], None] | None = None) -> Path:
+          ask: Ask | None = None, clip: ClipCheck | None = None,
+          on_record: Callable[[int], None] | None = None) -> Path:
     """Build self-QA preference pairs (resumable).
 
     Args:
@@ -324,6 +329,8 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
         judge: override of the judge (default: the same model, as `cfg.judge` says).
         ask: override of the question writer `fn(input_position, media, word) -> questions` (default: the
             model writes them from the templates' instructions).
+        clip: override of the CLIP check `fn(media, question, answers) -> scores` (default: `cfg.clip_model`
+            scoring each answer alone; None and no clip_model = no check).
         on_record: called with the count of items committed so far (tests simulate crashes with it).
 
     Returns:
@@ -347,7 +354,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
     if todo and (generate is None or (judge is None and cfg.preset == "videosavi_v1")):
         own = _own_models(cfg, {r.media_type for b in todo for _, r in b})
     models = lambda mt: (generate or own[mt][0], judge or own.get(mt, (None, None))[1])  # noqa: E731
-    clip_fn = _clip_fn(cfg) if todo else None
+    clip_fn = (clip or _clip_fn(cfg)) if todo else None
     n = 0
     for block in progress(todo, len(todo), cfg.progress, "self_qa", unit="block"):
         for rec, pairs, counts, skipped in process_block(cfg, block, root, models, clip_fn, ask):

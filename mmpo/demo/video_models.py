@@ -480,13 +480,16 @@ SAVI_LR = 5e-4
 SAVI_BETA = 0.5
 SAVI_LOSS = [{"name": "dpo", "params": {"beta": SAVI_BETA}}]
 SAVI_MIN_GAP = 1.0  # METHODS §2 default
+SAVI_TEMPERATURES = (0.2, 0.5, 0.8, 1.0)  # one sampled answer each (the builder's default)
 # The builder's yes/no judge ("Is this answer correct for the video?") is at chance on this model (see
 # JUDGE_RECORDS), so VideoSAVi judges an answer by the model's own probability of it (`likelihood_judge`).
 SAVI_JUDGE = "likelihood"
+SAVI_JUDGES = ("yes_no", "likelihood", "frames", "frames_order")  # see `savi_pairs`
+SAVI_CLIP_CHECKS = ("answer", "order")  # the builder's check of the bare answer | `order_clip_check`
 
 
 def unlabelled_videos(world_dir: str | Path, out_dir: str | Path, n_videos: int = SAVI_VIDEOS,
-                      seed_offset: int = 2000) -> Path:
+                      seed_offset: int = 2000, order_prob: float | None = None) -> Path:
     """New videos from the training distribution (same co-occurrence and temporal prior), without labels.
 
     The self-QA builder reads only media from its input, so each video is listed as an SFT record whose
@@ -497,6 +500,7 @@ def unlabelled_videos(world_dir: str | Path, out_dir: str | Path, n_videos: int 
         out_dir: output folder: videos/, video_events.json, videos.jsonl.
         n_videos: videos to render.
         seed_offset: added to the world seed (the held-out evaluation uses 1000).
+        order_prob: the videos' temporal prior, when not the training world's (None = the world's).
 
     Returns:
         The videos.jsonl path (media relative to `out_dir`).
@@ -505,7 +509,8 @@ def unlabelled_videos(world_dir: str | Path, out_dir: str | Path, n_videos: int 
     from mmpo.records import SFTRecord, make_id
 
     base = world_config(world_dir)
-    cfg = dataclasses.replace(base, seed=base.seed + seed_offset, n_videos=n_videos)
+    cfg = dataclasses.replace(base, seed=base.seed + seed_offset, n_videos=n_videos,
+                              order_prob=base.order_prob if order_prob is None else order_prob)
     out = Path(out_dir)
     gts = make_video_world(cfg, out)
     recs = [SFTRecord(make_id([g["video"]], "unlabelled"), (g["video"],), "video", CAPTION_Q, "unlabelled",
@@ -615,8 +620,143 @@ def likelihood_judge(model, processor) -> Callable[[list, list, str], list]:
         out = []
         for key, (_, a) in zip(keys, qa):
             p_yes = 1 / (1 + math.exp(-max(min(margin[key], 50.0), -50.0)))
-            word_ = a.strip().lower().rstrip(".")
-            out.append(None if word_ not in ("yes", "no") else 1 + 9 * (p_yes if word_ == "yes" else 1 - p_yes))
+            word_ = yes_no_word(a)
+            out.append(None if word_ is None else 1 + 9 * (p_yes if word_ == "yes" else 1 - p_yes))
+        return out
+
+    return judge
+
+
+def question_objects(question: str) -> tuple[str, list[str]] | None:
+    """("order", [x, y]) for "Does the x appear before the y?", ("presence", [x]) for "Is there a x in the
+    video?" (the world's templates, `savi_questions`), None for any other question."""
+    import re
+
+    m = re.match(r"Does the (\w+) appear before the (\w+)\?", question)
+    if m:
+        return "order", list(m.groups())
+    m = re.match(r"Is there a (\w+) in the video\?", question)
+    return ("presence", [m.group(1)]) if m else None
+
+
+def yes_no_word(answer: str) -> str | None:
+    """"yes" / "no" for a yes/no answer ("Yes.", " no"), None for anything else."""
+    word = answer.strip().lower().rstrip(".")
+    return word if word in ("yes", "no") else None
+
+
+def split_alignment(sims, first: int, second: int) -> float:
+    """How well "first, then second" fits the frames in order: the best cut of the clip into a before and an
+    after part of mean sims[before, first] + mean sims[after, second] (sims: [T, C] frame x text similarity)."""
+    n = sims.shape[0]
+    return max(float(sims[:cut, first].mean() + sims[cut:, second].mean()) for cut in range(1, n))
+
+
+def order_clip_check(clip_model: str | Path, cfg):
+    """A CLIP check that can see order, for the self_qa builder (`build(..., clip=...)`; issue 25 (b)).
+
+    The builder's own check scores the bare answer word ("yes" / "no") against the mean frame, which says
+    nothing about the question: it dropped VideoSAVi's pairs nearly at random (benchmarks/LOG.md 2026-11-28).
+    Here the answer is read as the claim it makes about the video, and the claim is scored frame by frame with
+    one caption per class ("There is a red circle.", the image world's caption form), S[t, c] = cos(frame t, c):
+
+    - "Does the X appear before the Y?": "yes" claims "first X, then Y"; it scores the claim against the frames
+      in order minus against the frames reversed, `split_alignment(S, X, Y) - split_alignment(S, Y, X)`
+      (the reversed clip's alignment of X then Y equals the forward alignment of Y then X); "no" the negative.
+    - "Is there a X in the video?": "yes" scores z_X, "no" -z_X, where z_X is max_t S[t, X] standardised over
+      the world's classes in this clip (the objects present stand out; z > 0 held for 99% of present and 78% of
+      absent objects on the demo's unlabelled videos, benchmarks/LOG.md 2026-12-06).
+    - any other question or answer: 0 (no claim to check).
+
+    The check agrees with a pair when the chosen answer's score >= the rejected one's (`self_qa.select_pair`).
+    """
+    from mmpo.clip import load_clip
+    from mmpo.demo.world import CLASS_COLOURS
+
+    scorer = load_clip(clip_model, "cpu")
+    classes = list(cfg.classes)
+    texts = scorer.encode_texts([f"There is a {CLASS_COLOURS.get(c, '')} {c}.".replace("  ", " ") for c in classes])
+
+    def check(media, question: str, answers: list) -> list:
+        parsed = question_objects(question)
+        if parsed is None or any(o not in classes for o in parsed[1]):
+            return [0.0] * len(answers)
+        kind, objects = parsed
+        sims = (scorer.encode_images(media) @ texts.T).numpy()  # [T, C]
+        idx = [classes.index(o) for o in objects]
+        if kind == "order":
+            yes = split_alignment(sims, idx[0], idx[1]) - split_alignment(sims, idx[1], idx[0])
+        else:
+            peak = sims.max(axis=0)
+            yes = float((peak[idx[0]] - peak.mean()) / (peak.std() + 1e-8))
+        sign = {"yes": 1.0, "no": -1.0}
+        return [round(sign.get(yes_no_word(a), 0.0) * yes, 6) for a in answers]
+
+    return check
+
+
+def first_entry_before(p_x, p_y) -> float:
+    """P(x enters before y) from per-frame presence probabilities, each frame independent: the first frame
+    each is seen is drawn from p(t) * prod_{s<t} (1 - p(s)); same-frame entries are left out; 0.5 when
+    neither is ever seen."""
+    import numpy as np
+
+    def first(p):
+        p = np.asarray(p, dtype=float)
+        return p * np.concatenate([[1.0], np.cumprod(1 - p)[:-1]])
+
+    fx, fy = first(p_x), first(p_y)
+    joint = np.outer(fx, fy)  # [t_x, t_y]
+    before, after = float(np.triu(joint, 1).sum()), float(np.tril(joint, -1).sum())
+    return 0.5 if before + after < 1e-12 else before / (before + after)
+
+
+def frame_judge(model, processor, cfg, still_presence: bool = True) -> Callable[[list, list, str], list]:
+    """A self-judge that looks at the frames one at a time (issue 25 (c)): S_judge = 1 + 9 P(answer).
+
+    The model is asked the world's presence question about each object of the question on every frame alone
+    (the frame repeated to a clip, so no order can be read from it): p_o(t). A still frame holds no order,
+    so the answer cannot come from the temporal prior the order question carries. "Is there a X?":
+    P(yes) = max_t p_X(t) (with `still_presence` False: the model's P(yes) on the whole clip, as
+    `likelihood_judge`). "Does the X appear before the Y?": P(yes) = `first_entry_before(p_X, p_Y)`.
+    Answers other than yes/no, and questions outside the world's templates, are unusable (None).
+    Same contract as `mmpo.builders.judging.Judge`: one media item per (question, answer).
+    """
+    import numpy as np
+
+    from mmpo.demo.world import VIDEO_Q
+    from mmpo.models.scoring import margins_plain, yes_no_ids
+
+    ids = yes_no_ids(processor)
+    clip_judge = likelihood_judge(model, processor)
+
+    def presence(media, objects: list[str]) -> dict:
+        stills = [np.repeat(media[t:t + 1], len(media), axis=0) for t in range(len(media))]
+        prompts = [VIDEO_Q.format(o) + VH_SUFFIX for o in objects for _ in stills]
+        clips = [c for _ in objects for c in stills]
+        margins = [m for s in range(0, len(prompts), 16)
+                   for m in margins_plain(model, processor, prompts[s:s + 16], clips[s:s + 16], "video", ids)]
+        p = 1 / (1 + np.exp(-np.clip(np.array(margins), -50, 50)))
+        return {o: p[i * len(stills):(i + 1) * len(stills)] for i, o in enumerate(objects)}
+
+    def judge(qa: list, media: list, word: str) -> list:
+        seen: dict = {}  # (clip, object) -> per-frame P(yes): the builder judges each question's answers together
+        out = []
+        for (q, a), m in zip(qa, media, strict=True):
+            parsed, answer = question_objects(q), yes_no_word(a)
+            if parsed is None or answer is None:
+                out.append(None)
+                continue
+            kind, objects = parsed
+            if kind == "presence" and not still_presence:
+                out.append(clip_judge([(q, a)], [m], word)[0])
+                continue
+            todo = [o for o in objects if (id(m), o) not in seen]
+            if todo:
+                seen.update({(id(m), o): p for o, p in presence(m, todo).items()})
+            p = [seen[(id(m), o)] for o in objects]
+            p_yes = float(p[0].max()) if kind == "presence" else first_entry_before(p[0], p[1])
+            out.append(1 + 9 * (p_yes if answer == "yes" else 1 - p_yes))
         return out
 
     return judge
@@ -624,9 +764,11 @@ def likelihood_judge(model, processor) -> Callable[[list, list, str], list]:
 
 def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path, out_dir: str | Path,
                clip_model: str | Path = "", seed: int = 0,
-               min_gap: float = SAVI_MIN_GAP, judge: str = SAVI_JUDGE, ask=None) -> Path:
+               min_gap: float = SAVI_MIN_GAP, judge: str = SAVI_JUDGE, ask=None, preset: str = "videosavi_v1",
+               clip_check: str = "answer", temperatures: tuple[float, ...] = SAVI_TEMPERATURES) -> Path:
     """VideoSAVi v1 pairs: own questions, 4 answers sampled at temperatures 0.2-1.0, a self-judge, best vs
-    worst judged (gap >= `min_gap` on the 1-10 scale), CLIP order check.
+    worst judged (gap >= `min_gap` on the 1-10 scale), CLIP order check; or, with preset "critique_refine"
+    (paper v2/v3), a greedy answer, a self-critique and a refined answer, pair refined > first.
 
     Args:
         model_dir: the SFT video model (asks, answers and judges).
@@ -636,9 +778,15 @@ def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path,
         clip_model: open_clip checkpoint for the CLIP check ("" = off).
         seed: sampling seed.
         min_gap: judge-score gap (1-10 scale) between chosen and rejected.
-        judge: "yes_no" (the builder's: P(yes) to "Is this answer correct for the video?") or "likelihood"
-            (`likelihood_judge`).
+        judge: "yes_no" (the builder's: P(yes) to "Is this answer correct for the video?"), "likelihood"
+            (`likelihood_judge`), "frames" (`frame_judge`: the model asked about each frame alone) or
+            "frames_order" (`frame_judge` for order questions, `likelihood_judge` for presence).
         ask: question writer replacing `savi_asker` (tests).
+        preset: the builder's preset, "videosavi_v1" or "critique_refine" (no judge; CLIP scores kept, not used
+            to drop pairs).
+        clip_check: "answer" (the builder's: the bare answer against the mean frame) or "order"
+            (`order_clip_check`: the answer's claim against the frames in order); needs `clip_model`.
+        temperatures: one sampled answer per temperature (v1).
 
     Returns:
         The pairs JSONL path.
@@ -646,12 +794,20 @@ def savi_pairs(model_dir: str | Path, world_dir: str | Path, videos: str | Path,
     from mmpo.config import ModelConfig
     from mmpo.models import load_model
 
+    if judge not in SAVI_JUDGES or clip_check not in SAVI_CLIP_CHECKS:
+        raise ValueError(f"savi_pairs: judge {judge!r} / clip_check {clip_check!r} (valid: {SAVI_JUDGES} / "
+                         f"{SAVI_CLIP_CHECKS})")
     model, processor = load_model(ModelConfig(path=str(model_dir), num_frames=NUM_FRAMES, device="cpu"))
     cfg = world_config(world_dir)
     fields = {"in_sft": str(videos), "media_root": str(Path(videos).parent), "out_dir": str(out_dir),
               "seed": seed, "model": {"path": str(model_dir), "num_frames": NUM_FRAMES}, "judge": "yes_no",
-              "min_gap": min_gap, "clip_model": str(clip_model), "progress": False, "fresh": True}
+              "min_gap": min_gap, "clip_model": str(clip_model), "progress": False, "fresh": True, "preset": preset,
+              "temperatures": list(temperatures)}
+    judges = {"yes_no": lambda: None, "likelihood": lambda: likelihood_judge(model, processor),
+              "frames": lambda: frame_judge(model, processor, cfg),
+              "frames_order": lambda: frame_judge(model, processor, cfg, still_presence=False)}
+    clip = order_clip_check(clip_model, cfg) if clip_check == "order" and clip_model else None
     folder = self_qa.build(cfgmod.from_dict(self_qa.SelfQAConfig, fields),
                            ask=ask or savi_asker(model, processor, cfg, seed), generate=savi_sampler(model, processor),
-                           judge=likelihood_judge(model, processor) if judge == "likelihood" else None)
+                           judge=judges[judge](), clip=clip)
     return Path(folder) / "pairs.jsonl"
