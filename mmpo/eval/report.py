@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 VH_KEYS = ("basic_accuracy", "hallucinated_accuracy", "pair_accuracy")
@@ -140,30 +141,42 @@ def _save(fig, plt, path: str | Path) -> Path:
     return path
 
 
-def write_pope_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
-    """metrics.json, report.md, pope_splits.png and pope_confusion.png under `out_dir`."""
+def write_files(out_dir: str | Path, metrics: dict, markdown: str, plots: dict[str, tuple[Callable, str]],
+                result: dict | None = None) -> dict[str, Path]:
+    """What every benchmark writes under `out_dir`: metrics.json, report.md and its plots.
+
+    Args:
+        metrics: what metrics.json holds.
+        markdown: the report's text.
+        plots: {key in the returned dict: (plot function(result, path), file name)}.
+        result: what the plots draw (default: `metrics`).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(pope_markdown(result), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
-            "splits_plot": plot_pope_splits(result, out / "pope_splits.png"),
-            "confusion_plot": plot_pope_confusion(result, out / "pope_confusion.png")}
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    written = {"metrics": write_metrics(out / "metrics.json", metrics), "report": out / "report.md"}
+    return written | {key: plot(metrics if result is None else result, out / name)
+                      for key, (plot, name) in plots.items()}
+
+
+def write_pope_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
+    """metrics.json, report.md, pope_splits.png and pope_confusion.png under `out_dir`."""
+    return write_files(out_dir, result, pope_markdown(result),
+                       {"splits_plot": (plot_pope_splits, "pope_splits.png"),
+                        "confusion_plot": (plot_pope_confusion, "pope_confusion.png")})
 
 
 def write_videohallucer_report(out_dir: str | Path, results: dict[str, dict]) -> dict[str, Path]:
     """metrics.json (plain overall keys at the top level, per category under "categories"), report.md,
     videohallucer.png under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cats = {c: r for c, r in results.items() if c != "overall"}
     metrics = {**results.get("overall", {}), "categories": cats}
     skips = [r["skipped_media"] for r in cats.values() if "skipped_media" in r]
     if skips:  # on_bad_media: skip; the per-category details stay under "categories"
         files = {k: v for s in skips for k, v in s["files"].items()}
         metrics["skipped_media"] = {"n_pairs": sum(s["n_pairs"] for s in skips), "n_files": len(files), "files": files}
-    (out / "report.md").write_text(videohallucer_markdown(results), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", metrics), "report": out / "report.md",
-            "plot": plot_videohallucer(results, out / "videohallucer.png")}
+    return write_files(out_dir, metrics, videohallucer_markdown(results),
+                       {"plot": (plot_videohallucer, "videohallucer.png")}, result=results)
 
 
 # ---------------------------------------------------------------- CHAIR, AMBER, EventHallusion
@@ -212,11 +225,7 @@ def plot_chair(result: dict, path: str | Path) -> Path:
 
 def write_chair_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
     """metrics.json (with the per-caption details), report.md and chair.png under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(chair_markdown(result), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
-            "plot": plot_chair(result, out / "chair.png")}
+    return write_files(out_dir, result, chair_markdown(result), {"plot": (plot_chair, "chair.png")})
 
 
 AMBER_KEYS = ("accuracy", "precision", "recall", "f1")
@@ -288,12 +297,9 @@ def plot_amber_answers(result: dict, path: str | Path) -> Path:
 
 def write_amber_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
     """metrics.json, report.md, amber_dimensions.png and amber_answers.png under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(amber_markdown(result), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
-            "dimensions_plot": plot_amber(result, out / "amber_dimensions.png"),
-            "answers_plot": plot_amber_answers(result, out / "amber_answers.png")}
+    return write_files(out_dir, result, amber_markdown(result),
+                       {"dimensions_plot": (plot_amber, "amber_dimensions.png"),
+                        "answers_plot": (plot_amber_answers, "amber_answers.png")})
 
 
 def eventhallusion_markdown(result: dict) -> str:
@@ -330,11 +336,8 @@ def plot_eventhallusion(result: dict, path: str | Path) -> Path:
 
 def write_eventhallusion_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
     """metrics.json, report.md and eventhallusion.png under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(eventhallusion_markdown(result), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
-            "plot": plot_eventhallusion(result, out / "eventhallusion.png")}
+    return write_files(out_dir, result, eventhallusion_markdown(result),
+                       {"plot": (plot_eventhallusion, "eventhallusion.png")})
 
 
 HB_KEYS = ("qAcc", "fAcc", "aAcc")
@@ -377,8 +380,5 @@ def plot_hallusionbench(result: dict, path: str | Path) -> Path:
 
 def write_hallusionbench_report(out_dir: str | Path, result: dict) -> dict[str, Path]:
     """metrics.json, report.md and hallusionbench.png under `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.md").write_text(hallusionbench_markdown(result), encoding="utf-8")
-    return {"metrics": write_metrics(out / "metrics.json", result), "report": out / "report.md",
-            "plot": plot_hallusionbench(result, out / "hallusionbench.png")}
+    return write_files(out_dir, result, hallusionbench_markdown(result),
+                       {"plot": (plot_hallusionbench, "hallusionbench.png")})
