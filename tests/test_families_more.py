@@ -307,26 +307,13 @@ def test_qwen3_vl_moe_has_no_7b_shape(tmp_path):
 
 
 def test_qwen3_vl_moe_logps_equal_a_plain_hf_forward(moe):
-    import torch
-    from test_families import CHOSEN, PROMPTS, REJECTED, _hf_answer_logp, _images
+    from test_families import check_logps_against_hf
 
-    from mmpo.logprobs import packed_logps, plain_logps
-    from mmpo.models import encode_answers, encode_prompts, family_of
+    from mmpo.models import family_of
 
     _, (model, proc) = moe
     assert family_of(model) == "qwen3_vl_moe" and type(model).__name__ == "Qwen3VLMoeForConditionalGeneration"
-    images = _images()
-    prompt = encode_prompts(proc, PROMPTS, images, "image")
-    chosen, rejected = encode_answers(proc, CHOSEN), encode_answers(proc, REJECTED)
-    with torch.no_grad():
-        plain = [plain_logps(model, prompt, a)[0] for a in (chosen, rejected)]
-        packed = [out[0] for out in packed_logps(model, prompt, [chosen, rejected])]
-    for j, (texts, ans) in enumerate(((CHOSEN, chosen), (REJECTED, rejected))):
-        torch.testing.assert_close(packed[j], plain[j], rtol=1e-5, atol=1e-4)
-        for i in range(2):
-            hf = _hf_answer_logp(model, proc, PROMPTS[i], texts[i], images[i], int(prompt["attention_mask"][i].sum()),
-                                 int(ans["attention_mask"][i].sum()))
-            assert abs(plain[j][i] - hf) <= 1e-4 * abs(hf), (j, i, plain[j][i], hf)
+    check_logps_against_hf(model, proc)
 
 
 def test_qwen3_vl_moe_lora_reaches_the_attention_and_4bit_trains(moe):
