@@ -217,7 +217,12 @@ def append_eval_results(folder: str | Path, benchmark: str, metrics: dict, out_d
     if "mmpo" not in (card.data.tags or []):  # a base model's own card is not ours to edit
         return None
     text = card.content.replace(NO_RESULTS + "\n", "")
-    section = eval_table(f"mmpo eval {benchmark} ({out_dir})", metrics, f"{out_dir}/metrics.json")
+    title = f"### mmpo eval {benchmark} ({out_dir})"
+    if title in text:  # the same evaluation again (rescored, resumed): its section is replaced, not repeated
+        start = text.index(title)
+        end = text.find("\n### ", start + len(title))
+        text = text[:start] + (text[end + 1:] if end != -1 else "")
+    section = eval_table(title.removeprefix("### "), metrics, f"{out_dir}/metrics.json")
     text = text.rstrip("\n") + "\n\n" + section if EVAL_HEADING in text else \
         text.rstrip("\n") + f"\n\n{EVAL_HEADING}\n\n{section}"
     ModelCard(text).save(path)

@@ -161,6 +161,13 @@ def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monke
     (mlrun,) = client.search_runs([exp.experiment_id])
     assert mlrun.data.metrics["pope/f1"] == pytest.approx(metrics["f1"])
 
+    # The same evaluation again: the card it wrote does not make the adapter look like other weights (it once
+    # refused: "existing predictions were made with other settings"), and its section is replaced, not repeated.
+    assert eval_cli.main("pope", ["--config", str(tmp / "pope.yaml"), f"model.path={tiny_model('llava', tmp)}",
+                                  f"model.adapter={run / 'adapter'}", "model.device=cpu", f"out_dir={tmp / 'ev'}",
+                                  "report_to=[mlflow]"]) == 0
+    assert ModelCard.load(run / "adapter" / "README.md").text.count(f"### mmpo eval pope ({tmp / 'ev'})") == 1
+
 
 def test_the_old_tensorboard_key_means_report_to_tensorboard_and_unknown_trackers_are_refused():
     assert load(TrainConfig, None, ["tensorboard=true"]).report_to == ["tensorboard"]

@@ -314,8 +314,10 @@ def weights_fingerprint(model_cfg) -> str:
     """Changes when the weights or their numerics would: weight and adapter files (size, mtime), dtype, 4-bit."""
     files = sorted(Path(model_cfg.path).glob("*.safetensors")) if model_cfg.path else []
     stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    # The adapter's README.md is left out: `mmpo eval` appends its results to that model card, which must not make
+    # the next evaluation of the same weights look like other settings.
     adapter = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in Path(model_cfg.adapter).glob("*")
-                     if f.is_file()) if model_cfg.adapter else []
+                     if f.is_file() and f.name != "README.md") if model_cfg.adapter else []
     return fingerprint(stats, adapter, model_cfg.dtype, model_cfg.load_in_4bit)
 
 
