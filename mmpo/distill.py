@@ -21,6 +21,7 @@ from mmpo.distributed import start_processes
 from mmpo.logprobs import answer_logits, token_logps
 from mmpo.losses import dpkd, masked_mean, mimic_kl, requires_of
 from mmpo.models import load_model
+from mmpo.models.loading import check_folder
 from mmpo.records import default_media_root, scan_records
 from mmpo.requirements import PairLogps, pair_logps
 from mmpo.schedules import derived_config, seed_for
@@ -31,11 +32,12 @@ def check_vocab(student: ModelConfig, teacher: ModelConfig) -> None:
     """Raise ConfigError unless both tokenizers have the same vocabulary (token -> id)."""
     from transformers import AutoTokenizer
 
-    def vocab(m: ModelConfig) -> dict:
+    def vocab(m: ModelConfig, what: str) -> dict:
+        check_folder(m.path, what)  # a missing folder: said as such, not as the hub's "couldn't connect"
         return AutoTokenizer.from_pretrained(m.path, local_files_only=True,
                                              trust_remote_code=m.trust_remote_code).get_vocab()
 
-    a, b = vocab(student), vocab(teacher)
+    a, b = vocab(student, "model"), vocab(teacher, "distill.teacher")
     if a != b:
         diff = sorted(set(a.items()) ^ set(b.items()), key=str)[:3]
         raise ConfigError(f"distillation needs one vocabulary: student {student.path!r} ({len(a)} tokens) and "

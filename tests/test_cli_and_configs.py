@@ -98,6 +98,11 @@ def test_make_model_command(tmp_path, capsys):
     n = count_parameters(tmp_path / "m")
     assert f"(tiny, {parameter_count(n)} parameters," in capsys.readouterr().out and 1e3 < n < 1e9
     assert [parameter_count(x) for x in (980, 1_234_567, 7_615_616_512)] == ["980", "1.23M", "7.62B"]
+    # a second checkpoint into the same folder would leave the first one's tokenizer files beside it
+    with pytest.raises(FileExistsError, match="is not empty: make-model writes a whole checkpoint folder"):
+        main(["--debug", "make-model", "--family", "idefics3", "--out", str(tmp_path / "m")])
+    with pytest.raises(ValueError, match=r"unknown model family 'llava15'; choose one of llava, .*smolvlm"):
+        main(["--debug", "make-model", "--family", "llava15", "--out", str(tmp_path / "n")])
 
 
 def test_train_with_a_periodic_pope_evaluation(tmp_path):

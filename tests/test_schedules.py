@@ -276,6 +276,22 @@ def test_vocabulary_mismatch_is_an_error_naming_both_models(world, tmp_path):
     assert str(world["model"]) in str(err.value) and str(other) in str(err.value)
 
 
+def test_a_missing_student_or_teacher_folder_is_said_as_such(world, tmp_path):
+    """Not transformers' "couldn't connect to huggingface.co" (models load from local folders only)."""
+    with pytest.raises(FileNotFoundError, match=r"distill.teacher folder not found: '.*nope'.*mmpo make-model"):
+        run_distill(_distill_cfg(world, tmp_path, f"distill.teacher.path={tmp_path / 'nope'}"))
+    with pytest.raises(FileNotFoundError, match=r"model folder not found: '.*nope'"):
+        run_distill(_distill_cfg(world, tmp_path, f"model.path={tmp_path / 'nope'}"))
+
+
+def test_a_missing_adapter_folder_says_where_adapters_come_from():
+    from mmpo.models.loading import check_folder
+
+    with pytest.raises(FileNotFoundError, match=r"adapter folder not found: 'runs/nope/adapter' \(an adapter is what "
+                                                r"`mmpo train` saves"):
+        check_folder("runs/nope/adapter", "adapter")
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_train_config_loads(path):
     first = path.read_text().splitlines()[0]

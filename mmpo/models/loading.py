@@ -32,12 +32,13 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _check_folder(path: str, what: str) -> Path:
-    """Local folders only (never a hub id): a missing folder is an error that names it."""
+def check_folder(path: str, what: str) -> Path:
+    """Local folders only (never a hub id): a missing folder is an error that names it and says where one comes from."""
     folder = Path(path)
     if not path or not folder.is_dir():
-        raise FileNotFoundError(f"{what} folder not found: {path!r} (models load from local folders only; "
-                                f"write a tiny one with `mmpo make-model --family llava --out DIR`)")
+        where = ("an adapter is what `mmpo train` saves in its run folder (RUN/adapter)" if what == "adapter" else
+                 "models load from local folders only; write a tiny one with `mmpo make-model --family llava --out DIR`")
+        raise FileNotFoundError(f"{what} folder not found: {path!r} ({where})")
     return folder
 
 
@@ -80,7 +81,7 @@ def load_model(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: bool
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    folder = _check_folder(cfg.path, "model")
+    folder = check_folder(cfg.path, "model")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
     device = resolve_device(cfg.device)
@@ -109,7 +110,7 @@ def load_skeleton(cfg: ModelConfig, lora: LoraConfig | None = None, trainable: b
     """
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    folder = _check_folder(cfg.path, "model")
+    folder = check_folder(cfg.path, "model")
     if cfg.load_in_4bit:
         raise ValueError("a 4-bit model cannot be built without its weights")
     common = dict(local_files_only=True, trust_remote_code=cfg.trust_remote_code)
@@ -166,7 +167,7 @@ def _attach_trainable(model, cfg: ModelConfig, lora: LoraConfig | None, trainabl
     if cfg.adapter:
         from peft import PeftModel
 
-        adapter = _check_folder(cfg.adapter, "adapter")
+        adapter = check_folder(cfg.adapter, "adapter")
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     elif trainable and lora is not None and lora.enabled:
         model = add_lora(model, lora)

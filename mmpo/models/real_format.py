@@ -117,8 +117,7 @@ def make_real_format_model(family: str, out_dir, seed: int = 0, shrink: bool = T
     if family not in BUILDERS:
         raise ValueError(f"unknown real-format family {family!r}; choose one of {REAL_FORMAT_FAMILIES + VLM_FAMILIES}")
     if not FIXTURES.is_dir():
-        raise FileNotFoundError(f"real-format fixture files not found at {FIXTURES} (they ship with the repository's "
-                                "tests/, not with an installed package)")
+        raise FileNotFoundError(f"real-format files not found at {FIXTURES} (package data of mmpo: reinstall it)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     BUILDERS[family](out, shrink)

@@ -239,7 +239,8 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
             return make_vlm_7b_config(family, out_dir)
         return make_real_format_model(family, out_dir, seed=seed)
     if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES + VLM_FAMILIES}")
+        names = (*FAMILIES, *(f for f in VLM_FAMILIES if f != "idefics3"), "qwen3_vl_moe", "smolvlm")
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(names)} (or clip, for a CLIP)")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     out = Path(out_dir)
@@ -297,6 +298,9 @@ def make_model_main(family: str, size: str, out) -> Path:
     Returns:
         The checkpoint folder.
     """
+    if Path(out).is_dir() and any(Path(out).iterdir()):  # files of another checkpoint would stay beside the new one
+        raise FileExistsError(f"{out} is not empty: make-model writes a whole checkpoint folder; choose a new --out "
+                              "or empty this one")
     path = make_tiny_model(family, out, size=size)
     n = count_parameters(path)
     weights = "random weights saved" if size == "tiny" else "config only; build with mmpo.models.build_model on a GPU"
