@@ -256,8 +256,10 @@ def check_rerun(cfg, run_dir: Path, procs) -> None:
         if changed:
             keep = run_dir / f"config.before-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
             saved_path.replace(keep)
-            log.warning("%s: continuing with a changed config (%s); the old one is in %s", run_dir,
-                        _listing(changed), keep.name)
+            last = latest_checkpoint(run_dir)
+            how = f"from {last.name}" if last else "from step 0: it kept no checkpoint (save_every)"
+            log.warning("%s: training again with a changed config (%s), %s; the old config is in %s", run_dir,
+                        _listing(changed), how, keep.name)
         tmp = saved_path.with_suffix(".yaml.tmp")
         save(cfg, tmp)
         tmp.replace(saved_path)

@@ -360,6 +360,9 @@ def test_rerunning_a_finished_run_trains_nothing(world, tmp_path, caplog):
     assert {p.name: p.read_bytes() for p in [*run.glob("*.json*"), *(run / "adapter").iterdir()]} == before
     with pytest.raises(ValueError, match=r"another config \(max_steps: 3 -> 4"):  # a longer run is not this one
         train(_cfg(world, run, "max_steps=4"))
+    with caplog.at_level("WARNING", logger="mmpo"):  # asked for: said to start over, having no checkpoint
+        train(_cfg(world, run, "max_steps=4", "allow_config_change=true"))
+    assert "changed config (max_steps: 3 -> 4), from step 0: it kept no checkpoint (save_every)" in caplog.text
 
 
 class _Payload:
