@@ -115,6 +115,11 @@ class DistillConfig:
                     mimic_nll_weight=">= 0")
 
 
+# The schedules' own step settings (their parts are runs of stage dpo / sft with these as max_steps).
+STAGE_STEPS = {"multi_round": "multi_round.steps_per_round, multi_round.rebirth_steps",
+               "distill": "distill.mimic_steps, distill.preference_steps"}
+
+
 @dataclass
 class TrainConfig:
     stage: str = "dpo"  # dpo | sft | multi_round | distill
@@ -191,6 +196,9 @@ class TrainConfig:
                         batch_size=">= 1", grad_accum=">= 1", max_grad_norm=">= 0", log_every=">= 1",
                         save_every=">= 0", save_total_limit=">= 0", eval_every=">= 0", max_nonfinite_steps=">= 0",
                         dist_timeout_min="> 0")
+        if self.stage in STAGE_STEPS and self.max_steps:  # it would be ignored: each part runs its own steps
+            problems.errors.append(f"max_steps: stage {self.stage} sets the steps of each part itself "
+                                   f"({STAGE_STEPS[self.stage]}); max_steps is for stages dpo and sft")
         if self.stage == "multi_round" and not self.lora.enabled:
             problems.errors.append("stage: multi_round merges a LoRA each round: set lora.enabled: true")
         if self.model.load_in_4bit and not self.lora.enabled:

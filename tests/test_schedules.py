@@ -284,6 +284,14 @@ def test_a_missing_student_or_teacher_folder_is_said_as_such(world, tmp_path):
         run_distill(_distill_cfg(world, tmp_path, f"model.path={tmp_path / 'nope'}"))
 
 
+def test_max_steps_is_refused_where_a_schedule_sets_the_steps_itself():
+    with pytest.raises(ConfigError, match=r"max_steps: stage multi_round sets the steps of each part itself "
+                                          r"\(multi_round.steps_per_round"):
+        load(TrainConfig, None, ["stage=multi_round", "max_steps=1"])
+    with pytest.raises(ConfigError, match=r"max_steps: stage distill .*distill.mimic_steps, distill.preference_steps"):
+        load(TrainConfig, None, ["stage=distill", "max_steps=1", "distill.preference_steps=0"])
+
+
 def test_a_missing_adapter_folder_says_where_adapters_come_from():
     from mmpo.models.loading import check_folder
 
