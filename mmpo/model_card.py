@@ -118,22 +118,25 @@ def eval_table(title: str, metrics: dict, source: str = "") -> str:
 
     Rates and scores (floats) and the item count `n` are shown; other integers (confusion counts, file sizes)
     stay in the evaluation's metrics.json, which `source` names. `{"f1": .8, "splits": {"random": {"f1": .9}}}`
-    gives the rows "all" and "splits/random".
+    gives the rows "all" (or what the metrics' `aggregation` says, e.g. "mean of splits") and "splits/random".
     """
     from mmpo.metrics import flatten
 
     rows: dict[str, dict[str, float | int]] = {}
+    top = str(metrics.get("aggregation", "all")).replace("_", " ")  # POPE's top row: "mean of splits"
     for key, value in flatten(metrics).items():
         group, _, name = key.replace("/", ".").rpartition(".")  # metrics.jsonl names are "pope/random/f1"
         shown = isinstance(value, float) or (name == "n" and isinstance(value, int) and not isinstance(value, bool))
         if shown:
-            rows.setdefault(group.replace(".", "/") or "all", {})[name] = value
+            rows.setdefault(group.replace(".", "/") or top, {})[name] = value
     columns = list(dict.fromkeys(name for row in rows.values() for name in row))
     lines = [f"| | {' | '.join(columns)} |", "|---" * (len(columns) + 1) + "|"]
     for group, row in rows.items():
         cells = (f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
         lines.append(f"| {group} | {' | '.join(cells)} |")
-    where = f"\n\nEvery number: `{source}`." if source else ""
+    settings = ", ".join(f"{k} {metrics[k]}" for k in ("mode", "parser") if isinstance(metrics.get(k), str))
+    where = f"\n\n{'Fractions, not percent' + (f' ({settings})' if settings else '')}. Every number: `{source}`." \
+        if source else ""
     return f"### {title}\n\n" + "\n".join(lines) + where + "\n"
 
 

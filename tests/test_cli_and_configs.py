@@ -103,6 +103,10 @@ def test_make_model_command(tmp_path, capsys):
         main(["--debug", "make-model", "--family", "idefics3", "--out", str(tmp_path / "m")])
     with pytest.raises(ValueError, match=r"unknown model family 'llava15'; choose one of llava, .*smolvlm"):
         main(["--debug", "make-model", "--family", "llava15", "--out", str(tmp_path / "n")])
+    # --seed: a distillation student unlike its teacher (same seed: the same weights, and a mimic loss of 0)
+    assert main(["make-model", "--family", "llava", "--seed", "1", "--out", str(tmp_path / "s")]) == 0
+    weights = [(tmp_path / d / "model.safetensors").read_bytes() for d in ("m", "s")]
+    assert weights[0] != weights[1]
 
 
 def test_train_with_a_periodic_pope_evaluation(tmp_path):

@@ -150,9 +150,11 @@ def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monke
     card = ModelCard.load(run / "adapter" / "README.md")
     assert f"### mmpo eval pope ({tmp / 'ev'})" in card.text
     tables = card_tables(card.text)
-    assert tables["all"]["f1"] == f"{metrics['f1']:.4f}" and tables["pope/random"]["f1"] == "0.5200"
-    assert tables["all"]["n"] == "8" and "tp" not in tables["all"]  # counts stay in metrics.json
-    assert f"Every number: `{tmp / 'ev'}/metrics.json`." in card.text
+    top = tables["single split"]  # one question file: metrics.json's aggregation names the row
+    assert top["f1"] == f"{metrics['f1']:.4f}" and tables["pope/random"]["f1"] == "0.5200"
+    assert top["n"] == "8" and "tp" not in top  # counts stay in metrics.json
+    assert f"Fractions, not percent (mode logits, parser official). Every number: `{tmp / 'ev'}/metrics.json`." \
+        in card.text
 
     from mlflow.tracking import MlflowClient
 

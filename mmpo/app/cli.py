@@ -215,6 +215,8 @@ def _make_model_parser(p: argparse.ArgumentParser) -> None:
                    "(7b: LLaVA families, qwen2_5_vl) | clip (open_clip, for the builders' clip_model)")
     p.add_argument("--size", default="tiny", choices=["tiny", "7b"])
     p.add_argument("--out", required=True, help="folder to write the checkpoint into")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (e.g. a distillation student "
+                   "that differs from its teacher)")
 
 
 def cmd_make_model(args) -> int:
@@ -229,7 +231,7 @@ def cmd_make_model(args) -> int:
         return 0
     from mmpo.models import make_model_main
 
-    make_model_main(args.family, args.size, args.out)
+    make_model_main(args.family, args.size, args.out, args.seed)
     return 0
 
 

@@ -287,13 +287,14 @@ def count_parameters(model_dir) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def make_model_main(family: str, size: str, out) -> Path:
+def make_model_main(family: str, size: str, out, seed: int = 0) -> Path:
     """CLI entry (`mmpo make-model --family F --size tiny|7b --out DIR`): write the folder, print a summary.
 
     Args:
         family: one of FAMILIES.
         size: "tiny" or "7b".
         out: output folder.
+        seed: the random weights' seed (a distillation student differs from its teacher by this).
 
     Returns:
         The checkpoint folder.
@@ -301,7 +302,7 @@ def make_model_main(family: str, size: str, out) -> Path:
     if Path(out).is_dir() and any(Path(out).iterdir()):  # files of another checkpoint would stay beside the new one
         raise FileExistsError(f"{out} is not empty: make-model writes a whole checkpoint folder; choose a new --out "
                               "or empty this one")
-    path = make_tiny_model(family, out, size=size)
+    path = make_tiny_model(family, out, size=size, seed=seed)
     n = count_parameters(path)
     weights = "random weights saved" if size == "tiny" else "config only; build with mmpo.models.build_model on a GPU"
     print(f"wrote {family} ({size}, {parameter_count(n)} parameters, {weights}) to {path}")
