@@ -160,7 +160,8 @@ def _provide(sandbox: Path, command: str) -> None:
     for path, family in hub.items():
         if path in command and not (sandbox / path).exists():
             make_real_format_model(family, sandbox / path)
-    if "checkpoints/tiny-llava-student" in command and not (sandbox / "checkpoints/tiny-llava-student").exists():
+    student = sandbox / "checkpoints/tiny-llava-student"  # the README's make-model line writes it itself
+    if "checkpoints/tiny-llava-student" in command and "make-model" not in command and not student.exists():
         make_tiny_model("llava", sandbox / "checkpoints/tiny-llava-student", seed=1)
     if "checkpoints/clip-vit-l14-336" in command and not (sandbox / "checkpoints/clip-vit-l14-336").exists():
         make_tiny_clip(sandbox / "checkpoints/clip-vit-l14-336")
