@@ -21,6 +21,7 @@ from mmpo.app.cli import main
 from mmpo.builders import BUILDERS
 from mmpo.builders.augment import AugmentConfig, sample_specs
 from mmpo.builders.augment import build as build_augment
+from mmpo.builders.common import prepared_items
 from mmpo.builders.difficulty import DifficultyConfig, vote
 from mmpo.builders.difficulty import build as build_difficulty
 from mmpo.builders.judging import parse_judgement, rubric_judge, yes_no_score
@@ -221,6 +222,19 @@ def test_augment_kill_and_resume_equals_uninterrupted(world, tmp_path):
     counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in (whole, resumed)]
     assert counts[0] == counts[1]
 
+
+
+def _upper_unless_b(item: str) -> str:
+    if item == "b":  # a worker killed for memory, or a decoder's segfault
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item.upper()
+
+
+def test_a_worker_process_that_dies_stops_the_build_naming_the_item():
+    """multiprocessing.Pool waited forever for a dead worker's item; the build now fails at once and says why."""
+    assert list(prepared_items(["a", "c", "d"], _upper_unless_b, 2)) == [("a", "A"), ("c", "C"), ("d", "D")]
+    with pytest.raises(RuntimeError, match="worker process died while preparing item 'b'.*num_workers=0"):
+        list(prepared_items(["b", "c"], _upper_unless_b, 2))
 
 # -- self_qa --------------------------------------------------------------------------------------
 

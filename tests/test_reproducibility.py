@@ -3,11 +3,14 @@ different PYTHONHASHSEEDs (so set/dict order of strings differs), gives identica
 builders' pairs.jsonl, a PaMi-VDPO + DPO video training's metrics.jsonl lines and adapter weights, and a
 VideoHallucer evaluation's answers. Processes, not calls: state a process leaves behind cannot carry over."""
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +43,43 @@ def world(tmp_path_factory):
     return {"root": root, "sft": root / "videos.jsonl", "vh": vh, "model": tiny_model("llava_next_video", root)}
 
 
-def _twice(*args: str) -> None:
-    """`python -m mmpo ARGS` in two processes at once, with different hash seeds; {run} in an arg -> 0 / 1."""
+def _twice(*args: str, timeout: float = 300) -> None:
+    """`python -m mmpo ARGS` in two processes at once, with different hash seeds; {run} in an arg -> 0 / 1.
+
+    Each command takes seconds here; one still running after `timeout` s fails the test with the Python stack
+    of every thread of both processes and their workers (faulthandler, on SIGABRT to the process group)
+    instead of stalling the suite."""
     procs = []
     for run in (0, 1):
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-                   PYTHONHASHSEED=str(run + 1))
+                   PYTHONHASHSEED=str(run + 1), PYTHONFAULTHANDLER="1")
         procs.append(subprocess.Popen([sys.executable, "-m", "mmpo", *(a.replace("{run}", str(run)) for a in args)], env=env,
-                                      cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                                      cwd=REPO, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      start_new_session=True))
+    deadline = time.monotonic() + timeout
     for proc in procs:
-        _, err = proc.communicate(timeout=600)
+        try:
+            _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"mmpo {' '.join(args)} still running after {timeout} s; the stacks:\n{_abort(procs)}")
         assert proc.returncode == 0, err[-3000:]
+
+
+def _abort(procs: list[subprocess.Popen]) -> str:
+    """SIGABRT every process of the commands' groups (faulthandler prints their stacks, innermost call first) and
+    return what they printed from there on."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGABRT)
+    dumps = []
+    for proc in procs:
+        try:
+            err = proc.communicate(timeout=60)[1]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            err = proc.communicate()[1]
+        dumps.append(err[err.find("Fatal Python error"):][:12000])
+    return "\n".join(dumps)
 
 
 def _same_bytes(a: Path, b: Path) -> bytes:

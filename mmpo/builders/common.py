@@ -17,6 +17,8 @@ import dataclasses
 import json
 import os
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -132,15 +134,29 @@ def prepared_items(items: list, prepare: Callable[[Any], Any], num_workers: int 
     """Yield `(item, prepare(item))` in input order, preparing in `num_workers` processes.
 
     `prepare` must be picklable (a module-level function or a functools.partial of one) and should
-    return errors as values rather than raise, so one bad item never stops the pool.
+    return errors as values rather than raise, so one bad item never stops the pool. A worker that dies
+    (killed for memory, a decoder's crash) stops the build with an error naming the item; a
+    `multiprocessing.Pool` would instead wait for that item's result forever.
     """
     if num_workers <= 0:
         for item in items:
             yield item, prepare(item)
         return
     # fork: workers inherit imported modules (decord, numpy) instead of re-importing them (seconds each)
-    with get_context("fork").Pool(num_workers) as pool:
-        yield from zip(items, pool.imap(prepare, items, chunksize=1))
+    pool = ProcessPoolExecutor(num_workers, mp_context=get_context("fork"))
+    try:
+        futures = [pool.submit(prepare, item) for item in items]
+        for item, future in zip(items, futures):
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    f"a worker process died while preparing item {getattr(item, 'id', item)!r} or one beside it "
+                    "(killed for memory, or a crash in a decoder); the items done so far are kept: rerun with "
+                    "num_workers=0 to continue and see which item it is") from None
+            yield item, result
+    finally:  # an error in the caller's loop stops the workers instead of preparing every item left
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def progress(iterable: Iterable, total: int, enabled: bool, desc: str, unit: str = "item") -> Iterable:
