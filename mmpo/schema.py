@@ -128,7 +128,8 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     problems.errors += [f"{_key_path(where, k)}: {removed[k]}" for k in sorted(set(data) & removed.keys())]
     unknown = sorted(set(data) - names - removed.keys())
     if unknown:
-        problems.errors.append(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+        problems.errors.append(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown, names)}; "
+                               f"valid keys: {sorted(names)}")
     kwargs = {}
     for k, v in data.items():
         if k in names:
@@ -278,6 +279,28 @@ def _example_override(cls: type | None) -> str:
     return f"{name}=VALUE"
 
 
+# Names other trainers (transformers' TrainingArguments, TRL) use for a setting mmpo calls otherwise.
+OTHER_TOOLS_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+                     "gradient_accumulation_steps": "grad_accum", "logging_steps": "log_every",
+                     "save_steps": "save_every", "eval_steps": "eval_every", "warmup_steps": "warmup_ratio"}
+
+
+def did_you_mean(unknown: list[str], names) -> str:
+    """' (did you mean 'max_steps'?)' for the unknown keys close to a valid one or named so by another tool; ''."""
+    import difflib
+
+    guesses = {}
+    for key in unknown:
+        close = [OTHER_TOOLS_NAMES[key]] if OTHER_TOOLS_NAMES.get(key) in names else \
+            difflib.get_close_matches(key, list(names), n=1, cutoff=0.75)
+        if close:
+            guesses[key] = close[0]
+    if not guesses:
+        return ""
+    return " (did you mean " + ", ".join(f"{g!r} for {k!r}" if len(unknown) > 1 else repr(g)
+                                         for k, g in guesses.items()) + "?)"
+
+
 def _check_override_keys(text: str, keys: list[str], cls: type | None) -> None:
     """A command-line key the schema does not have is the command line's mistake, not the config file's."""
     for depth, key in enumerate(keys):
@@ -288,7 +311,8 @@ def _check_override_keys(text: str, keys: list[str], cls: type | None) -> None:
             raise ConfigError(f"command line {text!r}: {'.'.join(keys[:depth + 1])}: {cls.REMOVED_KEYS[key]}")
         if key not in names:
             section = ".".join(keys[:depth]) or "the top level"
-            raise ConfigError(f"command line {text!r}: unknown key {key!r} in {section}; valid keys: {names}")
+            raise ConfigError(f"command line {text!r}: unknown key {key!r} in {section}"
+                              f"{did_you_mean([key], names)}; valid keys: {names}")
         cls = typing.get_type_hints(cls).get(key)
 
 

@@ -160,3 +160,18 @@ def test_progress_messages_follow_the_current_stderr(monkeypatch):
     logging.info("a library logging through the root")  # open_clip does; it must not add a second handler
     logging.getLogger("mmpo.lengths").info("once")
     assert second.getvalue().count("once") == 1
+
+
+def test_a_mistyped_key_gets_a_suggestion(tmp_path):
+    """`max_step` -> max_steps (close spelling); `learning_rate` -> lr (transformers' / TRL's name for it)."""
+    from mmpo.config import ConfigError, TrainConfig, load
+
+    with pytest.raises(ConfigError, match=r"unknown key 'max_step' in the top level \(did you mean 'max_steps'\?\)"):
+        load(TrainConfig, None, ["max_step=5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate' .*\(did you mean 'lr'\?\)"):
+        load(TrainConfig, None, ["learning_rate=1e-3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("max_step: 3\nlearning_rate: 0.1\nzzz: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['learning_rate', 'max_step', 'zzz'\] \(did you mean "
+                                          r"'lr' for 'learning_rate', 'max_steps' for 'max_step'\?\)"):
+        load(TrainConfig, path)
