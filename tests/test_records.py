@@ -12,11 +12,11 @@ import tracemalloc
 import pytest
 from helpers import toy_pairs, toy_sft
 
-from mmpo.models.loading import file_digest
 from mmpo.records import (
     MediaCheck,
     RecordError,
     SFTRecord,
+    file_digest,
     iter_jsonl,
     jsonl_lines,
     read_pairs,

@@ -16,7 +16,6 @@ are often sorted (by source, by length) and contiguous ranges would give one sha
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any, Sequence
 
 from mmpo import folder_lock
 from mmpo.builders.common import PAIRS_FILE, ResumableWriter, done_file, fsync_text, valid_lines
-from mmpo.records import MANIFEST_FILE
+from mmpo.records import MANIFEST_FILE, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +95,6 @@ def check_count(shard: Shard, ids: Sequence[str], block: int, path: str) -> None
                          f"{blocks} block(s) of {block}: use at most {blocks} shards")
 
 
-def input_digest(path: str | Path) -> str:
-    """sha256 of the input file's bytes (16 hex digits, as record files' digests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def check_input(folder: Path, path: str, digest: str, fresh: bool) -> None:
     """Refuse to continue a build folder started from other bytes of its input (an item edited in between would
     keep its old pairs); then record this input's digest in the folder."""
@@ -147,7 +137,7 @@ def plan(cfg: Any, ids: Sequence[str], path: str, block: int) -> tuple[Shard | N
         check_count(shard, ids, block, path)
         check_unique(ids, path)
     with folder_lock.locked(folder):  # checked and recorded by one process at a time
-        check_input(folder, path, input_digest(path), getattr(cfg, "fresh", False))
+        check_input(folder, path, file_digest(path), getattr(cfg, "fresh", False))
     if shard is None:
         return None, folder, list(range(len(ids)))
     return shard, folder, [p for p in range(len(ids)) if shard.owns(p, block)]
@@ -237,7 +227,7 @@ def merge(cfg: Any, ids: Sequence[str], path: str, block: int, pairs_file: str =
     out_dir = Path(cfg.out_dir)
     config = dataclasses.asdict(cfg)
     shards = found_shards(out_dir, most=max(-(-len(ids) // block), 1))
-    digest = input_digest(path)
+    digest = file_digest(path)
     writers, problems = {}, []
     for shard in shards:
         if not shard.folder(out_dir).is_dir():

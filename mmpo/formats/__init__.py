@@ -25,6 +25,7 @@ from mmpo.formats.tables import Table, is_bad_line, open_table
 from mmpo.records import (
     MediaCheck,
     RecordError,
+    file_digest,
     id_hash,
     is_own_jsonl,
     make_id,
@@ -136,14 +137,6 @@ def _repeats(id_hashes: array) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def convert(src: str | Path, out_dir: str | Path, fmt: str = "auto", on_bad: str = "skip", kind: str | None = None,
             media_root: str | Path | None = None) -> Path:
     """Stream `src` into `out_dir/pairs.jsonl` (or `sft.jsonl`) + `manifest.json`; returns the record file.
@@ -195,8 +188,8 @@ def convert(src: str | Path, out_dir: str | Path, fmt: str = "auto", on_bad: str
             dst.writelines(line for k, line in enumerate(src_f) if k not in drop)
         tmp.replace(out_file)
         counts["records"] -= len(drop)
-    hashes = {"output": {out_file.name: _sha256(out_file)},
-              "source": {os.path.relpath(f, source.path if source.path.is_dir() else source.path.parent): _sha256(f)
+    hashes = {"output": {out_file.name: file_digest(out_file, 64)},
+              "source": {os.path.relpath(f, source.path if source.path.is_dir() else source.path.parent): file_digest(f, 64)
                          for f in source.table.files}}
     write_manifest(out_dir, counts={**counts, "skipped": sum(skips.values()), "media_files_written": store.written},
                    config={"format": source.format.name, "source": str(Path(src).resolve()), "on_bad": on_bad},

@@ -8,7 +8,6 @@ Library facts used here are measured in docs/ENVIRONMENT.md §2c (bitsandbytes o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 from pathlib import Path
 
@@ -300,15 +299,6 @@ def supports_video(model) -> bool:
 def fingerprint(*parts) -> str:
     """A short stable hash of JSON-able parts (cache keys, run identities): the records' `make_id` rule."""
     return make_id(*parts)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (first 16 hex digits), read in 1 MiB blocks so a big file never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def weights_fingerprint(model_cfg) -> str:

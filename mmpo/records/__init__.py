@@ -7,7 +7,7 @@ and the field. Training reads through `scan_records`: one streaming pass validat
 the byte offsets of the good lines are kept (`RecordFile` parses a record again when a batch needs it).
 
 One module per job; this package offers their public names:
-- `schema`: `PairRecord`, `SFTRecord`, `AugSpec`, ids (`make_id`, `pair_id`), `RecordError`;
+- `schema`: `PairRecord`, `SFTRecord`, `AugSpec`, ids and digests (`make_id`, `pair_id`, `file_digest`), `RecordError`;
 - `validation`: one decoded line -> a record (`pair_from_json`, `sft_from_json`);
 - `media_paths`: `resolve_media` (paths stay under the media root), `MediaCheck` (each distinct path checked once);
 - `jsonl`: lines, decoding with file:line errors, the line index, `write_jsonl`;
@@ -23,13 +23,13 @@ from mmpo.records.manifest import MANIFEST_FILE, default_media_root, write_manif
 from mmpo.records.media_paths import MediaCheck, resolve_media
 from mmpo.records.reading import is_own_jsonl, read_pairs, read_sft, scan_records, validate_in_background
 from mmpo.records.record_file import RecordFile, id_hash
-from mmpo.records.schema import AugSpec, PairRecord, RecordError, SFTRecord, make_id, pair_id
+from mmpo.records.schema import AugSpec, PairRecord, RecordError, SFTRecord, file_digest, make_id, pair_id
 from mmpo.records.trl import to_trl_dataset, to_trl_rows
 from mmpo.records.validation import pair_from_json, sft_from_json
 
 __all__ = [
     "MANIFEST_FILE", "AugSpec", "MediaCheck", "PairRecord", "RecordError", "RecordFile", "SFTRecord",
-    "default_media_root", "id_hash", "index_lines", "is_own_jsonl", "iter_jsonl", "iter_raw_lines", "jsonl_lines",
-    "make_id", "pair_from_json", "pair_id", "read_pairs", "read_sft", "resolve_media", "scan_records", "sft_from_json",
-    "to_trl_dataset", "to_trl_rows", "validate_in_background", "write_jsonl", "write_manifest",
+    "default_media_root", "file_digest", "id_hash", "index_lines", "is_own_jsonl", "iter_jsonl", "iter_raw_lines",
+    "jsonl_lines", "make_id", "pair_from_json", "pair_id", "read_pairs", "read_sft", "resolve_media", "scan_records",
+    "sft_from_json", "to_trl_dataset", "to_trl_rows", "validate_in_background", "write_jsonl", "write_manifest",
 ]

@@ -38,7 +38,7 @@ class RecordFile(Sequence):
     Attributes:
         path: the file.
         kind: "pair" or "sft".
-        digest: sha256 of the file's bytes (16 hex digits, as `mmpo.models.loading.file_digest`), computed
+        digest: sha256 of the file's bytes (16 hex digits, as `mmpo.records.file_digest`), computed
             while validating: the precomputed-reference cache key needs no second read of the file.
         media_types: {media type: "file:line" of its first record} (set by `scan_records`).
     """

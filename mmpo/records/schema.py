@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -135,6 +136,16 @@ def make_id(*parts: Any) -> str:
     """Stable 16-hex-digit id from any JSON-serialisable parts (order matters)."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """sha256 of a file's bytes (its first `length` hex digits), read in 1 MiB blocks so a big file never sits in
+    memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
 
 
 def pair_id(media, prompt, chosen, rejected, rejected_media=None, rejected_bag=None) -> str:
