@@ -39,7 +39,6 @@ from pathlib import Path
 
 from mmpo.eval import files
 from mmpo.eval.pope import SPLITS, PopeQuestion
-from mmpo.records import jsonl_lines
 
 TEMPLATE = "Is there a {} in the image?"  # main.py --template default
 
@@ -69,13 +68,7 @@ def load_ground_truth(path: str | Path) -> list[dict]:
     if isinstance(whole, dict) and ("annotations" in whole or "images" in whole):
         return _from_coco(whole, path)
     out = []
-    for n, line in enumerate(jsonl_lines(text), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+    for n, rec in files.read_jsonl(path, text):
         for key in ("image", "objects"):
             if key not in rec:
                 raise ValueError(f"{path}:{n}: field '{key}': missing")
