@@ -3,12 +3,14 @@ deterministic, the prefilter and the judge parser work, voting follows agreement
 bad media are skipped and counted, N shard processes (one killed and rerun) merge into one process's bytes."""
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from mmpo.app.cli import main
 from mmpo.builders import BUILDERS
 from mmpo.builders.augment import AugmentConfig, sample_specs
 from mmpo.builders.augment import build as build_augment
-from mmpo.builders.common import prepared_items
+from mmpo.builders.common import LOOKAHEAD, prepared_items
 from mmpo.builders.difficulty import DifficultyConfig, vote
 from mmpo.builders.difficulty import build as build_difficulty
 from mmpo.builders.judging import parse_judgement, rubric_judge, yes_no_score
@@ -235,6 +237,22 @@ def test_a_worker_process_that_dies_stops_the_build_naming_the_item():
     assert list(prepared_items(["a", "c", "d"], _upper_unless_b, 2)) == [("a", "A"), ("c", "C"), ("d", "D")]
     with pytest.raises(RuntimeError, match="worker process died while preparing item 'b'.*num_workers=0"):
         list(prepared_items(["b", "c"], _upper_unless_b, 2))
+
+
+def _mark_prepared(item: str, folder: Path) -> str:
+    (folder / item).touch()
+    return item
+
+
+def test_workers_prepare_only_a_few_items_ahead_of_the_writer(tmp_path):
+    """Prepared pixels must not pile up in memory while the main process writes: workers stay a bounded
+    number of items ahead, however long the writer takes."""
+    items = [f"item{i:02d}" for i in range(40)]
+    stream = prepared_items(items, functools.partial(_mark_prepared, folder=tmp_path), num_workers=2)
+    assert next(stream) == ("item00", "item00")
+    time.sleep(1.0)  # ample time for idle workers to prepare all 40 items, were they given them
+    assert len(list(tmp_path.iterdir())) <= LOOKAHEAD * 2 + 1
+    assert [item for item, _ in stream] == items[1:]
 
 # -- self_qa --------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ equals the manifest of an uninterrupted one.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -134,9 +135,10 @@ def prepared_items(items: list, prepare: Callable[[Any], Any], num_workers: int 
     """Yield `(item, prepare(item))` in input order, preparing in `num_workers` processes.
 
     `prepare` must be picklable (a module-level function or a functools.partial of one) and should
-    return errors as values rather than raise, so one bad item never stops the pool. A worker that dies
-    (killed for memory, a decoder's crash) stops the build with an error naming the item; a
-    `multiprocessing.Pool` would instead wait for that item's result forever.
+    return errors as values rather than raise, so one bad item never stops the pool. At most
+    `LOOKAHEAD * num_workers` items are prepared ahead of the one yielded, so prepared pixels never pile up
+    in memory while the caller writes. A worker that dies (killed for memory, a decoder's crash) stops the
+    build with an error naming the item; a `multiprocessing.Pool` would wait for that item's result forever.
     """
     if num_workers <= 0:
         for item in items:
@@ -145,18 +147,24 @@ def prepared_items(items: list, prepare: Callable[[Any], Any], num_workers: int 
     # fork: workers inherit imported modules (decord, numpy) instead of re-importing them (seconds each)
     pool = ProcessPoolExecutor(num_workers, mp_context=get_context("fork"))
     try:
-        futures = [pool.submit(prepare, item) for item in items]
-        for item, future in zip(items, futures):
+        ahead = LOOKAHEAD * num_workers
+        futures = collections.deque(pool.submit(prepare, item) for item in items[:ahead])
+        for n, item in enumerate(items):
             try:
-                result = future.result()
+                result = futures.popleft().result()
             except BrokenProcessPool:
                 raise RuntimeError(
                     f"a worker process died while preparing item {getattr(item, 'id', item)!r} or one beside it "
                     "(killed for memory, or a crash in a decoder); the items done so far are kept: rerun with "
                     "num_workers=0 to continue and see which item it is") from None
+            if n + ahead < len(items):
+                futures.append(pool.submit(prepare, items[n + ahead]))
             yield item, result
     finally:  # an error in the caller's loop stops the workers instead of preparing every item left
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+LOOKAHEAD = 4  # items in flight per worker: enough to keep every worker busy, few enough to bound memory
 
 
 def progress(iterable: Iterable, total: int, enabled: bool, desc: str, unit: str = "item") -> Iterable:
