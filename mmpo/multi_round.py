@@ -136,10 +136,15 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
     Returns:
         `path`.
     """
-    if path.is_file():
-        return path
     mr = cfg.multi_round
+    if path.is_file():
+        if is_main():
+            log.info("round %d/%d: the pairs sampled before -> %s", round_no, mr.num_rounds, path)
+        return path
     skipped: list[str] = []
+    if is_main():  # the console says where a run is: three series of training lines alone do not
+        log.info("round %d/%d: sampling %d answers to each of %d prompts", round_no, mr.num_rounds, mr.num_samples,
+                 len(records))
     samples = generate_for(model, processor, records, resolve_media_root(cfg), cfg.model.num_frames,
                            batch_size=cfg.batch_size, num_samples=mr.num_samples, temperature=mr.temperature,
                            max_new_tokens=mr.max_new_tokens, seed=seed_for(cfg.seed, "round", round_no),
@@ -157,6 +162,9 @@ def round_pairs(model, processor, cfg: TrainConfig, records: list[SFTRecord], ro
                        cfgmod.to_dict(mr), cfg.seed, [{"reason": s} for s in skipped],
                        media_root=resolve_media_root(cfg), round=round_no)
     write_atomic(path, pairs)
+    if is_main():
+        log.info("round %d/%d: %d pairs (ground truth chosen in %d) -> %s; training a fresh LoRA on them", round_no,
+                 mr.num_rounds, len(pairs), sum(p.meta["chosen_is_gt"] for p in pairs), path)
     return path
 
 
@@ -227,6 +235,9 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
             last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round
             write_model_card(out / "model", cfg, last, data_facts(cfg.data.train, len(records), 0))
         if mr.rebirth and not finished(out / "rebirth"):
+            if is_main():
+                log.info("rebirth: the final model answers the %d prompts, and the pre-DPO model is tuned on them",
+                         len(records))
             data = rebirth_data(cfg, model, processor, records)
             del model, policy  # free the final model before the pre-DPO one is loaded
             rebirth(cfg, data)

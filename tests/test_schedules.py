@@ -1,6 +1,7 @@
 """Schedules on tiny LLaVAs: multi-round DPO (reference refresh, fresh LoRA, gt guidance, resume, rebirth)
 and distillation (mimic KL, teacher-as-reference DPO, DPKD, vocabulary check)."""
 
+import logging
 import math
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class Crash(RuntimeError):
     pass
 
 
-def test_resume_inside_round_2_reproduces_the_uninterrupted_run(world, mr_run, tmp_path):
+def test_resume_inside_round_2_reproduces_the_uninterrupted_run(world, mr_run, tmp_path, caplog):
     from safetensors.torch import load_file
 
     calls = []
@@ -118,10 +119,14 @@ def test_resume_inside_round_2_reproduces_the_uninterrupted_run(world, mr_run, t
             raise Crash("killed")
         return {}
 
-    with pytest.raises(Crash):
+    with pytest.raises(Crash), caplog.at_level(logging.INFO, logger="mmpo"):
         run_multi_round(_mr_cfg(world, tmp_path, "eval_every=1"), eval_hook=crash)
     assert not (tmp_path / "round-2" / "summary.json").exists()
-    run_multi_round(_mr_cfg(world, tmp_path))
+    assert "round 1/2: sampling 2 answers to each of" in caplog.text and "round 2/2: " in caplog.text  # the console
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mmpo"):
+        run_multi_round(_mr_cfg(world, tmp_path))
+    assert "round 2/2: the pairs sampled before" in caplog.text and "rebirth: the final model answers" in caplog.text
 
     whole = mr_run["out"]
     for name in ("round-1/pairs.jsonl", "round-2/pairs.jsonl", "rebirth/sft.jsonl"):
