@@ -96,7 +96,7 @@ class MultiRoundConfig:
 class DistillConfig:
     teacher: ModelConfig = field(default_factory=ModelConfig)  # the teacher (same tokenizer as the student)
     mimic_steps: int = 100  # steps of mimic distillation (token-level forward KL on answer tokens)
-    mimic_data: str = ""  # SFT JSONL for mimic distillation ("" = data.train's SFT file if stage data is SFT)
+    mimic_data: str = ""  # SFT JSONL for mimic distillation ("" = data.train)
     mimic_nll_weight: float = 0.0  # add the student's own NLL (LLaVA-MoD kd_lm) with this weight
     preference_steps: int = 100  # steps of preference distillation: the `loss:` terms, the teacher as the reference
     preference_data: str = ""  # pair JSONL for preference distillation (required if preference_steps > 0)
@@ -207,10 +207,18 @@ class TrainConfig:
         if self.stage == "distill" and self.distill.preference_steps > 0 and not self.distill.preference_data:
             problems.errors.append("distill.preference_data: a pair JSONL is needed when "
                                    "distill.preference_steps > 0")
+        if self.stage == "distill" and self.distill.mimic_steps > 0 and not (self.distill.mimic_data or self.data.train):
+            problems.errors.append("distill.mimic_data (or data.train): an SFT JSONL is needed when "
+                                   "distill.mimic_steps > 0")
 
     def _check_loss(self, problems: Problems) -> None:
         """The resolved terms against the stage and the other settings."""
         names = {t.name for t in self.loss}
+        trains_terms = {"dpo": True, "multi_round": self.multi_round.gt_weight == 0,  # else the gt term is one
+                        "distill": not self.distill.dpkd and self.distill.preference_steps > 0}
+        if not self.loss and trains_terms.get(self.stage, False):
+            problems.errors.append(f"loss: no terms, so stage {self.stage} would train nothing; give at least one "
+                                   "(e.g. loss: [{name: dpo}])")
         if self.use_weighting and {"aot", "aot_unpaired"} & names:
             problems.errors.append("use_weighting: aot and aot_unpaired sort the batch, so per-pair WPO weights "
                                    "cannot apply")

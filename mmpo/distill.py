@@ -8,7 +8,7 @@ maths live in `mmpo.losses`; this module wires them to the two models and runs b
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -109,24 +109,9 @@ def _student(cfg: TrainConfig, mimic_dir: Path):
     if not finished(mimic_dir):
         return load_model(cfg.model, cfg.lora, trainable=True)
     if (mimic_dir / "adapter").is_dir():
-        return load_model(_replace(cfg.model, adapter=str(mimic_dir / "adapter")), cfg.lora, trainable=True)
-    return load_model(_replace(cfg.model, path=str(mimic_dir / "model"), adapter=""), cfg.lora, trainable=True)
-
-
-def _replace(model_cfg: ModelConfig, **changes) -> ModelConfig:
-    out = copy.deepcopy(model_cfg)
-    for k, v in changes.items():
-        setattr(out, k, v)
-    return out
-
-
-def _check_distill(cfg: TrainConfig) -> str:
-    """The mimic stage's SFT file (the loss and range checks live in TrainConfig, shared with `mmpo validate`)."""
-    d = cfg.distill
-    mimic_data = d.mimic_data or cfg.data.train
-    if d.mimic_steps > 0 and not mimic_data:
-        raise ConfigError("distill.mimic_data (or data.train): an SFT JSONL is needed when distill.mimic_steps > 0")
-    return mimic_data
+        return load_model(dataclasses.replace(cfg.model, adapter=str(mimic_dir / "adapter")), cfg.lora, trainable=True)
+    return load_model(dataclasses.replace(cfg.model, path=str(mimic_dir / "model"), adapter=""), cfg.lora,
+                      trainable=True)
 
 
 def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
@@ -140,8 +125,8 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
         The run directory: mimic/ and preference/ (each a `train` run; the final student is the last one's
         adapter/ or model/).
     """
-    mimic_data = _check_distill(cfg)
     d, out = cfg.distill, Path(cfg.output_dir)
+    mimic_data = d.mimic_data or cfg.data.train  # TrainConfig checked it is set if mimic_steps > 0
     check_vocab(cfg.model, d.teacher)
     procs = start_processes(cfg.parallel, cfg.dist_timeout_min)  # this rank's GPU before any model is loaded
     with folder_lock.run_folder(out, procs):  # one run per folder (rounds/stages lock their own too)

@@ -324,6 +324,18 @@ def test_config_errors(world, tmp_path):
         load(TrainConfig, None, ["stage=distill", "distill.beta=0.5"])
 
 
+def test_a_stage_with_nothing_to_train_is_refused_before_it_starts():
+    """An empty `loss:` crashed at step 1 (a float has no .backward()); `mmpo validate` missed the mimic data."""
+    for stage in ("stage=dpo", "stage=multi_round multi_round.gt_weight=0",
+                  "stage=distill distill.preference_data=p.jsonl"):
+        with pytest.raises(ConfigError, match=f"loss: no terms, so stage {stage.split()[0][6:]} would train nothing"):
+            load(TrainConfig, None, [*stage.split(), "loss=[]"])
+    for fine in ("stage=sft", "stage=multi_round", "stage=distill distill.dpkd=true distill.preference_data=p.jsonl"):
+        load(TrainConfig, None, [*fine.split(), "loss=[]", "data.train=d.jsonl"])  # sft / the gt term / DPKD train
+    with pytest.raises(ConfigError, match=r"distill.mimic_data \(or data.train\): an SFT JSONL is needed"):
+        load(TrainConfig, None, ["stage=distill", "distill.preference_steps=0"])
+
+
 def test_old_distill_keys_in_a_file_are_refused_naming_the_new_ones(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("stage: distill\ndistill:\n  preference_loss: kto_pair\n  beta: 0.2\n")
