@@ -23,7 +23,7 @@ from mmpo.app.cli import main
 from mmpo.builders import BUILDERS
 from mmpo.builders.augment import AugmentConfig, sample_specs
 from mmpo.builders.augment import build as build_augment
-from mmpo.builders.common import LOOKAHEAD, prepared_items
+from mmpo.builders.common import LOOKAHEAD, prepared_items, valid_lines
 from mmpo.builders.difficulty import DifficultyConfig, vote
 from mmpo.builders.difficulty import build as build_difficulty
 from mmpo.builders.judging import parse_judgement, rubric_judge, yes_no_score
@@ -253,6 +253,18 @@ def test_workers_prepare_only_a_few_items_ahead_of_the_writer(tmp_path):
     time.sleep(1.0)  # ample time for idle workers to prepare all 40 items, were they given them
     assert len(list(tmp_path.iterdir())) <= LOOKAHEAD * 2 + 1
     assert [item for item, _ in stream] == items[1:]
+
+
+def test_resuming_keeps_every_whole_line_of_a_pair_file_and_cuts_only_a_torn_one(tmp_path):
+    """Lines hold U+2028 / U+0085 raw (json.dumps with ensure_ascii=False): `str.splitlines` cut such a line in
+    two, and the resume then dropped it and every line after it; any non-ASCII text made each open rewrite the file."""
+    path = tmp_path / "pairs.jsonl"
+    whole = ['{"id": "a", "chosen": "a cat\u2028on a mat"}', '{"id": "b", "chosen": "caf\u00e9 \u0085"}']
+    path.write_text("".join(x + "\n" for x in whole) + '{"id": "c", "cho', encoding="utf-8")
+    assert valid_lines(path) == whole
+    assert path.read_text(encoding="utf-8") == "".join(x + "\n" for x in whole)  # the torn line, and only it, cut
+    before = path.stat().st_mtime_ns
+    assert valid_lines(path) == whole and path.stat().st_mtime_ns == before  # a whole file is left as it is
 
 # -- self_qa --------------------------------------------------------------------------------------
 

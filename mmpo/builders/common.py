@@ -41,21 +41,26 @@ def done_file(pairs_file: str) -> str:
 
 
 def valid_lines(path: Path) -> list[str]:
-    """Complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off."""
+    """Complete lines of an append-only JSONL file; a torn last line (killed mid-write) is cut off, and the file
+    rewritten atomically without it.
+
+    Split on b"\n" and counted in bytes: `str.splitlines` would also split on U+2028 / U+0085, which records
+    hold raw (`jsonl_lines`), and so cut a good line and drop the rest of the file.
+    """
     if not path.is_file():
         return []
     data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1  # everything after the last newline is a partial write
-    lines = []
-    for raw in data[:keep].decode("utf-8").splitlines():
+    lines, good = [], 0  # good: the bytes up to the end of the last whole line
+    for raw in data.split(b"\n")[:-1]:  # what follows the last newline is a partial write
         if raw.strip():
             try:
                 json.loads(raw)
-            except json.JSONDecodeError:  # only possible for a line torn by a crash; stop there
+            except ValueError:  # not JSON, or not UTF-8: only possible for a line torn by a crash; stop there
                 break
-            lines.append(raw)
-    if keep != len(data) or sum(len(x) + 1 for x in lines) != keep:
-        path.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+            lines.append(raw.decode("utf-8"))
+        good += len(raw) + 1
+    if good != len(data):
+        fsync_text(path, data[:good].decode("utf-8"))
     return lines
 
 

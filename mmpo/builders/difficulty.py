@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from mmpo.builders import shards
-from mmpo.builders.common import ResumableWriter, finish, fsync_text, progress
+from mmpo.builders.common import ResumableWriter, finish, fsync_text, progress, valid_lines
 from mmpo.config import ModelConfig
 from mmpo.formats import read_set
 from mmpo.media import MediaError, load_media
@@ -287,7 +287,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
 
 def write_scored(cfg: DifficultyConfig, records: list[PairRecord], root: Path, writer: ResumableWriter) -> Path:
     """Vote over every raw score in the writer's folder and write pairs.jsonl, the plots and manifest.json."""
-    raw = {json.loads(x)["id"]: json.loads(x) for x in writer.pairs_path.read_text().splitlines() if x.strip()}
+    raw = {row["id"]: row for row in map(json.loads, valid_lines(writer.pairs_path))}
     pairs, stats = fuse(records, raw, cfg)
     out_dir = writer.out_dir
     fsync_text(out_dir / "pairs.jsonl", "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in pairs))
