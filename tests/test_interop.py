@@ -228,10 +228,11 @@ def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads
 
     out = tmp_path / "run"
     out.mkdir()
-    captions = {139: "A man on a motorcycle next to a dog and a dog.", 285: "Wine glasses on a dining table.",
+    # U+2028 is written raw (ensure_ascii=False) and is no line break in JSONL: the samples file must read back whole
+    captions = {139: "A man on a motorcycle next to a dog and a dog.", 285: "Wine glasses on a dining table.\u2028",
                 632: "A toilet with its seat up."}
-    (out / "answers.jsonl").write_text("".join(json.dumps({"image_id": i, "caption": c}) + "\n"
-                                               for i, c in captions.items()))
+    (out / "answers.jsonl").write_text("".join(json.dumps({"image_id": i, "caption": c}, ensure_ascii=False) + "\n"
+                                               for i, c in captions.items()), encoding="utf-8")
     cfg = ChairEvalConfig(model=ModelConfig(path="org/captioner"), lemmatizer="table", out_dir=str(out),
                           annotations=str(SAMPLES / "chair_coco_instances_sample.json"),
                           captions=str(SAMPLES / "chair_coco_captions_sample.json"))
@@ -244,7 +245,7 @@ def test_a_chair_run_is_written_in_lmms_eval_layout_by_its_aggregation_and_reads
     assert written["results"]["coco_cap_chair"]["coco_cap_chair_s,none"] == 100 * 1 / 3
     assert written["higher_is_better"]["coco_cap_chair"] == {"coco_cap_chair_i": False, "coco_cap_chair_s": False}
     (samples,) = results.parent.glob("*_samples_coco_cap_chair.jsonl")
-    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    rows = [json.loads(x) for x in samples.read_text(encoding="utf-8").split("\n")[:-1]]
     assert rows[0]["coco_cap_chair_i"]["pred"] == ["person", "motorcycle", "dog", "dog"]
     m = tmp_path / "m.json"
     assert eval_cli.main("chair", ["--annotations", cfg.annotations, "--captions", cfg.captions, "--lemmatizer", "table",

@@ -24,6 +24,7 @@ import re
 import time
 from pathlib import Path
 
+from mmpo.eval.files import read_jsonl
 from mmpo.eval.pope import PopePrediction, PopeQuestion
 
 POPE_TASKS = {"adversarial": "pope_adv", "popular": "pope_pop", "random": "pope_random"}  # lmms-eval task names
@@ -213,14 +214,8 @@ def read_samples(path: str | Path, questions: list[PopeQuestion]) -> list[PopePr
     path = Path(path)
     wanted = {str(q.question_id) for q in questions}
     found: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, rec in read_jsonl(path):
         where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{where}: invalid JSON") from None
         qid = (rec.get("pope_accuracy") or {}).get("question_id", (rec.get("doc") or {}).get("question_id"))
         if qid is None:
             raise ValueError(f"{where}: no question_id (expected in 'pope_accuracy' or 'doc'): not a POPE samples file?")
@@ -249,7 +244,7 @@ def read_hb_samples(path: str | Path) -> dict[tuple, str]:
     """
     path = Path(path)
     out: dict[tuple, str] = {}
-    for n, rec in _jsonl(path):
+    for n, rec in read_jsonl(path):
         where = f"{path}:{n}"
         entry = next((rec[m] for m in ("aAcc", "qAcc", "fAcc", "doc") if isinstance(rec.get(m), dict)), None)
         if entry is None or not all(k in entry for k in HB_KEY):
@@ -272,7 +267,7 @@ def read_chair_samples(path: str | Path) -> dict[int, str]:
     """
     path = Path(path)
     out: dict[int, str] = {}
-    for n, rec in _jsonl(path):
+    for n, rec in read_jsonl(path):
         where = f"{path}:{n}"
         entry = next((rec[m] for m in CHAIR_METRICS if isinstance(rec.get(m), dict)), None)
         image_id = entry.get("image_id") if entry else (rec.get("doc") or {}).get("question_id")
@@ -293,20 +288,6 @@ CHAIR_METRICS = ("coco_cap_chair_i", "coco_cap_chair_s", "coco_cap_recall")  # p
 
 
 HB_KEY = ("category", "subcategory", "set_id", "figure_id", "question_id")
-
-
-def _jsonl(path: Path):
-    """(line number, object) of a JSONL file's non-blank lines; ValueError naming file:line for invalid JSON."""
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{n}: invalid JSON") from None
-        if not isinstance(rec, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object, got {type(rec).__name__}")
-        yield n, rec
 
 
 # ---- VLMEvalKit prediction tables -----------------------------------------------------------------------------------
