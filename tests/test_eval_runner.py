@@ -201,6 +201,19 @@ def test_videohallucer_run_reference_layout(tmp_path):
                                                 r"\['object_relation'\]: e.g. categories=\[object_relation\]"):
         videohallucer_runner.run_videohallucer(dataclasses.replace(cfg, categories=["object_relation", "temporal"],
                                                      out_dir=str(tmp_path / "out2")))
+    # files named for no category are scored each under its own name (both were keyed "" and one was lost) ...
+    for name in ("a", "b"):
+        shutil.copy(data / "object_relation.json", tmp_path / f"{name}.json")
+    own = dataclasses.replace(cfg, data_dir="", video_root=str(data / "videos"), out_dir=str(tmp_path / "out3"),
+                              files=[str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    assert {k: v["n_pairs"] for k, v in videohallucer_runner.run_videohallucer(own).items()} == {"a": 2, "b": 2}
+    # ... two files of one category are refused, and a video may not leave the video folder
+    with pytest.raises(ValueError, match=r"object_relation.json: category 'object_relation' was read from .* already"):
+        videohallucer_runner.run_videohallucer(dataclasses.replace(own, files=[str(data / "object_relation.json")] * 2))
+    pairs[1]["basic"]["video"] = "../../clip1.mp4"
+    (tmp_path / "a.json").write_text(json.dumps(pairs))
+    with pytest.raises(ValueError, match=r"a.json: pair 1 basic: media path '../../clip1.mp4' escapes the media root"):
+        videohallucer_runner.run_videohallucer(dataclasses.replace(own, files=[str(tmp_path / "a.json")]))
 
 
 def test_cli_scoring_and_build(tmp_path, capsys):

@@ -17,7 +17,7 @@ from mmpo.config import ModelConfig
 from mmpo.eval import report, videohallucer, videohallucer_metrics
 from mmpo.eval.answering import MODES, Item
 from mmpo.eval.predictions import BAD_MEDIA, check_choice
-from mmpo.eval.runs import answer_questions
+from mmpo.eval.runs import answer_questions, media_path
 
 KEY = ("category", "pair", "side")  # the fields of a predictions.jsonl row's key
 
@@ -59,8 +59,9 @@ def vh_category_files(cfg: VideoHallucerEvalConfig) -> list[Path]:
     return files
 
 
-def _vh_video(cfg: VideoHallucerEvalConfig, data_file: Path, video: str) -> str:
-    return str(Path(cfg.video_root) / video if cfg.video_root else data_file.parent / "videos" / video)
+def _vh_video(cfg: VideoHallucerEvalConfig, data_file: Path, video: str, where: str) -> str:
+    """`video` under `video_root` (or the category's own videos/ folder); a name leaving it is an error at `where`."""
+    return media_path(cfg.video_root or data_file.parent / "videos", video, where)
 
 
 def _vh_category(cfg: VideoHallucerEvalConfig, cat: str, f: Path, pairs: list, done: dict, bad: dict,
@@ -82,7 +83,8 @@ def _vh_category(cfg: VideoHallucerEvalConfig, cat: str, f: Path, pairs: list, d
         res["bias"] = videohallucer_metrics.bias_scores(kept, preds)
     res = {**res, "mode": cfg.mode, "data_file": f.name}
     if cfg.on_bad_media == "skip":
-        videos = {_vh_video(cfg, f, getattr(p, side).video) for p in pairs for side in ("basic", "hallucination")}
+        videos = {_vh_video(cfg, f, getattr(p, side).video, str(f)) for p in pairs
+                  for side in ("basic", "hallucination")}
         files = {v: e for v, e in sorted(bad.items()) if v in videos}
         res["skipped_media"] = {"n_pairs": len(pairs) - len(kept), "n_files": len(files), "files": files}
     return res
@@ -98,8 +100,12 @@ def run_videohallucer(cfg: VideoHallucerEvalConfig, model=None, processor=None) 
     data = {}
     for f in vh_category_files(cfg):
         pairs = videohallucer.read_pairs(f)
-        data[pairs[0].category if pairs else f.stem] = (f, pairs[:cfg.limit] if cfg.limit else pairs)
-    items = [Item((cat, str(i), side), _vh_video(cfg, f, getattr(p, side).video), getattr(p, side).prompt())
+        cat = (pairs[0].category if pairs else "") or f.stem  # a file named for no category: its own name
+        if cat in data:  # one results entry per category: a second file would replace the first unscored
+            raise ValueError(f"{f}: category {cat!r} was read from {data[cat][0]} already: give each category one file")
+        data[cat] = (f, pairs[:cfg.limit] if cfg.limit else pairs)
+    items = [Item((cat, str(i), side), _vh_video(cfg, f, getattr(p, side).video, f"{f}: pair {i} {side}"),
+                  getattr(p, side).prompt())
              for cat, (f, pairs) in data.items() for i, p in enumerate(pairs) for side in ("basic", "hallucination")]
     done, bad = answer_questions(cfg, {"mode": cfg.mode}, KEY, items, "video", model, processor,
                                  group_by_media=False)
