@@ -177,6 +177,15 @@ def test_the_old_tensorboard_key_means_report_to_tensorboard_and_unknown_tracker
         load(TrainConfig, None, ["report_to=[tensorbord]"])
 
 
+def test_every_benchmark_run_takes_report_to():
+    """README: eval configs take report_to; HallusionBench's refused it as an unknown key."""
+    from mmpo.eval import EVALUATORS
+
+    for name, evaluator in EVALUATORS.items():
+        if evaluator.config is not None:
+            assert load(evaluator.config, None, ["report_to=[tensorboard]"]).report_to == ["tensorboard"], name
+
+
 def test_a_tracker_whose_package_is_missing_is_an_error_naming_the_extra(tmp_path):
     from mmpo.metrics import MetricLogger
 

@@ -68,7 +68,7 @@ def _run_config(name: str, a: argparse.Namespace) -> tuple[object, dict]:
     """
     evaluator = EVALUATORS[name]
     cfg = load(evaluator.config, a.config, a.overrides)
-    check_trackers(getattr(cfg, "report_to", []), f"{a.config}: report_to")  # a missing package: before answering
+    check_trackers(cfg.report_to, f"{a.config}: report_to")  # a missing package: before answering
     metrics = sharding.run(evaluator.run, cfg)  # one process, or this rank's share of N (mmpo/eval/sharding.py)
     if metrics is None:  # another rank of an N-process run: the main one scores, reports and prints
         raise SystemExit(0)
@@ -81,7 +81,7 @@ def publish(name: str, cfg, metrics: dict) -> None:
     model card of the evaluated adapter (or mmpo model)."""
     numbers = {k.replace(".", "/"): v for k, v in flatten(metrics).items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    trackers = Trackers(getattr(cfg, "report_to", []), cfg.out_dir, run_name=f"eval-{name}-{Path(cfg.out_dir).name}",
+    trackers = Trackers(cfg.report_to, cfg.out_dir, run_name=f"eval-{name}-{Path(cfg.out_dir).name}",
                         config={"benchmark": name, **to_dict(cfg)})
     trackers.log({f"{name}/{k}": v for k, v in numbers.items()}, step=0)
     trackers.finish()

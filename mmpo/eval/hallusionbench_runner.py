@@ -40,6 +40,7 @@ class HallusionBenchEvalConfig:
     prefix_reuse: bool = True  # logits mode: encode each figure + template prefix once (packed rows)
     limit: int = 0  # first N image questions (0 = all)
     on_bad_media: str = "error"  # error | skip: leave out questions on unreadable images (named in metrics.json)
+    report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
