@@ -135,8 +135,10 @@ def eval_table(title: str, metrics: dict, source: str = "") -> str:
         cells = (f"{row[c]:.4f}" if isinstance(row.get(c), float) else str(row.get(c, "")) for c in columns)
         lines.append(f"| {group} | {' | '.join(cells)} |")
     settings = ", ".join(f"{k} {metrics[k]}" for k in ("mode", "parser") if isinstance(metrics.get(k), str))
-    where = f"\n\n{'Fractions, not percent' + (f' ({settings})' if settings else '')}. Every number: `{source}`." \
-        if source else ""
+    # POPE's and most scorers' rates are fractions; AMBER's reference gives percent (85.3)
+    unit = "Fractions, not percent" if all(abs(row[c]) <= 1 for row in rows.values() for c in row if c != "n") \
+        else "As the benchmark's own scorer gives them"
+    where = f"\n\n{unit + (f' ({settings})' if settings else '')}. Every number: `{source}`." if source else ""
     return f"### {title}\n\n" + "\n".join(lines) + where + "\n"
 
 

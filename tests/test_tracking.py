@@ -177,6 +177,14 @@ def test_the_old_tensorboard_key_means_report_to_tensorboard_and_unknown_tracker
         load(TrainConfig, None, ["report_to=[tensorbord]"])
 
 
+def test_a_card_calls_results_fractions_only_when_they_are():
+    from mmpo.model_card import eval_table
+
+    assert "Fractions, not percent. Every number" in eval_table("POPE", {"f1": 0.8, "n": 9}, "m.json")
+    amber = eval_table("AMBER", {"CHAIR": 7.8, "Cover": 51.2, "Accuracy": 85.3, "n": 9}, "m.json")  # percent, as AMBER
+    assert "Fractions" not in amber and "As the benchmark's own scorer gives them. Every number" in amber
+
+
 def test_every_benchmark_run_takes_report_to():
     """README: eval configs take report_to; HallusionBench's refused it as an unknown key."""
     from mmpo.eval import EVALUATORS
