@@ -395,7 +395,12 @@ def resume(cfg: TrainConfig, procs: Processes, model, optimizer, scheduler, term
     if "nonfinite" not in extra:
         raise ValueError(f"{last}: a checkpoint from an older mmpo, which this one cannot resume; use another "
                          "output_dir")
-    for term, state in zip(terms, extra.get("loss_states", []), strict=True):
+    states = extra.get("loss_states", [])
+    if len(states) != len(terms):  # `loss:` changed under allow_config_change
+        log.warning("%s holds the states of %d loss terms, the config has %d: their running states start fresh",
+                    last, len(states), len(terms))
+        states = [None] * len(terms)
+    for term, state in zip(terms, states):
         if state is not None and hasattr(term.loss, "load_state_dict"):
             term.loss.load_state_dict(state)
     if procs.is_main:
@@ -445,7 +450,8 @@ def loop(run: Run, eval_hook: Callable | None = None) -> tuple[int, float | None
     console = Console(f"train[{run_label(cfg)}]", total, step, cfg.progress, procs.is_main)
     batches, stop = iter(run.loader), StopRequest(cfg.save_on_interrupt)
     run.model.train()
-    with stop:
+    # closing: a run that diverges or fails still ends its tracker runs (wandb, mlflow) and its progress bar
+    with stop, contextlib.closing(console), contextlib.closing(logger):
         while step < total:
             # -- accumulate gradients over grad_accum micro-batches
             finite, synced = True, world == 1
@@ -491,11 +497,7 @@ def loop(run: Run, eval_hook: Callable | None = None) -> tuple[int, float | None
             if ((cfg.save_every and step % cfg.save_every == 0) or interrupted) and step < total:
                 saved = checkpoint(run, step)
                 if interrupted:
-                    console.close()
-                    logger.close()
                     raise Interrupted(step, total, saved)
-    console.close()
-    logger.close()
     return step, last_loss
 
 

@@ -349,6 +349,17 @@ def test_a_rerun_with_another_config_is_refused_unless_asked(world, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
 
 
+def test_a_resume_with_other_loss_terms_starts_their_states_fresh(world, tmp_path, caplog):
+    """allow_config_change lets `loss:` change; zip(strict=True) over the saved states then failed unexplained."""
+    train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
+    (tmp_path / "run" / "summary.json").unlink()  # as if stopped after the step-2 checkpoint
+    with caplog.at_level("WARNING", logger="mmpo"):
+        train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2", "allow_config_change=true",
+                   "loss=[{name: dpo}, {name: sft, weight: 0.1}]"))
+    assert "holds the states of 1 loss terms, the config has 2: their running states start fresh" in caplog.text
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 4
+
+
 def test_rerunning_a_finished_run_trains_nothing(world, tmp_path, caplog):
     """Without checkpoints (save_every 0) a rerun of a finished command once trained again from step 0 over it."""
     train(_cfg(world, tmp_path / "run", "max_steps=3"))
@@ -403,10 +414,14 @@ def test_a_term_that_needs_a_field_the_data_lacks_is_an_error_naming_the_record(
         train(_cfg(world, tmp_path / "run", "max_steps=4", f"data.train={path}", f"loss={loss}", "data.shuffle=false"))
 
 
-def test_non_finite_weights_are_never_saved(world, tmp_path):
+def test_non_finite_weights_are_never_saved(world, tmp_path, monkeypatch):
     """A NaN that reaches a weight (here put there by the hook, as an overflow would) stops the run at the next
-    save, before the checkpoint is written."""
+    save, before the checkpoint is written; the run's trackers are still closed."""
+    from mmpo.metrics import MetricLogger
     from mmpo.trainer import TrainingDiverged
+
+    closed = []
+    monkeypatch.setattr(MetricLogger, "close", lambda self: closed.append(self))
 
     def poison(model, processor, step):
         if step == 2:
@@ -418,3 +433,4 @@ def test_non_finite_weights_are_never_saved(world, tmp_path):
         train(_cfg(world, tmp_path / "run", "max_steps=6", "save_every=2", "eval_every=1"), eval_hook=poison)
     assert not (tmp_path / "run" / "checkpoints" / "step-2").exists()
     assert not (tmp_path / "run" / "adapter").exists()
+    assert len(closed) == 1
