@@ -23,7 +23,7 @@ from mmpo.losses import dpkd, masked_mean, mimic_kl, requires_of
 from mmpo.models import load_model
 from mmpo.models.loading import check_folder
 from mmpo.records import default_media_root, scan_records
-from mmpo.requirements import PairLogps, pair_logps
+from mmpo.requirements import PairLogps, pair_logps, reference_pass
 from mmpo.schedules import derived_config, seed_for
 from mmpo.trainer import train
 
@@ -164,4 +164,4 @@ def preference_step(cfg: TrainConfig, student, teacher) -> dict:
     d = cfg.distill
     if d.dpkd:
         return {"batch_loss": dpkd_loss(student, teacher, d.dpkd_beta, d.dpkd_ratio)}
-    return {"reference": teacher_reference(teacher, requires_of(cfg.loss), cfg.shared_prefix)}
+    return {"reference": teacher_reference(teacher, reference_pass(requires_of(cfg.loss)), cfg.shared_prefix)}

@@ -83,6 +83,7 @@ class Requirement:
     name: ClassVar[str]
     fields: ClassVar[tuple[str, ...]] = ()  # the LossInputs fields `fill` sets (a loss requiring it finds them set)
     by_data: ClassVar[bool] = False  # collated whenever the data has it, whatever the losses require
+    policy_only: ClassVar[bool] = False  # `fill` reads only the policy's pass: a reference pass need not compute it
 
     def collate(self, c: Collating) -> Any:
         """The value the collator stores at `batch.extra[self.name]` (None: nothing to add)."""
@@ -148,7 +149,7 @@ class RejectedMedia(Requirement):
 class GroundTruth(Requirement):
     """The ground-truth answer `meta.gt` (mrDPO's guidance term), scored in the same forward as the pair."""
 
-    name, fields = "gt", ("gt_logps", "gt_tokens")
+    name, fields, policy_only = "gt", ("gt_logps", "gt_tokens"), True
 
     def collate(self, c):
         gts = required_field(c.recs, "meta.gt", lambda r: r.meta.get("gt") or None, "a ground-truth answer")
@@ -179,7 +180,7 @@ def wpo_weight(chosen_wpo: torch.Tensor, rejected_wpo: torch.Tensor) -> torch.Te
 class WPO(Requirement):
     """WPO's pair weights (`use_weighting`), from the logits the policy's pass computes anyway (policy pass only)."""
 
-    name, fields = "wpo", ("weight",)
+    name, fields, policy_only = "wpo", ("weight",), True
 
     def keeps_logits(self, js_top_k):
         return True  # backward holds them until the step ends anyway
@@ -263,6 +264,12 @@ class Bag(Requirement):
 # follow it, so reordering changes a run's numbers).
 REQUIREMENTS: dict[str, Requirement] = {r.name: r for r in (Reference(), Delta(), RejectedMedia(), GroundTruth(),
                                                            WPO(), Corrupt(), Bag())}
+
+
+def reference_pass(requires: set) -> set:
+    """What a reference (or teacher) pass computes: `requires` without the policy-only requirements (scoring the
+    ground truth under the reference added a packed segment, or a whole forward, to every step for nothing)."""
+    return {name for name in requires if not (name in REQUIREMENTS and REQUIREMENTS[name].policy_only)}
 
 
 def needed(requires) -> list[Requirement]:

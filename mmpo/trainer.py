@@ -71,7 +71,7 @@ from mmpo.metrics import MetricLogger, check_trackers
 from mmpo.model_card import data_facts, write_model_card
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
-from mmpo.requirements import PairLogps, needed, pair_logps
+from mmpo.requirements import PairLogps, needed, pair_logps, reference_pass
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def setup(cfg: TrainConfig, procs: Processes, model=None, processor=None, refere
     prepass_s = 0.0  # seconds spent precomputing (or loading) reference log-probs before step 1
     if batch_loss is None and reference is None and "reference" in requires:
         started = time.perf_counter()
-        reference = make_reference(cfg, model, requires, records, collate, procs, device)
+        reference = make_reference(cfg, model, reference_pass(requires), records, collate, procs, device)
         prepass_s = time.perf_counter() - started
     reshard(model, procs)
     if batch_loss is None:

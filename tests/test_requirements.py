@@ -1,13 +1,14 @@
 """Tests for mmpo.requirements: each requirement's pieces agree with the losses and the batch, without a model."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
 
 from mmpo.losses import LOSSES, LossInputs, LossTerm
 from mmpo.records import PairRecord
-from mmpo.requirements import REQUIREMENTS, Collating, PairLogps, needed
+from mmpo.requirements import REQUIREMENTS, Collating, PairLogps, needed, reference_pass
 
 
 def test_every_requirement_fills_only_lossinputs_fields_and_every_loss_requires_known_ones():
@@ -23,6 +24,19 @@ def test_needed_keeps_the_forward_order_and_adds_what_the_data_asks_for():
     assert [r.name for r in needed({"bag", "corrupt", "reference"})] == ["reference", "rejected_media", "corrupt",
                                                                          "bag"]
     assert [r.name for r in needed(set())] == ["rejected_media"]
+
+
+def test_a_reference_pass_leaves_out_what_only_the_policy_pass_fills_from():
+    """The ground truth's log-probs (mrDPO) and WPO's weights are read from the policy's pass alone: their fill
+    works without a reference, so the reference (and a distillation's teacher) need not compute them."""
+    assert reference_pass({"reference", "gt", "wpo", "corrupt", "bag"}) == {"reference", "corrupt", "bag"}
+    policy = PairLogps(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([3.0]), torch.tensor([4.0]),
+                       {"gt": torch.tensor([-3.0]), "gt_tokens": torch.tensor([5.0]),
+                        "chosen_wpo": torch.tensor([-0.5]), "rejected_wpo": torch.tensor([-1.5])})
+    batch = types.SimpleNamespace(weight=torch.ones(1))
+    for req in REQUIREMENTS.values():
+        if req.policy_only:
+            assert set(req.fill(batch, policy, None)) == set(req.fields), req.name
 
 
 def test_the_reference_cache_rows_round_trip():
