@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from mmpo import folder_lock
+from mmpo.batches import PairBatch, SFTBatch, SFTCollator
 from mmpo.checkpoint import check_rerun, finished
 from mmpo.config import ConfigError, ModelConfig, TrainConfig
 from mmpo.distributed import start_processes
@@ -25,7 +26,7 @@ from mmpo.models.loading import check_folder
 from mmpo.records import default_media_root, scan_records
 from mmpo.requirements import PairLogps, pair_logps, reference_pass
 from mmpo.schedules import derived_config, seed_for
-from mmpo.trainer import train
+from mmpo.trainer import Method, train
 
 
 def check_vocab(student: ModelConfig, teacher: ModelConfig) -> None:
@@ -47,7 +48,7 @@ def check_vocab(student: ModelConfig, teacher: ModelConfig) -> None:
 def mimic_loss(student, teacher, nll_weight: float) -> Callable:
     """batch_loss of the mimic stage on SFT batches: `mmpo.losses.mimic_kl` (+ nll_weight * the student's NLL,
     LLaVA-MoD `kd_lm`)."""
-    def batch_loss(batch: dict, progress: float):
+    def batch_loss(batch: SFTBatch, progress: float):
         answer = batch.answer
         s_logits = answer_logits(student, batch.prompt, answer)
         with torch.no_grad():
@@ -71,7 +72,7 @@ def teacher_reference(teacher, requires: set, shared_prefix: bool) -> Callable[.
 
 def dpkd_loss(student, teacher, beta: float, kd_ratio: float) -> Callable:
     """batch_loss of DPKD (`mmpo.losses.dpkd`) on pair batches, the pair's chosen answer as the gold response."""
-    def batch_loss(batch: dict, progress: float):
+    def batch_loss(batch: PairBatch, progress: float):
         chosen = batch.chosen
         s_logits = answer_logits(student, batch.prompt, chosen)
         with torch.no_grad():
@@ -82,8 +83,6 @@ def dpkd_loss(student, teacher, beta: float, kd_ratio: float) -> Callable:
 
 def _check_same_encoding(cfg: TrainConfig, data: str, student_proc, teacher_proc) -> None:
     """The batch is encoded once, with the student's processor: the teacher's must encode it identically."""
-    from mmpo.batches import SFTCollator
-
     media_root = str(default_media_root(data, cfg.data.media_root))
     records, _ = scan_records(data, "sft", media_root, cfg.data.on_bad_record)  # skips as the training will
     collators = [SFTCollator(p, media_root, cfg.model.num_frames, on_bad=cfg.data.on_bad_record)
@@ -141,7 +140,7 @@ def run_distill(cfg: TrainConfig, eval_hook: Callable | None = None) -> Path:
             mcfg = derived_config(cfg, stage="sft", output_dir=str(mimic_dir), max_steps=d.mimic_steps,
                             data_train=mimic_data, data_media_root=cfg.data.media_root)
             train(mcfg, model=student, processor=processor, eval_hook=eval_hook,
-                  batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight))
+                  batch_loss=mimic_loss(student, teacher, d.mimic_nll_weight), method=mimic_method(cfg))
         if d.preference_steps > 0:
             train(preference_config(cfg, pref_dir), model=student, processor=processor, eval_hook=eval_hook,
                   **preference_step(cfg, student, teacher))
@@ -159,9 +158,19 @@ def preference_config(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
                           loss=[] if d.dpkd else cfg.loss, data_train=d.preference_data, precompute_reference=False)
 
 
+def mimic_method(cfg: TrainConfig) -> Method:
+    d = cfg.distill
+    nll = f" + {d.mimic_nll_weight} × the student's own NLL (LLaVA-MoD kd_lm)" if d.mimic_nll_weight else ""
+    return Method("mimic", f"Mimic distillation from the teacher `{d.teacher.path}`: forward KL(teacher ‖ student) "
+                           f"over the vocabulary at each answer token (LLaVA-MoD){nll}.")
+
+
 def preference_step(cfg: TrainConfig, student, teacher) -> dict:
     """`train` keyword arguments of the preference stage: the teacher reference, or the DPKD batch_loss."""
     d = cfg.distill
     if d.dpkd:
-        return {"batch_loss": dpkd_loss(student, teacher, d.dpkd_beta, d.dpkd_ratio)}
+        return {"batch_loss": dpkd_loss(student, teacher, d.dpkd_beta, d.dpkd_ratio),
+                "method": Method("dpkd", f"DPKD (arXiv 2406.19774) from the teacher `{d.teacher.path}`: "
+                                         f"(1 - {d.dpkd_ratio}) × CE(chosen) + {d.dpkd_ratio} × L_DPKD, "
+                                         f"beta {d.dpkd_beta}.")}
     return {"reference": teacher_reference(teacher, reference_pass(requires_of(cfg.loss)), cfg.shared_prefix)}

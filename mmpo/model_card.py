@@ -72,7 +72,9 @@ def loss_citation(name: str) -> str:
     return " ".join(doc.split())
 
 
-def _method_lines(cfg) -> list[str]:
+def _method_lines(cfg, method: str) -> list[str]:
+    if method:  # a schedule's own stage loss (distillation) says itself what it trains
+        return [f"- {method}"]
     if cfg.stage == "sft":
         return ["- Stage `sft`: token-averaged negative log-likelihood of the answer (prompt and media masked)."]
     lines = [f"- Stage `{cfg.stage}`; the loss is the weighted sum of these terms:"]
@@ -156,7 +158,7 @@ def _training_evals(run_dir: Path) -> str:
                       "the run's metrics.jsonl")
 
 
-def write_model_card(folder: str | Path, cfg, summary: dict, data: dict) -> Path:
+def write_model_card(folder: str | Path, cfg, summary: dict, data: dict, method: str = "") -> Path:
     """Write `folder/README.md` for a finished run (replacing PEFT's empty template).
 
     Args:
@@ -164,6 +166,8 @@ def write_model_card(folder: str | Path, cfg, summary: dict, data: dict) -> Path
         cfg: the run's TrainConfig.
         summary: the run's summary.json contents (steps, skips, processes).
         data: `data_facts` of the training data.
+        method: what the run trained, in words, where its stage and loss terms do not say it (a distillation
+            stage's own loss); "" = the stage and terms.
 
     Returns:
         The README.md path.
@@ -191,7 +195,7 @@ def write_model_card(folder: str | Path, cfg, summary: dict, data: dict) -> Path
         f"# {run_name}", "",
         f"{'A LoRA adapter' if adapter else 'A fine-tuned model'} for `{base}`, trained with mmpo (preference "
         "optimisation that makes image and video language models hallucinate less).", "",
-        "## Method", "", *_method_lines(cfg), "",
+        "## Method", "", *_method_lines(cfg, method), "",
         "## Hyperparameters", "", *_hyperparameters(cfg, summary), "",
         "## Data", "", *_data_lines(data, summary), "",
         "## How to load", "", "```python", load, "```", "",

@@ -233,6 +233,15 @@ def sft_step(batch: SFTBatch, progress: float, *, policy) -> tuple[torch.Tensor,
 
 # ----------------------------------------------------------------------------- set-up: everything before step 1
 
+@dataclass(frozen=True)
+class Method:
+    """What a schedule's own `batch_loss` trains (a distillation stage), said on the run's bar and loss lines, in
+    its model card and its divergence message; a plain run says its stage and loss terms instead."""
+
+    label: str  # the bar's name: train[label]
+    description: str = ""  # the model card's Method line ("" = the stage and loss terms)
+
+
 @dataclass
 class Run:
     """What `setup` prepares and the loop uses: one training run, ready for its first (or resumed) step."""
@@ -248,6 +257,7 @@ class Run:
     terms: list[LossTerm]  # the loss terms (empty for SFT and a schedule's own batch_loss)
     step_module: torch.nn.Module  # the module whose forward the step runs (DDP wraps this one)
     batch_loss: Callable  # (batch, progress) -> (loss, metrics): `preference_step`, `sft_step` or a schedule's
+    method: Method  # what batch_loss trains, in words
     average_by_hand: bool  # a schedule's batch_loss under DDP: gradients averaged after backward
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -264,7 +274,7 @@ class Run:
 
 
 def setup(cfg: TrainConfig, procs: Processes, model=None, processor=None, reference: Callable | None = None,
-          batch_loss: Callable | None = None) -> Run:
+          batch_loss: Callable | None = None, method: Method | None = None) -> Run:
     """Everything before step 1, in the order it must happen: the run folder, the seeds, the model, the data,
     the step function (and its reference), the optimizer and schedule, then the resumed state, if any.
     `train`'s arguments have the same meaning here."""
@@ -305,6 +315,7 @@ def setup(cfg: TrainConfig, procs: Processes, model=None, processor=None, refere
                          total_steps * cfg.grad_accum, cfg.data.shuffle, cfg.data.num_workers, procs.world, procs.rank)
     return Run(cfg=cfg, procs=procs, model=model, processor=processor, device=device, params=params, records=records,
                invalid=invalid, terms=terms, step_module=step_module, batch_loss=batch_loss,
+               method=method or Method(run_label(cfg)),
                average_by_hand=average_by_hand, optimizer=optimizer, scheduler=scheduler, loader=loader,
                total_steps=total_steps, start_step=step, nonfinite=nonfinite, skips=skips, prepass_s=prepass_s)
 
@@ -411,7 +422,7 @@ def resume(cfg: TrainConfig, procs: Processes, model, optimizer, scheduler, term
 # ----------------------------------------------------------------------------- the loop
 
 def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | None = None,
-          batch_loss: Callable | None = None, eval_hook: Callable | None = None) -> Path:
+          batch_loss: Callable | None = None, eval_hook: Callable | None = None, method: Method | None = None) -> Path:
     """Train a model as `cfg` says and write the run directory: `setup`, then `loop`, then `finish`.
 
     Args:
@@ -422,6 +433,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
             precomputed cache when `cfg.precompute_reference`.
         batch_loss: callable(batch, progress) -> (loss, metrics); default from the stage.
         eval_hook: callable(model, processor, step) -> metrics, run every `cfg.eval_every` steps.
+        method: what a `batch_loss` given here trains, in words (default: the stage and its loss terms).
 
     Returns:
         The run directory (config.yaml, metrics.jsonl, checkpoints/, adapter/ or model/).
@@ -433,7 +445,7 @@ def train(cfg: TrainConfig, model=None, processor=None, reference: Callable | No
                 log.warning("%s holds this run, finished (summary.json): nothing to train; to train again, use "
                             "another output_dir", cfg.output_dir)
             return Path(cfg.output_dir)
-        run = setup(cfg, procs, model, processor, reference, batch_loss)
+        run = setup(cfg, procs, model, processor, reference, batch_loss, method)
         started = time.perf_counter()
         step, last_loss = loop(run, eval_hook)
         return finish(run, step, last_loss, time.perf_counter() - started)
@@ -447,7 +459,7 @@ def loop(run: Run, eval_hook: Callable | None = None) -> tuple[int, float | None
     logger = MetricLogger(run.run_dir, cfg.report_to, enabled=procs.is_main, start_step=step,
                           project=cfg.tracker_project, run_name=cfg.run_name,
                           config={**to_dict(cfg), "data_facts": data_facts_of(run)})
-    console = Console(f"train[{run_label(cfg)}]", total, step, cfg.progress, procs.is_main)
+    console = Console(f"train[{run.method.label}]", total, step, cfg.progress, procs.is_main)
     batches, stop = iter(run.loader), StopRequest(cfg.save_on_interrupt)
     run.model.train()
     # closing: a run that diverges or fails still ends its tracker runs (wandb, mlflow) and its progress bar
@@ -514,8 +526,7 @@ def guarded_update(run: Run, finite: bool, step: int) -> torch.Tensor:
         run.nonfinite["consecutive"] += 1
         log.warning("step %d: non-finite loss or gradient; update skipped", step + 1)
         if cfg.max_nonfinite_steps and run.nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
-            raise TrainingDiverged(diverged_message(cfg, step + 1, run.nonfinite["consecutive"],
-                                                    latest_checkpoint(run.run_dir)))
+            raise TrainingDiverged(diverged_message(run, step + 1, latest_checkpoint(run.run_dir)))
     # The schedule follows optimizer steps taken or skipped, so it ends where the config says it ends (torch
     # warns when the very first update was skipped; that order is intended here).
     with warnings.catch_warnings():
@@ -560,7 +571,7 @@ def finish(run: Run, step: int, last_loss: float | None, train_s: float) -> Path
                    "nonfinite_steps": run.nonfinite["nonfinite_steps"], "reference_prepass_s": run.prepass_s,
                    "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_model_card(saved, run.cfg, summary, data_facts_of(run))
+        write_model_card(saved, run.cfg, summary, data_facts_of(run), run.method.description)
     procs.barrier()
     return run.run_dir
 
@@ -684,12 +695,14 @@ class TrainingDiverged(RuntimeError):
     """Training stopped: too many consecutive optimizer steps had a non-finite loss or gradient."""
 
 
-def diverged_message(cfg: TrainConfig, step: int, count: int, last_checkpoint) -> str:
-    betas = [t.loss.beta for t in cfg.loss if hasattr(t.loss, "beta")]
+def diverged_message(run: Run, step: int, last_checkpoint) -> str:
+    cfg = run.cfg
+    betas = [t.loss.beta for t in run.terms if hasattr(t.loss, "beta")]  # the terms that ran (none for sft)
+    cause = f"lr={cfg.lr}" + (f" or the loss's beta={betas}" if betas else "")
     kept = f"the last checkpoint ({last_checkpoint}) is untouched" if last_checkpoint else "nothing was saved"
-    return (f"step {step}: {count} consecutive steps with a non-finite loss or gradient (max_nonfinite_steps="
-            f"{cfg.max_nonfinite_steps}); stopped. Likely cause: lr={cfg.lr} or the loss's beta={betas} "
-            f"too large or too small for this model, or fp16 overflow (precision={cfg.precision}); {kept}")
+    return (f"step {step}: {run.nonfinite['consecutive']} consecutive steps with a non-finite loss or gradient "
+            f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); stopped. Likely cause: {cause} too large or too "
+            f"small for this model, or fp16 overflow (precision={cfg.precision}); {kept}")
 
 
 def check_finite_parameters(model, what: str, procs: Processes) -> None:

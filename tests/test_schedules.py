@@ -207,8 +207,13 @@ def test_mimic_kl_is_zero_for_student_equal_to_teacher(world, tmp_path):
     assert read_metrics(tmp_path / "mimic")[0]["mimic/kl"] < 1e-6
 
 
-def test_mimic_then_preference_distillation(world, tmp_path):
-    run_distill(_distill_cfg(world, tmp_path, "distill.mimic_steps=6", "lr=1e-2"))
+def test_mimic_then_preference_distillation(world, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="mmpo"):
+        run_distill(_distill_cfg(world, tmp_path, "distill.mimic_steps=6", "lr=1e-2"))
+    assert "train[mimic] step 6/6" in caplog.text and "train[dpo] step 2/2" in caplog.text
+    # the mimic stage's card says what it trained (its config says stage sft, which trained the NLL)
+    mimic_card = (tmp_path / "mimic" / "adapter" / "README.md").read_text()
+    assert "Mimic distillation from the teacher" in mimic_card and "negative log-likelihood" not in mimic_card
     kl = [r["mimic/kl"] for r in read_metrics(tmp_path / "mimic")]
     assert kl[0] > 1e-3 and kl[-1] < 0.7 * kl[0]
     rows = read_metrics(tmp_path / "preference")
@@ -270,6 +275,7 @@ def test_dpkd_with_teacher_equal_to_student_is_ce_plus_log2(world, tmp_path):
         logp, n = plain_logps(teacher, batch.prompt, batch.chosen)
     ce = float(-logp.sum() / n.sum())  # token mean over the batch
     row = read_metrics(tmp_path / "preference")[0]
+    assert "- DPKD (arXiv 2406.19774) from the teacher" in (tmp_path / "preference" / "adapter" / "README.md").read_text()
     assert row["dpkd/loss"] == pytest.approx(math.log(2), abs=1e-6)  # h_t = 0 at every token: LS(0) = log 2
     assert row["loss"] == pytest.approx(0.75 * ce + 0.25 * math.log(2), abs=1e-4)
 

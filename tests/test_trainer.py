@@ -329,6 +329,8 @@ def test_diverging_runs_stop_with_an_error_and_save_nothing_non_finite(world, tm
     assert main(["train", *args]) == 1
     err = capsys.readouterr().err
     assert "consecutive steps with a non-finite loss or gradient" in err and "Likely cause" in err
+    assert ("beta=[1e+40]" if "1.0e+40" in overrides[0] else "beta=[1e-30]" if "1.0e-30" in overrides[0]
+            else "beta=[0.1]") in err  # the beta of the terms that ran
     assert not (tmp_path / "run" / "adapter").exists()
     from mmpo.checkpoint import latest_checkpoint
     last = latest_checkpoint(tmp_path / "run")
