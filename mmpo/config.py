@@ -17,7 +17,6 @@ from mmpo.models.settings import LoraConfig, ModelConfig
 from mmpo.schema import (
     ConfigError,
     Problems,
-    apply_overrides,
     check_choice,
     check_range,
     from_dict,
@@ -27,9 +26,10 @@ from mmpo.schema import (
     to_dict,
 )
 
-# The names other modules read from here, though defined below it (the loader, the model and loss sections).
+# The names other modules read from here: this module's sections, and those of the loader (mmpo.schema), the model
+# (mmpo.models.settings) and the losses (mmpo.losses) that a training config is made of.
 __all__ = ["REPORT_TO", "ConfigError", "DataConfig", "DataSource", "DistillConfig", "LoraConfig", "LossTerm",
-           "ModelConfig", "MultiRoundConfig", "PamiConfig", "Problems", "TrainConfig", "apply_overrides",
+           "ModelConfig", "MultiRoundConfig", "PamiConfig", "Problems", "TrainConfig",
            "check_choice", "check_range", "check_report_to", "from_dict", "load", "safe_load", "save", "to_dict"]
 
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "trackio", "swanlab")  # experiment trackers (mmpo.metrics)

@@ -138,10 +138,8 @@ class MetricLogger:
     rows of an earlier run, when starting at 0) are dropped, so a resumed run logs each step exactly once.
     """
 
-    def __init__(self, run_dir: str | Path, report_to: list[str] | bool = (), enabled: bool = True, start_step: int = 0,
+    def __init__(self, run_dir: str | Path, report_to: list[str] = (), enabled: bool = True, start_step: int = 0,
                  project: str = "mmpo", run_name: str = "", config: dict | None = None):
-        if isinstance(report_to, bool):  # the old `tensorboard: bool` argument
-            report_to = ["tensorboard"] if report_to else []
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         if enabled and self.path.exists():

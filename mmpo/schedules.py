@@ -1,6 +1,6 @@
-"""Pieces the training schedules share (`mmpo.multi_round`, `mmpo.distill`): derived configs, finished-run
-checks, merged models, fresh adapters, on-policy generation and seeds. Each schedule wraps the one loop in
-`mmpo.trainer.train`; none copies it.
+"""Pieces the training schedules share (`mmpo.multi_round`, `mmpo.distill`): derived configs, merged models,
+fresh adapters, on-policy generation and seeds (whether a run finished is `mmpo.checkpoint.finished`). Each
+schedule wraps the one loop in `mmpo.trainer.train`; none copies it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The training loop: DPO-family preference optimisation and SFT for LLaVA-style models.
 
-One loop (`train`) reads top to bottom: set up, resume, then for each optimizer step accumulate
-micro-batches, clip, guard against NaN, step, log, evaluate, checkpoint. What a step computes is a
+`train` is `setup` (the folder, seeds, model, data, step, optimizer, and the resumed state), then `loop`, which
+reads top to bottom: for each optimizer step accumulate micro-batches, clip, guard against NaN, step, log,
+evaluate, checkpoint; then `finish`. What a step computes is a
 `batch_loss` function chosen by the stage (`preference_step` for DPO variants, `sft_step` for SFT);
 schedules (multi-round, distillation) call `train` with their own model, reference or batch_loss
 instead of copying the loop.

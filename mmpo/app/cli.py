@@ -127,7 +127,7 @@ def _eval_parser(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args) -> int:
-    """Evaluate a model, or score an existing answers file, on POPE / VideoHallucer / CHAIR / AMBER / EventHallusion."""
+    """Evaluate a model, or score an answers file: POPE, VideoHallucer, CHAIR, AMBER, EventHallusion, HallusionBench."""
     from mmpo.eval import EVALUATORS
     from mmpo.eval.cli import main
 

@@ -12,7 +12,7 @@ Stages (each prints what it does and how long it took):
    builder on unlabelled videos, each video method trained and evaluated (`demo.video_models`);
 8. report.md with before/after tables (mean ± std over seeds; one seed: the value alone) and PNG plots.
 
-The demo is the layer above everything: it uses the builders (`mmpo.builders`) and the evaluators (`eval`)
+The demo is the layer above everything: it uses the builders (`mmpo.builders`) and the evaluators (`mmpo.eval`)
 directly, as a user's script would; nothing below imports it (tests/test_cli_and_configs.py checks the layers).
 The report's text and plots are in `demo.report`.
 """

@@ -1,4 +1,5 @@
-"""Resumable predictions, shared by every model runner (POPE, VideoHallucer, CHAIR, AMBER, EventHallusion).
+"""Resumable predictions, shared by every model runner (POPE, VideoHallucer, CHAIR, AMBER, EventHallusion,
+HallusionBench).
 
 A run's folder holds predictions.jsonl, one row per answered question, appended as each batch ends (a killed
 run loses at most one batch), and run.json, the settings the answers were made under, with a fingerprint of

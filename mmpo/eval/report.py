@@ -2,8 +2,9 @@
 
 Inputs are the plain dicts the scorers return: `eval.pope_metrics` (one split from `score_predictions`, or
 several from `aggregate`), `eval.videohallucer_metrics` (`{category: score_category(...)}` plus optional
-"overall"), `eval.chair.score`, `eval.amber.score` and `eval.eventhallusion.score`, each with the runner's
-additions ("mode", "skipped_media"). matplotlib is imported inside the plot functions so scoring never needs it.
+"overall"), `eval.chair.score`, `eval.amber.score`, `eval.eventhallusion.score` and `eval.hallusionbench.score`,
+each with the runner's additions ("mode", "skipped_media"). matplotlib is imported inside the plot functions so
+scoring never needs it.
 """
 
 from __future__ import annotations

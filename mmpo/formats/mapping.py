@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mmpo.records import MediaCheck, resolve_media
+from mmpo.records import MediaCheck
 
 MARKERS = {"image": "<image>", "video": "<video>"}
 MEDIA_DIR = "media"  # content-addressed bytes, under the converted set's root
@@ -185,11 +185,6 @@ class DryMedia:
         if problem:
             raise Unmappable("missing_media", problem)
         return f"{SOURCE_LINK}/{os.path.normpath(path)}"
-
-
-def read_media_bytes(root: str | Path, rel: str) -> bytes:
-    """The bytes of a record's media file (what writers embed and round-trip tests compare)."""
-    return resolve_media(root, rel).read_bytes()
 
 
 def turns_prompt(turns: list[tuple[str, str]], media_type: str, n_media: int) -> str:

@@ -103,11 +103,6 @@ FAMILY_SPECS: dict[str, Family] = {
 FAMILY_ALIASES = {"smolvlm": "idefics3", "qwen2.5_vl": "qwen2_5_vl"}  # names users type for a registry key
 
 
-def family_names() -> tuple[str, ...]:
-    """Every registered family name."""
-    return tuple(FAMILY_SPECS)
-
-
 def spec(name: str) -> Family:
     """The registry entry of `name` (an alias such as "smolvlm" allowed); a clear error for anything else."""
     key = FAMILY_ALIASES.get(name, name)

@@ -41,10 +41,6 @@ def check_folder(path: str, what: str) -> Path:
     return folder
 
 
-def _family_of_config(config) -> str:
-    return _spec_of_config(config).name
-
-
 def _spec_of_config(config) -> Family:
     return family_of_model_type(getattr(config, "model_type", None))
 

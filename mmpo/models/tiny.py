@@ -240,7 +240,7 @@ def make_tiny_model(family: str, out_dir, size: str = "tiny", words=None, seed: 
         return make_real_format_model(family, out_dir, seed=seed)
     if family not in FAMILIES:
         names = (*FAMILIES, *(f for f in VLM_FAMILIES if f != "idefics3"), "qwen3_vl_moe", "smolvlm")
-        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(names)} (or clip, for a CLIP)")
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(names)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
     out = Path(out_dir)
@@ -291,7 +291,7 @@ def make_model_main(family: str, size: str, out, seed: int = 0) -> Path:
     """CLI entry (`mmpo make-model --family F --size tiny|7b --out DIR`): write the folder, print a summary.
 
     Args:
-        family: one of FAMILIES.
+        family: as `make_tiny_model`'s (a word-level LLaVA family, or a real-format one).
         size: "tiny" or "7b".
         out: output folder.
         seed: the random weights' seed (a distillation student differs from its teacher by this).

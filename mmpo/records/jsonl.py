@@ -71,21 +71,6 @@ def iter_raw_lines(path: str | Path, hasher: Any = None) -> Iterator[tuple[int, 
             yield lineno, start, raw
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[str, str]]:
-    """Yield ("file:line", text) for each non-blank line; RecordError at the first line that is not UTF-8."""
-    for lineno, _, raw in iter_raw_lines(path):
-        where = f"{path}:{lineno}"
-        text = decode_bytes(raw, where)
-        if text.strip():
-            yield where, text
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
-    """Yield (where, decoded object) for each non-blank line; `where` is "file:line"."""
-    for where, line in iter_lines(path):
-        yield where, decode_line(line, where)
-
-
 def index_lines(path: str | Path, chunk_bytes: int = 16 << 20) -> tuple[array, array, str]:
     """(offsets, line numbers) of every non-blank line and the file's sha256 (16 hex digits), without parsing.
 
