@@ -35,11 +35,11 @@ __all__ = ["REPORT_TO", "ConfigError", "DataConfig", "DataSource", "DistillConfi
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "trackio", "swanlab")  # experiment trackers (mmpo.metrics)
 
 
-def check_report_to(names: list[str]) -> None:
-    """report_to names only trackers mmpo knows (whether each is installed is checked when a run opens them)."""
+def check_report_to(names: list[str], where: str = "report_to") -> None:
+    """report_to names only trackers mmpo knows (whether each is installed: `mmpo.metrics.check_trackers`)."""
     unknown = [n for n in names if n not in REPORT_TO]
     if unknown:
-        raise ConfigError(f"report_to: unknown tracker(s) {unknown}; expected some of {list(REPORT_TO)}")
+        raise ConfigError(f"{where}: unknown tracker(s) {unknown}; expected some of {list(REPORT_TO)}")
 
 
 @dataclass

@@ -23,23 +23,17 @@ from pathlib import Path
 
 import torch
 
-from mmpo.config import REPORT_TO, ConfigError
-
-# report_to name -> (the module it needs, the pyproject extra that installs it)
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-                    "mlflow": ("mlflow", "mlflow"), "trackio": ("trackio", "trackio"),
-                    "swanlab": ("swanlab", "swanlab")}
+from mmpo.config import ConfigError, check_report_to
 
 
 def check_trackers(names: list[str], where: str = "report_to") -> None:
-    """Every name is a known tracker whose package is installed (ConfigError naming the extra otherwise)."""
+    """Every name is a known tracker whose package is installed (ConfigError naming the extra otherwise). Each
+    tracker's module and pyproject extra carry its name (mlflow: the extra installs mlflow-skinny)."""
+    check_report_to(names, where)
     for name in names:
-        if name not in TRACKER_PACKAGES:
-            raise ConfigError(f"{where}: unknown tracker {name!r}; expected some of {list(REPORT_TO)}")
-        module, extra = TRACKER_PACKAGES[name]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"{where}: {name} needs the {module!r} package, which is not installed: "
-                              f"pip install 'mmpo[{extra}]'")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"{where}: {name} needs the {name!r} package, which is not installed: "
+                              f"pip install 'mmpo[{name}]'")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

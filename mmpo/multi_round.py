@@ -41,7 +41,7 @@ from mmpo.schedules import (
     seed_for,
     write_atomic,
 )
-from mmpo.trainer import resolve_media_root, share_like_umask, train
+from mmpo.trainer import resolve_media_root, train, write_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,7 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
                 model = policy.merge_and_unload()  # the next round's reference
                 model.requires_grad_(False)
         if not merged_saved and is_main():
-            model.save_pretrained(out / "model")
-            processor.save_pretrained(out / "model")
-            share_like_umask(out / "model")
+            write_pretrained(model, processor, out / "model")
             from mmpo.model_card import data_facts, write_model_card
 
             last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round

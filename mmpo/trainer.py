@@ -731,11 +731,17 @@ def save_final(model, processor, run_dir: Path, procs: Processes) -> Path:
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                                      ignore_frozen_params=has_adapter(model)))
     if procs.is_main:
-        model.save_pretrained(out, **({"state_dict": state} if state is not None else {}))
-        if processor is not None:
-            processor.save_pretrained(out)
-        share_like_umask(out)
+        write_pretrained(model, processor, out, state)
     return out
+
+
+def write_pretrained(model, processor, folder: Path, state: dict | None = None) -> None:
+    """`save_pretrained` of the model (with `state`, a gathered FSDP2 state dict, when given) and the processor, the
+    files given the permissions the user's umask asks for."""
+    model.save_pretrained(folder, **({"state_dict": state} if state is not None else {}))
+    if processor is not None:
+        processor.save_pretrained(folder)
+    share_like_umask(folder)
 
 
 def share_like_umask(folder: Path) -> None:
