@@ -32,6 +32,8 @@ __all__ = ["REPORT_TO", "ConfigError", "DataConfig", "DataSource", "DistillConfi
            "ModelConfig", "MultiRoundConfig", "PamiConfig", "Problems", "TrainConfig",
            "check_choice", "check_range", "check_report_to", "from_dict", "load", "safe_load", "save", "to_dict"]
 
+NO_ADAPTER_REFERENCE = ("full fine-tuning (lora.enabled: false) has no adapter to disable for the reference: set "
+                        "precompute_reference: true")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "trackio", "swanlab")  # experiment trackers (mmpo.metrics)
 
 
@@ -227,8 +229,7 @@ class TrainConfig:
                                    "such terms")
         if (self.stage == "dpo" and not self.lora.enabled and not self.precompute_reference
                 and "reference" in requires_of(self.loss)):
-            problems.errors.append("lora.enabled: full fine-tuning (lora.enabled: false) has no adapter to "
-                                   "disable for the reference: set precompute_reference: true")
+            problems.errors.append(f"lora.enabled: {NO_ADAPTER_REFERENCE}")
 
 
 TRL_SECTION = ("loss_type", "loss_weights", *TRL_KNOBS)  # TrainConfig's TRL-style loss settings

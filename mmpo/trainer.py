@@ -119,8 +119,6 @@ def make_optimizer(cfg: TrainConfig, params):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer != "adamw":
-        raise cfgmod.ConfigError(f"optimizer: expected adamw | adamw_8bit, got {cfg.optimizer!r}")
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -178,8 +176,7 @@ def make_reference(cfg: TrainConfig, model, requires: set, records, collate, pro
     """The reference callable: the policy with adapters off, or (`precompute_reference`) its cached table."""
     if not cfg.precompute_reference:
         if not has_adapter(model):
-            raise cfgmod.ConfigError("full fine-tuning (lora.enabled: false) has no adapter to disable for the "
-                                     "reference: set precompute_reference: true")
+            raise cfgmod.ConfigError(cfgmod.NO_ADAPTER_REFERENCE)  # a schedule passed a model without adapter
         return ref.adapter_reference(model, requires, cfg.shared_prefix)
     cache = ref.cache_path(cfg, records.digest, requires, collate.max_length, collate.media_root)
     table = ref.precompute_reference(ref.adapter_reference(model, requires, cfg.shared_prefix), records, collate,
