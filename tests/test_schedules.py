@@ -328,6 +328,9 @@ def test_config_errors(world, tmp_path):
         run_distill(_distill_cfg(world, tmp_path, "distill.preference_loss=ipo"))
     with pytest.raises(ConfigError, match=r"distill.beta: removed: .*params.*dpkd_beta"):
         load(TrainConfig, None, ["stage=distill", "distill.beta=0.5"])
+    with pytest.raises(ConfigError, match=r"lora.enabled: full fine-tuning .* set precompute_reference: true"):
+        load(TrainConfig, None, ["lora.enabled=false"])  # the dpo term's reference would be the policy itself
+    load(TrainConfig, None, ["lora.enabled=false", "precompute_reference=true"])
 
 
 def test_a_stage_with_nothing_to_train_is_refused_before_it_starts():
@@ -338,9 +341,6 @@ def test_a_stage_with_nothing_to_train_is_refused_before_it_starts():
             load(TrainConfig, None, [*stage.split(), "loss=[]"])
     for fine in ("stage=sft", "stage=multi_round", "stage=distill distill.dpkd=true distill.preference_data=p.jsonl"):
         load(TrainConfig, None, [*fine.split(), "loss=[]", "data.train=d.jsonl"])  # sft / the gt term / DPKD train
-    with pytest.raises(ConfigError, match=r"lora.enabled: full fine-tuning .* set precompute_reference: true"):
-        load(TrainConfig, None, ["lora.enabled=false"])  # the dpo term's reference would be the policy itself
-    load(TrainConfig, None, ["lora.enabled=false", "precompute_reference=true"])
     with pytest.raises(ConfigError, match=r"distill.mimic_data \(or data.train\): an SFT JSONL is needed"):
         load(TrainConfig, None, ["stage=distill", "distill.preference_steps=0"])
 
