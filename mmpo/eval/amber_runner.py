@@ -20,8 +20,9 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import amber, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.predictions import BAD_MEDIA
 from mmpo.eval.runs import answer_questions, answered, finish, media_path, yes_no_answer
+from mmpo.schema import check_choice
 
 KEY = ("id",)  # the field of a predictions.jsonl row's key; logits mode answers "Yes" / "No", the only two
 # responses inference.py counts (`runs.yes_no_answer`)
@@ -44,8 +45,7 @@ class AmberEvalConfig:
     report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, mode=MODES, on_bad_media=BAD_MEDIA)
 
 
 def load_questions(cfg: AmberEvalConfig) -> dict[tuple, tuple[amber.AmberQuestion, str]]:

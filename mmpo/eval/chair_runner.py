@@ -18,8 +18,9 @@ from mmpo.config import ModelConfig
 from mmpo.eval import chair, report
 from mmpo.eval.answering import Item
 from mmpo.eval.chair_words import CocoWords, Lemmatizer
-from mmpo.eval.predictions import BAD_MEDIA, check_choice, write_rows
+from mmpo.eval.predictions import BAD_MEDIA, write_rows
 from mmpo.eval.runs import answer_questions, answered, finish, media_path
+from mmpo.schema import check_choice
 
 KEY = ("image_id",)  # the field of a predictions.jsonl row's key
 
@@ -45,9 +46,7 @@ class ChairEvalConfig:
     prefix_reuse: ClassVar[bool] = False
 
     def __post_init__(self):
-        check_choice("lemmatizer", self.lemmatizer, ("auto", "table", "nltk"))
-        check_choice("vocabulary", self.vocabulary, chair.VOCABULARIES)
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, lemmatizer=("auto", "table", "nltk"), vocabulary=chair.VOCABULARIES, on_bad_media=BAD_MEDIA)
 
 
 def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer, vocabulary: CocoWords | None = None,

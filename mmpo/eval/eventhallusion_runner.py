@@ -19,8 +19,9 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import eventhallusion, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.predictions import BAD_MEDIA
 from mmpo.eval.runs import answer_questions, answered, finish, media_path, yes_no_answer
+from mmpo.schema import check_choice
 
 KEY = ("split", "video", "question")  # the fields of a predictions.jsonl row's key (EHQuestion.key)
 
@@ -40,8 +41,7 @@ class EventHallusionEvalConfig:
     report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, mode=MODES, on_bad_media=BAD_MEDIA)
 
 
 def question_files(paths: list[str]) -> dict[str, Path]:

@@ -20,8 +20,9 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import hallusionbench, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.predictions import BAD_MEDIA
 from mmpo.eval.runs import answer_questions, answered, finish, media_path, yes_no_answer
+from mmpo.schema import check_choice
 
 KEY = ("category", "subcategory", "set_id", "figure_id", "question_id")  # HBQuestion.key's fields
 
@@ -43,9 +44,7 @@ class HallusionBenchEvalConfig:
     report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("parser", self.parser, hallusionbench.PARSERS)
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, mode=MODES, parser=hallusionbench.PARSERS, on_bad_media=BAD_MEDIA)
 
 
 def load_questions(cfg: HallusionBenchEvalConfig) -> tuple[dict[tuple, tuple], int]:

@@ -17,9 +17,10 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import pope, pope_metrics, report
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA, answer, by_media, check_choice, skipped_summary
+from mmpo.eval.predictions import BAD_MEDIA, answer, by_media, skipped_summary
 from mmpo.eval.runs import answer_questions
 from mmpo.media import load_image
+from mmpo.schema import check_choice
 
 KEY = ("split", "question_id")  # the fields of a predictions.jsonl row's key
 
@@ -41,9 +42,7 @@ class PopeEvalConfig:
     report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("parser", self.parser, tuple(pope.PARSERS))
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, mode=MODES, parser=tuple(pope.PARSERS), on_bad_media=BAD_MEDIA)
 
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmpo.config import ConfigError
 from mmpo.eval import files, sharding
 from mmpo.eval.answering import Item, answer_items
 from mmpo.media import MediaError
@@ -31,12 +30,6 @@ from mmpo.records import jsonl_lines
 
 BAD_MEDIA = ("error", "skip")  # on_bad_media values, see the module docstring
 PER_CALL = ("world_size", "shares")  # run.json entries about how a call ran, not what it answers with
-
-
-def check_choice(key: str, value: str, choices: tuple) -> None:
-    """A config value must be one of `choices` (ConfigError naming the key otherwise)."""
-    if value not in choices:
-        raise ConfigError(f"{key}: expected one of {' | '.join(choices)}, got {value!r}")
 
 
 def model_settings(model_cfg) -> dict:

@@ -16,8 +16,9 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import report, videohallucer, videohallucer_metrics
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA, check_choice
+from mmpo.eval.predictions import BAD_MEDIA
 from mmpo.eval.runs import answer_questions, media_path
+from mmpo.schema import check_choice
 
 KEY = ("category", "pair", "side")  # the fields of a predictions.jsonl row's key
 
@@ -39,8 +40,7 @@ class VideoHallucerEvalConfig:
     report_to: list[str] = field(default_factory=list)  # trackers that get the metrics: tensorboard | wandb | mlflow ...
 
     def __post_init__(self):
-        check_choice("mode", self.mode, MODES)
-        check_choice("on_bad_media", self.on_bad_media, BAD_MEDIA)
+        check_choice(self, mode=MODES, on_bad_media=BAD_MEDIA)
 
 
 def vh_category_files(cfg: VideoHallucerEvalConfig) -> list[Path]:
