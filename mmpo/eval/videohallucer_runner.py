@@ -16,7 +16,7 @@ from pathlib import Path
 from mmpo.config import ModelConfig
 from mmpo.eval import report, videohallucer, videohallucer_metrics
 from mmpo.eval.answering import MODES, Item
-from mmpo.eval.predictions import BAD_MEDIA
+from mmpo.eval.predictions import BAD_MEDIA, skipped_summary
 from mmpo.eval.runs import answer_questions, media_path
 from mmpo.schema import check_choice
 
@@ -85,8 +85,8 @@ def _vh_category(cfg: VideoHallucerEvalConfig, cat: str, f: Path, pairs: list, d
     if cfg.on_bad_media == "skip":
         videos = {_vh_video(cfg, f, getattr(p, side).video, str(f)) for p in pairs
                   for side in ("basic", "hallucination")}
-        files = {v: e for v, e in sorted(bad.items()) if v in videos}
-        res["skipped_media"] = {"n_pairs": len(pairs) - len(kept), "n_files": len(files), "files": files}
+        res["skipped_media"] = skipped_summary({v: e for v, e in bad.items() if v in videos}, len(pairs) - len(kept),
+                                               "pairs")
     return res
 
 
