@@ -109,7 +109,8 @@ def cmd_build(args) -> int:
 
     if args.name not in BUILDERS:
         raise ValueError(f"unknown builder {args.name!r}; choose from {sorted(BUILDERS)}")
-    from mmpo.builders.summary import empty_reason, read_manifest, summary_line
+    from mmpo.builders.summary import empty_reason, summary_line
+    from mmpo.records import read_manifest
 
     config_cls, build = BUILDERS[args.name]
     out = build(load(config_cls, args.config, args.overrides))
@@ -271,6 +272,7 @@ def _data_parser(p: argparse.ArgumentParser) -> None:
 def cmd_data(args) -> int:
     """Convert preference / SFT sets from other layouts (RLAIF-V, TRL, LLaMA-Factory, ms-swift, ...) and back."""
     from mmpo import formats
+    from mmpo.records import default_media_root, read_manifest
 
     if args.action == "formats":
         for name, f in formats.FORMATS.items():
@@ -278,7 +280,6 @@ def cmd_data(args) -> int:
         return 0
     if args.action == "export":
         from mmpo.formats.writers import WRITERS
-        from mmpo.records import default_media_root
 
         if args.to not in WRITERS:
             raise ValueError(f"data export: --to one of {sorted(WRITERS)}")
@@ -286,9 +287,7 @@ def cmd_data(args) -> int:
         print(f"wrote {path}")
         return 0
     out = formats.convert(args.src, args.out, args.fmt, args.on_bad_record, media_root=args.media_root or None)
-    import json
-
-    manifest = json.loads((Path(args.out) / "manifest.json").read_text())
+    manifest = read_manifest(args.out)
     print(f"{manifest['format']}: {manifest['counts']['records']} records from {manifest['counts']['rows']} rows "
           f"into {out} ({manifest['counts']['skipped']} skipped: {manifest['skipped_by_reason']})")
     if manifest["counts"]["records"] == 0 and manifest["counts"]["rows"] > 0:  # as a builder that wrote no pair

@@ -6,9 +6,6 @@ back (`mmpo build`) reports every builder alike: a build that wrote nothing must
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 # counter -> what to try when it is what left the build without pairs
 HINTS = {
     "judge_unparsable": "the judge's replies could not be read as scores (a model too small for the rubric "
@@ -21,12 +18,6 @@ HINTS = {
     "candidates_dropped": "the CLIP prefilter dropped every augmentation: lower its threshold or set clip_model=\"\"",
 }
 _NOT_REASONS = {"inputs", "inputs_done", "pairs", "skipped", "answers", "questions"}
-
-
-def read_manifest(out_dir: str | Path) -> dict:
-    """The manifest a build wrote into `out_dir` ({} when there is none)."""
-    path = Path(out_dir) / "manifest.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def summary_line(manifest: dict) -> str:

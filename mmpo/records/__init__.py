@@ -14,12 +14,12 @@ One module per job; this package offers their public names:
 - `record_file`: `RecordFile`, the lazy sequence training reads;
 - `reading`: `scan_records` (streaming or background validation), `read_pairs` / `read_sft` (whole small files);
 - `trl`: `to_trl_rows` / `to_trl_dataset` (TRL's vision-preference layout);
-- `manifest`: `write_manifest`, `default_media_root`.
+- `manifest`: `write_manifest`, `read_manifest`, `default_media_root`.
 Sets in other layouts are `mmpo.formats`' job; it imports this package, never the reverse.
 """
 
 from mmpo.records.jsonl import index_lines, iter_raw_lines, jsonl_lines, write_jsonl
-from mmpo.records.manifest import MANIFEST_FILE, default_media_root, write_manifest
+from mmpo.records.manifest import MANIFEST_FILE, default_media_root, read_manifest, write_manifest
 from mmpo.records.media_paths import MediaCheck, resolve_media
 from mmpo.records.reading import is_own_jsonl, read_pairs, read_sft, scan_records, validate_in_background
 from mmpo.records.record_file import RecordFile, id_hash
@@ -30,6 +30,6 @@ from mmpo.records.validation import pair_from_json, sft_from_json
 __all__ = [
     "MANIFEST_FILE", "AugSpec", "MediaCheck", "PairRecord", "RecordError", "RecordFile", "SFTRecord",
     "default_media_root", "file_digest", "id_hash", "index_lines", "is_own_jsonl", "iter_raw_lines",
-    "jsonl_lines", "make_id", "pair_from_json", "pair_id", "read_pairs", "read_sft", "resolve_media", "scan_records",
-    "sft_from_json", "to_trl_dataset", "to_trl_rows", "validate_in_background", "write_jsonl", "write_manifest",
+    "jsonl_lines", "make_id", "pair_from_json", "pair_id", "read_manifest", "read_pairs", "read_sft", "resolve_media",
+    "scan_records", "sft_from_json", "to_trl_dataset", "to_trl_rows", "validate_in_background", "write_jsonl", "write_manifest",
 ]

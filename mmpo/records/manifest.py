@@ -50,6 +50,12 @@ def write_manifest(out_dir: str | Path, counts: dict, config: dict, seed: int, s
     return path
 
 
+def read_manifest(out_dir: str | Path) -> dict:
+    """The manifest written into `out_dir` ({} when there is none)."""
+    path = Path(out_dir) / MANIFEST_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _manifest_media_root(manifest: Path) -> Path | None:
     """The media root a manifest records (relative entry if that folder exists, else the absolute one)."""
     if not manifest.is_file():
