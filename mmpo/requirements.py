@@ -299,7 +299,7 @@ def pair_logps(model, batch, requires, shared_prefix: bool, js_top_k: int | None
     Returns:
         `PairLogps`; `extra` holds what each requirement measured, under the names its `forward` gives.
     """
-    needs = [r for r in needed(requires) if r.name in requires]
+    needs = [r for r in REQUIREMENTS.values() if r.name in requires]
     keep = any(r.keeps_logits(js_top_k) for r in needs)
     extra = {r.name: a for r in needs for a in r.answers(batch)}  # at most one extra answer set per requirement
     rejected_prompt = batch.extra.get("rejected_media")

@@ -207,7 +207,8 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
     # The pair's own inputs, then what each requirement fills in (mmpo.requirements: WPO scales the weight).
     fields = {"policy_chosen": pol.chosen, "policy_rejected": pol.rejected, "chosen_tokens": pol.chosen_tokens,
               "rejected_tokens": pol.rejected_tokens, "weight": batch.weight, "progress": progress}
-    for need in needed(requires):
+    needs = needed(requires)
+    for need in needs:
         fields.update(need.fill(batch, pol, ref))
     inputs = LossInputs(**fields)
     total, metrics = 0.0, {}
@@ -215,7 +216,7 @@ def preference_step(batch: PairBatch, progress: float, *, policy, reference, ter
         value, term_metrics = term.loss(inputs)
         total = total + term.weight * value
         metrics.update(term_metrics)
-    for need in needed(requires):
+    for need in needs:
         metrics.update(need.metrics(pol))
     metrics["logps/chosen"] = (pol.chosen / pol.chosen_tokens.clamp(min=1)).mean().item()
     metrics["logps/rejected"] = (pol.rejected / pol.rejected_tokens.clamp(min=1)).mean().item()

@@ -177,7 +177,7 @@ def found_shards(out_dir: Path, most: int = MAX_SHARDS) -> list[Shard]:
 
 
 def _unfinished(shard: Shard, writer: ResumableWriter, ids: Sequence[str], block: int, config: dict,
-                merge_only: Sequence[str], path: str = "", digest: str = "") -> str:
+                merge_only: Sequence[str], path: str, digest: str) -> str:
     """Why `shard` cannot be merged yet ("" when it can)."""
     manifest = writer.out_dir / MANIFEST_FILE
     recorded = writer.out_dir / DIGEST_FILE

@@ -22,12 +22,12 @@ from mmpo.media import load_image, load_video
 from mmpo.records import resolve_media
 
 PREDICTIONS = "predictions.jsonl"
-YES_NO = ("Yes", "No")  # logits-mode answers of the benchmarks whose reference reads "Yes" / "No" (AMBER exactly)
 
 
 def yes_no_answer(margin: float) -> str:
-    """The answer a margin stands for: "Yes" if logit(yes) > logit(no), else "No"."""
-    return YES_NO[0] if margin > 0 else YES_NO[1]
+    """The answer a margin stands for: "Yes" if logit(yes) > logit(no), else "No" (the logits-mode answer of the
+    benchmarks whose reference reads "Yes" / "No", AMBER exactly)."""
+    return "Yes" if margin > 0 else "No"
 
 
 def media_path(root, rel: str, where: str) -> str:

@@ -89,10 +89,9 @@ class Source:
         return out
 
     def to_record(self, fields: dict, where: str):
-        """The validated mmpo record of `fields` (RecordError naming `where` if it is not one)."""
+        """The validated mmpo record of `fields`, as `records_of` gives them (RecordError naming `where` if it is not
+        one)."""
         if self.format.kind == "pair":
-            if "source" not in fields:
-                fields["source"] = f"convert:{self.format.name}"
             return pair_from_json(fields, where)
         fields = {k: v for k, v in fields.items() if k != "source"}
         return sft_from_json(fields, where)
