@@ -20,36 +20,20 @@ def check_writable(r: PairRecord, target: str, allow_rejected_media: bool = Fals
                          f"{target}'s preference format cannot hold")
 
 
-class _Copier:
-    """Copies a record's media under `out/media/` (same relative paths), once per file."""
+class MediaCopier:
+    """`copier(rels)`: the media paths `rels` (under `media_root`) as paths in the written folder `out`, each file
+    copied to `out/media/<rel>` the first time it is named. A writer's `write_rows` gets one."""
 
-    def __init__(self, out: Path):
-        self.out, self.done = out, set()
+    def __init__(self, out: Path, media_root):
+        self.out, self.media_root, self.done = out, media_root, set()
 
-    def __call__(self, root, rels) -> list[str]:
+    def __call__(self, rels) -> list[str]:
         paths = []
         for rel in rels:
             dest = f"{EXPORT_MEDIA}/{rel}"
             if dest not in self.done:
                 (self.out / dest).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(resolve_media(root, rel), self.out / dest)
+                shutil.copyfile(resolve_media(self.media_root, rel), self.out / dest)
                 self.done.add(dest)
             paths.append(dest)
         return paths
-
-
-_COPIER: list[_Copier] = []
-
-
-def media_paths(r: PairRecord, media_root, rels=None) -> list[str]:
-    """The record's media as paths in the written folder (copied there by the active writer)."""
-    return _COPIER[-1](media_root, r.media if rels is None else rels)
-
-
-def with_copier(out: Path, fn, records, media_root):
-    """`fn(records, media_root)` with `media_paths` copying into `out/media/` (the writer's folder)."""
-    _COPIER.append(_Copier(out))
-    try:
-        return fn(records, media_root)
-    finally:
-        _COPIER.pop()

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from mmpo.formats.base import Format, as_list, has, pair_fields, sft_samples
-from mmpo.formats.export_media import check_writable, media_paths
+from mmpo.formats.export_media import MediaCopier, check_writable
 from mmpo.formats.mapping import Unmappable, need, turns_prompt
 from mmpo.formats.messages import OPENAI, SHAREGPT, answer_text, read_turns, split_last_answer
 
@@ -128,12 +128,13 @@ def read_sft(row: dict, sink, opts: dict) -> list[dict]:
     return sft_samples(turns, media, media_type, sink, {}, columns["messages"])
 
 
-def write_rows(records, media_root) -> list[dict]:
-    """mmpo pairs as LLaMA-Factory sharegpt preference rows (one user turn, `images` / `videos`, + `id`)."""
+def write_rows(records, media: MediaCopier) -> list[dict]:
+    """mmpo pairs as LLaMA-Factory sharegpt preference rows (one user turn, `images` / `videos`, + `id`).; `media` gives
+    each media list's paths in the written folder."""
     rows = []
     for r in records:
         check_writable(r, "LLaMA-Factory")
-        paths = media_paths(r, media_root)
+        paths = media(r.media)
         marker = "<image>" if r.media_type == "image" else "<video>"
         prompt = r.prompt if marker in r.prompt else marker * len(paths) + r.prompt
         rows.append({"id": r.id, "conversations": [{"from": "human", "value": prompt}],

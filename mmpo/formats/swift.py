@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from mmpo.formats.base import Format, as_list, pair_fields
-from mmpo.formats.export_media import check_writable, media_paths
+from mmpo.formats.export_media import MediaCopier, check_writable
 from mmpo.formats.mapping import Unmappable, need, turns_prompt
 from mmpo.formats.messages import answer_text, read_turns, split_last_answer
 
@@ -39,21 +39,22 @@ def read_swift(row: dict, sink, options: dict) -> dict:
                        rejected_media=rejected_media, meta={"system": system})
 
 
-def write_rows(records, media_root) -> list[dict]:
+def write_rows(records, media: MediaCopier) -> list[dict]:
     """mmpo pairs as ms-swift rows: user + assistant messages, `images` / `videos`, `rejected_response` (+ id);
-    a `rejected_media` pair repeats the answer and names `rejected_images` / `rejected_videos`."""
+    a `rejected_media` pair repeats the answer and names `rejected_images` / `rejected_videos`. `media` gives
+    each media list's paths in the written folder."""
     rows = []
     for r in records:
         check_writable(r, "ms-swift", allow_rejected_media=True)
         key = "images" if r.media_type == "image" else "videos"
         marker = "<image>" if r.media_type == "image" else "<video>"
-        paths = media_paths(r, media_root)
+        paths = media(r.media)
         prompt = r.prompt if marker in r.prompt else marker * len(paths) + r.prompt
         row = {"id": r.id, "messages": [{"role": "user", "content": prompt},
                                          {"role": "assistant", "content": r.chosen}],
                key: paths, "rejected_response": r.rejected}
         if r.rejected_media is not None:
-            row["rejected_" + key] = media_paths(r, media_root, r.rejected_media)
+            row["rejected_" + key] = media(r.rejected_media)
         rows.append(row)
     return rows
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from mmpo.formats import llamafactory, swift
-from mmpo.formats.export_media import with_copier
+from mmpo.formats.export_media import MediaCopier
 from mmpo.records import to_trl_rows
 
 
@@ -18,7 +18,7 @@ def write_llamafactory(records, media_root, out: str | Path, name: str = "mmpo_p
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = list(records)
-    rows = with_copier(out, llamafactory.write_rows, records, media_root)
+    rows = llamafactory.write_rows(records, MediaCopier(out, media_root))
     (out / f"{name}.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     info_path = out / "dataset_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -31,7 +31,7 @@ def write_swift(records, media_root, out: str | Path, name: str = "mmpo_pairs") 
     """`out/<name>.jsonl` (ms-swift RLHF rows) + `out/media/`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = with_copier(out, swift.write_rows, list(records), media_root)
+    rows = swift.write_rows(records, MediaCopier(out, media_root))
     path = out / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
