@@ -129,7 +129,7 @@ def read_sft(row: dict, sink, opts: dict) -> list[dict]:
 
 
 def write_rows(records, media: MediaCopier) -> list[dict]:
-    """mmpo pairs as LLaMA-Factory sharegpt preference rows (one user turn, `images` / `videos`, + `id`).; `media` gives
+    """mmpo pairs as LLaMA-Factory sharegpt preference rows (one user turn, `images` / `videos`, + `id`); `media` gives
     each media list's paths in the written folder."""
     rows = []
     for r in records:
