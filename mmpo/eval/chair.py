@@ -20,7 +20,6 @@ objects (mmpo's demo shapes) is scored against exact ground truth. A ground-trut
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,25 +39,6 @@ class ChairImage:
     gt_objects: frozenset
 
 
-def load_annotations(path: str | Path) -> dict | list[tuple[int, dict]]:
-    """The ground-truth file, parsed once: a COCO instances dict, or a ground-truth JSONL's (line, record) rows.
-
-    Told by the parsed keys, not by a text prefix: the released `instances_val2014.json` puts `categories` last
-    (after 160 MB of annotations). A file that parses as one JSON object with `images`, `annotations` or
-    `categories` is COCO; anything else is read as JSONL (a one-line JSONL parses as an object without them).
-    """
-    text = files.read_text(path)
-    head = text[:4096].lstrip()[:1]  # not the whole (160 MB) text
-    if head == "{":
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None  # several lines: JSONL
-        if isinstance(whole, dict) and any(k in whole for k in ("images", "annotations", "categories")):
-            return whole
-    return files.read_jsonl(path, text)
-
-
 def _check_coco(data: dict, path: str | Path) -> None:
     for key in ("images", "annotations", "categories"):
         if key not in data:
@@ -73,13 +53,13 @@ def load_vocabulary(name: str, annotations: str | Path, parsed=None) -> CocoWord
     Args:
         name: "coco" or "categories".
         annotations: the ground-truth file.
-        parsed: its `load_annotations` result, when already read (a 160 MB file is parsed once).
+        parsed: its `files.load_annotations` result, when already read (a 160 MB file is parsed once).
     """
     if name not in VOCABULARIES:
         raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {name!r}")
     if name == "coco":
         return coco_words()
-    data = load_annotations(annotations) if parsed is None else parsed
+    data = files.load_annotations(annotations) if parsed is None else parsed
     if not isinstance(data, dict) or "categories" not in data:
         raise ValueError(f"{annotations}: vocabulary 'categories' needs a COCO instances JSON with 'categories'; a "
                          "ground-truth JSONL has no category list (use vocabulary 'coco')")
@@ -170,7 +150,7 @@ def images_from_jsonl(path: str | Path, rows: list[tuple[int, dict]] | None = No
 def read_images(path: str | Path, captions: str | Path | None = None, lemmatizer: Lemmatizer | None = None,
                 vocabulary: CocoWords | None = None, parsed=None) -> list[ChairImage]:
     """COCO instances JSON (+ captions) or a ground-truth JSONL, by content; a JSONL's classes are COCO's."""
-    data = load_annotations(path) if parsed is None else parsed
+    data = files.load_annotations(path) if parsed is None else parsed
     if isinstance(data, dict):
         return images_from_coco(path, captions, lemmatizer, vocabulary, parsed=data)
     if vocabulary is not None and vocabulary.name != "coco":
@@ -257,7 +237,7 @@ def score_answers_file(ground_truth: str | Path, answers: str | Path, captions: 
         answered: A already read ({image_id: caption}; another tool's layout, mmpo/eval/interop.py).
     """
     lem = Lemmatizer(lemmatizer)
-    parsed = load_annotations(ground_truth)
+    parsed = files.load_annotations(ground_truth)
     vocab = load_vocabulary(vocabulary, ground_truth, parsed)
     images = read_images(ground_truth, captions, lem, vocab, parsed)
     answered = read_captions(answers) if answered is None else answered

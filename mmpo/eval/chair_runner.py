@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mmpo.config import ModelConfig
-from mmpo.eval import chair, report
+from mmpo.eval import chair, files, report
 from mmpo.eval.answering import Item
 from mmpo.eval.chair_words import CocoWords, Lemmatizer
 from mmpo.eval.predictions import BAD_MEDIA, write_rows
@@ -53,7 +53,7 @@ def load_images(cfg: ChairEvalConfig, lemmatizer: Lemmatizer, vocabulary: CocoWo
                 parsed=None) -> dict[tuple, tuple[chair.ChairImage, str]]:
     """{(image id,): (ground truth, image path)} with `cfg.limit` applied; file names may not leave image_root.
 
-    `parsed`: `chair.load_annotations(cfg.annotations)` when already read (COCO's file is parsed once)."""
+    `parsed`: `files.load_annotations(cfg.annotations)` when already read (COCO's file is parsed once)."""
     images = chair.read_images(cfg.annotations, cfg.captions or None, lemmatizer, vocabulary, parsed)
     images = images[:cfg.limit] if cfg.limit else images
     return {(str(im.image_id),): (im, media_path(cfg.image_root, im.file_name, f"{cfg.annotations}: image {im.image_id}"))
@@ -72,7 +72,7 @@ def run_chair(cfg: ChairEvalConfig, model=None, processor=None) -> dict:
         path = getattr(cfg, key)
         if (key == "annotations" or path) and not Path(path).is_file():
             raise FileNotFoundError(f"{key}: no such file {path!r}{hint}")
-    parsed = chair.load_annotations(cfg.annotations)  # before any captioning: a bad file fails fast
+    parsed = files.load_annotations(cfg.annotations)  # before any captioning: a bad file fails fast
     vocabulary = chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed)
     images = load_images(cfg, lemmatizer, vocabulary, parsed)
     items = [Item(k, path, cfg.prompt) for k, (_, path) in images.items()]

@@ -141,7 +141,7 @@ def _chair_summary(cfg, m: dict) -> str:
 def write_chair_lmms(cfg, metrics: dict) -> Path:
     """The finished run's answers.jsonl in lmms-eval's layout under out_dir/lmms_eval/: the ground truth as the run
     read it, the mentioned classes from its metrics' per-caption rows."""
-    parsed = chair.load_annotations(cfg.annotations)
+    parsed = files.load_annotations(cfg.annotations)
     images = chair.read_images(cfg.annotations, cfg.captions or None, Lemmatizer(cfg.lemmatizer),
                                chair.load_vocabulary(cfg.vocabulary, cfg.annotations, parsed), parsed)
     gt = {im.image_id: sorted(im.gt_objects) for im in images}

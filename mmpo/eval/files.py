@@ -87,6 +87,26 @@ def read_jsonl(path: str | Path, text: str | None = None) -> list[tuple[int, dic
     return out
 
 
+def load_annotations(path: str | Path) -> dict | list[tuple[int, dict]]:
+    """A ground-truth file (CHAIR, POPE building), parsed once: a COCO instances dict, or a JSONL's (line, record)
+    rows.
+
+    Told by the parsed keys, not by a text prefix: the released `instances_val2014.json` puts `categories` last
+    (after 160 MB of annotations). A file that parses as one JSON object with `images`, `annotations` or
+    `categories` is COCO; anything else is read as JSONL (a one-line JSONL parses as an object without them).
+    """
+    text = read_text(path)
+    head = text[:4096].lstrip()[:1]  # not the whole (160 MB) text
+    if head == "{":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # several lines: JSONL
+        if isinstance(whole, dict) and any(k in whole for k in ("images", "annotations", "categories")):
+            return whole
+    return read_jsonl(path, text)
+
+
 def json_type(value) -> str:
     """The JSON name of a parsed value's type (for messages: "a JSON string", not "str")."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",

@@ -60,15 +60,11 @@ def load_ground_truth(path: str | Path) -> list[dict]:
         `[{"image": file_name, "objects": [name, ...]}, ...]`.
     """
     path = Path(path)
-    text = files.read_text(path)  # UTF-8, or an error naming the line
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        whole = None  # JSONL with several lines
-    if isinstance(whole, dict) and ("annotations" in whole or "images" in whole):
-        return _from_coco(whole, path)
+    data = files.load_annotations(path)  # CHAIR's rule: COCO instances, else JSONL
+    if isinstance(data, dict):
+        return _from_coco(data, path)
     out = []
-    for n, rec in files.read_jsonl(path, text):
+    for n, rec in data:
         for key in ("image", "objects"):
             if key not in rec:
                 raise ValueError(f"{path}:{n}: field '{key}': missing")
