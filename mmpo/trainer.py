@@ -2,10 +2,9 @@
 
 `train` is `setup` (the folder, seeds, model, data, step, optimizer, and the resumed state), then `loop`, which
 reads top to bottom: for each optimizer step accumulate micro-batches, clip, guard against NaN, step, log,
-evaluate, checkpoint; then `finish`. What a step computes is a
-`batch_loss` function chosen by the stage (`preference_step` for DPO variants, `sft_step` for SFT);
-schedules (multi-round, distillation) call `train` with their own model, reference or batch_loss
-instead of copying the loop.
+evaluate, checkpoint; then `finish`. What a step computes is a `batch_loss` function chosen by the stage
+(`preference_step` for DPO variants, `sft_step` for SFT); schedules (multi-round, distillation) call `train` with
+their own model, reference or batch_loss instead of copying the loop.
 
 The reference policy is the policy with its LoRA adapters disabled (never a second copy of the
 weights), or log-probs precomputed once and cached next to the data (`precompute_reference`), or a
