@@ -208,6 +208,15 @@ def test_family_and_video_support(loaded):
     assert [supports_video(loaded[f][0]) for f in FAMILIES] == [f in VIDEO_FAMILIES for f in FAMILIES]
 
 
+def test_an_image_only_model_refuses_video_instead_of_reading_the_text_alone(loaded):
+    """LlavaProcessor drops `videos=` silently: a LLaVA-1.5 evaluated or trained on video answered from the text."""
+    for name, (_, processor) in loaded.items():
+        family = name.removeprefix("real:")
+        if family in FAMILIES and family not in VIDEO_FAMILIES:
+            with pytest.raises(ValueError, match="takes no video: this model cannot read video data"):
+                encode_prompts(processor, PROMPTS, _media(family, "video"), "video")
+
+
 def test_missing_folder_error_names_it(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):

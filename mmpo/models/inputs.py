@@ -146,6 +146,12 @@ def encode_templated(processor, texts: list[str], media, media_type: str | None)
             kwargs["return_legacy_image_output"] = False
     batch = processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
     batch = dict(batch)
+    if media is not None and media_type == "video" and "pixel_values_videos" not in batch:
+        # an image-only processor (LLaVA-1.5, LLaVA-NeXT, SmolVLM) drops `videos` without a word: the model would
+        # answer, and train, on the text alone
+        raise ValueError(f"{type(processor).__name__} takes no video: this model cannot read video data; use a "
+                         "video family (llava_next_video, video_llava, llava_onevision, qwen2_vl, qwen2_5_vl, "
+                         "qwen3_vl)")
     batch.pop("token_type_ids", None)
     if "pixel_values_images" in batch:  # older Video-LLaVA processors; the model takes `pixel_values`
         batch["pixel_values"] = batch.pop("pixel_values_images")
