@@ -128,7 +128,7 @@ def test_the_saved_adapter_has_a_model_card_naming_base_model_data_and_results(t
     assert "PeftModel.from_pretrained" in card.text
 
 
-def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monkeypatch):
+def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monkeypatch, capsys):
     from helpers import COLORS, color_image, color_question
     from huggingface_hub import ModelCard
 
@@ -169,6 +169,15 @@ def test_mmpo_eval_on_the_adapter_appends_its_results_to_the_card(trained, monke
                                   f"model.adapter={run / 'adapter'}", "model.device=cpu", f"out_dir={tmp / 'ev'}",
                                   "report_to=[mlflow]"]) == 0
     assert ModelCard.load(run / "adapter" / "README.md").text.count(f"### mmpo eval pope ({tmp / 'ev'})") == 1
+
+    # The adapter on another base (a config's model.path overridden, its model.adapter kept): said when loaded, and
+    # its numbers stay off this adapter's card
+    other = tiny_model("llava", tmp, seed=1)
+    capsys.readouterr()
+    assert eval_cli.main("pope", ["--config", str(tmp / "pope.yaml"), f"model.path={other}",
+                                  f"model.adapter={run / 'adapter'}", "model.device=cpu", f"out_dir={tmp / 'ev2'}"]) == 0
+    assert f"not added to the model card of {run / 'adapter'}: it was trained on" in capsys.readouterr().out
+    assert f"({tmp / 'ev2'})" not in ModelCard.load(run / "adapter" / "README.md").text
 
 
 def test_the_old_tensorboard_key_means_report_to_tensorboard_and_unknown_trackers_are_refused():

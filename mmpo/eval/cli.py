@@ -16,6 +16,7 @@ from mmpo.config import load, to_dict
 from mmpo.eval import EVALUATORS, files, sharding
 from mmpo.metrics import Trackers, check_trackers, flatten
 from mmpo.model_card import append_eval_results
+from mmpo.models.loading import other_base
 
 
 def make_parser(name: str) -> argparse.ArgumentParser:
@@ -89,6 +90,11 @@ def publish(name: str, cfg, metrics: dict) -> None:
     written = lmms(cfg, metrics) if lmms else None
     if written is not None:  # lmms-eval's results/samples layout, for its users
         print(f"lmms-eval layout: {written}")
+    trained_on = other_base(cfg.model.adapter, cfg.model.path) if cfg.model.adapter else ""
+    if trained_on:  # numbers of another base model do not belong on this adapter's card
+        print(f"not added to the model card of {cfg.model.adapter}: it was trained on {trained_on!r}, this "
+              f"evaluation used model.path {cfg.model.path!r}")
+        return
     card = append_eval_results(cfg.model.adapter or cfg.model.path, name, metrics, cfg.out_dir)
     if card is not None:
         print(f"results added to the model card {card}")

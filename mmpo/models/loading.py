@@ -8,6 +8,9 @@ Library facts used here are measured in docs/ENVIRONMENT.md §2c (bitsandbytes o
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from mmpo.models.families import DEFAULT_LORA_TARGET, FAMILY_SPECS, Family, fami
 from mmpo.models.settings import LoraConfig, ModelConfig
 from mmpo.records import make_id
 from mmpo.schema import to_dict
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Modules that stay in full precision under 4-bit and are frozen in full fine-tuning come from the family
@@ -29,6 +34,17 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def other_base(adapter: str | Path, path: str) -> str:
+    """The base model `adapter` records (PEFT's `base_model_name_or_path`) when it is not `path`, else "" (also when
+    it records none). Local folders compare as resolved paths, so `./ckpt` and `ckpt` are one base."""
+    config = Path(adapter) / "adapter_config.json"
+    base = json.loads(config.read_text()).get("base_model_name_or_path") if config.is_file() else None
+    if not base or base == path:
+        return ""
+    same = os.path.isdir(base) and os.path.isdir(path) and os.path.realpath(base) == os.path.realpath(path)
+    return "" if same else base
 
 
 def check_folder(path: str, what: str) -> Path:
@@ -163,6 +179,10 @@ def _attach_trainable(model, cfg: ModelConfig, lora: LoraConfig | None, trainabl
         from peft import PeftModel
 
         adapter = check_folder(cfg.adapter, "adapter")
+        trained_on = other_base(adapter, cfg.path)
+        if trained_on:
+            log.warning("%s was trained on %r, not on model.path %r: loading it on this model anyway", adapter,
+                        trained_on, cfg.path)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
     elif trainable and lora is not None and lora.enabled:
         model = add_lora(model, lora)
