@@ -266,6 +266,23 @@ def test_resuming_keeps_every_whole_line_of_a_pair_file_and_cuts_only_a_torn_one
     before = path.stat().st_mtime_ns
     assert valid_lines(path) == whole and path.stat().st_mtime_ns == before  # a whole file is left as it is
 
+
+def test_a_build_folder_continues_only_with_the_settings_it_started_with(world, tmp_path):
+    """A rerun with num_candidates 3 once added bags of 3 to a folder of bags of 4 (resumed items mixed both) and
+    its manifest named only the new setting."""
+    out = tmp_path / "aug"
+    before = (build_augment(_aug_cfg(world, out)) / "pairs.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=r"started with other settings \(num_candidates: 4 -> 3\).*fresh=true"):
+        build_augment(_aug_cfg(world, out, "num_candidates=3"))
+    assert (out / "pairs.jsonl").read_bytes() == before
+    moved = tmp_path / "moved.jsonl"  # the same input elsewhere, other workers: the same build
+    shutil.copy(world["video_sft"], moved)
+    build_augment(load(AugmentConfig, None, [f"in_sft={moved}", f"out_dir={out}", "progress=false",
+                                             f"media_root={world['video_sft'].parent}", "num_workers=2"]))
+    assert (out / "pairs.jsonl").read_bytes() == before
+    fresh = build_augment(_aug_cfg(world, out, "num_candidates=3", "fresh=true"))
+    assert all(len(p.rejected_bag) == 3 for p in read_pairs(fresh / "pairs.jsonl", media_root=world["root"]))
+
 # -- self_qa --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [

@@ -266,7 +266,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     if cfg.merge:
         writer = shards.merge(cfg, ids, cfg.in_pairs, cfg.batch_size, RAW_FILE, merge_only=VOTE_KEYS)
         return write_scored(cfg, records, root, writer)
-    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_pairs, cfg.batch_size)
+    shard, out_dir, mine = shards.plan(cfg, ids, cfg.in_pairs, cfg.batch_size, free=VOTE_KEYS)
     writer = ResumableWriter(out_dir, pairs_file=RAW_FILE, fresh=cfg.fresh)
     clip = model = processor = None
     if any(not writer.is_done(ids[p]) for p in mine):

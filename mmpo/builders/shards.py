@@ -84,6 +84,9 @@ def parse_shard(text: str, environ: dict | None = None) -> Shard | None:
 
 MAX_SHARDS = 100_000  # far above any cluster; a typo like 0/1000000000 is refused before anything is laid out
 DIGEST_FILE = "input.sha256"  # the input file's digest, written when a build folder starts
+# where the input and its media are may change between runs of a folder (the input's bytes are checked: DIGEST_FILE)
+LOCATION_KEYS = ("in_sft", "in_pairs", "media_root")
+SETTINGS_FILE = "settings.json"  # the build's settings (but RUN_ONLY_KEYS), written when a build folder starts
 
 
 def check_count(shard: Shard, ids: Sequence[str], block: int, path: str) -> None:
@@ -109,6 +112,23 @@ def check_input(folder: Path, path: str, digest: str, fresh: bool) -> None:
     fsync_text(recorded, digest + "\n")
 
 
+def check_settings(folder: Path, config: dict, fresh: bool, free: Sequence[str] = ()) -> None:
+    """Refuse to continue a build folder started with other settings (its pairs.jsonl would mix both, and its
+    manifest name only the last); then record these. `free`: keys a rerun may change (difficulty's voting, redone
+    over the stored raw scores)."""
+    ours = _comparable(config, (*free, *LOCATION_KEYS))
+    recorded = folder / SETTINGS_FILE
+    if recorded.is_file() and not fresh:
+        theirs = json.loads(recorded.read_text())
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in differ)
+            raise ValueError(f"{folder} was started with other settings ({changes}): its pairs would mix both; rerun "
+                             "with the settings it started with to continue it, or rebuild with fresh=true (or use "
+                             "another out_dir)")
+    fsync_text(recorded, json.dumps(ours, indent=1, sort_keys=True) + "\n")
+
+
 def check_unique(ids: Sequence[str], path: str) -> None:
     """Sharded builds find each input's results by its id, so an id that repeats is an error naming both lines."""
     first: dict[str, int] = {}
@@ -119,7 +139,8 @@ def check_unique(ids: Sequence[str], path: str) -> None:
         first[item_id] = line
 
 
-def plan(cfg: Any, ids: Sequence[str], path: str, block: int) -> tuple[Shard | None, Path, list[int]]:
+def plan(cfg: Any, ids: Sequence[str], path: str, block: int,
+         free: Sequence[str] = ()) -> tuple[Shard | None, Path, list[int]]:
     """What this process builds: (its shard or None, its output folder, the input positions it owns).
 
     Args:
@@ -127,6 +148,7 @@ def plan(cfg: Any, ids: Sequence[str], path: str, block: int) -> tuple[Shard | N
         ids: input item ids, in input order.
         path: the input file (named in errors).
         block: items per block (see the module docstring).
+        free: settings a rerun of the folder may change (`check_settings`).
 
     Returns:
         (shard, folder, positions): None, out_dir and every position for a whole build.
@@ -138,6 +160,7 @@ def plan(cfg: Any, ids: Sequence[str], path: str, block: int) -> tuple[Shard | N
         check_unique(ids, path)
     with folder_lock.locked(folder):  # checked and recorded by one process at a time
         check_input(folder, path, file_digest(path), getattr(cfg, "fresh", False))
+        check_settings(folder, dataclasses.asdict(cfg), getattr(cfg, "fresh", False), free)
     if shard is None:
         return None, folder, list(range(len(ids)))
     return shard, folder, [p for p in range(len(ids)) if shard.owns(p, block)]
