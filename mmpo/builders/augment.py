@@ -29,6 +29,7 @@ from mmpo.formats import read_set
 from mmpo.formats.mapping import SOURCE_LINK
 from mmpo.media import IMAGE_OPS, VIDEO_OPS, MediaError, augment, load_media
 from mmpo.records import AugSpec, PairRecord, SFTRecord, default_media_root, make_id, pair_id
+from mmpo.schema import check_range
 
 # The confirmed PaMi ops first (frame shuffle, temporal reversal, crop), then our reconstruction.
 DEFAULT_VIDEO_OPS = ["frame_shuffle", "temporal_reverse", "spatial_crop", "frame_drop", "segment_swap",
@@ -58,6 +59,9 @@ class AugmentConfig:
     progress: bool = True  # tqdm progress bar
     shard: str = ""  # build shard i/N of the input ("0/4") into out_dir/shards/i-of-N ("" = all; launched: one per rank)
     merge: bool = False  # write out_dir/pairs.jsonl + manifest.json from the finished shards, as one process would
+
+    def __post_init__(self):
+        check_range(self, num_candidates=">= 1", num_frames=">= 1", num_workers=">= 0")
 
 
 def sample_specs(cfg: AugmentConfig, record_id: str, media_type: str) -> tuple[AugSpec, ...]:
