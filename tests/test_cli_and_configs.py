@@ -29,6 +29,18 @@ def test_every_shipped_config_validates(path):
     assert path.read_text().startswith("# mmpo ")
 
 
+def test_a_shipped_config_copied_anywhere_validates_by_its_first_line(tmp_path, capsys):
+    """A copy of configs/eval/pope_tiny_cpu.yaml outside an eval/ folder was checked as a train config."""
+    for path in [p for p in CONFIGS if p.parent.name != "accelerate"]:
+        copy = tmp_path / f"my_{path.parent.name}.yaml"
+        copy.write_text(path.read_text())
+        assert config_class_for(copy) is config_class_for(path), path
+    assert main(["validate", str(copy)]) == 0
+    copy.write_text("# mmpo eval popee --config x.yaml\nquestions: q.json\n")
+    with pytest.raises(ValueError, match=r"cannot tell which benchmark .*`# mmpo eval <benchmark> ...`"):
+        config_class_for(copy)
+
+
 def test_accelerate_configs_name_their_launch_command():
     for path in (REPO / "configs" / "accelerate").glob("*.yaml"):
         assert path.read_text().startswith("# accelerate launch")

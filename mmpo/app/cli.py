@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -159,24 +160,33 @@ def _validate_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", help="config YAML files (configs/train|build|eval/...)")
 
 
+# the command a config's first line shows (`# mmpo eval pope --config ...`, as every shipped config starts)
+CONFIG_HEADER = re.compile(r"#.*\bmmpo\s+(?:(train)|build\s+(\w+)|eval\s+([\w-]+))\b")
+
+
 def config_class_for(path: Path):
-    """The config dataclass a YAML file is checked against, by its folder (train / build / eval) and name."""
-    kind = path.parent.name
+    """The config dataclass a YAML file is checked against: by the command on its first line, else by its folder
+    (train / build / eval) and name (<builder>_*.yaml, <benchmark>_*.yaml)."""
+    header = CONFIG_HEADER.match(path.read_text(encoding="utf-8").split("\n", 1)[0]) if path.is_file() else None
+    kind = ("train" if header[1] else "build" if header[2] else "eval") if header else path.parent.name
     if kind == "build":
         from mmpo.builders import BUILDERS
 
-        name = path.stem.split("_")[0] if path.stem.split("_")[0] in BUILDERS else "_".join(path.stem.split("_")[:2])
+        parts = path.stem.split("_")
+        name = header[2] if header else parts[0] if parts[0] in BUILDERS else "_".join(parts[:2])
         if name not in BUILDERS:
-            raise ValueError(f"{path}: cannot tell which builder this config is for (name it <builder>_*.yaml)")
+            raise ValueError(f"{path}: cannot tell which builder this config is for (start it with a line "
+                             "`# mmpo build <builder> ...`, or name it <builder>_*.yaml in a build/ folder)")
         return BUILDERS[name][0]
     if kind == "eval":
         from mmpo.eval import EVALUATORS
 
-        # <benchmark>.yaml or <benchmark>_*.yaml, e.g. pope_logits.yaml
         runnable = [n for n, e in EVALUATORS.items() if e.config is not None]
-        name = next((n for n in runnable if path.stem == n or path.stem.startswith(n + "_")), None)
-        if name is None:
-            raise ValueError(f"{path}: cannot tell which benchmark this config is for (name it <benchmark>_*.yaml, "
+        name = header[3] if header else next((n for n in runnable if path.stem == n or path.stem.startswith(n + "_")),
+                                             None)
+        if name not in runnable:
+            raise ValueError(f"{path}: cannot tell which benchmark this config is for (start it with a line "
+                             f"`# mmpo eval <benchmark> ...`, or name it <benchmark>_*.yaml in an eval/ folder; "
                              f"benchmark in {runnable})")
         return EVALUATORS[name].config
     from mmpo.config import TrainConfig
@@ -187,7 +197,9 @@ def config_class_for(path: Path):
 def cmd_validate(args) -> int:
     """Check config files against their typed schema (unknown keys and wrong types are errors).
 
-    Every file is checked, also after a bad one, so one run lists all that need fixing; exit 1 if any does.
+    The schema is the command's on the file's first line (`# mmpo eval pope --config ...`, as every shipped config
+    starts), else its folder and name (configs/eval/pope_*.yaml). Every file is checked, also after a bad one, so
+    one run lists all that need fixing; exit 1 if any does.
     """
     from mmpo.config import TrainConfig, load
 
