@@ -173,4 +173,7 @@ def preference_step(cfg: TrainConfig, student, teacher) -> dict:
                 "method": Method("dpkd", f"DPKD (arXiv 2406.19774) from the teacher `{d.teacher.path}`: "
                                          f"(1 - {d.dpkd_ratio}) × CE(chosen) + {d.dpkd_ratio} × L_DPKD, "
                                          f"beta {d.dpkd_beta}.")}
-    return {"reference": teacher_reference(teacher, reference_pass(requires_of(cfg.loss)), cfg.shared_prefix)}
+    return {"reference": teacher_reference(teacher, reference_pass(requires_of(cfg.loss)), cfg.shared_prefix),
+            "method": Method("+".join(t.name for t in cfg.loss),
+                             f"Preference distillation: the teacher `{d.teacher.path}` is the reference"
+                             + (" (the student continues from the mimic stage)." if d.mimic_steps else "."))}

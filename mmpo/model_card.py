@@ -73,11 +73,13 @@ def loss_citation(name: str) -> str:
 
 
 def _method_lines(cfg, method: str) -> list[str]:
-    if method:  # a schedule's own stage loss (distillation) says itself what it trains
-        return [f"- {method}"]
+    """What was trained: `method` (a schedule's words) first, then the loss terms the stage trained, if any."""
+    lines = [f"- {method}"] if method else []
     if cfg.stage == "sft":
-        return ["- Stage `sft`: token-averaged negative log-likelihood of the answer (prompt and media masked)."]
-    lines = [f"- Stage `{cfg.stage}`; the loss is the weighted sum of these terms:"]
+        return lines or ["- Stage `sft`: token-averaged negative log-likelihood of the answer (prompt and media masked)."]
+    if not cfg.loss:
+        return lines
+    lines.append(f"- {'The' if method else f'Stage `{cfg.stage}`; the'} loss is the weighted sum of these terms:")
     for term in cfg.loss:
         params = ", ".join(f"{k}={v}" for k, v in term.params.items()) or "defaults"
         lines.append(f"  - `{term.name}` × {term.weight} ({params}): {loss_citation(term.name)}")
@@ -199,8 +201,9 @@ def write_model_card(folder: str | Path, cfg, summary: dict, data: dict, method:
         "## Hyperparameters", "", *_hyperparameters(cfg, summary), "",
         "## Data", "", *_data_lines(data, summary), "",
         "## How to load", "", "```python", load, "```", "",
-        f"With mmpo: `mmpo eval pope --config configs/eval/pope_generate.yaml model.path={cfg.model.path}"
-        f"{' model.adapter=THIS_FOLDER' if adapter else ''}`. Upload: `hf upload USER/NAME THIS_FOLDER`.", "",
+        "With mmpo: `mmpo eval pope --config configs/eval/pope_generate.yaml "
+        f"{f'model.path={cfg.model.path} model.adapter=THIS_FOLDER' if adapter else 'model.path=THIS_FOLDER'}`. "
+        "Upload: `hf upload USER/NAME THIS_FOLDER`.", "",
         EVAL_HEADING, "", _training_evals(folder.parent)])
     card = ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{body}")
     path = folder / "README.md"

@@ -230,8 +230,10 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
             write_pretrained(model, processor, out / "model")
             from mmpo.model_card import data_facts, write_model_card
 
-            last = json.loads((rounds[-1] / "summary.json").read_text())  # steps and skips of the last round
-            write_model_card(out / "model", cfg, last, data_facts(cfg.data.train, len(records), 0))
+            last = json.loads((rounds[-1] / "summary.json").read_text())  # skips of the last round
+            steps = sum(json.loads((d / "summary.json").read_text())["steps"] for d in rounds)
+            write_model_card(out / "model", cfg, {**last, "steps": steps}, data_facts(cfg.data.train, len(records), 0),
+                             method=_method(cfg))
         if mr.rebirth and not finished(out / "rebirth"):
             if is_main():
                 log.info("rebirth: the final model answers the %d prompts, and the pre-DPO model is tuned on them",
@@ -240,6 +242,17 @@ def run_multi_round(cfg: TrainConfig, scorer: Callable | None = None, eval_hook:
             del model, policy  # free the final model before the pre-DPO one is loaded
             rebirth(cfg, data)
         return out
+
+
+def _method(cfg: TrainConfig) -> str:
+    """The merged model's card: what the rounds did."""
+    mr = cfg.multi_round
+    gt = f", plus the ground truth's NLL x {mr.gt_weight}" if mr.gt_weight else ""
+    return (f"Multi-round DPO (mrDPO, arXiv 2410.06682): {mr.num_rounds} rounds of {mr.steps_per_round} steps. Each "
+            f"round samples {mr.num_samples} answers per prompt of `{cfg.data.train}` from the current model, pairs "
+            f"the best and the worst by the `{mr.scorer}` score against the ground truth, trains a fresh LoRA on "
+            f"them with the terms below{gt}, and merges it into the model."
+            + (" Rebirth tuning follows in `rebirth/` (its own adapter)." if mr.rebirth else ""))
 
 
 def rebirth_data(cfg: TrainConfig, final_model, processor, records: list[SFTRecord]) -> Path:

@@ -92,6 +92,8 @@ def test_rounds_write_pairs_configs_merged_model_and_rebirth(world, mr_run):
 
     card = ModelCard.load(out / "model" / "README.md")  # the merged model's card (each round's adapter has one too)
     assert card.data.library_name == "transformers" and "multi_round" in card.data.tags
+    assert "Multi-round DPO (mrDPO, arXiv 2410.06682): 2 rounds of 3 steps" in card.text and "| steps | 6 |" in card.text
+    assert "model.path=THIS_FOLDER`" in card.text  # a full model is evaluated as itself, not as the base
     assert ModelCard.load(out / "round-2" / "adapter" / "README.md").data.library_name == "peft"
     # rebirth: the final (merged) model's greedy answers, SFT'd into a fresh LoRA on the pre-DPO model
     final, processor = load_merged(ModelConfig(path=str(out / "model")))
@@ -214,6 +216,8 @@ def test_mimic_then_preference_distillation(world, tmp_path, caplog):
     # the mimic stage's card says what it trained (its config says stage sft, which trained the NLL)
     mimic_card = (tmp_path / "mimic" / "adapter" / "README.md").read_text()
     assert "Mimic distillation from the teacher" in mimic_card and "negative log-likelihood" not in mimic_card
+    pref_card = (tmp_path / "preference" / "adapter" / "README.md").read_text()
+    assert "Preference distillation: the teacher" in pref_card and "the loss is the weighted sum" in pref_card.lower()
     kl = [r["mimic/kl"] for r in read_metrics(tmp_path / "mimic")]
     assert kl[0] > 1e-3 and kl[-1] < 0.7 * kl[0]
     rows = read_metrics(tmp_path / "preference")
