@@ -221,6 +221,12 @@ def test_missing_folder_error_names_it(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         load_model(ModelConfig(path=str(missing)))
+    adapter = tmp_path / "adapter"  # what a user points model.path at by mistake: transformers said "Unrecognized model"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"base_model_name_or_path": "checkpoints/tiny-llava"}')
+    with pytest.raises(ValueError, match=rf"{adapter} is a LoRA adapter, not a model: use "
+                                         rf"model.path=checkpoints/tiny-llava model.adapter={adapter}"):
+        load_model(ModelConfig(path=str(adapter)))
 
 
 def test_trainable_lora_with_projector_and_full_finetune(ckpts):

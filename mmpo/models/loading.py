@@ -54,6 +54,9 @@ def check_folder(path: str, what: str) -> Path:
         where = ("an adapter is what `mmpo train` saves in its run folder (RUN/adapter)" if what == "adapter" else
                  "models load from local folders only; write a tiny one with `mmpo make-model --family llava --out DIR`")
         raise FileNotFoundError(f"{what} folder not found: {path!r} ({where})")
+    if what == "model" and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "BASE"
+        raise ValueError(f"{path} is a LoRA adapter, not a model: use model.path={base} model.adapter={path}")
     return folder
 
 
