@@ -283,6 +283,11 @@ def test_a_build_folder_continues_only_with_the_settings_it_started_with(world, 
     fresh = build_augment(_aug_cfg(world, out, "num_candidates=3", "fresh=true"))
     assert all(len(p.rejected_bag) == 3 for p in read_pairs(fresh / "pairs.jsonl", media_root=world["root"]))
 
+
+def test_a_missing_input_names_its_key(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"in_sft: no such file '.*nope.jsonl'"):  # was a bare [Errno 2]
+        build_augment(load(AugmentConfig, None, [f"in_sft={tmp_path / 'nope.jsonl'}", f"out_dir={tmp_path / 'a'}"]))
+
 # -- self_qa --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, expected", [

@@ -257,7 +257,7 @@ def build(cfg: AugmentConfig, on_record: Callable[[int], None] | None = None) ->
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
     set_root, prefix = set_media_root(cfg, root)
-    records = read_set(cfg.in_sft, "sft")
+    records = read_set(cfg.in_sft, "sft", key="in_sft")
     ids = [r.id for r in records]
     if cfg.merge:
         return finish(shards.merge(cfg, ids, cfg.in_sft, BLOCK), cfg, ids, set_root, builder="augment")

@@ -261,7 +261,7 @@ def build(cfg: DifficultyConfig, on_record: Callable[[int], None] | None = None)
     if cfg.batch_size < 1:
         raise ValueError("difficulty: batch_size must be >= 1")
     root = default_media_root(cfg.in_pairs, cfg.media_root)
-    records = read_set(cfg.in_pairs, "pair")
+    records = read_set(cfg.in_pairs, "pair", key="in_pairs")
     ids = [r.id for r in records]
     if cfg.merge:
         writer = shards.merge(cfg, ids, cfg.in_pairs, cfg.batch_size, RAW_FILE, merge_only=VOTE_KEYS)

@@ -338,7 +338,7 @@ def build(cfg: SelfQAConfig, *, generate: Generate | None = None, judge: Judge |
     """
     _check_config(cfg)
     root = default_media_root(cfg.in_sft, cfg.media_root)
-    records = read_set(cfg.in_sft, "sft")
+    records = read_set(cfg.in_sft, "sft", key="in_sft")
     ids = [r.id for r in records]
     size = items_per_block(cfg)
     if cfg.merge:

@@ -330,15 +330,17 @@ def read_in_place(path: str | Path, kind: str, media_root: str | Path | None = N
     return out
 
 
-def read_set(path: str | Path, kind: str, media_root: str | Path | None = None) -> list:
+def read_set(path: str | Path, kind: str, media_root: str | Path | None = None, key: str = "input") -> list:
     """Every record of a (small) set in memory, whatever its layout: the builders' inputs.
 
     mmpo's own JSONL is read as `mmpo.records.read_pairs` / `read_sft` read it (media checked under `media_root`
     when given); a set in another layout (LLaVA conversation JSON such as llava_v1_5_mix665k.json, LLaVA-Video-178K /
     ShareGPT4Video, LLaMA-Factory `messages` + images, a pair set such as POVID) through `read_in_place`, media paths
     as written (relative to the media root): one SFT sample per answer; rows that are no records are logged, named
-    and counted.
+    and counted. A missing file is an error naming `key` (the config key that gave the path).
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}: no such file {str(path)!r}")
     if not is_own_jsonl(path):
         return read_in_place(path, kind, media_root)
     return (read_pairs if kind == "pair" else read_sft)(path, media_root)
