@@ -67,7 +67,7 @@ from mmpo.distributed import (
 from mmpo.lengths import check_lengths
 from mmpo.logprobs import plain_logps
 from mmpo.losses import LossInputs, LossTerm, requires_of
-from mmpo.metrics import MetricLogger, check_trackers
+from mmpo.metrics import MetricLogger, check_trackers, read_metrics
 from mmpo.model_card import data_facts, write_model_card
 from mmpo.models import load_model
 from mmpo.models.loading import has_adapter, load_skeleton
@@ -570,8 +570,18 @@ def finish(run: Run, step: int, last_loss: float | None, train_s: float) -> Path
                    "processes": world, "parallel": "fsdp" if procs.sharded else "ddp" if world > 1 else "none"}
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         write_model_card(saved, run.cfg, summary, data_facts_of(run), run.method.description)
+        warn_if_nothing_learned(run.run_dir)
     procs.barrier()
     return run.run_dir
+
+
+def warn_if_nothing_learned(run_dir: Path) -> None:
+    """A run whose every logged step had a zero gradient saved its starting weights: say so (PaMi with every bag
+    left empty, a loss term that is constant for this data), rather than let it pass for a trained model."""
+    norms = [row["grad_norm"] for row in read_metrics(run_dir) if "grad_norm" in row]
+    if norms and not any(norms):
+        log.warning("every logged step had a zero gradient (grad_norm 0): the saved weights are the starting ones; "
+                    "see metrics.jsonl (e.g. pami/empty_fraction 1.0: every PaMi bag was left empty)")
 
 
 def data_facts_of(run: Run) -> dict:

@@ -351,6 +351,17 @@ def test_a_rerun_with_another_config_is_refused_unless_asked(world, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
 
 
+def test_a_run_that_learned_nothing_says_so(world, tmp_path, caplog):
+    """PaMi on a model whose every bag came out empty trained 'loss 0.0000' for its whole run without a word."""
+    with caplog.at_level("WARNING", logger="mmpo"):
+        train(_cfg(world, tmp_path / "zero", "max_steps=2", "loss=[{name: dpo, weight: 0.0}]"))
+    assert "every logged step had a zero gradient (grad_norm 0)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmpo"):
+        train(_cfg(world, tmp_path / "some", "max_steps=2"))
+    assert "zero gradient" not in caplog.text
+
+
 def test_a_resume_with_other_loss_terms_starts_their_states_fresh(world, tmp_path, caplog):
     """allow_config_change lets `loss:` change; zip(strict=True) over the saved states then failed unexplained."""
     train(_cfg(world, tmp_path / "run", "max_steps=4", "save_every=2"))
