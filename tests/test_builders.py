@@ -285,7 +285,7 @@ def test_a_build_folder_continues_only_with_the_settings_it_started_with(world, 
 
 
 def test_a_missing_input_names_its_key(world, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"in_sft: no such file '.*nope.jsonl'"):  # was a bare [Errno 2]
+    with pytest.raises(FileNotFoundError, match=r"in_sft: no such file or folder '.*nope.jsonl'"):  # was a bare [Errno 2]
         build_augment(load(AugmentConfig, None, [f"in_sft={tmp_path / 'nope.jsonl'}", f"out_dir={tmp_path / 'a'}"]))
 
 # -- self_qa --------------------------------------------------------------------------------------

@@ -339,8 +339,8 @@ def read_set(path: str | Path, kind: str, media_root: str | Path | None = None, 
     as written (relative to the media root): one SFT sample per answer; rows that are no records are logged, named
     and counted. A missing file is an error naming `key` (the config key that gave the path).
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{key}: no such file {str(path)!r}")
+    if not Path(path).exists():  # a file, or a dataset folder (parquet shards)
+        raise FileNotFoundError(f"{key}: no such file or folder {str(path)!r}")
     if not is_own_jsonl(path):
         return read_in_place(path, kind, media_root)
     return (read_pairs if kind == "pair" else read_sft)(path, media_root)
